@@ -1,0 +1,4 @@
+# Kept only so that `pip install -e .` works with older setuptools; metadata lives in setup.cfg.
+from setuptools import setup
+
+setup()
