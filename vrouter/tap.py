@@ -1,0 +1,127 @@
+"""TAP devices that are a VM's network interface, owned by the forwarder.
+
+The device is persistent: when the forwarder dies the VM keeps its interface (address, routes), and a
+restarted forwarder re-attaches by name. The device usually lives in the VM's network namespace, so
+attaching means entering that namespace around the open of /dev/net/tun (the tun driver binds the file
+to the namespace of the process that opened it) and coming back.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import struct
+
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNSETOFFLOAD = 0x400454D0
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000  # used by the offload issue: every read/write then carries a virtio_net_hdr
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x1, 0x2, 0x4
+CLONE_NEWNET = 0x40000000
+IFNAMSIZ = 16
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class TapError(Exception):
+    """A TAP device could not be created or attached; the message says which and why."""
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise TapError(f"setns failed: {os.strerror(err)}")
+
+
+def netns_path(netns: int | str) -> str:
+    """A pid names the namespace of that process; a string is a path such as /run/netns/NAME."""
+    return f"/proc/{netns}/ns/net" if isinstance(netns, int) else netns
+
+
+@contextlib.contextmanager
+def in_netns(netns: int | str | None):
+    """Run the body in network namespace `netns` (pid or path; None: stay where we are).
+
+    Only the calling thread switches; the forwarder is single-threaded, so that is the whole process.
+    Sockets and TAP files opened inside stay bound to that namespace after we switch back.
+    """
+    if netns is None:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        try:
+            target = os.open(netns_path(netns), os.O_RDONLY)
+        except OSError as exc:
+            raise TapError(f"no network namespace {netns_path(netns)}: {exc.strerror}") from None
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+
+
+def _flags(vnet_hdr: bool) -> int:
+    return IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+
+
+def open_tap(name: str, *, netns: int | str | None = None, vnet_hdr: bool = False,
+             persist: bool = True) -> int:
+    """Create (or attach to) TAP `name` in namespace `netns` (see in_netns); return a non-blocking fd."""
+    if not name or len(name.encode()) >= IFNAMSIZ:
+        raise TapError(f"bad TAP name {name!r}: 1..{IFNAMSIZ - 1} bytes")
+    with in_netns(netns):
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        ifr = struct.pack("16sH22x", name.encode(), _flags(vnet_hdr))
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, ifr)
+        except OSError as exc:
+            raise TapError(f"TUNSETIFF {name}: {exc.strerror}") from None
+        if persist:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+        if vnet_hdr:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def destroy_tap(fd: int) -> None:
+    """Drop persistence and close: the kernel removes the device (and its addresses) at once."""
+    try:
+        fcntl.ioctl(fd, TUNSETPERSIST, 0)
+    finally:
+        os.close(fd)
+
+
+def read_frames(fd: int, max_frames: int = 64, bufsize: int = 65536) -> list[bytes]:
+    """Drain up to `max_frames` frames without blocking (bounded so one busy VM cannot starve others)."""
+    frames = []
+    for _ in range(max_frames):
+        try:
+            frames.append(os.read(fd, bufsize))
+        except BlockingIOError:
+            break
+    return frames
+
+
+def write_frame(fd: int, frame: bytes) -> bool:
+    """Write one frame; False when the device is down or its queue is full (the frame is lost, as on a NIC)."""
+    try:
+        os.write(fd, frame)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EIO, errno.ENOBUFS):  # EIO: the VM's link is down
+            return False
+        raise
