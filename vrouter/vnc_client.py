@@ -1,0 +1,223 @@
+"""Agent side of the control channel (a shell: it runs in the agent process, one per server).
+
+``VncClient`` registers with the controller over its unix socket (msgpack-RPC, see
+docs/control-protocol.md), hands every new configuration to ``on_config(generation, config)``,
+heartbeats every second and, when the controller goes away, keeps the last configuration (the
+caller goes on forwarding with it) while it reconnects with back-off and resyncs.
+
+``on_config`` is called only when the configuration's content changes: after a controller
+restart (new epoch, possibly a reset generation) the agent re-registers and compares content,
+so an unchanged overlay does not disturb the flow tables.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+
+from os_ken.lib import rpc
+
+from controllers.vnc_rpc import (PROTOCOL_VERSION, BlockingSocket, VncError, VncUnavailable,
+                                 connect_unix)
+
+log = logging.getLogger("vrouter.vnc_client")
+
+
+class VncClient:
+    """Background connection of one server's agent to the controller.
+
+    ``stats`` is an optional callable returning a msgpack-serialisable dict sent with each
+    heartbeat. Counters: ``reconnects`` (sessions after the first), ``configs_received``
+    (config messages from the controller), ``configs_applied`` (``on_config`` calls),
+    ``heartbeats``. ``last_error`` holds the last problem as one line, for the operator.
+    """
+
+    def __init__(self, socket_path, server, on_config, stats=None, heartbeat_interval=1.0,
+                 backoff_min=0.2, backoff_max=2.0, timeout=3.0, version=PROTOCOL_VERSION,
+                 agent_pid=None):
+        self.socket_path = socket_path
+        self.server = server
+        self._on_config = on_config
+        self._stats = stats
+        self.heartbeat_interval = heartbeat_interval
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.timeout = timeout
+        self.version = version
+        self.agent_pid = os.getpid() if agent_pid is None else agent_pid
+        self.config = None
+        self.generation = None
+        self.epoch = None
+        self.reconnects = 0
+        self.configs_received = 0
+        self.configs_applied = 0
+        self.heartbeats = 0
+        self.last_error = None
+        self._connected = threading.Event()
+        self._have_config = threading.Condition()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._ack_due = False
+        self._sessions = 0
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"vnc-client-{server}")
+
+    # ---- public
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=3.0):
+        self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    @property
+    def connected(self):
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout):
+        return self._connected.wait(timeout)
+
+    def wait_for(self, predicate, timeout):
+        """Wait until ``predicate(config)`` holds for the current config; returns whether it did."""
+        deadline = time.monotonic() + timeout
+        with self._have_config:
+            while self.config is None or not predicate(self.config):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._have_config.wait(left)
+            return True
+
+    def counters(self):
+        return {"connected": self.connected, "reconnects": self.reconnects,
+                "configs_received": self.configs_received,
+                "configs_applied": self.configs_applied, "heartbeats": self.heartbeats,
+                "generation": self.generation, "epoch": self.epoch}
+
+    # ---- background thread
+    def _run(self):
+        delay = self.backoff_min
+        while not self._stop.is_set():
+            try:
+                sock = connect_unix(self.socket_path, self.timeout)
+            except (VncUnavailable, VncError) as e:
+                self._note_error(str(e))
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            try:
+                self._session(sock)
+            except rpc.RPCError as e:
+                self._note_error(f"controller refused {self.server}: {e.get_value()}")
+            except (EOFError, OSError) as e:
+                self._note_error(f"lost controller at {self.socket_path}: "
+                                 f"{e if str(e) else type(e).__name__}")
+            finally:
+                established = self._connected.is_set()
+                self._connected.clear()
+                sock.close()
+            if established:
+                delay = self.backoff_min
+            if not self._stop.is_set():
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff_max)
+
+    def _note_error(self, message):
+        if message != self.last_error:
+            log.warning("%s", message)
+        self.last_error = message
+
+    def _session(self, sock):
+        ep = rpc.EndPoint(BlockingSocket(sock))
+        reply = self._call(ep, "register", [self.version, self.server, self.agent_pid])
+        if self._sessions:
+            self.reconnects += 1
+        self._sessions += 1
+        self.epoch = reply["epoch"]
+        self.generation = None  # a new session accepts whatever generation the controller has
+        self._deliver(reply["generation"], reply["config"])
+        self._connected.set()
+        self.last_error = None
+        log.info("%s registered with controller (epoch %s, generation %s)",
+                 self.server, self.epoch, self.generation)
+        self._drain(ep)
+        next_beat = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self._ack_due or now >= next_beat:
+                self._heartbeat(ep)
+                next_beat = now + self.heartbeat_interval
+                continue
+            readable, _, _ = select.select([sock, self._wake_r], [], [], next_beat - now)
+            if sock in readable:
+                if not ep.receive_messages():
+                    raise EOFError("controller closed the connection")
+                self._drain(ep)
+
+    def _heartbeat(self, ep):
+        self._ack_due = False
+        stats = self._stats() if self._stats is not None else {}
+        reply = self._call(ep, "heartbeat", [self.server, self.generation, stats])
+        self.heartbeats += 1
+        self._drain(ep)
+        # A push lost in transit, or a controller that restarted behind the same socket:
+        # fetch the full config rather than trust our copy.
+        if reply["epoch"] != self.epoch or reply["server_generation"] > (self.generation or 0):
+            full = self._call(ep, "get_config", [self.server])
+            self.epoch = full["epoch"]
+            self.generation = None
+            self._deliver(full["generation"], full["config"])
+            self._drain(ep)
+
+    def _call(self, ep, method, params):
+        msgid = ep.send_request(method, params)
+        while True:
+            res = ep.get_response(msgid)
+            if res is not None:
+                result, error = res
+                if error is not None:
+                    raise rpc.RPCError(error)
+                return result
+            self._drain(ep)
+            if not ep.receive_messages():
+                raise EOFError("controller closed the connection")
+
+    def _drain(self, ep):
+        while (note := ep.get_notification()) is not None:
+            method, params = note
+            if method == "config" and isinstance(params, list) and len(params) == 2:
+                self._deliver(params[0], params[1])
+            else:
+                log.debug("ignoring notification %r", method)
+        while ep.get_request() is not None:
+            pass  # the controller sends no requests in protocol 1
+
+    def _deliver(self, generation, config):
+        self.configs_received += 1
+        if self.generation is not None and generation < self.generation:
+            return  # older than what this session already delivered
+        self.generation = generation
+        if config == self.config:
+            return
+        try:
+            self._on_config(generation, config)
+        except Exception:
+            log.exception("on_config failed for generation %s", generation)
+        self.configs_applied += 1
+        self._ack_due = True  # heartbeat at once so the controller sees the agent in sync
+        with self._have_config:  # published after the callback: waiters see an applied config
+            self.config = config
+            self._have_config.notify_all()
