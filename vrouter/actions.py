@@ -1,0 +1,38 @@
+"""What the pipeline asks its shell to do with a packet (frozen dataclasses, plain values inside)."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ToVif:
+    """Write ``frame`` (a whole Ethernet frame) to the TAP of VM interface ``vif``."""
+    vif: str
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ToTunnel:
+    """Send ``payload`` to the underlay address ``peer``.
+
+    ``payload`` starts after the outer UDP header (mplsoudp: MPLS stack + inner IPv4; vxlan: VXLAN
+    header + inner Ethernet) or after the outer IPv4 header (mplsogre: GRE + MPLS + inner IPv4).
+    ``sport`` is the outer UDP source port chosen for entropy (49152-65535).
+    """
+    peer: str
+    encap: str
+    sport: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Punt:
+    """First packet of a new flow: hand ``request`` (msgpack-serialisable dict) to the agent."""
+    request: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """The packet is dropped; ``reason`` is a name from :mod:`vrouter.drops`."""
+    reason: str
+
+
+Action = ToVif | ToTunnel | Punt | Drop

@@ -1,0 +1,25 @@
+"""VXLAN header (RFC 7348): flags with the I bit, 24-bit VNI."""
+import struct
+
+from .errors import Malformed
+
+VXLAN_PORT = 4789
+VXLAN_HLEN = 8
+MAX_VNI = (1 << 24) - 1
+_HDR = struct.Struct("!B3xI")
+
+
+def parse(buf, off: int = 0) -> int:
+    """Returns the VNI."""
+    if len(buf) - off < VXLAN_HLEN:
+        raise Malformed("vxlan header truncated")
+    flags, word = _HDR.unpack_from(buf, off)
+    if not flags & 0x08:
+        raise Malformed("vxlan I flag not set")
+    return word >> 8
+
+
+def build(vni: int) -> bytes:
+    if not 0 <= vni <= MAX_VNI:
+        raise ValueError(f"vni {vni} out of range")
+    return _HDR.pack(0x08, vni << 8)

@@ -1,0 +1,32 @@
+"""Forwarding information base: longest-prefix match over IPv4 prefixes.
+
+One dict per prefix length, probed from the longest length present: at most 33 dict lookups and
+usually a handful. Lookups only happen on the slow path (the flow entry caches the result).
+"""
+
+
+class Fib:
+    def __init__(self):
+        self._by_len: dict[int, dict[int, object]] = {}
+        self._lengths: list[int] = []   # present prefix lengths, longest first
+
+    def add(self, net: int, plen: int, nexthop) -> None:
+        table = self._by_len.get(plen)
+        if table is None:
+            table = self._by_len[plen] = {}
+            self._lengths = sorted(self._by_len, reverse=True)
+        table[net] = nexthop
+
+    def lookup(self, addr: int):
+        """The next hop of the longest matching prefix, or None."""
+        for plen in self._lengths:
+            nh = self._by_len[plen].get(addr & ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF))
+            if nh is not None:
+                return nh
+        return None
+
+    def routes(self) -> list[tuple[int, int, object]]:
+        return [(net, plen, nh) for plen in self._lengths for net, nh in sorted(self._by_len[plen].items())]
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self._by_len.values())

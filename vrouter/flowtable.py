@@ -1,0 +1,110 @@
+"""Flow table: entries keyed by (routing instance, proto, src, dst, sport, dport).
+
+Behaviour, stated and tested:
+- Capacity counts every entry (held, forward, reverse). A new flow that finds the table full is
+  dropped and counted (``flow_table_full``); established entries are never evicted to make room.
+  If the proactive reverse entry does not fit, the forward entry is still installed and
+  ``stats()['reverse_not_installed']`` counts it (the reply will then miss like in reactive mode).
+- Ageing: a pair goes when BOTH directions have been idle longer than ``idle_timeout`` (a one-way
+  UDP stream keeps its reverse). Held entries whose decision never came go after ``hold_timeout``.
+- TCP: RST removes both directions at once; FIN in both directions marks the pair closing, the next
+  packet without FIN (the last ACK) removes both; a closing pair that never sees it goes after
+  ``close_timeout``.
+"""
+from .codec.ipv4 import int_to_ip
+
+# Entry kinds. HOLD is 0 so that ``if entry.kind`` tells a decided entry from a held one.
+HOLD, TO_VIF, TO_TUNNEL, DROP = 0, 1, 2, 3
+KIND_NAMES = {HOLD: "hold", TO_VIF: "forward", TO_TUNNEL: "forward", DROP: "drop"}
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+TCP_CLOSING = 0x100  # both directions saw FIN: the next non-FIN packet ends the pair
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
+
+
+class FlowEntry:
+    """Everything the hit path needs is cached here when the decision is installed."""
+    __slots__ = ("key", "kind", "reason", "drop", "vif", "peer", "encap", "sport", "prefix", "reverse",
+                 "packets", "bytes", "tcp", "created", "last_used", "held", "role", "nexthop", "rule")
+
+    def __init__(self, key, now: float):
+        self.key = key
+        self.kind = HOLD
+        self.reason = self.drop = self.vif = self.peer = self.encap = self.reverse = None
+        self.nexthop = self.rule = None
+        self.sport = 0
+        self.prefix = b""
+        self.packets = self.bytes = self.tcp = 0
+        self.created = self.last_used = now
+        self.held = []
+        self.role = "hold"    # "forward" | "reverse" once installed
+
+    def tcp_state(self) -> str | None:
+        if self.key[1] != 6:
+            return None
+        t = self.tcp
+        if t & TCP_CLOSING:
+            return "closing"
+        if t & TCP_FIN:
+            return "fin"
+        if t & TCP_ACK:
+            return "established"
+        if t & TCP_SYN:
+            return "syn"
+        return "none"
+
+    def describe(self, index: int, now: float) -> dict:
+        vrf, proto, src, dst, sport, dport = self.key
+        return {
+            "index": index, "vrf": vrf, "proto": PROTO_NAMES.get(proto, str(proto)), "src": int_to_ip(src),
+            "dst": int_to_ip(dst), "sport": sport, "dport": dport, "role": self.role,
+            "action": KIND_NAMES[self.kind], "reason": self.reason, "nexthop": self.nexthop, "rule": self.rule,
+            "has_reverse": self.reverse is not None, "packets": self.packets, "bytes": self.bytes,
+            "tcp_state": self.tcp_state(), "idle": round(now - self.last_used, 6), "held": len(self.held),
+            "entropy_sport": self.sport or None,
+        }
+
+
+class FlowTable:
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.entries: dict[tuple, FlowEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def full(self) -> bool:
+        return len(self.entries) >= self.capacity
+
+    def remove_pair(self, entry: FlowEntry) -> int:
+        """Remove an entry and its reverse; returns how many entries went."""
+        entries = self.entries
+        removed = 0
+        for e in (entry, entry.reverse):
+            if e is not None and entries.get(e.key) is e:
+                del entries[e.key]
+                removed += 1
+        if entry.reverse is not None:
+            entry.reverse.reverse = None
+        entry.reverse = None
+        return removed
+
+    def expired(self, now: float, idle: float, hold: float, close: float) -> list[FlowEntry]:
+        """Entries due for removal (held ones and pairs are returned whole)."""
+        out, seen = [], set()
+        for e in self.entries.values():
+            if id(e) in seen:
+                continue
+            if e.kind == HOLD:
+                due = now - e.created > hold
+            elif e.tcp & TCP_CLOSING:
+                due = now - e.last_used > close
+            else:
+                r = e.reverse
+                due = now - e.last_used > idle and (r is None or now - r.last_used > idle)
+            if due:
+                out.append(e)
+                seen.add(id(e))
+                if e.reverse is not None:
+                    seen.add(id(e.reverse))
+        return out

@@ -1,0 +1,49 @@
+"""Slow-path flow decisions (what the agent process runs when the forwarder punts a new flow).
+
+Proactive mode (the patent's technique): the decision carries the forward entry AND the reverse
+entry, each with its own route lookup and policy verdict, so the first reply packet already hits the
+flow table. Reactive mode (the baseline) carries only the forward entry; the reverse is decided when
+a reverse packet misses. Requests and decisions are plain dicts/lists/ints/strings (msgpack-safe).
+"""
+from .config import VrouterConfig
+from .vrf import build_instances
+
+
+class SlowPath:
+    def __init__(self, config: VrouterConfig):
+        self.apply_config(config)
+
+    def apply_config(self, config: VrouterConfig) -> None:
+        self._vrfs = build_instances(config)
+        self.mode = config.flow.mode
+
+    def decide(self, request: dict, now: float = 0.0) -> dict:
+        """Decision for ``request`` (a ``Punt.request``): forward entry, and reverse in proactive mode."""
+        vrf_id = request["vrf"]
+        proto, src, dst, sport, dport = (request["proto"], request["src"], request["dst"], request["sport"],
+                                         request["dport"])
+        vrf = self._vrfs.get(vrf_id)
+        fwd = self.evaluate(vrf, proto, src, dst, sport, dport)
+        rev = self.evaluate(vrf, proto, dst, src, dport, sport) if self.mode == "proactive" else None
+        return {"vrf": vrf_id, "mode": self.mode, "forward": fwd, "reverse": rev}
+
+    def evaluate(self, vrf, proto: int, src: int, dst: int, sport: int, dport: int) -> dict:
+        """Entry spec for one direction: route lookup on the destination, then the network's policy."""
+        key = [proto, src, dst, sport, dport]
+        if vrf is None:
+            return {"key": key, "action": "drop", "reason": "unknown_label", "nexthop": None, "rule": None}
+        nh = vrf.fib.lookup(dst)
+        if nh is None:
+            return {"key": key, "action": "drop", "reason": "no_route", "nexthop": None, "rule": None}
+        allowed, rule = vrf.policy.evaluate(proto, src, dst, sport, dport)
+        if not allowed:
+            return {"key": key, "action": "drop", "reason": "policy_deny", "nexthop": nh, "rule": rule}
+        kind = nh["type"]
+        if kind == "discard":
+            return {"key": key, "action": "drop", "reason": "discard", "nexthop": nh, "rule": rule}
+        if kind == "receive":
+            return {"key": key, "action": "drop", "reason": "receive_unsupported", "nexthop": nh, "rule": rule}
+        return {"key": key, "action": "forward", "reason": None, "nexthop": nh, "rule": rule}
+
+    def instance(self, vrf_id: int):
+        return self._vrfs.get(vrf_id)
