@@ -123,15 +123,20 @@ def normalize_policy(network, policy):
         if action not in ("allow", "deny"):
             raise VncError(f"{rw}: action must be allow or deny, not {action!r}")
         proto = rule.get("protocol", "any")
-        proto = str(proto).lower() if proto is not None else "any"
-        if proto not in _PROTOCOLS:
-            raise VncError(f"{rw}: protocol must be one of {', '.join(_PROTOCOLS)}, not {proto!r}")
+        if isinstance(proto, str) and proto.lower() in _PROTOCOLS:
+            proto = proto.lower()
+        elif isinstance(proto, bool) or not isinstance(proto, int) or not 0 <= proto <= 255:
+            raise VncError(f"{rw}: protocol must be one of {', '.join(_PROTOCOLS)} "
+                           f"or a number 0..255, not {proto!r}")
+        ports = {k: _port(rule.get(k), f"{rw}, {k}") for k in ("src_port", "dst_port")}
+        # The vrouter rejects ports on other protocols; refuse here so no agent gets a bad config.
+        if any(v is not None for v in ports.values()) and proto not in ("tcp", "udp", 6, 17):
+            raise VncError(f"{rw}: ports need protocol tcp or udp")
         out.append({
             "action": action, "protocol": proto,
             "src": str(_net(rule.get("src", "0.0.0.0/0"), f"{rw}, src")),
             "dst": str(_net(rule.get("dst", "0.0.0.0/0"), f"{rw}, dst")),
-            "src_port": _port(rule.get("src_port"), f"{rw}, src_port"),
-            "dst_port": _port(rule.get("dst_port"), f"{rw}, dst_port"),
+            **ports,
         })
     return {"network": network, "default": default, "rules": out}
 
