@@ -1,0 +1,167 @@
+"""The virtual network controller as an os-ken app: a thin OpenFlow 1.3 adapter over FabricLogic.
+
+All decisions live in controllers/fabric_logic.py; this module only turns them into messages,
+feeds port events back in, and hosts the VNC control channel (controllers/vnc_rpc.py) if asked.
+Programming is hitless so the controller can restart while the fabric runs: flows are ADDed
+(OVS replaces an identical match in place) and groups use OVS's add-or-modify group command.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.ofproto import ofproto_v1_3
+
+from controllers.fabric_logic import COOKIE, FabricLogic
+
+# OVS extension to OpenFlow 1.1-1.4 group mods: create the group or replace it if it exists.
+OFPGC_ADD_OR_MOD = 0x8000
+
+# Filled in by controllers/launcher.py before the app is instantiated.
+SETTINGS = {"fabric": None, "vnc_socket": None, "topology": None}
+
+LOG = logging.getLogger("vnc")
+
+
+def to_messages(dp, flows, groups):
+    """FabricLogic values -> os-ken messages for one datapath (groups first: flows refer to them)."""
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    msgs = [group_mod(dp, g, OFPGC_ADD_OR_MOD) for g in groups]
+    for f in flows:
+        actions = []
+        for a in f.actions:
+            if a[0] == "output":
+                actions.append(parser.OFPActionOutput(a[1]))
+            elif a[0] == "group":
+                actions.append(parser.OFPActionGroup(a[1]))
+            elif a[0] == "controller":
+                actions.append(parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER))
+            else:
+                raise ValueError(f"unknown action {a!r}")
+        inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
+        msgs.append(parser.OFPFlowMod(dp, cookie=COOKIE, table_id=0, command=ofp.OFPFC_ADD,
+                                      priority=f.priority, match=parser.OFPMatch(**f.match_dict),
+                                      instructions=inst))
+    return msgs
+
+
+def group_mod(dp, group, command):
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    buckets = [parser.OFPBucket(weight=1, watch_port=b.watch_port, watch_group=ofp.OFPG_ANY,
+                                actions=[parser.OFPActionOutput(b.out_port)]) for b in group.buckets]
+    return parser.OFPGroupMod(dp, command, ofp.OFPGT_SELECT, group.group_id, buckets)
+
+
+def port_is_up(ofp, port) -> bool:
+    return not (port.config & ofp.OFPPC_PORT_DOWN) and not (port.state & ofp.OFPPS_LINK_DOWN)
+
+
+class Vnc(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        path = SETTINGS["fabric"]
+        if not path:
+            raise SystemExit("error: controllers.vnc needs a fabric description (--fabric FILE.json)")
+        with open(path) as f:
+            self.logic = FabricLogic(json.load(f))
+        self.datapaths = {}
+        self.installed_groups = {}  # dpid -> {group_id: Group}
+        self.vnc_server = None
+        self._start_vnc_channel()
+
+    def _start_vnc_channel(self):
+        sock, topo = SETTINGS["vnc_socket"], SETTINGS["topology"]
+        if not (sock and topo):
+            return
+        try:
+            from controllers import vnc_rpc
+        except ModuleNotFoundError as exc:
+            if exc.name != "controllers.vnc_rpc":
+                raise
+            LOG.warning("VNC control channel not started: controllers/vnc_rpc.py is not there yet")
+            return
+        self.vnc_server = vnc_rpc.start_vnc_server(topo, sock)
+        LOG.info("VNC control channel listening on %s", sock)
+
+    def close(self):
+        if self.vnc_server is not None:
+            self.vnc_server.stop()
+            self.vnc_server = None
+
+    def _program(self, dp, flows=True):
+        """Push this switch's entries; only groups that changed unless flows=True (full sync)."""
+        groups = self.logic.groups(dp.id)
+        if flows:
+            msgs = to_messages(dp, self.logic.flows(dp.id), groups)
+        else:
+            old = self.installed_groups.get(dp.id, {})
+            msgs = [group_mod(dp, g, OFPGC_ADD_OR_MOD) for g in groups if old.get(g.group_id) != g]
+        for m in msgs:
+            dp.send_msg(m)
+        if msgs:
+            dp.send_msg(dp.ofproto_parser.OFPBarrierRequest(dp))
+        self.installed_groups[dp.id] = {g.group_id: g for g in groups}
+        return len(msgs)
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def switch_features(self, ev):
+        dp = ev.msg.datapath
+        if dp.id not in self.logic.by_dpid:
+            LOG.warning("switch %016x is not part of the fabric: ignored", dp.id)
+            return
+        self.datapaths[dp.id] = dp
+        n = self._program(dp)
+        dp.send_msg(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
+        LOG.info("switch %s (%016x) connected: %d entries", self.logic.by_dpid[dp.id]["name"], dp.id, n)
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
+    def switch_gone(self, ev):
+        dp = ev.datapath
+        if dp.id is not None and self.datapaths.get(dp.id) is dp:
+            del self.datapaths[dp.id]
+            LOG.info("switch %016x disconnected", dp.id)
+
+    def _ports_changed(self, changes):
+        changed = False
+        for dpid, port, up in changes:
+            if self.logic.set_port(dpid, port, up):
+                changed = True
+                LOG.info("port %s:%d %s", self.logic.by_dpid[dpid]["name"], port, "up" if up else "down")
+        if changed:
+            for dp in list(self.datapaths.values()):
+                self._program(dp, flows=False)
+
+    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    def port_desc(self, ev):
+        dp = ev.msg.datapath
+        ofp = dp.ofproto
+        self._ports_changed([(dp.id, p.port_no, port_is_up(ofp, p)) for p in ev.msg.body
+                             if p.port_no < ofp.OFPP_MAX])
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def port_status(self, ev):
+        msg = ev.msg
+        dp, ofp = msg.datapath, msg.datapath.ofproto
+        up = msg.reason != ofp.OFPPR_DELETE and port_is_up(ofp, msg.desc)
+        self._ports_changed([(dp.id, msg.desc.port_no, up)])
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    def error(self, ev):
+        msg = ev.msg
+        LOG.error("switch %016x rejected a message: type %d code %d", msg.datapath.id, msg.type, msg.code)
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def packet_in(self, ev):
+        msg = ev.msg
+        dp = msg.datapath
+        reply = self.logic.arp_reply(bytes(msg.data))
+        if reply is None:
+            return
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                        actions=[parser.OFPActionOutput(msg.match["in_port"])], data=reply))

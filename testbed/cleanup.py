@@ -1,0 +1,134 @@
+"""Scoped cleanup: remove what testbed runs left behind, found only by name prefix, run directory
+and PID records. Never global: no `mn -c`, no killall/pkill, nothing without our prefix.
+
+Everything a run creates in the root namespace is named `<prefix>-...` (testbed/fabric.py), and the
+processes it starts (controller, Mininet node shells, supervised programs) are recorded with their
+start time in `<rundir>/pids/`, so a recycled PID is never killed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import psutil
+
+from testbed.rundir import RunDir, live_process, run_dirs
+
+DEFAULT_PREFIX = "vt"
+
+
+def _lines(argv: list) -> list[str]:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    return r.stdout.splitlines() if r.returncode == 0 else []
+
+
+def _ours(name: str, prefix: str) -> bool:
+    return name.startswith(prefix + "-")
+
+
+def bridges(prefix: str) -> list[str]:
+    return [b for b in _lines(["ovs-vsctl", "--timeout=10", "list-br"]) if _ours(b, prefix)]
+
+
+def links(prefix: str) -> list[str]:
+    out = []
+    for line in _lines(["ip", "-o", "link", "show"]):
+        parts = line.split(": ", 2)
+        if len(parts) >= 2:
+            name = parts[1].split("@")[0]
+            if _ours(name, prefix):
+                out.append(name)
+    return out
+
+
+def netns(prefix: str) -> list[str]:
+    return [l.split()[0] for l in _lines(["ip", "netns", "list"]) if l.split() and _ours(l.split()[0], prefix)]
+
+
+def processes(rundir: RunDir) -> list[psutil.Process]:
+    """Recorded processes still alive and still the same program; plus their descendants."""
+    found: dict[int, psutil.Process] = {}
+    for rec in rundir.pid_records():
+        p = live_process(rec)
+        if p is None or p.pid == os.getpid():
+            continue
+        try:
+            if rec.get("cmdline") and p.cmdline() != rec["cmdline"]:
+                continue
+            found[p.pid] = p
+            for kid in p.children(recursive=True):
+                if kid.pid != os.getpid():
+                    found[kid.pid] = kid
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
+def leftovers(prefix: str, root=None) -> dict:
+    rd = RunDir(root, prefix)
+    return {k: v for k, v in (("processes", [p.pid for p in processes(rd)]), ("bridges", bridges(prefix)),
+                              ("links", links(prefix)), ("netns", netns(prefix))) if v}
+
+
+def _kill(procs: list[psutil.Process], grace: float = 2.0) -> None:
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+
+
+def clean_prefix(prefix: str, root=None, keep_rundir: bool = False, log=print) -> dict:
+    """Remove one prefix's processes, OVS bridges, links, named netns and (unless kept) run dir."""
+    rd = RunDir(root, prefix)
+    done = {"processes": 0, "bridges": 0, "links": 0, "netns": 0}
+    procs = processes(rd)
+    if procs:
+        log(f"{prefix}: stopping {len(procs)} processes ({', '.join(str(p.pid) for p in procs)})")
+        _kill(procs)
+        done["processes"] = len(procs)
+    for br in bridges(prefix):
+        subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", br], capture_output=True)
+        done["bridges"] += 1
+    if done["bridges"]:
+        log(f"{prefix}: deleted {done['bridges']} OVS bridges")
+    # A veth goes away with its peer; netdev bridges' tap ports go with del-br, hence the re-list.
+    for _ in range(3):
+        names = links(prefix)
+        if not names:
+            break
+        for name in names:
+            if subprocess.run(["ip", "link", "del", name], capture_output=True).returncode == 0:
+                done["links"] += 1
+        time.sleep(0.1)
+    if done["links"]:
+        log(f"{prefix}: deleted {done['links']} links")
+    for ns in netns(prefix):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        done["netns"] += 1
+    if done["netns"]:
+        log(f"{prefix}: deleted {done['netns']} network namespaces")
+    if not keep_rundir and rd.exists():
+        shutil.rmtree(rd.path, ignore_errors=True)
+        log(f"{prefix}: removed {rd.path}")
+    return done
+
+
+def clean(root=None, prefix: str | None = None, log=print) -> dict:
+    """All runs under the run root (and the default prefix), or just one prefix."""
+    prefixes = [prefix] if prefix else sorted({rd.prefix for rd in run_dirs(root)} | {DEFAULT_PREFIX})
+    total = {}
+    for p in prefixes:
+        for k, v in clean_prefix(p, root, log=log).items():
+            total[k] = total.get(k, 0) + v
+    return total

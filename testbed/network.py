@@ -1,0 +1,95 @@
+"""Build the Mininet network of a fabric description (testbed/fabric.py) and check it is programmed."""
+from __future__ import annotations
+
+import ipaddress
+import resource
+import subprocess
+import time
+
+from controllers.fabric_logic import COOKIE, FabricLogic
+
+OVS_TIMEOUT = ["--timeout=10"]
+
+
+def _mininet():
+    from mininet.log import setLogLevel
+    from mininet.net import Mininet
+
+    # Mininet.init() would raise system-wide limits and sysctls; we only need more fds ourselves.
+    Mininet.inited = True
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 8192 <= hard or hard == resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (8192, hard))
+    setLogLevel("warning")
+    return Mininet
+
+
+def build(desc: dict, ofp_port: int, progress=None):
+    """Create and start the network; returns the started Mininet object."""
+    from mininet.link import Link
+    from mininet.node import Host, OVSSwitch, RemoteController
+
+    Mininet = _mininet()
+    say = progress or (lambda msg: None)
+    plen = ipaddress.IPv4Network(desc["underlay"]).prefixlen
+    net = Mininet(topo=None, build=False, controller=None, switch=OVSSwitch, host=Host, link=Link,
+                  autoSetMacs=False, autoStaticArp=False, waitConnected=False, ipBase=desc["underlay"])
+    net.addController(f"{desc['prefix']}-c0", controller=RemoteController, ip="127.0.0.1", port=ofp_port)
+    nodes = {}
+    for sw in desc["switches"]:
+        nodes[sw["name"]] = net.addSwitch(sw["bridge"], cls=OVSSwitch, dpid=f"{sw['dpid']:016x}",
+                                          datapath="user", protocols="OpenFlow13", failMode="secure")
+    for srv in desc["servers"]:
+        nodes[srv["name"]] = net.addHost(srv["name"], ip=f"{srv['ip']}/{plen}", mac=srv["mac"])
+    by_name = {sw["name"]: sw for sw in desc["switches"]}
+    servers = {s["name"]: s for s in desc["servers"]}
+    say(f"creating {len(desc['links'])} links")
+    for link in desc["links"]:
+        a, b = link["a"], link["b"]
+        if b in servers:
+            srv = servers[b]
+            net.addLink(nodes[b], nodes[a], port1=0, port2=link["a_port"], intfName1=srv["intf"],
+                        intfName2=f"{by_name[a]['bridge']}p{link['a_port']}")
+        else:
+            net.addLink(nodes[a], nodes[b], port1=link["a_port"], port2=link["b_port"],
+                        intfName1=f"{by_name[a]['bridge']}p{link['a_port']}",
+                        intfName2=f"{by_name[b]['bridge']}p{link['b_port']}")
+    say("configuring hosts")
+    net.build()
+    say(f"starting {len(desc['switches'])} switches (userspace datapath)")
+    net.start()
+    for srv in desc["servers"]:
+        host = nodes[srv["name"]]
+        # The userspace datapath never completes partial checksums: without this TCP is dead.
+        host.cmd(f"ethtool -K {srv['intf']} tx off >/dev/null 2>&1")
+        # IPv6 autoconfiguration only adds noise to captures and port counters.
+        host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+    return net
+
+
+def our_flow_count(bridge: str) -> int:
+    r = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *OVS_TIMEOUT, "dump-flows", bridge,
+                        f"cookie={COOKIE:#x}/-1"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return -1
+    return sum(1 for line in r.stdout.splitlines() if "cookie=" in line)
+
+
+def wait_programmed(desc: dict, timeout: float = 60.0, progress=None) -> None:
+    """Block until every switch holds all the controller's flows (so it is connected and forwarding)."""
+    logic = FabricLogic(desc)
+    want = {sw["bridge"]: len(logic.flows(sw["dpid"])) for sw in desc["switches"]}
+    deadline = time.monotonic() + timeout
+    pending = dict(want)
+    while pending:
+        for bridge in list(pending):
+            if our_flow_count(bridge) >= want[bridge]:
+                del pending[bridge]
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"switches not programmed by the controller after {timeout:.0f} s: "
+                               f"{', '.join(sorted(pending))}")
+        if progress:
+            progress(f"waiting for the controller: {len(want) - len(pending)}/{len(want)} switches ready")
+        time.sleep(0.3)

@@ -1,0 +1,188 @@
+"""Process supervision for a testbed run: start, log, restart with back-off, stop.
+
+`Supervisor(rundir).start(name, argv, node=host)` runs argv inside a Mininet host's namespaces
+(node=None: in the root namespace, e.g. the controller), logs to `<rundir>/logs/<name>.log` and
+records the PID in `<rundir>/pids/<name>.json` so `testbed clean` can find it after a crash.
+A process that exits on its own is restarted after 0.5, 1, 2, 4 ... 10 s; the back-off resets once
+it has run for 30 s.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from testbed.rundir import RunDir
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 30.0
+POLL = 0.2
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list
+    node: object
+    env: dict | None
+    restart: bool
+    cwd: str | None
+    popen: subprocess.Popen | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = BACKOFF_START
+    next_start: float | None = None
+    stopping: bool = False
+    log_fh: object = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, rundir: RunDir):
+        self.rundir = rundir
+        self.children: dict[str, Child] = {}
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def _event(self, msg: str) -> None:
+        with open(self.rundir.log("supervisor"), "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+
+    def start(self, name: str, argv: list, node=None, env: dict | None = None, restart: bool = True,
+              cwd: str | None = None) -> subprocess.Popen:
+        """Run argv (in Mininet host `node`, or the root namespace if None) under supervision."""
+        with self.lock:
+            if name in self.children and not self.children[name].stopping:
+                raise ValueError(f"a process named {name!r} is already supervised")
+            child = Child(name, [str(a) for a in argv], node, env, restart, cwd)
+            self.children[name] = child
+            self._spawn(child)
+            return child.popen
+
+    def _spawn(self, child: Child) -> None:
+        if child.log_fh is None:
+            child.log_fh = open(self.rundir.log(child.name), "ab", buffering=0)
+        full_env = None
+        if child.env is not None:
+            full_env = dict(os.environ)
+            full_env.update({k: str(v) for k, v in child.env.items()})
+        # Own session: a Ctrl-C in `testbed cli` or a signal to the daemon's group must not reach it.
+        kw = dict(stdin=subprocess.DEVNULL, stdout=child.log_fh, stderr=subprocess.STDOUT,
+                  env=full_env, cwd=child.cwd, start_new_session=True)
+        if child.node is None:
+            child.popen = subprocess.Popen(child.argv, **kw)
+        else:
+            child.popen = child.node.popen(child.argv, **kw)
+        child.started = time.monotonic()
+        child.next_start = None
+        self.rundir.record_pid(child.name, child.popen.pid)
+        self._event(f"started {child.name} pid {child.popen.pid}: {' '.join(child.argv)}")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(POLL):
+            with self.lock:
+                now = time.monotonic()
+                for child in list(self.children.values()):
+                    if child.stopping or child.popen is None:
+                        continue
+                    if child.next_start is not None:
+                        if now >= child.next_start:
+                            child.restarts += 1
+                            self._spawn(child)
+                        continue
+                    rc = child.popen.poll()
+                    if rc is None:
+                        if now - child.started > STABLE_AFTER:
+                            child.backoff = BACKOFF_START
+                        continue
+                    if not child.restart:
+                        self._event(f"{child.name} pid {child.popen.pid} exited with {rc} (not restarted)")
+                        self.rundir.forget_pid(child.name)
+                        child.stopping = True
+                        continue
+                    self._event(f"{child.name} pid {child.popen.pid} exited with {rc}: "
+                                f"restarting in {child.backoff:.1f} s")
+                    child.next_start = now + child.backoff
+                    child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+
+    def _terminate(self, child: Child, timeout: float = 5.0) -> None:
+        p = child.popen
+        if p is None or p.poll() is not None:
+            return
+        try:
+            proc = psutil.Process(p.pid)
+            kids = proc.children(recursive=True)
+        except psutil.Error:
+            kids = []
+        for sig_target in [p.pid] + [k.pid for k in kids]:
+            try:
+                os.kill(sig_target, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._event(f"{child.name} pid {p.pid} ignored SIGTERM: killing")
+            p.kill()
+            p.wait()
+        for k in kids:
+            try:
+                k.kill()
+            except psutil.Error:
+                pass
+
+    def stop(self, name: str) -> None:
+        with self.lock:
+            child = self.children.get(name)
+            if child is None:
+                raise KeyError(name)
+            child.stopping = True
+        self._terminate(child)
+        with self.lock:
+            if child.log_fh is not None:
+                child.log_fh.close()
+                child.log_fh = None
+            self.children.pop(name, None)
+            self.rundir.forget_pid(name)
+            self._event(f"stopped {name}")
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Stop and start again now (no back-off): e.g. `testbed controller restart`."""
+        with self.lock:
+            child = self.children.get(name)
+            if child is None:
+                raise KeyError(name)
+            child.stopping = True
+        self._terminate(child)
+        with self.lock:
+            child.stopping = False
+            child.restarts += 1
+            self._spawn(child)
+            self._event(f"restarted {name} on request")
+            return child.popen
+
+    def pid(self, name: str) -> int | None:
+        child = self.children.get(name)
+        return child.popen.pid if child and child.popen else None
+
+    def status(self) -> dict:
+        with self.lock:
+            return {c.name: {"pid": c.popen.pid if c.popen else None,
+                             "running": bool(c.popen and c.popen.poll() is None),
+                             "restarts": c.restarts, "argv": c.argv}
+                    for c in self.children.values()}
+
+    def stop_all(self) -> None:
+        for name in list(self.children)[::-1]:
+            try:
+                self.stop(name)
+            except KeyError:
+                pass
+        self._stop.set()
