@@ -1,0 +1,388 @@
+"""The forwarding process of one server's vrouter: the shell around `vrouter.pipeline.Pipeline`.
+
+    python -m vrouter.forwarder --rundir RUNDIR --server srv1
+
+Runs in the server's network namespace. One selector loop over: the VMs' TAPs, the fabric sockets,
+the agent channel (punts out, decisions and config pushes in) and the introspection socket.
+The forwarder never decides a new flow itself: that is the agent's job (the slow path), exactly the
+round trip that proactive reverse entries save. It starts with no configuration and forwards nothing
+until the agent pushes one; TAPs of VMs it already served are re-attached, not re-created.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from vrouter import ipc, tap
+from vrouter.actions import Drop, Punt, ToTunnel, ToVif
+from vrouter.config import ConfigError, VrouterConfig
+from vrouter.introspect import Introspector
+from vrouter.tunnel import Tunnels, TunnelError
+
+log = logging.getLogger("forwarder")
+EXPIRE_EVERY = 1.0
+PENDING_RETRY = 0.5
+
+
+class VifPort:
+    """A VM interface: its TAP fd and packet counters (the `vif --list` columns)."""
+
+    def __init__(self, spec, fd: int, netns):
+        self.spec = spec
+        self.fd = fd
+        self.netns = netns
+        self.counters = collections.Counter()
+
+
+class Forwarder:
+    def __init__(self, rundir: str, server: str, *, clock=time.monotonic):
+        self.rundir = rundir
+        self.server = server
+        self.clock = clock
+        self.sel = selectors.DefaultSelector()
+        self.pipeline = None
+        self.config = None          # VrouterConfig
+        self.config_dict = None     # as pushed, for `config` introspection
+        self.generation = None
+        self.tunnels: Tunnels | None = None
+        self.vifs: dict[str, VifPort] = {}
+        self.pending: dict[str, str] = {}   # vif name -> why it is not attached yet
+        self.agent: socket.socket | None = None
+        self.agent_stats: dict = {}
+        self.counters = collections.Counter()
+        self.punt_seq = 0
+        self.running = True
+        self.introspector = Introspector(self)
+        self._listen()
+
+    # --- sockets -------------------------------------------------------------------------------
+    def _listen(self):
+        self.agent_listener = ipc.listen(ipc.agent_socket(self.rundir, self.server), socket.SOCK_SEQPACKET)
+        self.sel.register(self.agent_listener, selectors.EVENT_READ, ("agent_listen", None))
+        self.intro_listener = ipc.listen(ipc.introspect_socket(self.rundir, self.server), socket.SOCK_STREAM)
+        self.sel.register(self.intro_listener, selectors.EVENT_READ, ("intro_listen", None))
+
+    def _open_tunnels(self, underlay_ip: str):
+        if self.tunnels and self.tunnels.local_ip == underlay_ip:
+            return
+        if self.tunnels:
+            for s in self.tunnels.sockets():
+                self.sel.unregister(s)
+            self.tunnels.close()
+        self.tunnels = Tunnels(underlay_ip)
+        for s in self.tunnels.sockets():
+            self.sel.register(s, selectors.EVENT_READ, ("fabric", s))
+
+    # --- main loop -----------------------------------------------------------------------------
+    def run(self):
+        next_expire = next_retry = self.clock()
+        while self.running:
+            timeout = max(0.0, min(next_expire, next_retry) - self.clock())
+            for key, _ in self.sel.select(timeout):
+                kind, obj = key.data
+                try:
+                    getattr(self, f"_on_{kind}")(key.fileobj, obj)
+                except (ConnectionError, OSError) as exc:
+                    if kind in ("agent", "intro"):
+                        self._drop_conn(key.fileobj, kind, exc)
+                    else:
+                        raise
+            now = self.clock()
+            if now >= next_expire:
+                if self.pipeline is not None:
+                    self.counters["expired"] += self.pipeline.expire(now)
+                next_expire = now + EXPIRE_EVERY
+            if now >= next_retry:
+                if self.pending:
+                    self._attach_pending()
+                next_retry = now + PENDING_RETRY
+        self.close()
+
+    def close(self):
+        for port in self.vifs.values():
+            os.close(port.fd)  # the TAPs stay (persistent): a restarted forwarder re-attaches
+        self.vifs.clear()
+        if self.tunnels:
+            self.tunnels.close()
+        for path in (ipc.agent_socket(self.rundir, self.server), ipc.introspect_socket(self.rundir, self.server)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _drop_conn(self, conn, kind, exc=None):
+        self.sel.unregister(conn)
+        conn.close()
+        if kind == "agent" and conn is self.agent:
+            self.agent = None
+            log.warning("agent disconnected (%s); new flows are held until it returns", exc or "EOF")
+
+    # --- event handlers ------------------------------------------------------------------------
+    def _on_agent_listen(self, listener, _):
+        conn, _ = listener.accept()
+        ipc.tune_seqpacket(conn)
+        conn.setblocking(False)
+        if self.agent is not None:
+            self._drop_conn(self.agent, "agent", "replaced by a new connection")
+        self.agent = conn
+        self.sel.register(conn, selectors.EVENT_READ, ("agent", None))
+        log.info("agent connected")
+
+    def _on_intro_listen(self, listener, _):
+        conn, _ = listener.accept()
+        conn.setblocking(False)
+        self.sel.register(conn, selectors.EVENT_READ, ("intro", ipc.msgpack.Unpacker(raw=False)))
+
+    def _on_intro(self, conn, unpacker):
+        data = conn.recv(65536)
+        if not data:
+            self._drop_conn(conn, "intro")
+            return
+        unpacker.feed(data)
+        for req in unpacker:
+            reply = self.introspector.handle(req)
+            conn.setblocking(True)  # replies are written whole; a CLI reader is quick
+            conn.settimeout(5.0)
+            conn.sendall(ipc.pack(reply))
+            conn.setblocking(False)
+
+    def _on_agent(self, conn, _):
+        for _ in range(64):
+            try:
+                data = conn.recv(ipc.SEQPACKET_MAX)
+            except BlockingIOError:
+                return
+            if not data:
+                self._drop_conn(conn, "agent")
+                return
+            msg = ipc.unpack(data)
+            kind = msg.get("t")
+            if kind == "decision":
+                self.agent_stats = msg.get("agent", self.agent_stats)
+                if self.pipeline is not None:
+                    self.counters["decisions"] += 1
+                    self._execute(self.pipeline.install(msg["decision"], self.clock()))
+            elif kind == "config":
+                self.apply_config(msg["generation"], msg["config"])
+            elif kind == "agent_stats":
+                self.agent_stats = msg["agent"]
+            else:
+                log.warning("ignoring agent message of unknown type %r", kind)
+
+    def _on_tap(self, fd, name):
+        port = self.vifs.get(name)
+        if port is None or self.pipeline is None:
+            return
+        frames = tap.read_frames(fd)
+        now = self.clock()
+        port.counters["rx_packets"] += len(frames)
+        for frame in frames:
+            port.counters["rx_bytes"] += len(frame)
+            self._execute(self.pipeline.from_vif(name, frame, now))
+
+    def _on_fabric(self, sock, _):
+        packets = self.tunnels.receive(sock)
+        if self.pipeline is None:
+            self.counters["fabric_rx_unconfigured"] += len(packets)
+            return
+        now = self.clock()
+        for src, encap, payload in packets:
+            self._execute(self.pipeline.from_fabric(src, encap, payload, now))
+
+    # --- actions -------------------------------------------------------------------------------
+    def _execute(self, actions):
+        for action in actions:
+            if type(action) is ToTunnel:
+                self.tunnels.send(action.peer, action.encap, action.sport, action.payload)
+            elif type(action) is ToVif:
+                port = self.vifs.get(action.vif)
+                if port is not None and tap.write_frame(port.fd, action.frame):
+                    port.counters["tx_packets"] += 1
+                    port.counters["tx_bytes"] += len(action.frame)
+                else:
+                    self.counters["vif_tx_errors"] += 1
+            elif type(action) is Punt:
+                self._punt(action.request)
+            elif type(action) is Drop:
+                pass  # counted by the pipeline (dropstats)
+
+    def _punt(self, request):
+        self.counters["punts"] += 1
+        if self.agent is None:
+            self.counters["punts_no_agent"] += 1  # the held entry times out (hold_timeout) in the core
+            return
+        self.punt_seq += 1
+        try:
+            self.agent.send(ipc.pack({"t": "punt", "id": self.punt_seq, "request": request}))
+        except BlockingIOError:
+            self.counters["punts_agent_busy"] += 1
+        except OSError as exc:
+            self._drop_conn(self.agent, "agent", exc)
+
+    # --- configuration -------------------------------------------------------------------------
+    def apply_config(self, generation, config_dict):
+        try:
+            config = VrouterConfig.from_dict(config_dict)
+        except ConfigError as exc:
+            log.error("rejected config generation %s: %s", generation, exc)
+            self.counters["config_rejected"] += 1
+            return
+        if config.server != self.server:
+            log.error("rejected config for server %s (this is %s)", config.server, self.server)
+            self.counters["config_rejected"] += 1
+            return
+        try:
+            self._open_tunnels(config.underlay_ip)
+        except TunnelError as exc:
+            log.error("%s", exc)
+            self.counters["config_rejected"] += 1
+            return
+        if self.pipeline is None:
+            from vrouter.pipeline import Pipeline
+            self.pipeline = Pipeline(config)
+        else:
+            self.pipeline.apply_config(config)
+        self.config, self.config_dict, self.generation = config, config_dict, generation
+        self._reconcile_vifs()
+        log.info("config generation %s applied: %d vifs, %d routes, mode %s", generation,
+                 len(config.vifs), len(config.routes), config.flow.mode)
+
+    def reset(self):
+        """Fresh pipeline with the same config: empty flow table, zeroed drop counters and stats."""
+        if self.config is not None:
+            from vrouter.pipeline import Pipeline
+            self.pipeline = Pipeline(self.config)
+        self.counters.clear()
+        for port in self.vifs.values():
+            port.counters.clear()
+
+    def request_agent_reset(self):
+        if self.agent is not None:
+            try:
+                self.agent.send(ipc.pack({"t": "reset"}))
+            except OSError as exc:
+                self._drop_conn(self.agent, "agent", exc)
+        self.agent_stats = {}
+
+    def _reconcile_vifs(self):
+        wanted = {v.name: v for v in self.config.vifs}
+        for name in list(self.vifs):
+            if name not in wanted:
+                port = self.vifs.pop(name)
+                self.sel.unregister(port.fd)
+                tap.destroy_tap(port.fd)
+                log.info("vif %s removed", name)
+        for name in list(self.pending):
+            if name not in wanted:
+                del self.pending[name]
+        for name, spec in wanted.items():
+            if name in self.vifs:
+                self.vifs[name].spec = spec
+            else:
+                self.pending[name] = "waiting for the VM's namespace"
+        self._attach_pending()
+
+    def _attach_pending(self):
+        try:
+            namespaces = ipc.read_vm_namespaces(self.rundir)
+        except ipc.IpcError as exc:
+            log.error("%s", exc)
+            return
+        for name in list(self.pending):
+            entry = namespaces.get(name)
+            if entry is None:
+                continue
+            spec = next(v for v in self.config.vifs if v.name == name)
+            try:
+                fd = attach_vm_interface(spec, entry["netns"], self._network_of(spec))
+            except (tap.TapError, VmSetupError) as exc:
+                self.pending[name] = str(exc)
+                log.error("vif %s: %s", name, exc)
+                continue
+            del self.pending[name]
+            self.vifs[name] = VifPort(spec, fd, entry["netns"])
+            self.sel.register(fd, selectors.EVENT_READ, ("tap", name))
+            log.info("vif %s attached (VM %s)", name, entry.get("vm", "?"))
+
+    def _network_of(self, spec):
+        return next(n for n in self.config.networks if n.name == spec.network)
+
+
+class VmSetupError(Exception):
+    """The VM's interface could not be configured inside its namespace."""
+
+
+def attach_vm_interface(spec, netns, network) -> int:
+    """Return a TAP fd for VM interface `spec`, creating and configuring it on first use.
+
+    The TAP is created here (server namespace), moved into the VM's namespace, and given the VM's
+    MAC, address and a default route via the network's gateway (the vrouter answers ARP for it).
+    If the device already exists in the VM's namespace (forwarder restart), we only re-attach.
+    """
+    from vrouter.codec.ipv4 import int_to_ip
+    with tap.in_netns(netns):
+        try:
+            socket.if_nametoindex(spec.name)
+            exists = True
+        except OSError:
+            exists = False
+    if exists:
+        return tap.open_tap(spec.name, netns=netns)
+    fd = tap.open_tap(spec.name)
+    try:
+        ns_arg = str(netns) if isinstance(netns, int) else os.path.basename(netns)
+        _ip("link", "set", spec.name, "netns", ns_arg)
+        ip = int_to_ip(spec.ip)
+        plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)
+        mac = ":".join(f"{b:02x}" for b in spec.mac)
+        with tap.in_netns(netns):
+            _ip("link", "set", "lo", "up")
+            _ip("link", "set", spec.name, "address", mac)
+            _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
+            _ip("link", "set", spec.name, "up")
+            _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
+    except BaseException:
+        tap.destroy_tap(fd)
+        raise
+    return fd
+
+
+def _ip(*args):
+    r = subprocess.run(("ip",) + args, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise VmSetupError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m vrouter.forwarder", description=__doc__.splitlines()[0])
+    p.add_argument("--rundir", required=True)
+    p.add_argument("--server", required=True)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s forwarder[{args.server}] %(levelname)s %(message)s")
+    try:
+        fwd = Forwarder(args.rundir, args.server)
+    except (ipc.IpcError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    def stop(*_):
+        fwd.running = False
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("listening on %s", ipc.agent_socket(args.rundir, args.server))
+    fwd.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
