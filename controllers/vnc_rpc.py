@@ -200,6 +200,11 @@ class VncServer:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() at once on Linux
+            except OSError:
+                pass
         if self._accepter is not None:
             self._accepter.join(timeout=2.0)
         if self._listener is not None:

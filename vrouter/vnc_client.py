@@ -169,7 +169,12 @@ class VncClient:
 
     def _heartbeat(self, ep):
         self._ack_due = False
-        stats = self._stats() if self._stats is not None else {}
+        stats = {}
+        if self._stats is not None:
+            try:
+                stats = self._stats()
+            except Exception:  # a broken stats hook must not cost the agent its controller
+                log.exception("stats callback failed; heartbeat sent without stats")
         reply = self._call(ep, "heartbeat", [self.server, self.generation, stats])
         self.heartbeats += 1
         self._drain(ep)
