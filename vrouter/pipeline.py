@@ -130,9 +130,9 @@ class Pipeline:
                 ok = word & 0x100
                 vrf = self._labels.get(word >> 12)
             elif encap == "vxlan":
-                flags, word, vihl, tlen, fw, ttl, proto, csum, src, dst, sp, dp = _FROM_VXLAN(payload)
+                flags, word, et, vihl, tlen, fw, ttl, proto, csum, src, dst, sp, dp = _FROM_VXLAN(payload)
                 off = 22
-                ok = flags >> 24 == 8 and payload[20:22] == _ETH_IP
+                ok = flags & 0x08000000 and et == 0x0800
                 vrf = self._labels.get(word >> 8)
             elif encap == "mplsogre":
                 g, word, vihl, tlen, fw, ttl, proto, csum, src, dst, sp, dp = _FROM_MPLSOGRE(payload)
