@@ -6,10 +6,11 @@ pushes ``config_for(server)`` to the agents whose configuration a change touched
 
 Naming of VM interfaces: every VM gets an index when it is created (topology order first, then
 run-time additions; indices are never reused in one controller state) and its TAP is called
-``<prefix>t<index>``, e.g. ``vtt3``. All TAPs of a testbed are created on one kernel before being
+``<prefix>-t<index>``, e.g. ``vt-t3``. All TAPs of a testbed are created on one kernel before being
 moved into namespaces, so the name must be unique machine-wide: the testbed passes its own name
-prefix (default ``vt``, at most 8 characters) so that concurrent testbeds never collide, and the
-``t<digits>`` suffix keeps names of different prefixes apart. Linux limits names to 15 characters.
+prefix (default ``vt``; 1-8 lowercase letters/digits) so that concurrent testbeds never collide,
+and the ``<prefix>-`` start is what the testbed's scoped cleanup looks for. Linux limits names to
+15 characters.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ FLOW_MODES = ("proactive", "reactive")
 DEFAULT_FLOW = {"capacity": 65536, "idle_timeout": 180.0, "hold_queue": 3, "mode": "proactive"}
 STATE_VERSION = 1
 
-_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,7}$")
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
 _PROTOCOLS = ("any", "tcp", "udp", "icmp")
@@ -150,7 +151,7 @@ class VncModel:
 
     def __init__(self, topology, prefix="vt", flow=None):
         if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
-            raise VncError(f"name prefix {prefix!r} must be 1-8 letters, digits, '-' or '_', "
+            raise VncError(f"name prefix {prefix!r} must be 1-8 lowercase letters or digits, "
                            "starting with a letter")
         self.prefix = prefix
         topo = load_topology(topology)
@@ -274,7 +275,7 @@ class VncModel:
                                f"{other['name']!r} in network {network!r}")
         if index is None:
             index = self._next_index
-        tap = f"{self.prefix}t{index}"
+        tap = f"{self.prefix}-t{index}"
         if len(tap) > _IFNAMSIZ:
             raise VncError(f"VM {name!r}: interface name {tap!r} exceeds {_IFNAMSIZ} characters")
         self._vms[name] = {"name": name, "network": network, "server": server,

@@ -98,7 +98,7 @@ def test_tap_names_are_short_unique_and_use_the_prefix():
     m = VncModel(overlapping_topology(), prefix="tb42")
     taps = [v["tap"] for v in m.vms()]
     assert len(set(taps)) == len(taps)
-    assert all(re.fullmatch(r"tb42t\d+", t) and len(t) <= 15 for t in taps)
+    assert all(re.fullmatch(r"tb42-t\d+", t) and len(t) <= 15 for t in taps)
     other = VncModel(overlapping_topology(), prefix="tb4")
     assert not set(taps) & {v["tap"] for v in other.vms()}
 
@@ -111,7 +111,7 @@ def test_tap_indices_are_not_reused_after_removal():
     assert m.vm("red9")["tap"] != removed
 
 
-@pytest.mark.parametrize("prefix", ["", "9vt", "toolongprefix", "v t", None])
+@pytest.mark.parametrize("prefix", ["", "9vt", "toolongprefix", "v-t", "VT", None])
 def test_bad_prefix_is_rejected(prefix):
     with pytest.raises(VncError, match="prefix"):
         VncModel(overlapping_topology(), prefix=prefix)
@@ -295,3 +295,12 @@ def test_any_change_sequence_yields_valid_configs_and_exact_change_sets(ops):
             VrouterConfig.from_dict(config)
         taps = [v["tap"] for v in m.vms()]
         assert len(taps) == len(set(taps))
+
+
+def test_an_interface_name_that_would_exceed_15_characters_is_refused():
+    m = VncModel(overlapping_topology(), prefix="abcdefgh")
+    state = m.state()
+    state["next_index"] = 100000  # abcdefgh-t100000 is 16 characters
+    m.restore(state)
+    with pytest.raises(VncError, match="exceeds 15 characters"):
+        m.add_vm("red9", "red", "srv3", "192.168.1.19")
