@@ -240,3 +240,30 @@ def test_a_live_controller_or_a_plain_file_is_not_replaced(run, tmp_path):
 def test_too_long_socket_path_is_refused(tmp_path):
     with pytest.raises(VncError, match="longer than"):
         start_vnc_server(topology(), "/tmp/" + "d" * 120 + "/vnc.sock")
+
+
+def test_concurrent_changes_leave_every_agent_on_the_final_config(run):
+    import threading
+    srv = run.server()
+    clients = [run.client(s)[0] for s in ("srv1", "srv2", "srv3")]
+    errors = []
+
+    def churn(worker):
+        try:
+            with AdminClient(run.sock) as adm:
+                for i in range(8):
+                    name = f"c{worker}x{i}"
+                    adm.add_vm(name, "red", f"srv{worker}", f"192.168.1.{100 + worker * 10 + i}")
+                    if i % 2:
+                        adm.remove_vm(name)
+        except Exception as e:  # reported below: an assertion in a thread would be lost
+            errors.append(e)
+
+    threads = [threading.Thread(target=churn, args=(w,)) for w in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for cli in clients:
+        assert cli.wait_for(lambda cfg, s=cli.server: cfg == srv.model.config_for(s), WAIT)
