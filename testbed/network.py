@@ -20,7 +20,7 @@ def _mininet():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 8192 <= hard or hard == resource.RLIM_INFINITY:
         resource.setrlimit(resource.RLIMIT_NOFILE, (8192, hard))
-    setLogLevel("warning")
+    setLogLevel("output")  # Mininet CLI and pingAll print at this level
     return Mininet
 
 

@@ -124,9 +124,9 @@ class Testbed:
             raise TestbedError(f"a testbed with prefix {self.prefix!r} is already running "
                                f"({self.rundir.path}): 'sudo testbed down --prefix {self.prefix}' "
                                f"or pick another --prefix")
-        if self.rundir.exists() or cleanup.leftovers(self.prefix):
+        if cleanup.leftovers(self.prefix, self.rundir.root):
             self.progress(f"removing leftovers of an earlier run with prefix {self.prefix!r}")
-            cleanup.clean_prefix(self.prefix, self.rundir.root, log=self.progress)
+            cleanup.clean_prefix(self.prefix, self.rundir.root, keep_rundir=True, log=self.progress)
 
     def start(self) -> "Testbed":
         t0 = time.monotonic()

@@ -334,8 +334,15 @@ class _Validator:
         return out
 
     def _links(self, switches, servers) -> list[tuple[str, str]]:
-        roles = {s.name: s.role for s in switches}
-        roles.update({s.name: "server" for s in servers})
+        # Declared names count even when another field of their entry is invalid, so one mistake
+        # is reported once and not again by every link that mentions the node.
+        roles = {}
+        for item in self._list("switches"):
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                roles.setdefault(item["name"], item.get("role") if item.get("role") in ROLES else "invalid")
+        for item in self._list("servers"):
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                roles.setdefault(item["name"], "server")
         out = []
         seen: dict[frozenset, str] = {}
         server_leaf: dict[str, list[str]] = {}
@@ -361,6 +368,8 @@ class _Validator:
                 continue
             seen[key] = where
             pair = {roles[a], roles[b]}
+            if "invalid" in pair:
+                continue
             if pair == {"leaf", "spine"}:
                 pass
             elif pair == {"server", "leaf"}:
@@ -371,10 +380,10 @@ class _Validator:
                                 f"spine or a server to a leaf")
                 continue
             out.append((a, b))
-        for srv in servers:
-            leaves = server_leaf.get(srv.name, [])
+        for srv in [n for n, r in roles.items() if r == "server"]:
+            leaves = server_leaf.get(srv, [])
             if len(leaves) != 1:
-                self.bad("links", f"server {srv.name!r} must link to exactly one leaf, "
+                self.bad("links", f"server {srv!r} must link to exactly one leaf, "
                                   f"links to {len(leaves)}" + (f" ({', '.join(leaves)})" if leaves else ""))
         return out
 

@@ -1,0 +1,53 @@
+"""Registry of `testbed` subcommands: modules add theirs with @command, the CLI builds the parser.
+
+    @command("bench throughput", help="...", root=True)
+    def bench_throughput(args): ...          # returns the exit code
+    bench_throughput.arguments = lambda p: p.add_argument("--seconds", type=int, default=5)
+
+A two-word name makes a group (`testbed bench fabric`, `testbed bench throughput`).
+`root=True` checks for root and a running Open vSwitch before the command runs.
+Modules named testbed/cmd_*.py and those in OPTIONAL_MODULES are imported by testbed.cli.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+# Modules owned by other parts of the project that may register commands once they exist.
+OPTIONAL_MODULES = ("testbed.vr", "testbed.overlay", "testbed.capture", "testbed.net_cmd")
+
+
+@dataclass
+class Command:
+    name: str
+    run: Callable
+    help: str
+    root: bool = False
+    arguments: Callable | None = None
+    group_help: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+COMMANDS: dict[str, Command] = {}
+GROUP_HELP: dict[str, str] = {}
+
+
+def command(name: str, help: str, root: bool = False, arguments: Callable | None = None):
+    def deco(fn):
+        if name in COMMANDS and COMMANDS[name].run is not fn:
+            raise ValueError(f"testbed command {name!r} registered twice")
+        COMMANDS[name] = Command(name, fn, help, root, arguments)
+        return fn
+    return deco
+
+
+def group(name: str, help: str) -> None:
+    GROUP_HELP.setdefault(name, help)
+
+
+class CommandError(Exception):
+    """A one-line error for the user; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code

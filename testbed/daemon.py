@@ -1,0 +1,239 @@
+"""The process behind `testbed up`: holds the Mininet network and answers on `<rundir>/control.sock`.
+
+`testbed up` starts `python -m testbed.daemon ...` in its own session and returns once state.json
+says "up". Requests are one JSON line each: {"op": "status" | "stop" | "controller-restart" |
+"cmd" (host, cmd) | "cli"}; "cli" turns the connection into a relay of Mininet's CLI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+from testbed.rundir import RunDir
+from testbed.runner import Testbed
+from testbed.topology import TopologyError, load
+
+
+class Daemon:
+    def __init__(self, tb: Testbed):
+        self.tb = tb
+        self.rundir = tb.rundir
+        self.done = threading.Event()
+        self.mn_lock = threading.Lock()  # Mininet objects are not thread-safe
+        self.sock = None
+
+    def serve(self) -> None:
+        path = str(self.rundir.control_socket)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        os.chmod(path, 0o600)
+        self.sock.listen(8)
+        threading.Thread(target=self._accept, name="control", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        f = conn.makefile("rw", buffering=1, encoding="utf-8", newline="\n")
+        try:
+            line = f.readline()
+            try:
+                req = json.loads(line)
+                op = req["op"]
+            except (ValueError, KeyError, TypeError):
+                f.write(json.dumps({"ok": False, "error": "bad request"}) + "\n")
+                return
+            if op == "cli":
+                # Mininet's CLI polls its input's fileno(), which socket.makefile() objects lack.
+                fin = os.fdopen(os.dup(conn.fileno()), "r", encoding="utf-8", errors="replace")
+                fout = os.fdopen(os.dup(conn.fileno()), "w", buffering=1, encoding="utf-8")
+                try:
+                    self._cli(fin, fout)
+                finally:
+                    for x in (fin, fout):
+                        try:
+                            x.close()
+                        except OSError:
+                            pass
+                return
+            try:
+                reply = self._op(op, req)
+            except Exception as exc:
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            f.write(json.dumps(reply) + "\n")
+            f.flush()
+            if op == "stop":
+                self.done.set()
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                f.close()
+                conn.close()
+            except OSError:
+                pass
+
+    def _op(self, op: str, req: dict) -> dict:
+        if op == "status":
+            return {"ok": True, "state": self.rundir.read_state(),
+                    "processes": self.tb.supervisor.status() if self.tb.supervisor else {}}
+        if op == "stop":
+            return {"ok": True}
+        if op == "controller-restart":
+            with self.mn_lock:
+                pid = self.tb.restart_controller()
+            return {"ok": True, "pid": pid}
+        if op == "cmd":
+            with self.mn_lock:
+                out = self.tb.host(req["host"]).cmd(req["cmd"])
+            return {"ok": True, "output": out}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def _cli(self, fin, fout) -> None:
+        from mininet.cli import CLI
+        from mininet.log import lg
+
+        class RelayCLI(CLI):
+            use_rawinput = False  # read the socket, not the daemon's stdin
+
+        with self.mn_lock:
+            old = [(h, h.stream) for h in lg.handlers if hasattr(h, "stream")]
+            for h, _ in old:
+                h.stream = fout
+            try:
+                fout.write(f"*** testbed {self.tb.prefix}: switches are named {self.tb.prefix}-s<N> (spines) "
+                        f"and {self.tb.prefix}-l<N> (leaves); servers by their topology names\n")
+                RelayCLI(self.tb.net, stdin=fin, stdout=fout)
+            except (OSError, ValueError):  # client went away
+                traceback.print_exc()
+            finally:
+                for h, stream in old:
+                    h.stream = stream
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.done.set())
+        signal.signal(signal.SIGINT, lambda *_: self.done.set())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.serve()
+        while not self.done.wait(0.5):
+            pass
+        self.rundir.write_state(progress="stopping")
+        try:
+            self.sock.close()
+            os.unlink(str(self.rundir.control_socket))
+        except OSError:
+            pass
+        with self.mn_lock:
+            self.tb.stop()
+        return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="testbed.daemon")
+    p.add_argument("--topology", required=True)
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--run-root")
+    p.add_argument("--ofp-port", type=int)
+    args = p.parse_args(argv)
+    rundir = RunDir(args.run_root, args.prefix)
+    rundir.create()
+    rundir.record_pid("daemon", os.getpid(), role="daemon")
+
+    def progress(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+        rundir.write_state(progress=msg)
+
+    try:
+        topo = load(args.topology)
+        tb = Testbed(topo, prefix=args.prefix, run_root=args.run_root, ofp_port=args.ofp_port,
+                     progress=progress, mode="daemon")
+        tb.start()
+    except (TopologyError, Exception) as exc:
+        traceback.print_exc()
+        rundir.write_state(state="failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        rundir.forget_pid("daemon")
+        return 1
+    progress(f"up in {tb.timings['total']:.1f} s")
+    rc = Daemon(tb).run()
+    rundir.forget_pid("daemon")
+    progress("stopped")
+    return rc
+
+
+# --- client side ------------------------------------------------------------------------------
+
+def request(rundir: RunDir, op: str, timeout: float = 60.0, **fields) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(rundir.control_socket))
+        s.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+def relay_cli(rundir: RunDir) -> None:
+    """Connect this terminal to the daemon's Mininet CLI until EOF (Ctrl-D) or `exit`."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(rundir.control_socket))
+    s.sendall(b'{"op": "cli"}\n')
+
+    # Mininet forwards input typed while a command runs to that command as keystrokes, so a
+    # line is only sent once the prompt is back (matters when commands are piped in).
+    prompt = threading.Event()
+
+    def pump():
+        tail = ""
+        while True:
+            data = s.recv(4096)
+            if not data:
+                break
+            text = data.decode(errors="replace")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            tail = (tail + text)[-16:]
+            if tail.endswith("mininet> "):
+                prompt.set()
+        prompt.set()
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    try:
+        for line in sys.stdin:
+            prompt.wait()
+            if not t.is_alive():
+                break
+            prompt.clear()
+            s.sendall(line.encode())
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+    try:
+        s.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    t.join(10)
+    s.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
