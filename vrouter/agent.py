@@ -184,6 +184,8 @@ def main(argv=None):
 
     def stop(*_):
         agent.running = False
+    from vrouter.forwarder import die_with_parent
+    die_with_parent()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:

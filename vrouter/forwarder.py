@@ -93,6 +93,8 @@ class Forwarder:
                 except (ConnectionError, OSError) as exc:
                     if kind in ("agent", "intro"):
                         self._drop_conn(key.fileobj, kind, exc)
+                    elif kind == "tap":
+                        self._lost_vif(obj, exc)
                     else:
                         raise
             now = self.clock()
@@ -119,7 +121,10 @@ class Forwarder:
                 pass
 
     def _drop_conn(self, conn, kind, exc=None):
-        self.sel.unregister(conn)
+        try:
+            self.sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass  # already dropped by an earlier error on the same connection
         conn.close()
         if kind == "agent" and conn is self.agent:
             self.agent = None
@@ -176,6 +181,16 @@ class Forwarder:
                 self.agent_stats = msg["agent"]
             else:
                 log.warning("ignoring agent message of unknown type %r", kind)
+
+    def _lost_vif(self, name, exc):
+        """The VM's namespace went away under us (its host was stopped): wait for it to come back."""
+        port = self.vifs.pop(name, None)
+        if port is None:
+            return
+        self.sel.unregister(port.fd)
+        os.close(port.fd)
+        self.pending[name] = f"interface lost: {exc.strerror or exc}"
+        log.warning("vif %s lost (%s); waiting for the VM's namespace", name, exc)
 
     def _on_tap(self, fd, name):
         port = self.vifs.get(name)
@@ -361,6 +376,13 @@ def _ip(*args):
         raise VmSetupError(f"ip {' '.join(args)}: {r.stderr.strip()}")
 
 
+def die_with_parent() -> None:
+    """SIGTERM when the supervising process dies, so a crashed testbed leaves no orphan vrouters."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m vrouter.forwarder", description=__doc__.splitlines()[0])
     p.add_argument("--rundir", required=True)
@@ -377,6 +399,7 @@ def main(argv=None):
 
     def stop(*_):
         fwd.running = False
+    die_with_parent()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("listening on %s", ipc.agent_socket(args.rundir, args.server))

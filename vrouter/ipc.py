@@ -107,15 +107,17 @@ def request(path: Path, msg: dict, timeout: float = 5.0) -> dict:
     try:
         try:
             s.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
+            s.sendall(pack(msg))
+        except (FileNotFoundError, ConnectionError):
             raise IpcError(f"no vrouter is listening on {path} (is the testbed up?)") from None
-        s.sendall(pack(msg))
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=256 << 20)
         while True:
             try:
                 chunk = s.recv(1 << 20)
             except socket.timeout:
                 raise IpcError(f"vrouter on {path} did not answer within {timeout:g} s") from None
+            except ConnectionError:
+                chunk = b""
             if not chunk:
                 raise IpcError(f"vrouter on {path} closed the connection without an answer")
             unpacker.feed(chunk)

@@ -101,6 +101,8 @@ def destroy_tap(fd: int) -> None:
     """Drop persistence and close: the kernel removes the device (and its addresses) at once."""
     try:
         fcntl.ioctl(fd, TUNSETPERSIST, 0)
+    except OSError:
+        pass  # EBADFD: the device already went with its namespace
     finally:
         os.close(fd)
 

@@ -1,0 +1,212 @@
+"""The overlay in the testbed: VMs as Mininet hosts, one vrouter (forwarder + agent) per server.
+
+Runs as the runner's post-fabric hook (`testbed.runner.on_up`), so every way of bringing a testbed
+up (daemon, tests, experiments) gets it. For every VM, a Mininet host without links (so `red1 ping
+red2` works in Mininet's CLI); the forwarder of the VM's server creates the VM's TAP, moves it into
+the host and sets MAC, address and default route (docs/vrouter.md). VM interface names come from
+the VNC (controllers/vnc_model.py), which is the source of truth for VMs, also after run-time
+changes. Processes run under the testbed's supervisor; logs are `<rundir>/logs/vr-<server>-*.log`.
+If anything fails the runner tears the whole testbed down (supervisor, Mininet, scoped cleanup), so
+nothing is left half-started.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from testbed.runner import on_down, on_up
+from vrouter import introspect, ipc
+
+REPO = Path(__file__).resolve().parent.parent
+VNC_WAIT = 20.0
+VIFS_WAIT = 30.0
+ACTIVE = {"rundir": None}  # the testbed of this process, for Mininet's CLI command `vr`
+
+
+class OverlayError(Exception):
+    """The overlay could not be brought up or changed; one line for the operator."""
+
+
+def has_overlay(topology) -> bool:
+    return bool(getattr(topology, "vms", None) or getattr(topology, "networks", None)
+                or getattr(topology, "virtual_networks", None))
+
+
+def forwarder_name(server: str) -> str:
+    return f"vr-{server}-fwd"
+
+
+def agent_name(server: str) -> str:
+    return f"vr-{server}-agent"
+
+
+def admin(tb, timeout: float = VNC_WAIT):
+    """AdminClient of this testbed's VNC, waiting for the controller to open its socket."""
+    from controllers.vnc_rpc import AdminClient, VncUnavailable
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return AdminClient(str(tb.rundir.vnc_socket))
+        except VncUnavailable:
+            if time.monotonic() > deadline:
+                raise OverlayError(f"the VNC is not answering on {tb.rundir.vnc_socket} "
+                                   f"(controller log: {tb.rundir.log('controller')})") from None
+            time.sleep(0.2)
+
+
+def servers(tb) -> list[str]:
+    return [s["name"] for s in tb.desc["servers"]]
+
+
+@on_up
+def start(tb) -> None:
+    if not has_overlay(tb.topology):
+        return
+    with admin(tb) as vnc:
+        vms = vnc.dump()["vms"]
+    tb.progress(f"overlay: {len(vms)} VMs on {len(servers(tb))} vrouters")
+    hosts = {vm["name"]: add_vm_host(tb, vm["name"]) for vm in vms}
+    ipc.update_vm_namespaces(tb.path, {vm["tap"]: {"vm": vm["name"], "netns": hosts[vm["name"]].pid}
+                                       for vm in vms})
+    for server in servers(tb):
+        start_vrouter(tb, server)
+    wait_vifs(tb, {vm["server"] for vm in vms}, VIFS_WAIT)
+    for vm in vms:
+        register_intf(hosts[vm["name"]], vm["tap"], vm["address"])
+    ACTIVE["rundir"] = tb.path
+
+
+@on_down
+def stop(tb) -> None:
+    ACTIVE["rundir"] = None
+    if tb.supervisor is None:
+        return
+    for server in servers(tb):
+        for name in (agent_name(server), forwarder_name(server)):
+            try:
+                tb.supervisor.stop(name)
+            except KeyError:
+                pass
+
+
+def start_vrouter(tb, server: str) -> None:
+    # `mnexec -a PID` enters the server's namespaces and execs (same PID, so the supervisor sees the
+    # real process). Mininet's node.popen adds `-d`, which forks when the child already leads its
+    # own session (the supervisor's start_new_session): the supervisor would then watch a parent
+    # that exits at once and "restart" a process that is still running.
+    enter = ["mnexec", "-a", str(tb.host(server).pid)]
+    common = ["--rundir", str(tb.path), "--server", server]
+    tb.supervisor.start(forwarder_name(server), [*enter, sys.executable, "-m", "vrouter.forwarder", *common],
+                        cwd=str(REPO))
+    tb.supervisor.start(agent_name(server), [*enter, sys.executable, "-m", "vrouter.agent", *common,
+                                             "--vnc", str(tb.rundir.vnc_socket)], cwd=str(REPO))
+
+
+def add_vm_host(tb, name: str):
+    """A Mininet host without links: its only interface will be the TAP its vrouter moves in."""
+    host = tb.net.addHost(name)
+    # IPv6 autoconfiguration would only add noise to captures and vrouter counters.
+    host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+    tb.rundir.record_pid(f"node-{name}", host.pid, role="node")
+    return host
+
+
+def register_intf(host, tap: str, address: str) -> None:
+    """Tell Mininet about the VM's TAP, so its CLI can substitute `red2` by the VM's address."""
+    from mininet.link import Intf
+    if tap in host.nameToIntf:
+        return
+    intf = Intf(tap, node=host, moveIntfFn=lambda *_: None)  # the forwarder already moved it
+    intf.ip = address
+
+
+def wait_vifs(tb, with_vms: set, timeout: float, want: dict | None = None) -> None:
+    """Block until every forwarder serves its VMs' interfaces (`want`: {server: {tap, ...}})."""
+    deadline = time.monotonic() + timeout
+    problem = "no answer yet"
+    while True:
+        pending = []
+        for server in sorted(with_vms):
+            try:
+                vifs = introspect.query(tb.path, server, "vifs", timeout=2.0)
+            except introspect.IntrospectError as exc:
+                pending.append(server)
+                problem = str(exc)
+                continue
+            names = {v["name"] for v in vifs if v["state"] == "up"}
+            needed = (want or {}).get(server) or set()
+            if not vifs or not names >= needed or any(v["state"] != "up" for v in vifs):
+                pending.append(server)
+                problem = "; ".join(f"{v['name']}: {v['state']}" for v in vifs if v["state"] != "up") \
+                    or "no configuration from the agent yet"
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise OverlayError(f"vrouters not ready after {timeout:.0f} s on {', '.join(pending)}: {problem} "
+                               f"(logs: {tb.rundir.logs}/vr-*.log)")
+        time.sleep(0.2)
+
+
+# --- run-time changes (used by `testbed net` through the daemon or in-process) -----------------
+def add_vm(tb, name: str, network: str, server: str, address: str, mac: str | None = None,
+           timeout: float = 10.0) -> dict:
+    """Add a VM at run time: VNC first (validates), then its host; returns the VM record."""
+    from controllers.vnc_model import VncError
+    with admin(tb) as vnc:
+        try:
+            vnc.add_vm(name, network, server, address, mac)
+        except VncError as exc:
+            raise OverlayError(str(exc)) from None
+        vm = next(v for v in vnc.dump()["vms"] if v["name"] == name)
+    host = add_vm_host(tb, name)
+    ipc.update_vm_namespaces(tb.path, {vm["tap"]: {"vm": name, "netns": host.pid}})
+    wait_vifs(tb, {server}, timeout, want={server: {vm["tap"]}})
+    register_intf(host, vm["tap"], vm["address"])
+    return vm
+
+
+def remove_vm(tb, name: str) -> dict:
+    from controllers.vnc_model import VncError
+    with admin(tb) as vnc:
+        try:
+            vm = next((v for v in vnc.dump()["vms"] if v["name"] == name), None)
+            if vm is None:
+                raise VncError(f"unknown VM {name!r}")
+            vnc.remove_vm(name)
+        except VncError as exc:
+            raise OverlayError(str(exc)) from None
+    ipc.update_vm_namespaces(tb.path, remove=(vm["tap"],))
+    if tb.net is not None and name in tb.net:
+        host = tb.net[name]
+        host.terminate()
+        tb.net.hosts.remove(host)
+        del tb.net.nameToNode[name]
+        tb.rundir.forget_pid(f"node-{name}")
+    return vm
+
+
+def _install_mininet_cli_command() -> None:
+    """`vr SERVER flow -l` etc. inside Mininet's CLI (same output as `testbed vr`)."""
+    try:
+        from mininet.cli import CLI
+    except ImportError:
+        return
+
+    def do_vr(cli, line):
+        """vr SERVER flow -l | vif --list | rt --dump VRF | nh --list | dropstats | stats"""
+        from testbed import vr
+        from testbed.commands import CommandError
+        if ACTIVE["rundir"] is None:
+            print("error: no overlay in this testbed", file=cli.stdout)
+            return
+        try:
+            vr.run(line.split(), rundir=ACTIVE["rundir"], out=cli.stdout)
+        except CommandError as exc:
+            print(f"error: {exc}", file=cli.stdout)
+
+    if not hasattr(CLI, "do_vr"):
+        CLI.do_vr = do_vr
+
+
+_install_mininet_cli_command()
