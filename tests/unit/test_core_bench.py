@@ -1,0 +1,25 @@
+"""The benchmark runs and reports its figures (figures are not asserted: no timing in tests)."""
+import json
+import subprocess
+import sys
+
+from vrouter import bench
+
+
+def test_quick_bench_prints_a_table_and_a_json_last_line():
+    proc = subprocess.run([sys.executable, "-m", "vrouter.bench", "--quick", "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    res = json.loads(lines[-1])
+    for key in ("fast_path_pps_64", "fast_path_pps_1400", "slow_path_flows_per_s", "slow_path_flows_per_s_with_miss"):
+        assert isinstance(res[key], int) and res[key] > 0
+    assert {(r["direction"], r["size"]) for r in res["rows"] if r["encap"] == "mplsoudp"} == \
+        {("vm->fabric", 64), ("fabric->vm", 64), ("vm->fabric", 1400), ("fabric->vm", 1400)}
+    assert any("x target" in line for line in lines[:-1])
+
+
+def test_fast_path_measures_only_flow_hits():
+    # fast_path raises if any measured packet missed the flow table.
+    assert bench.fast_path("mplsoudp", 1400, "fabric->vm", packets=200, flows=20, repeats=1) > 0
+    assert bench.slow_path(50, 1, end_to_end=True) > 0
