@@ -48,6 +48,21 @@ class Group:
     buckets: tuple[Bucket, ...]
 
 
+# RFC 2992 style hash-threshold input: the 5-tuple. UDP ports matter: overlay tunnels (MPLSoUDP,
+# VXLAN) carry their per-flow entropy in the outer UDP source port. OVS's default select-group
+# hash for OpenFlow 1.3 ignores UDP ports, hence OVS's selection_method=hash with explicit fields.
+HASH_FIELDS = ("ip_src", "ip_dst", "nw_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst")
+
+
+def group_spec(group: "Group") -> str:
+    """The group in ovs-ofctl (OpenFlow 1.5) syntax, as one `add_or_mod` line of an add-groups file."""
+    spec = (f"add_or_mod group_id={group.group_id},type=select,selection_method=hash,"
+            f"fields({','.join(HASH_FIELDS)})")
+    for i, b in enumerate(group.buckets):
+        spec += f",bucket=bucket_id:{i},watch_port:{b.watch_port},actions=output:{b.out_port}"
+    return spec
+
+
 def _flow(priority: int, actions: tuple, **match) -> Flow:
     return Flow(priority, tuple(sorted(match.items())), actions)
 

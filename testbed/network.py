@@ -38,7 +38,7 @@ def build(desc: dict, ofp_port: int, progress=None):
     nodes = {}
     for sw in desc["switches"]:
         nodes[sw["name"]] = net.addSwitch(sw["bridge"], cls=OVSSwitch, dpid=f"{sw['dpid']:016x}",
-                                          datapath="user", protocols="OpenFlow13", failMode="secure")
+                                          datapath="user", protocols="OpenFlow13,OpenFlow15", failMode="secure")
     for srv in desc["servers"]:
         nodes[srv["name"]] = net.addHost(srv["name"], ip=f"{srv['ip']}/{plen}", mac=srv["mac"])
     by_name = {sw["name"]: sw for sw in desc["switches"]}
