@@ -13,7 +13,6 @@ import platform
 import sys
 import time
 
-from .actions import Punt
 from .codec import ethernet, ipv4, l4
 from .config import VROUTER_MAC, VrouterConfig
 from .pipeline import Pipeline

@@ -9,8 +9,8 @@ shows exactly which packets cost a slow-path call in proactive or reactive mode.
 import json
 import struct
 
-from .actions import Drop, Punt, ToTunnel, ToVif
-from .codec import Malformed, ethernet, outer
+from .actions import Punt, ToTunnel, ToVif
+from .codec import Malformed, outer
 from .codec.ipv4 import int_to_ip
 from .config import ConfigError, VrouterConfig
 from .flowkey import extract

@@ -43,7 +43,6 @@ def test_ipv4_both_ways(options):
     s = IP(raw)
     assert (s.src, s.dst, s.ttl, s.id, s.tos, s.proto, s.len) == (A, B, 33, 99, 0x10, 17, len(raw))
     assert s.ihl * 4 == 20 + len(options) + (-len(options) % 4)
-    assert s.chksum == IP(bytes(s.copy().__class__(bytes(s)))).chksum
     s2 = IP(raw)
     del s2.chksum
     assert IP(bytes(s2)).chksum == s.chksum
@@ -173,8 +172,8 @@ def test_vxlan_frame_matches_scapy():
                                      "vxlan", 50000, payload)
     s = Ether(frame)
     assert s[UDP].dport == 4789 and s[VXLAN].vni == 100 and s[VXLAN][Ether].dst == MAC_B
-    ref = bytes(Ether() / IP(src="10.0.1.1", dst="10.0.2.1") / UDP(sport=50000, dport=4789) / VXLAN(vni=100, flags=0x08) /
-                Ether(inner_eth))
+    ref = bytes(Ether() / IP(src="10.0.1.1", dst="10.0.2.1") / UDP(sport=50000, dport=4789) /
+                VXLAN(vni=100, flags=0x08) / Ether(inner_eth))
     o = outer.parse_fabric_frame(ref)
     assert (o.encap, ref[o.payload_offset:o.end]) == ("vxlan", payload)
 

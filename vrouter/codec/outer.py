@@ -4,7 +4,6 @@ The shells send and receive the outer UDP/GRE through kernel sockets, so the pip
 *payload* (bytes after the outer UDP header, or after the outer IPv4 header for GRE). Whole outer
 frames only matter for offline replay and tests: this module parses and builds them.
 """
-import struct
 from typing import NamedTuple
 
 from . import ethernet, ipv4, l4
