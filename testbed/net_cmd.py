@@ -1,0 +1,153 @@
+"""`testbed net ...`: run-time changes of the overlay, through the VNC (reach every agent within 1 s).
+
+    testbed net add-vm red4 --network red --server srv2 --address 192.168.1.14
+    testbed net rm-vm red4
+    testbed net policy red --file rules.yaml        (--clear: back to allow-all)
+    testbed net mode reactive
+
+A VM added from this command gets a named network namespace `<prefix>-<vm>` (the Mininet network
+lives in the testbed daemon): `ip netns exec vt-red4 ping 192.168.1.11`. VMs added in-process
+(`testbed.overlay.add_vm(tb, ...)`) become Mininet hosts.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+
+from testbed.commands import CommandError, command, group
+from vrouter import introspect, ipc
+
+group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode")
+
+
+def _common(p):
+    p.add_argument("--prefix", default="vt", help="testbed prefix (default vt)")
+    p.add_argument("--run-root", help="run directory root (default /run/vnet-testbed)")
+
+
+def _admin(rundir):
+    from controllers.vnc_rpc import AdminClient, VncError
+    try:
+        return AdminClient(str(rundir / "vnc.sock"))
+    except VncError as exc:
+        raise CommandError(f"the VNC is not reachable: {exc}") from None
+
+
+def _call(rundir, method, *params):
+    from controllers.vnc_model import VncError
+    with _admin(rundir) as vnc:
+        try:
+            return getattr(vnc, method)(*params)
+        except VncError as exc:
+            raise CommandError(str(exc), code=2) from None
+
+
+def _rundir(args):
+    from testbed.vr import rundir_path
+    return rundir_path(args.prefix, args.run_root)
+
+
+def _add_vm_args(p):
+    p.add_argument("name")
+    p.add_argument("--network", required=True)
+    p.add_argument("--server", required=True)
+    p.add_argument("--address", required=True)
+    p.add_argument("--mac")
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the VM's interface")
+    _common(p)
+
+
+@command("net add-vm", help="add a VM at run time", root=True, arguments=_add_vm_args)
+def add_vm_command(args) -> int:
+    rundir = _rundir(args)
+    netns = f"{args.prefix}-{args.name}"
+    r = subprocess.run(["ip", "netns", "add", netns], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise CommandError(f"cannot create namespace {netns}: {r.stderr.strip()}")
+    try:
+        _call(rundir, "add_vm", args.name, args.network, args.server, args.address, args.mac)
+        vm = next(v for v in _call(rundir, "dump")["vms"] if v["name"] == args.name)
+        ipc.update_vm_namespaces(rundir, {vm["tap"]: {"vm": args.name, "netns": f"/run/netns/{netns}"}})
+    except BaseException:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        raise
+    deadline = time.monotonic() + args.wait
+    state = "no answer from the vrouter"
+    while time.monotonic() < deadline:
+        try:
+            vif = next((v for v in introspect.query(rundir, args.server, "vifs") if v["name"] == vm["tap"]), None)
+            state = vif["state"] if vif else "not configured yet"
+            if state == "up":
+                print(f"{args.name}: {vm['address']} in {args.network} on {args.server} "
+                      f"(interface {vm['tap']}, namespace {netns})")
+                return 0
+        except introspect.IntrospectError as exc:
+            state = str(exc)
+        time.sleep(0.2)
+    raise CommandError(f"{args.name} was added but its interface is not up after {args.wait:g} s: {state}")
+
+
+def _rm_vm_args(p):
+    p.add_argument("name")
+    _common(p)
+
+
+@command("net rm-vm", help="remove a VM at run time", root=True, arguments=_rm_vm_args)
+def rm_vm_command(args) -> int:
+    rundir = _rundir(args)
+    vm = next((v for v in _call(rundir, "dump")["vms"] if v["name"] == args.name), None)
+    if vm is None:
+        raise CommandError(f"unknown VM {args.name!r}", code=2)
+    _call(rundir, "remove_vm", args.name)
+    ipc.update_vm_namespaces(rundir, remove=(vm["tap"],))
+    netns = f"{args.prefix}-{args.name}"
+    subprocess.run(["ip", "netns", "del", netns], capture_output=True)  # only exists if added by add-vm
+    print(f"{args.name} removed")
+    return 0
+
+
+def _policy_args(p):
+    p.add_argument("network")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="YAML: {default: allow|deny, rules: [{action, protocol, src, dst, "
+                                    "src_port, dst_port}, ...]}")
+    src.add_argument("--clear", action="store_true", help="remove the policy (allow everything)")
+    _common(p)
+
+
+def load_rules(path: str):
+    import yaml
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}", code=2) from None
+    except yaml.YAMLError as exc:
+        raise CommandError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}", code=2) from None
+    if isinstance(doc, list):
+        doc = {"rules": doc}
+    if not isinstance(doc, dict):
+        raise CommandError(f"{path}: expected a mapping with 'default' and 'rules' (or a list of rules)", code=2)
+    return doc
+
+
+@command("net policy", help="replace a virtual network's policy", root=True, arguments=_policy_args)
+def policy_command(args) -> int:
+    policy = None if args.clear else load_rules(args.file)
+    result = _call(_rundir(args), "set_policy", args.network, policy)
+    print(f"policy of {args.network} set (generation {result['generation']}, "
+          f"servers updated: {', '.join(result['servers']) or 'none'})")
+    return 0
+
+
+def _mode_args(p):
+    p.add_argument("mode", choices=("proactive", "reactive"))
+    _common(p)
+
+
+@command("net mode", help="flow setup mode of every vrouter: proactive (forward+reverse) or reactive",
+         root=True, arguments=_mode_args)
+def mode_command(args) -> int:
+    result = _call(_rundir(args), "set_flow_mode", args.mode)
+    print(f"flow mode {args.mode} (generation {result['generation']})")
+    return 0
