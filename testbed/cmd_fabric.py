@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed import cleanup, generator
+from testbed import bench_fabric, cleanup, generator  # noqa: F401 (bench_fabric registers its commands)
 from testbed.commands import CommandError, command, group
 from testbed.daemon import relay_cli, request
 from testbed.fabric import FabricError, check_prefix

@@ -1,0 +1,70 @@
+"""Supervisor: logs, PID records, restart after a crash, stop (root namespace processes, no root)."""
+import os
+import signal
+import sys
+import time
+
+from testbed.rundir import RunDir, live_process
+from testbed.supervisor import Supervisor
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_start_log_restart_and_stop(tmp_path):
+    rd = RunDir(tmp_path, "ut")
+    rd.create()
+    sup = Supervisor(rd)
+    try:
+        p = sup.start("echoer", [sys.executable, "-c", "import time; print('hello', flush=True); time.sleep(60)"],
+                      env={"X": 1})
+        assert wait_for(lambda: "hello" in rd.log("echoer").read_text())
+        rec = {r["name"]: r for r in rd.pid_records()}["echoer"]
+        assert rec["pid"] == p.pid and live_process(rec) is not None
+        os.kill(p.pid, signal.SIGKILL)
+        assert wait_for(lambda: sup.pid("echoer") not in (None, p.pid))
+        assert sup.status()["echoer"]["restarts"] == 1
+        assert "restarting in" in rd.log("supervisor").read_text()
+        new = sup.pid("echoer")
+        assert {r["name"]: r for r in rd.pid_records()}["echoer"]["pid"] == new
+    finally:
+        sup.stop_all()
+    assert rd.pid_records() == []
+    assert not wait_for(lambda: live_process({"pid": new, "create_time": None}) is not None, 0.1) or \
+        live_process({"pid": new, "create_time": None}) is None
+
+
+def test_process_without_restart_is_left_dead(tmp_path):
+    rd = RunDir(tmp_path, "ut")
+    rd.create()
+    sup = Supervisor(rd)
+    try:
+        sup.start("once", [sys.executable, "-c", "raise SystemExit(3)"], restart=False)
+        assert wait_for(lambda: "exited with 3 (not restarted)" in rd.log("supervisor").read_text())
+        assert sup.status()["once"]["restarts"] == 0
+    finally:
+        sup.stop_all()
+
+
+def test_restart_on_request_replaces_the_process(tmp_path):
+    rd = RunDir(tmp_path, "ut")
+    rd.create()
+    sup = Supervisor(rd)
+    try:
+        first = sup.start("svc", ["sleep", "60"]).pid
+        second = sup.restart("svc").pid
+        assert first != second
+        assert wait_for(lambda: live_process({"pid": first, "create_time": None}) is None)
+    finally:
+        sup.stop_all()
+
+
+def test_live_process_refuses_a_recycled_pid():
+    rec = {"pid": os.getpid(), "create_time": 12345.0}
+    assert live_process(rec) is None
