@@ -79,6 +79,7 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float, log: Path)
 
 
 class Testbed:
+    __test__ = False  # not a pytest test class despite the name
     def __init__(self, topology: Topology, prefix: str = "vt", run_root: str | None = None,
                  ofp_port: int | None = None, hooks: list | None = None, progress=None,
                  mode: str = "inprocess"):
