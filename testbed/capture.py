@@ -60,7 +60,8 @@ class Capture:
         try:
             for label, intf in interfaces.items():
                 path = self.outdir / f"{label}.pcap"
-                argv = ["tcpdump", "-i", intf, "-n", "-U", "-s", str(SNAPLEN), "-w", str(path)]
+                # immediate mode: without it libpcap holds packets in a block that SIGTERM discards
+                argv = ["tcpdump", "-i", intf, "-n", "-U", "--immediate-mode", "-s", str(SNAPLEN), "-w", str(path)]
                 if count:
                     argv += ["-c", str(count)]
                 if bpf:
