@@ -124,11 +124,21 @@ def clean_prefix(prefix: str, root=None, keep_rundir: bool = False, log=print) -
     return done
 
 
+def is_running(rd: RunDir) -> bool:
+    state = rd.read_state()
+    owner = state.get("owner")
+    return bool(owner and state.get("state") in ("starting", "up") and live_process(owner))
+
+
 def clean(root=None, prefix: str | None = None, log=print) -> dict:
-    """All runs under the run root (and the default prefix), or just one prefix."""
+    """One prefix (even if it still runs), or every run under the run root plus the default prefix,
+    skipping testbeds that are still running: those are not leftovers."""
     prefixes = [prefix] if prefix else sorted({rd.prefix for rd in run_dirs(root)} | {DEFAULT_PREFIX})
     total = {}
     for p in prefixes:
+        if not prefix and is_running(RunDir(root, p)):
+            log(f"{p}: still running, left alone ('testbed down --prefix {p}' or 'testbed clean --prefix {p}')")
+            continue
         for k, v in clean_prefix(p, root, log=log).items():
             total[k] = total.get(k, 0) + v
     return total

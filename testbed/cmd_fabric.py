@@ -36,10 +36,7 @@ def _prefix(args) -> str:
         raise CommandError(str(exc), 2) from None
 
 
-def running(rundir: RunDir) -> bool:
-    state = rundir.read_state()
-    owner = state.get("owner")
-    return bool(owner and state.get("state") in ("starting", "up") and live_process(owner))
+running = cleanup.is_running
 
 
 def _daemon_rundir(args) -> RunDir:

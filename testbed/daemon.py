@@ -18,7 +18,7 @@ import traceback
 
 from testbed.rundir import RunDir
 from testbed.runner import Testbed
-from testbed.topology import TopologyError, load
+from testbed.topology import load
 
 
 class Daemon:
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         tb = Testbed(topo, prefix=args.prefix, run_root=args.run_root, ofp_port=args.ofp_port,
                      progress=progress, mode="daemon")
         tb.start()
-    except (TopologyError, Exception) as exc:
+    except Exception as exc:  # includes TopologyError: reported in state.json for `testbed up`
         traceback.print_exc()
         rundir.write_state(state="failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         rundir.forget_pid("daemon")
