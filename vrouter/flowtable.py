@@ -7,9 +7,10 @@ Behaviour, stated and tested:
   ``stats()['reverse_not_installed']`` counts it (the reply will then miss like in reactive mode).
 - Ageing: a pair goes when BOTH directions have been idle longer than ``idle_timeout`` (a one-way
   UDP stream keeps its reverse). Held entries whose decision never came go after ``hold_timeout``.
-- TCP: RST removes both directions at once; FIN in both directions marks the pair closing, the next
-  packet without FIN (the last ACK) removes both; a closing pair that never sees it goes after
-  ``close_timeout``.
+- TCP: RST removes both directions at once; FIN in both directions marks the pair closing; once
+  BOTH FINs are acknowledged (sequence numbers checked, so the two last ACKs of a simultaneous
+  close both hit) the packet that completes it is forwarded and removes both; a closing pair that
+  never gets there goes after ``close_timeout``.
 """
 from .codec.ipv4 import int_to_ip
 
@@ -18,14 +19,17 @@ HOLD, TO_VIF, TO_TUNNEL, DROP = 0, 1, 2, 3
 KIND_NAMES = {HOLD: "hold", TO_VIF: "forward", TO_TUNNEL: "forward", DROP: "drop"}
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
-TCP_CLOSING = 0x100  # both directions saw FIN: the next non-FIN packet ends the pair
+TCP_CLOSING = 0x100    # both directions sent a FIN
+TCP_FIN_ACKED = 0x200  # this direction's FIN was acknowledged by the other side
+TCP_PEER_FIN = 0x400   # the other direction sent a FIN: ACKs in this direction may complete the close
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 
 
 class FlowEntry:
     """Everything the hit path needs is cached here when the decision is installed."""
     __slots__ = ("key", "kind", "reason", "drop", "vif", "peer", "encap", "sport", "prefix", "reverse",
-                 "packets", "bytes", "tcp", "created", "last_used", "held", "role", "nexthop", "rule")
+                 "packets", "bytes", "tcp", "fin_seq", "created", "last_used", "held", "role", "nexthop",
+                 "rule")
 
     def __init__(self, key, now: float):
         self.key = key
@@ -35,6 +39,7 @@ class FlowEntry:
         self.sport = 0
         self.prefix = b""
         self.packets = self.bytes = self.tcp = 0
+        self.fin_seq = -1     # sequence number that acknowledges this direction's FIN
         self.created = self.last_used = now
         self.held = []
         self.role = "hold"    # "forward" | "reverse" once installed

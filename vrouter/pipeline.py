@@ -26,7 +26,8 @@ from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, int_to_ip
 from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, build_icmp
 from .config import VROUTER_MAC, VrouterConfig
 from .flowkey import entropy_port, extract, reverse
-from .flowtable import DROP, HOLD, TCP_CLOSING, TCP_FIN, TCP_RST, TO_TUNNEL, TO_VIF, FlowEntry, FlowTable
+from .flowtable import (DROP, HOLD, TCP_ACK, TCP_CLOSING, TCP_FIN, TCP_FIN_ACKED, TCP_PEER_FIN, TCP_RST, TO_TUNNEL,
+                        TO_VIF, FlowEntry, FlowTable)
 from .slowpath import SlowPath
 from .vrf import build_instances
 
@@ -36,6 +37,7 @@ _FROM_MPLSOUDP = struct.Struct("!IBxHxxHBBHIIHH").unpack_from         # label + 
 _FROM_MPLSOGRE = struct.Struct("!IIBxHxxHBBHIIHH").unpack_from        # GRE + label + IPv4 + ports
 _FROM_VXLAN = struct.Struct("!II12xHBxHxxHBBHIIHH").unpack_from       # VXLAN + Ethernet + IPv4 + ports
 _TTL_PROTO_CSUM = struct.Struct("!BBH").pack
+_U32 = struct.Struct("!I").unpack_from
 _STRUCT_ERROR = struct.error
 
 _ETH_IP = b"\x08\x00"
@@ -163,8 +165,8 @@ class Pipeline:
         if proto == 6:
             t = e.tcp | flags
             e.tcp = t
-            if t & (TCP_FIN | TCP_RST | TCP_CLOSING):
-                self._tcp_end(e, flags)
+            if t & (TCP_FIN | TCP_RST | TCP_PEER_FIN):
+                self._tcp_end(e, flags, buf, off, tlen)
         if not fabric or kind == TO_TUNNEL:
             if ttl <= 1:
                 self._drops["ttl_expired"] += 1
@@ -178,14 +180,34 @@ class Pipeline:
             return [ToTunnel(e.peer, e.encap, e.sport, e.prefix + ip)]
         return [ToVif(e.vif, e.prefix + ip)]
 
-    def _tcp_end(self, e: FlowEntry, flags: int) -> None:
+    def _tcp_end(self, e: FlowEntry, flags: int, buf, off: int, tlen: int) -> None:
+        """RST ends the pair at once; otherwise the pair ends when BOTH FINs have been acknowledged.
+
+        Removing it at the first ACK after the second FIN is wrong for a simultaneous close: two last
+        ACKs cross, and the later one would miss the table at each vrouter and take the slow path.
+        """
         r = e.reverse
-        if flags & TCP_RST or (e.tcp & TCP_CLOSING and not flags & TCP_FIN):
+        if flags & TCP_RST:
             self._count["tcp_teardowns"] += 1
             self.table.remove_pair(e)
-        elif flags & TCP_FIN and r is not None and r.tcp & TCP_FIN:
+            return
+        l4 = off + (buf[off] & 15) * 4
+        if flags & TCP_FIN:
+            seq = _U32(buf, l4 + 4)[0]
+            data = tlen - (l4 - off) - (buf[l4 + 12] >> 4) * 4
+            e.fin_seq = (seq + data + 1) & 0xFFFFFFFF
+            if r is not None:
+                r.tcp |= TCP_PEER_FIN
+        if r is None:
+            return
+        if flags & TCP_ACK and r.fin_seq >= 0 and (_U32(buf, l4 + 8)[0] - r.fin_seq) & 0xFFFFFFFF < 0x80000000:
+            r.tcp |= TCP_FIN_ACKED
+        if e.tcp & TCP_FIN and r.tcp & TCP_FIN:
             e.tcp |= TCP_CLOSING
             r.tcp |= TCP_CLOSING
+        if e.tcp & TCP_FIN_ACKED and r.tcp & TCP_FIN_ACKED:
+            self._count["tcp_teardowns"] += 1
+            self.table.remove_pair(e)
 
     # ---------------------------------------------------------------- slow parsing
     def _vif_slow(self, vif: _VifState, frame, now: float) -> list:

@@ -85,8 +85,8 @@ class Pair:
         return self.run(srv, self.pipe[srv].from_vif(vif, frame, now), now)
 
 
-def tcp_frame(src, dst, sport, dport, flags, src_mac=VM1_MAC, payload=b"", ttl=64, options=b""):
-    seg = l4.build_tcp(ip_to_int(src), ip_to_int(dst), sport, dport, payload, flags=flags)
+def tcp_frame(src, dst, sport, dport, flags, src_mac=VM1_MAC, payload=b"", ttl=64, options=b"", seq=0, ack=0):
+    seg = l4.build_tcp(ip_to_int(src), ip_to_int(dst), sport, dport, payload, seq=seq, ack=ack, flags=flags)
     return ethernet.build(VROUTER_MAC, ethernet.mac_to_bytes(src_mac), ethernet.ETH_P_IP) + \
         ipv4.build(ip_to_int(src), ip_to_int(dst), ipv4.IPPROTO_TCP, seg, ttl=ttl, options=options)
 

@@ -108,10 +108,36 @@ def test_fin_in_both_directions_then_last_ack_tears_down_both_entries():
     handshake(p)
     pipe1, pipe2 = p.pipe["srv1"], p.pipe["srv2"]
     assert len(pipe1.flows()) == 2 and len(pipe2.flows()) == 2
-    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK))
-    p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC))
+    # Client FIN (seq 100), server ACKs it and sends its own FIN (seq 500), client's last ACK.
+    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK, seq=100, ack=500))
+    p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC, seq=500, ack=101))
     assert {f["tcp_state"] for f in pipe1.flows()} == {"closing"}
-    last = p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK))
+    last = p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
     assert [a.vif for a in last] == ["tr-red2"]                  # the last ACK is still delivered
     assert pipe1.flows() == [] and pipe2.flows() == []
     assert p.punts == {"srv1": 1, "srv2": 1}
+
+
+def test_simultaneous_close_keeps_the_pair_until_both_fins_are_acked():
+    """Both FINs cross on the wire; each side's last ACK must still hit its entry at both vrouters."""
+    p = Pair()
+    handshake(p)
+    pipe1, pipe2 = p.pipe["srv1"], p.pipe["srv2"]
+    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK, seq=100, ack=500))
+    p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC, seq=500, ack=100))
+    first = p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
+    assert [a.vif for a in first] == ["tr-red2"]
+    assert len(pipe1.flows()) == 2 and len(pipe2.flows()) == 2   # the server's FIN is acked, not the client's
+    second = p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, ACK, src_mac=VM2_MAC, seq=501, ack=101))
+    assert [a.vif for a in second] == ["tr-red1"]
+    assert pipe1.flows() == [] and pipe2.flows() == []
+    assert p.punts == {"srv1": 1, "srv2": 1}
+
+
+def test_an_ack_below_the_fin_does_not_end_the_pair():
+    p = Pair()
+    handshake(p)
+    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK, seq=100, ack=500))
+    p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC, seq=500, ack=90))
+    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
+    assert len(p.pipe["srv1"].flows()) == 2                       # the client's FIN is still unacknowledged

@@ -1,0 +1,311 @@
+"""Main experiment: proactive versus reactive flow setup, end to end on the testbed.
+
+Claim (US 9,473,394): when the slow path installs the reverse flow entry together with the forward
+one, the first reply of a connection never takes the slow path. Per new TCP connection / UDP
+request-response between two VMs on different servers we count slow-path invocations at both
+vrouters (expected 2 proactive, 4 reactive) and the first-reply latency (TCP connect time, UDP reply).
+
+    sudo python -m experiments.proactive_flow [-n 200] [--topology topologies/default.yaml]
+
+Writes results/proactive_flow/<timestamp>/: raw.csv, summary.json, config.yaml, proactive_flow.png.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
+MODES = ("proactive", "reactive")
+PROTOS = ("tcp", "udp")
+PROBE_PORT = 7000
+
+
+class ExperimentError(Exception):
+    """A one-line error for the user."""
+
+
+def pick_pair(topology) -> tuple[dict, dict]:
+    """Two VMs of one network on different servers, on different leaves when the topology allows."""
+    vms = [{"name": v.name, "network": v.network, "server": v.server, "address": v.address}
+           for v in topology.vms]
+    best = None
+    for src in vms:
+        for dst in vms:
+            if src["network"] != dst["network"] or src["server"] == dst["server"]:
+                continue
+            score = 2 if topology.leaf_of(src["server"]) != topology.leaf_of(dst["server"]) else 1
+            if best is None or score > best[0]:
+                best = (score, src, dst)
+    if best is None:
+        raise ExperimentError(f"{topology.source}: needs two VMs of one virtual network on different servers")
+    return best[1], best[2]
+
+
+class Vrouters:
+    """Slow-path counters of the vrouters on the path, read through their introspection sockets."""
+
+    def __init__(self, rundir, servers):
+        from vrouter import introspect
+        self._query = introspect.query
+        self.rundir, self.servers = rundir, servers
+
+    def decisions(self) -> dict:
+        return {s: self._query(self.rundir, s, "stats").get("agent", {}).get("decisions", 0) for s in self.servers}
+
+    def modes(self) -> set:
+        return {self._query(self.rundir, s, "stats")["mode"] for s in self.servers}
+
+    def reset(self) -> None:
+        for s in self.servers:
+            self._query(self.rundir, s, "reset")
+
+
+def set_mode(tb, vrouters: Vrouters, mode: str, timeout: float = 5.0) -> None:
+    from testbed import overlay
+    with overlay.admin(tb) as vnc:
+        vnc.set_flow_mode(mode)
+    deadline = time.monotonic() + timeout
+    while vrouters.modes() != {mode}:
+        if time.monotonic() > deadline:
+            raise ExperimentError(f"vrouters did not switch to {mode} mode within {timeout:.0f} s")
+        time.sleep(0.05)
+    vrouters.reset()
+
+
+class ProbeClient:
+    def __init__(self, host):
+        self.proc = host.popen([sys.executable, "-m", "experiments.probe", "client"], cwd=str(REPO),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, bufsize=1)
+
+    def exchange(self, proto: str, dst: str, port: int) -> tuple[bool, int, int, str]:
+        self.proc.stdin.write(f"{proto} {dst} {port}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().split()
+        if not line:
+            raise ExperimentError("the probe client in the VM exited")
+        if line[0] == "ok":
+            return True, int(line[2]), int(line[3]), ""
+        return False, 0, 0, " ".join(line[2:])
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+def start_server(host):
+    proc = host.popen([sys.executable, "-m", "experiments.probe", "server", "--port", str(PROBE_PORT)],
+                      cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if proc.stdout.readline().split()[:1] != ["ready"]:
+        raise ExperimentError("the probe server in the destination VM did not start")
+    return proc
+
+
+def run_mode(tb, mode, n, src, dst, vrouters, progress, settle=0.02) -> list[dict]:
+    set_mode(tb, vrouters, mode)
+    client = ProbeClient(tb.host(src["name"]))
+    rows = []
+    try:
+        # Warm-up outside the measurement: the VMs' ARP caches for their gateway.
+        for proto in PROTOS:
+            client.exchange(proto, dst["address"], PROBE_PORT)
+        time.sleep(0.2)
+        vrouters.reset()
+        for i in range(n):
+            for proto in PROTOS:
+                before = vrouters.decisions()
+                ok, sport, us, err = client.exchange(proto, dst["address"], PROBE_PORT)
+                time.sleep(settle)  # let the last packets of the exchange (FIN/ACK) pass the vrouters
+                after = vrouters.decisions()
+                row = {"mode": mode, "proto": proto, "seq": i, "ok": int(ok), "sport": sport,
+                       "first_reply_us": us if ok else "", "error": err}
+                total = 0
+                for s in vrouters.servers:
+                    d = after[s] - before[s]
+                    row[f"slowpath_{s}"] = d
+                    total += d
+                row["slowpath_total"] = total
+                rows.append(row)
+            if (i + 1) % max(1, n // 10) == 0 or i + 1 == n:
+                progress(f"  {mode}: {i + 1}/{n} connections")
+    finally:
+        client.close()
+    return rows
+
+
+def summarize(rows, servers) -> dict:
+    out = {}
+    for mode in MODES:
+        out[mode] = {}
+        for proto in PROTOS:
+            sel = [r for r in rows if r["mode"] == mode and r["proto"] == proto]
+            good = [r for r in sel if r["ok"]]
+            lat = sorted(r["first_reply_us"] for r in good)
+            counts = [r["slowpath_total"] for r in good]
+            hist: dict[str, int] = {}
+            for c in counts:
+                hist[str(c)] = hist.get(str(c), 0) + 1
+            out[mode][proto] = {
+                "exchanges": len(sel), "ok": len(good),
+                "slowpath_mean": round(statistics.fmean(counts), 3) if counts else None,
+                "slowpath_histogram": hist,
+                "slowpath_per_server_mean": {s: round(statistics.fmean(r[f"slowpath_{s}"] for r in good), 3)
+                                             for s in servers} if good else {},
+                "first_reply_us_median": statistics.median(lat) if lat else None,
+                "first_reply_us_p90": lat[int(0.9 * (len(lat) - 1))] if lat else None,
+            }
+    for proto in PROTOS:
+        p, r = out["proactive"][proto], out["reactive"][proto]
+        if p["first_reply_us_median"] and r["first_reply_us_median"]:
+            out.setdefault("ratio_reactive_over_proactive_median_first_reply", {})[proto] = round(
+                r["first_reply_us_median"] / p["first_reply_us_median"], 2)
+    return out
+
+
+def plot(rows, summary, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"proactive": "-", "reactive": "--"}
+    for mode in MODES:
+        for proto in PROTOS:
+            lat = sorted(r["first_reply_us"] for r in rows if r["mode"] == mode and r["proto"] == proto
+                         and r["ok"])
+            if lat:
+                ys = [(i + 1) / len(lat) for i in range(len(lat))]
+                ax1.step(lat, ys, styles[mode], where="post", label=f"{mode} {proto}")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("first-reply latency (us): TCP connect, UDP reply")
+    ax1.set_ylabel("CDF")
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    labels, values = [], []
+    for mode in MODES:
+        for proto in PROTOS:
+            labels.append(f"{mode}\n{proto}")
+            values.append(summary[mode][proto]["slowpath_mean"] or 0)
+    bars = ax2.bar(labels, values, color=["tab:blue", "tab:blue", "tab:orange", "tab:orange"])
+    ax2.bar_label(bars, fmt="%.2f")
+    ax2.set_ylabel("slow-path invocations per exchange (both vrouters)")
+    ax2.grid(axis="y", alpha=0.3)
+    fig.suptitle("Proactive vs reactive reverse flow entries")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(outdir: Path, rows, summary, config) -> None:
+    import yaml
+    outdir.mkdir(parents=True, exist_ok=True)
+    servers = config["servers"]
+    fields = (["mode", "proto", "seq", "ok", "sport", "first_reply_us"] +
+              [f"slowpath_{s}" for s in servers] + ["slowpath_total", "error"])
+    with open(outdir / "raw.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    plot(rows, summary, outdir / "proactive_flow.png")
+
+
+def summary_lines(summary) -> list[str]:
+    lines = [f"{'mode':10} {'proto':5} {'ok':>9} {'slow-path/exch':>14} {'median first reply':>19} {'p90':>9}"]
+    for mode in MODES:
+        for proto in PROTOS:
+            s = summary[mode][proto]
+            med = f"{s['first_reply_us_median']:.0f} us" if s["first_reply_us_median"] is not None else "-"
+            p90 = f"{s['first_reply_us_p90']:.0f} us" if s["first_reply_us_p90"] is not None else "-"
+            lines.append(f"{mode:10} {proto:5} {s['ok']:>4}/{s['exchanges']:<4} {s['slowpath_mean']!s:>14} "
+                         f"{med:>19} {p90:>9}")
+    for proto, ratio in summary.get("ratio_reactive_over_proactive_median_first_reply", {}).items():
+        lines.append(f"median first-reply latency, reactive / proactive ({proto}): {ratio:.2f}x")
+    return lines
+
+
+def run(topology_path: Path, n: int, prefix: str, run_root, outroot: Path, progress) -> tuple[Path, dict]:
+    from testbed.runner import Testbed
+    from testbed.topology import TopologyError, load
+    try:
+        topology = load(str(topology_path))
+    except TopologyError as exc:
+        raise ExperimentError(str(exc)) from None
+    src, dst = pick_pair(topology)
+    servers = [src["server"], dst["server"]]
+    progress(f"bringing up {topology.name} ({topology_path}) with prefix {prefix!r}")
+    t0 = time.monotonic()
+    tb = Testbed(topology, prefix=prefix, run_root=run_root, progress=lambda m: progress("  " + m)).start()
+    try:
+        progress(f"testbed up in {time.monotonic() - t0:.1f} s; run dir {tb.path}")
+        progress(f"pair: {src['name']}@{src['server']} -> {dst['name']}@{dst['server']} "
+                 f"({dst['address']}, network {src['network']}), {n} TCP + {n} UDP exchanges per mode")
+        vrouters = Vrouters(tb.path, servers)
+        server = start_server(tb.host(dst["name"]))
+        rows = []
+        try:
+            for mode in MODES:
+                rows += run_mode(tb, mode, n, src, dst, vrouters, progress)
+        finally:
+            server.kill()
+            server.wait()
+    finally:
+        progress("tearing down")
+        tb.stop()
+    summary = summarize(rows, servers)
+    summary["pair"] = {"src": src, "dst": dst}
+    config = {"experiment": "proactive_flow", "connections_per_mode": n, "modes": list(MODES),
+              "protocols": list(PROTOS), "servers": servers, "pair": {"src": src["name"], "dst": dst["name"]},
+              "topology_file": str(topology_path), "topology": topology.raw}
+    outdir = outroot / time.strftime("%Y%m%d-%H%M%S")
+    write_results(outdir, rows, summary, config)
+    return outdir, summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.proactive_flow", description=__doc__.split("\n")[0])
+    ap.add_argument("-n", "--connections", type=int, default=200,
+                    help="new TCP connections and UDP exchanges per mode (default 200)")
+    ap.add_argument("--topology", default=str(DEFAULT_TOPOLOGY))
+    ap.add_argument("--prefix", default="pf")
+    ap.add_argument("--run-root", default=None)
+    ap.add_argument("--out", default=str(REPO / "results" / "proactive_flow"))
+    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
+    args = ap.parse_args(argv)
+    from testbed.checks import PreconditionError, require_testbed_host
+    if args.connections < 1:
+        print("error: --connections must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        require_testbed_host()
+        if not Path(args.topology).is_file():
+            raise ExperimentError(f"no topology file {args.topology}")
+        outdir, summary = run(Path(args.topology), args.connections, args.prefix, args.run_root,
+                              Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except (PreconditionError, ExperimentError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: testbed torn down", file=sys.stderr)
+        return 130
+    for line in summary_lines(summary):
+        print(line)
+    print(f"results written to {outdir}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
