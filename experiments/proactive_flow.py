@@ -179,14 +179,19 @@ def plot(rows, summary, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"proactive": "-", "reactive": "--"}
+    colors = {("proactive", "tcp"): "tab:blue", ("proactive", "udp"): "tab:cyan",
+              ("reactive", "tcp"): "tab:orange", ("reactive", "udp"): "tab:red"}
     for mode in MODES:
         for proto in PROTOS:
             lat = sorted(r["first_reply_us"] for r in rows if r["mode"] == mode and r["proto"] == proto
                          and r["ok"])
             if lat:
                 ys = [(i + 1) / len(lat) for i in range(len(lat))]
-                ax1.step(lat, ys, styles[mode], where="post", label=f"{mode} {proto}")
+                ax1.step(lat, ys, styles[mode], where="post", color=colors[mode, proto], label=f"{mode} {proto}")
     ax1.set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    ax1.xaxis.set_major_formatter(ScalarFormatter())
+    ax1.xaxis.set_minor_formatter(NullFormatter())
     ax1.set_xlabel("first-reply latency (us): TCP connect, UDP reply")
     ax1.set_ylabel("CDF")
     ax1.grid(alpha=0.3)
@@ -196,7 +201,7 @@ def plot(rows, summary, path: Path) -> None:
         for proto in PROTOS:
             labels.append(f"{mode}\n{proto}")
             values.append(summary[mode][proto]["slowpath_mean"] or 0)
-    bars = ax2.bar(labels, values, color=["tab:blue", "tab:blue", "tab:orange", "tab:orange"])
+    bars = ax2.bar(labels, values, color=[colors[m, p] for m in MODES for p in PROTOS])
     ax2.bar_label(bars, fmt="%.2f")
     ax2.set_ylabel("slow-path invocations per exchange (both vrouters)")
     ax2.grid(axis="y", alpha=0.3)
