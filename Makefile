@@ -46,8 +46,9 @@ ovs: check-root
 	fi
 	@ovs-vsctl --timeout=5 show >/dev/null
 
+# The main experiment (proactive vs reactive flow setup) on the default topology -> results/proactive_flow/
 demo: setup
-	$(PY) -m testbed.cli demo
+	$(PY) -m experiments.proactive_flow
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
