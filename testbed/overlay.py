@@ -91,11 +91,13 @@ def stop(tb) -> None:
 
 
 def start_vrouter(tb, server: str) -> None:
-    # `mnexec -a PID` enters the server's namespaces and execs (same PID, so the supervisor sees the
-    # real process). Mininet's node.popen adds `-d`, which forks when the child already leads its
-    # own session (the supervisor's start_new_session): the supervisor would then watch a parent
-    # that exits at once and "restart" a process that is still running.
-    enter = ["mnexec", "-a", str(tb.host(server).pid)]
+    # `nsenter --net` enters only the server's network namespace and execs (same PID, so the
+    # supervisor watches the real process). Not node.popen: Mininet adds `mnexec -d`, which forks
+    # when the child already leads its own session (the supervisor's start_new_session), so the
+    # supervisor would see an instant exit and "restart" a process that still runs. Not the host's
+    # mount namespace either: named namespaces of VMs added at run time (/run/netns/...) are only
+    # visible in the root mount namespace.
+    enter = ["nsenter", f"--net=/proc/{tb.host(server).pid}/ns/net", "--"]
     common = ["--rundir", str(tb.path), "--server", server]
     tb.supervisor.start(forwarder_name(server), [*enter, sys.executable, "-m", "vrouter.forwarder", *common],
                         cwd=str(REPO))

@@ -353,8 +353,7 @@ def attach_vm_interface(spec, netns, network) -> int:
         return tap.open_tap(spec.name, netns=netns)
     fd = tap.open_tap(spec.name)
     try:
-        ns_arg = str(netns) if isinstance(netns, int) else os.path.basename(netns)
-        _ip("link", "set", spec.name, "netns", ns_arg)
+        _ip("link", "set", spec.name, "netns", str(netns) if isinstance(netns, int) else os.path.basename(netns))
         ip = int_to_ip(spec.ip)
         plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)
         mac = ":".join(f"{b:02x}" for b in spec.mac)

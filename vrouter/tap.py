@@ -38,7 +38,11 @@ def _setns(fd: int) -> None:
 
 
 def netns_path(netns: int | str) -> str:
-    """A pid names the namespace of that process; a string is a path such as /run/netns/NAME."""
+    """A pid names the namespace of that process; a string is a path such as /run/netns/NAME.
+
+    Named namespaces are bind mounts in the mount namespace where `ip netns add` ran: a process in
+    another mount namespace (a Mininet host's) sees an empty file there, and setns fails (EINVAL).
+    """
     return f"/proc/{netns}/ns/net" if isinstance(netns, int) else netns
 
 
