@@ -1,0 +1,113 @@
+"""The vrouter shells' logic that needs no root: argument checks, introspection tables, capture targets."""
+import io
+import json
+import types
+
+import pytest
+
+from testbed import fabric
+from testbed.capture import fabric_interfaces
+from testbed.commands import CommandError
+from testbed.topology import load
+from testbed.vr import run
+from vrouter import introspect, ipc
+from vrouter.config import VrouterConfig
+from vrouter.introspect import Introspector
+
+DEFAULT = "topologies/default.yaml"
+
+
+@pytest.fixture
+def desc():
+    return fabric.describe(load(DEFAULT), "vt")
+
+
+@pytest.fixture
+def rundir(tmp_path, desc):
+    (tmp_path / "fabric.json").write_text(json.dumps(desc))
+    return tmp_path
+
+
+def config():
+    return VrouterConfig.from_dict({
+        "server": "srv1", "underlay_ip": "10.0.1.1", "encapsulation": "mplsoudp",
+        "networks": [{"name": "red", "id": 100, "subnets": ["192.168.1.0/24"], "gateway": "192.168.1.1"}],
+        "vifs": [{"name": "vt-t1", "network": "red", "mac": "02:00:00:00:00:11", "ip": "192.168.1.11"}],
+        "routes": [{"network": "red", "prefix": "192.168.1.12/32",
+                    "nexthop": {"type": "tunnel", "peer": "10.0.2.1", "label": 100, "encap": "mplsoudp"}}],
+        "peers": ["10.0.2.1"], "policies": [],
+    })
+
+
+def fake_forwarder(cfg=None):
+    return types.SimpleNamespace(server="srv1", config=cfg, pipeline=None, vifs={},
+                                 pending={"vt-t1": "waiting for the VM's namespace"}, clock=lambda: 0.0)
+
+
+def test_vr_unknown_server_lists_the_known_ones(rundir):
+    with pytest.raises(CommandError) as exc:
+        run(["srv9", "flow", "-l"], rundir)
+    assert str(exc.value) == "unknown server 'srv9' (known: srv1, srv2, srv3, srv4)"
+    assert exc.value.code == 2
+
+
+def test_vr_unknown_tool_and_missing_vrouter(rundir):
+    with pytest.raises(CommandError, match="unknown vr tool 'flow -x'"):
+        run(["srv1", "flow", "-x"], rundir)
+    with pytest.raises(CommandError, match="srv1: no vrouter is listening on .*introspect.sock"):
+        run(["srv1", "stats"], rundir, out=io.StringIO())
+
+
+def test_capture_targets(desc):
+    assert fabric_interfaces(desc, server="srv1") == {"srv1-leaf1": "vt-l1p3"}
+    assert fabric_interfaces(desc, link="spine2-leaf2") == {"spine2-leaf2": desc["switches"][1]["ports"]["2"]["intf"]}
+    assert len(fabric_interfaces(desc)) == 4
+    with pytest.raises(CommandError, match="no link 'leaf1-leaf2'"):
+        fabric_interfaces(desc, link="leaf1-leaf2")
+    with pytest.raises(CommandError, match=r"unknown server 'x' \(known: srv1, srv2, srv3, srv4\)"):
+        fabric_interfaces(desc, server="x")
+
+
+def test_introspector_answers_from_config_and_refuses_clearly():
+    intro = Introspector(fake_forwarder(config()))
+    vifs = intro.handle({"op": "vifs"})["result"]
+    assert vifs[0]["name"] == "vt-t1" and vifs[0]["state"] == "waiting for the VM's namespace"
+    assert vifs[0]["vrf"] == 100 and vifs[0]["mac"] == "02:00:00:00:00:11"
+    routes = intro.handle({"op": "routes", "vrf": "red"})["result"]
+    assert [r["prefix"] for r in routes["routes"]] == ["192.168.1.1/32", "192.168.1.11/32", "192.168.1.12/32"]
+    assert intro.handle({"op": "routes", "vrf": "100"})["result"] == routes
+    bad = intro.handle({"op": "routes", "vrf": "blue"})
+    assert bad == {"ok": False, "error": "no routing instance 'blue' on srv1 (known: 100 (red))"}
+    nhs = intro.handle({"op": "nexthops"})["result"]
+    assert sorted(n["type"] for n in nhs) == ["receive", "tunnel", "vif"]
+    assert [n["id"] for n in nhs] == [1, 2, 3]
+    assert intro.handle({"op": "bogus"})["error"].startswith("unknown request 'bogus'")
+    assert "no configuration yet" in Introspector(fake_forwarder()).handle({"op": "flows"})["error"]
+
+
+def test_tables_render_the_tungsten_columns():
+    intro = Introspector(fake_forwarder(config()))
+    assert "LP      100     mplsoudp 10.0.2.1 label 100" in introspect.format_routes(
+        intro.handle({"op": "routes", "vrf": "red"})["result"])
+    assert "Tunnel   AF_INET  MPLSOUDP Dip:10.0.2.1 Label:100" in introspect.format_nexthops(
+        intro.handle({"op": "nexthops"})["result"])
+    flows = [{"index": 0, "reverse_index": 1, "vrf": 100, "proto": "tcp", "src": "192.168.1.11", "dst": "192.168.1.12",
+              "sport": 40000, "dport": 80, "role": "forward", "action": "forward", "reason": None,
+              "nexthop": {"type": "tunnel", "peer": "10.0.2.1", "label": 100, "encap": "mplsoudp"},
+              "packets": 3, "bytes": 180, "tcp_state": "established", "idle": 0.5, "entropy_sport": 51000}]
+    text = introspect.format_flows(flows)
+    assert "0<=>1" in text and "tcp (100)" in text and "UdpSrcPort 51000" in text and "Stats:3/180" in text
+    drops = introspect.format_dropstats({"invalid_source": 4, "no_route": 0})
+    assert "invalid_source" in drops and "not a known peer" in drops
+
+
+def test_vm_namespace_file_round_trip(tmp_path):
+    assert ipc.read_vm_namespaces(tmp_path) == {}
+    ipc.update_vm_namespaces(tmp_path, {"vt-t1": {"vm": "red1", "netns": 123}})
+    ipc.update_vm_namespaces(tmp_path, {"vt-t2": {"vm": "red2", "netns": "/run/netns/vt-red2"}}, remove=("vt-t1",))
+    assert ipc.read_vm_namespaces(tmp_path) == {"vt-t2": {"vm": "red2", "netns": "/run/netns/vt-red2"}}
+
+
+def test_long_run_directory_is_a_clear_error():
+    with pytest.raises(ipc.IpcError, match="longer than 107 bytes"):
+        ipc.introspect_socket("/tmp/" + "x" * 120, "srv1")
