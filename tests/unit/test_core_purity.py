@@ -10,6 +10,7 @@ CORE_MODULES = [
     "codec/mpls.py", "codec/gre.py", "codec/vxlan.py", "codec/outer.py",
     "actions.py", "drops.py", "flowkey.py", "config.py", "fib.py", "policy.py", "vrf.py", "flowtable.py",
     "slowpath.py", "pipeline.py",
+    "steerhash.py", "buckets.py", "fairness.py", "steering.py",
 ]
 FORBIDDEN = {"socket", "os", "subprocess", "select", "selectors", "threading", "multiprocessing", "fcntl",
              "asyncio", "io", "pathlib", "shutil", "signal", "time", "mmap", "ctypes", "tempfile", "urllib",

@@ -1,0 +1,110 @@
+"""Weighted bucket tables: hash -> bucket -> worker.
+
+A worker gets a number of buckets proportional to its weight (a stronger or less busy core gets
+more), only workers inside the CPU set get any, and a rebuild moves as few buckets as possible.
+
+Moving a bucket moves every flow that hashes into it to another worker. Two things follow, and the
+shells must accept both when they rebuild a table: packets of a moved flow still queued for the old
+worker can be overtaken by newer ones on the new worker (reordering, only at the moment of the
+move), and the flow's entries stay in the old worker's shard, so the new owner misses, punts once
+and installs its own pair (the old one ages out). Hence the minimal movement: only the buckets an
+over-quota worker must give up change owner, i.e. ``sum(max(0, old - new))`` over the workers.
+"""
+import math
+
+
+def _quotas(weights: dict, size: int) -> dict:
+    """Largest-remainder apportionment of ``size`` buckets; ties go to the lower worker id."""
+    total = sum(weights.values())
+    exact = {w: size * wt / total for w, wt in weights.items()}
+    counts = {w: int(x) for w, x in exact.items()}
+    left = size - sum(counts.values())
+    for w in sorted(exact, key=lambda w: (-(exact[w] - counts[w]), w))[:left]:
+        counts[w] += 1
+    return counts
+
+
+def _interleave(counts: dict) -> list:
+    """Smooth weighted round robin: each worker appears counts[w] times, spread out, deterministic."""
+    total = sum(counts.values())
+    current = dict.fromkeys(counts, 0)
+    order = []
+    for _ in range(total):
+        for w in counts:
+            current[w] += counts[w]
+        pick = max(sorted(current), key=lambda w: current[w])
+        current[pick] -= total
+        order.append(pick)
+    return order
+
+
+def _check_worker(w) -> None:
+    if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+        raise ValueError(f"worker id {w!r} is not a CPU number (an int >= 0)")
+
+
+class BucketTable:
+    """``lookup(hash) -> worker``; ``buckets`` is a list the steering objects read in place."""
+
+    def __init__(self, weights: dict, size: int = 128, cpus=None):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"buckets: {size!r} is not a positive number of buckets")
+        self.size = size
+        self.buckets: list = []
+        self.weights: dict = {}
+        self.cpus = None
+        self.update(weights, cpus)
+
+    def _effective(self, weights, cpus) -> dict:
+        if not isinstance(weights, dict) or not weights:
+            raise ValueError("weights: expected a non-empty mapping of worker id -> weight")
+        for w, wt in weights.items():
+            _check_worker(w)
+            if isinstance(wt, bool) or not isinstance(wt, (int, float)) or not math.isfinite(wt) or wt < 0:
+                raise ValueError(f"weights: worker {w} has weight {wt!r}, expected a number >= 0")
+        if cpus is not None:
+            for c in cpus:
+                _check_worker(c)
+        allowed = {w: wt for w, wt in weights.items() if wt > 0 and (cpus is None or w in cpus)}
+        if not allowed:
+            raise ValueError("weights: no worker with a positive weight inside the CPU set")
+        return allowed
+
+    def update(self, weights: dict | None = None, cpus=None) -> int:
+        """Rebuild for new weights and/or CPU set (None keeps the current one); returns buckets moved."""
+        weights = self.weights if weights is None else dict(weights)
+        cpus = self.cpus if cpus is None else frozenset(cpus)
+        quotas = _quotas(self._effective(weights, cpus), self.size)
+        self.weights, self.cpus = weights, cpus
+        if not self.buckets:
+            self.buckets[:] = _interleave(quotas)
+            return 0
+        kept = dict.fromkeys(quotas, 0)
+        free = []
+        for i, owner in enumerate(self.buckets):
+            if kept.get(owner, 0) < quotas.get(owner, 0):
+                kept[owner] += 1
+            else:
+                free.append(i)
+        deficit = {w: quotas[w] - kept[w] for w in quotas if quotas[w] > kept[w]}
+        for i, w in zip(free, _interleave(deficit) if deficit else []):
+            self.buckets[i] = w
+        return len(free)
+
+    def lookup(self, h: int):
+        return self.buckets[h % self.size]
+
+    def counts(self) -> dict:
+        out = {}
+        for w in self.buckets:
+            out[w] = out.get(w, 0) + 1
+        return out
+
+    @property
+    def workers(self) -> list:
+        return sorted(set(self.buckets))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, BucketTable) and self.buckets == other.buckets
+
+    __hash__ = None
