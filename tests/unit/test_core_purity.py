@@ -9,7 +9,7 @@ CORE_MODULES = [
     "codec/__init__.py", "codec/errors.py", "codec/ethernet.py", "codec/arp.py", "codec/ipv4.py", "codec/l4.py",
     "codec/mpls.py", "codec/gre.py", "codec/vxlan.py", "codec/outer.py",
     "actions.py", "drops.py", "flowkey.py", "config.py", "fib.py", "policy.py", "vrf.py", "flowtable.py",
-    "slowpath.py", "pipeline.py",
+    "slowpath.py", "pipeline.py", "codec/virtio.py", "gso.py", "gro.py",
     "steerhash.py", "buckets.py", "fairness.py", "steering.py",
 ]
 FORBIDDEN = {"socket", "os", "subprocess", "select", "selectors", "threading", "multiprocessing", "fcntl",

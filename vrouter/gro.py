@@ -1,0 +1,240 @@
+"""GRO: merge tunnel packets of one TCP flow into one super-packet before the routing instance.
+
+One UDP_GRO read hands the forwarder N tunnel payloads of ``seg_size`` bytes in one buffer (the last
+may be shorter). :class:`Gro` merges, per (tunnel header bytes = label/VNI, inner addresses and
+ports), the segments Linux GRO would merge (tcp_gro_receive / inet_gro_receive):
+
+- IPv4 without options or fragments, TCP with data, total length exactly the datagram's;
+- same TOS, TTL, DF, ACK number, window, TCP header length and options; IP ids incrementing (or
+  all equal with DF); flags equal to the first's apart from PSH/FIN (CWR only on the first);
+- contiguous data (seq == previous seq + length), no segment longer than the first (its length is
+  the super-packet's gso_size), IPv4 total length <= 65535.
+
+A merge is delivered (flushed) when a segment carries PSH or FIN (after including it), when a
+segment is shorter than the first, when the next segment of the flow cannot join (not contiguous,
+different headers, 64 KB reached; that segment starts a new merge), when a packet of the flow that
+never merges arrives (pure ACK, SYN, RST, URG: it is delivered after the merge, so order within a
+flow holds), at the end of the batch (:meth:`Gro.flush`), or after ``timeout`` with
+:meth:`Gro.flush_expired` for a forwarder that holds merges across reads. Flows may interleave in a
+batch; each keeps its own merge (output order changes only between flows).
+
+Each delivery is ``(payload, nsegs, gso_size, vnet_hdr)``: the tunnel payload for
+``Pipeline.from_fabric`` and the 10-byte virtio_net_hdr to write before the resulting ToVif frame
+(Ethernet header of 14 bytes + the inner IPv4 packet). A merged payload keeps the tunnel header,
+IPv4 header (total length and header checksum fixed) and TCP header of its first segment, with
+PSH/FIN OR-ed in from the last and the TCP checksum set to the pseudo-header sum; its vnet_hdr says
+NEEDS_CSUM + TCPV4 with gso_size = the first segment's data length, so the VM's kernel completes the
+checksum and its stack sees one packet. A single packet whose TCP/UDP checksum field is partial (sent
+by a GSO vrouter, see vrouter/gso.py) gets NEEDS_CSUM with gso NONE; any other gets an all-zero
+header. With ``enabled=False`` (the switch for experiments) nothing merges but partial checksums are
+still flagged, which correctness needs.
+"""
+import struct
+
+from .codec import virtio
+from .codec.ipv4 import checksum
+from .gso import partial_offset, pseudo_sum
+
+FIN, SYN, RST, PSH, ACK, URG, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x80
+_ENDS = FIN | PSH                       # may join a merge as its last segment
+_ALONE = SYN | RST | URG | FIN | PSH    # cannot start a merge
+_DF = 0x4000
+_ETH = 14                               # the ToVif frame's inner IPv4 header starts here
+
+# Tunnel header before the inner IPv4 packet: MPLS label; GRE + label; VXLAN + inner Ethernet.
+HEADER_LEN = {"mplsoudp": 4, "mplsogre": 8, "vxlan": 22}
+_GRE_MPLS = b"\x00\x00\x88\x47"
+
+REASONS = ("end_of_batch", "timeout", "psh", "fin", "short", "size", "not_contiguous", "headers",
+           "other_packet")
+
+_IPTCP = struct.Struct("!BBHHHBBHIIHHIIBBHHH").unpack_from   # inner IPv4 (no options) + TCP
+_STRUCT_ERROR = struct.error
+_PARTIAL_TCP = virtio.partial(_ETH + 20, virtio.TCP_CSUM_OFFSET)
+_PLAIN = virtio.PLAIN
+
+
+def _encap_ok(hdr: bytes, h: int) -> bool:
+    """The tunnel header is the plain one the pipeline's hit path expects (one label, IPv4 inside)."""
+    if h == 4:
+        return bool(hdr[2] & 1)
+    if h == 8:
+        return hdr[:4] == _GRE_MPLS and bool(hdr[6] & 1)
+    return bool(hdr[0] & 0x08) and hdr[20:22] == b"\x08\x00"
+
+
+class _Merge:
+    __slots__ = ("key", "first", "h", "thl", "flags", "cmp", "ack", "win", "tos", "ttl", "fw", "last_id",
+                 "opts", "mss", "next_seq", "data", "size", "limit", "ends", "n", "started", "src", "dst")
+
+
+class Gro:
+    """GRO state of one forwarder: feed payloads with :meth:`add` / :meth:`add_batch`, collect
+    deliveries with :meth:`flush` (end of batch), :meth:`flush_expired` or :meth:`take`.
+
+    Payload buffers are referenced, not copied, until their merge is delivered: do not reuse a
+    buffer (recv_into) while merges that hold it are open; :meth:`batch` flushes before returning.
+    """
+
+    def __init__(self, enabled: bool = True, timeout: float = 0.0):
+        self.enabled = enabled
+        self.timeout = timeout
+        self._open: dict = {}
+        self._ready: list = []
+        self.segments = 0
+        self._counts = dict.fromkeys(("delivered", "merged", "merged_segments", "single"), 0)
+        self._flushes = dict.fromkeys(REASONS, 0)
+
+    # ---------------------------------------------------------------- input
+    def batch(self, encap: str, buf, seg_size: int, now: float = 0.0) -> list:
+        """One UDP_GRO read (``seg_size`` from the cmsg; 0 = one datagram), flushed at its end."""
+        self.add_batch(encap, buf, seg_size, now)
+        return self.flush()
+
+    def add_batch(self, encap: str, buf, seg_size: int, now: float = 0.0) -> None:
+        mv = memoryview(buf)
+        n = len(mv)
+        h = HEADER_LEN.get(encap)
+        add = self._add
+        if not seg_size or seg_size >= n:
+            add(h, mv, 0, n, now)
+            return
+        for s in range(0, n, seg_size):
+            add(h, mv, s, min(s + seg_size, n), now)
+
+    def add(self, encap: str, payload, now: float = 0.0) -> None:
+        """One tunnel payload (e.g. one MPLSoGRE packet from a raw socket)."""
+        mv = memoryview(payload)
+        self._add(HEADER_LEN.get(encap), mv, 0, len(mv), now)
+
+    def _add(self, h, mv, s: int, e: int, now: float) -> None:
+        self.segments += 1
+        if h is None or e - s < h + 40:
+            self._single(mv, s, e, h)
+            return
+        hdr = bytes(mv[s:s + h])
+        off = s + h
+        vihl, tos, tlen, ident, fw, ttl, proto, _, src, dst, sp, dp, seq, ack, doff, flags, win, tc, _ = \
+            _IPTCP(mv, off)
+        key = (hdr, src, dst, sp, dp)
+        opened = self._open
+        if vihl != 0x45 or proto != 6 or fw & 0x3FFF or tlen != e - off or not _encap_ok(hdr, h):
+            if opened:
+                m = opened.get(key)
+                if m is not None:
+                    self._close(m, "other_packet")
+            self._single(mv, s, e, h)
+            return
+        thl = (doff >> 4) * 4
+        dlen = tlen - 20 - thl
+        m = opened.get(key) if opened else None
+        if m is not None:
+            if (seq == m.next_seq and 0 < dlen <= m.mss and flags & ~_ENDS == m.cmp and ack == m.ack
+                    and win == m.win and thl == m.thl and tos == m.tos and ttl == m.ttl and fw == m.fw
+                    and (ident == (m.last_id + 1) & 0xFFFF or (fw & _DF and ident == m.last_id))
+                    and (thl == 20 or mv[off + 40:off + 20 + thl] == m.opts)
+                    and m.size + dlen <= m.limit):
+                m.data.append(mv[off + 20 + thl:e])
+                m.size += dlen
+                m.n += 1
+                m.next_seq = (seq + dlen) & 0xFFFFFFFF
+                m.last_id = ident
+                if flags & _ENDS:
+                    m.ends = flags & _ENDS
+                    self._close(m, "psh" if flags & PSH else "fin")
+                elif dlen < m.mss:
+                    self._close(m, "short")
+                return
+            self._close(m, self._why(m, seq, dlen, flags))
+        if dlen <= 0 or flags & _ALONE or not self.enabled or thl < 20:
+            self._counts["single"] += 1
+            self._counts["delivered"] += 1
+            self._ready.append((bytes(mv[s:e]), 1, 0,
+                                _PARTIAL_TCP if thl >= 20 and tc == pseudo_sum(src, dst, 6, tlen - 20) else _PLAIN))
+            return
+        m = _Merge()
+        m.key, m.first, m.h, m.thl, m.flags, m.cmp = key, mv[s:e], h, thl, flags, flags & ~CWR
+        m.ack, m.win, m.tos, m.ttl, m.fw, m.last_id = ack, win, tos, ttl, fw, ident
+        m.opts = bytes(mv[off + 40:off + 20 + thl])
+        m.mss, m.next_seq, m.data, m.size, m.limit = dlen, (seq + dlen) & 0xFFFFFFFF, [], dlen, 65535 - 20 - thl
+        m.ends, m.n, m.started, m.src, m.dst = 0, 1, now, src, dst
+        opened[key] = m
+
+    @staticmethod
+    def _why(m: _Merge, seq: int, dlen: int, flags: int) -> str:
+        if dlen <= 0 or flags & (SYN | RST | URG):
+            return "other_packet"
+        if seq != m.next_seq:
+            return "not_contiguous"
+        if 0 < dlen <= m.mss and m.size + dlen > m.limit:
+            return "size"
+        return "headers"
+
+    def _single(self, mv, s: int, e: int, h) -> None:
+        """A packet that passes alone; flag its checksum if it is partial."""
+        self._counts["single"] += 1
+        self._counts["delivered"] += 1
+        part = partial_offset(mv, s + h) if h is not None and e - s >= h + 20 else None
+        vnet = _PLAIN if part is None else virtio.partial(_ETH + part[0], part[1])
+        self._ready.append((bytes(mv[s:e]), 1, 0, vnet))
+
+    # ---------------------------------------------------------------- output
+    def _close(self, m: _Merge, reason: str) -> None:
+        del self._open[m.key]
+        self._flushes[reason] += 1
+        self._counts["delivered"] += 1
+        first = m.first
+        if m.n == 1:
+            self._counts["single"] += 1
+            o = m.h + 20
+            tc = first[o + 16] << 8 | first[o + 17]
+            partial = tc == pseudo_sum(m.src, m.dst, 6, len(first) - o)
+            self._ready.append((bytes(first), 1, 0, _PARTIAL_TCP if partial else _PLAIN))
+            return
+        self._counts["merged"] += 1
+        self._counts["merged_segments"] += m.n
+        o = m.h
+        hl = o + 20 + m.thl
+        head = bytearray(first[:hl])
+        tlen = 20 + m.thl + m.size
+        head[o + 2:o + 4] = tlen.to_bytes(2, "big")
+        head[o + 10:o + 12] = b"\0\0"
+        head[o + 10:o + 12] = checksum(head[o:o + 20]).to_bytes(2, "big")
+        head[o + 33] = m.flags | m.ends
+        head[o + 36:o + 38] = pseudo_sum(m.src, m.dst, 6, tlen - 20).to_bytes(2, "big")
+        self._ready.append((b"".join([head, first[hl:], *m.data]), m.n, m.mss,
+                            virtio.tcpv4_gso(_ETH, 20, m.thl, m.mss, bool(m.flags & CWR))))
+
+    def take(self) -> list:
+        """Deliveries ready now, leaving open merges open."""
+        out, self._ready = self._ready, []
+        return out
+
+    def flush(self) -> list:
+        """End of batch: deliver every open merge, then return everything ready."""
+        for m in list(self._open.values()):
+            self._close(m, "end_of_batch")
+        return self.take()
+
+    def flush_expired(self, now: float) -> list:
+        """Deliver merges open for ``timeout`` seconds or more; return everything ready."""
+        for m in [m for m in self._open.values() if now - m.started >= self.timeout]:
+            self._close(m, "timeout")
+        return self.take()
+
+    def next_deadline(self) -> float | None:
+        """When the oldest open merge expires (for the forwarder's poll timeout), or None."""
+        if not self._open:
+            return None
+        return min(m.started for m in self._open.values()) + self.timeout
+
+    def stats(self) -> dict:
+        c = self._counts
+        return {"enabled": self.enabled, "segments": self.segments, "open": len(self._open), **c,
+                "segments_per_merge": round(c["merged_segments"] / c["merged"], 2) if c["merged"] else 0.0,
+                "flush": dict(self._flushes)}
+
+
+def merge(encap: str, buf, seg_size: int, gro: bool = True) -> list:
+    """Stateless GRO of one UDP_GRO read: a list of (payload, nsegs, gso_size, vnet_hdr)."""
+    return Gro(gro).batch(encap, buf, seg_size)
