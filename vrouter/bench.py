@@ -13,6 +13,7 @@ import platform
 import sys
 import time
 
+from . import bench_steering
 from .codec import ethernet, ipv4, l4
 from .config import VROUTER_MAC, VrouterConfig
 from .pipeline import Pipeline
@@ -146,6 +147,7 @@ def run(quick: bool) -> dict:
         "targets": {"fast_path_pps": FAST_TARGET, "slow_path_flows_per_s": SLOW_TARGET},
         "rows": rows, "quick": quick, "flows_in_table": flows,
         "python": platform.python_version(), "implementation": platform.python_implementation(),
+        "steering": bench_steering.run(quick),
     }
 
 
@@ -163,6 +165,7 @@ def report(res: dict, out=print) -> None:
         out(f"{label:<58}{v:>12,}{1e6 / v:>9.2f}{v / SLOW_TARGET:>10.2f}")
     ok = res["fast_path_pps_64"] >= FAST_TARGET and res["fast_path_pps_1400"] >= FAST_TARGET and \
         res["slow_path_flows_per_s"] >= SLOW_TARGET
+    bench_steering.report(res["steering"], out)
     out(f"targets: fast path >= {FAST_TARGET:,} pkts/s, slow path >= {SLOW_TARGET:,} flows/s per core: "
         f"{'met' if ok else 'NOT met'}")
 

@@ -482,3 +482,16 @@ def test_negative_control_a_one_direction_hash_splits_flows_and_replies_miss(enc
     hit = [_connection(one_way, *c) for c in conns]
     assert hit.count(False) > 10                          # most replies go to a worker without the entry
     assert one_way.punts == 64 + hit.count(False)
+
+
+def test_steering_bench_reports_every_nic_kind_and_both_stages():
+    from vrouter import bench_steering
+    res = bench_steering.run(quick=True)
+    seen = {(r["mode"], r["nic"], r["size"]) for r in res["rows"]}
+    for size in (64, 1400):
+        assert {("rps", k, size) for k in ("tap", *ENCAPS)} <= seen
+        assert {(m, k, size) for m in ("extended stage 1", "extended stage 2") for k in ENCAPS} <= seen
+    assert all(r["us_per_pkt"] > 0 for r in res["rows"])
+    lines = []
+    bench_steering.report(res, lines.append)
+    assert len(lines) == 1 + len(res["rows"])
