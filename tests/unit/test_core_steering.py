@@ -495,3 +495,12 @@ def test_steering_bench_reports_every_nic_kind_and_both_stages():
     lines = []
     bench_steering.report(res, lines.append)
     assert len(lines) == 1 + len(res["rows"])
+
+
+def test_offset_skips_a_virtio_net_header():
+    rps = Rps(FIELDS, BucketTable({0: 1, 1: 1, 2: 1}))
+    frame = from_tap(ip_packet(17, 9, 8, 7, 6))
+    payload = from_fabric("vxlan", 100, ip_packet(17, 8, 9, 6, 7))
+    vnet = b"\x01" * 10
+    assert rps.hash("tap", vnet + frame, 100, off=10) == rps.hash("tap", frame, 100) != NO_FLOW
+    assert rps.hash("vxlan", memoryview(vnet + payload), off=10) == rps.hash("vxlan", payload)
