@@ -14,6 +14,7 @@ import sys
 import time
 
 from . import bench_steering
+from . import bench_gro
 from .codec import ethernet, ipv4, l4
 from .config import VROUTER_MAC, VrouterConfig
 from .pipeline import Pipeline
@@ -145,7 +146,7 @@ def run(quick: bool) -> dict:
         "slow_path_flows_per_s": round(decide_install),
         "slow_path_flows_per_s_with_miss": round(end_to_end),
         "targets": {"fast_path_pps": FAST_TARGET, "slow_path_flows_per_s": SLOW_TARGET},
-        "rows": rows, "quick": quick, "flows_in_table": flows,
+        "rows": rows, "quick": quick, "flows_in_table": flows, "gro_gso": bench_gro.run(quick),
         "python": platform.python_version(), "implementation": platform.python_implementation(),
         "steering": bench_steering.run(quick),
     }
@@ -163,6 +164,7 @@ def report(res: dict, out=print) -> None:
                        ("  miss + punt + decide + install (end to end)", "slow_path_flows_per_s_with_miss")):
         v = res[key]
         out(f"{label:<58}{v:>12,}{1e6 / v:>9.2f}{v / SLOW_TARGET:>10.2f}")
+    bench_gro.report(res["gro_gso"], out)
     ok = res["fast_path_pps_64"] >= FAST_TARGET and res["fast_path_pps_1400"] >= FAST_TARGET and \
         res["slow_path_flows_per_s"] >= SLOW_TARGET
     bench_steering.report(res["steering"], out)

@@ -1,7 +1,7 @@
 """GRO: merge tunnel packets of one TCP flow into one super-packet before the routing instance.
 
 One UDP_GRO read hands the forwarder N tunnel payloads of ``seg_size`` bytes in one buffer (the last
-may be shorter). :class:`Gro` merges, per (tunnel header bytes = label/VNI, inner addresses and
+may be shorter). :class:`Gro` merges, per (MPLS label word or VNI word, inner addresses and
 ports), the segments Linux GRO would merge (tcp_gro_receive / inet_gro_receive):
 
 - IPv4 without options or fragments, TCP with data, total length exactly the datagram's;
@@ -43,24 +43,16 @@ _ETH = 14                               # the ToVif frame's inner IPv4 header st
 
 # Tunnel header before the inner IPv4 packet: MPLS label; GRE + label; VXLAN + inner Ethernet.
 HEADER_LEN = {"mplsoudp": 4, "mplsogre": 8, "vxlan": 22}
-_GRE_MPLS = b"\x00\x00\x88\x47"
 
 REASONS = ("end_of_batch", "timeout", "psh", "fin", "short", "size", "not_contiguous", "headers",
            "other_packet")
 
-_IPTCP = struct.Struct("!BBHHHBBHIIHHIIBBHHH").unpack_from   # inner IPv4 (no options) + TCP
-_STRUCT_ERROR = struct.error
+_IPTCP = "BBHHHBBHIIHHIIBBHHH"                                  # inner IPv4 (no options) + TCP
+_MPLSOUDP = struct.Struct("!I" + _IPTCP).unpack_from
+_MPLSOGRE = struct.Struct("!II" + _IPTCP).unpack_from
+_VXLAN = struct.Struct("!II12xH" + _IPTCP).unpack_from
 _PARTIAL_TCP = virtio.partial(_ETH + 20, virtio.TCP_CSUM_OFFSET)
 _PLAIN = virtio.PLAIN
-
-
-def _encap_ok(hdr: bytes, h: int) -> bool:
-    """The tunnel header is the plain one the pipeline's hit path expects (one label, IPv4 inside)."""
-    if h == 4:
-        return bool(hdr[2] & 1)
-    if h == 8:
-        return hdr[:4] == _GRE_MPLS and bool(hdr[6] & 1)
-    return bool(hdr[0] & 0x08) and hdr[20:22] == b"\x08\x00"
 
 
 class _Merge:
@@ -112,13 +104,24 @@ class Gro:
         if h is None or e - s < h + 40:
             self._single(mv, s, e, h)
             return
-        hdr = bytes(mv[s:s + h])
+        # One unpack of the tunnel header words with the inner IPv4 + TCP headers; the label word
+        # (MPLS) or VNI word (VXLAN) is part of the flow key, so labels never merge together.
+        if h == 4:
+            word, vihl, tos, tlen, ident, fw, ttl, proto, _, src, dst, sp, dp, seq, ack, doff, flags, win, tc, _ = \
+                _MPLSOUDP(mv, s)
+            ok = word & 0x100
+        elif h == 22:
+            vflags, word, et, vihl, tos, tlen, ident, fw, ttl, proto, _, src, dst, sp, dp, seq, ack, doff, flags, \
+                win, tc, _ = _VXLAN(mv, s)
+            ok = vflags & 0x08000000 and et == 0x0800
+        else:
+            g, word, vihl, tos, tlen, ident, fw, ttl, proto, _, src, dst, sp, dp, seq, ack, doff, flags, win, tc, _ = \
+                _MPLSOGRE(mv, s)
+            ok = g == 0x8847 and word & 0x100
         off = s + h
-        vihl, tos, tlen, ident, fw, ttl, proto, _, src, dst, sp, dp, seq, ack, doff, flags, win, tc, _ = \
-            _IPTCP(mv, off)
-        key = (hdr, src, dst, sp, dp)
+        key = (word, src, dst, sp, dp)
         opened = self._open
-        if vihl != 0x45 or proto != 6 or fw & 0x3FFF or tlen != e - off or not _encap_ok(hdr, h):
+        if vihl != 0x45 or proto != 6 or fw & 0x3FFF or tlen != e - off or not ok:
             if opened:
                 m = opened.get(key)
                 if m is not None:

@@ -281,3 +281,14 @@ def test_reasons_are_the_documented_ones():
     _, g = feed(stream(2))
     assert set(g.stats()["flush"]) == set(gro_mod.REASONS)
     assert struct.calcsize("<BBHHHH") == virtio.HDR_LEN
+
+
+def test_bench_reports_gro_and_gso_rows_and_json_figures():
+    from vrouter import bench_gro
+    res = bench_gro.run(quick=True)
+    lines = []
+    bench_gro.report(res, lines.append)
+    assert [r["name"] for r in res["rows"]][0] == "gro merge, 40 x 1400 B per read"
+    assert all(isinstance(res[k], int) and res[k] > 0 for k in ("gro_merge_segments_per_s",
+                                                               "gro_receive_segments_per_s", "gso_send_segments_per_s"))
+    assert len(lines) == len(res["rows"]) + 2 and "segs/s" in lines[0]
