@@ -238,6 +238,34 @@ class Gro:
                 "flush": dict(self._flushes)}
 
 
+def vnet_for_frame(frame, mtu: int = 1500) -> tuple[bytes, bytes]:
+    """(virtio_net_hdr, frame) for a ToVif frame whose GRO delivery tuple is not at hand: packets the
+    pipeline held during a slow-path round trip come back from ``Pipeline.install`` as bare frames.
+
+    A TCP/IPv4 packet longer than ``mtu`` can only be a super-packet: its gso_size is taken as the
+    largest segment the MTU allows (MTU - IP header - TCP header: the sender's MSS when both VMs
+    have the same MTU) and its checksum field is made partial if it is not. Shorter packets get
+    NEEDS_CSUM only if their checksum is partial.
+    """
+    if len(frame) < _ETH + 20 or frame[12:14] != b"\x08\x00":
+        return _PLAIN, frame
+    vihl, tlen, proto = frame[_ETH], frame[_ETH + 2] << 8 | frame[_ETH + 3], frame[_ETH + 9]
+    ihl = (vihl & 15) * 4
+    if tlen > mtu and vihl == 0x45 and proto == 6 and len(frame) >= _ETH + 40 and tlen <= len(frame) - _ETH:
+        thl = (frame[_ETH + 32] >> 4) * 4
+        if 20 <= thl and tlen > 20 + thl:
+            src = int.from_bytes(frame[_ETH + 12:_ETH + 16], "big")
+            dst = int.from_bytes(frame[_ETH + 16:_ETH + 20], "big")
+            at = _ETH + 36
+            field = pseudo_sum(src, dst, 6, tlen - 20).to_bytes(2, "big")
+            if frame[at:at + 2] != field:
+                frame = bytes(frame[:at]) + field + bytes(frame[at + 2:])
+            cwr = bool(frame[_ETH + 33] & CWR)
+            return virtio.tcpv4_gso(_ETH, 20, thl, min(mtu - 20 - thl, tlen - 20 - thl), cwr), frame
+    part = partial_offset(frame, _ETH) if ihl >= 20 else None
+    return (_PLAIN if part is None else virtio.partial(_ETH + part[0], part[1])), frame
+
+
 def merge(encap: str, buf, seg_size: int, gro: bool = True) -> list:
     """Stateless GRO of one UDP_GRO read: a list of (payload, nsegs, gso_size, vnet_hdr)."""
     return Gro(gro).batch(encap, buf, seg_size)

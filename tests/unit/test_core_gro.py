@@ -292,3 +292,25 @@ def test_bench_reports_gro_and_gso_rows_and_json_figures():
     assert all(isinstance(res[k], int) and res[k] > 0 for k in ("gro_merge_segments_per_s",
                                                                "gro_receive_segments_per_s", "gso_send_segments_per_s"))
     assert len(lines) == len(res["rows"]) + 2 and "segs/s" in lines[0]
+
+
+def test_held_super_packet_released_by_install_gets_a_header_from_the_frame_alone():
+    from conftest import Pair
+    from vrouter.gro import vnet_for_frame
+    pair = Pair()
+    original = tcp_ip(bytes(range(256)) * 100, options=TS, src="192.168.1.11", dst="192.168.1.12")
+    (d,) = merge("mplsoudp", *gso.segment(prefix("mplsoudp"), original, 1448)[:2])
+    (punt,) = pair.pipe["srv2"].from_fabric("10.0.1.1", "mplsoudp", d[0], 1.0)
+    (to_vm,) = pair.pipe["srv2"].install(pair.slow["srv2"].decide(punt.request, 1.0), 1.0)
+    vnet, frame = vnet_for_frame(to_vm.frame, mtu=1500)
+    assert vnet == d[3] and frame == to_vm.frame
+    # A frame within the MTU is flagged only when its checksum is partial; a non-partial super-packet
+    # gets its field made partial so NEEDS_CSUM completes it right.
+    plain = b"\0" * 12 + b"\x08\x00" + udp_ip(b"x", partial=False)
+    assert vnet_for_frame(plain) == (virtio.PLAIN, plain)
+    assert vnet_for_frame(b"\0" * 12 + b"\x08\x00" + tcp_ip(b"x"))[0] == virtio.partial(34, 16)
+    full = b"\0" * 12 + b"\x08\x00" + tcp_ip(b"y" * 3000, partial=False)
+    vnet, fixed = vnet_for_frame(full)
+    assert virtio.parse(vnet).gso_size == 1460 and gso.partial_offset(fixed, 14) == (20, 16)
+    assert kernel_complete(fixed, vnet) == full
+    assert vnet_for_frame(b"short") == (virtio.PLAIN, b"short")
