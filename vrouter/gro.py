@@ -177,7 +177,7 @@ class Gro:
         """A packet that passes alone; flag its checksum if it is partial."""
         self._counts["single"] += 1
         self._counts["delivered"] += 1
-        part = partial_offset(mv, s + h) if h is not None and e - s >= h + 20 else None
+        part = partial_offset(mv[s:e], h) if h is not None and e - s >= h + 20 else None
         vnet = _PLAIN if part is None else virtio.partial(_ETH + part[0], part[1])
         self._ready.append((bytes(mv[s:e]), 1, 0, vnet))
 

@@ -172,6 +172,13 @@ def test_single_packets_keep_their_bytes_and_get_the_right_header():
         assert merge(encap, junk, 0) == [(junk, 1, 0, virtio.PLAIN)]
 
 
+def test_a_truncated_datagram_in_a_batch_is_judged_on_its_own_bytes():
+    udp = prefix("mplsoudp") + udp_ip(b"q" * 40)
+    # Cut right before its (partial) UDP checksum field: the next datagram's first bytes are that field.
+    out = merge("mplsoudp", udp, 4 + 26)
+    assert out[0] == (udp[:30], 1, 0, virtio.PLAIN) and sum(d[1] for d in out) == 3
+
+
 def test_hold_across_reads_until_the_timeout():
     g = Gro(timeout=0.5)
     segs = stream(3)
