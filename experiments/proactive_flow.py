@@ -25,6 +25,10 @@ DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
 MODES = ("proactive", "reactive")
 PROTOS = ("tcp", "udp")
 PROBE_PORT = 7000
+# Every exchange gets its own source port: a kernel-chosen ephemeral port may repeat within one
+# run (birthday odds over 2n draws), and the repeat would hit the earlier exchange's flow entry.
+SPORT_BASE = 10000
+MAX_CONNECTIONS = 2500
 
 
 class ExperimentError(Exception):
@@ -59,6 +63,13 @@ class Vrouters:
     def decisions(self) -> dict:
         return {s: self._query(self.rundir, s, "stats").get("agent", {}).get("decisions", 0) for s in self.servers}
 
+    def recent_punts(self, server: str, last: int) -> list:
+        return self._query(self.rundir, server, "punts", last=last)
+
+    def rtt_samples(self) -> dict:
+        """Per vrouter: punt sent -> decision installed, in us, as measured by the forwarder."""
+        return {s: self._query(self.rundir, s, "rtts") for s in self.servers}
+
     def modes(self) -> set:
         return {self._query(self.rundir, s, "stats")["mode"] for s in self.servers}
 
@@ -85,8 +96,8 @@ class ProbeClient:
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True, bufsize=1)
 
-    def exchange(self, proto: str, dst: str, port: int) -> tuple[bool, int, int, str]:
-        self.proc.stdin.write(f"{proto} {dst} {port}\n")
+    def exchange(self, proto: str, dst: str, port: int, sport: int = 0) -> tuple[bool, int, int, str]:
+        self.proc.stdin.write(f"{proto} {dst} {port} {sport}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline().split()
         if not line:
@@ -112,36 +123,65 @@ def start_server(host):
     return proc
 
 
-def run_mode(tb, mode, n, src, dst, vrouters, progress, settle=0.02) -> list[dict]:
-    set_mode(tb, vrouters, mode)
+def exchange_row(client, vrouters, mode, proto, i, dst, settle) -> dict:
+    before = vrouters.decisions()
+    want = SPORT_BASE + (MODES.index(mode) * len(PROTOS) + PROTOS.index(proto)) * MAX_CONNECTIONS + i
+    ok, sport, us, err = client.exchange(proto, dst["address"], PROBE_PORT, want)
+    time.sleep(settle)  # let the last packets of the exchange (FIN/ACK) pass the vrouters
+    after = vrouters.decisions()
+    row = {"mode": mode, "proto": proto, "seq": i, "ok": int(ok), "sport": sport,
+           "first_reply_us": us if ok else "", "error": err}
+    total, notes = 0, []
+    expected = 1 if mode == "proactive" else 2
+    for s in vrouters.servers:
+        d = after[s] - before[s]
+        row[f"slowpath_{s}"] = d
+        total += d
+        if d != expected and d > 0:
+            # Name the flows that took the slow path, so an outlier can be explained.
+            for pk in vrouters.recent_punts(s, d):
+                notes.append(f"{s}:{pk['ingress']}:{pk['proto']}:{pk['src']}:{pk['sport']}>"
+                             f"{pk['dst']}:{pk['dport']}:flags={pk['tcp_flags']}")
+    row["slowpath_total"] = total
+    row["note"] = " ".join(notes)
+    return row
+
+
+def run_exchanges(tb, n, src, dst, vrouters, progress, block=10, settle=0.02) -> tuple[list, dict]:
+    """Modes alternate in blocks (ABBA...) so that drift in machine load hits both modes alike."""
     client = ProbeClient(tb.host(src["name"]))
-    rows = []
+    rows, rtts = [], {m: {s: [] for s in vrouters.servers} for m in MODES}
+    done = dict.fromkeys(MODES, 0)
     try:
         # Warm-up outside the measurement: the VMs' ARP caches for their gateway.
         for proto in PROTOS:
             client.exchange(proto, dst["address"], PROBE_PORT)
         time.sleep(0.2)
-        vrouters.reset()
-        for i in range(n):
-            for proto in PROTOS:
-                before = vrouters.decisions()
-                ok, sport, us, err = client.exchange(proto, dst["address"], PROBE_PORT)
-                time.sleep(settle)  # let the last packets of the exchange (FIN/ACK) pass the vrouters
-                after = vrouters.decisions()
-                row = {"mode": mode, "proto": proto, "seq": i, "ok": int(ok), "sport": sport,
-                       "first_reply_us": us if ok else "", "error": err}
-                total = 0
-                for s in vrouters.servers:
-                    d = after[s] - before[s]
-                    row[f"slowpath_{s}"] = d
-                    total += d
-                row["slowpath_total"] = total
-                rows.append(row)
-            if (i + 1) % max(1, n // 10) == 0 or i + 1 == n:
-                progress(f"  {mode}: {i + 1}/{n} connections")
+        for b in range((n + block - 1) // block):
+            order = MODES if b % 2 == 0 else MODES[::-1]
+            for mode in order:
+                set_mode(tb, vrouters, mode)
+                for i in range(done[mode], min(n, done[mode] + block)):
+                    for proto in PROTOS:
+                        rows.append(exchange_row(client, vrouters, mode, proto, i, dst, settle))
+                done[mode] = min(n, done[mode] + block)
+                for s, samples in vrouters.rtt_samples().items():
+                    rtts[mode][s] += samples
+            progress(f"  {done['proactive']}/{n} proactive, {done['reactive']}/{n} reactive connections")
     finally:
         client.close()
-    return rows
+    return rows, rtts
+
+
+def rtt_summary(samples: dict) -> dict:
+    out = {}
+    for mode, per_server in samples.items():
+        out[mode] = {}
+        for s, xs in per_server.items():
+            xs = sorted(xs)
+            out[mode][s] = ({"count": len(xs), "median": xs[len(xs) // 2], "p90": xs[int(0.9 * (len(xs) - 1))]}
+                            if xs else {"count": 0})
+    return out
 
 
 def summarize(rows, servers) -> dict:
@@ -216,7 +256,7 @@ def write_results(outdir: Path, rows, summary, config) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     servers = config["servers"]
     fields = (["mode", "proto", "seq", "ok", "sport", "first_reply_us"] +
-              [f"slowpath_{s}" for s in servers] + ["slowpath_total", "error"])
+              [f"slowpath_{s}" for s in servers] + ["slowpath_total", "error", "note"])
     with open(outdir / "raw.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -237,6 +277,10 @@ def summary_lines(summary) -> list[str]:
                          f"{med:>19} {p90:>9}")
     for proto, ratio in summary.get("ratio_reactive_over_proactive_median_first_reply", {}).items():
         lines.append(f"median first-reply latency, reactive / proactive ({proto}): {ratio:.2f}x")
+    for mode, per_server in summary.get("slowpath_rtt_us", {}).items():
+        parts = [f"{s} {v['median']:.0f} us (n={v['count']})" for s, v in per_server.items() if v.get("count")]
+        if parts:
+            lines.append(f"slow-path round trip (punt -> decision installed), median, {mode}: " + ", ".join(parts))
     return lines
 
 
@@ -258,10 +302,8 @@ def run(topology_path: Path, n: int, prefix: str, run_root, outroot: Path, progr
                  f"({dst['address']}, network {src['network']}), {n} TCP + {n} UDP exchanges per mode")
         vrouters = Vrouters(tb.path, servers)
         server = start_server(tb.host(dst["name"]))
-        rows = []
         try:
-            for mode in MODES:
-                rows += run_mode(tb, mode, n, src, dst, vrouters, progress)
+            rows, rtts = run_exchanges(tb, n, src, dst, vrouters, progress)
         finally:
             server.kill()
             server.wait()
@@ -269,6 +311,7 @@ def run(topology_path: Path, n: int, prefix: str, run_root, outroot: Path, progr
         progress("tearing down")
         tb.stop()
     summary = summarize(rows, servers)
+    summary["slowpath_rtt_us"] = rtt_summary(rtts)
     summary["pair"] = {"src": src, "dst": dst}
     config = {"experiment": "proactive_flow", "connections_per_mode": n, "modes": list(MODES),
               "protocols": list(PROTOS), "servers": servers, "pair": {"src": src["name"], "dst": dst["name"]},
@@ -289,8 +332,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
     args = ap.parse_args(argv)
     from testbed.checks import PreconditionError, require_testbed_host
-    if args.connections < 1:
-        print("error: --connections must be at least 1", file=sys.stderr)
+    if not 1 <= args.connections <= MAX_CONNECTIONS:
+        print(f"error: --connections must be between 1 and {MAX_CONNECTIONS}", file=sys.stderr)
         return 2
     try:
         require_testbed_host()

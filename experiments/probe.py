@@ -5,7 +5,7 @@ from stdin and prints one result line, so the experiment harness can read the vr
 between exchanges without a process start per connection.
 
     python -m experiments.probe server --port 7000
-    python -m experiments.probe client          # stdin: "tcp 192.168.1.12 7000" / "udp ..." / "quit"
+    python -m experiments.probe client          # stdin: "tcp 192.168.1.12 7000 [SPORT]" / "udp ..." / "quit"
     stdout: "ok <tcp|udp> <sport> <first_reply_us>" or "err <tcp|udp> <reason>"
 """
 import argparse
@@ -47,11 +47,14 @@ def serve(port: int) -> None:
     _serve_tcp(port)
 
 
-def tcp_exchange(dst: str, port: int, timeout: float) -> tuple[int, int]:
+def tcp_exchange(dst: str, port: int, timeout: float, sport: int = 0) -> tuple[int, int]:
     """Returns (source port, connect time in us): the SYN-ACK is the flow's first reply."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
+        if sport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("0.0.0.0", sport))
         t0 = time.perf_counter_ns()
         sock.connect((dst, port))
         t1 = time.perf_counter_ns()
@@ -63,11 +66,11 @@ def tcp_exchange(dst: str, port: int, timeout: float) -> tuple[int, int]:
         sock.close()
 
 
-def udp_exchange(dst: str, port: int, timeout: float) -> tuple[int, int]:
+def udp_exchange(dst: str, port: int, timeout: float, sport: int = 0) -> tuple[int, int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(timeout)
     try:
-        sock.bind(("0.0.0.0", 0))
+        sock.bind(("0.0.0.0", sport))
         sport = sock.getsockname()[1]
         t0 = time.perf_counter_ns()
         sock.sendto(b"ping", (dst, port))
@@ -85,8 +88,9 @@ def client(timeout: float) -> None:
         if not parts or parts[0] == "quit":
             break
         proto, dst, port = parts[0], parts[1], int(parts[2])
+        want = int(parts[3]) if len(parts) > 3 else 0
         try:
-            sport, us = exchanges[proto](dst, port, timeout)
+            sport, us = exchanges[proto](dst, port, timeout, want)
             print(f"ok {proto} {sport} {us}", flush=True)
         except (OSError, KeyError) as exc:
             print(f"err {proto} {type(exc).__name__}:{exc}".replace("\n", " "), flush=True)

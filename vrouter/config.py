@@ -70,6 +70,7 @@ class FlowSettings:
     mode: str = "proactive"
     hold_timeout: float = 2.0       # a decision that takes longer is considered lost
     close_timeout: float = 10.0     # TCP pairs that saw FIN both ways but never the last ACK
+    closed_linger: float = 2.0      # a finished TCP pair still answers late ACKs/retransmissions
     fragment_capacity: int = 1024
     fragment_timeout: float = 30.0
 
@@ -208,7 +209,7 @@ def _flow(f) -> FlowSettings:
     for name in ("capacity", "hold_queue", "fragment_capacity"):
         kw[name] = _int(f.get(name, getattr(defaults, name)), f"flow.{name}", 0 if name == "hold_queue" else 1,
                         1 << 24)
-    for name in ("idle_timeout", "hold_timeout", "close_timeout", "fragment_timeout"):
+    for name in ("idle_timeout", "hold_timeout", "close_timeout", "closed_linger", "fragment_timeout"):
         value = f.get(name, getattr(defaults, name))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"flow.{name}: expected a positive number of seconds, got {value!r}")

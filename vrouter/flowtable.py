@@ -7,10 +7,12 @@ Behaviour, stated and tested:
   ``stats()['reverse_not_installed']`` counts it (the reply will then miss like in reactive mode).
 - Ageing: a pair goes when BOTH directions have been idle longer than ``idle_timeout`` (a one-way
   UDP stream keeps its reverse). Held entries whose decision never came go after ``hold_timeout``.
-- TCP: RST removes both directions at once; FIN in both directions marks the pair closing; once
-  BOTH FINs are acknowledged (sequence numbers checked, so the two last ACKs of a simultaneous
-  close both hit) the packet that completes it is forwarded and removes both; a closing pair that
-  never gets there goes after ``close_timeout``.
+- TCP: RST, or BOTH FINs acknowledged (sequence numbers checked, so the two last ACKs of a
+  simultaneous close both hit), marks both directions closed at once; a closed pair lingers for
+  ``closed_linger`` (2 s) so that late ACKs and retransmitted FINs still take the fast path instead
+  of opening a new flow through the slow path (as Tungsten Fabric evicts closed flows later, not at
+  the packet), then goes at the next ageing pass. A SYN that hits a closed pair starts a new flow.
+  A closing pair that never completes goes after ``close_timeout``.
 """
 from .codec.ipv4 import int_to_ip
 
@@ -22,6 +24,7 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 TCP_CLOSING = 0x100    # both directions sent a FIN
 TCP_FIN_ACKED = 0x200  # this direction's FIN was acknowledged by the other side
 TCP_PEER_FIN = 0x400   # the other direction sent a FIN: ACKs in this direction may complete the close
+TCP_CLOSED = 0x800     # both FINs acknowledged, or RST: the pair lingers briefly, then goes
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 
 
@@ -48,6 +51,8 @@ class FlowEntry:
         if self.key[1] != 6:
             return None
         t = self.tcp
+        if t & TCP_CLOSED:
+            return "closed"
         if t & TCP_CLOSING:
             return "closing"
         if t & TCP_FIN:
@@ -94,7 +99,7 @@ class FlowTable:
         entry.reverse = None
         return removed
 
-    def expired(self, now: float, idle: float, hold: float, close: float) -> list[FlowEntry]:
+    def expired(self, now: float, idle: float, hold: float, close: float, linger: float = 0.0) -> list[FlowEntry]:
         """Entries due for removal (held ones and pairs are returned whole)."""
         out, seen = [], set()
         for e in self.entries.values():
@@ -102,6 +107,8 @@ class FlowTable:
                 continue
             if e.kind == HOLD:
                 due = now - e.created > hold
+            elif e.tcp & TCP_CLOSED:
+                due = now - e.last_used > linger
             elif e.tcp & TCP_CLOSING:
                 due = now - e.last_used > close
             else:

@@ -59,6 +59,11 @@ class Forwarder:
         self.agent_stats: dict = {}
         self.counters = collections.Counter()
         self.punt_seq = 0
+        # Slow-path round trip (punt sent -> decision installed) of recent flows: the cost a
+        # proactive reverse entry saves on the reply path, measured where it is paid.
+        self.punt_sent: dict[int, float] = {}
+        self.slowpath_rtt_us: collections.deque = collections.deque(maxlen=4096)
+        self.recent_punts: collections.deque = collections.deque(maxlen=256)  # (wall time, request)
         self.running = True
         self.introspector = Introspector(self)
         self._listen()
@@ -175,6 +180,9 @@ class Forwarder:
                 if self.pipeline is not None:
                     self.counters["decisions"] += 1
                     self._execute(self.pipeline.install(msg["decision"], self.clock()))
+                    sent = self.punt_sent.pop(msg.get("id"), None)
+                    if sent is not None:
+                        self.slowpath_rtt_us.append((time.perf_counter() - sent) * 1e6)
             elif kind == "config":
                 self.apply_config(msg["generation"], msg["config"])
             elif kind == "agent_stats":
@@ -231,10 +239,14 @@ class Forwarder:
 
     def _punt(self, request):
         self.counters["punts"] += 1
+        self.recent_punts.append((time.time(), request))
         if self.agent is None:
             self.counters["punts_no_agent"] += 1  # the held entry times out (hold_timeout) in the core
             return
         self.punt_seq += 1
+        if len(self.punt_sent) > 8192:  # decisions that never came (agent restarted): forget them
+            self.punt_sent.clear()
+        self.punt_sent[self.punt_seq] = time.perf_counter()
         try:
             self.agent.send(ipc.pack({"t": "punt", "id": self.punt_seq, "request": request}))
         except BlockingIOError:
@@ -276,6 +288,8 @@ class Forwarder:
             from vrouter.pipeline import Pipeline
             self.pipeline = Pipeline(self.config)
         self.counters.clear()
+        self.slowpath_rtt_us.clear()
+        self.recent_punts.clear()
         for port in self.vifs.values():
             port.counters.clear()
 

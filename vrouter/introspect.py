@@ -20,7 +20,7 @@ from __future__ import annotations
 from vrouter import ipc
 
 PROTOCOL_VERSION = 1
-OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset")
+OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts")
 
 
 class IntrospectError(Exception):
@@ -62,6 +62,22 @@ class Introspector:
     def _flows(self, req):
         return self._need_pipeline().flows(self.fwd.clock())
 
+    def _rtts(self, req):
+        """Recent slow-path round trips (punt sent -> decision installed) in us, oldest first."""
+        return [round(x, 1) for x in self.fwd.slowpath_rtt_us]
+
+    def _punts(self, req):
+        """The most recent punts (first packets sent to the slow path), oldest first."""
+        from vrouter.codec.ipv4 import int_to_ip
+        out = []
+        for when, r in self.fwd.recent_punts:
+            out.append({"time": when, "vrf": r.get("vrf"), "proto": r.get("proto"),
+                        "src": int_to_ip(r["src"]) if isinstance(r.get("src"), int) else r.get("src"),
+                        "dst": int_to_ip(r["dst"]) if isinstance(r.get("dst"), int) else r.get("dst"),
+                        "sport": r.get("sport"), "dport": r.get("dport"), "ingress": r.get("ingress"),
+                        "tcp_flags": r.get("tcp_flags")})
+        return out[-int(req.get("last", len(out))):]
+
     def _dropstats(self, req):
         return self._need_pipeline().drop_stats()
 
@@ -71,7 +87,8 @@ class Introspector:
                 "mode": f.config.flow.mode if f.config else None,
                 "pipeline": f.pipeline.stats() if f.pipeline else {},
                 "forwarder": dict(f.counters), "tunnels": dict(f.tunnels.counters) if f.tunnels else {},
-                "agent": dict(f.agent_stats), "agent_connected": f.agent is not None}
+                "agent": dict(f.agent_stats), "agent_connected": f.agent is not None,
+                "slowpath_rtt_us": _summary(f.slowpath_rtt_us)}
 
     def _config(self, req):
         return {"generation": self.fwd.generation, "config": self.fwd.config_dict}
@@ -228,6 +245,14 @@ def format_nexthops(nhs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _summary(samples) -> dict:
+    """Median and p90 of the recent slow-path round trips (punt sent -> decision installed), in us."""
+    xs = sorted(samples)
+    if not xs:
+        return {"count": 0}
+    return {"count": len(xs), "median": round(xs[len(xs) // 2], 1), "p90": round(xs[int(0.9 * (len(xs) - 1))], 1)}
+
+
 def format_dropstats(drops: dict) -> str:
     from vrouter.drops import REASONS
     width = max([len(k) for k in drops] + [10]) + 2
@@ -241,7 +266,7 @@ def format_dropstats(drops: dict) -> str:
 def format_stats(stats: dict) -> str:
     lines = [f"server {stats['server']}  generation {stats['generation']}  mode {stats['mode']}  "
              f"agent {'connected' if stats.get('agent_connected') else 'DISCONNECTED'}"]
-    for section in ("pipeline", "forwarder", "tunnels", "agent"):
+    for section in ("pipeline", "forwarder", "tunnels", "agent", "slowpath_rtt_us"):
         values = stats.get(section) or {}
         lines.append(f"{section}:")
         lines += [f"  {k:<28}{v}" for k, v in sorted(values.items())] or ["  (none)"]

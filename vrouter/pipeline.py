@@ -26,8 +26,8 @@ from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, int_to_ip
 from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, build_icmp
 from .config import VROUTER_MAC, VrouterConfig
 from .flowkey import entropy_port, extract, reverse
-from .flowtable import (DROP, HOLD, TCP_ACK, TCP_CLOSING, TCP_FIN, TCP_FIN_ACKED, TCP_PEER_FIN, TCP_RST, TO_TUNNEL,
-                        TO_VIF, FlowEntry, FlowTable)
+from .flowtable import (DROP, HOLD, TCP_ACK, TCP_CLOSED, TCP_CLOSING, TCP_FIN, TCP_FIN_ACKED, TCP_PEER_FIN,
+                        TCP_RST, TCP_SYN, TO_TUNNEL, TO_VIF, FlowEntry, FlowTable)
 from .slowpath import SlowPath
 from .vrf import build_instances
 
@@ -166,7 +166,10 @@ class Pipeline:
             t = e.tcp | flags
             e.tcp = t
             if t & (TCP_FIN | TCP_RST | TCP_PEER_FIN):
-                self._tcp_end(e, flags, buf, off, tlen)
+                if t & TCP_CLOSED and flags & TCP_SYN:
+                    self._reopen(e, flags)
+                else:
+                    self._tcp_end(e, flags, buf, off, tlen)
         if not fabric or kind == TO_TUNNEL:
             if ttl <= 1:
                 self._drops["ttl_expired"] += 1
@@ -181,15 +184,17 @@ class Pipeline:
         return [ToVif(e.vif, e.prefix + ip)]
 
     def _tcp_end(self, e: FlowEntry, flags: int, buf, off: int, tlen: int) -> None:
-        """RST ends the pair at once; otherwise the pair ends when BOTH FINs have been acknowledged.
+        """RST, or BOTH FINs acknowledged, closes the pair (both directions at once).
 
-        Removing it at the first ACK after the second FIN is wrong for a simultaneous close: two last
-        ACKs cross, and the later one would miss the table at each vrouter and take the slow path.
+        Closing at the first ACK after the second FIN is wrong for a simultaneous close: two last
+        ACKs cross, and the later one would take the slow path at each vrouter. A closed pair is
+        not removed here: it lingers (``closed_linger``) so late ACKs and retransmissions still hit.
         """
         r = e.reverse
+        if e.tcp & TCP_CLOSED:
+            return
         if flags & TCP_RST:
-            self._count["tcp_teardowns"] += 1
-            self.table.remove_pair(e)
+            self._close(e, r)
             return
         l4 = off + (buf[off] & 15) * 4
         if flags & TCP_FIN:
@@ -206,8 +211,22 @@ class Pipeline:
             e.tcp |= TCP_CLOSING
             r.tcp |= TCP_CLOSING
         if e.tcp & TCP_FIN_ACKED and r.tcp & TCP_FIN_ACKED:
-            self._count["tcp_teardowns"] += 1
-            self.table.remove_pair(e)
+            self._close(e, r)
+
+    def _close(self, e: FlowEntry, r: FlowEntry | None) -> None:
+        self._count["tcp_teardowns"] += 1
+        e.tcp |= TCP_CLOSED
+        if r is not None:
+            r.tcp |= TCP_CLOSED
+
+    @staticmethod
+    def _reopen(e: FlowEntry, flags: int) -> None:
+        """A SYN on a lingering closed pair: a new connection on the same 5-tuple. The decision
+        stands (same key, same policy; config changes re-evaluate entries anyway): only the TCP
+        state starts again."""
+        e.tcp, e.fin_seq = flags, -1
+        if e.reverse is not None:
+            e.reverse.tcp, e.reverse.fin_seq = 0, -1
 
     # ---------------------------------------------------------------- slow parsing
     def _vif_slow(self, vif: _VifState, frame, now: float) -> list:
@@ -410,7 +429,7 @@ class Pipeline:
         """Idle ageing, lost decisions, unfinished TCP closes, stale fragments; returns entries removed."""
         s = self._settings
         removed = 0
-        for e in self.table.expired(now, s.idle_timeout, s.hold_timeout, s.close_timeout):
+        for e in self.table.expired(now, s.idle_timeout, s.hold_timeout, s.close_timeout, s.closed_linger):
             for _ in e.held:
                 self._drop_count("hold_timeout")
             removed += self.table.remove_pair(e)

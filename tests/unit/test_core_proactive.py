@@ -114,7 +114,28 @@ def test_fin_in_both_directions_then_last_ack_tears_down_both_entries():
     assert {f["tcp_state"] for f in pipe1.flows()} == {"closing"}
     last = p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
     assert [a.vif for a in last] == ["tr-red2"]                  # the last ACK is still delivered
+    assert closed(pipe1) and closed(pipe2)
+    # A late duplicate ACK still takes the fast path while the closed pair lingers.
+    late = p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
+    assert [a.vif for a in late] == ["tr-red2"]
+    assert p.punts == {"srv1": 1, "srv2": 1}
+    assert pipe1.expire(100.0) == 2 and pipe2.expire(100.0) == 2
     assert pipe1.flows() == [] and pipe2.flows() == []
+
+
+def closed(pipe):
+    return {f["tcp_state"] for f in pipe.flows()} == {"closed"}
+
+
+def test_a_syn_on_a_lingering_closed_pair_starts_over_without_the_slow_path():
+    p = Pair()
+    handshake(p)
+    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK, seq=100, ack=500))
+    p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC, seq=500, ack=101))
+    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
+    assert closed(p.pipe["srv1"])
+    handshake(p)                                                    # same 5-tuple, new connection
+    assert {f["tcp_state"] for f in p.pipe["srv1"].flows()} == {"established"}
     assert p.punts == {"srv1": 1, "srv2": 1}
 
 
@@ -130,7 +151,7 @@ def test_simultaneous_close_keeps_the_pair_until_both_fins_are_acked():
     assert len(pipe1.flows()) == 2 and len(pipe2.flows()) == 2   # the server's FIN is acked, not the client's
     second = p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, ACK, src_mac=VM2_MAC, seq=501, ack=101))
     assert [a.vif for a in second] == ["tr-red1"]
-    assert pipe1.flows() == [] and pipe2.flows() == []
+    assert closed(pipe1) and closed(pipe2)
     assert p.punts == {"srv1": 1, "srv2": 1}
 
 
@@ -140,4 +161,4 @@ def test_an_ack_below_the_fin_does_not_end_the_pair():
     p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK, seq=100, ack=500))
     p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC, seq=500, ack=90))
     p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
-    assert len(p.pipe["srv1"].flows()) == 2                       # the client's FIN is still unacknowledged
+    assert {f["tcp_state"] for f in p.pipe["srv1"].flows()} == {"closing"}   # client's FIN unacknowledged
