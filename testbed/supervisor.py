@@ -76,10 +76,12 @@ class Supervisor:
         # Own session: a Ctrl-C in `testbed cli` or a signal to the daemon's group must not reach it.
         kw = dict(stdin=subprocess.DEVNULL, stdout=child.log_fh, stderr=subprocess.STDOUT,
                   env=full_env, cwd=child.cwd, start_new_session=True)
-        if child.node is None:
-            child.popen = subprocess.Popen(child.argv, **kw)
-        else:
-            child.popen = child.node.popen(child.argv, **kw)
+        argv = child.argv
+        if child.node is not None:
+            # `mnexec -a PID` enters the host's namespaces and execs, keeping the PID we watch.
+            # (Mininet's node.popen adds -d, which forks when the child already leads a session.)
+            argv = ["mnexec", "-a", str(child.node.pid)] + argv
+        child.popen = subprocess.Popen(argv, **kw)
         child.started = time.monotonic()
         child.next_start = None
         self.rundir.record_pid(child.name, child.popen.pid)

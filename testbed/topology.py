@@ -272,6 +272,9 @@ class _Validator:
 
         names: dict[str, str] = {}
         switches = self._switches(names)
+        if "switches" in doc and isinstance(doc.get("switches"), list) and not any(
+                isinstance(x, dict) and x.get("role") == "leaf" for x in doc["switches"]):
+            self.bad("switches", "at least one leaf is needed (servers hang off leaves)")
         servers = self._servers(names, underlay)
         links = self._links(switches, servers)
         encap = self._encapsulation()

@@ -131,3 +131,21 @@ def test_controller_restart_keeps_the_fabric_forwarding(tb):
     assert result["received"] == result["sent"], result
     out = tb.host("srv4").cmd("ping -n -c1 -W2 10.0.1.1")
     assert " 0% packet loss" in out
+
+
+def test_supervised_process_runs_inside_the_server_and_is_restarted(tb):
+    sup, host = tb.supervisor, tb.host("srv3")
+    p = sup.start("e2e-sleeper", ["sh", "-c", "ip -o -4 addr show; exec sleep 600"], node=host)
+    try:
+        deadline = time.monotonic() + 10
+        while "10.0.2.1" not in tb.rundir.log("e2e-sleeper").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "10.0.2.1" in tb.rundir.log("e2e-sleeper").read_text()  # the server's namespace
+        assert p.poll() is None  # the PID watched is the program itself, not a forked parent
+        p.kill()
+        deadline = time.monotonic() + 15
+        while sup.pid("e2e-sleeper") == p.pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sup.pid("e2e-sleeper") != p.pid
+    finally:
+        sup.stop("e2e-sleeper")

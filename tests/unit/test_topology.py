@@ -146,6 +146,12 @@ def test_each_problem_is_reported_with_its_place(path, value, where, words):
     one_problem(mutate(path, value), where, words)
 
 
+def test_a_fabric_needs_a_leaf():
+    doc = base()
+    doc["switches"] = [{"name": "spine1", "role": "spine"}]
+    one_problem(doc, "switches", ["at least one leaf"])
+
+
 def test_vxlan_ids_use_the_vni_range():
     doc = base()
     doc["encapsulation"] = "vxlan"
