@@ -91,7 +91,7 @@ def _kill(procs: list[psutil.Process], grace: float = 2.0) -> None:
 def clean_prefix(prefix: str, root=None, keep_rundir: bool = False, log=print) -> dict:
     """Remove one prefix's processes, OVS bridges, links, named netns and (unless kept) run dir."""
     rd = RunDir(root, prefix)
-    done = {"processes": 0, "bridges": 0, "links": 0, "netns": 0}
+    done = {"processes": 0, "bridges": 0, "links": 0, "netns": 0, "rundirs": 0}
     procs = processes(rd)
     if procs:
         log(f"{prefix}: stopping {len(procs)} processes ({', '.join(str(p.pid) for p in procs)})")
@@ -120,6 +120,7 @@ def clean_prefix(prefix: str, root=None, keep_rundir: bool = False, log=print) -
         log(f"{prefix}: deleted {done['netns']} network namespaces")
     if not keep_rundir and rd.exists():
         shutil.rmtree(rd.path, ignore_errors=True)
+        done["rundirs"] += 1
         log(f"{prefix}: removed {rd.path}")
     return done
 
