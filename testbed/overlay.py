@@ -99,10 +99,34 @@ def start_vrouter(tb, server: str) -> None:
     # visible in the root mount namespace.
     enter = ["nsenter", f"--net=/proc/{tb.host(server).pid}/ns/net", "--"]
     common = ["--rundir", str(tb.path), "--server", server]
-    tb.supervisor.start(forwarder_name(server), [*enter, sys.executable, "-m", "vrouter.forwarder", *common],
-                        cwd=str(REPO))
+    tb.supervisor.start(forwarder_name(server), [*enter, *forwarder_argv(tb, server), *common], cwd=str(REPO))
     tb.supervisor.start(agent_name(server), [*enter, sys.executable, "-m", "vrouter.agent", *common,
                                              "--vnc", str(tb.rundir.vnc_socket)], cwd=str(REPO))
+
+
+def forwarder_argv(tb, server: str) -> list:
+    """`vrouter.forwarder`, or with `tb.vrouter_steering` set (a vrouter.multicore dict, e.g.
+    {"mode": "rps", "workers": [0, 1]}) the multi-core vrouter with that file (docs/vrouter.md)."""
+    steering = getattr(tb, "vrouter_steering", None)
+    if not steering:
+        return [sys.executable, "-m", "vrouter.forwarder"]
+    import json
+    path = ipc.server_dir(tb.path, server) / "steering.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(steering, indent=1))
+    return [sys.executable, "-m", "vrouter.rps_dispatch", "--steering", str(path)]
+
+
+def restart_forwarder(tb, server: str, steering: dict | None) -> None:
+    """Replace a server's forwarding plane (single forwarder or multi-core) and wait for its VIFs;
+    the agent stays and reconnects by itself."""
+    tb.vrouter_steering = steering
+    tb.supervisor.stop(forwarder_name(server))
+    enter = ["nsenter", f"--net=/proc/{tb.host(server).pid}/ns/net", "--"]
+    tb.supervisor.start(forwarder_name(server),
+                        [*enter, *forwarder_argv(tb, server), "--rundir", str(tb.path), "--server", server],
+                        cwd=str(REPO))
+    wait_vifs(tb, {server}, VIFS_WAIT)
 
 
 def add_vm_host(tb, name: str):

@@ -17,14 +17,14 @@ import sys
 from pathlib import Path
 
 from testbed.commands import CommandError, command
-from vrouter import introspect
+from vrouter import introspect, worker_tables
 
 TOOLS = {
-    ("flow", "-l"): ("flows", introspect.format_flows), ("flow", "--list"): ("flows", introspect.format_flows),
+    ("flow", "-l"): ("flows", worker_tables.format_flows), ("flow", "--list"): ("flows", worker_tables.format_flows),
     ("vif", "--list"): ("vifs", introspect.format_vifs), ("vif", "-l"): ("vifs", introspect.format_vifs),
     ("nh", "--list"): ("nexthops", introspect.format_nexthops), ("nh", "-l"): ("nexthops", introspect.format_nexthops),
     ("dropstats",): ("dropstats", introspect.format_dropstats),
-    ("stats",): ("stats", introspect.format_stats),
+    ("stats",): ("stats", worker_tables.format_stats),
     ("reset",): ("reset", lambda r: "flow table flushed, counters zeroed\n"),
 }
 USAGE = "flow -l | vif --list | rt --dump VRF | nh --list | dropstats | stats | reset"

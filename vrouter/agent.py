@@ -15,6 +15,7 @@ import argparse
 import collections
 import json
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -39,6 +40,7 @@ class Agent:
         self.config_dict = None
         self.counters = collections.Counter()
         self.conn: socket.socket | None = None
+        self.channels: dict[socket.socket, int] = {}   # worker channels of a multi-core forwarder
         self._send_lock = threading.Lock()   # on_config arrives on the VNC client's thread
         self._config_lock = threading.Lock()
         self.running = True
@@ -110,24 +112,62 @@ class Agent:
                     time.sleep(RECONNECT_DELAY)
                     continue
                 waiting_logged = False
-                sel.register(self.conn, selectors.EVENT_READ)
-            if not sel.select(0.5):
-                continue
-            try:
-                data = self.conn.recv(ipc.SEQPACKET_MAX)
-            except OSError as exc:
-                data = b""
-                log.warning("forwarder channel: %s", exc)
-            if not data:
-                log.warning("forwarder went away; reconnecting")
-                sel.unregister(self.conn)
-                with self._send_lock:
-                    self.conn.close()
-                    self.conn = None
-                continue
-            self._handle(ipc.unpack(data))
+                sel.register(self.conn, selectors.EVENT_READ, None)
+            for key, _ in sel.select(0.5):
+                if key.data is not None:
+                    self._on_channel(sel, key.fileobj)
+                    continue
+                try:
+                    data, fds, _flags, _addr = socket.recv_fds(self.conn, ipc.SEQPACKET_MAX, 64)
+                except OSError as exc:
+                    data, fds = b"", []
+                    log.warning("forwarder channel: %s", exc)
+                if not data:
+                    log.warning("forwarder went away; reconnecting")
+                    sel.unregister(self.conn)
+                    self._close_channels(sel)
+                    with self._send_lock:
+                        self.conn.close()
+                        self.conn = None
+                    break
+                msg = ipc.unpack(data)
+                if msg.get("t") == "channels":
+                    self._open_channels(sel, msg, fds)
+                else:
+                    for fd in fds:
+                        os.close(fd)
+                    self._handle(msg)
 
-    def _handle(self, msg):
+    # --- multi-core forwarders (vrouter.rps_dispatch): one channel per worker --------------------
+    def _open_channels(self, sel, msg, fds):
+        """A multi-core forwarder passed one socket per worker: each worker punts on its own and the
+        decision goes back on the same one, to the worker that will see the flow's reply too."""
+        self._close_channels(sel)
+        for worker, fd in zip(msg.get("workers", []), fds):
+            ch = socket.socket(fileno=fd)
+            self.channels[ch] = worker
+            sel.register(ch, selectors.EVENT_READ, worker)
+        log.info("serving %d worker channels (CPUs %s)", len(fds), msg.get("workers"))
+
+    def _close_channels(self, sel):
+        for ch in list(self.channels):
+            sel.unregister(ch)
+            ch.close()
+        self.channels.clear()
+
+    def _on_channel(self, sel, ch):
+        try:
+            data = ch.recv(ipc.SEQPACKET_MAX)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(ch)
+            self.channels.pop(ch, None)
+            ch.close()
+            return
+        self._handle(ipc.unpack(data), ch)
+
+    def _handle(self, msg, channel=None):
         kind = msg.get("t")
         if kind == "punt":
             self.counters["decisions"] += 1  # slow-path invocations: what the experiment counts
@@ -137,7 +177,14 @@ class Agent:
                 self.counters["punts_unconfigured"] += 1
                 return
             decision = slowpath.decide(msg["request"], self.clock())
-            self._send({"t": "decision", "id": msg.get("id"), "decision": decision, "agent": self.stats()})
+            reply = {"t": "decision", "id": msg.get("id"), "decision": decision, "agent": self.stats()}
+            if channel is None:
+                self._send(reply)
+            else:
+                try:
+                    channel.send(ipc.pack(reply))
+                except OSError as exc:
+                    log.warning("worker %s channel: %s", self.channels.get(channel), exc)
         elif kind == "reset":
             self.counters.clear()
             self._send({"t": "agent_stats", "agent": self.stats()})

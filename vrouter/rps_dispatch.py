@@ -1,0 +1,500 @@
+"""A multi-core vrouter: designated-core dispatcher, second-core relays and pinned worker processes.
+
+    python -m vrouter.rps_dispatch --rundir RUNDIR --server srv1 --steering steering.json
+
+Same sockets, agent protocol and introspection as `vrouter.forwarder` (which it extends), with
+``workers`` processes behind it (docs/vrouter.md, "Multi-core"). Process tree::
+
+    dispatcher (this process; agent.sock + introspect.sock; TAP setup; NIC fds in rps/extended mode)
+      |-- worker CPU 0 (Pipeline = shard of the flow table, own tunnel send sockets, own agent channel)
+      |-- worker CPU 1
+      `-- relay  CPU k (extended mode only: stage 2, inner hash -> worker, for tunnel packets)
+
+rps: the dispatcher reads every NIC, runs ``Rps.steer`` and sends each worker one batch per NIC read.
+extended: tunnel packets are steered by the outer header only (stage 1) to a relay, which runs the
+inner hash (stage 2); TAP frames have no outer header and go straight to their worker.
+kernel: the workers read their own SO_REUSEPORT sockets and TAP queues; the dispatcher only sets up.
+Workers and relays are forked children that die with the dispatcher; if one dies the dispatcher
+exits too, and the supervisor restarts the whole vrouter (the agent reconnects by itself).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from vrouter import ipc, rps_channel, rps_kernel, tap
+from vrouter.config import ConfigError, VrouterConfig
+from vrouter.forwarder import EXPIRE_EVERY, PENDING_RETRY, Forwarder, VifPort, VmSetupError, die_with_parent
+from vrouter.introspect import Introspector, IntrospectError, _summary
+from vrouter.multicore import MulticoreConfig
+from vrouter.rps_route import Outbox, Router
+
+log = logging.getLogger("rps")
+QUERY_TIMEOUT = 5.0
+
+
+def channel_pair() -> tuple:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ipc.tune_seqpacket(a)
+    ipc.tune_seqpacket(b)
+    return a, b
+
+
+def send_parts(sock: socket.socket, parts: list) -> None:
+    """One datagram from a list of buffers; blocks when the peer is behind (back-pressure, no loss)."""
+    sock.sendmsg(parts)
+
+
+class Children:
+    """Sockets and PIDs of the workers and relays, created before the dispatcher exists."""
+
+    def __init__(self, mc: MulticoreConfig):
+        self.mc = mc
+        self.pids: dict = {}                       # pid -> "worker 0" | "relay 1"
+        self.ctrl: dict = {}                       # cpu -> dispatcher end of the control channel
+        self.data: dict = {}                       # cpu -> dispatcher end of its data channel
+        self.relay_in: dict = {}                   # second core -> dispatcher end
+        self._child_ends: list = []
+
+    def spawn(self) -> "Children":
+        mc = self.mc
+        kernel = mc.mode == "kernel"
+        worker_inputs = {cpu: [] for cpu in mc.workers}
+        for cpu in mc.workers:
+            self.ctrl[cpu], c = channel_pair()
+            worker_inputs[cpu].append(c)
+            self._child_ends.append(c)
+            if not kernel:
+                self.data[cpu], d = channel_pair()
+                worker_inputs[cpu].append(d)
+                self._child_ends.append(d)
+        relay_outputs = {}
+        for core in mc.second_cores:
+            self.relay_in[core], r_in = channel_pair()
+            self._child_ends.append(r_in)
+            outs = {}
+            for cpu in mc.workers:
+                o, w_in = channel_pair()
+                outs[cpu] = o
+                worker_inputs[cpu].append(w_in)
+                self._child_ends += [o, w_in]
+            relay_outputs[core] = (r_in, outs)
+        from vrouter.worker import run_worker
+        for i, cpu in enumerate(mc.workers):
+            ctrl, *inputs = worker_inputs[cpu]
+            self._fork(f"worker {cpu}", [ctrl, *inputs],
+                       lambda c=cpu, ct=ctrl, ins=inputs, first=(i == 0): run_worker(c, ct, ins, kernel, first))
+        for core, (r_in, outs) in relay_outputs.items():
+            self._fork(f"relay {core}", [r_in, *outs.values()],
+                       lambda c=core, r=r_in, o=outs: run_relay(c, mc, r, o))
+        for s in self._child_ends:
+            s.close()
+        self._child_ends = []
+        return self
+
+    def _fork(self, name: str, keep: list, target) -> None:
+        pid = os.fork()
+        if pid:
+            self.pids[pid] = name
+            return
+        code = 1
+        try:
+            die_with_parent()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            mine = {s.fileno() for s in keep}
+            for s in [*self.ctrl.values(), *self.data.values(), *self.relay_in.values(), *self._child_ends]:
+                if s.fileno() not in mine and s.fileno() >= 0:
+                    s.close()
+            code = target()
+        except BaseException:
+            logging.getLogger("rps").exception("%s failed", name)
+        finally:
+            os._exit(code)
+
+    def dead(self) -> str | None:
+        for pid, name in list(self.pids.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                del self.pids[pid]
+                return f"{name} (pid {pid}) exited with status {status}"
+        return None
+
+    def stop(self) -> None:
+        for pid in list(self.pids):
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self.pids.clear()
+
+
+def run_relay(core: int, mc: MulticoreConfig, inbox: socket.socket, outs: dict) -> int:
+    """Second core of extended RPS: inner hash (stage 2) of tunnel packets -> the owning worker."""
+    rps_kernel.pin(core)
+    router = Router(mc.steering)
+    outbox = Outbox()
+    decode = rps_channel.decode
+    while True:
+        data = inbox.recv(ipc.SEQPACKET_MAX)
+        if not data:
+            return 0
+        for kind, tag, payload in decode(data):
+            outbox.add(router.stage2(kind, payload), kind, tag, payload)
+        for cpu, parts, _n in outbox.drain():
+            send_parts(outs[cpu], parts)
+
+
+class Dispatcher(Forwarder):
+    """The forwarder's shell (agent and introspection sockets, TAP setup) over worker processes."""
+
+    def __init__(self, rundir: str, server: str, mc: MulticoreConfig, children: Children, **kw):
+        self.mc, self.children = mc, children
+        self.kernel = mc.mode == "kernel"
+        self.router = Router(mc.steering)
+        self.outbox = Outbox()
+        self.rx: dict = {}
+        self.vrf_of: dict = {}
+        self.queries = 0
+        super().__init__(rundir, server, **kw)
+        self.introspector = MultiIntrospector(self)
+
+    # --- NICs ----------------------------------------------------------------------------------
+    def _open_tunnels(self, underlay_ip: str):
+        self.router.local_ip = underlay_ip
+        if self.kernel or self.rx:
+            return       # kernel mode: the workers own SO_REUSEPORT sockets; bound on 0.0.0.0 either way
+        self.rx = rps_kernel.open_rx(reuseport=False)
+        for s, encap in self.rx.items():
+            self.sel.register(s, selectors.EVENT_READ, ("fabric", encap))
+
+    def _on_tap(self, fd, name):
+        if name not in self.vifs:
+            return
+        frames = tap.read_frames(fd)
+        port = self.vifs[name]
+        port.counters["rx_packets"] += len(frames)
+        vrf = self.vrf_of.get(name)
+        add, route = self.outbox.add, self.router.from_tap
+        for f in frames:
+            port.counters["rx_bytes"] += len(f)
+            add(route(name, vrf, f), "tap", name, f)
+        self._flush()
+
+    def _on_fabric(self, sock, encap):
+        pkts = rps_kernel.receive(sock, encap, self.counters)
+        if self.config is None:
+            self.counters["fabric_rx_unconfigured"] += len(pkts)
+            return
+        add, route = self.outbox.add, self.router.from_fabric
+        for src, sport, payload in pkts:
+            add(route(encap, src, sport, payload), encap, src, payload)
+        self._flush()
+
+    def _flush(self):
+        for (hop, cpu), parts, n in self.outbox.drain():
+            self.counters[f"to_{hop}_{cpu}"] += n
+            send_parts(self.children.data[cpu] if hop == "worker" else self.children.relay_in[cpu], parts)
+
+    # --- agent ---------------------------------------------------------------------------------
+    def _on_agent_listen(self, listener, _):
+        super()._on_agent_listen(listener, _)
+        # One channel per worker: the agent answers each punt on the channel it came from.
+        agent_ends = []
+        for cpu, ctrl in self.children.ctrl.items():
+            a, b = channel_pair()
+            socket.send_fds(ctrl, [ipc.pack({"t": "agent"})], [b.fileno()])
+            b.close()
+            agent_ends.append(a)
+        socket.send_fds(self.agent, [ipc.pack({"t": "channels", "workers": list(self.children.ctrl)})],
+                        [a.fileno() for a in agent_ends])
+        for a in agent_ends:
+            a.close()
+
+    # --- configuration and VIFs ----------------------------------------------------------------
+    def apply_config(self, generation, config_dict):
+        try:
+            config = VrouterConfig.from_dict(config_dict)
+        except ConfigError as exc:
+            log.error("rejected config generation %s: %s", generation, exc)
+            self.counters["config_rejected"] += 1
+            return
+        if config.server != self.server:
+            log.error("rejected config for server %s (this is %s)", config.server, self.server)
+            self.counters["config_rejected"] += 1
+            return
+        try:
+            self._open_tunnels(config.underlay_ip)
+        except rps_kernel.NicError as exc:
+            log.error("%s", exc)
+            self.counters["config_rejected"] += 1
+            return
+        for ctrl in self.children.ctrl.values():
+            ctrl.send(ipc.pack({"t": "config", "generation": generation, "config": config_dict}))
+        self.config, self.config_dict, self.generation = config, config_dict, generation
+        ids = {n.name: n.id for n in config.networks}
+        self.vrf_of = {v.name: ids.get(v.network) for v in config.vifs}
+        self._reconcile_vifs()
+        log.info("config generation %s applied on %d workers (%s): %d vifs, mode %s", generation,
+                 len(self.children.ctrl), self.mc.mode, len(config.vifs), config.flow.mode)
+
+    def _reconcile_vifs(self):
+        wanted = {v.name: v for v in self.config.vifs}
+        for name in list(self.vifs):
+            if name not in wanted:
+                self._remove_vif(name, destroy=True)
+        for name in list(self.pending):
+            if name not in wanted:
+                del self.pending[name]
+        for name, spec in wanted.items():
+            if name in self.vifs:
+                self.vifs[name].spec = spec
+            else:
+                self.pending[name] = "waiting for the VM's namespace"
+        self._attach_pending()
+
+    def _remove_vif(self, name, destroy=False):
+        port = self.vifs.pop(name, None)
+        if port is None:
+            return
+        for ctrl in self.children.ctrl.values():
+            ctrl.send(ipc.pack({"t": "vif_gone", "name": name}))
+        if not self.kernel:
+            self.sel.unregister(port.fd)
+        for fd in port.queues[1:]:
+            os.close(fd)
+        (tap.destroy_tap if destroy else os.close)(port.fd)
+
+    def _lost_vif(self, name, exc):
+        if name in self.vifs:
+            self._remove_vif(name)
+            self.pending[name] = f"interface lost: {exc.strerror or exc}"
+            log.warning("vif %s lost (%s); waiting for the VM's namespace", name, exc)
+
+    def _attach_pending(self):
+        try:
+            namespaces = ipc.read_vm_namespaces(self.rundir)
+        except ipc.IpcError as exc:
+            log.error("%s", exc)
+            return
+        workers = list(self.children.ctrl)
+        for name in list(self.pending):
+            entry = namespaces.get(name)
+            if entry is None:
+                continue
+            spec = next(v for v in self.config.vifs if v.name == name)
+            try:
+                fds = rps_kernel.attach_vm_interface(spec, entry["netns"], self._network_of(spec),
+                                                     len(workers) if self.kernel else 1)
+            except (tap.TapError, VmSetupError) as exc:
+                self.pending[name] = str(exc)
+                log.error("vif %s: %s", name, exc)
+                continue
+            del self.pending[name]
+            port = VifPort(spec, fds[0], entry["netns"])
+            port.queues = fds
+            self.vifs[name] = port
+            for i, cpu in enumerate(workers):
+                # kernel: queue i is worker i's to read and write; else every worker writes the one fd
+                fd = fds[i] if self.kernel else fds[0]
+                socket.send_fds(self.children.ctrl[cpu], [ipc.pack({"t": "vif", "name": name, "read": self.kernel})],
+                                [fd])
+            if not self.kernel:
+                self.sel.register(fds[0], selectors.EVENT_READ, ("tap", name))
+            log.info("vif %s attached (VM %s, %d queue%s)", name, entry.get("vm", "?"), len(fds),
+                     "s" if len(fds) > 1 else "")
+
+    # --- workers -------------------------------------------------------------------------------
+    def query_workers(self, op: str) -> dict:
+        """{cpu: result} from every worker, asked in turn over its control channel."""
+        out = {}
+        for cpu, ctrl in self.children.ctrl.items():
+            self.queries += 1
+            qid = self.queries
+            ctrl.send(ipc.pack({"t": "query", "id": qid, "op": op}))
+            deadline = time.monotonic() + QUERY_TIMEOUT
+            while True:
+                ctrl.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    data = ctrl.recv(ipc.SEQPACKET_MAX)
+                except socket.timeout:
+                    raise IntrospectError(f"worker {cpu} did not answer {op!r} within {QUERY_TIMEOUT:g} s") from None
+                finally:
+                    ctrl.settimeout(None)
+                msg = ipc.unpack(data) if data else {}
+                if not data:
+                    raise IntrospectError(f"worker {cpu} is gone")
+                if msg.get("id") == qid:
+                    out[cpu] = msg.get("result")
+                    break
+        return out
+
+    def reset(self):
+        self.query_workers("reset")
+        self.counters.clear()
+        for port in self.vifs.values():
+            port.counters.clear()
+
+    def run(self):
+        next_check = next_retry = self.clock()
+        while self.running:
+            timeout = max(0.0, min(next_check, next_retry) - self.clock())
+            for key, _ in self.sel.select(timeout):
+                kind, obj = key.data
+                try:
+                    getattr(self, f"_on_{kind}")(key.fileobj, obj)
+                except (ConnectionError, OSError) as exc:
+                    if kind in ("agent", "intro"):
+                        self._drop_conn(key.fileobj, kind, exc)
+                    elif kind == "tap":
+                        self._lost_vif(obj, exc)
+                    else:
+                        raise
+            now = self.clock()
+            if now >= next_check:
+                dead = self.children.dead()
+                if dead:
+                    log.error("%s: stopping so the supervisor restarts the vrouter", dead)
+                    self.running = False
+                next_check = now + EXPIRE_EVERY
+            if now >= next_retry:
+                if self.pending and self.config is not None:
+                    self._attach_pending()
+                next_retry = now + PENDING_RETRY
+        self.close()
+
+    def close(self):
+        self.children.stop()
+        for port in self.vifs.values():
+            for fd in port.queues:
+                os.close(fd)
+        self.vifs.clear()
+        for s in self.rx:
+            s.close()
+        for path in (ipc.agent_socket(self.rundir, self.server), ipc.introspect_socket(self.rundir, self.server)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _sum_into(total: dict, part: dict) -> None:
+    for k, v in part.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            total[k] = total.get(k, 0) + v
+        else:
+            total.setdefault(k, v)
+
+
+class MultiIntrospector(Introspector):
+    """Answers from all shards: flows merged with a worker column, counters summed and per worker."""
+
+    def _need_pipeline(self):
+        if self.fwd.config is None:
+            raise IntrospectError(f"vrouter {self.fwd.server} has no configuration yet (agent not connected?)")
+
+    def _flows(self, req):
+        self._need_pipeline()
+        out = []
+        for cpu, flows in self.fwd.query_workers("flows").items():
+            for f in flows:
+                f["worker"] = cpu
+                out.append(f)
+        return out
+
+    def _dropstats(self, req):
+        self._need_pipeline()
+        total = {}
+        for drops in self.fwd.query_workers("dropstats").values():
+            _sum_into(total, drops)
+        return total
+
+    def _rtts(self, req):
+        return [round(x, 1) for s in self.fwd.query_workers("stats").values() for x in s["rtts"]]
+
+    def _stats(self, req):
+        f = self.fwd
+        per = f.query_workers("stats")
+        pipeline, forwarder, tunnels = {}, dict(f.counters), {}
+        _sum_into(tunnels, {k: v for k, v in f.counters.items() if k.startswith("rx_")})
+        agent = dict(f.agent_stats)
+        rtts = []
+        workers = {}
+        for cpu, s in per.items():
+            _sum_into(pipeline, s["pipeline"])
+            _sum_into(forwarder, {k: v for k, v in s["counters"].items() if not k.startswith("rx_")})
+            _sum_into(tunnels, s["tunnels"])
+            if s["agent"].get("decisions", -1) > agent.get("decisions", -1):
+                agent = s["agent"]
+            rtts += s["rtts"]
+            c = s["counters"]
+            workers[cpu] = {"pid": s["pid"], "packets": c.get("packets", 0), "bytes": c.get("bytes", 0),
+                            "punts": c.get("punts", 0), "decisions": c.get("decisions", 0),
+                            "hits": s["pipeline"].get("hits", 0), "flows": s["pipeline"].get("entries", 0),
+                            "agent_channel": s["agent_connected"]}
+        if per:
+            pipeline["mode"] = next(iter(per.values()))["pipeline"].get("mode")
+        return {"server": f.server, "generation": f.generation, "mode": f.config.flow.mode if f.config else None,
+                "pipeline": pipeline, "forwarder": forwarder, "tunnels": tunnels, "agent": agent,
+                "agent_connected": f.agent is not None, "slowpath_rtt_us": _summary(rtts),
+                "workers": workers, "steering": {"mode": f.mc.mode, "workers": f.mc.workers,
+                                                 "second_cores": f.mc.second_cores,
+                                                 "fields": list(f.mc.steering.fields)}}
+
+
+def load(path: str) -> MulticoreConfig:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return MulticoreConfig.from_dict(d, available_cpus=os.sched_getaffinity(0))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m vrouter.rps_dispatch", description=__doc__.splitlines()[0])
+    p.add_argument("--rundir", required=True)
+    p.add_argument("--server", required=True)
+    p.add_argument("--steering", required=True, help="JSON file: mode, workers, ... (vrouter.multicore)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s rps[{args.server}] %(process)d %(levelname)s %(message)s")
+    try:
+        mc = load(args.steering)
+        rps_kernel.pin(mc.dispatcher_cpu)
+    except (ConfigError, rps_kernel.NicError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    children = Children(mc).spawn()
+    try:
+        fwd = Dispatcher(args.rundir, args.server, mc, children)
+    except (ipc.IpcError, OSError) as exc:
+        children.stop()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    def stop(*_):
+        fwd.running = False
+    die_with_parent()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("%s mode, workers on CPUs %s%s", mc.mode, mc.workers,
+             f", relays on {mc.second_cores}" if mc.second_cores else "")
+    fwd.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

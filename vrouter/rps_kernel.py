@@ -1,0 +1,225 @@
+"""NIC plumbing for the multi-core vrouter: tunnel receive/send sockets, (multi-queue) TAPs, pinning.
+
+Separate from `vrouter.tunnel`/`vrouter.tap` (the single forwarder's) because several processes share
+one server's ports here:
+- receive sockets are either one per NIC (read by the dispatcher) or, in kernel mode, one per worker
+  with SO_REUSEPORT, so the kernel picks a worker by a hash of the OUTER 4-tuple;
+- a raw GRE socket receives a copy of every GRE packet, so only one process may hold a reading one;
+  every other raw GRE socket (the workers' senders) gets a BPF filter that drops everything;
+- entropy source ports are bound by every worker that sends a flow's packets (SO_REUSEPORT), and
+  nothing is ever sent to them;
+- a TAP opened with IFF_MULTI_QUEUE gives one fd per queue; the VM's kernel picks the queue of each
+  frame it sends (a flow hash, and the queue the flow's last received frame came from).
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import struct
+
+from vrouter import tap
+
+MPLSOUDP_PORT, VXLAN_PORT, IPPROTO_GRE = 6635, 4789, 47
+UDP_PORTS = {"mplsoudp": MPLSOUDP_PORT, "vxlan": VXLAN_PORT}
+IFF_MULTI_QUEUE = 0x0100
+SO_ATTACH_FILTER = 26
+_SOFT_ERRORS = (errno.EAGAIN, errno.ENOBUFS, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED,
+                errno.EMSGSIZE)
+
+
+class NicError(Exception):
+    """A socket or TAP of the multi-core vrouter could not be opened; one line."""
+
+
+def pin(cpu: int | None) -> None:
+    """Pin this process to one CPU (psutil), or leave it floating for None."""
+    if cpu is None:
+        return
+    import psutil
+    try:
+        psutil.Process().cpu_affinity([cpu])
+    except (ValueError, OSError) as exc:
+        raise NicError(f"cannot pin to CPU {cpu}: {exc}") from None
+
+
+def drop_all_filter(sock: socket.socket) -> None:
+    """Attach a one-instruction classic BPF program (``ret #0``): the socket receives nothing."""
+    insn = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))
+    prog = struct.pack("HL", 1, ctypes.addressof(insn))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+
+
+def open_rx(reuseport: bool, gre: bool = True, rcvbuf: int = 4 << 20) -> dict:
+    """{socket: encap} receive sockets on UDP 6635 and 4789 (and raw GRE unless ``gre`` is False)."""
+    out = {}
+    try:
+        for encap, port in UDP_PORTS.items():
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            out[s] = encap
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT if reuseport else socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.bind(("0.0.0.0", port))
+            s.setblocking(False)
+        if gre:
+            g = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
+            out[g] = "mplsogre"
+            g.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            g.setblocking(False)
+    except OSError as exc:
+        for s in out:
+            s.close()
+        raise NicError(f"cannot open fabric receive sockets: {exc.strerror}") from None
+    return out
+
+
+def receive(sock: socket.socket, encap: str, counters, max_packets: int = 64) -> list:
+    """Drain up to ``max_packets``: [(outer src, outer source port, payload as the core wants it)]."""
+    out = []
+    for _ in range(max_packets):
+        try:
+            data, (src, sport) = sock.recvfrom(65535)
+        except BlockingIOError:
+            break
+        except OSError as exc:   # queued ICMP errors surface here; they are not packets
+            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                counters["rx_icmp_errors"] += 1
+                continue
+            raise
+        if encap == "mplsogre":
+            if len(data) < 20:
+                counters["rx_runts"] += 1
+                continue
+            data = data[(data[0] & 0x0F) * 4:]   # raw sockets include the outer IPv4 header
+        out.append((src, sport, data))
+    counters[f"rx_{encap}"] += len(out)
+    return out
+
+
+class Sender:
+    """Send-only tunnel sockets of one worker: entropy-port UDP pool and a deaf raw GRE socket."""
+
+    def __init__(self, local_ip: str, pool_size: int = 512):
+        self.local_ip = local_ip
+        self.pool_size = pool_size
+        self.counters = collections.Counter()
+        self._pool: collections.OrderedDict = collections.OrderedDict()
+        self._gre = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
+        drop_all_filter(self._gre)
+        self._gre.setblocking(False)
+        self._fallback = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._fallback.setblocking(False)
+
+    def close(self) -> None:
+        for s in [self._gre, self._fallback, *self._pool.values()]:
+            s.close()
+        self._pool.clear()
+
+    def send(self, peer: str, encap: str, sport: int, payload) -> bool:
+        try:
+            if encap == "mplsogre":
+                self._gre.sendto(payload, (peer, 0))
+            else:
+                self._sock(sport).sendto(payload, (peer, UDP_PORTS[encap]))
+        except OSError as exc:
+            if exc.errno in _SOFT_ERRORS:
+                self.counters["tx_errors"] += 1
+                return False
+            raise
+        self.counters[f"tx_{encap}"] += 1
+        return True
+
+    def _sock(self, sport: int) -> socket.socket:
+        s = self._pool.get(sport)
+        if s is not None:
+            self._pool.move_to_end(sport)
+            return s
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            # Another worker may send other flows with the same entropy port: share the port.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            s.bind((self.local_ip, sport))
+        except OSError:
+            s.close()
+            self.counters["tx_sport_fallback"] += 1
+            return self._fallback
+        s.setblocking(False)
+        self._pool[sport] = s
+        if len(self._pool) > self.pool_size:
+            self._pool.popitem(last=False)[1].close()
+        return s
+
+
+def _open_queue(name: str, netns, multi_queue: bool) -> int:
+    with tap.in_netns(netns):
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = tap.IFF_TAP | tap.IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+    try:
+        fcntl.ioctl(fd, tap.TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+        fcntl.ioctl(fd, tap.TUNSETPERSIST, 1)
+        # Frames are read without a virtio_net_hdr here: withdraw the offloads a single forwarder with
+        # vnet headers may have advertised, so the VM segments and completes checksums itself.
+        fcntl.ioctl(fd, tap.TUNSETOFFLOAD, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise exc
+    return fd
+
+
+def open_queues(name: str, queues: int, netns=None) -> list:
+    """``queues`` fds of TAP ``name`` (multi-queue when more than one; one plain fd otherwise)."""
+    fds = []
+    try:
+        for _ in range(queues):
+            fds.append(_open_queue(name, netns, queues > 1))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def attach_vm_interface(spec, netns, network, queues: int) -> list:
+    """Queue fds for VM interface ``spec``: re-attach if the TAP exists with the same kind (single or
+    multi-queue), else create it (again) and configure it in the VM's namespace as the forwarder does."""
+    from vrouter.forwarder import _ip
+    from vrouter.codec.ipv4 import int_to_ip
+    with tap.in_netns(netns):
+        try:
+            socket.if_nametoindex(spec.name)
+            exists = True
+        except OSError:
+            exists = False
+    if exists:
+        try:
+            return open_queues(spec.name, queues, netns)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:    # EINVAL: single <-> multi-queue flags differ: re-create
+                raise tap.TapError(f"TUNSETIFF {spec.name}: {exc.strerror}") from None
+            with tap.in_netns(netns):
+                _ip("link", "del", spec.name)
+    try:
+        fds = open_queues(spec.name, queues)
+    except OSError as exc:
+        raise tap.TapError(f"TUNSETIFF {spec.name}: {exc.strerror}") from None
+    try:
+        _ip("link", "set", spec.name, "netns", str(netns) if isinstance(netns, int) else os.path.basename(netns))
+        ip = int_to_ip(spec.ip)
+        plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)
+        mac = ":".join(f"{b:02x}" for b in spec.mac)
+        with tap.in_netns(netns):
+            _ip("link", "set", "lo", "up")
+            _ip("link", "set", spec.name, "address", mac)
+            _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
+            _ip("link", "set", spec.name, "up")
+            _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
+    except BaseException:
+        for fd in fds[1:]:
+            os.close(fd)
+        tap.destroy_tap(fds[0])
+        raise
+    return fds

@@ -1,0 +1,59 @@
+"""Where each received packet goes in a multi-core vrouter (pure; the dispatcher and relays call it).
+
+``Router.from_tap`` / ``Router.from_fabric`` run on the designated core of a NIC and return the next
+hop of a packet: ``("worker", cpu)`` or, for a tunnel packet on an interface in extended mode,
+``("relay", second core)``. ``Router.stage2`` runs on a relay and returns the worker. Batching:
+``Outbox`` collects records per destination so each hop costs one ``sendmsg`` per NIC read.
+"""
+from .rps_channel import Batch
+from .steering import ExtendedRps
+
+_TAP_KIND = "tap"
+
+
+class Router:
+    def __init__(self, steering, local_ip: str = "0.0.0.0"):
+        """``steering``: a :class:`vrouter.steering.SteeringConfig`; ``local_ip``: this server's underlay address."""
+        self.steering = steering
+        self.local_ip = local_ip
+        self._by_nic: dict = {}
+
+    def _for(self, nic: str):
+        s = self._by_nic.get(nic)
+        if s is None:
+            s = self._by_nic[nic] = self.steering.for_interface(nic)
+        return s
+
+    def from_tap(self, vif: str, vrf: int, frame) -> tuple:
+        return "worker", self._for(vif).steer(_TAP_KIND, frame, vrf)
+
+    def from_fabric(self, encap: str, src: str, sport: int, payload) -> tuple:
+        s = self._for(encap)
+        if isinstance(s, ExtendedRps):
+            # Stage 1: outer header only (no decapsulation); the relay does the inner hash.
+            return "relay", s.stage1(src, self.local_ip, sport if encap != "mplsogre" else 0)
+        return "worker", s.steer(encap, payload)
+
+    def stage2(self, encap: str, payload) -> int:
+        return self._for(encap).stage2(encap, payload)
+
+
+class Outbox:
+    """One pending :class:`Batch` per destination; ``ready()`` yields what to send now."""
+
+    def __init__(self):
+        self.batches: dict = {}
+
+    def add(self, dest, kind: str, tag: str, payload) -> Batch:
+        b = self.batches.get(dest)
+        if b is None:
+            b = self.batches[dest] = Batch()
+        b.add(kind, tag, payload)
+        return b
+
+    def drain(self):
+        """(dest, buffers, count) for every non-empty batch; empties them."""
+        for dest, b in self.batches.items():
+            if b.count:
+                count = b.count
+                yield dest, b.take(), count
