@@ -20,6 +20,7 @@ def parse(argv):
     p.add_argument("--fabric", required=True, help="fabric description written by the testbed (fabric.json)")
     p.add_argument("--vnc-socket", help="unix socket of the VNC control channel (needs --topology)")
     p.add_argument("--topology", help="topology YAML used by the VNC control channel")
+    p.add_argument("--prefix", default="vt", help="testbed name prefix (names the VMs' TAP devices)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--app", action="append", default=[], help="extra os-ken app module to load")
     args = p.parse_args(argv)
@@ -40,7 +41,8 @@ def main(argv=None) -> int:
 
     import controllers.vnc as vnc
 
-    vnc.SETTINGS.update(fabric=args.fabric, vnc_socket=args.vnc_socket, topology=args.topology)
+    vnc.SETTINGS.update(fabric=args.fabric, vnc_socket=args.vnc_socket, topology=args.topology,
+                        prefix=args.prefix)
     cfg.CONF(args=["--ofp-tcp-listen-port", str(args.ofp_port), "--ofp-listen-host", args.ofp_host],
              project="os_ken")
     manager = AppManager.get_instance()

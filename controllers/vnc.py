@@ -25,7 +25,7 @@ from os_ken.ofproto import ofproto_v1_3
 from controllers.fabric_logic import COOKIE, FabricLogic, group_spec
 
 # Filled in by controllers/launcher.py before the app is instantiated.
-SETTINGS = {"fabric": None, "vnc_socket": None, "topology": None}
+SETTINGS = {"fabric": None, "vnc_socket": None, "topology": None, "prefix": "vt"}
 
 LOG = logging.getLogger("vnc")
 
@@ -93,7 +93,7 @@ class Vnc(app_manager.OSKenApp):
                 raise
             LOG.warning("VNC control channel not started: controllers/vnc_rpc.py is not there yet")
             return
-        self.vnc_server = vnc_rpc.start_vnc_server(topo, sock)
+        self.vnc_server = vnc_rpc.start_vnc_server(topo, sock, prefix=SETTINGS["prefix"])
         LOG.info("VNC control channel listening on %s", sock)
 
     def close(self):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -104,18 +103,14 @@ def bench_fabric(args) -> int:
     return 0
 
 
-@command("demo", help="run the demo (for now: the fabric benchmark) and write results/fabric/<timestamp>/",
-         root=True, arguments=_bench_args)
+def _demo_args(p):
+    p.add_argument("-n", "--connections", type=int, default=200,
+                   help="new TCP connections and UDP exchanges per mode (default 200)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
+
+
+@command("demo", help="run the main experiment (proactive vs reactive flow setup) -> results/proactive_flow/",
+         root=True, arguments=_demo_args)
 def demo(args) -> int:
-    r = fabric_bench(args.prefix, args.run_root, args.seconds, progress=lambda m: print(m, file=sys.stderr))
-    outdir = REPO / "results" / "fabric" / time.strftime("%Y%m%d-%H%M%S")
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "ls2x8x4.yaml").write_text(r.pop("generated_topology"))
-    shutil.copy(DEFAULT_TOPOLOGY, outdir / "default.yaml")
-    (outdir / "fabric.json").write_text(json.dumps(r, indent=1) + "\n")
-    for line in _summary(r):
-        print(line)
-    print(f"results written to {outdir}")
-    if args.json:
-        print(json.dumps(r))
-    return 0
+    from experiments import proactive_flow
+    return proactive_flow.main(["-n", str(args.connections)] + (["--json"] if args.json else []))

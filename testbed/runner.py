@@ -133,6 +133,9 @@ class Testbed:
         t0 = time.monotonic()
         self._refuse_if_running()
         self.rundir.create()
+        # The VNC persists run-time changes for its own restarts within this run; a new run starts
+        # from the topology, not from what an earlier run with this prefix left behind.
+        (self.rundir.path / "vnc-state.json").unlink(missing_ok=True)
         owner = process_record(os.getpid())
         self.ofp_port = self.ofp_port or free_port()
         self.rundir.write_state(state="starting", prefix=self.prefix, topology=self.topology.name,
@@ -170,7 +173,7 @@ class Testbed:
     def controller_argv(self) -> list:
         return [sys.executable, "-m", "controllers.launcher", "--ofp-port", self.ofp_port,
                 "--fabric", self.rundir.fabric_file, "--vnc-socket", self.rundir.vnc_socket,
-                "--topology", self.rundir.topology_file]
+                "--topology", self.rundir.topology_file, "--prefix", self.prefix]
 
     def _record_nodes(self) -> None:
         """Mininet's node shells hold the namespaces: cleanup must find them if we die."""
