@@ -1,12 +1,14 @@
 """The forwarding process of one server's vrouter: the shell around `vrouter.pipeline.Pipeline`.
 
-    python -m vrouter.forwarder --rundir RUNDIR --server srv1
+    python -m vrouter.forwarder --rundir RUNDIR --server srv1 [--gro on|off] [--gso on|off]
 
 Runs in the server's network namespace. One selector loop over: the VMs' TAPs, the fabric sockets,
 the agent channel (punts out, decisions and config pushes in) and the introspection socket.
 The forwarder never decides a new flow itself: that is the agent's job (the slow path), exactly the
 round trip that proactive reverse entries save. It starts with no configuration and forwards nothing
 until the agent pushes one; TAPs of VMs it already served are re-attached, not re-created.
+Offloads (TAP vnet header + TSO, UDP_GRO reads, UDP_SEGMENT sends, the GRO/GSO switches): see
+vrouter/offload.py and docs/vrouter.md.
 """
 from __future__ import annotations
 
@@ -23,13 +25,18 @@ import time
 
 from vrouter import ipc, tap
 from vrouter.actions import Drop, Punt, ToTunnel, ToVif
+from vrouter.codec import virtio
 from vrouter.config import ConfigError, VrouterConfig
+from vrouter.gro import vnet_for_frame
 from vrouter.introspect import Introspector
-from vrouter.tunnel import Tunnels, TunnelError
+from vrouter.offload import Offloads, switch_value, vm_mtu
+from vrouter.tunnel import Tunnels, TunnelError, enable_gro
 
 log = logging.getLogger("forwarder")
 EXPIRE_EVERY = 1.0
 PENDING_RETRY = 0.5
+PLAIN = virtio.PLAIN
+VNET_LEN = virtio.HDR_LEN
 
 
 class VifPort:
@@ -43,7 +50,7 @@ class VifPort:
 
 
 class Forwarder:
-    def __init__(self, rundir: str, server: str, *, clock=time.monotonic):
+    def __init__(self, rundir: str, server: str, *, clock=time.monotonic, gro: bool = True, gso: bool = True):
         self.rundir = rundir
         self.server = server
         self.clock = clock
@@ -64,6 +71,7 @@ class Forwarder:
         self.punt_sent: dict[int, float] = {}
         self.slowpath_rtt_us: collections.deque = collections.deque(maxlen=4096)
         self.recent_punts: collections.deque = collections.deque(maxlen=256)  # (wall time, request)
+        self.offloads = Offloads(gro, gso)
         self.running = True
         self.introspector = Introspector(self)
         self._listen()
@@ -82,7 +90,10 @@ class Forwarder:
             for s in self.tunnels.sockets():
                 self.sel.unregister(s)
             self.tunnels.close()
-        self.tunnels = Tunnels(underlay_ip)
+        self.tunnels = Tunnels(underlay_ip, gro=self.offloads.gro_on)
+        problem = enable_gro(underlay_ip)
+        if problem:
+            log.warning("no kernel GRO on the underlay interface (%s): one read per tunnel packet", problem)
         for s in self.tunnels.sockets():
             self.sel.register(s, selectors.EVENT_READ, ("fabric", s))
 
@@ -179,7 +190,7 @@ class Forwarder:
                 self.agent_stats = msg.get("agent", self.agent_stats)
                 if self.pipeline is not None:
                     self.counters["decisions"] += 1
-                    self._execute(self.pipeline.install(msg["decision"], self.clock()))
+                    self._execute_released(self.pipeline.install(msg["decision"], self.clock()))
                     sent = self.punt_sent.pop(msg.get("id"), None)
                     if sent is not None:
                         self.slowpath_rtt_us.append((time.perf_counter() - sent) * 1e6)
@@ -206,36 +217,100 @@ class Forwarder:
             return
         frames = tap.read_frames(fd)
         now = self.clock()
-        port.counters["rx_packets"] += len(frames)
-        for frame in frames:
-            port.counters["rx_bytes"] += len(frame)
-            self._execute(self.pipeline.from_vif(name, frame, now))
+        c = port.counters
+        c["rx_packets"] += len(frames)
+        from_vif = self.pipeline.from_vif
+        execute = self._execute
+        for raw in frames:
+            c["rx_bytes"] += len(raw) - VNET_LEN
+            vnet = raw[:VNET_LEN]
+            if vnet == PLAIN:
+                execute(from_vif(name, raw[VNET_LEN:], now))
+                continue
+            h = virtio.parse(vnet)
+            if h.is_tcpv4_gso:
+                c["rx_super_frames"] += 1
+            execute(from_vif(name, raw[VNET_LEN:], now), vnet, h.gso_size if h.is_tcpv4_gso else 0)
 
     def _on_fabric(self, sock, _):
-        packets = self.tunnels.receive(sock)
+        reads = self.tunnels.receive_gro(sock)
         if self.pipeline is None:
-            self.counters["fabric_rx_unconfigured"] += len(packets)
+            self.counters["fabric_rx_unconfigured"] += len(reads)
+            return
+        if not reads:
             return
         now = self.clock()
-        for src, encap, payload in packets:
-            self._execute(self.pipeline.from_fabric(src, encap, payload, now))
+        g = self.offloads.gro
+        # Merges are per outer source: a delivery does not carry it, and the core checks it
+        # against the fabric peers. MPLSoGRE reads are one packet each (raw socket, no UDP_GRO).
+        # Merge across the whole drain (NAPI's end of batch), not only within one coalesced read:
+        # when the kernel did not coalesce, a backlog of single datagrams still merges here.
+        src = reads[0][0]
+        encap = reads[0][1]
+        for s, _, data, seg in reads:
+            if s != src:
+                self._deliver(src, encap, g.flush(), now)
+                src = s
+            g.add_batch(encap, data, seg, now)
+        self._deliver(src, encap, g.flush(), now)
+
+    def _deliver(self, src, encap, deliveries, now):
+        from_fabric = self.pipeline.from_fabric
+        hist = self.offloads.hist
+        execute = self._execute
+        for payload, nsegs, gso_size, vnet in deliveries:
+            hist[nsegs] += 1
+            execute(from_fabric(src, encap, payload, now), vnet, gso_size)
 
     # --- actions -------------------------------------------------------------------------------
-    def _execute(self, actions):
+    def _execute(self, actions, vnet=PLAIN, mss=0):
+        """Carry out the pipeline's actions for one packet. `vnet` is the virtio_net_hdr that goes
+        with its frame (read from the TAP, or from the GRO delivery); `mss` > 0 says the packet is
+        a TCP super-packet of segments of that size, which the tunnel must carry cut."""
         for action in actions:
-            if type(action) is ToTunnel:
-                self.tunnels.send(action.peer, action.encap, action.sport, action.payload)
-            elif type(action) is ToVif:
+            t = type(action)
+            if t is ToTunnel:
+                if mss:
+                    self.offloads.send_split(self.tunnels, action, mss)
+                else:
+                    self.tunnels.send(action.peer, action.encap, action.sport, action.payload)
+            elif t is ToVif:
                 port = self.vifs.get(action.vif)
-                if port is not None and tap.write_frame(port.fd, action.frame):
+                if port is not None and tap.write_vnet(port.fd, vnet, action.frame):
                     port.counters["tx_packets"] += 1
                     port.counters["tx_bytes"] += len(action.frame)
                 else:
                     self.counters["vif_tx_errors"] += 1
-            elif type(action) is Punt:
+            elif t is Punt:
                 self._punt(action.request)
-            elif type(action) is Drop:
+            elif t is Drop:
                 pass  # counted by the pipeline (dropstats)
+
+    def _execute_released(self, actions):
+        """Packets held during a slow-path round trip come back from `install` without the virtio
+        header they arrived with: derive it (ToVif) or the MSS of a super-frame (ToTunnel)."""
+        off = self.offloads
+        for action in actions:
+            if type(action) is ToVif:
+                vnet, frame = vnet_for_frame(action.frame, off.mtu)
+                self._execute((ToVif(action.vif, frame),), vnet)
+            elif type(action) is ToTunnel:
+                self._execute((action,), PLAIN, off.released_mss(action.encap, action.payload))
+            else:
+                self._execute((action,))
+
+    def set_offloads(self, gro=None, gso=None) -> dict:
+        """Flip the GRO and/or GSO switch at run time (see vrouter/offload.py); returns both."""
+        off = self.offloads
+        if gro is not None:
+            off.gro_on = off.gro.enabled = bool(gro)
+            if self.tunnels:
+                self.tunnels.set_gro(off.gro_on)
+        if gso is not None:
+            off.gso_on = bool(gso)
+            for port in self.vifs.values():
+                tap.set_offloads(port.fd, off.gso_on)
+        return {"gro": off.gro_on, "gso": off.gso_on}
 
     def _punt(self, request):
         self.counters["punts"] += 1
@@ -278,6 +353,7 @@ class Forwarder:
         else:
             self.pipeline.apply_config(config)
         self.config, self.config_dict, self.generation = config, config_dict, generation
+        self.offloads.mtu = vm_mtu(config)
         self._reconcile_vifs()
         log.info("config generation %s applied: %d vifs, %d routes, mode %s", generation,
                  len(config.vifs), len(config.routes), config.flow.mode)
@@ -288,6 +364,9 @@ class Forwarder:
             from vrouter.pipeline import Pipeline
             self.pipeline = Pipeline(self.config)
         self.counters.clear()
+        self.offloads.reset()
+        if self.tunnels:
+            self.tunnels.counters.clear()
         self.slowpath_rtt_us.clear()
         self.recent_punts.clear()
         for port in self.vifs.values():
@@ -331,7 +410,8 @@ class Forwarder:
                 continue
             spec = next(v for v in self.config.vifs if v.name == name)
             try:
-                fd = attach_vm_interface(spec, entry["netns"], self._network_of(spec))
+                fd = attach_vm_interface(spec, entry["netns"], self._network_of(spec), self.offloads.mtu,
+                                         self.offloads.gso_on)
             except (tap.TapError, VmSetupError) as exc:
                 self.pending[name] = str(exc)
                 log.error("vif %s: %s", name, exc)
@@ -349,12 +429,14 @@ class VmSetupError(Exception):
     """The VM's interface could not be configured inside its namespace."""
 
 
-def attach_vm_interface(spec, netns, network) -> int:
+def attach_vm_interface(spec, netns, network, mtu: int, offloads: bool = True) -> int:
     """Return a TAP fd for VM interface `spec`, creating and configuring it on first use.
 
     The TAP is created here (server namespace), moved into the VM's namespace, and given the VM's
-    MAC, address and a default route via the network's gateway (the vrouter answers ARP for it).
-    If the device already exists in the VM's namespace (forwarder restart), we only re-attach.
+    MAC, address, MTU and a default route via the network's gateway (the vrouter answers ARP for it).
+    If the device already exists in the VM's namespace (forwarder restart), we only re-attach (and
+    set the MTU, which the configuration decides). The fd carries virtio_net_hdrs; `offloads`
+    says whether the device advertises checksum offload and TSO (vrouter/offload.py).
     """
     from vrouter.codec.ipv4 import int_to_ip
     with tap.in_netns(netns):
@@ -364,9 +446,20 @@ def attach_vm_interface(spec, netns, network) -> int:
         except OSError:
             exists = False
     if exists:
-        return tap.open_tap(spec.name, netns=netns)
-    fd = tap.open_tap(spec.name)
+        fd = tap.open_tap(spec.name, netns=netns, vnet_hdr=True)
+        try:
+            if not offloads:
+                tap.set_offloads(fd, False)
+            with tap.in_netns(netns):
+                _ip("link", "set", spec.name, "mtu", str(mtu))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    fd = tap.open_tap(spec.name, vnet_hdr=True)
     try:
+        if not offloads:
+            tap.set_offloads(fd, False)
         _ip("link", "set", spec.name, "netns", str(netns) if isinstance(netns, int) else os.path.basename(netns))
         ip = int_to_ip(spec.ip)
         plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)
@@ -374,6 +467,7 @@ def attach_vm_interface(spec, netns, network) -> int:
         with tap.in_netns(netns):
             _ip("link", "set", "lo", "up")
             _ip("link", "set", spec.name, "address", mac)
+            _ip("link", "set", spec.name, "mtu", str(mtu))
             _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
             _ip("link", "set", spec.name, "up")
             _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
@@ -400,12 +494,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m vrouter.forwarder", description=__doc__.splitlines()[0])
     p.add_argument("--rundir", required=True)
     p.add_argument("--server", required=True)
+    p.add_argument("--gro", type=switch_value, default=True, metavar="on|off",
+                   help="merge tunnel packets into super-packets for the VMs (default on)")
+    p.add_argument("--gso", type=switch_value, default=True, metavar="on|off",
+                   help="take TSO super-frames from the VMs and send them with UDP GSO (default on)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s forwarder[{args.server}] %(levelname)s %(message)s")
     try:
-        fwd = Forwarder(args.rundir, args.server)
+        fwd = Forwarder(args.rundir, args.server, gro=args.gro, gso=args.gso)
     except (ipc.IpcError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

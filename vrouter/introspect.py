@@ -11,6 +11,11 @@ Protocol (msgpack maps on the stream socket `<rundir>/vr/<server>/introspect.soc
     stats     -             {"generation", "mode", "pipeline", "forwarder", "tunnels", "agent"}
     config    -             {"generation", "config"} as last pushed by the agent
     reset     -             flush: empty flow table, zeroed counters (forwarder and agent)
+    set       gro, gso      switch GRO / GSO on or off at run time (booleans, either or both);
+                            result {"gro": bool, "gso": bool}
+`stats` also has "gro" (deliveries, segments, segments_per_delivery, merged_*, histogram of segments
+per delivery, flush reasons), "gso" (UDP_SEGMENT sends, segments, segments_per_send, fallback) and
+"vm_mtu" (vrouter/offload.py).
 `stats.agent.decisions` is the number of punts the agent's slow path handled (piggybacked on every
 decision, so it is current once the flow's entries are installed); `stats.forwarder.punts` counts
 punts sent. Python: `query(rundir, server, op, **args)`.
@@ -20,7 +25,7 @@ from __future__ import annotations
 from vrouter import ipc
 
 PROTOCOL_VERSION = 1
-OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts")
+OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set")
 
 
 class IntrospectError(Exception):
@@ -88,7 +93,17 @@ class Introspector:
                 "pipeline": f.pipeline.stats() if f.pipeline else {},
                 "forwarder": dict(f.counters), "tunnels": dict(f.tunnels.counters) if f.tunnels else {},
                 "agent": dict(f.agent_stats), "agent_connected": f.agent is not None,
-                "slowpath_rtt_us": _summary(f.slowpath_rtt_us)}
+                "slowpath_rtt_us": _summary(f.slowpath_rtt_us),
+                **f.offloads.stats(f.tunnels.counters if f.tunnels else {})}
+
+    def _set(self, req):
+        args = {k: req[k] for k in ("gro", "gso") if k in req}
+        if not args:
+            raise IntrospectError("set: give gro and/or gso (true or false)")
+        for k, v in args.items():
+            if not isinstance(v, bool):
+                raise IntrospectError(f"set: {k} must be true or false, got {v!r}")
+        return self.fwd.set_offloads(**args)
 
     def _config(self, req):
         return {"generation": self.fwd.generation, "config": self.fwd.config_dict}
@@ -266,7 +281,7 @@ def format_dropstats(drops: dict) -> str:
 def format_stats(stats: dict) -> str:
     lines = [f"server {stats['server']}  generation {stats['generation']}  mode {stats['mode']}  "
              f"agent {'connected' if stats.get('agent_connected') else 'DISCONNECTED'}"]
-    for section in ("pipeline", "forwarder", "tunnels", "agent", "slowpath_rtt_us"):
+    for section in ("pipeline", "forwarder", "tunnels", "agent", "slowpath_rtt_us", "gro", "gso"):
         values = stats.get(section) or {}
         lines.append(f"{section}:")
         lines += [f"  {k:<28}{v}" for k, v in sorted(values.items())] or ["  (none)"]

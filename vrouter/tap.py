@@ -19,8 +19,11 @@ TUNSETPERSIST = 0x400454CB
 TUNSETOFFLOAD = 0x400454D0
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000  # used by the offload issue: every read/write then carries a virtio_net_hdr
+IFF_VNET_HDR = 0x4000  # every read/write then carries a 10-byte virtio_net_hdr
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x1, 0x2, 0x4
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+# A frame read from a vnet-header TAP: 10-byte header + up to 14 + 65535 bytes (a TSO super-frame).
+READ_SIZE = 10 + 14 + 65535
 CLONE_NEWNET = 0x40000000
 IFNAMSIZ = 16
 
@@ -94,11 +97,24 @@ def open_tap(name: str, *, netns: int | str | None = None, vnet_hdr: bool = Fals
         if persist:
             fcntl.ioctl(fd, TUNSETPERSIST, 1)
         if vnet_hdr:
-            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+            set_offloads(fd, True)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def set_offloads(fd: int, on: bool) -> None:
+    """Advertise (or withdraw) checksum offload and TSO on the TAP's device.
+
+    On: the VM's kernel hands over 64 KB TCP super-frames with partial checksums. Off: it segments
+    and checksums itself, so every frame is one MSS-sized packet with complete checksums (the
+    packet-by-packet baseline). Frames written to the TAP may carry NEEDS_CSUM/GSO either way.
+    """
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS if on else 0)
+    except OSError as exc:
+        raise TapError(f"TUNSETOFFLOAD: {exc.strerror}") from None
 
 
 def destroy_tap(fd: int) -> None:
@@ -111,7 +127,7 @@ def destroy_tap(fd: int) -> None:
         os.close(fd)
 
 
-def read_frames(fd: int, max_frames: int = 64, bufsize: int = 65536) -> list[bytes]:
+def read_frames(fd: int, max_frames: int = 64, bufsize: int = READ_SIZE) -> list[bytes]:
     """Drain up to `max_frames` frames without blocking (bounded so one busy VM cannot starve others)."""
     frames = []
     for _ in range(max_frames):
@@ -129,5 +145,17 @@ def write_frame(fd: int, frame: bytes) -> bool:
         return True
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EIO, errno.ENOBUFS):  # EIO: the VM's link is down
+            return False
+        raise
+
+
+def write_vnet(fd: int, vnet: bytes, frame) -> bool:
+    """Write one frame behind its virtio_net_hdr (a TAP opened with vnet_hdr=True); as write_frame."""
+    try:
+        os.writev(fd, (vnet, frame))
+        return True
+    except OSError as exc:
+        # EINVAL: the kernel refused the header (e.g. a GSO frame it cannot take); lost like a bad frame
+        if exc.errno in (errno.EAGAIN, errno.EIO, errno.ENOBUFS, errno.EINVAL):
             return False
         raise

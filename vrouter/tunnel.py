@@ -7,22 +7,45 @@ Send with an entropy source port: the core picks `sport` from the inner flow has
 ECMP spreads overlay flows. We send from a real UDP socket bound to that source port, kept in a small
 LRU pool. Chosen over a raw IP_HDRINCL socket because the kernel keeps doing routing, ARP, the UDP
 checksum and fragmentation for us, and because UDP_SEGMENT (GSO) only exists on real UDP sockets
-(the next issue batches sends with it). Measured on this machine (100 B datagrams over loopback in a
+(sends are batched with it, see below). Measured on this machine (100 B datagrams over loopback in a
 private netns, 64 source ports, CPython 3.11): pooled bound socket 4.4-4.6 us per send, raw socket with a
 Python-built IP/UDP header and checksum 5.6-5.9 us. If a source port cannot be bound (taken by something else) that flow
 falls back to the receive socket's port and the fallback is counted.
+
+Offloads. Receive: the UDP sockets set UDP_GRO, so one read returns the datagrams the kernel's GRO
+coalesced (same outer 4-tuple: one inner flow, thanks to the entropy port) with their segment size
+in a cmsg; `receive_gro` hands them on unsplit for `vrouter.gro`. The kernel only coalesces on a NIC
+that runs GRO: a veth does so only with `gro on` (it then uses NAPI) and, for packets from a sender
+with TSO (the OVS side of the link), `rx-udp-gro-forwarding on`: `enable_gro` sets both.
+Send: `send_gso` sends a buffer of equal-size tunnel packets (`vrouter.gso`) with one UDP_SEGMENT
+sendmsg per slice of at most 64 segments / 65,507 bytes. MPLSoGRE goes through a raw IP socket,
+which has no UDP_SEGMENT: its fallback is one sendto per segment (`gso.segments`), and receive is one
+read per packet (the forwarder merges those in Python with `Gro.add`).
 """
 from __future__ import annotations
 
 import collections
 import errno
 import socket
+import struct
+import subprocess
+
+from vrouter import gso
 
 MPLSOUDP_PORT = 6635
 VXLAN_PORT = 4789
 IPPROTO_GRE = 47
 UDP_PORTS = {"mplsoudp": MPLSOUDP_PORT, "vxlan": VXLAN_PORT}
 ENCAPS = ("mplsoudp", "mplsogre", "vxlan")
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+GRO_FLUSH_TIMEOUT_NS = 20_000
+_CMSG_INT = socket.CMSG_SPACE(4)
+_INT = struct.Struct("=i")
+_SEG = struct.Struct("=H")
+_SEND_ERRORS = (errno.EAGAIN, errno.ENOBUFS, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED,
+                errno.EMSGSIZE, errno.EINVAL)
 
 
 class TunnelError(Exception):
@@ -32,7 +55,7 @@ class TunnelError(Exception):
 class Tunnels:
     """The fabric sockets of one server. `sockets()` are what the forwarder's selector watches."""
 
-    def __init__(self, local_ip: str, *, pool_size: int = 512, rcvbuf: int = 4 << 20):
+    def __init__(self, local_ip: str, *, pool_size: int = 512, rcvbuf: int = 4 << 20, gro: bool = True):
         self.local_ip = local_ip
         self.pool_size = pool_size
         self._pool: collections.OrderedDict[int, socket.socket] = collections.OrderedDict()
@@ -45,6 +68,8 @@ class Tunnels:
                 self._rx[s] = encap
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                if gro:
+                    s.setsockopt(SOL_UDP, UDP_GRO, 1)
                 s.bind(("0.0.0.0", port))
                 s.setblocking(False)
             g = self._gre = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
@@ -59,6 +84,12 @@ class Tunnels:
     def sockets(self) -> list[socket.socket]:
         return list(self._rx)
 
+    def set_gro(self, on: bool) -> None:
+        """UDP_GRO on or off on the UDP receive sockets (off: every read is one datagram)."""
+        for s, encap in self._rx.items():
+            if encap != "mplsogre":
+                s.setsockopt(SOL_UDP, UDP_GRO, 1 if on else 0)
+
     def close(self) -> None:
         for s in list(self._rx) + list(self._pool.values()):
             s.close()
@@ -66,13 +97,23 @@ class Tunnels:
         self._pool.clear()
 
     # --- receive -------------------------------------------------------------------------------
-    def receive(self, sock: socket.socket, max_packets: int = 64) -> list[tuple[str, str, bytes]]:
-        """Drain up to `max_packets` from `sock`: [(outer_src, encap, payload)], payload as the core wants it."""
+    def receive_gro(self, sock: socket.socket, max_reads: int = 64) -> list[tuple[str, str, bytes, int]]:
+        """Drain up to `max_reads` reads: [(outer_src, encap, data, seg_size)].
+
+        `data` holds one or more tunnel payloads of `seg_size` bytes (the last may be shorter);
+        seg_size 0 means one payload (no coalescing, or a raw MPLSoGRE read).
+        """
         encap = self._rx[sock]
         out = []
-        for _ in range(max_packets):
+        gre = encap == "mplsogre"
+        for _ in range(max_reads):
             try:
-                data, (src, _port) = sock.recvfrom(65535)
+                if gre:
+                    data, (src, _port) = sock.recvfrom(65535)
+                    seg = 0
+                else:
+                    data, anc, _flags, (src, _port) = sock.recvmsg(65535, _CMSG_INT)
+                    seg = _INT.unpack(anc[0][2])[0] if anc else 0
             except BlockingIOError:
                 break
             except OSError as exc:  # ICMP errors queued on the socket surface here; they are not packets
@@ -80,13 +121,24 @@ class Tunnels:
                     self.counters["rx_icmp_errors"] += 1
                     continue
                 raise
-            if encap == "mplsogre":
+            if gre:
                 if len(data) < 20:
                     self.counters["rx_runts"] += 1
                     continue
                 data = data[(data[0] & 0x0F) * 4:]  # raw sockets hand over the outer IPv4 header too
-            out.append((src, encap, data))
-        self.counters[f"rx_{encap}"] += len(out)
+            out.append((src, encap, data, seg))
+        self.counters[f"rx_reads_{encap}"] += len(out)
+        return out
+
+    def receive(self, sock: socket.socket, max_packets: int = 64) -> list[tuple[str, str, bytes]]:
+        """Drain `sock`: [(outer_src, encap, payload)], one entry per tunnel packet (GRO reads split)."""
+        out = []
+        for src, encap, data, seg in self.receive_gro(sock, max_packets):
+            if not seg or seg >= len(data):
+                out.append((src, encap, data))
+            else:
+                out += [(src, encap, data[o:o + seg]) for o in range(0, len(data), seg)]
+        self.counters[f"rx_{self._rx[sock]}"] += len(out)
         return out
 
     # --- send ----------------------------------------------------------------------------------
@@ -100,13 +152,44 @@ class Tunnels:
         except KeyError:
             raise TunnelError(f"unknown encapsulation {encap!r} (known: {', '.join(ENCAPS)})") from None
         except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.ENOBUFS, errno.EHOSTUNREACH, errno.ENETUNREACH,
-                             errno.ECONNREFUSED, errno.EMSGSIZE):
+            if exc.errno in _SEND_ERRORS:
                 self.counters["tx_errors"] += 1
                 return False
             raise
         self.counters[f"tx_{encap}"] += 1
         return True
+
+    def send_gso(self, peer: str, encap: str, sport: int, buffer, chunk: int, n: int) -> int:
+        """Send `n` tunnel packets of `chunk` bytes (the last may be shorter) laid out in `buffer`
+        by `gso.segment`; returns the number of send calls. UDP: one UDP_SEGMENT sendmsg per slice
+        from `gso.sends`. MPLSoGRE: not possible, the caller uses `send` per segment instead."""
+        if n == 1:
+            self.send(peer, encap, sport, buffer)
+            return 1
+        try:
+            sock = self._sender(encap, sport)
+            dst = (peer, UDP_PORTS[encap])
+        except KeyError:
+            raise TunnelError(f"no GSO send for encapsulation {encap!r} (UDP only: mplsoudp, vxlan)") from None
+        cmsg = [(SOL_UDP, UDP_SEGMENT, _SEG.pack(chunk))]
+        calls = 0
+        c = self.counters
+        for part in gso.sends(buffer, chunk):
+            calls += 1
+            try:
+                if len(part) <= chunk:
+                    sock.sendto(part, dst)
+                else:
+                    sock.sendmsg((part,), cmsg, 0, dst)
+            except OSError as exc:
+                if exc.errno in _SEND_ERRORS:
+                    c["tx_errors"] += 1
+                    continue
+                raise
+        c[f"tx_{encap}"] += n
+        c["tx_gso_sends"] += calls
+        c["tx_gso_segments"] += n
+        return calls
 
     def _sender(self, encap: str, sport: int) -> socket.socket:
         s = self._pool.get(sport)
@@ -127,3 +210,32 @@ class Tunnels:
         if len(self._pool) > self.pool_size:
             self._pool.popitem(last=False)[1].close()
         return s
+
+
+def enable_gro(local_ip: str, flush_timeout_ns: int = GRO_FLUSH_TIMEOUT_NS) -> str | None:
+    """Switch GRO on for the interface that holds `local_ip` (a veth needs it to coalesce at all).
+
+    Returns None on success, else one line saying why not (the vrouter then works without the
+    kernel's coalescing: every read is one datagram, still correct).
+    """
+    r = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True)
+    dev = next((line.split()[1] for line in r.stdout.splitlines()
+                if f" {local_ip}/" in line), None)
+    if dev is None:
+        return f"no interface holds {local_ip}"
+    # A veth hands a packet to GRO only if its sender has no TSO, or if the packet comes from a
+    # socket (OVS's AF_PACKET sends) and this end has rx-udp-gro-forwarding (kernel veth.c).
+    cmd = ["ethtool", "-K", dev, "gro", "on", "rx-udp-gro-forwarding", "on"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip() or r.returncode}"
+    # OVS hands the veth one packet per transmit, and each is polled at once: without a flush
+    # timeout every GRO poll holds one datagram. With it, NAPI keeps a flow's datagrams for up to
+    # `flush_timeout_ns` (the "short timeout" flush) and the socket reads them coalesced. The knob
+    # is in sysfs, which shows the namespace of whoever mounts it: mount a private one.
+    script = f"mount -t sysfs sysfs /sys && echo {int(flush_timeout_ns)} > /sys/class/net/{dev}/gro_flush_timeout"
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"gro_flush_timeout of {dev}: {(r.stderr or r.stdout).strip() or r.returncode}"
+    return None

@@ -1,0 +1,123 @@
+"""The forwarder's offload state: the GRO/GSO switches, the GRO engine, the VM MTU and the counters.
+
+Shell code (it holds no sockets itself but drives `Tunnels` and TAP fds through the forwarder).
+Switches, settable at run time (`python -m vrouter.forwarder --gro off --gso off`, introspection
+`set {"gro": false, "gso": false}`):
+
+- gro on: the fabric UDP sockets have UDP_GRO (the kernel coalesces a flow's datagrams into one
+  read) and `vrouter.gro.Gro` merges each read into super-packets, one `from_fabric` each, written
+  to the VM's TAP with a GSO virtio_net_hdr. Off: UDP_GRO is cleared on the sockets and the engine
+  merges nothing, so every tunnel packet is one read, one `from_fabric`, one TAP write.
+- gso on: the VMs' TAPs advertise checksum offload and TSO, so VM kernels hand over 64 KB
+  super-frames, and `vrouter.gso` cuts each into a buffer of tunnel packets sent with UDP_SEGMENT
+  (MPLSoGRE: one send per segment, the fallback). Off: the TAPs withdraw those offloads, the VM's
+  kernel segments and checksums itself, and every frame is one packet and one send. A super-frame
+  still in flight when the switch flips is cut in Python and sent packet by packet.
+
+The TAP keeps its vnet header in both modes (one read/write path); with gso off its header is all
+zero on read, and frames written to the VM may still carry NEEDS_CSUM (the VM's kernel completes
+partial checksums sent by a peer whose GSO is on).
+"""
+from __future__ import annotations
+
+import collections
+
+from vrouter import gro as gro_mod
+from vrouter import gso
+from vrouter.codec.errors import Malformed
+
+UNDERLAY_MTU = 1500
+# Bytes a tunnel adds in front of the inner IPv4 packet on the underlay: outer IPv4 (+ UDP) + prefix.
+OVERHEAD = {"mplsoudp": 20 + 8 + 4, "vxlan": 20 + 8 + 8 + 14, "mplsogre": 20 + 4 + 4}
+HIST_BUCKETS = ((1, "1"), (2, "2-3"), (4, "4-7"), (8, "8-15"), (16, "16-31"), (32, "32-63"), (64, "64+"))
+
+
+def vm_mtu(config) -> int:
+    """The MTU the VMs' interfaces get: every tunnel packet, GSO segments included, must fit the
+    underlay MTU unfragmented (UDP_SEGMENT refuses segments beyond it), so the largest overhead of
+    the encapsulations this vrouter may use sets it (as OpenStack gives VXLAN VMs 1450)."""
+    encaps = {config.encapsulation} | {r.nexthop.get("encap") for r in config.routes
+                                       if r.nexthop.get("type") == "tunnel"}
+    return UNDERLAY_MTU - max(OVERHEAD.get(e, OVERHEAD["vxlan"]) for e in encaps)
+
+
+def switch_value(text: str) -> bool:
+    """argparse type for `on|off`."""
+    if text in ("on", "off"):
+        return text == "on"
+    raise ValueError(text)
+
+
+class Offloads:
+    def __init__(self, gro: bool = True, gso: bool = True):
+        self.gro_on = gro
+        self.gso_on = gso
+        self.gro = gro_mod.Gro(enabled=gro)
+        self.mtu = UNDERLAY_MTU - OVERHEAD["vxlan"]
+        self.hist = collections.Counter()     # segments per delivery -> deliveries
+        self.counters = collections.Counter()
+
+    def reset(self):
+        self.gro = gro_mod.Gro(enabled=self.gro_on)
+        self.hist.clear()
+        self.counters.clear()
+
+    # --- send ------------------------------------------------------------------------------------
+    def send_split(self, tunnels, a, mss: int) -> None:
+        """Send ToTunnel `a` whose inner packet is a TCP super-packet, cut at `mss` bytes of data."""
+        c = self.counters
+        try:
+            buf, chunk, n = gso.split_payload(a.encap, a.payload, mss)
+        except (Malformed, ValueError):
+            c["gso_malformed"] += 1
+            return
+        if n > 1 and self.gso_on and a.encap != "mplsogre":
+            tunnels.send_gso(a.peer, a.encap, a.sport, buf, chunk, n)
+            c["gso_super_frames"] += 1
+            c["gso_segments"] += n
+            return
+        # The fallback: MPLSoGRE has no UDP_SEGMENT (raw IP socket), or GSO is switched off.
+        mv = memoryview(buf)
+        send = tunnels.send
+        for o in range(0, len(buf), chunk):
+            send(a.peer, a.encap, a.sport, mv[o:o + chunk])
+        c["fallback_super_frames"] += 1
+        c["fallback_segments"] += n
+
+    def released_mss(self, encap: str, payload) -> int:
+        """MSS for a ToTunnel payload released by `install` (its virtio header is gone): a TCP
+        packet longer than the VM MTU can only be a super-frame cut at the VM's MSS; else 0."""
+        p = gso.PREFIX_LEN.get(encap, 0)
+        ip_len = len(payload) - p
+        if ip_len <= self.mtu or ip_len < 40 or payload[p + 9] != 6:
+            return 0
+        ihl = (payload[p] & 15) * 4
+        thl = (payload[p + ihl + 12] >> 4) * 4
+        return self.mtu - ihl - thl
+
+    # --- statistics ------------------------------------------------------------------------------
+    def stats(self, tunnel_counters) -> dict:
+        g = self.gro.stats()
+        buckets = dict.fromkeys((name for _, name in HIST_BUCKETS), 0)
+        deliveries = segments = 0
+        for nsegs, count in self.hist.items():
+            deliveries += count
+            segments += nsegs * count
+            name = next(name for low, name in reversed(HIST_BUCKETS) if nsegs >= low)
+            buckets[name] += count
+        sends = tunnel_counters.get("tx_gso_sends", 0)
+        seg_sent = tunnel_counters.get("tx_gso_segments", 0)
+        return {
+            "gro": {"enabled": self.gro_on, "deliveries": deliveries, "segments": segments,
+                    "segments_per_delivery": round(segments / deliveries, 2) if deliveries else 0.0,
+                    "merged_deliveries": g["merged"], "merged_segments": g["merged_segments"],
+                    "segments_per_merge": g["segments_per_merge"], "histogram": buckets,
+                    "flush": g["flush"]},
+            "gso": {"enabled": self.gso_on, "sends": sends, "segments": seg_sent,
+                    "segments_per_send": round(seg_sent / sends, 2) if sends else 0.0,
+                    "super_frames": self.counters["gso_super_frames"],
+                    "fallback_super_frames": self.counters["fallback_super_frames"],
+                    "fallback_segments": self.counters["fallback_segments"],
+                    "malformed": self.counters["gso_malformed"]},
+            "vm_mtu": self.mtu,
+        }
