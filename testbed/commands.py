@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 # Modules owned by other parts of the project that may register commands once they exist.
-OPTIONAL_MODULES = ("testbed.vr", "testbed.overlay", "testbed.capture", "testbed.net_cmd")
+OPTIONAL_MODULES = ("testbed.vr", "testbed.overlay", "testbed.capture", "testbed.net_cmd", "testbed.bench_throughput")
 
 
 @dataclass

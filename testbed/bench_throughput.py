@@ -1,0 +1,262 @@
+"""Throughput bench: `testbed bench throughput [--quick] [--json]` (issue 5, item 5).
+
+One testbed on topologies/default.yaml; two servers on different leaves and a VM pair of one network
+on them. TCP throughput (iperf3, 1 and 8 streams) of (a) the underlay between the servers, (b) a
+kernel VXLAN overlay between the same servers, (c) our overlay VM to VM with GRO/GSO off, (d) on;
+CPU seconds per GB of the two servers' vrouter processes (forwarder + agent, psutil); the median
+ping RTT underlay vs overlay. Prints a table, the ratios (c)/(a), (d)/(a), (d)/(b), the GRO segments
+per delivery and which targets are met. experiments/gro.py reuses the measurement functions.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from testbed import measure
+from testbed.commands import CommandError, command, group
+from testbed.overlay import agent_name, forwarder_name
+from testbed.runner import Testbed
+from testbed.topology import load
+from vrouter import introspect
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
+VXLAN_ID, VXLAN_PORT, VXLAN_NET = 4242, 4790, "172.31.255"
+TARGETS = {"d_over_a": 0.9, "d_over_b": 1.3, "segments_per_merge": 8.0, "rtt_overhead_us": 150.0}
+MODES = ("underlay", "kernel_vxlan", "overlay_off", "overlay_on")
+LABELS = {"underlay": "(a) underlay", "kernel_vxlan": "(b) kernel VXLAN",
+          "overlay_off": "(c) overlay GRO/GSO off", "overlay_on": "(d) overlay GRO/GSO on"}
+
+
+class Pair:
+    """The two servers and the two VMs the bench measures between, with their addresses."""
+
+    def __init__(self, topo):
+        by_server = {}
+        for vm in topo.vms:
+            by_server.setdefault((vm.network, vm.server), vm)
+        for (net, s1), vm1 in by_server.items():
+            for (net2, s2), vm2 in by_server.items():
+                if net == net2 and topo.leaf_of(s1) != topo.leaf_of(s2):
+                    self.client, self.server = s1, s2
+                    self.client_vm, self.server_vm = vm1, vm2
+                    self.network = net
+                    servers = {s.name: s for s in topo.servers}
+                    self.client_ip, self.server_ip = servers[s1].address, servers[s2].address
+                    return
+        raise CommandError(f"{topo.name}: no network has VMs on servers of two different leaves")
+
+
+# --- measurement functions (also used by experiments/gro.py) --------------------------------------
+def vrouter_pids(tb, servers) -> list[int]:
+    pids = []
+    for server in servers:
+        for name in (forwarder_name(server), agent_name(server)):
+            pid = tb.supervisor.pid(name)
+            if pid:
+                pids.append(pid)
+    return pids
+
+
+def cpu_seconds(pids) -> float:
+    import psutil
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def set_offloads(tb, servers, on: bool) -> None:
+    for server in servers:
+        introspect.query(tb.path, server, "set", gro=on, gso=on)
+
+
+def reset_stats(tb, servers) -> None:
+    for server in servers:
+        introspect.query(tb.path, server, "reset")
+
+
+def offload_stats(tb, server) -> dict:
+    s = introspect.query(tb.path, server, "stats")
+    return {"gro": s["gro"], "gso": s["gso"]}
+
+
+def run_iperf(tb, mode: str, pair: Pair, streams: int, seconds: float, port: int = 5201) -> dict:
+    """One iperf3 run of `mode` (see MODES) with CPU seconds of the two servers' vrouters."""
+    if mode in ("underlay", "kernel_vxlan"):
+        client, server = tb.host(pair.client), tb.host(pair.server)
+        dst = pair.server_ip if mode == "underlay" else f"{VXLAN_NET}.2"
+    else:
+        client, server = tb.host(pair.client_vm.name), tb.host(pair.server_vm.name)
+        dst = pair.server_vm.address
+    pids = vrouter_pids(tb, (pair.client, pair.server))
+    cpu0 = cpu_seconds(pids)
+    r = measure.iperf3(client, server, dst, seconds=seconds, parallel=streams, port=port)
+    cpu = cpu_seconds(pids) - cpu0
+    gbytes = r["bits_per_second"] * r["seconds"] / 8 / 1e9
+    return {"mode": mode, "streams": streams, "seconds": seconds, "gbps": r["bits_per_second"] / 1e9,
+            "retransmits": r["retransmits"], "vrouter_cpu_s": cpu,
+            "cpu_s_per_gb": cpu / gbytes if gbytes else None}
+
+
+def overlay_run(tb, pair: Pair, on: bool, streams: int, seconds: float) -> dict:
+    """(c) or (d): switch both vrouters, zero their stats, run iperf3, add the GRO/GSO figures."""
+    servers = (pair.client, pair.server)
+    set_offloads(tb, servers, on)
+    reset_stats(tb, servers)
+    time.sleep(0.2)  # TAP offload changes reach the VMs' TCP sockets on their next route lookup
+    r = run_iperf(tb, "overlay_on" if on else "overlay_off", pair, streams, seconds)
+    rx, tx = offload_stats(tb, pair.server), offload_stats(tb, pair.client)
+    r.update(gro_segments_per_delivery=rx["gro"]["segments_per_delivery"],
+             gro_segments_per_merge=rx["gro"]["segments_per_merge"],
+             gro_histogram=rx["gro"]["histogram"], gso_segments_per_send=tx["gso"]["segments_per_send"],
+             gso_sends=tx["gso"]["sends"])
+    return r
+
+
+def ping_median_us(host, dst: str, count: int = 50, interval: float = 0.02) -> float | None:
+    out = host.cmd(f"ping -n -q -c 1 -W 1 {dst} >/dev/null; ping -n -c {count} -i {interval} -W 1 {dst}")
+    rtts = [float(x) * 1000 for x in re.findall(r"time=([\d.]+) ms", out)]
+    return statistics.median(rtts) if rtts else None
+
+
+class KernelVxlan:
+    """A kernel VXLAN interface in each of the two servers' namespaces (removed by close)."""
+
+    def __init__(self, tb, pair: Pair):
+        self.tb, self.pair = tb, pair
+        self.name = f"{tb.prefix}-vx"
+        self.made = []
+        for i, (me, peer) in enumerate(((pair.client, pair.server_ip), (pair.server, pair.client_ip)), 1):
+            host, info = tb.host(me), tb.server_info(me)
+            cmds = [f"ip link add {self.name} type vxlan id {VXLAN_ID} dstport {VXLAN_PORT} remote {peer} "
+                    f"local {info['ip']} dev {info['intf']}",
+                    f"ip addr add {VXLAN_NET}.{i}/24 dev {self.name}", f"ip link set {self.name} up"]
+            self.made.append(host)
+            for c in cmds:
+                out = host.cmd(f"{c} 2>&1 && echo OK").strip()
+                if not out.endswith("OK"):
+                    self.close()
+                    raise CommandError(f"kernel VXLAN on {me}: {c}: {out.splitlines()[0] if out else 'failed'}")
+
+    def close(self):
+        for host in self.made:
+            host.cmd(f"ip link del {self.name} 2>/dev/null")
+        self.made = []
+
+
+def measure_all(tb, pair: Pair, seconds: float, streams=(1, 8), progress=lambda m: None) -> dict:
+    """Everything `bench throughput` reports, on a testbed that is up."""
+    runs = []
+    vx = KernelVxlan(tb, pair)
+    try:
+        for mode in MODES:
+            for n in streams:
+                progress(f"{LABELS[mode]}: iperf3 -P {n} for {seconds:g} s")
+                if mode.startswith("overlay"):
+                    r = overlay_run(tb, pair, mode == "overlay_on", n, seconds)
+                else:
+                    r = run_iperf(tb, mode, pair, n, seconds)
+                progress(f"  {r['gbps']:.3f} Gbit/s")
+                runs.append(r)
+    finally:
+        vx.close()
+    set_offloads(tb, (pair.client, pair.server), True)
+    progress("ping RTT: underlay and overlay (GRO/GSO on), 50 pings at 20 ms")
+    under = ping_median_us(tb.host(pair.client), pair.server_ip)
+    over = ping_median_us(tb.host(pair.client_vm.name), pair.server_vm.address)
+    return {"runs": runs, "rtt_us": {"underlay_median": under, "overlay_median": over,
+                                     "overhead_median": over - under if under and over else None}}
+
+
+def summarize(result: dict) -> dict:
+    by = {(r["mode"], r["streams"]): r for r in result["runs"]}
+    ratios = {}
+    for n in sorted({r["streams"] for r in result["runs"]}):
+        g = {m: by[(m, n)]["gbps"] for m in MODES if (m, n) in by}
+        if len(g) == len(MODES):
+            ratios[str(n)] = {"c_over_a": g["overlay_off"] / g["underlay"], "d_over_a": g["overlay_on"] / g["underlay"],
+                              "d_over_b": g["overlay_on"] / g["kernel_vxlan"]}
+    on = [r for r in result["runs"] if r["mode"] == "overlay_on"]
+    spm = max((r["gro_segments_per_merge"] for r in on), default=0.0)
+    rtt = result["rtt_us"]["overhead_median"]
+    met = {
+        "d_over_a >= 0.9": all(x["d_over_a"] >= TARGETS["d_over_a"] for x in ratios.values()),
+        "d_over_b >= 1.3": all(x["d_over_b"] >= TARGETS["d_over_b"] for x in ratios.values()),
+        "GRO segments per merge >= 8": spm >= TARGETS["segments_per_merge"],
+        "RTT overhead <= 150 us": rtt is not None and rtt <= TARGETS["rtt_overhead_us"],
+    }
+    return {"ratios": ratios, "gro_segments_per_merge": spm, "targets_met": met}
+
+
+def throughput_bench(quick: bool = False, prefix: str = "vtt", run_root=None, progress=None) -> dict:
+    """Python API of `testbed bench throughput`."""
+    say = progress or (lambda m: None)
+    seconds = 3.0 if quick else 10.0
+    topo = load(DEFAULT_TOPOLOGY)
+    pair = Pair(topo)
+    say(f"bringing up {topo.name}: {pair.client_vm.name}@{pair.client} -> {pair.server_vm.name}@{pair.server}")
+    tb = Testbed(topo, prefix=prefix, run_root=run_root, progress=lambda m: say(f"  {m}"))
+    tb.start()
+    try:
+        result = measure_all(tb, pair, seconds, progress=say)
+    finally:
+        tb.stop()
+    result.update(bench="throughput", time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=seconds,
+                  topology=topo.name, encapsulation=topo.encapsulation, client=pair.client, server=pair.server,
+                  client_vm=pair.client_vm.name, server_vm=pair.server_vm.name)
+    result.update(summarize(result))
+    return result
+
+
+def report_lines(r: dict) -> list[str]:
+    lines = [f"{r['topology']} ({r['encapsulation']}): {r['client']} -> {r['server']}, "
+             f"VMs {r['client_vm']} -> {r['server_vm']}, {r['seconds']:g} s per run",
+             f"{'':26}{'streams':>8}{'Gbit/s':>9}{'retrans':>9}{'vrouter CPU s/GB':>18}{'GRO segs/merge':>16}"]
+    for x in r["runs"]:
+        cpu = f"{x['cpu_s_per_gb']:.2f}" if x["cpu_s_per_gb"] is not None and x["mode"].startswith("overlay") else "-"
+        spm = f"{x['gro_segments_per_merge']:.1f}" if "gro_segments_per_merge" in x else "-"
+        lines.append(f"{LABELS[x['mode']]:<26}{x['streams']:>8}{x['gbps']:>9.3f}{x['retransmits'] or 0:>9}"
+                     f"{cpu:>18}{spm:>16}")
+    for n, q in r["ratios"].items():
+        lines.append(f"ratios, {n} stream(s): (c)/(a) {q['c_over_a']:.2f}  (d)/(a) {q['d_over_a']:.2f}  "
+                     f"(d)/(b) {q['d_over_b']:.2f}")
+    rtt = r["rtt_us"]
+    if rtt["overhead_median"] is not None:
+        lines.append(f"ping RTT median: underlay {rtt['underlay_median']:.0f} us, overlay {rtt['overlay_median']:.0f} us, "
+                     f"overhead {rtt['overhead_median']:.0f} us")
+    else:
+        lines.append("ping RTT: no replies")
+    lines.append(f"GRO segments per merged delivery (bulk TCP, best run): {r['gro_segments_per_merge']:.1f}")
+    for name, ok in r["targets_met"].items():
+        lines.append(f"target {name}: {'met' if ok else 'NOT met'}")
+    return lines
+
+
+def _arguments(p):
+    p.add_argument("--quick", action="store_true", help="3 s per run instead of 10")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+    p.add_argument("--prefix", default="vtt", help="name prefix of the bench's testbed (default vtt)")
+    p.add_argument("--run-root", default=None)
+
+
+group("bench", "benchmarks")
+
+
+@command("bench throughput", help="TCP throughput: underlay, kernel VXLAN, our overlay with GRO/GSO off and on",
+         root=True, arguments=_arguments)
+def bench_throughput(args) -> int:
+    r = throughput_bench(args.quick, args.prefix, args.run_root, progress=lambda m: print(m, file=sys.stderr))
+    for line in report_lines(r):
+        print(line)
+    if args.json:
+        print(json.dumps(r))
+    return 0

@@ -1,0 +1,146 @@
+"""Offloads end to end (one testbed for the module): TSO super-frames from the VM, UDP GSO sends,
+UDP_GRO reads merged into super-packets the receiving VM takes as one packet, byte-exact data
+verified by the VMs' kernels, the GRO switch, and MPLSoGRE's one-send-per-segment fallback."""
+import hashlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from overlay_helpers import bring_up, needs_root, ping, vm_tap
+from vrouter import introspect
+
+pytestmark = [pytest.mark.e2e, needs_root]
+
+NBYTES = 8_000_000
+# Sends NBYTES of a fixed pseudo-random pattern; the receiver prints the byte count and SHA-256.
+SINK = ("import socket,sys,hashlib;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+        "s.bind(('0.0.0.0',int(sys.argv[1])));s.listen(1);s.settimeout(30);c,_=s.accept();h=hashlib.sha256();n=0\n"
+        "while True:\n"
+        " d=c.recv(1<<20)\n"
+        " if not d: break\n"
+        " h.update(d);n+=len(d)\n"
+        "print(n,h.hexdigest(),flush=True)\n")
+SOURCE = ("import socket,sys,random;r=random.Random(7);data=r.randbytes(int(sys.argv[3]));"
+          "c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=30);c.sendall(data);c.close()")
+
+
+def expected_digest(n):
+    import random
+    return hashlib.sha256(random.Random(7).randbytes(n)).hexdigest()
+
+
+def rx_packets(tb, vm, intf):
+    out = tb.host(vm).cmd(f"cat /proc/net/dev")
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith(intf + ":"))
+    return int(line.split(":", 1)[1].split()[1])
+
+
+def transfer(tb, src_vm, dst_vm, dst_ip, port, nbytes=NBYTES):
+    """Bulk TCP src_vm -> dst_vm; returns (bytes received, sha256) as the receiving VM saw them."""
+    sink = tb.host(dst_vm).popen([sys.executable, "-c", SINK, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        tb.host(src_vm).cmd(f"{sys.executable} -c \"{SOURCE}\" {dst_ip} {port} {nbytes}")
+        out = sink.communicate(timeout=60)[0].split()
+        return int(out[0]), out[1]
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+
+
+def set_both(tb, **switches):
+    for srv in ("srv1", "srv3"):
+        introspect.query(tb.path, srv, "set", **switches)
+        introspect.query(tb.path, srv, "reset")
+    time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def tb(tmp_path_factory):
+    bed = bring_up(tmp_path_factory.mktemp("offl"), "mplsoudp")
+    assert ping(bed, "red1", "192.168.1.12") == 3
+    yield bed
+    bed.stop()
+
+
+def test_vm_interface_advertises_offloads_and_fits_the_tunnel(tb):
+    tap = vm_tap(tb, "red1")
+    features = tb.host("red1").cmd(f"ethtool -k {tap}")
+    assert re.search(r"^tcp-segmentation-offload: on", features, re.M)
+    assert re.search(r"^tx-checksumming: on", features, re.M)
+    mtu = int(re.search(r"mtu (\d+)", tb.host("red1").cmd(f"ip link show {tap}")).group(1))
+    assert mtu == 1500 - 32  # MPLSoUDP: outer IPv4 + UDP + label
+
+
+def test_bulk_tcp_is_merged_byte_exact_and_super_packets_reach_the_vm(tb):
+    set_both(tb, gro=True, gso=True)
+    tap = vm_tap(tb, "red2")
+    rx0 = rx_packets(tb, "red2", tap)
+    n, digest = transfer(tb, "red1", "red2", "192.168.1.12", 5301)
+    assert (n, digest) == (NBYTES, expected_digest(NBYTES))
+    vm_rx = rx_packets(tb, "red2", tap) - rx0
+    rx = introspect.query(tb.path, "srv3", "stats")
+    tx = introspect.query(tb.path, "srv1", "stats")
+    mss_segments = NBYTES // 1416
+    assert rx["gro"]["segments"] >= mss_segments
+    assert rx["gro"]["segments_per_merge"] >= 8, rx["gro"]
+    # The VM's stack received super-packets: far fewer packets than MSS-sized segments.
+    assert vm_rx < mss_segments / 4, (vm_rx, mss_segments)
+    assert tx["gso"]["sends"] > 0 and tx["gso"]["segments_per_send"] >= 4, tx["gso"]
+    vifs = {v["name"]: v for v in introspect.query(tb.path, "srv1", "vifs")}
+    assert vifs[vm_tap(tb, "red1")]["rx_packets"] < mss_segments / 4  # super-frames from the VM
+
+
+def test_gro_switch_off_gives_one_segment_per_delivery(tb):
+    set_both(tb, gro=False, gso=True)
+    try:
+        n, digest = transfer(tb, "red1", "red2", "192.168.1.12", 5302, nbytes=2_000_000)
+        assert (n, digest) == (2_000_000, expected_digest(2_000_000))
+        gro = introspect.query(tb.path, "srv3", "stats")["gro"]
+        assert gro["enabled"] is False and gro["deliveries"] > 0
+        assert gro["segments_per_delivery"] == 1.0 and gro["merged_deliveries"] == 0
+        assert set(k for k, v in gro["histogram"].items() if v) == {"1"}
+    finally:
+        set_both(tb, gro=True, gso=True)
+
+
+def test_everything_off_is_packet_by_packet_and_still_exact(tb):
+    set_both(tb, gro=False, gso=False)
+    try:
+        n, digest = transfer(tb, "red2", "red1", "192.168.1.11", 5303, nbytes=2_000_000)
+        assert (n, digest) == (2_000_000, expected_digest(2_000_000))
+        st = introspect.query(tb.path, "srv3", "stats")
+        assert st["gso"]["sends"] == 0 and st["gso"]["fallback_super_frames"] == 0
+        assert "tcp-segmentation-offload: off" in tb.host("red2").cmd(f"ethtool -k {vm_tap(tb, 'red2')}")
+    finally:
+        set_both(tb, gro=True, gso=True)
+
+
+def test_set_refuses_bad_values_in_one_line(tb):
+    with pytest.raises(introspect.IntrospectError, match="gro must be true or false"):
+        introspect.query(tb.path, "srv1", "set", gro="yes")
+    with pytest.raises(introspect.IntrospectError, match="give gro and/or gso"):
+        introspect.query(tb.path, "srv1", "set")
+
+
+def test_mplsogre_falls_back_to_one_send_per_segment(tmp_path_factory):
+    bed = bring_up(tmp_path_factory.mktemp("gre"), "mplsogre")
+    try:
+        assert ping(bed, "red1", "192.168.1.12") == 3
+        for srv in ("srv1", "srv3"):
+            introspect.query(bed.path, srv, "reset")
+        n, digest = transfer(bed, "red1", "red2", "192.168.1.12", 5304, nbytes=3_000_000)
+        assert (n, digest) == (3_000_000, expected_digest(3_000_000))
+        tx = introspect.query(bed.path, "srv1", "stats")
+        rx = introspect.query(bed.path, "srv3", "stats")
+        assert tx["gso"]["sends"] == 0                       # no UDP_SEGMENT on a raw IP socket
+        assert tx["gso"]["fallback_super_frames"] > 0
+        assert tx["gso"]["fallback_segments"] > tx["gso"]["fallback_super_frames"]
+        assert tx["tunnels"]["tx_mplsogre"] >= 3_000_000 // 1432
+        assert rx["gro"]["merged_deliveries"] > 0            # merged in Python from per-packet reads
+    finally:
+        bed.stop()
