@@ -1,0 +1,189 @@
+"""GRO/GSO experiment: overlay TCP throughput and vrouter CPU per GB with the offloads on and off.
+
+Claim (issue 5): merging tunnel packets into super-packets (GRO) and sending TSO super-frames as one
+UDP GSO send per burst cut the vrouter's per-packet Python work, so the same fabric carries more
+overlay throughput for fewer vrouter CPU seconds per GB. Runs alternate off/on (so drift in the
+machine's load hits both alike), each with 1 and 8 TCP streams; the measurement functions are
+those of `testbed bench throughput` (testbed/bench_throughput.py).
+
+    sudo python -m experiments.gro [--runs 3] [--seconds 5]
+
+Writes results/gro/<timestamp>/: raw.csv, summary.json, config.yaml, gro.png.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
+STREAMS = (1, 8)
+FIELDS = ("run", "gro_gso", "streams", "seconds", "gbps", "retransmits", "vrouter_cpu_s", "cpu_s_per_gb",
+          "gro_segments_per_delivery", "gro_segments_per_merge", "gso_segments_per_send", "gso_sends")
+
+
+class ExperimentError(Exception):
+    """A one-line error for the user."""
+
+
+def measure(tb, pair, runs: int, seconds: float, progress) -> list[dict]:
+    from testbed.bench_throughput import overlay_run
+    rows = []
+    for i in range(1, runs + 1):
+        for on in (False, True):
+            for n in STREAMS:
+                progress(f"run {i}/{runs}: GRO/GSO {'on' if on else 'off'}, {n} stream(s), {seconds:g} s")
+                r = overlay_run(tb, pair, on, n, seconds)
+                rows.append({"run": i, "gro_gso": "on" if on else "off", **{k: r.get(k) for k in FIELDS[2:]}})
+                progress(f"  {r['gbps']:.3f} Gbit/s, {r['cpu_s_per_gb'] or 0:.1f} CPU s/GB, "
+                         f"{r['gro_segments_per_merge']:.1f} segments per GRO merge")
+    return rows
+
+
+def summarize(rows) -> dict:
+    out = {}
+    for n in STREAMS:
+        per = {}
+        for mode in ("off", "on"):
+            sel = [r for r in rows if r["streams"] == n and r["gro_gso"] == mode]
+            g = [r["gbps"] for r in sel]
+            c = [r["cpu_s_per_gb"] for r in sel if r["cpu_s_per_gb"] is not None]
+            per[mode] = {"runs": len(sel), "gbps_median": statistics.median(g) if g else None,
+                         "gbps_min": min(g, default=None), "gbps_max": max(g, default=None),
+                         "cpu_s_per_gb_median": statistics.median(c) if c else None,
+                         "gro_segments_per_merge_median":
+                             statistics.median(r["gro_segments_per_merge"] for r in sel) if sel else None}
+        on, off = per["on"], per["off"]
+        per["throughput_on_over_off"] = (on["gbps_median"] / off["gbps_median"]
+                                         if on["gbps_median"] and off["gbps_median"] else None)
+        per["cpu_per_gb_on_over_off"] = (on["cpu_s_per_gb_median"] / off["cpu_s_per_gb_median"]
+                                         if on["cpu_s_per_gb_median"] and off["cpu_s_per_gb_median"] else None)
+        out[str(n)] = per
+    return out
+
+
+def plot(rows, summary, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    colors = {"off": "tab:gray", "on": "tab:blue"}
+    width = 0.35
+    for k, (ax, key, label) in enumerate(((ax1, "gbps", "throughput (Gbit/s)"),
+                                          (ax2, "cpu_s_per_gb", "vrouter CPU seconds per GB"))):
+        for j, mode in enumerate(("off", "on")):
+            xs = [i + (j - 0.5) * width for i in range(len(STREAMS))]
+            meds = [statistics.median([r[key] for r in rows if r["streams"] == n and r["gro_gso"] == mode
+                                       and r[key] is not None] or [0]) for n in STREAMS]
+            bars = ax.bar(xs, meds, width, color=colors[mode], label=f"GRO/GSO {mode} (median)")
+            ax.bar_label(bars, fmt="%.2f")
+            for i, n in enumerate(STREAMS):
+                pts = [r[key] for r in rows if r["streams"] == n and r["gro_gso"] == mode and r[key] is not None]
+                ax.scatter([xs[i]] * len(pts), pts, color="black", s=10, zorder=3)
+        ax.set_xticks(range(len(STREAMS)), [f"{n} stream{'s' * (n > 1)}" for n in STREAMS])
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend()
+    fig.suptitle("Overlay TCP VM to VM across leaves: GRO/GSO off vs on (dots: single runs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(outdir: Path, rows, summary, config) -> None:
+    import yaml
+    outdir.mkdir(parents=True, exist_ok=True)
+    with open(outdir / "raw.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    plot(rows, summary, outdir / "gro.png")
+
+
+def summary_lines(summary) -> list[str]:
+    lines = [f"{'streams':>7} {'GRO/GSO':>7} {'Gbit/s (median)':>16} {'CPU s/GB (median)':>18} {'segs/merge':>11}"]
+    for n in STREAMS:
+        for mode in ("off", "on"):
+            s = summary[str(n)][mode]
+            cpu = f"{s['cpu_s_per_gb_median']:.2f}" if s["cpu_s_per_gb_median"] is not None else "-"
+            lines.append(f"{n:>7} {mode:>7} {s['gbps_median']:>16.3f} {cpu:>18} "
+                         f"{s['gro_segments_per_merge_median']:>11.1f}")
+        t, c = summary[str(n)]["throughput_on_over_off"], summary[str(n)]["cpu_per_gb_on_over_off"]
+        lines.append(f"{n} stream(s): throughput on/off {t:.2f}x, CPU per GB on/off {c:.2f}x"
+                     if t and c else f"{n} stream(s): no ratio (a run carried no data)")
+    return lines
+
+
+def run(topology_path: Path, runs: int, seconds: float, prefix: str, run_root, outroot: Path, progress):
+    from testbed.bench_throughput import Pair
+    from testbed.runner import Testbed
+    from testbed.topology import TopologyError, load
+    try:
+        topology = load(str(topology_path))
+    except TopologyError as exc:
+        raise ExperimentError(str(exc)) from None
+    try:
+        pair = Pair(topology)
+    except Exception as exc:  # CommandError: one line
+        raise ExperimentError(str(exc)) from None
+    progress(f"bringing up {topology.name} with prefix {prefix!r}; pair {pair.client_vm.name}@{pair.client} -> "
+             f"{pair.server_vm.name}@{pair.server}")
+    tb = Testbed(topology, prefix=prefix, run_root=run_root, progress=lambda m: progress("  " + m)).start()
+    try:
+        rows = measure(tb, pair, runs, seconds, progress)
+    finally:
+        progress("tearing down")
+        tb.stop()
+    summary = summarize(rows)
+    config = {"experiment": "gro", "runs": runs, "seconds": seconds, "streams": list(STREAMS),
+              "order": "per run: off then on, 1 then 8 streams", "pair": {
+                  "client": f"{pair.client_vm.name}@{pair.client}", "server": f"{pair.server_vm.name}@{pair.server}"},
+              "topology_file": str(topology_path), "topology": topology.raw}
+    outdir = outroot / time.strftime("%Y%m%d-%H%M%S")
+    write_results(outdir, rows, summary, config)
+    return outdir, summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.gro", description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3, help="runs per mode and stream count (default 3)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per run (default 5)")
+    ap.add_argument("--topology", default=str(DEFAULT_TOPOLOGY))
+    ap.add_argument("--prefix", default="gx")
+    ap.add_argument("--run-root", default=None)
+    ap.add_argument("--out", default=str(REPO / "results" / "gro"))
+    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
+    args = ap.parse_args(argv)
+    from testbed.checks import PreconditionError, require_testbed_host
+    if not 1 <= args.runs <= 50 or not 1 <= args.seconds <= 120:
+        print("error: --runs must be 1..50 and --seconds 1..120", file=sys.stderr)
+        return 2
+    try:
+        require_testbed_host()
+        if not Path(args.topology).is_file():
+            raise ExperimentError(f"no topology file {args.topology}")
+        outdir, summary = run(Path(args.topology), args.runs, args.seconds, args.prefix, args.run_root,
+                              Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except (PreconditionError, ExperimentError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: testbed torn down", file=sys.stderr)
+        return 130
+    for line in summary_lines(summary):
+        print(line)
+    print(f"results written to {outdir}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
