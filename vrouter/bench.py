@@ -15,6 +15,7 @@ import time
 
 from . import bench_steering
 from . import bench_gro
+from . import bench_workers
 from .codec import ethernet, ipv4, l4
 from .config import VROUTER_MAC, VrouterConfig
 from .pipeline import Pipeline
@@ -149,6 +150,7 @@ def run(quick: bool) -> dict:
         "rows": rows, "quick": quick, "flows_in_table": flows, "gro_gso": bench_gro.run(quick),
         "python": platform.python_version(), "implementation": platform.python_implementation(),
         "steering": bench_steering.run(quick),
+        "workers": bench_workers.run(quick),
     }
 
 
@@ -168,6 +170,7 @@ def report(res: dict, out=print) -> None:
     ok = res["fast_path_pps_64"] >= FAST_TARGET and res["fast_path_pps_1400"] >= FAST_TARGET and \
         res["slow_path_flows_per_s"] >= SLOW_TARGET
     bench_steering.report(res["steering"], out)
+    bench_workers.report(res["workers"], out)
     out(f"targets: fast path >= {FAST_TARGET:,} pkts/s, slow path >= {SLOW_TARGET:,} flows/s per core: "
         f"{'met' if ok else 'NOT met'}")
 

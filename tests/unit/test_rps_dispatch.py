@@ -233,3 +233,15 @@ def test_agent_answers_each_worker_on_its_own_channel(tmp_path):
     finally:
         agent.running = False
         thread.join(5)
+
+
+# ---------------------------------------------------------------- benchmark
+def test_worker_benchmark_delivers_every_packet_to_its_owner():
+    from vrouter import bench_workers
+    from vrouter.bench import _established
+    pipe, _out, to_vm = _established("mplsoudp", 200, 64)
+    for fn in (bench_workers.run_dispatch, bench_workers.run_presteered):
+        one, two = fn(1, to_vm, pipe, 2), fn(2, to_vm, pipe, 2)
+        assert one["per_worker"] == [400]
+        assert sum(two["per_worker"]) == 400 and min(two["per_worker"]) > 0
+        assert one["pps"] > 0 and two["pps"] > 0
