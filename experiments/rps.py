@@ -1,0 +1,303 @@
+"""Receive packet steering across worker processes: per-worker load, Jain's fairness, throughput.
+
+64 UDP flows (two virtual networks x 32 source/destination port pairs) from the VMs of one server to
+the VMs of a server on the other leaf, through vrouters with 1 and with 2 workers, in each steering
+mode: rps (the designated core hashes the inner header), extended (stage 1 hashes the outer header
+to pick a second core, which hashes the inner header), kernel (SO_REUSEPORT tunnel sockets and a
+multi-queue TAP per VM: the kernel picks the worker). Per run: packets each worker handled at the
+sending vrouter (TAP side) and the receiving one (fabric side), Jain's index over the workers,
+datagrams delivered per second, and slow-path calls per vrouter (64 expected with a proactive
+reverse entry; the kernel mode may punt more: a flow's two directions can land on different workers).
+
+    sudo python -m experiments.rps [--seconds 3] [--pps 40000] [--topology topologies/default.yaml]
+
+Writes results/rps/<timestamp>/: raw.csv, summary.json, config.yaml, rps.png.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
+MODES = ("rps", "extended", "kernel")
+WORKERS = (1, 2)
+FLOWS_PER_NETWORK = 32
+DPORTS = 4
+SPORT_BASE, DPORT_BASE = 21000, 9100
+
+RECEIVER = ("import socket,sys,json,selectors,time\n"
+            "base,n,idle=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3])\n"
+            "sel=selectors.DefaultSelector();socks=[]\n"
+            "for p in range(base,base+n):\n"
+            " s=socket.socket(2,2);s.setsockopt(1,8,1<<22);s.bind(('0.0.0.0',p));s.setblocking(False)\n"
+            " sel.register(s,1);socks.append(s)\n"
+            "seen={};first=last=None;start=time.time()\n"
+            "while True:\n"
+            " ev=sel.select(idle if first else 30)\n"
+            " if not ev: break\n"
+            " for k,_ in ev:\n"
+            "  while True:\n"
+            "   try: d,a=k.fileobj.recvfrom(2048)\n"
+            "   except BlockingIOError: break\n"
+            "   now=time.time();first=first or now;last=now\n"
+            "   key='%d-%d'%(a[1],k.fileobj.getsockname()[1]);seen[key]=seen.get(key,0)+1\n"
+            "print(json.dumps({'flows':seen,'seconds':(last-first) if first else 0}))\n")
+SENDER = ("import socket,sys,time\n"
+          "dst,sbase,dbase,n,nd,secs,pps=sys.argv[1],int(sys.argv[2]),int(sys.argv[3]),int(sys.argv[4]),"
+          "int(sys.argv[5]),float(sys.argv[6]),float(sys.argv[7])\n"
+          "socks=[]\n"
+          "for i in range(n):\n"
+          " s=socket.socket(2,2);s.bind(('0.0.0.0',sbase+i));s.setblocking(False);socks.append((s,(dst,dbase+i%nd)))\n"
+          "pay=b'x'*200;sent=0;t0=time.time();end=t0+secs\n"
+          "while time.time()<end:\n"
+          " for s,a in socks:\n"
+          "  try: s.sendto(pay,a);sent+=1\n"
+          "  except BlockingIOError: pass\n"
+          " if pps>0:\n"
+          "  ahead=t0+sent/pps-time.time()\n"
+          "  if ahead>0: time.sleep(ahead)\n"
+          "print(sent)\n")
+
+
+class ExperimentError(Exception):
+    """A one-line error for the user."""
+
+
+def pick_pairs(topology) -> list:
+    """Per virtual network one (src VM, dst VM) pair; all sources on one server, all destinations on
+    one server of another leaf when the topology has one."""
+    vms = list(topology.vms)
+    best = None
+    for a in vms:
+        for b in vms:
+            if a.server == b.server or a.network != b.network:
+                continue
+            pairs = []
+            for net in dict.fromkeys(v.network for v in vms):
+                src = next((v for v in vms if v.network == net and v.server == a.server), None)
+                dst = next((v for v in vms if v.network == net and v.server == b.server), None)
+                if src and dst:
+                    pairs.append((src, dst))
+            score = (len(pairs), topology.leaf_of(a.server) != topology.leaf_of(b.server))
+            if best is None or score > best[0]:
+                best = (score, pairs)
+    if best is None:
+        raise ExperimentError(f"{topology.source}: needs two VMs of one virtual network on different servers")
+    return best[1]
+
+
+def wait_ping(tb, vm: str, address: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if " 0% packet loss" in tb.host(vm).cmd(f"ping -c 1 -W 1 {address}"):
+            return True
+    return False
+
+
+def steering(mode: str, workers: int) -> dict:
+    return {"mode": mode, "workers": list(range(workers))}
+
+
+def run_config(tb, pairs, servers, mode, workers, seconds, pps, progress) -> tuple[list, dict]:
+    from testbed import overlay
+    from vrouter import introspect
+    from vrouter.fairness import jain_index
+    for s in servers:
+        overlay.restart_forwarder(tb, s, steering(mode, workers))
+    for src, dst in pairs:
+        if not wait_ping(tb, src.name, dst.address, 20):
+            raise ExperimentError(f"{mode}/{workers}: {src.name} cannot reach {dst.name}")
+    for s in servers:
+        introspect.query(tb.path, s, "reset")
+    flows_per = max(1, 64 // len(pairs))
+    receivers, senders = [], []
+    for i, (src, dst) in enumerate(pairs):
+        receivers.append(tb.host(dst.name).popen([sys.executable, "-c", RECEIVER, str(DPORT_BASE), str(DPORTS), "2"],
+                                                 stdout=subprocess.PIPE, text=True))
+    time.sleep(0.5)
+    for i, (src, dst) in enumerate(pairs):
+        senders.append(tb.host(src.name).popen(
+            [sys.executable, "-c", SENDER, dst.address, str(SPORT_BASE + 100 * i), str(DPORT_BASE), str(flows_per),
+             str(DPORTS), str(seconds), str(pps / len(pairs) if pps else 0)], stdout=subprocess.PIPE, text=True))
+    sent = sum(int(p.communicate(timeout=seconds + 60)[0].strip() or 0) for p in senders)
+    got = [json.loads(p.communicate(timeout=60)[0]) for p in receivers]
+    delivered = sum(sum(g["flows"].values()) for g in got)
+    active = max((g["seconds"] for g in got), default=0) or seconds
+    time.sleep(0.3)
+    rows, per_server = [], {}
+    for s in servers:
+        st = introspect.query(tb.path, s, "stats")
+        loads = {int(w): v for w, v in st["workers"].items()}
+        packets = [loads[w]["packets"] for w in sorted(loads)]
+        per_server[s] = {"jain": round(jain_index(packets), 4), "packets": packets,
+                         "slowpath": st["agent"].get("decisions", 0),
+                         "punts": sum(v["punts"] for v in loads.values())}
+        for w in sorted(loads):
+            rows.append({"mode": mode, "workers": workers, "server": s, "worker": w, **{
+                k: loads[w][k] for k in ("packets", "bytes", "punts", "decisions", "hits", "flows")}})
+    flows_seen = sum(len(g["flows"]) for g in got)
+    summary = {"mode": mode, "workers": workers, "sent": sent, "delivered": delivered, "flows": flows_seen,
+               "seconds": round(active, 3), "delivered_pps": round(delivered / active),
+               "loss_percent": round(100.0 * (sent - delivered) / sent, 2) if sent else None,
+               "servers": per_server}
+    progress(f"  {mode:8} {workers} worker{'s' if workers > 1 else ' '}: {summary['delivered_pps']:>7,} pkts/s "
+             f"delivered ({summary['loss_percent']}% lost), flows {flows_seen}, "
+             + ", ".join(f"{s} Jain {v['jain']:.3f} {v['packets']} slow-path {v['slowpath']}"
+                         for s, v in per_server.items()))
+    return rows, summary
+
+
+def plot(results: list, servers: list, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    x = range(len(MODES))
+    for j, n in enumerate(WORKERS):
+        vals = [next((r["delivered_pps"] for r in results if r["mode"] == m and r["workers"] == n), 0) for m in MODES]
+        axes[0].bar([i + 0.4 * j for i in x], vals, width=0.4, label=f"{n} worker{'s' if n > 1 else ''}")
+    axes[0].set_xticks([i + 0.2 for i in x], MODES)
+    axes[0].set_ylabel("datagrams delivered / s")
+    axes[0].set_title("throughput, 64 UDP flows")
+    axes[0].legend()
+    two = [r for r in results if r["workers"] == 2]
+    labels, shares0, shares1 = [], [], []
+    for r in two:
+        for s in servers:
+            p = r["servers"][s]["packets"]
+            tot = sum(p) or 1
+            labels.append(f"{r['mode']}\n{s}")
+            shares0.append(p[0] / tot)
+            shares1.append(p[1] / tot if len(p) > 1 else 0)
+    axes[1].bar(range(len(labels)), shares0, label="worker 0")
+    axes[1].bar(range(len(labels)), shares1, bottom=shares0, label="worker 1")
+    axes[1].axhline(0.5, color="k", lw=0.5, ls="--")
+    axes[1].set_xticks(range(len(labels)), labels, fontsize=8)
+    axes[1].set_ylabel("share of packets")
+    axes[1].set_title("per-worker load, 2 workers")
+    axes[1].legend()
+    for k, s in enumerate(servers):
+        axes[2].bar([i + 0.4 * k for i in range(len(two))], [r["servers"][s]["jain"] for r in two], width=0.4,
+                    label=s)
+    axes[2].set_xticks([i + 0.2 for i in range(len(two))], [r["mode"] for r in two])
+    axes[2].set_ylim(0.4, 1.02)
+    axes[2].set_ylabel("Jain's index over workers")
+    axes[2].set_title("fairness, 2 workers (1.0 = even)")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_lines(summary) -> list:
+    servers = summary["servers"]
+    lines = [f"{'mode':9}{'workers':>8}{'delivered/s':>13}{'loss %':>8}" +
+             "".join(f"{s + ' Jain':>11}{s + ' per worker':>24}{s + ' slow':>10}" for s in servers)]
+    for r in summary["runs"]:
+        line = f"{r['mode']:9}{r['workers']:>8}{r['delivered_pps']:>13,}{r['loss_percent']!s:>8}"
+        for s in servers:
+            v = r["servers"][s]
+            line += f"{v['jain']:>11.3f}{str(v['packets']):>24}{v['slowpath']:>10}"
+        lines.append(line)
+    for mode, x in summary["speedup_2_over_1"].items():
+        lines.append(f"{mode}: 2 workers deliver {x:.2f}x what 1 worker does")
+    return lines
+
+
+def run(topology_path: Path, seconds: float, pps: float, prefix: str, run_root, outroot: Path, progress):
+    import yaml
+    from testbed.runner import Testbed
+    from testbed.topology import TopologyError, load
+    try:
+        topology = load(str(topology_path))
+    except TopologyError as exc:
+        raise ExperimentError(str(exc)) from None
+    pairs = pick_pairs(topology)
+    servers = [pairs[0][0].server, pairs[0][1].server]
+    progress(f"bringing up {topology.name} ({topology_path}) with prefix {prefix!r}")
+    tb = Testbed(topology, prefix=prefix, run_root=run_root, progress=lambda m: progress("  " + m))
+    tb.vrouter_steering = steering("rps", 2)
+    tb.start()
+    rows, runs = [], []
+    try:
+        progress(f"flows: {', '.join(f'{s.name}->{d.name}' for s, d in pairs)}, {64 // len(pairs)} each, "
+                 f"{seconds:g} s per run, offered {'as fast as the senders go' if not pps else f'{pps:g} pkts/s'}")
+        total = len(MODES) * len(WORKERS)
+        for mode in MODES:
+            for n in WORKERS:
+                progress(f"[{len(runs) + 1}/{total}] {mode}, {n} worker{'s' if n > 1 else ''}")
+                r, s = run_config(tb, pairs, servers, mode, n, seconds, pps, progress)
+                rows += r
+                runs.append(s)
+    finally:
+        progress("tearing down")
+        tb.stop()
+    speedup = {}
+    for mode in MODES:
+        one = next(r for r in runs if r["mode"] == mode and r["workers"] == 1)["delivered_pps"]
+        two = next(r for r in runs if r["mode"] == mode and r["workers"] == 2)["delivered_pps"]
+        speedup[mode] = round(two / one, 3) if one else None
+    summary = {"servers": servers, "runs": runs, "speedup_2_over_1": speedup,
+               "extra_slowpath_kernel_2_workers": {
+                   s: next(r for r in runs if r["mode"] == "kernel" and r["workers"] == 2)["servers"][s]["slowpath"]
+                   - next(r for r in runs if r["mode"] == "rps" and r["workers"] == 2)["servers"][s]["slowpath"]
+                   for s in servers}}
+    config = {"experiment": "rps", "seconds": seconds, "offered_pps": pps, "modes": list(MODES),
+              "workers": list(WORKERS), "pairs": [[s.name, d.name] for s, d in pairs],
+              "flows": 64, "dports": DPORTS, "steering": {f"{m}/{n}": steering(m, n) for m in MODES for n in WORKERS},
+              "topology_file": str(topology_path), "topology": topology.raw}
+    outdir = outroot / time.strftime("%Y%m%d-%H%M%S")
+    outdir.mkdir(parents=True, exist_ok=True)
+    with open(outdir / "raw.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["mode", "workers", "server", "worker", "packets", "bytes", "punts",
+                                          "decisions", "hits", "flows"])
+        w.writeheader()
+        w.writerows(rows)
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    plot(runs, servers, outdir / "rps.png")
+    return outdir, summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.rps", description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=3.0, help="traffic per run (default 3)")
+    ap.add_argument("--pps", type=float, default=40000, help="offered datagrams/s in total (default 40000; 0: flat out)")
+    ap.add_argument("--topology", default=str(DEFAULT_TOPOLOGY))
+    ap.add_argument("--prefix", default="rp")
+    ap.add_argument("--run-root", default=None)
+    ap.add_argument("--out", default=str(REPO / "results" / "rps"))
+    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
+    args = ap.parse_args(argv)
+    if not 0.5 <= args.seconds <= 120 or args.pps < 0:
+        print("error: --seconds must be between 0.5 and 120 and --pps >= 0", file=sys.stderr)
+        return 2
+    from testbed.checks import PreconditionError, require_testbed_host
+    try:
+        require_testbed_host()
+        if not Path(args.topology).is_file():
+            raise ExperimentError(f"no topology file {args.topology}")
+        outdir, summary = run(Path(args.topology), args.seconds, args.pps, args.prefix, args.run_root,
+                              Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except (PreconditionError, ExperimentError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: testbed torn down", file=sys.stderr)
+        return 130
+    for line in summary_lines(summary):
+        print(line)
+    print(f"results written to {outdir}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
