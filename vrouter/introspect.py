@@ -127,7 +127,8 @@ class Introspector:
                 "mac": ":".join(f"{b:02x}" for b in spec.mac), "ip": _ip(spec.ip),
                 "state": "up" if port else f.pending.get(spec.name, "down"),
                 "netns": port.netns if port else None,
-                **{k: counters.get(k, 0) for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")},
+                **{k: counters.get(k, 0)
+                   for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_super_frames")},
             })
         return out
 
