@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import unique_prefix
 from overlay_helpers import bring_up, needs_root, ping, vm_tap
+from test_vrouter_io import nspair  # noqa: F401 (fixture)
 from vrouter import gso, introspect, tap, tunnel
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -158,37 +158,16 @@ def test_mplsogre_falls_back_to_one_send_per_segment(tmp_path_factory):
         bed.stop()
 
 
-@pytest.fixture
-def veth_pair():
-    """Two namespaces joined by a veth (no OVS): the tunnel layer against the real kernel."""
-    p = unique_prefix("g")
-    a, b = f"{p}a", f"{p}b"
-
-    def sh(*args):
-        subprocess.run(args, check=True, capture_output=True)
-    try:
-        sh("ip", "netns", "add", a)
-        sh("ip", "netns", "add", b)
-        sh("ip", "link", "add", f"{p}va", "netns", a, "type", "veth", "peer", f"{p}vb", "netns", b)
-        for ns, dev, ip in ((a, f"{p}va", "10.98.0.1/24"), (b, f"{p}vb", "10.98.0.2/24")):
-            sh("ip", "-n", ns, "addr", "add", ip, "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        yield f"/run/netns/{a}", f"/run/netns/{b}"
-    finally:
-        for ns in (a, b):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def test_gso_send_arrives_as_one_gro_read_with_its_segment_size(veth_pair):
-    a, b = veth_pair
+def test_gso_send_arrives_as_one_gro_read_with_its_segment_size(nspair):
+    a, b = nspair  # two namespaces joined by a veth, no OVS: the tunnel layer against the kernel
     with tap.in_netns(a):
-        tx = tunnel.Tunnels("10.98.0.1")
+        tx = tunnel.Tunnels("10.99.0.1")
     with tap.in_netns(b):
-        rx = tunnel.Tunnels("10.98.0.2")
+        rx = tunnel.Tunnels("10.99.0.2")
     try:
         buf, chunk, n = gso.split_payload("mplsoudp", super_payload(20, 1400), 1400)
         with tap.in_netns(a):
-            assert tx.send_gso("10.98.0.2", "mplsoudp", 50001, buf, chunk, n) == 1
+            assert tx.send_gso("10.99.0.2", "mplsoudp", 50001, buf, chunk, n) == 1
         sock = next(s for s in rx.sockets() if s.getsockname()[1] == tunnel.MPLSOUDP_PORT)
         reads, deadline = [], time.monotonic() + 2
         while sum(len(r[2]) for r in reads) < len(buf) and time.monotonic() < deadline:
@@ -196,7 +175,7 @@ def test_gso_send_arrives_as_one_gro_read_with_its_segment_size(veth_pair):
             time.sleep(0.01)
         # The datagrams come back as sent, in as few reads as the kernel coalesced (here: one).
         assert b"".join(r[2] for r in reads) == buf
-        assert all(r[0] == "10.98.0.1" for r in reads)
+        assert all(r[0] == "10.99.0.1" for r in reads)
         assert reads[0][3] == chunk and len(reads) < n
         assert tx.counters["tx_gso_sends"] == 1 and tx.counters["tx_gso_segments"] == n
     finally:
