@@ -65,6 +65,23 @@ SENDER = ("import socket,sys,time\n"
           "print(sent)\n")
 
 
+ECHO = ("import socket,sys;s=socket.socket(2,2);s.bind(('0.0.0.0',int(sys.argv[1])));s.settimeout(10)\n"
+        "for _ in range(int(sys.argv[2])):\n"
+        " d,a=s.recvfrom(2048);s.sendto(d,a)\n")
+# Request/response exchanges, each from its own source port (a new connection): the slow-path calls
+# they cost show whether a reply met the reverse entry installed with its request.
+EXCHANGES = ("import socket,sys\n"
+             "ok=0\n"
+             "for i in range(int(sys.argv[4])):\n"
+             " c=socket.socket(2,2);c.bind(('0.0.0.0',int(sys.argv[3])+i));c.settimeout(2)\n"
+             " c.sendto(b'q%d'%i,(sys.argv[1],int(sys.argv[2])))\n"
+             " try: ok+=c.recv(100)==b'q%d'%i\n"
+             " except socket.timeout: pass\n"
+             " c.close()\n"
+             "print(ok)\n")
+EXCHANGE_PORT, EXCHANGE_SPORT = 9300, 40000
+
+
 class ExperimentError(Exception):
     """A one-line error for the user."""
 
@@ -142,14 +159,31 @@ def run_config(tb, pairs, servers, mode, workers, seconds, pps, progress) -> tup
             rows.append({"mode": mode, "workers": workers, "server": s, "worker": w, **{
                 k: loads[w][k] for k in ("packets", "bytes", "punts", "decisions", "hits", "flows")}})
     flows_seen = sum(len(g["flows"]) for g in got)
+    src, dst = pairs[0]
+    before = {s: introspect.query(tb.path, s, "stats")["agent"].get("decisions", 0) for s in servers}
+    echo = tb.host(dst.name).popen([sys.executable, "-c", ECHO, str(EXCHANGE_PORT), "64"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    answered = int(tb.host(src.name).popen(
+        [sys.executable, "-c", EXCHANGES, dst.address, str(EXCHANGE_PORT), str(EXCHANGE_SPORT + 100 * workers), "64"],
+        stdout=subprocess.PIPE, text=True).communicate(timeout=200)[0].strip() or 0)
+    echo.kill()
+    echo.wait()
+    time.sleep(0.3)
+    for s in servers:
+        per_server[s]["exchange_slowpath"] = \
+            introspect.query(tb.path, s, "stats")["agent"].get("decisions", 0) - before[s]
     summary = {"mode": mode, "workers": workers, "sent": sent, "delivered": delivered, "flows": flows_seen,
+               "exchanges": 64, "exchanges_answered": answered,
                "seconds": round(active, 3), "delivered_pps": round(delivered / active),
                "loss_percent": round(100.0 * (sent - delivered) / sent, 2) if sent else None,
                "servers": per_server}
     progress(f"  {mode:8} {workers} worker{'s' if workers > 1 else ' '}: {summary['delivered_pps']:>7,} pkts/s "
              f"delivered ({summary['loss_percent']}% lost), flows {flows_seen}, "
              + ", ".join(f"{s} Jain {v['jain']:.3f} {v['packets']} slow-path {v['slowpath']}"
-                         for s, v in per_server.items()))
+                         for s, v in per_server.items())
+             + f"; 64 request/response exchanges ({answered} answered) cost "
+             + ", ".join(f"{s} {v['exchange_slowpath']}" for s, v in per_server.items()) + " slow-path calls")
     return rows, summary
 
 
@@ -181,7 +215,7 @@ def plot(results: list, servers: list, path: Path) -> None:
     axes[1].set_xticks(range(len(labels)), labels, fontsize=8)
     axes[1].set_ylabel("share of packets")
     axes[1].set_title("per-worker load, 2 workers")
-    axes[1].legend()
+    axes[1].legend(loc="lower right")
     for k, s in enumerate(servers):
         axes[2].bar([i + 0.4 * k for i in range(len(two))], [r["servers"][s]["jain"] for r in two], width=0.4,
                     label=s)
@@ -189,7 +223,7 @@ def plot(results: list, servers: list, path: Path) -> None:
     axes[2].set_ylim(0.4, 1.02)
     axes[2].set_ylabel("Jain's index over workers")
     axes[2].set_title("fairness, 2 workers (1.0 = even)")
-    axes[2].legend()
+    axes[2].legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -198,15 +232,18 @@ def plot(results: list, servers: list, path: Path) -> None:
 def summary_lines(summary) -> list:
     servers = summary["servers"]
     lines = [f"{'mode':9}{'workers':>8}{'delivered/s':>13}{'loss %':>8}" +
-             "".join(f"{s + ' Jain':>11}{s + ' per worker':>24}{s + ' slow':>10}" for s in servers)]
+             "".join(f"{s + ' Jain':>11}{s + ' per worker':>24}{s + ' slow':>10}{s + ' exch':>10}" for s in servers)]
     for r in summary["runs"]:
         line = f"{r['mode']:9}{r['workers']:>8}{r['delivered_pps']:>13,}{r['loss_percent']!s:>8}"
         for s in servers:
             v = r["servers"][s]
-            line += f"{v['jain']:>11.3f}{str(v['packets']):>24}{v['slowpath']:>10}"
+            line += f"{v['jain']:>11.3f}{str(v['packets']):>24}{v['slowpath']:>10}{v['exchange_slowpath']:>10}"
         lines.append(line)
     for mode, x in summary["speedup_2_over_1"].items():
         lines.append(f"{mode}: 2 workers deliver {x:.2f}x what 1 worker does")
+    lines.append("slow-path calls for 64 request/response exchanges (64 = every reply met its reverse entry): "
+                 + "; ".join(f"{r['mode']}/{r['workers']}: " + ", ".join(
+                     f"{s} {r['servers'][s]['exchange_slowpath']}" for s in servers) for r in summary["runs"]))
     return lines
 
 
@@ -243,11 +280,10 @@ def run(topology_path: Path, seconds: float, pps: float, prefix: str, run_root, 
         one = next(r for r in runs if r["mode"] == mode and r["workers"] == 1)["delivered_pps"]
         two = next(r for r in runs if r["mode"] == mode and r["workers"] == 2)["delivered_pps"]
         speedup[mode] = round(two / one, 3) if one else None
+    kernel2 = next(r for r in runs if r["mode"] == "kernel" and r["workers"] == 2)
     summary = {"servers": servers, "runs": runs, "speedup_2_over_1": speedup,
-               "extra_slowpath_kernel_2_workers": {
-                   s: next(r for r in runs if r["mode"] == "kernel" and r["workers"] == 2)["servers"][s]["slowpath"]
-                   - next(r for r in runs if r["mode"] == "rps" and r["workers"] == 2)["servers"][s]["slowpath"]
-                   for s in servers}}
+               "extra_slowpath_kernel_2_workers_per_64_exchanges": {
+                   s: kernel2["servers"][s]["exchange_slowpath"] - 64 for s in servers}}
     config = {"experiment": "rps", "seconds": seconds, "offered_pps": pps, "modes": list(MODES),
               "workers": list(WORKERS), "pairs": [[s.name, d.name] for s, d in pairs],
               "flows": 64, "dports": DPORTS, "steering": {f"{m}/{n}": steering(m, n) for m in MODES for n in WORKERS},
