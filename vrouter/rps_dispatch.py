@@ -34,6 +34,7 @@ from vrouter.config import ConfigError, VrouterConfig
 from vrouter.forwarder import EXPIRE_EVERY, PENDING_RETRY, Forwarder, VifPort, VmSetupError, die_with_parent
 from vrouter.introspect import Introspector, IntrospectError, _summary
 from vrouter.multicore import MulticoreConfig
+from vrouter.offload import vm_mtu
 from vrouter.rps_route import Outbox, Router
 
 log = logging.getLogger("rps")
@@ -296,7 +297,7 @@ class Dispatcher(Forwarder):
             spec = next(v for v in self.config.vifs if v.name == name)
             try:
                 fds = rps_kernel.attach_vm_interface(spec, entry["netns"], self._network_of(spec),
-                                                     len(workers) if self.kernel else 1)
+                                                     len(workers) if self.kernel else 1, vm_mtu(self.config))
             except (tap.TapError, VmSetupError) as exc:
                 self.pending[name] = str(exc)
                 log.error("vif %s: %s", name, exc)

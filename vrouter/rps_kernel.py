@@ -183,9 +183,10 @@ def open_queues(name: str, queues: int, netns=None) -> list:
     return fds
 
 
-def attach_vm_interface(spec, netns, network, queues: int) -> list:
+def attach_vm_interface(spec, netns, network, queues: int, mtu: int) -> list:
     """Queue fds for VM interface ``spec``: re-attach if the TAP exists with the same kind (single or
-    multi-queue), else create it (again) and configure it in the VM's namespace as the forwarder does."""
+    multi-queue), else create it (again) and configure it in the VM's namespace as the forwarder does
+    (``mtu``: the VM MTU that leaves room for the encapsulation, `vrouter.offload.vm_mtu`)."""
     from vrouter.forwarder import _ip
     from vrouter.codec.ipv4 import int_to_ip
     with tap.in_netns(netns):
@@ -196,12 +197,21 @@ def attach_vm_interface(spec, netns, network, queues: int) -> list:
             exists = False
     if exists:
         try:
-            return open_queues(spec.name, queues, netns)
+            fds = open_queues(spec.name, queues, netns)
         except OSError as exc:
             if exc.errno != errno.EINVAL:    # EINVAL: single <-> multi-queue flags differ: re-create
                 raise tap.TapError(f"TUNSETIFF {spec.name}: {exc.strerror}") from None
             with tap.in_netns(netns):
                 _ip("link", "del", spec.name)
+        else:
+            try:
+                with tap.in_netns(netns):
+                    _ip("link", "set", spec.name, "mtu", str(mtu))
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            return fds
     try:
         fds = open_queues(spec.name, queues)
     except OSError as exc:
@@ -214,6 +224,7 @@ def attach_vm_interface(spec, netns, network, queues: int) -> list:
         with tap.in_netns(netns):
             _ip("link", "set", "lo", "up")
             _ip("link", "set", spec.name, "address", mac)
+            _ip("link", "set", spec.name, "mtu", str(mtu))
             _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
             _ip("link", "set", spec.name, "up")
             _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
