@@ -353,10 +353,22 @@ class Forwarder:
         else:
             self.pipeline.apply_config(config)
         self.config, self.config_dict, self.generation = config, config_dict, generation
-        self.offloads.mtu = vm_mtu(config)
+        mtu = vm_mtu(config)
+        if mtu != self.offloads.mtu:
+            self.offloads.mtu = mtu
+            self._set_vif_mtus(mtu)
         self._reconcile_vifs()
         log.info("config generation %s applied: %d vifs, %d routes, mode %s", generation,
                  len(config.vifs), len(config.routes), config.flow.mode)
+
+    def _set_vif_mtus(self, mtu: int):
+        """An encapsulation change moved the VM MTU: attached VMs follow (new ones get it at attach)."""
+        for name, port in self.vifs.items():
+            try:
+                with tap.in_netns(port.netns):
+                    _ip("link", "set", name, "mtu", str(mtu))
+            except (tap.TapError, VmSetupError) as exc:
+                log.error("vif %s: MTU %d not set: %s", name, mtu, exc)
 
     def reset(self):
         """Fresh pipeline with the same config: empty flow table, zeroed drop counters and stats."""
