@@ -11,7 +11,7 @@ help:
 	@echo "sudo make demo   - install what is missing, run the main experiment, write results/"
 	@echo "sudo make test   - install what is missing, run all tests (unit + end-to-end)"
 	@echo "make unit        - pure unit tests (no root, no Mininet)"
-	@echo "sudo make bench  - fabric and vrouter benchmarks"
+	@echo "sudo make bench  - vrouter core, fabric and throughput benchmarks"
 	@echo "sudo make clean  - remove leftovers of testbed runs (scoped, never global)"
 
 check-root:
@@ -63,6 +63,7 @@ e2e: setup
 bench: setup
 	$(PY) -m vrouter.bench
 	$(PY) -m testbed.cli bench fabric
+	$(PY) -m testbed.cli bench throughput
 
 clean: check-root
 	@if [ -x $(PY) ]; then $(PY) -m testbed.cli clean; fi
