@@ -13,7 +13,6 @@ one server's ports here:
 """
 from __future__ import annotations
 
-import collections
 import ctypes
 import errno
 import fcntl
@@ -22,9 +21,8 @@ import socket
 import struct
 
 from vrouter import tap
+from vrouter.tunnel import IPPROTO_GRE, UDP_PORTS, EntropySender
 
-MPLSOUDP_PORT, VXLAN_PORT, IPPROTO_GRE = 6635, 4789, 47
-UDP_PORTS = {"mplsoudp": MPLSOUDP_PORT, "vxlan": VXLAN_PORT}
 IFF_MULTI_QUEUE = 0x0100
 SO_ATTACH_FILTER = 26
 _SOFT_ERRORS = (errno.EAGAIN, errno.ENOBUFS, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED,
@@ -99,60 +97,27 @@ def receive(sock: socket.socket, encap: str, counters, max_packets: int = 64) ->
     return out
 
 
-class Sender:
+class Sender(EntropySender):
     """Send-only tunnel sockets of one worker: entropy-port UDP pool and a deaf raw GRE socket."""
 
+    SEND_ERRORS = _SOFT_ERRORS
+    REUSEPORT = True    # another worker may send other flows with the same entropy port
+
     def __init__(self, local_ip: str, pool_size: int = 512):
-        self.local_ip = local_ip
-        self.pool_size = pool_size
-        self.counters = collections.Counter()
-        self._pool: collections.OrderedDict = collections.OrderedDict()
+        super().__init__(local_ip, pool_size)
         self._gre = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
         drop_all_filter(self._gre)
         self._gre.setblocking(False)
-        self._fallback = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._fallback.setblocking(False)
+        self._udp_fallback = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp_fallback.setblocking(False)
 
     def close(self) -> None:
-        for s in [self._gre, self._fallback, *self._pool.values()]:
+        for s in [self._gre, self._udp_fallback, *self._pool.values()]:
             s.close()
         self._pool.clear()
 
-    def send(self, peer: str, encap: str, sport: int, payload) -> bool:
-        try:
-            if encap == "mplsogre":
-                self._gre.sendto(payload, (peer, 0))
-            else:
-                self._sock(sport).sendto(payload, (peer, UDP_PORTS[encap]))
-        except OSError as exc:
-            if exc.errno in _SOFT_ERRORS:
-                self.counters["tx_errors"] += 1
-                return False
-            raise
-        self.counters[f"tx_{encap}"] += 1
-        return True
-
-    def _sock(self, sport: int) -> socket.socket:
-        s = self._pool.get(sport)
-        if s is not None:
-            self._pool.move_to_end(sport)
-            return s
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            # Another worker may send other flows with the same entropy port: share the port.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-            s.bind((self.local_ip, sport))
-        except OSError:
-            s.close()
-            self.counters["tx_sport_fallback"] += 1
-            return self._fallback
-        s.setblocking(False)
-        self._pool[sport] = s
-        if len(self._pool) > self.pool_size:
-            self._pool.popitem(last=False)[1].close()
-        return s
-
+    def _fallback(self, encap: str) -> socket.socket:
+        return self._udp_fallback
 
 def _open_queue(name: str, netns, multi_queue: bool) -> int:
     with tap.in_netns(netns):

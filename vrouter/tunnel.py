@@ -52,16 +52,71 @@ class TunnelError(Exception):
     """The fabric sockets could not be opened; the message names the socket and the reason."""
 
 
-class Tunnels:
-    """The fabric sockets of one server. `sockets()` are what the forwarder's selector watches."""
+class EntropySender:
+    """Sends tunnel payloads: UDP encapsulations from a socket bound to the flow's entropy source
+    port (LRU pool of `pool_size`), MPLSoGRE from the raw socket `_gre`. The forwarder's `Tunnels`
+    and the multi-core workers' `rps_kernel.Sender` both send this way."""
 
-    def __init__(self, local_ip: str, *, pool_size: int = 512, rcvbuf: int = 4 << 20, gro: bool = True):
+    SEND_ERRORS = _SEND_ERRORS    # refused by the kernel: counted as tx_errors (a NIC drop), not raised
+    REUSEPORT = False             # share entropy ports with other processes sending the same flows
+
+    def __init__(self, local_ip: str, pool_size: int):
         self.local_ip = local_ip
         self.pool_size = pool_size
         self._pool: collections.OrderedDict[int, socket.socket] = collections.OrderedDict()
-        self._rx: dict[socket.socket, str] = {}
         self._gre: socket.socket | None = None
         self.counters = collections.Counter()
+
+    def send(self, peer: str, encap: str, sport: int, payload: bytes) -> bool:
+        """Send one tunnel payload to `peer`; False if the kernel refused it (counted, like a NIC drop)."""
+        try:
+            if encap == "mplsogre":
+                self._gre.sendto(payload, (peer, 0))
+            else:
+                self._sender(encap, sport).sendto(payload, (peer, UDP_PORTS[encap]))
+        except KeyError:
+            raise TunnelError(f"unknown encapsulation {encap!r} (known: {', '.join(ENCAPS)})") from None
+        except OSError as exc:
+            if exc.errno in self.SEND_ERRORS:
+                self.counters["tx_errors"] += 1
+                return False
+            raise
+        self.counters[f"tx_{encap}"] += 1
+        return True
+
+    def _sender(self, encap: str, sport: int) -> socket.socket:
+        s = self._pool.get(sport)
+        if s is not None:
+            self._pool.move_to_end(sport)
+            return s
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if self.REUSEPORT:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((self.local_ip, sport))
+        except OSError:
+            s.close()
+            self.counters["tx_sport_fallback"] += 1
+            return self._fallback(encap)
+        s.setblocking(False)
+        # Nothing is ever sent to these ports; a tiny buffer keeps stray datagrams from piling up.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        self._pool[sport] = s
+        if len(self._pool) > self.pool_size:
+            self._pool.popitem(last=False)[1].close()
+        return s
+
+    def _fallback(self, encap: str) -> socket.socket:
+        """Where a flow's packets go out when its entropy port cannot be bound."""
+        raise NotImplementedError
+
+
+class Tunnels(EntropySender):
+    """The fabric sockets of one server. `sockets()` are what the forwarder's selector watches."""
+
+    def __init__(self, local_ip: str, *, pool_size: int = 512, rcvbuf: int = 4 << 20, gro: bool = True):
+        super().__init__(local_ip, pool_size)
+        self._rx: dict[socket.socket, str] = {}
         try:
             for encap, port in UDP_PORTS.items():
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -142,23 +197,6 @@ class Tunnels:
         return out
 
     # --- send ----------------------------------------------------------------------------------
-    def send(self, peer: str, encap: str, sport: int, payload: bytes) -> bool:
-        """Send one tunnel payload to `peer`; False if the kernel refused it (counted, like a NIC drop)."""
-        try:
-            if encap == "mplsogre":
-                self._gre.sendto(payload, (peer, 0))
-            else:
-                self._sender(encap, sport).sendto(payload, (peer, UDP_PORTS[encap]))
-        except KeyError:
-            raise TunnelError(f"unknown encapsulation {encap!r} (known: {', '.join(ENCAPS)})") from None
-        except OSError as exc:
-            if exc.errno in _SEND_ERRORS:
-                self.counters["tx_errors"] += 1
-                return False
-            raise
-        self.counters[f"tx_{encap}"] += 1
-        return True
-
     def send_gso(self, peer: str, encap: str, sport: int, buffer, chunk: int, n: int) -> int:
         """Send `n` tunnel packets of `chunk` bytes (the last may be shorter) laid out in `buffer`
         by `gso.segment`; returns the number of send calls. UDP: one UDP_SEGMENT sendmsg per slice
@@ -191,26 +229,8 @@ class Tunnels:
         c["tx_gso_segments"] += n
         return calls
 
-    def _sender(self, encap: str, sport: int) -> socket.socket:
-        s = self._pool.get(sport)
-        if s is not None:
-            self._pool.move_to_end(sport)
-            return s
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.bind((self.local_ip, sport))
-        except OSError:
-            s.close()
-            self.counters["tx_sport_fallback"] += 1
-            return self._tx_fallback[encap]
-        s.setblocking(False)
-        # Nothing is ever sent to these ports; a tiny buffer keeps stray datagrams from piling up.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-        self._pool[sport] = s
-        if len(self._pool) > self.pool_size:
-            self._pool.popitem(last=False)[1].close()
-        return s
-
+    def _fallback(self, encap: str) -> socket.socket:
+        return self._tx_fallback[encap]
 
 def enable_gro(local_ip: str, flush_timeout_ns: int = GRO_FLUSH_TIMEOUT_NS) -> str | None:
     """Switch GRO on for the interface that holds `local_ip` (a veth needs it to coalesce at all).
