@@ -365,8 +365,7 @@ class Forwarder:
         """An encapsulation change moved the VM MTU: attached VMs follow (new ones get it at attach)."""
         for name, port in self.vifs.items():
             try:
-                with tap.in_netns(port.netns):
-                    _ip("link", "set", name, "mtu", str(mtu))
+                set_vm_mtu(name, port.netns, mtu)
             except (tap.TapError, VmSetupError) as exc:
                 log.error("vif %s: MTU %d not set: %s", name, mtu, exc)
 
@@ -450,20 +449,12 @@ def attach_vm_interface(spec, netns, network, mtu: int, offloads: bool = True) -
     set the MTU, which the configuration decides). The fd carries virtio_net_hdrs; `offloads`
     says whether the device advertises checksum offload and TSO (vrouter/offload.py).
     """
-    from vrouter.codec.ipv4 import int_to_ip
-    with tap.in_netns(netns):
-        try:
-            socket.if_nametoindex(spec.name)
-            exists = True
-        except OSError:
-            exists = False
-    if exists:
+    if vm_interface_exists(spec.name, netns):
         fd = tap.open_tap(spec.name, netns=netns, vnet_hdr=True)
         try:
             if not offloads:
                 tap.set_offloads(fd, False)
-            with tap.in_netns(netns):
-                _ip("link", "set", spec.name, "mtu", str(mtu))
+            set_vm_mtu(spec.name, netns, mtu)
         except BaseException:
             os.close(fd)
             raise
@@ -472,21 +463,42 @@ def attach_vm_interface(spec, netns, network, mtu: int, offloads: bool = True) -
     try:
         if not offloads:
             tap.set_offloads(fd, False)
-        _ip("link", "set", spec.name, "netns", str(netns) if isinstance(netns, int) else os.path.basename(netns))
-        ip = int_to_ip(spec.ip)
-        plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)
-        mac = ":".join(f"{b:02x}" for b in spec.mac)
-        with tap.in_netns(netns):
-            _ip("link", "set", "lo", "up")
-            _ip("link", "set", spec.name, "address", mac)
-            _ip("link", "set", spec.name, "mtu", str(mtu))
-            _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
-            _ip("link", "set", spec.name, "up")
-            _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
+        configure_vm_interface(spec, netns, network, mtu)
     except BaseException:
         tap.destroy_tap(fd)
         raise
     return fd
+
+
+def vm_interface_exists(name: str, netns) -> bool:
+    with tap.in_netns(netns):
+        try:
+            socket.if_nametoindex(name)
+            return True
+        except OSError:
+            return False
+
+
+def set_vm_mtu(name: str, netns, mtu: int) -> None:
+    with tap.in_netns(netns):
+        _ip("link", "set", name, "mtu", str(mtu))
+
+
+def configure_vm_interface(spec, netns, network, mtu: int) -> None:
+    """Move the freshly created TAP `spec.name` into the VM's namespace and give it the VM's MAC,
+    address, MTU and a default route via the network's gateway."""
+    from vrouter.codec.ipv4 import int_to_ip
+    _ip("link", "set", spec.name, "netns", str(netns) if isinstance(netns, int) else os.path.basename(netns))
+    ip = int_to_ip(spec.ip)
+    plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)
+    mac = ":".join(f"{b:02x}" for b in spec.mac)
+    with tap.in_netns(netns):
+        _ip("link", "set", "lo", "up")
+        _ip("link", "set", spec.name, "address", mac)
+        _ip("link", "set", spec.name, "mtu", str(mtu))
+        _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
+        _ip("link", "set", spec.name, "up")
+        _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
 
 
 def _ip(*args):

@@ -152,15 +152,8 @@ def attach_vm_interface(spec, netns, network, queues: int, mtu: int) -> list:
     """Queue fds for VM interface ``spec``: re-attach if the TAP exists with the same kind (single or
     multi-queue), else create it (again) and configure it in the VM's namespace as the forwarder does
     (``mtu``: the VM MTU that leaves room for the encapsulation, `vrouter.offload.vm_mtu`)."""
-    from vrouter.forwarder import _ip
-    from vrouter.codec.ipv4 import int_to_ip
-    with tap.in_netns(netns):
-        try:
-            socket.if_nametoindex(spec.name)
-            exists = True
-        except OSError:
-            exists = False
-    if exists:
+    from vrouter.forwarder import _ip, configure_vm_interface, set_vm_mtu, vm_interface_exists
+    if vm_interface_exists(spec.name, netns):
         try:
             fds = open_queues(spec.name, queues, netns)
         except OSError as exc:
@@ -170,8 +163,7 @@ def attach_vm_interface(spec, netns, network, queues: int, mtu: int) -> list:
                 _ip("link", "del", spec.name)
         else:
             try:
-                with tap.in_netns(netns):
-                    _ip("link", "set", spec.name, "mtu", str(mtu))
+                set_vm_mtu(spec.name, netns, mtu)
             except BaseException:
                 for fd in fds:
                     os.close(fd)
@@ -182,17 +174,7 @@ def attach_vm_interface(spec, netns, network, queues: int, mtu: int) -> list:
     except OSError as exc:
         raise tap.TapError(f"TUNSETIFF {spec.name}: {exc.strerror}") from None
     try:
-        _ip("link", "set", spec.name, "netns", str(netns) if isinstance(netns, int) else os.path.basename(netns))
-        ip = int_to_ip(spec.ip)
-        plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)
-        mac = ":".join(f"{b:02x}" for b in spec.mac)
-        with tap.in_netns(netns):
-            _ip("link", "set", "lo", "up")
-            _ip("link", "set", spec.name, "address", mac)
-            _ip("link", "set", spec.name, "mtu", str(mtu))
-            _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
-            _ip("link", "set", spec.name, "up")
-            _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
+        configure_vm_interface(spec, netns, network, mtu)
     except BaseException:
         for fd in fds[1:]:
             os.close(fd)
