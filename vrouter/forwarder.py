@@ -49,7 +49,56 @@ class VifPort:
         self.counters = collections.Counter()
 
 
-class Forwarder:
+class AgentChannel:
+    """The forwarding side of the slow path, shared by the forwarder and the multi-core workers:
+    punts go to the agent numbered, and the decision that comes back with the same number gives
+    the slow-path round trip (punt sent -> decision installed).
+
+    Uses `agent` (the channel, or None), `pipeline`, `clock`, `counters`, `agent_stats`, `punt_seq`,
+    `punt_sent` and `slowpath_rtt_us`; `_close_agent` and `_execute_released` are the host's."""
+
+    def _on_agent(self, conn, _):
+        for _ in range(64):
+            try:
+                data = conn.recv(ipc.SEQPACKET_MAX)
+            except BlockingIOError:
+                return
+            if not data:
+                self._close_agent(conn, "EOF")
+                return
+            self._on_agent_message(ipc.unpack(data))
+
+    def _on_agent_message(self, msg):
+        if msg.get("t") == "decision":
+            self._install_decision(msg)
+
+    def _install_decision(self, msg):
+        self.agent_stats = msg.get("agent", self.agent_stats)
+        if self.pipeline is not None:
+            self.counters["decisions"] += 1
+            self._execute_released(self.pipeline.install(msg["decision"], self.clock()))
+            sent = self.punt_sent.pop(msg.get("id"), None)
+            if sent is not None:
+                self.slowpath_rtt_us.append((time.perf_counter() - sent) * 1e6)
+
+    def _punt(self, request):
+        self.counters["punts"] += 1
+        if self.agent is None:
+            self.counters["punts_no_agent"] += 1  # the held entry times out (hold_timeout) in the core
+            return
+        self.punt_seq += 1
+        if len(self.punt_sent) > 8192:  # decisions that never came (agent restarted): forget them
+            self.punt_sent.clear()
+        self.punt_sent[self.punt_seq] = time.perf_counter()
+        try:
+            self.agent.send(ipc.pack({"t": "punt", "id": self.punt_seq, "request": request}))
+        except BlockingIOError:
+            self.counters["punts_agent_busy"] += 1
+        except OSError as exc:
+            self._close_agent(self.agent, exc)
+
+
+class Forwarder(AgentChannel):
     def __init__(self, rundir: str, server: str, *, clock=time.monotonic, gro: bool = True, gso: bool = True):
         self.rundir = rundir
         self.server = server
@@ -99,9 +148,9 @@ class Forwarder:
 
     # --- main loop -----------------------------------------------------------------------------
     def run(self):
-        next_expire = next_retry = self.clock()
+        next_tick = next_retry = self.clock()
         while self.running:
-            timeout = max(0.0, min(next_expire, next_retry) - self.clock())
+            timeout = max(0.0, min(next_tick, next_retry) - self.clock())
             for key, _ in self.sel.select(timeout):
                 kind, obj = key.data
                 try:
@@ -114,15 +163,18 @@ class Forwarder:
                     else:
                         raise
             now = self.clock()
-            if now >= next_expire:
-                if self.pipeline is not None:
-                    self.counters["expired"] += self.pipeline.expire(now)
-                next_expire = now + EXPIRE_EVERY
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + EXPIRE_EVERY
             if now >= next_retry:
-                if self.pending:
+                if self.pending and self.config is not None:
                     self._attach_pending()
                 next_retry = now + PENDING_RETRY
         self.close()
+
+    def _tick(self, now):
+        if self.pipeline is not None:
+            self.counters["expired"] += self.pipeline.expire(now)
 
     def close(self):
         for port in self.vifs.values():
@@ -130,6 +182,9 @@ class Forwarder:
         self.vifs.clear()
         if self.tunnels:
             self.tunnels.close()
+        self._unlink_sockets()
+
+    def _unlink_sockets(self):
         for path in (ipc.agent_socket(self.rundir, self.server), ipc.introspect_socket(self.rundir, self.server)):
             try:
                 path.unlink()
@@ -175,41 +230,35 @@ class Forwarder:
             conn.sendall(ipc.pack(reply))
             conn.setblocking(False)
 
-    def _on_agent(self, conn, _):
-        for _ in range(64):
-            try:
-                data = conn.recv(ipc.SEQPACKET_MAX)
-            except BlockingIOError:
-                return
-            if not data:
-                self._drop_conn(conn, "agent")
-                return
-            msg = ipc.unpack(data)
-            kind = msg.get("t")
-            if kind == "decision":
-                self.agent_stats = msg.get("agent", self.agent_stats)
-                if self.pipeline is not None:
-                    self.counters["decisions"] += 1
-                    self._execute_released(self.pipeline.install(msg["decision"], self.clock()))
-                    sent = self.punt_sent.pop(msg.get("id"), None)
-                    if sent is not None:
-                        self.slowpath_rtt_us.append((time.perf_counter() - sent) * 1e6)
-            elif kind == "config":
-                self.apply_config(msg["generation"], msg["config"])
-            elif kind == "agent_stats":
-                self.agent_stats = msg["agent"]
-            else:
-                log.warning("ignoring agent message of unknown type %r", kind)
+    def _close_agent(self, conn, why):
+        self._drop_conn(conn, "agent", why)
+
+    def _on_agent_message(self, msg):
+        kind = msg.get("t")
+        if kind == "decision":
+            self._install_decision(msg)
+        elif kind == "config":
+            self.apply_config(msg["generation"], msg["config"])
+        elif kind == "agent_stats":
+            self.agent_stats = msg["agent"]
+        else:
+            log.warning("ignoring agent message of unknown type %r", kind)
 
     def _lost_vif(self, name, exc):
         """The VM's namespace went away under us (its host was stopped): wait for it to come back."""
-        port = self.vifs.pop(name, None)
-        if port is None:
-            return
+        if name in self.vifs:
+            self._remove_vif(name)
+            self.pending[name] = f"interface lost: {exc.strerror or exc}"
+            log.warning("vif %s lost (%s); waiting for the VM's namespace", name, exc)
+
+    def _remove_vif(self, name, destroy=False):
+        port = self.vifs.pop(name)
         self.sel.unregister(port.fd)
-        os.close(port.fd)
-        self.pending[name] = f"interface lost: {exc.strerror or exc}"
-        log.warning("vif %s lost (%s); waiting for the VM's namespace", name, exc)
+        if destroy:
+            tap.destroy_tap(port.fd)
+            log.info("vif %s removed", name)
+        else:
+            os.close(port.fd)
 
     def _on_tap(self, fd, name):
         port = self.vifs.get(name)
@@ -313,39 +362,36 @@ class Forwarder:
         return {"gro": off.gro_on, "gso": off.gso_on}
 
     def _punt(self, request):
-        self.counters["punts"] += 1
         self.recent_punts.append((time.time(), request))
-        if self.agent is None:
-            self.counters["punts_no_agent"] += 1  # the held entry times out (hold_timeout) in the core
-            return
-        self.punt_seq += 1
-        if len(self.punt_sent) > 8192:  # decisions that never came (agent restarted): forget them
-            self.punt_sent.clear()
-        self.punt_sent[self.punt_seq] = time.perf_counter()
-        try:
-            self.agent.send(ipc.pack({"t": "punt", "id": self.punt_seq, "request": request}))
-        except BlockingIOError:
-            self.counters["punts_agent_busy"] += 1
-        except OSError as exc:
-            self._drop_conn(self.agent, "agent", exc)
+        super()._punt(request)
 
     # --- configuration -------------------------------------------------------------------------
-    def apply_config(self, generation, config_dict):
+    NIC_ERRORS: tuple = (TunnelError,)    # what _open_tunnels raises when the fabric sockets fail
+
+    def _accept_config(self, generation, config_dict):
+        """The pushed configuration, parsed and with the fabric sockets open for it; None (logged and
+        counted) if it is rejected."""
         try:
             config = VrouterConfig.from_dict(config_dict)
         except ConfigError as exc:
             log.error("rejected config generation %s: %s", generation, exc)
             self.counters["config_rejected"] += 1
-            return
+            return None
         if config.server != self.server:
             log.error("rejected config for server %s (this is %s)", config.server, self.server)
             self.counters["config_rejected"] += 1
-            return
+            return None
         try:
             self._open_tunnels(config.underlay_ip)
-        except TunnelError as exc:
+        except self.NIC_ERRORS as exc:
             log.error("%s", exc)
             self.counters["config_rejected"] += 1
+            return None
+        return config
+
+    def apply_config(self, generation, config_dict):
+        config = self._accept_config(generation, config_dict)
+        if config is None:
             return
         if self.pipeline is None:
             from vrouter.pipeline import Pipeline
@@ -395,10 +441,7 @@ class Forwarder:
         wanted = {v.name: v for v in self.config.vifs}
         for name in list(self.vifs):
             if name not in wanted:
-                port = self.vifs.pop(name)
-                self.sel.unregister(port.fd)
-                tap.destroy_tap(port.fd)
-                log.info("vif %s removed", name)
+                self._remove_vif(name, destroy=True)
         for name in list(self.pending):
             if name not in wanted:
                 del self.pending[name]
@@ -421,16 +464,22 @@ class Forwarder:
                 continue
             spec = next(v for v in self.config.vifs if v.name == name)
             try:
-                fd = attach_vm_interface(spec, entry["netns"], self._network_of(spec), self.offloads.mtu,
-                                         self.offloads.gso_on)
+                port = self._open_vif(spec, entry["netns"])
             except (tap.TapError, VmSetupError) as exc:
                 self.pending[name] = str(exc)
                 log.error("vif %s: %s", name, exc)
                 continue
             del self.pending[name]
-            self.vifs[name] = VifPort(spec, fd, entry["netns"])
-            self.sel.register(fd, selectors.EVENT_READ, ("tap", name))
-            log.info("vif %s attached (VM %s)", name, entry.get("vm", "?"))
+            self.vifs[name] = port
+            self._serve_vif(name, port, entry)
+
+    def _open_vif(self, spec, netns) -> VifPort:
+        fd = attach_vm_interface(spec, netns, self._network_of(spec), self.offloads.mtu, self.offloads.gso_on)
+        return VifPort(spec, fd, netns)
+
+    def _serve_vif(self, name, port, entry):
+        self.sel.register(port.fd, selectors.EVENT_READ, ("tap", name))
+        log.info("vif %s attached (VM %s)", name, entry.get("vm", "?"))
 
     def _network_of(self, spec):
         return next(n for n in self.config.networks if n.name == spec.network)

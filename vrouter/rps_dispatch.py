@@ -30,8 +30,8 @@ import sys
 import time
 
 from vrouter import ipc, rps_channel, rps_kernel, tap
-from vrouter.config import ConfigError, VrouterConfig
-from vrouter.forwarder import EXPIRE_EVERY, PENDING_RETRY, Forwarder, VifPort, VmSetupError, die_with_parent
+from vrouter.config import ConfigError
+from vrouter.forwarder import Forwarder, VifPort, die_with_parent
 from vrouter.introspect import Introspector, IntrospectError, _summary
 from vrouter.multicore import MulticoreConfig
 from vrouter.offload import vm_mtu
@@ -224,22 +224,11 @@ class Dispatcher(Forwarder):
             a.close()
 
     # --- configuration and VIFs ----------------------------------------------------------------
+    NIC_ERRORS = (rps_kernel.NicError,)
+
     def apply_config(self, generation, config_dict):
-        try:
-            config = VrouterConfig.from_dict(config_dict)
-        except ConfigError as exc:
-            log.error("rejected config generation %s: %s", generation, exc)
-            self.counters["config_rejected"] += 1
-            return
-        if config.server != self.server:
-            log.error("rejected config for server %s (this is %s)", config.server, self.server)
-            self.counters["config_rejected"] += 1
-            return
-        try:
-            self._open_tunnels(config.underlay_ip)
-        except rps_kernel.NicError as exc:
-            log.error("%s", exc)
-            self.counters["config_rejected"] += 1
+        config = self._accept_config(generation, config_dict)
+        if config is None:
             return
         for ctrl in self.children.ctrl.values():
             ctrl.send(ipc.pack({"t": "config", "generation": generation, "config": config_dict}))
@@ -249,21 +238,6 @@ class Dispatcher(Forwarder):
         self._reconcile_vifs()
         log.info("config generation %s applied on %d workers (%s): %d vifs, mode %s", generation,
                  len(self.children.ctrl), self.mc.mode, len(config.vifs), config.flow.mode)
-
-    def _reconcile_vifs(self):
-        wanted = {v.name: v for v in self.config.vifs}
-        for name in list(self.vifs):
-            if name not in wanted:
-                self._remove_vif(name, destroy=True)
-        for name in list(self.pending):
-            if name not in wanted:
-                del self.pending[name]
-        for name, spec in wanted.items():
-            if name in self.vifs:
-                self.vifs[name].spec = spec
-            else:
-                self.pending[name] = "waiting for the VM's namespace"
-        self._attach_pending()
 
     def _remove_vif(self, name, destroy=False):
         port = self.vifs.pop(name, None)
@@ -277,44 +251,24 @@ class Dispatcher(Forwarder):
             os.close(fd)
         (tap.destroy_tap if destroy else os.close)(port.fd)
 
-    def _lost_vif(self, name, exc):
-        if name in self.vifs:
-            self._remove_vif(name)
-            self.pending[name] = f"interface lost: {exc.strerror or exc}"
-            log.warning("vif %s lost (%s); waiting for the VM's namespace", name, exc)
+    def _open_vif(self, spec, netns) -> VifPort:
+        fds = rps_kernel.attach_vm_interface(spec, netns, self._network_of(spec),
+                                             len(self.children.ctrl) if self.kernel else 1, vm_mtu(self.config))
+        port = VifPort(spec, fds[0], netns)
+        port.queues = fds
+        return port
 
-    def _attach_pending(self):
-        try:
-            namespaces = ipc.read_vm_namespaces(self.rundir)
-        except ipc.IpcError as exc:
-            log.error("%s", exc)
-            return
-        workers = list(self.children.ctrl)
-        for name in list(self.pending):
-            entry = namespaces.get(name)
-            if entry is None:
-                continue
-            spec = next(v for v in self.config.vifs if v.name == name)
-            try:
-                fds = rps_kernel.attach_vm_interface(spec, entry["netns"], self._network_of(spec),
-                                                     len(workers) if self.kernel else 1, vm_mtu(self.config))
-            except (tap.TapError, VmSetupError) as exc:
-                self.pending[name] = str(exc)
-                log.error("vif %s: %s", name, exc)
-                continue
-            del self.pending[name]
-            port = VifPort(spec, fds[0], entry["netns"])
-            port.queues = fds
-            self.vifs[name] = port
-            for i, cpu in enumerate(workers):
-                # kernel: queue i is worker i's to read and write; else every worker writes the one fd
-                fd = fds[i] if self.kernel else fds[0]
-                socket.send_fds(self.children.ctrl[cpu], [ipc.pack({"t": "vif", "name": name, "read": self.kernel})],
-                                [fd])
-            if not self.kernel:
-                self.sel.register(fds[0], selectors.EVENT_READ, ("tap", name))
-            log.info("vif %s attached (VM %s, %d queue%s)", name, entry.get("vm", "?"), len(fds),
-                     "s" if len(fds) > 1 else "")
+    def _serve_vif(self, name, port, entry):
+        fds = port.queues
+        for i, cpu in enumerate(self.children.ctrl):
+            # kernel: queue i is worker i's to read and write; else every worker writes the one fd
+            fd = fds[i] if self.kernel else fds[0]
+            socket.send_fds(self.children.ctrl[cpu], [ipc.pack({"t": "vif", "name": name, "read": self.kernel})],
+                            [fd])
+        if not self.kernel:
+            self.sel.register(fds[0], selectors.EVENT_READ, ("tap", name))
+        log.info("vif %s attached (VM %s, %d queue%s)", name, entry.get("vm", "?"), len(fds),
+                 "s" if len(fds) > 1 else "")
 
     # --- workers -------------------------------------------------------------------------------
     def query_workers(self, op: str) -> dict:
@@ -347,33 +301,11 @@ class Dispatcher(Forwarder):
         for port in self.vifs.values():
             port.counters.clear()
 
-    def run(self):
-        next_check = next_retry = self.clock()
-        while self.running:
-            timeout = max(0.0, min(next_check, next_retry) - self.clock())
-            for key, _ in self.sel.select(timeout):
-                kind, obj = key.data
-                try:
-                    getattr(self, f"_on_{kind}")(key.fileobj, obj)
-                except (ConnectionError, OSError) as exc:
-                    if kind in ("agent", "intro"):
-                        self._drop_conn(key.fileobj, kind, exc)
-                    elif kind == "tap":
-                        self._lost_vif(obj, exc)
-                    else:
-                        raise
-            now = self.clock()
-            if now >= next_check:
-                dead = self.children.dead()
-                if dead:
-                    log.error("%s: stopping so the supervisor restarts the vrouter", dead)
-                    self.running = False
-                next_check = now + EXPIRE_EVERY
-            if now >= next_retry:
-                if self.pending and self.config is not None:
-                    self._attach_pending()
-                next_retry = now + PENDING_RETRY
-        self.close()
+    def _tick(self, now):
+        dead = self.children.dead()
+        if dead:
+            log.error("%s: stopping so the supervisor restarts the vrouter", dead)
+            self.running = False
 
     def close(self):
         self.children.stop()
@@ -383,11 +315,7 @@ class Dispatcher(Forwarder):
         self.vifs.clear()
         for s in self.rx:
             s.close()
-        for path in (ipc.agent_socket(self.rundir, self.server), ipc.introspect_socket(self.rundir, self.server)):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+        self._unlink_sockets()
 
 
 def _sum_into(total: dict, part: dict) -> None:

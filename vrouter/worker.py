@@ -21,6 +21,7 @@ import time
 
 from vrouter import ipc, rps_channel, rps_kernel, tap
 from vrouter.actions import Drop, Punt, ToTunnel, ToVif
+from vrouter.forwarder import AgentChannel
 
 log = logging.getLogger("worker")
 EXPIRE_EVERY = 1.0
@@ -32,7 +33,7 @@ def recv_ctrl(sock: socket.socket) -> tuple:
     return (ipc.unpack(data) if data else None), fds
 
 
-class Worker:
+class Worker(AgentChannel):
     def __init__(self, cpu: int, ctrl: socket.socket, inputs: list, kernel: bool, first: bool,
                  clock=time.monotonic):
         self.cpu, self.ctrl, self.kernel, self.first, self.clock = cpu, ctrl, kernel, first, clock
@@ -47,7 +48,7 @@ class Worker:
         self.counters = collections.Counter()
         self.punt_seq = 0
         self.punt_sent: dict = {}
-        self.rtts: collections.deque = collections.deque(maxlen=4096)
+        self.slowpath_rtt_us: collections.deque = collections.deque(maxlen=4096)
         self.running = True
         self.sel.register(ctrl, selectors.EVENT_READ, ("ctrl", None))
         for s in inputs:
@@ -114,26 +115,6 @@ class Worker:
         pkts = rps_kernel.receive(sock, encap, self.counters)
         self._process([(encap, src, payload) for src, _sport, payload in pkts])
 
-    def _on_agent(self, sock, _):
-        for _ in range(64):
-            try:
-                data = sock.recv(ipc.SEQPACKET_MAX)
-            except BlockingIOError:
-                return
-            if not data:
-                self._drop_agent("EOF")
-                return
-            msg = ipc.unpack(data)
-            if msg.get("t") != "decision":
-                continue
-            self.agent_stats = msg.get("agent", self.agent_stats)
-            if self.pipeline is not None:
-                self.counters["decisions"] += 1
-                self._execute(self.pipeline.install(msg["decision"], self.clock()))
-                sent = self.punt_sent.pop(msg.get("id"), None)
-                if sent is not None:
-                    self.rtts.append((time.perf_counter() - sent) * 1e6)
-
     def _on_ctrl(self, sock, _):
         msg, fds = recv_ctrl(sock)
         if msg is None:
@@ -176,21 +157,11 @@ class Worker:
             elif t is Drop:
                 pass   # counted by the pipeline (dropstats)
 
-    def _punt(self, request):
-        self.counters["punts"] += 1
-        if self.agent is None:
-            self.counters["punts_no_agent"] += 1
-            return
-        self.punt_seq += 1
-        if len(self.punt_sent) > 8192:
-            self.punt_sent.clear()
-        self.punt_sent[self.punt_seq] = time.perf_counter()
-        try:
-            self.agent.send(ipc.pack({"t": "punt", "id": self.punt_seq, "request": request}))
-        except BlockingIOError:
-            self.counters["punts_agent_busy"] += 1
-        except OSError as exc:
-            self._drop_agent(exc)
+    # Frames here carry no virtio header: packets released by a decision go out as they came.
+    _execute_released = _execute
+
+    def _close_agent(self, conn, why):
+        self._drop_agent(why)
 
     # --- state ---------------------------------------------------------------------------------
     def _apply_config(self, config_dict):
@@ -248,7 +219,7 @@ class Worker:
                 from vrouter.pipeline import Pipeline
                 self.pipeline = Pipeline(self.config)
             self.counters.clear()
-            self.rtts.clear()
+            self.slowpath_rtt_us.clear()
             self.agent_stats = {}
             return True
         if op == "stats":
@@ -259,7 +230,7 @@ class Worker:
             return {"cpu": self.cpu, "pid": os.getpid(), "counters": dict(self.counters),
                     "pipeline": self.pipeline.stats() if self.pipeline else {}, "tunnels": tunnels,
                     "agent": dict(self.agent_stats), "agent_connected": self.agent is not None,
-                    "rtts": list(self.rtts)}
+                    "rtts": list(self.slowpath_rtt_us)}
         return None
 
 
