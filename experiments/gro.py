@@ -13,22 +13,15 @@ Writes results/gro/<timestamp>/: raw.csv, summary.json, config.yaml, gro.png.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
+from experiments import common
+from experiments.common import ExperimentError, add_run_arguments, load_topology, results_dir
 STREAMS = (1, 8)
 FIELDS = ("run", "gro_gso", "streams", "seconds", "gbps", "retransmits", "vrouter_cpu_s", "cpu_s_per_gb",
           "gro_segments_per_delivery", "gro_segments_per_merge", "gso_segments_per_send", "gso_sends")
-
-
-class ExperimentError(Exception):
-    """A one-line error for the user."""
 
 
 def measure(tb, pair, runs: int, seconds: float, progress) -> list[dict]:
@@ -96,14 +89,7 @@ def plot(rows, summary, path: Path) -> None:
 
 
 def write_results(outdir: Path, rows, summary, config) -> None:
-    import yaml
-    outdir.mkdir(parents=True, exist_ok=True)
-    with open(outdir / "raw.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    common.write_results(outdir, FIELDS, rows, summary, config)
     plot(rows, summary, outdir / "gro.png")
 
 
@@ -124,11 +110,7 @@ def summary_lines(summary) -> list[str]:
 def run(topology_path: Path, runs: int, seconds: float, prefix: str, run_root, outroot: Path, progress):
     from testbed.bench_throughput import Pair
     from testbed.runner import Testbed
-    from testbed.topology import TopologyError, load
-    try:
-        topology = load(str(topology_path))
-    except TopologyError as exc:
-        raise ExperimentError(str(exc)) from None
+    topology = load_topology(topology_path)
     try:
         pair = Pair(topology)
     except Exception as exc:  # CommandError: one line
@@ -146,7 +128,7 @@ def run(topology_path: Path, runs: int, seconds: float, prefix: str, run_root, o
               "order": "per run: off then on, 1 then 8 streams", "pair": {
                   "client": f"{pair.client_vm.name}@{pair.client}", "server": f"{pair.server_vm.name}@{pair.server}"},
               "topology_file": str(topology_path), "topology": topology.raw}
-    outdir = outroot / time.strftime("%Y%m%d-%H%M%S")
+    outdir = results_dir(outroot)
     write_results(outdir, rows, summary, config)
     return outdir, summary
 
@@ -155,34 +137,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.gro", description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="runs per mode and stream count (default 3)")
     ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per run (default 5)")
-    ap.add_argument("--topology", default=str(DEFAULT_TOPOLOGY))
-    ap.add_argument("--prefix", default="gx")
-    ap.add_argument("--run-root", default=None)
-    ap.add_argument("--out", default=str(REPO / "results" / "gro"))
-    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
+    add_run_arguments(ap, "gro", prefix="gx")
     args = ap.parse_args(argv)
-    from testbed.checks import PreconditionError, require_testbed_host
+    invalid = None
     if not 1 <= args.runs <= 50 or not 1 <= args.seconds <= 120:
-        print("error: --runs must be 1..50 and --seconds 1..120", file=sys.stderr)
-        return 2
-    try:
-        require_testbed_host()
-        if not Path(args.topology).is_file():
-            raise ExperimentError(f"no topology file {args.topology}")
-        outdir, summary = run(Path(args.topology), args.runs, args.seconds, args.prefix, args.run_root,
-                              Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True))
-    except (PreconditionError, ExperimentError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: testbed torn down", file=sys.stderr)
-        return 130
-    for line in summary_lines(summary):
-        print(line)
-    print(f"results written to {outdir}")
-    if args.json:
-        print(json.dumps(summary))
-    return 0
+        invalid = "--runs must be 1..50 and --seconds 1..120"
+    return common.run_cli(args, lambda topology, progress: run(
+        topology, args.runs, args.seconds, args.prefix, args.run_root, Path(args.out), progress),
+        summary_lines, invalid)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,16 @@ Writes results/proactive_flow/<timestamp>/: raw.csv, summary.json, config.yaml, 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
+from experiments import common
+from experiments.common import (DEFAULT_TOPOLOGY, REPO, ExperimentError, add_run_arguments, load_topology,
+                                results_dir)
+
 MODES = ("proactive", "reactive")
 PROTOS = ("tcp", "udp")
 PROBE_PORT = 7000
@@ -29,10 +29,6 @@ PROBE_PORT = 7000
 # run (birthday odds over 2n draws), and the repeat would hit the earlier exchange's flow entry.
 SPORT_BASE = 10000
 MAX_CONNECTIONS = 2500
-
-
-class ExperimentError(Exception):
-    """A one-line error for the user."""
 
 
 def pick_pair(topology) -> tuple[dict, dict]:
@@ -252,17 +248,10 @@ def plot(rows, summary, path: Path) -> None:
 
 
 def write_results(outdir: Path, rows, summary, config) -> None:
-    import yaml
-    outdir.mkdir(parents=True, exist_ok=True)
     servers = config["servers"]
     fields = (["mode", "proto", "seq", "ok", "sport", "first_reply_us"] +
               [f"slowpath_{s}" for s in servers] + ["slowpath_total", "error", "note"])
-    with open(outdir / "raw.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    common.write_results(outdir, fields, rows, summary, config)
     plot(rows, summary, outdir / "proactive_flow.png")
 
 
@@ -286,11 +275,7 @@ def summary_lines(summary) -> list[str]:
 
 def run(topology_path: Path, n: int, prefix: str, run_root, outroot: Path, progress) -> tuple[Path, dict]:
     from testbed.runner import Testbed
-    from testbed.topology import TopologyError, load
-    try:
-        topology = load(str(topology_path))
-    except TopologyError as exc:
-        raise ExperimentError(str(exc)) from None
+    topology = load_topology(topology_path)
     src, dst = pick_pair(topology)
     servers = [src["server"], dst["server"]]
     progress(f"bringing up {topology.name} ({topology_path}) with prefix {prefix!r}")
@@ -316,7 +301,7 @@ def run(topology_path: Path, n: int, prefix: str, run_root, outroot: Path, progr
     config = {"experiment": "proactive_flow", "connections_per_mode": n, "modes": list(MODES),
               "protocols": list(PROTOS), "servers": servers, "pair": {"src": src["name"], "dst": dst["name"]},
               "topology_file": str(topology_path), "topology": topology.raw}
-    outdir = outroot / time.strftime("%Y%m%d-%H%M%S")
+    outdir = results_dir(outroot)
     write_results(outdir, rows, summary, config)
     return outdir, summary
 
@@ -325,34 +310,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.proactive_flow", description=__doc__.split("\n")[0])
     ap.add_argument("-n", "--connections", type=int, default=200,
                     help="new TCP connections and UDP exchanges per mode (default 200)")
-    ap.add_argument("--topology", default=str(DEFAULT_TOPOLOGY))
-    ap.add_argument("--prefix", default="pf")
-    ap.add_argument("--run-root", default=None)
-    ap.add_argument("--out", default=str(REPO / "results" / "proactive_flow"))
-    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
+    add_run_arguments(ap, "proactive_flow", prefix="pf")
     args = ap.parse_args(argv)
-    from testbed.checks import PreconditionError, require_testbed_host
+    invalid = None
     if not 1 <= args.connections <= MAX_CONNECTIONS:
-        print(f"error: --connections must be between 1 and {MAX_CONNECTIONS}", file=sys.stderr)
-        return 2
-    try:
-        require_testbed_host()
-        if not Path(args.topology).is_file():
-            raise ExperimentError(f"no topology file {args.topology}")
-        outdir, summary = run(Path(args.topology), args.connections, args.prefix, args.run_root,
-                              Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True))
-    except (PreconditionError, ExperimentError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: testbed torn down", file=sys.stderr)
-        return 130
-    for line in summary_lines(summary):
-        print(line)
-    print(f"results written to {outdir}")
-    if args.json:
-        print(json.dumps(summary))
-    return 0
+        invalid = f"--connections must be between 1 and {MAX_CONNECTIONS}"
+    return common.run_cli(args, lambda topology, progress: run(
+        topology, args.connections, args.prefix, args.run_root, Path(args.out), progress),
+        summary_lines, invalid)
 
 
 if __name__ == "__main__":

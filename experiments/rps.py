@@ -16,15 +16,15 @@ Writes results/rps/<timestamp>/: raw.csv, summary.json, config.yaml, rps.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
+from experiments import common
+from experiments.common import ExperimentError, add_run_arguments, load_topology, results_dir
+
 MODES = ("rps", "extended", "kernel")
 WORKERS = (1, 2)
 FLOWS_PER_NETWORK = 32
@@ -80,10 +80,6 @@ EXCHANGES = ("import socket,sys\n"
              " c.close()\n"
              "print(ok)\n")
 EXCHANGE_PORT, EXCHANGE_SPORT = 9300, 40000
-
-
-class ExperimentError(Exception):
-    """A one-line error for the user."""
 
 
 def pick_pairs(topology) -> list:
@@ -248,13 +244,8 @@ def summary_lines(summary) -> list:
 
 
 def run(topology_path: Path, seconds: float, pps: float, prefix: str, run_root, outroot: Path, progress):
-    import yaml
     from testbed.runner import Testbed
-    from testbed.topology import TopologyError, load
-    try:
-        topology = load(str(topology_path))
-    except TopologyError as exc:
-        raise ExperimentError(str(exc)) from None
+    topology = load_topology(topology_path)
     pairs = pick_pairs(topology)
     servers = [pairs[0][0].server, pairs[0][1].server]
     progress(f"bringing up {topology.name} ({topology_path}) with prefix {prefix!r}")
@@ -288,15 +279,9 @@ def run(topology_path: Path, seconds: float, pps: float, prefix: str, run_root, 
               "workers": list(WORKERS), "pairs": [[s.name, d.name] for s, d in pairs],
               "flows": 64, "dports": DPORTS, "steering": {f"{m}/{n}": steering(m, n) for m in MODES for n in WORKERS},
               "topology_file": str(topology_path), "topology": topology.raw}
-    outdir = outroot / time.strftime("%Y%m%d-%H%M%S")
-    outdir.mkdir(parents=True, exist_ok=True)
-    with open(outdir / "raw.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["mode", "workers", "server", "worker", "packets", "bytes", "punts",
-                                          "decisions", "hits", "flows"])
-        w.writeheader()
-        w.writerows(rows)
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    outdir = results_dir(outroot)
+    common.write_results(outdir, ["mode", "workers", "server", "worker", "packets", "bytes", "punts", "decisions",
+                                  "hits", "flows"], rows, summary, config)
     plot(runs, servers, outdir / "rps.png")
     return outdir, summary
 
@@ -305,34 +290,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.rps", description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic per run (default 3)")
     ap.add_argument("--pps", type=float, default=40000, help="offered datagrams/s in total (default 40000; 0: flat out)")
-    ap.add_argument("--topology", default=str(DEFAULT_TOPOLOGY))
-    ap.add_argument("--prefix", default="rp")
-    ap.add_argument("--run-root", default=None)
-    ap.add_argument("--out", default=str(REPO / "results" / "rps"))
-    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
+    add_run_arguments(ap, "rps", prefix="rp")
     args = ap.parse_args(argv)
+    invalid = None
     if not 0.5 <= args.seconds <= 120 or args.pps < 0:
-        print("error: --seconds must be between 0.5 and 120 and --pps >= 0", file=sys.stderr)
-        return 2
-    from testbed.checks import PreconditionError, require_testbed_host
-    try:
-        require_testbed_host()
-        if not Path(args.topology).is_file():
-            raise ExperimentError(f"no topology file {args.topology}")
-        outdir, summary = run(Path(args.topology), args.seconds, args.pps, args.prefix, args.run_root,
-                              Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True))
-    except (PreconditionError, ExperimentError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: testbed torn down", file=sys.stderr)
-        return 130
-    for line in summary_lines(summary):
-        print(line)
-    print(f"results written to {outdir}")
-    if args.json:
-        print(json.dumps(summary))
-    return 0
+        invalid = "--seconds must be between 0.5 and 120 and --pps >= 0"
+    return common.run_cli(args, lambda topology, progress: run(
+        topology, args.seconds, args.pps, args.prefix, args.run_root, Path(args.out), progress),
+        summary_lines, invalid)
 
 
 if __name__ == "__main__":
