@@ -175,16 +175,26 @@ def report(res: dict, out=print) -> None:
         f"{'met' if ok else 'NOT met'}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vrouter.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs, a few seconds in total")
-    parser.add_argument("--json", action="store_true", help="print one JSON object of the figures last")
+JSON_HELP = "print one JSON object of the figures last"
+
+
+def bench_cli(prog: str, doc: str, run, report, argv=None, quick_help=None, json_help=None) -> int:
+    """The command line of every vrouter benchmark: `run(quick)` reported as text, and with --json
+    also as one JSON object, last, for scripts."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", action="store_true", help=json_help)
     args = parser.parse_args(argv)
     res = run(args.quick)
     report(res)
     if args.json:
         print(json.dumps(res, sort_keys=True))
     return 0
+
+
+def main(argv=None) -> int:
+    return bench_cli("python -m vrouter.bench", __doc__, run, report, argv,
+                     quick_help="smaller runs, a few seconds in total", json_help=JSON_HELP)
 
 
 if __name__ == "__main__":

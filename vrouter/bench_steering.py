@@ -6,8 +6,6 @@ the designated core: outer addresses and entropy port only; stage 2 on the secon
 hash). 64 B and 1400 B inner Ethernet frames over many flows; best of several runs, the Python loop
 included (it is part of what a dispatcher pays).
 """
-import argparse
-import json
 import sys
 import time
 
@@ -96,15 +94,9 @@ def report(res: dict, out=print) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vrouter.bench_steering", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs, about a second")
-    parser.add_argument("--json", action="store_true", help="print one JSON object of the figures last")
-    args = parser.parse_args(argv)
-    res = run(args.quick)
-    report(res)
-    if args.json:
-        print(json.dumps(res, sort_keys=True))
-    return 0
+    from .bench import JSON_HELP, bench_cli    # not at the top: bench imports this module
+    return bench_cli("python -m vrouter.bench_steering", __doc__, run, report, argv,
+                     quick_help="smaller runs, about a second", json_help=JSON_HELP)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ time from the first send to the last worker's done. The actions are built but no
 On a 2-core machine the dispatcher is a third busy process: with 2 workers three processes share two
 cores, so the speed-up is well below 2; what it shows is how much the dispatch overhead leaves.
 """
-import argparse
 import json
 import os
 import socket
@@ -183,15 +182,8 @@ def report(res: dict, out=print) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vrouter.bench_workers", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    res = run(args.quick)
-    report(res)
-    if args.json:
-        print(json.dumps(res, sort_keys=True))
-    return 0
+    from .bench import bench_cli    # not at the top: bench imports this module
+    return bench_cli("python -m vrouter.bench_workers", __doc__, run, report, argv)
 
 
 if __name__ == "__main__":
