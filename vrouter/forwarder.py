@@ -563,6 +563,16 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def serve(fwd: Forwarder) -> None:
+    """Run `fwd` until SIGTERM or SIGINT (a clean close), or until the supervising process dies."""
+    def stop(*_):
+        fwd.running = False
+    die_with_parent()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    fwd.run()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m vrouter.forwarder", description=__doc__.splitlines()[0])
     p.add_argument("--rundir", required=True)
@@ -580,14 +590,8 @@ def main(argv=None):
     except (ipc.IpcError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-    def stop(*_):
-        fwd.running = False
-    die_with_parent()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     log.info("listening on %s", ipc.agent_socket(args.rundir, args.server))
-    fwd.run()
+    serve(fwd)
     return 0
 
 

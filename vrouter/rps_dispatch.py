@@ -31,7 +31,7 @@ import time
 
 from vrouter import ipc, rps_channel, rps_kernel, tap
 from vrouter.config import ConfigError
-from vrouter.forwarder import Forwarder, VifPort, die_with_parent
+from vrouter.forwarder import Forwarder, VifPort, die_with_parent, serve
 from vrouter.introspect import Introspector, IntrospectError, _summary
 from vrouter.multicore import MulticoreConfig
 from vrouter.offload import vm_mtu
@@ -413,15 +413,9 @@ def main(argv=None):
         children.stop()
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-    def stop(*_):
-        fwd.running = False
-    die_with_parent()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     log.info("%s mode, workers on CPUs %s%s", mc.mode, mc.workers,
              f", relays on {mc.second_cores}" if mc.second_cores else "")
-    fwd.run()
+    serve(fwd)
     return 0
 
 
