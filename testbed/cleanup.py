@@ -1,5 +1,6 @@
 """Scoped cleanup: remove what testbed runs left behind, found only by name prefix, run directory
-and PID records. Never global: no `mn -c`, no killall/pkill, nothing without our prefix.
+and PID records. Never global: neither Mininet's machine-wide cleanup nor killing by process name,
+nothing without our prefix.
 
 Everything a run creates in the root namespace is named `<prefix>-...` (testbed/fabric.py), and the
 processes it starts (controller, Mininet node shells, supervised programs) are recorded with their
