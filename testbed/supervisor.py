@@ -140,13 +140,18 @@ class Supervisor:
             except psutil.Error:
                 pass
 
-    def stop(self, name: str) -> None:
+    def _halt(self, name: str) -> Child:
+        """Mark `name` as stopping (so the watcher leaves it alone) and terminate its process."""
         with self.lock:
             child = self.children.get(name)
             if child is None:
                 raise KeyError(name)
             child.stopping = True
         self._terminate(child)
+        return child
+
+    def stop(self, name: str) -> None:
+        child = self._halt(name)
         with self.lock:
             if child.log_fh is not None:
                 child.log_fh.close()
@@ -157,12 +162,7 @@ class Supervisor:
 
     def restart(self, name: str) -> subprocess.Popen:
         """Stop and start again now (no back-off): e.g. `testbed controller restart`."""
-        with self.lock:
-            child = self.children.get(name)
-            if child is None:
-                raise KeyError(name)
-            child.stopping = True
-        self._terminate(child)
+        child = self._halt(name)
         with self.lock:
             child.stopping = False
             child.restarts += 1
