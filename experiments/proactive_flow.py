@@ -12,6 +12,7 @@ Writes results/proactive_flow/<timestamp>/: raw.csv, summary.json, config.yaml, 
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 import subprocess
 import sys
@@ -169,13 +170,17 @@ def run_exchanges(tb, n, src, dst, vrouters, progress, block=10, settle=0.02) ->
     return rows, rtts
 
 
+def p90(ordered: list):
+    return ordered[int(0.9 * (len(ordered) - 1))]
+
+
 def rtt_summary(samples: dict) -> dict:
     out = {}
     for mode, per_server in samples.items():
         out[mode] = {}
         for s, xs in per_server.items():
             xs = sorted(xs)
-            out[mode][s] = ({"count": len(xs), "median": xs[len(xs) // 2], "p90": xs[int(0.9 * (len(xs) - 1))]}
+            out[mode][s] = ({"count": len(xs), "median": statistics.median(xs), "p90": p90(xs)}
                             if xs else {"count": 0})
     return out
 
@@ -189,9 +194,7 @@ def summarize(rows, servers) -> dict:
             good = [r for r in sel if r["ok"]]
             lat = sorted(r["first_reply_us"] for r in good)
             counts = [r["slowpath_total"] for r in good]
-            hist: dict[str, int] = {}
-            for c in counts:
-                hist[str(c)] = hist.get(str(c), 0) + 1
+            hist = dict(collections.Counter(str(c) for c in counts))
             out[mode][proto] = {
                 "exchanges": len(sel), "ok": len(good),
                 "slowpath_mean": round(statistics.fmean(counts), 3) if counts else None,
@@ -199,7 +202,7 @@ def summarize(rows, servers) -> dict:
                 "slowpath_per_server_mean": {s: round(statistics.fmean(r[f"slowpath_{s}"] for r in good), 3)
                                              for s in servers} if good else {},
                 "first_reply_us_median": statistics.median(lat) if lat else None,
-                "first_reply_us_p90": lat[int(0.9 * (len(lat) - 1))] if lat else None,
+                "first_reply_us_p90": p90(lat) if lat else None,
             }
     for proto in PROTOS:
         p, r = out["proactive"][proto], out["reactive"][proto]

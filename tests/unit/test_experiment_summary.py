@@ -1,0 +1,31 @@
+"""The main experiment's arithmetic, without a testbed: what the demo prints is what the rows say."""
+from experiments import proactive_flow as pf
+
+
+def rows(mode, proto, latencies, per_server):
+    return [{"mode": mode, "proto": proto, "ok": 1, "first_reply_us": us, "slowpath_total": sum(per_server),
+             "slowpath_a": per_server[0], "slowpath_b": per_server[1]} for us in latencies]
+
+
+def test_summary_counts_latency_and_ratio():
+    data = (rows("proactive", "tcp", [100, 200, 300], (1, 1)) + rows("proactive", "udp", [50, 50], (1, 1)) +
+            rows("reactive", "tcp", [300, 400, 500], (2, 2)) + rows("reactive", "udp", [100, 100], (2, 2)))
+    data.append({"mode": "reactive", "proto": "udp", "ok": 0, "first_reply_us": "", "slowpath_total": 2,
+                 "slowpath_a": 2, "slowpath_b": 0})
+    s = pf.summarize(data, ["a", "b"])
+    assert s["proactive"]["tcp"]["slowpath_mean"] == 2 and s["reactive"]["tcp"]["slowpath_mean"] == 4
+    assert s["reactive"]["udp"] == {**s["reactive"]["udp"], "exchanges": 3, "ok": 2,
+                                     "slowpath_histogram": {"4": 2}}
+    assert s["proactive"]["tcp"]["first_reply_us_median"] == 200
+    assert s["reactive"]["tcp"]["first_reply_us_p90"] == 400
+    assert s["ratio_reactive_over_proactive_median_first_reply"] == {"tcp": 2.0, "udp": 2.0}
+    assert s["reactive"]["tcp"]["slowpath_per_server_mean"] == {"a": 2, "b": 2}
+
+
+def test_rtt_summary_and_pair_choice_prefer_different_leaves():
+    assert pf.rtt_summary({"proactive": {"a": [4, 1, 3, 2], "b": []}}) == {
+        "proactive": {"a": {"count": 4, "median": 2.5, "p90": 3}, "b": {"count": 0}}}
+    from testbed.topology import load
+    topo = load(pf.DEFAULT_TOPOLOGY)
+    src, dst = pf.pick_pair(topo)
+    assert src["network"] == dst["network"] and topo.leaf_of(src["server"]) != topo.leaf_of(dst["server"])
