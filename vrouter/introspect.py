@@ -23,6 +23,7 @@ punts sent. Python: `query(rundir, server, op, **args)`.
 from __future__ import annotations
 
 from vrouter import ipc
+from vrouter.codec.ipv4 import int_to_ip, ip_to_int
 
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set")
@@ -73,7 +74,6 @@ class Introspector:
 
     def _punts(self, req):
         """The most recent punts (first packets sent to the slow path), oldest first."""
-        from vrouter.codec.ipv4 import int_to_ip
         out = []
         for when, r in self.fwd.recent_punts:
             out.append({"time": when, "vrf": r.get("vrf"), "proto": r.get("proto"),
@@ -124,7 +124,7 @@ class Introspector:
             counters = dict(port.counters) if port else {}
             out.append({
                 "name": spec.name, "network": spec.network, "vrf": ids.get(spec.network),
-                "mac": ":".join(f"{b:02x}" for b in spec.mac), "ip": _ip(spec.ip),
+                "mac": ":".join(f"{b:02x}" for b in spec.mac), "ip": int_to_ip(spec.ip),
                 "state": "up" if port else f.pending.get(spec.name, "down"),
                 "netns": port.netns if port else None,
                 **{k: counters.get(k, 0)
@@ -143,8 +143,8 @@ class Introspector:
         instances = self._instances()
         for ri in instances.values():
             if str(want) in (str(ri.id), ri.name):
-                routes = [{"prefix": f"{_ip(net)}/{plen}", "nexthop": nh} for net, plen, nh in ri.fib.routes()]
-                routes.sort(key=lambda r: (_ip_key(r["prefix"]), r["prefix"]))
+                routes = [{"prefix": f"{int_to_ip(net)}/{plen}", "nexthop": nh} for net, plen, nh in ri.fib.routes()]
+                routes.sort(key=lambda r: (ip_to_int(r["prefix"].split("/")[0]), r["prefix"]))
                 return {"vrf": ri.id, "name": ri.name, "routes": routes}
         known = ", ".join(f"{ri.id} ({ri.name})" for ri in instances.values()) or "none"
         raise IntrospectError(f"no routing instance {want!r} on {self.fwd.server} (known: {known})")
@@ -166,15 +166,6 @@ def nexthop_table(instances) -> list[dict]:
         entry = seen[key]
         out.append({"id": i, **{k: v for k, v in entry.items() if k != "vrfs"}, "vrfs": sorted(entry["vrfs"])})
     return out
-
-
-def _ip(value: int) -> str:
-    return ".".join(str((value >> s) & 0xFF) for s in (24, 16, 8, 0))
-
-
-def _ip_key(prefix: str):
-    a = prefix.split("/")[0].split(".")
-    return tuple(int(x) for x in a)
 
 
 # --- formatting (columns modelled on Tungsten Fabric's vrouter utilities) ---------------------
