@@ -33,16 +33,13 @@ import struct
 
 from .codec import virtio
 from .codec.ipv4 import checksum
-from .gso import partial_offset, pseudo_sum
+from .gso import PREFIX_LEN, partial_offset, pseudo_sum
 
 FIN, SYN, RST, PSH, ACK, URG, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x80
 _ENDS = FIN | PSH                       # may join a merge as its last segment
 _ALONE = SYN | RST | URG | FIN | PSH    # cannot start a merge
 _DF = 0x4000
 _ETH = 14                               # the ToVif frame's inner IPv4 header starts here
-
-# Tunnel header before the inner IPv4 packet: MPLS label; GRE + label; VXLAN + inner Ethernet.
-HEADER_LEN = {"mplsoudp": 4, "mplsogre": 8, "vxlan": 22}
 
 REASONS = ("end_of_batch", "timeout", "psh", "fin", "short", "size", "not_contiguous", "headers",
            "other_packet")
@@ -86,7 +83,7 @@ class Gro:
     def add_batch(self, encap: str, buf, seg_size: int, now: float = 0.0) -> None:
         mv = memoryview(buf)
         n = len(mv)
-        h = HEADER_LEN.get(encap)
+        h = PREFIX_LEN.get(encap)
         add = self._add
         if not seg_size or seg_size >= n:
             add(h, mv, 0, n, now)
@@ -97,7 +94,7 @@ class Gro:
     def add(self, encap: str, payload, now: float = 0.0) -> None:
         """One tunnel payload (e.g. one MPLSoGRE packet from a raw socket)."""
         mv = memoryview(payload)
-        self._add(HEADER_LEN.get(encap), mv, 0, len(mv), now)
+        self._add(PREFIX_LEN.get(encap), mv, 0, len(mv), now)
 
     def _add(self, h, mv, s: int, e: int, now: float) -> None:
         self.segments += 1
