@@ -44,6 +44,3 @@ class SlowPath:
         if kind == "receive":
             return {"key": key, "action": "drop", "reason": "receive_unsupported", "nexthop": nh, "rule": rule}
         return {"key": key, "action": "forward", "reason": None, "nexthop": nh, "rule": rule}
-
-    def instance(self, vrf_id: int):
-        return self._vrfs.get(vrf_id)
