@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import selectors
-import signal
 import socket
 import sys
 import threading
@@ -229,14 +228,9 @@ def main(argv=None):
         sock = args.vnc or f"{args.rundir}/vnc.sock"
         client = VncClient(sock, args.server, agent.on_config, stats=agent.stats).start()
 
-    def stop(*_):
-        agent.running = False
-    from vrouter.forwarder import die_with_parent
-    die_with_parent()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    from vrouter.forwarder import serve
     try:
-        agent.run()
+        serve(agent)
     finally:
         if client is not None:
             client.stop()

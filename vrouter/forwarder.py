@@ -563,14 +563,15 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def serve(fwd: Forwarder) -> None:
-    """Run `fwd` until SIGTERM or SIGINT (a clean close), or until the supervising process dies."""
+def serve(proc) -> None:
+    """Run `proc` (a forwarder, dispatcher or agent: its `run()` loops while `running`) until SIGTERM
+    or SIGINT (a clean close), or until the supervising process dies."""
     def stop(*_):
-        fwd.running = False
+        proc.running = False
     die_with_parent()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    fwd.run()
+    proc.run()
 
 
 def main(argv=None):
