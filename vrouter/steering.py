@@ -53,11 +53,7 @@ class Rps:
         self._by_kind = {k: self.hasher.for_kind(k) for k in NIC_KINDS}
 
     def hash(self, kind: str, buf, vrf: int | None = None, off: int = 0) -> int:
-        try:
-            fn = self._by_kind[kind]
-        except KeyError:
-            raise ValueError(f"nic kind {kind!r} is not one of {', '.join(NIC_KINDS)}") from None
-        return fn(buf, vrf, off)
+        return self.hasher.for_kind(kind)(buf, vrf, off)
 
     def steer(self, kind: str, buf, vrf: int | None = None, off: int = 0) -> int:
         """Worker for a packet as read from a NIC of ``kind`` (``vrf``: the VIF's network id, TAP only)."""
@@ -125,9 +121,8 @@ class ExtendedRps:
         """Worker, on the second core: the same inner steering as :class:`Rps`."""
         return self.inner.steer(kind, buf, vrf, off)
 
-    def steer(self, kind: str, buf, vrf: int | None = None, off: int = 0) -> int:
-        """Final worker; it does not depend on stage 1 (a TAP packet has no outer header anyway)."""
-        return self.inner.steer(kind, buf, vrf, off)
+    # The final worker does not depend on stage 1 (a TAP packet has no outer header anyway).
+    steer = stage2
 
     def path(self, kind: str, buf, outer: tuple | None = None, vrf: int | None = None, off: int = 0) -> tuple:
         """(second core or None for a TAP, worker): the whole route of one packet, for simulations."""
