@@ -352,7 +352,7 @@ class Forwarder(AgentChannel):
         """Flip the GRO and/or GSO switch at run time (see vrouter/offload.py); returns both."""
         off = self.offloads
         if gro is not None:
-            off.gro_on = off.gro.enabled = bool(gro)
+            off.gro.enabled = bool(gro)
             if self.tunnels:
                 self.tunnels.set_gro(off.gro_on)
         if gso is not None:

@@ -50,12 +50,16 @@ def switch_value(text: str) -> bool:
 
 class Offloads:
     def __init__(self, gro: bool = True, gso: bool = True):
-        self.gro_on = gro
         self.gso_on = gso
         self.gro = gro_mod.Gro(enabled=gro)
         self.mtu = UNDERLAY_MTU - OVERHEAD["vxlan"]
         self.hist = collections.Counter()     # segments per delivery -> deliveries
         self.counters = collections.Counter()
+
+    @property
+    def gro_on(self) -> bool:
+        """The GRO switch: the engine's own `enabled` flag."""
+        return self.gro.enabled
 
     def reset(self):
         self.gro = gro_mod.Gro(enabled=self.gro_on)
