@@ -14,7 +14,8 @@ from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST
 
 FlowKey = tuple  # (vrf, proto, src, dst, sport, dport)
 
-_KEY = struct.Struct("!IBIIHH")
+_PACK = struct.Struct("!IBIIHH").pack
+_CRC = zlib.crc32
 _IP = struct.Struct("!BxHHHBBHII")
 ENTROPY_BASE = 49152
 ENTROPY_SPAN = 65536 - ENTROPY_BASE
@@ -25,17 +26,26 @@ def reverse(key: FlowKey) -> FlowKey:
     return (vrf, proto, dst, src, dport, sport)
 
 
+def key_hash(vrf: int, proto: int, src: int, dst: int, sport: int, dport: int) -> int:
+    """32-bit hash of a key in its direction."""
+    return _CRC(_PACK(vrf, proto, src, dst, sport, dport))
+
+
+def symmetric_key_hash(vrf: int, proto: int, src: int, dst: int, sport: int, dport: int) -> int:
+    """32-bit hash of a key that its reverse shares (the fields passed apart: steering's hot path)."""
+    if (src, sport) > (dst, dport):
+        return _CRC(_PACK(vrf, proto, dst, src, dport, sport))
+    return _CRC(_PACK(vrf, proto, src, dst, sport, dport))
+
+
 def symmetric_hash(key: FlowKey) -> int:
     """Same 32-bit value for a key and its reverse."""
-    vrf, proto, src, dst, sport, dport = key
-    if (src, sport) > (dst, dport):
-        src, dst, sport, dport = dst, src, dport, sport
-    return zlib.crc32(_KEY.pack(vrf, proto, src, dst, sport, dport))
+    return symmetric_key_hash(*key)
 
 
 def entropy_port(key: FlowKey) -> int:
     """Outer UDP source port for a flow: hash of routing instance + inner 5-tuple into 49152-65535."""
-    return ENTROPY_BASE + zlib.crc32(_KEY.pack(*key)) % ENTROPY_SPAN
+    return ENTROPY_BASE + key_hash(*key) % ENTROPY_SPAN
 
 
 def extract(buf, off: int, end: int | None = None):
