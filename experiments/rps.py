@@ -27,7 +27,6 @@ from experiments.common import ExperimentError, add_run_arguments, load_topology
 
 MODES = ("rps", "extended", "kernel")
 WORKERS = (1, 2)
-FLOWS_PER_NETWORK = 32
 DPORTS = 4
 SPORT_BASE, DPORT_BASE = 21000, 9100
 

@@ -25,10 +25,6 @@ def port_stats(bridge: str) -> dict[int, dict[str, int]]:
     return out
 
 
-def delta(before: dict, after: dict) -> dict:
-    return {p: {k: after[p][k] - before.get(p, {}).get(k, 0) for k in after[p]} for p in after}
-
-
 def iperf3(client, server, server_ip: str, seconds: float = 3, parallel: int = 1, udp: bool = False,
            bitrate: str | None = None, port: int = 5201, extra: str = "") -> dict:
     """Run iperf3 between two Mininet hosts; returns throughput figures from its JSON report."""
