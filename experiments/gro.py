@@ -71,8 +71,7 @@ def plot(rows, summary, path: Path) -> None:
                                           (ax2, "cpu_s_per_gb", "vrouter CPU seconds per GB"))):
         for j, mode in enumerate(("off", "on")):
             xs = [i + (j - 0.5) * width for i in range(len(STREAMS))]
-            meds = [statistics.median([r[key] for r in rows if r["streams"] == n and r["gro_gso"] == mode
-                                       and r[key] is not None] or [0]) for n in STREAMS]
+            meds = [summary[str(n)][mode][f"{key}_median"] or 0 for n in STREAMS]
             bars = ax.bar(xs, meds, width, color=colors[mode], label=f"GRO/GSO {mode} (median)")
             ax.bar_label(bars, fmt="%.2f")
             for i, n in enumerate(STREAMS):
