@@ -69,15 +69,6 @@ def _established(encap: str, flows: int, size: int):
     return pipe, to_fabric, to_vm
 
 
-def _best_rate(fn, count: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return count / best
-
-
 def fast_path(encap: str, size: int, direction: str, packets: int, flows: int, repeats: int) -> float:
     pipe, to_fabric, to_vm = _established(encap, flows, size)
     rounds = max(1, packets // flows)
@@ -98,7 +89,7 @@ def fast_path(encap: str, size: int, direction: str, packets: int, flows: int, r
                 for f in frames:
                     from_fabric("10.0.2.1", encap, f, 1.0)
     before = pipe.stats()["hits"]
-    rate = _best_rate(run, rounds * len(frames), repeats)
+    rate = rounds * len(frames) / bench_gro.best_seconds(run, repeats)
     hits = pipe.stats()["hits"] - before
     if hits != rounds * len(frames) * repeats:
         raise RuntimeError(f"benchmark packets missed the flow table ({hits} hits)")

@@ -55,7 +55,9 @@ def _gro_read() -> tuple[bytes, int]:
     return buf, chunk
 
 
-def _best(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int) -> float:
+    """Shortest of ``repeats`` timed runs of ``fn()`` (the run least disturbed by other processes);
+    every vrouter benchmark times with it."""
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
@@ -111,7 +113,7 @@ def run(quick: bool) -> dict:
                            ("gro off + from_fabric per segment", off_and_route, reads * BATCH),
                            ("gso split, 64 KB super-frame, MSS 1448", split_only, supers * n_send),
                            ("from_vif per super-frame + gso split", route_and_split, supers * n_send)):
-        rate = segs / _best(fn, repeats)
+        rate = segs / best_seconds(fn, repeats)
         rows.append({"name": name, "segments_per_s": round(rate)})
     rate = {r["name"]: r["segments_per_s"] for r in rows}
     return {"rows": rows, "reference_us_per_segment": REFERENCE_US,

@@ -7,8 +7,8 @@ hash). 64 B and 1400 B inner Ethernet frames over many flows; best of several ru
 included (it is part of what a dispatcher pays).
 """
 import sys
-import time
 
+from .bench_gro import best_seconds
 from .buckets import BucketTable
 from .codec import ethernet, ipv4, l4
 from .config import VROUTER_MAC
@@ -34,12 +34,7 @@ def _frames(flows: int, size: int, kind: str) -> list:
 
 
 def _best_us(fn, count: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best / count * 1e6
+    return best_seconds(fn, repeats) / count * 1e6
 
 
 def run(quick: bool = True, workers: int = 2) -> dict:
