@@ -10,7 +10,7 @@ import json
 import struct
 
 from .actions import Punt, ToTunnel, ToVif
-from .codec import Malformed, outer
+from .codec import Malformed, gre, mpls, outer
 from .codec.ipv4 import int_to_ip
 from .config import ConfigError, VrouterConfig
 from .flowkey import extract
@@ -140,17 +140,16 @@ class Replayer:
 
     @staticmethod
     def _inner_offset(frame, o):
-        base = o.payload_offset
+        """Where the inner IPv4 packet starts (decoded as the pipeline does), or None."""
+        off = o.payload_offset
         if o.encap == "vxlan":
-            return base + 22
-        if o.encap == "mplsogre":
-            base += 4
-        pos = base
-        while pos + 4 <= len(frame):
-            if frame[pos + 2] & 1:
-                return pos + 4
-            pos += 4
-        return None
+            return off + 22
+        try:
+            if o.encap == "mplsogre":
+                off += gre.parse(frame, off).header_length
+            return mpls.parse_stack(frame, off)[1]
+        except Malformed:
+            return None
 
     def _resolve(self, actions, now, depth=0) -> list[str]:
         lines = []
