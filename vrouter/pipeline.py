@@ -99,8 +99,7 @@ class Pipeline:
                 continue
             vrf = self._vrfs.get(e.key[0])
             if vrf is None:
-                for _ in e.held:
-                    self._drop_count("flow_torn_down")
+                self._drops["flow_torn_down"] += len(e.held)
                 self.table.remove_pair(e)
             elif e.kind != HOLD:
                 self._set_action(e, self._evaluator.evaluate(vrf, *e.key[1:]))
@@ -430,8 +429,7 @@ class Pipeline:
         s = self._settings
         removed = 0
         for e in self.table.expired(now, s.idle_timeout, s.hold_timeout, s.close_timeout, s.closed_linger):
-            for _ in e.held:
-                self._drop_count("hold_timeout")
+            self._drops["hold_timeout"] += len(e.held)
             removed += self.table.remove_pair(e)
         self._count["aged"] += removed
         for fkey in [k for k, v in self._frags.items() if now - v[2] > s.fragment_timeout]:
@@ -474,6 +472,3 @@ class Pipeline:
     def _drop(self, reason: str) -> list:
         self._drops[reason] += 1
         return [self._drop_actions[reason]]
-
-    def _drop_count(self, reason: str) -> None:
-        self._drops[reason] += 1
