@@ -268,18 +268,18 @@ class Forwarder(AgentChannel):
         now = self.clock()
         c = port.counters
         c["rx_packets"] += len(frames)
+        c["rx_bytes"] += sum(map(len, frames)) - VNET_LEN * len(frames)
         from_vif = self.pipeline.from_vif
         execute = self._execute
         for raw in frames:
-            c["rx_bytes"] += len(raw) - VNET_LEN
             vnet = raw[:VNET_LEN]
-            if vnet == PLAIN:
-                execute(from_vif(name, raw[VNET_LEN:], now))
-                continue
-            h = virtio.parse(vnet)
-            if h.is_tcpv4_gso:
-                c["rx_super_frames"] += 1
-            execute(from_vif(name, raw[VNET_LEN:], now), vnet, h.gso_size if h.is_tcpv4_gso else 0)
+            mss = 0
+            if vnet != PLAIN:
+                h = virtio.parse(vnet)
+                if h.is_tcpv4_gso:
+                    c["rx_super_frames"] += 1
+                    mss = h.gso_size
+            execute(from_vif(name, raw[VNET_LEN:], now), vnet, mss)
 
     def _on_fabric(self, sock, _):
         reads = self.tunnels.receive_gro(sock)
