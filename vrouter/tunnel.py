@@ -37,6 +37,7 @@ VXLAN_PORT = 4789
 IPPROTO_GRE = 47
 UDP_PORTS = {"mplsoudp": MPLSOUDP_PORT, "vxlan": VXLAN_PORT}
 ENCAPS = ("mplsoudp", "mplsogre", "vxlan")
+_TX_COUNTER = {encap: f"tx_{encap}" for encap in ENCAPS}   # per-packet counter keys, built once
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -81,7 +82,7 @@ class EntropySender:
                 self.counters["tx_errors"] += 1
                 return False
             raise
-        self.counters[f"tx_{encap}"] += 1
+        self.counters[_TX_COUNTER[encap]] += 1
         return True
 
     def _sender(self, encap: str, sport: int) -> socket.socket:
