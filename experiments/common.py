@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
+from testbed import DEFAULT_TOPOLOGY, REPO
+
 
 
 class ExperimentError(Exception):

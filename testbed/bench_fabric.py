@@ -9,15 +9,12 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
-from testbed import generator, measure
+from testbed import DEFAULT_TOPOLOGY, generator, measure
 from testbed.commands import command, group
 from testbed.runner import Testbed
 from testbed.topology import from_dict, load
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
 
 
 def _measure_one(topo, label: str, prefix: str, run_root, seconds: float, progress) -> dict:

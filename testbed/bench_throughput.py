@@ -14,17 +14,14 @@ import re
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from testbed import measure
+from testbed import DEFAULT_TOPOLOGY, measure
 from testbed.commands import CommandError, command, group
 from testbed.overlay import agent_name, forwarder_name
 from testbed.runner import Testbed
 from testbed.topology import load
 from vrouter import introspect
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
 VXLAN_ID, VXLAN_PORT, VXLAN_NET = 4242, 4790, "172.31.255"
 TARGETS = {"d_over_a": 0.9, "d_over_b": 1.3, "segments_per_merge": 8.0, "rtt_overhead_us": 150.0}
 MODES = ("underlay", "kernel_vxlan", "overlay_off", "overlay_on")

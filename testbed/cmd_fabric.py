@@ -9,15 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from testbed import bench_fabric, cleanup, generator  # noqa: F401 (bench_fabric registers its commands)
+from testbed import DEFAULT_TOPOLOGY, REPO, bench_fabric, cleanup, generator  # noqa: F401 (bench_fabric registers its commands)
 from testbed.commands import CommandError, command, group
 from testbed.daemon import relay_cli, request
 from testbed.fabric import FabricError, check_prefix
 from testbed.rundir import RunDir, live_process, run_dirs, run_root
 from testbed.topology import load
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TOPOLOGY = REPO / "topologies" / "default.yaml"
 UP_TIMEOUT = 600.0
 
 

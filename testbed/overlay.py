@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
+from testbed import REPO
 from testbed.runner import on_down, on_up
 from vrouter import introspect, ipc
 
-REPO = Path(__file__).resolve().parent.parent
 VNC_WAIT = 20.0
 VIFS_WAIT = 30.0
 ACTIVE = {"rundir": None}  # the testbed of this process, for Mininet's CLI command `vr`

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed import cleanup, fabric
+from testbed import REPO, cleanup, fabric
 from testbed.network import build, wait_programmed
 from testbed.rundir import RunDir, live_process, process_record
 from testbed.supervisor import Supervisor
@@ -27,7 +27,6 @@ from testbed.topology import Topology
 PLUGINS = ("testbed.overlay",)
 _HOOKS: dict[str, list] = {"up": [], "down": []}
 CONTROLLER = "controller"
-REPO = Path(__file__).resolve().parent.parent
 
 
 class TestbedError(Exception):
