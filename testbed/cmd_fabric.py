@@ -19,8 +19,8 @@ from testbed.topology import load
 UP_TIMEOUT = 600.0
 
 
-def _run_args(p, prefix_default="vt"):
-    p.add_argument("--prefix", default=prefix_default,
+def _run_args(p):
+    p.add_argument("--prefix", default="vt",
                    help="name prefix of this testbed's bridges, links and run dir (default vt); "
                         "testbeds with different prefixes run side by side")
     p.add_argument("--run-root", default=None,
@@ -134,11 +134,7 @@ def up(args) -> int:
     return 0
 
 
-def _down_args(p):
-    _run_args(p)
-
-
-@command("down", help="stop a testbed started by 'testbed up'", root=True, arguments=_down_args)
+@command("down", help="stop a testbed started by 'testbed up'", root=True, arguments=_run_args)
 def down(args) -> int:
     rundir = _daemon_rundir(args)
     owner = rundir.read_state()["owner"]
@@ -193,7 +189,7 @@ def status(args) -> int:
     return 0 if any(r["running"] for r in report) else 3
 
 
-@command("cli", help="open Mininet's CLI on the running testbed", root=True, arguments=_down_args)
+@command("cli", help="open Mininet's CLI on the running testbed", root=True, arguments=_run_args)
 def cli(args) -> int:
     relay_cli(_daemon_rundir(args))
     return 0
@@ -221,7 +217,7 @@ group("controller", "manage the controller of a running testbed")
 
 
 @command("controller restart", help="restart the controller; the fabric keeps forwarding", root=True,
-         arguments=_down_args)
+         arguments=_run_args)
 def controller_restart(args) -> int:
     reply = request(_daemon_rundir(args), "controller-restart")
     if not reply.get("ok"):
