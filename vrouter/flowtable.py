@@ -15,12 +15,12 @@ Behaviour, stated and tested:
   A closing pair that never completes goes after ``close_timeout``.
 """
 from .codec.ipv4 import int_to_ip
+from .codec.l4 import TCP_ACK, TCP_FIN, TCP_SYN
 
 # Entry kinds. HOLD is 0 so that ``if entry.kind`` tells a decided entry from a held one.
 HOLD, TO_VIF, TO_TUNNEL, DROP = 0, 1, 2, 3
 KIND_NAMES = {HOLD: "hold", TO_VIF: "forward", TO_TUNNEL: "forward", DROP: "drop"}
 
-TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 TCP_CLOSING = 0x100    # both directions sent a FIN
 TCP_FIN_ACKED = 0x200  # this direction's FIN was acknowledged by the other side
 TCP_PEER_FIN = 0x400   # the other direction sent a FIN: ACKs in this direction may complete the close

@@ -33,11 +33,11 @@ import struct
 
 from .codec import virtio
 from .codec.ipv4 import checksum
+from .codec.l4 import TCP_CWR, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG
 from .gso import PREFIX_LEN, partial_offset, pseudo_sum
 
-FIN, SYN, RST, PSH, ACK, URG, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x80
-_ENDS = FIN | PSH                       # may join a merge as its last segment
-_ALONE = SYN | RST | URG | FIN | PSH    # cannot start a merge
+_ENDS = TCP_FIN | TCP_PSH                                  # may join a merge as its last segment
+_ALONE = TCP_SYN | TCP_RST | TCP_URG | TCP_FIN | TCP_PSH   # cannot start a merge
 _DF = 0x4000
 _ETH = 14                               # the ToVif frame's inner IPv4 header starts here
 
@@ -141,7 +141,7 @@ class Gro:
                 m.last_id = ident
                 if flags & _ENDS:
                     m.ends = flags & _ENDS
-                    self._close(m, "psh" if flags & PSH else "fin")
+                    self._close(m, "psh" if flags & TCP_PSH else "fin")
                 elif dlen < m.mss:
                     self._close(m, "short")
                 return
@@ -153,7 +153,7 @@ class Gro:
                                 _PARTIAL_TCP if thl >= 20 and tc == pseudo_sum(src, dst, 6, tlen - 20) else _PLAIN))
             return
         m = _Merge()
-        m.key, m.first, m.h, m.thl, m.flags, m.cmp = key, mv[s:e], h, thl, flags, flags & ~CWR
+        m.key, m.first, m.h, m.thl, m.flags, m.cmp = key, mv[s:e], h, thl, flags, flags & ~TCP_CWR
         m.ack, m.win, m.tos, m.ttl, m.fw, m.last_id = ack, win, tos, ttl, fw, ident
         m.opts = bytes(mv[off + 40:off + 20 + thl])
         m.mss, m.next_seq, m.data, m.size, m.limit = dlen, (seq + dlen) & 0xFFFFFFFF, [], dlen, 65535 - 20 - thl
@@ -162,7 +162,7 @@ class Gro:
 
     @staticmethod
     def _why(m: _Merge, seq: int, dlen: int, flags: int) -> str:
-        if dlen <= 0 or flags & (SYN | RST | URG):
+        if dlen <= 0 or flags & (TCP_SYN | TCP_RST | TCP_URG):
             return "other_packet"
         if seq != m.next_seq:
             return "not_contiguous"
@@ -203,7 +203,7 @@ class Gro:
         head[o + 33] = m.flags | m.ends
         head[o + 36:o + 38] = pseudo_sum(m.src, m.dst, 6, tlen - 20).to_bytes(2, "big")
         self._ready.append((b"".join([head, first[hl:], *m.data]), m.n, m.mss,
-                            virtio.tcpv4_gso(_ETH, 20, m.thl, m.mss, bool(m.flags & CWR))))
+                            virtio.tcpv4_gso(_ETH, 20, m.thl, m.mss, bool(m.flags & TCP_CWR))))
 
     def take(self) -> list:
         """Deliveries ready now, leaving open merges open."""
@@ -257,7 +257,7 @@ def vnet_for_frame(frame, mtu: int = 1500) -> tuple[bytes, bytes]:
             field = pseudo_sum(src, dst, 6, tlen - 20).to_bytes(2, "big")
             if frame[at:at + 2] != field:
                 frame = bytes(frame[:at]) + field + bytes(frame[at + 2:])
-            cwr = bool(frame[_ETH + 33] & CWR)
+            cwr = bool(frame[_ETH + 33] & TCP_CWR)
             return virtio.tcpv4_gso(_ETH, 20, thl, min(mtu - 20 - thl, tlen - 20 - thl), cwr), frame
     part = partial_offset(frame, _ETH) if ihl >= 20 else None
     return (_PLAIN if part is None else virtio.partial(_ETH + part[0], part[1])), frame

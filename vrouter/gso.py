@@ -21,8 +21,7 @@ import struct
 
 from .codec.errors import Malformed
 from .codec.ipv4 import IPPROTO_TCP, IPPROTO_UDP, checksum, pseudo_header
-
-TCP_FIN, TCP_PSH, TCP_CWR = 0x01, 0x08, 0x80
+from .codec.l4 import TCP_CWR, TCP_FIN, TCP_PSH
 
 # Bytes before the inner IPv4 header in a ToTunnel payload (label; GRE + label; VXLAN + Ethernet).
 PREFIX_LEN = {"mplsoudp": 4, "mplsogre": 8, "vxlan": 22}

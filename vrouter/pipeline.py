@@ -23,11 +23,11 @@ from .actions import Drop, Punt, ToTunnel, ToVif
 from .codec import arp, ethernet, gre, ipv4, mpls, outer, vxlan
 from .codec.errors import Malformed
 from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, int_to_ip
-from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, build_icmp
+from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, build_icmp
 from .config import VROUTER_MAC, VrouterConfig
 from .flowkey import entropy_port, extract, reverse
-from .flowtable import (DROP, HOLD, TCP_ACK, TCP_CLOSED, TCP_CLOSING, TCP_FIN, TCP_FIN_ACKED, TCP_PEER_FIN,
-                        TCP_RST, TCP_SYN, TO_TUNNEL, TO_VIF, FlowEntry, FlowTable)
+from .flowtable import (DROP, HOLD, TCP_CLOSED, TCP_CLOSING, TCP_FIN_ACKED, TCP_PEER_FIN, TO_TUNNEL, TO_VIF,
+                        FlowEntry, FlowTable)
 from .slowpath import SlowPath
 from .vrf import build_instances
 

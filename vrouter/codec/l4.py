@@ -5,7 +5,7 @@ from typing import NamedTuple
 from .errors import Malformed
 from .ipv4 import IPPROTO_TCP, IPPROTO_UDP, checksum, pseudo_header
 
-TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x80
 ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
 
 _TCP = struct.Struct("!HHIIBBHHH")
