@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from testbed.commands import CommandError, command
+from testbed.commands import CommandError, command, run_arguments
 
 SNAPLEN = 256  # outer + inner headers; payload bytes are not needed to see labels and ports
 
@@ -117,8 +117,7 @@ def _arguments(p):
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: -c, or Ctrl-C)")
     p.add_argument("-o", "--output", required=True, help="directory for the pcap files")
     p.add_argument("--filter", help="tcpdump filter, e.g. 'udp port 6635'")
-    p.add_argument("--prefix", default="vt", help="testbed prefix (default vt)")
-    p.add_argument("--run-root", help="run directory root (default /run/vnet-testbed)")
+    run_arguments(p)
 
 
 @command("capture", help="tcpdump fabric links into pcap files (Wireshark)", root=True, arguments=_arguments)

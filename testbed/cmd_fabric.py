@@ -10,21 +10,13 @@ import time
 from pathlib import Path
 
 from testbed import DEFAULT_TOPOLOGY, REPO, bench_fabric, cleanup, generator  # noqa: F401 (bench_fabric registers its commands)
-from testbed.commands import CommandError, command, group
+from testbed.commands import CommandError, command, group, run_arguments
 from testbed.daemon import relay_cli, request
 from testbed.fabric import FabricError, check_prefix
 from testbed.rundir import RunDir, live_process, run_dirs, run_root
 from testbed.topology import load
 
 UP_TIMEOUT = 600.0
-
-
-def _run_args(p):
-    p.add_argument("--prefix", default="vt",
-                   help="name prefix of this testbed's bridges, links and run dir (default vt); "
-                        "testbeds with different prefixes run side by side")
-    p.add_argument("--run-root", default=None,
-                   help="where run directories live (default $VNET_TESTBED_RUN_ROOT or /run/vnet-testbed)")
 
 
 def _prefix(args) -> str:
@@ -90,7 +82,7 @@ def _up_args(p):
     p.add_argument("topology", nargs="?", default=str(DEFAULT_TOPOLOGY),
                    help="topology YAML (default topologies/default.yaml)")
     p.add_argument("--ofp-port", type=int, help="controller OpenFlow port (default: a free port)")
-    _run_args(p)
+    run_arguments(p)
 
 
 @command("up", help="build the fabric, start the controller, return once every switch forwards",
@@ -134,7 +126,7 @@ def up(args) -> int:
     return 0
 
 
-@command("down", help="stop a testbed started by 'testbed up'", root=True, arguments=_run_args)
+@command("down", help="stop a testbed started by 'testbed up'", root=True, arguments=run_arguments)
 def down(args) -> int:
     rundir = _daemon_rundir(args)
     owner = rundir.read_state()["owner"]
@@ -152,7 +144,7 @@ def down(args) -> int:
 
 
 def _status_args(p):
-    _run_args(p)
+    run_arguments(p)
     p.add_argument("--all", action="store_true", help="every run dir under the run root")
     p.add_argument("--json", action="store_true")
 
@@ -189,7 +181,7 @@ def status(args) -> int:
     return 0 if any(r["running"] for r in report) else 3
 
 
-@command("cli", help="open Mininet's CLI on the running testbed", root=True, arguments=_run_args)
+@command("cli", help="open Mininet's CLI on the running testbed", root=True, arguments=run_arguments)
 def cli(args) -> int:
     relay_cli(_daemon_rundir(args))
     return 0
@@ -198,7 +190,7 @@ def cli(args) -> int:
 def _exec_args(p):
     p.add_argument("host", help="server name, e.g. srv1")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="shell command to run in the host")
-    _run_args(p)
+    run_arguments(p)
 
 
 @command("exec", help="run a shell command in a server of the running testbed", root=True,
@@ -217,7 +209,7 @@ group("controller", "manage the controller of a running testbed")
 
 
 @command("controller restart", help="restart the controller; the fabric keeps forwarding", root=True,
-         arguments=_run_args)
+         arguments=run_arguments)
 def controller_restart(args) -> int:
     reply = request(_daemon_rundir(args), "controller-restart")
     if not reply.get("ok"):

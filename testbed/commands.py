@@ -41,6 +41,15 @@ def command(name: str, help: str, root: bool = False, arguments: Callable | None
     return deco
 
 
+def run_arguments(p) -> None:
+    """--prefix and --run-root: which running testbed a command talks to."""
+    p.add_argument("--prefix", default="vt",
+                   help="name prefix of this testbed's bridges, links and run dir (default vt); "
+                        "testbeds with different prefixes run side by side")
+    p.add_argument("--run-root", default=None,
+                   help="where run directories live (default $VNET_TESTBED_RUN_ROOT or /run/vnet-testbed)")
+
+
 def group(name: str, help: str) -> None:
     GROUP_HELP.setdefault(name, help)
 

@@ -14,15 +14,10 @@ from __future__ import annotations
 import subprocess
 import time
 
-from testbed.commands import CommandError, command, group
+from testbed.commands import CommandError, command, group, run_arguments
 from vrouter import introspect, ipc
 
 group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode")
-
-
-def _common(p):
-    p.add_argument("--prefix", default="vt", help="testbed prefix (default vt)")
-    p.add_argument("--run-root", help="run directory root (default /run/vnet-testbed)")
 
 
 def _admin(rundir):
@@ -54,7 +49,7 @@ def _add_vm_args(p):
     p.add_argument("--address", required=True)
     p.add_argument("--mac")
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the VM's interface")
-    _common(p)
+    run_arguments(p)
 
 
 @command("net add-vm", help="add a VM at run time", root=True, arguments=_add_vm_args)
@@ -89,7 +84,7 @@ def add_vm_command(args) -> int:
 
 def _rm_vm_args(p):
     p.add_argument("name")
-    _common(p)
+    run_arguments(p)
 
 
 @command("net rm-vm", help="remove a VM at run time", root=True, arguments=_rm_vm_args)
@@ -112,7 +107,7 @@ def _policy_args(p):
     src.add_argument("--file", help="YAML: {default: allow|deny, rules: [{action, protocol, src, dst, "
                                     "src_port, dst_port}, ...]}")
     src.add_argument("--clear", action="store_true", help="remove the policy (allow everything)")
-    _common(p)
+    run_arguments(p)
 
 
 def load_rules(path: str):
@@ -142,7 +137,7 @@ def policy_command(args) -> int:
 
 def _mode_args(p):
     p.add_argument("mode", choices=("proactive", "reactive"))
-    _common(p)
+    run_arguments(p)
 
 
 @command("net mode", help="flow setup mode of every vrouter: proactive (forward+reverse) or reactive",

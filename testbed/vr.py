@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from testbed.commands import CommandError, command
+from testbed.commands import CommandError, command, run_arguments
 from vrouter import introspect, worker_tables
 
 TOOLS = {
@@ -72,8 +72,7 @@ def run(argv: list[str], rundir: Path, out=sys.stdout) -> int:
 
 
 def _arguments(p):
-    p.add_argument("--prefix", default="vt", help="testbed prefix (default vt)")
-    p.add_argument("--run-root", help="run directory root (default /run/vnet-testbed)")
+    run_arguments(p)
     p.add_argument("server", help="server whose vrouter to inspect")
     # REMAINDER: the tools' own flags (-l, --list, --dump) must reach us untouched
     p.add_argument("tool", nargs=argparse.REMAINDER, help=USAGE + " (add --json for raw data)")
