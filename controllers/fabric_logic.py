@@ -71,9 +71,7 @@ class FabricLogic:
     """Holds the fabric description and the last known state of every switch port."""
 
     def __init__(self, fabric: dict):
-        self.fabric = fabric
         self.by_dpid = {sw["dpid"]: sw for sw in fabric["switches"]}
-        self.by_name = {sw["name"]: sw for sw in fabric["switches"]}
         self.servers = fabric["servers"]
         self.server_by_ip = {s["ip"]: s for s in self.servers}
         self.leaves = [sw for sw in fabric["switches"] if sw["role"] == "leaf"]
