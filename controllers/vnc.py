@@ -86,13 +86,7 @@ class Vnc(app_manager.OSKenApp):
         sock, topo = SETTINGS["vnc_socket"], SETTINGS["topology"]
         if not (sock and topo):
             return
-        try:
-            from controllers import vnc_rpc
-        except ModuleNotFoundError as exc:
-            if exc.name != "controllers.vnc_rpc":
-                raise
-            LOG.warning("VNC control channel not started: controllers/vnc_rpc.py is not there yet")
-            return
+        from controllers import vnc_rpc
         self.vnc_server = vnc_rpc.start_vnc_server(topo, sock, prefix=SETTINGS["prefix"])
         LOG.info("VNC control channel listening on %s", sock)
 
