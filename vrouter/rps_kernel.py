@@ -20,8 +20,8 @@ import os
 import socket
 import struct
 
-from vrouter import tap
-from vrouter.tunnel import IPPROTO_GRE, UDP_PORTS, EntropySender
+from vrouter import tap, tunnel
+from vrouter.tunnel import IPPROTO_GRE, EntropySender
 
 IFF_MULTI_QUEUE = 0x0100
 SO_ATTACH_FILTER = 26
@@ -51,27 +51,12 @@ def drop_all_filter(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
 
 
-def open_rx(reuseport: bool, gre: bool = True, rcvbuf: int = 4 << 20) -> dict:
+def open_rx(reuseport: bool, gre: bool = True) -> dict:
     """{socket: encap} receive sockets on UDP 6635 and 4789 (and raw GRE unless ``gre`` is False)."""
-    out = {}
     try:
-        for encap, port in UDP_PORTS.items():
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            out[s] = encap
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT if reuseport else socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            s.bind(("0.0.0.0", port))
-            s.setblocking(False)
-        if gre:
-            g = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
-            out[g] = "mplsogre"
-            g.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            g.setblocking(False)
+        return tunnel.open_rx(reuseport=reuseport, gre=gre)
     except OSError as exc:
-        for s in out:
-            s.close()
         raise NicError(f"cannot open fabric receive sockets: {exc.strerror}") from None
-    return out
 
 
 def receive(sock: socket.socket, encap: str, counters, max_packets: int = 64) -> list:

@@ -112,30 +112,45 @@ class EntropySender:
         raise NotImplementedError
 
 
+def open_rx(*, reuseport: bool = False, gre: bool = True, rcvbuf: int = 4 << 20,
+            gro: bool = False) -> dict[socket.socket, str]:
+    """{socket: encap} receive sockets on UDP 6635 and 4789 (`gro`: with UDP_GRO) and, unless `gre` is
+    False, a raw GRE socket. `reuseport`: SO_REUSEPORT (one socket per multi-core worker, the kernel
+    picks) instead of SO_REUSEADDR. OSError with every socket closed if one cannot be opened."""
+    out = {}
+    try:
+        for encap, port in UDP_PORTS.items():
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            out[s] = encap
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT if reuseport else socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if gro:
+                s.setsockopt(SOL_UDP, UDP_GRO, 1)
+            s.bind(("0.0.0.0", port))
+            s.setblocking(False)
+        if gre:
+            g = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
+            out[g] = "mplsogre"
+            g.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            g.setblocking(False)
+    except OSError:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
 class Tunnels(EntropySender):
     """The fabric sockets of one server. `sockets()` are what the forwarder's selector watches."""
 
     def __init__(self, local_ip: str, *, pool_size: int = 512, rcvbuf: int = 4 << 20, gro: bool = True):
         super().__init__(local_ip, pool_size)
-        self._rx: dict[socket.socket, str] = {}
         try:
-            for encap, port in UDP_PORTS.items():
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                self._rx[s] = encap
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-                if gro:
-                    s.setsockopt(SOL_UDP, UDP_GRO, 1)
-                s.bind(("0.0.0.0", port))
-                s.setblocking(False)
-            g = self._gre = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
-            self._rx[g] = "mplsogre"
-            g.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            g.setblocking(False)
+            self._rx: dict[socket.socket, str] = open_rx(rcvbuf=rcvbuf, gro=gro)
         except OSError as exc:
-            self.close()
             raise TunnelError(f"cannot open fabric sockets on {local_ip}: {exc.strerror}") from None
         self._tx_fallback = {encap: s for s, encap in self._rx.items()}
+        self._gre = self._tx_fallback["mplsogre"]
 
     def sockets(self) -> list[socket.socket]:
         return list(self._rx)
