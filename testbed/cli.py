@@ -12,18 +12,14 @@ import sys
 
 import testbed
 from testbed.checks import PreconditionError, require_testbed_host
-from testbed.commands import COMMANDS, GROUP_HELP, OPTIONAL_MODULES, CommandError
+from testbed.commands import COMMANDS, GROUP_HELP, COMMAND_MODULES, CommandError
 from testbed.topology import TopologyError
 
 
 def load_command_modules() -> None:
     names = [f"testbed.{m.name}" for m in pkgutil.iter_modules(testbed.__path__) if m.name.startswith("cmd_")]
-    for mod in sorted(names) + list(OPTIONAL_MODULES):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    for mod in sorted(names) + list(COMMAND_MODULES):
+        importlib.import_module(mod)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,20 +1,21 @@
 """Registry of `testbed` subcommands: modules add theirs with @command, the CLI builds the parser.
 
-    @command("bench throughput", help="...", root=True)
+    @command("bench throughput", help="...", root=True,
+             arguments=lambda p: p.add_argument("--seconds", type=int, default=5))
     def bench_throughput(args): ...          # returns the exit code
-    bench_throughput.arguments = lambda p: p.add_argument("--seconds", type=int, default=5)
 
 A two-word name makes a group (`testbed bench fabric`, `testbed bench throughput`).
 `root=True` checks for root and a running Open vSwitch before the command runs.
-Modules named testbed/cmd_*.py and those in OPTIONAL_MODULES are imported by testbed.cli.
+Modules named testbed/cmd_*.py and those in COMMAND_MODULES are imported by testbed.cli.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-# Modules owned by other parts of the project that may register commands once they exist.
-OPTIONAL_MODULES = ("testbed.vr", "testbed.overlay", "testbed.capture", "testbed.net_cmd", "testbed.bench_throughput")
+# The other modules imported by testbed.cli: those that register commands, and testbed.overlay
+# (its testbed hooks and the `vr` command of Mininet's CLI).
+COMMAND_MODULES = ("testbed.vr", "testbed.overlay", "testbed.capture", "testbed.net_cmd", "testbed.bench_throughput")
 
 
 @dataclass
@@ -24,8 +25,6 @@ class Command:
     help: str
     root: bool = False
     arguments: Callable | None = None
-    group_help: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 COMMANDS: dict[str, Command] = {}
