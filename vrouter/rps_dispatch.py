@@ -48,11 +48,6 @@ def channel_pair() -> tuple:
     return a, b
 
 
-def send_parts(sock: socket.socket, parts: list) -> None:
-    """One datagram from a list of buffers; blocks when the peer is behind (back-pressure, no loss)."""
-    sock.sendmsg(parts)
-
-
 class Children:
     """Sockets and PIDs of the workers and relays, created before the dispatcher exists."""
 
@@ -154,7 +149,7 @@ def run_relay(core: int, mc: MulticoreConfig, inbox: socket.socket, outs: dict) 
         for kind, tag, payload in decode(data):
             outbox.add(router.stage2(kind, payload), kind, tag, payload)
         for cpu, parts, _n in outbox.drain():
-            send_parts(outs[cpu], parts)
+            outs[cpu].sendmsg(parts)      # blocking: back-pressure to the dispatcher, no loss
 
 
 class Dispatcher(Forwarder):
@@ -204,9 +199,11 @@ class Dispatcher(Forwarder):
         self._flush()
 
     def _flush(self):
+        """One datagram per destination; a blocking send when a worker is behind is back-pressure to
+        the NIC queue, not loss."""
         for (hop, cpu), parts, n in self.outbox.drain():
             self.counters[f"to_{hop}_{cpu}"] += n
-            send_parts(self.children.data[cpu] if hop == "worker" else self.children.relay_in[cpu], parts)
+            (self.children.data[cpu] if hop == "worker" else self.children.relay_in[cpu]).sendmsg(parts)
 
     # --- agent ---------------------------------------------------------------------------------
     def _on_agent_listen(self, listener, _):
