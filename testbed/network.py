@@ -43,17 +43,19 @@ def build(desc: dict, ofp_port: int, progress=None):
         nodes[srv["name"]] = net.addHost(srv["name"], ip=f"{srv['ip']}/{plen}", mac=srv["mac"])
     by_name = {sw["name"]: sw for sw in desc["switches"]}
     servers = {s["name"]: s for s in desc["servers"]}
+
+    def intf(switch: str, port: int) -> str:  # named by fabric.describe
+        return by_name[switch]["ports"][str(port)]["intf"]
+
     say(f"creating {len(desc['links'])} links")
     for link in desc["links"]:
         a, b = link["a"], link["b"]
         if b in servers:
-            srv = servers[b]
-            net.addLink(nodes[b], nodes[a], port1=0, port2=link["a_port"], intfName1=srv["intf"],
-                        intfName2=f"{by_name[a]['bridge']}p{link['a_port']}")
+            net.addLink(nodes[b], nodes[a], port1=0, port2=link["a_port"], intfName1=servers[b]["intf"],
+                        intfName2=intf(a, link["a_port"]))
         else:
             net.addLink(nodes[a], nodes[b], port1=link["a_port"], port2=link["b_port"],
-                        intfName1=f"{by_name[a]['bridge']}p{link['a_port']}",
-                        intfName2=f"{by_name[b]['bridge']}p{link['b_port']}")
+                        intfName1=intf(a, link["a_port"]), intfName2=intf(b, link["b_port"]))
     say("configuring hosts")
     net.build()
     say(f"starting {len(desc['switches'])} switches (userspace datapath)")
