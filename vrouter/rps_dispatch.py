@@ -179,12 +179,12 @@ class Dispatcher(Forwarder):
         if name not in self.vifs:
             return
         frames = tap.read_frames(fd)
-        port = self.vifs[name]
-        port.counters["rx_packets"] += len(frames)
+        c = self.vifs[name].counters
+        c["rx_packets"] += len(frames)
+        c["rx_bytes"] += sum(map(len, frames))
         vrf = self.vrf_of.get(name)
         add, route = self.outbox.add, self.router.from_tap
         for f in frames:
-            port.counters["rx_bytes"] += len(f)
             add(route(name, vrf, f), "tap", name, f)
         self._flush()
 
