@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from testbed.rundir import write_json
 from testbed.topology import Topology
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
@@ -87,9 +88,7 @@ def describe(topo: Topology, prefix: str) -> dict:
 
 
 def write(desc: dict, path: Path) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(desc, indent=1))
-    tmp.replace(path)
+    write_json(Path(path), desc)
 
 
 def read(path: Path) -> dict:

@@ -20,7 +20,8 @@ def run_root(override: str | None = None) -> Path:
     return Path(override or os.environ.get("VNET_TESTBED_RUN_ROOT") or DEFAULT_RUN_ROOT)
 
 
-def _write_json(path: Path, data) -> None:
+def write_json(path: Path, data) -> None:
+    """Atomically: readers see the old file or the new one, never half of it."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
@@ -59,14 +60,14 @@ class RunDir:
     def write_state(self, **fields) -> dict:
         state = self.read_state()
         state.update(fields, updated=time.time())
-        _write_json(self.state_file, state)
+        write_json(self.state_file, state)
         return state
 
     # --- PID records ------------------------------------------------------------------------
     def record_pid(self, name: str, pid: int, role: str = "process") -> dict:
         rec = process_record(pid)
         rec.update(name=name, role=role)
-        _write_json(self.pids / f"{name}.json", rec)
+        write_json(self.pids / f"{name}.json", rec)
         return rec
 
     def forget_pid(self, name: str) -> None:
