@@ -20,7 +20,7 @@ from pathlib import Path
 
 from testbed import REPO, cleanup, fabric
 from testbed.network import build, wait_programmed
-from testbed.rundir import RunDir, live_process, process_record
+from testbed.rundir import RunDir, process_record
 from testbed.supervisor import Supervisor
 from testbed.topology import Topology
 
@@ -49,11 +49,7 @@ def on_down(fn):
 
 def load_plugins() -> None:
     for mod in PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+        importlib.import_module(mod)
 
 
 def free_port() -> int:
@@ -118,9 +114,7 @@ class Testbed:
 
     # --- life cycle ---------------------------------------------------------------------------
     def _refuse_if_running(self) -> None:
-        state = self.rundir.read_state()
-        owner = state.get("owner")
-        if owner and state.get("state") in ("starting", "up") and live_process(owner):
+        if cleanup.is_running(self.rundir):
             raise TestbedError(f"a testbed with prefix {self.prefix!r} is already running "
                                f"({self.rundir.path}): 'sudo testbed down --prefix {self.prefix}' "
                                f"or pick another --prefix")
