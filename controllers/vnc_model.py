@@ -326,9 +326,6 @@ class VncModel:
     def servers(self):
         return sorted(self._servers)
 
-    def underlay(self, server):
-        return self._servers[server]
-
     def changed_at(self, server):
         """Generation at which this server's configuration last changed."""
         return self._changed_at[server]
@@ -341,9 +338,6 @@ class VncModel:
     def vms(self, server=None):
         return [dict(v) for v in sorted(self._vms.values(), key=lambda v: v["index"])
                 if server is None or v["server"] == server]
-
-    def flow_mode(self):
-        return self._flow["mode"]
 
     def config_for(self, server):
         """The vrouter configuration of one server, as ``VrouterConfig.from_dict`` takes it."""
