@@ -102,12 +102,6 @@ class Topology:
     def leaves(self) -> list[Switch]:
         return [s for s in self.switches if s.role == "leaf"]
 
-    def server(self, name: str) -> Server:
-        for s in self.servers:
-            if s.name == name:
-                return s
-        raise KeyError(name)
-
     def leaf_of(self, server: str) -> str:
         leaves = {s.name for s in self.leaves}
         for a, b in self.links:
