@@ -1,7 +1,7 @@
 """Configuration validation: good configs load, bad ones fail with one clear line naming the field."""
 import pytest
 
-from conftest import server_dict
+from core_helpers import server_dict
 from vrouter.config import ConfigError, VrouterConfig
 from vrouter.fib import Fib
 from vrouter.policy import CompiledPolicy

@@ -1,5 +1,5 @@
 """Flow table lifecycle: capacity, ageing, RST teardown, lost decisions, run-time config changes."""
-from conftest import VM1, VM2, VM2_MAC, VM3, VM3_MAC, Pair, server, server_dict, tcp_frame, udp_frame
+from core_helpers import VM1, VM2, VM2_MAC, VM3, VM3_MAC, Pair, server, server_dict, tcp_frame, udp_frame
 from vrouter.actions import Drop, Punt, ToTunnel, ToVif
 from vrouter.codec.l4 import TCP_ACK, TCP_RST, TCP_SYN
 from vrouter.config import VrouterConfig

@@ -3,7 +3,7 @@ from scapy.layers.inet import IP, UDP, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from conftest import VM1, VM1_MAC, VM3, server
+from core_helpers import VM1, VM1_MAC, VM3, server
 from vrouter.actions import Drop, Punt, ToVif
 from vrouter.pipeline import Pipeline
 from vrouter.slowpath import SlowPath

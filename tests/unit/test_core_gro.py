@@ -302,7 +302,7 @@ def test_bench_reports_gro_and_gso_rows_and_json_figures():
 
 
 def test_held_super_packet_released_by_install_gets_a_header_from_the_frame_alone():
-    from conftest import Pair
+    from core_helpers import Pair
     from vrouter.gro import vnet_for_frame
     pair = Pair()
     original = tcp_ip(bytes(range(256)) * 100, options=TS, src="192.168.1.11", dst="192.168.1.12")

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 
-from conftest import VM1, VM2, Pair, tcp_frame
+from core_helpers import VM1, VM2, Pair, tcp_frame
 from offload_helpers import (kernel_complete, ip_parts, prefix, scapy_l4_checksum, tcp_ip, udp_ip)
 from vrouter import gso
 from vrouter.actions import Punt, ToTunnel, ToVif

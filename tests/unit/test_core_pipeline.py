@@ -2,7 +2,7 @@
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 
-from conftest import VM1, VM1_MAC, VM2, VM3, VM3_MAC, Pair, icmp_frame, server, tcp_frame, udp_frame
+from core_helpers import VM1, VM1_MAC, VM2, VM3, VM3_MAC, Pair, icmp_frame, server, tcp_frame, udp_frame
 from vrouter.actions import Drop, Punt, ToTunnel
 from vrouter.codec import ethernet, ipv4, mpls, vxlan
 from vrouter.codec.l4 import TCP_ACK, TCP_SYN

@@ -2,7 +2,7 @@
 import msgpack
 import pytest
 
-from conftest import VM1, VM2, VM2_MAC, Pair, tcp_frame
+from core_helpers import VM1, VM2, VM2_MAC, Pair, tcp_frame
 from vrouter.actions import Drop, Punt, ToTunnel, ToVif
 from vrouter.codec.l4 import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 

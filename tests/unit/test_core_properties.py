@@ -2,7 +2,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import VM1, VM3, server, tcp_frame, udp_frame
+from core_helpers import VM1, VM3, server, tcp_frame, udp_frame
 from vrouter.actions import Drop, Punt, ToTunnel, ToVif
 from vrouter.codec import mpls, vxlan
 from vrouter.codec.l4 import TCP_SYN

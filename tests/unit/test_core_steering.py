@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SRV2, VM1, VM2, icmp_frame, tcp_frame, udp_frame
+from core_helpers import SRV2, VM1, VM2, icmp_frame, tcp_frame, udp_frame
 from vrouter.actions import Punt, ToTunnel, ToVif
 from vrouter.codec import ethernet, gre, ipv4, l4, mpls
 from vrouter.codec.ethernet import mac_to_bytes

@@ -2,7 +2,7 @@
 gso-off fallback (what reaches the tunnel layer), the MSS of frames released by install, the
 statistics, and the introspection `set` request."""
 import pytest
-from conftest import server
+from core_helpers import server
 from offload_helpers import prefix, tcp_ip
 
 from vrouter import gso
