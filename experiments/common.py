@@ -15,7 +15,6 @@ from pathlib import Path
 from testbed import DEFAULT_TOPOLOGY, REPO
 
 
-
 class ExperimentError(Exception):
     """A one-line error for the user."""
 
