@@ -41,7 +41,6 @@ class Pair:
                 if net == net2 and topo.leaf_of(s1) != topo.leaf_of(s2):
                     self.client, self.server = s1, s2
                     self.client_vm, self.server_vm = vm1, vm2
-                    self.network = net
                     servers = {s.name: s for s in topo.servers}
                     self.client_ip, self.server_ip = servers[s1].address, servers[s2].address
                     return
