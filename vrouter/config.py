@@ -6,7 +6,7 @@ one-line message naming the offending field.
 """
 from dataclasses import dataclass, field
 
-from .codec.ethernet import mac_to_bytes
+from .codec.ethernet import mac_to_bytes, mac_to_str
 from .codec.ipv4 import int_to_ip, ip_to_int, mask, parse_prefix
 from .codec.mpls import MAX_LABEL
 from .codec.outer import ENCAPS
@@ -245,7 +245,7 @@ def _nexthop(nh, where, net, vifs, default_encap) -> dict:
             except ValueError as exc:
                 raise ConfigError(f"{where}.mac: {exc}") from None
         return {"type": "tunnel", "peer": int_to_ip(_ip(nh.get("peer"), f"{where}.peer")), "label": label,
-                "encap": encap, "mac": mac or "00:00:5e:00:01:00"}
+                "encap": encap, "mac": mac or mac_to_str(VROUTER_MAC)}
     _mapping(nh, where, {"type"})
     return {"type": kind}
 

@@ -413,7 +413,7 @@ class Pipeline:
                 e.kind, e.peer, e.encap = TO_TUNNEL, nh["peer"], nh["encap"]
                 e.sport = e.sport or entropy_port(e.key)
                 e.prefix = encap_prefix(nh["encap"], nh["label"],
-                                        ethernet.mac_to_bytes(nh.get("mac") or "00:00:5e:00:01:00"))
+                                        ethernet.mac_to_bytes(nh["mac"]) if nh.get("mac") else VROUTER_MAC)
             else:
                 reason = {"discard": "discard", "receive": "receive_unsupported"}.get(kind, "no_route")
         if reason is not None:
