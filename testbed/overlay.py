@@ -28,8 +28,7 @@ class OverlayError(Exception):
 
 
 def has_overlay(topology) -> bool:
-    return bool(getattr(topology, "vms", None) or getattr(topology, "networks", None)
-                or getattr(topology, "virtual_networks", None))
+    return bool(topology.vms or topology.virtual_networks)
 
 
 def forwarder_name(server: str) -> str:
@@ -90,6 +89,13 @@ def stop(tb) -> None:
 
 
 def start_vrouter(tb, server: str) -> None:
+    _start_in_server(tb, server, forwarder_name(server), forwarder_argv(tb, server))
+    _start_in_server(tb, server, agent_name(server), [sys.executable, "-m", "vrouter.agent",
+                                                      "--vnc", str(tb.rundir.vnc_socket)])
+
+
+def _start_in_server(tb, server: str, name: str, argv: list) -> None:
+    """Supervise a vrouter process (argv, plus --rundir and --server) in the server's network namespace."""
     # `nsenter --net` enters only the server's network namespace and execs (same PID, so the
     # supervisor watches the real process). Not node.popen: Mininet adds `mnexec -d`, which forks
     # when the child already leads its own session (the supervisor's start_new_session), so the
@@ -97,10 +103,7 @@ def start_vrouter(tb, server: str) -> None:
     # mount namespace either: named namespaces of VMs added at run time (/run/netns/...) are only
     # visible in the root mount namespace.
     enter = ["nsenter", f"--net=/proc/{tb.host(server).pid}/ns/net", "--"]
-    common = ["--rundir", str(tb.path), "--server", server]
-    tb.supervisor.start(forwarder_name(server), [*enter, *forwarder_argv(tb, server), *common], cwd=str(REPO))
-    tb.supervisor.start(agent_name(server), [*enter, sys.executable, "-m", "vrouter.agent", *common,
-                                             "--vnc", str(tb.rundir.vnc_socket)], cwd=str(REPO))
+    tb.supervisor.start(name, [*enter, *argv, "--rundir", str(tb.path), "--server", server], cwd=str(REPO))
 
 
 def forwarder_argv(tb, server: str) -> list:
@@ -121,10 +124,7 @@ def restart_forwarder(tb, server: str, steering: dict | None) -> None:
     the agent stays and reconnects by itself."""
     tb.vrouter_steering = steering
     tb.supervisor.stop(forwarder_name(server))
-    enter = ["nsenter", f"--net=/proc/{tb.host(server).pid}/ns/net", "--"]
-    tb.supervisor.start(forwarder_name(server),
-                        [*enter, *forwarder_argv(tb, server), "--rundir", str(tb.path), "--server", server],
-                        cwd=str(REPO))
+    _start_in_server(tb, server, forwarder_name(server), forwarder_argv(tb, server))
     wait_vifs(tb, {server}, VIFS_WAIT)
 
 
