@@ -10,9 +10,9 @@ from testbed.topology import load
 pytestmark = pytest.mark.e2e
 
 
-def test_proactive_costs_2_slow_path_calls_reactive_4(tmp_path, new_prefix):
+def test_proactive_costs_2_slow_path_calls_reactive_4(tmp_path, run_root, new_prefix):
     outdir, summary = proactive_flow.run(proactive_flow.DEFAULT_TOPOLOGY, 10, new_prefix("p"),
-                                         str(tmp_path / "runs"), tmp_path / "results", progress=print)
+                                         str(run_root), tmp_path / "results", progress=print)
     rows = list(csv.DictReader(open(outdir / "raw.csv")))
     assert len(rows) == 2 * 2 * 10
     assert all(r["ok"] == "1" for r in rows), [r for r in rows if r["ok"] != "1"]
