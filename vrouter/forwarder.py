@@ -24,7 +24,7 @@ import sys
 import time
 
 from vrouter import ipc, tap
-from vrouter.actions import Drop, Punt, ToTunnel, ToVif
+from vrouter.actions import Punt, ToTunnel, ToVif
 from vrouter.codec import virtio
 from vrouter.config import ConfigError, VrouterConfig
 from vrouter.gro import vnet_for_frame
@@ -332,8 +332,7 @@ class Forwarder(AgentChannel):
                     self.counters["vif_tx_errors"] += 1
             elif t is Punt:
                 self._punt(action.request)
-            elif t is Drop:
-                pass  # counted by the pipeline (dropstats)
+            # Drop: nothing to do, the pipeline counted it (dropstats)
 
     def _execute_released(self, actions):
         """Packets held during a slow-path round trip come back from `install` without the virtio

@@ -20,7 +20,7 @@ import socket
 import time
 
 from vrouter import ipc, rps_channel, rps_kernel, tap
-from vrouter.actions import Drop, Punt, ToTunnel, ToVif
+from vrouter.actions import Punt, ToTunnel, ToVif
 from vrouter.forwarder import AgentChannel
 
 log = logging.getLogger("worker")
@@ -154,8 +154,7 @@ class Worker(AgentChannel):
                     self.counters["vif_tx_errors"] += 1
             elif t is Punt:
                 self._punt(a.request)
-            elif t is Drop:
-                pass   # counted by the pipeline (dropstats)
+            # Drop: nothing to do, the pipeline counted it (dropstats)
 
     # Frames here carry no virtio header: packets released by a decision go out as they came.
     _execute_released = _execute
