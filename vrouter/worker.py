@@ -21,10 +21,9 @@ import time
 
 from vrouter import ipc, rps_channel, rps_kernel, tap
 from vrouter.actions import Punt, ToTunnel, ToVif
-from vrouter.forwarder import AgentChannel
+from vrouter.forwarder import EXPIRE_EVERY, AgentChannel
 
 log = logging.getLogger("worker")
-EXPIRE_EVERY = 1.0
 MAX_FDS = 64
 
 
