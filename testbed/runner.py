@@ -128,7 +128,8 @@ class Testbed:
         self.rundir.create()
         # The VNC persists run-time changes for its own restarts within this run; a new run starts
         # from the topology, not from what an earlier run with this prefix left behind.
-        (self.rundir.path / "vnc-state.json").unlink(missing_ok=True)
+        from controllers.vnc_rpc import STATE_FILE
+        (self.rundir.path / STATE_FILE).unlink(missing_ok=True)
         owner = process_record(os.getpid())
         self.ofp_port = self.ofp_port or free_port()
         self.rundir.write_state(state="starting", prefix=self.prefix, topology=self.topology.name,
