@@ -60,9 +60,12 @@ class Introspector:
         except IntrospectError as exc:
             return {"ok": False, "error": str(exc)}
 
+    def _unconfigured(self) -> IntrospectError:
+        return IntrospectError(f"vrouter {self.fwd.server} has no configuration yet (agent not connected?)")
+
     def _need_pipeline(self):
         if self.fwd.pipeline is None:
-            raise IntrospectError(f"vrouter {self.fwd.server} has no configuration yet (agent not connected?)")
+            raise self._unconfigured()
         return self.fwd.pipeline
 
     def _flows(self, req):
@@ -135,7 +138,7 @@ class Introspector:
     def _instances(self):
         from vrouter.vrf import build_instances
         if self.fwd.config is None:
-            raise IntrospectError(f"vrouter {self.fwd.server} has no configuration yet (agent not connected?)")
+            raise self._unconfigured()
         return build_instances(self.fwd.config)
 
     def _routes(self, req):

@@ -328,7 +328,7 @@ class MultiIntrospector(Introspector):
 
     def _need_pipeline(self):
         if self.fwd.config is None:
-            raise IntrospectError(f"vrouter {self.fwd.server} has no configuration yet (agent not connected?)")
+            raise self._unconfigured()
 
     def _flows(self, req):
         self._need_pipeline()
