@@ -284,9 +284,9 @@ class Dispatcher(Forwarder):
                     raise IntrospectError(f"worker {cpu} did not answer {op!r} within {QUERY_TIMEOUT:g} s") from None
                 finally:
                     ctrl.settimeout(None)
-                msg = ipc.unpack(data) if data else {}
                 if not data:
                     raise IntrospectError(f"worker {cpu} is gone")
+                msg = ipc.unpack(data)
                 if msg.get("id") == qid:
                     out[cpu] = msg.get("result")
                     break
