@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import socket
 import struct
@@ -23,7 +22,6 @@ import struct
 from vrouter import tap, tunnel
 from vrouter.tunnel import IPPROTO_GRE, EntropySender
 
-IFF_MULTI_QUEUE = 0x0100
 SO_ATTACH_FILTER = 26
 _SOFT_ERRORS = (errno.EAGAIN, errno.ENOBUFS, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED,
                 errno.EMSGSIZE)
@@ -105,18 +103,14 @@ class Sender(EntropySender):
         return self._udp_fallback
 
 def _open_queue(name: str, netns, multi_queue: bool) -> int:
-    with tap.in_netns(netns):
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    flags = tap.IFF_TAP | tap.IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+    fd = tap.open_tap(name, netns=netns, multi_queue=multi_queue)
     try:
-        fcntl.ioctl(fd, tap.TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
-        fcntl.ioctl(fd, tap.TUNSETPERSIST, 1)
         # Frames are read without a virtio_net_hdr here: withdraw the offloads a single forwarder with
         # vnet headers may have advertised, so the VM segments and completes checksums itself.
-        fcntl.ioctl(fd, tap.TUNSETOFFLOAD, 0)
-    except OSError as exc:
+        tap.set_offloads(fd, False)
+    except BaseException:
         os.close(fd)
-        raise exc
+        raise
     return fd
 
 
@@ -126,7 +120,7 @@ def open_queues(name: str, queues: int, netns=None) -> list:
     try:
         for _ in range(queues):
             fds.append(_open_queue(name, netns, queues > 1))
-    except OSError:
+    except BaseException:
         for fd in fds:
             os.close(fd)
         raise
@@ -141,9 +135,9 @@ def attach_vm_interface(spec, netns, network, queues: int, mtu: int) -> list:
     if vm_interface_exists(spec.name, netns):
         try:
             fds = open_queues(spec.name, queues, netns)
-        except OSError as exc:
+        except tap.TapError as exc:
             if exc.errno != errno.EINVAL:    # EINVAL: single <-> multi-queue flags differ: re-create
-                raise tap.TapError(f"TUNSETIFF {spec.name}: {exc.strerror}") from None
+                raise
             with tap.in_netns(netns):
                 _ip("link", "del", spec.name)
         else:
@@ -154,10 +148,7 @@ def attach_vm_interface(spec, netns, network, queues: int, mtu: int) -> list:
                     os.close(fd)
                 raise
             return fds
-    try:
-        fds = open_queues(spec.name, queues)
-    except OSError as exc:
-        raise tap.TapError(f"TUNSETIFF {spec.name}: {exc.strerror}") from None
+    fds = open_queues(spec.name, queues)
     try:
         configure_vm_interface(spec, netns, network, mtu)
     except BaseException:

@@ -20,6 +20,7 @@ TUNSETOFFLOAD = 0x400454D0
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000  # every read/write then carries a 10-byte virtio_net_hdr
+IFF_MULTI_QUEUE = 0x0100  # one fd per queue (the multi-core vrouter's kernel mode)
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x1, 0x2, 0x4
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 # A frame read from a vnet-header TAP: 10-byte header + up to 14 + 65535 bytes (a TSO super-frame).
@@ -31,7 +32,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class TapError(Exception):
-    """A TAP device could not be created or attached; the message says which and why."""
+    """A TAP device could not be created or attached; the message says which and why, `errno` the
+    kernel's reason when there is one."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 def _setns(fd: int) -> None:
@@ -77,25 +83,21 @@ def in_netns(netns: int | str | None):
         os.close(own)
 
 
-def _flags(vnet_hdr: bool) -> int:
-    return IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
-
-
 def open_tap(name: str, *, netns: int | str | None = None, vnet_hdr: bool = False,
-             persist: bool = True) -> int:
-    """Create (or attach to) TAP `name` in namespace `netns` (see in_netns); return a non-blocking fd."""
+             multi_queue: bool = False) -> int:
+    """Create (or attach to) persistent TAP `name` in namespace `netns` (see in_netns); return a
+    non-blocking fd (with `multi_queue`, one queue's: open it once per queue)."""
     if not name or len(name.encode()) >= IFNAMSIZ:
         raise TapError(f"bad TAP name {name!r}: 1..{IFNAMSIZ - 1} bytes")
     with in_netns(netns):
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        ifr = struct.pack("16sH22x", name.encode(), _flags(vnet_hdr))
+        flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0) | (IFF_MULTI_QUEUE if multi_queue else 0)
         try:
-            fcntl.ioctl(fd, TUNSETIFF, ifr)
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
         except OSError as exc:
-            raise TapError(f"TUNSETIFF {name}: {exc.strerror}") from None
-        if persist:
-            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+            raise TapError(f"TUNSETIFF {name}: {exc.strerror}", exc.errno) from None
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
         if vnet_hdr:
             set_offloads(fd, True)
     except BaseException:
