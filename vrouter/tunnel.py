@@ -236,7 +236,7 @@ class Tunnels(EntropySender):
                 else:
                     sock.sendmsg((part,), cmsg, 0, dst)
             except OSError as exc:
-                if exc.errno in _SEND_ERRORS:
+                if exc.errno in self.SEND_ERRORS:
                     c["tx_errors"] += 1
                     continue
                 raise
