@@ -17,12 +17,14 @@ import time
 
 from testbed import DEFAULT_TOPOLOGY, measure
 from testbed.commands import CommandError, command, group
+from testbed.hop_floor import hop_floor_us
 from testbed.overlay import agent_name, forwarder_name
 from testbed.runner import Testbed
 from testbed.topology import load
 from vrouter import introspect
 
 VXLAN_ID, VXLAN_PORT, VXLAN_NET = 4242, 4790, "172.31.255"
+VXLAN_SERVER_ADDRESS = f"{VXLAN_NET}.2"  # the server side's address on the kernel VXLAN
 TARGETS = {"d_over_a": 0.9, "d_over_b": 1.3, "segments_per_merge": 8.0, "rtt_overhead_us": 150.0}
 MODES = ("underlay", "kernel_vxlan", "overlay_off", "overlay_on")
 LABELS = {"underlay": "(a) underlay", "kernel_vxlan": "(b) kernel VXLAN",
@@ -89,7 +91,7 @@ def run_iperf(tb, mode: str, pair: Pair, streams: int, seconds: float, port: int
     """One iperf3 run of `mode` (see MODES) with CPU seconds of the two servers' vrouters."""
     if mode in ("underlay", "kernel_vxlan"):
         client, server = tb.host(pair.client), tb.host(pair.server)
-        dst = pair.server_ip if mode == "underlay" else f"{VXLAN_NET}.2"
+        dst = pair.server_ip if mode == "underlay" else VXLAN_SERVER_ADDRESS
     else:
         client, server = tb.host(pair.client_vm.name), tb.host(pair.server_vm.name)
         dst = pair.server_vm.address
@@ -163,14 +165,24 @@ def measure_all(tb, pair: Pair, seconds: float, streams=(1, 8), progress=lambda 
                     r = run_iperf(tb, mode, pair, n, seconds)
                 progress(f"  {r['gbps']:.3f} Gbit/s")
                 runs.append(r)
+        set_offloads(tb, (pair.client, pair.server), True)
+        progress("ping RTT: underlay, kernel VXLAN and overlay (GRO/GSO on), 50 pings at 20 ms")
+        under = ping_median_us(tb.host(pair.client), pair.server_ip)
+        kernel = ping_median_us(tb.host(pair.client), VXLAN_SERVER_ADDRESS)
     finally:
         vx.close()
-    set_offloads(tb, (pair.client, pair.server), True)
-    progress("ping RTT: underlay and overlay (GRO/GSO on), 50 pings at 20 ms")
-    under = ping_median_us(tb.host(pair.client), pair.server_ip)
     over = ping_median_us(tb.host(pair.client_vm.name), pair.server_vm.address)
+    progress("one Python process hop on loopback at the same spacing (the floor under the overhead)")
+    try:
+        floor = hop_floor_us()
+    except OSError as exc:
+        progress(f"  not measured: {exc}")
+        floor = None
     return {"runs": runs, "rtt_us": {"underlay_median": under, "overlay_median": over,
-                                     "overhead_median": over - under if under and over else None}}
+                                     "overhead_median": over - under if under and over else None,
+                                     "kernel_vxlan_median": kernel,
+                                     "kernel_vxlan_overhead_median": kernel - under if under and kernel else None,
+                                     "hop_floor": floor}}
 
 
 def summarize(result: dict) -> dict:
@@ -231,6 +243,14 @@ def report_lines(r: dict) -> list[str]:
                      f"overhead {rtt['overhead_median']:.0f} us")
     else:
         lines.append("ping RTT: no replies")
+    if rtt.get("kernel_vxlan_overhead_median") is not None:
+        lines.append(f"ping RTT median, kernel VXLAN: {rtt['kernel_vxlan_median']:.0f} us, "
+                     f"overhead {rtt['kernel_vxlan_overhead_median']:.0f} us")
+    floor = rtt.get("hop_floor")
+    if floor and rtt["overhead_median"] is not None:
+        lines.append(f"one idle Python process hop here: {floor['hop']:.0f} us (UDP echo {floor['python_echo']:.0f} us "
+                     f"- kernel echo {floor['kernel_echo']:.0f} us, loopback); the overlay crosses 4 per round trip: "
+                     f"floor {4 * floor['hop']:.0f} us, ours {rtt['overhead_median'] / 4:.0f} us per hop")
     lines.append(f"GRO segments per merged delivery (bulk TCP, best run): {r['gro_segments_per_merge']:.1f}")
     for name, ok in r["targets_met"].items():
         lines.append(f"target {name}: {'met' if ok else 'NOT met'}")

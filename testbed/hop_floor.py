@@ -1,0 +1,101 @@
+"""What one userspace process hop costs on this machine: the floor under the overlay's RTT overhead.
+
+A round trip VM to VM through our overlay crosses four vrouter process hops (out and in on each
+side), each a wake-up, a read and a send in Python; the underlay and kernel VXLAN cross none. On a
+VM whose idle vCPUs halt, the first system calls after a pause are slow, so the hop costs far more
+at ping spacing than back to back. This measures it directly on loopback, with one Python client
+for both sides of the subtraction:
+
+    hop = median RTT(UDP echo by a Python process) - median RTT(ICMP echo by the kernel)
+
+both at the same spacing as the bench's pings. Four of them are what no Python overlay can go below
+here. Needs root (raw ICMP socket); traffic stays on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import statistics
+import struct
+import time
+
+LOOPBACK = "127.0.0.1"
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def kernel_echo_rtts(count: int, gap: float) -> list[float]:
+    """RTTs (us) of ICMP echo requests to 127.0.0.1, answered by the kernel."""
+    ident = os.getpid() & 0xFFFF
+    rtts = []
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+        s.settimeout(1.0)
+        for seq in range(count):
+            head = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"vnet-hop"
+            pkt = head[:2] + struct.pack("!H", _checksum(head)) + head[4:]
+            t = time.perf_counter()
+            s.sendto(pkt, (LOOPBACK, 0))
+            while True:  # the raw socket also sees our own request and other echoes
+                d = s.recv(2048)
+                ihl = (d[0] & 0x0F) * 4
+                if d[ihl] == 0 and struct.unpack_from("!HH", d, ihl + 4) == (ident, seq):
+                    break
+            rtts.append((time.perf_counter() - t) * 1e6)
+            time.sleep(gap)
+    return rtts
+
+
+def _echo_forever(sock: socket.socket) -> None:
+    # Same shape as the forwarder's loop: a selector wait, a non-blocking read, a send.
+    sock.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    while True:
+        sel.select()
+        data, addr = sock.recvfrom(2048)
+        if data == b"quit":
+            return
+        sock.sendto(data, addr)
+
+
+def python_echo_rtts(count: int, gap: float) -> list[float]:
+    """RTTs (us) of UDP datagrams to a forked Python echo process on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as echo:
+        client.bind((LOOPBACK, 0))
+        echo.bind((LOOPBACK, 0))
+        client.settimeout(1.0)
+        where = echo.getsockname()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _echo_forever(echo)
+            finally:
+                os._exit(0)
+        rtts = []
+        try:
+            for _ in range(count):
+                t = time.perf_counter()
+                client.sendto(b"vnet-hop-floor!!", where)
+                client.recv(2048)
+                rtts.append((time.perf_counter() - t) * 1e6)
+                time.sleep(gap)
+        finally:
+            client.sendto(b"quit", where)
+            os.waitpid(pid, 0)
+    return rtts
+
+
+def hop_floor_us(count: int = 50, gap: float = 0.02) -> dict:
+    """{'kernel_echo', 'python_echo', 'hop'} medians in us; 'hop' is one Python process hop."""
+    kernel = statistics.median(kernel_echo_rtts(count, gap))
+    python = statistics.median(python_echo_rtts(count, gap))
+    return {"kernel_echo": kernel, "python_echo": python, "hop": python - kernel}

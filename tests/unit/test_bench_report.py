@@ -1,0 +1,63 @@
+"""The throughput bench's arithmetic and report, and the hop-floor helpers that need no root."""
+import os
+
+import pytest
+from scapy.all import ICMP, raw
+
+from testbed import hop_floor
+from testbed.bench_throughput import report_lines, summarize
+
+
+def _run(mode, streams, gbps, **extra):
+    r = {"mode": mode, "streams": streams, "gbps": gbps, "retransmits": 0, "cpu_s_per_gb": 10.0}
+    r.update(extra)
+    return r
+
+
+def _result(overlay_on=0.5, overhead=900.0, floor_hop=120.0):
+    runs = [_run("underlay", 1, 0.5), _run("kernel_vxlan", 1, 0.4), _run("overlay_off", 1, 0.3),
+            _run("overlay_on", 1, overlay_on, gro_segments_per_merge=12.0)]
+    return {"runs": runs, "topology": "t", "encapsulation": "mplsoudp", "client": "a", "server": "b",
+            "client_vm": "v1", "server_vm": "v2", "seconds": 3.0,
+            "rtt_us": {"underlay_median": 500.0, "overlay_median": 500.0 + overhead, "overhead_median": overhead,
+                       "kernel_vxlan_median": 540.0, "kernel_vxlan_overhead_median": 40.0,
+                       "hop_floor": {"kernel_echo": 100.0, "python_echo": 100.0 + floor_hop, "hop": floor_hop}}}
+
+
+def test_ratios_and_targets():
+    r = _result(overlay_on=0.52, overhead=140.0)
+    r.update(summarize(r))
+    q = r["ratios"]["1"]
+    assert (round(q["c_over_a"], 2), round(q["d_over_a"], 2), round(q["d_over_b"], 2)) == (0.6, 1.04, 1.3)
+    assert r["targets_met"] == {"d_over_a >= 0.9": True, "d_over_b >= 1.3": True,
+                                "GRO segments per merge >= 8": True, "RTT overhead <= 150 us": True}
+    r = _result(overlay_on=0.4, overhead=900.0)
+    r.update(summarize(r))
+    assert r["targets_met"]["d_over_a >= 0.9"] is False and r["targets_met"]["RTT overhead <= 150 us"] is False
+
+
+def test_report_names_the_hop_floor_and_the_kernel_rtt():
+    r = _result(overhead=900.0, floor_hop=120.0)
+    r.update(summarize(r))
+    text = "\n".join(report_lines(r))
+    assert "kernel VXLAN: 540 us, overhead 40 us" in text
+    assert "one idle Python process hop here: 120 us" in text
+    assert "floor 480 us, ours 225 us per hop" in text
+    assert "target RTT overhead <= 150 us: NOT met" in text
+
+
+def test_icmp_checksum_matches_scapy():
+    pkt = raw(ICMP(type=8, id=0x1234, seq=7) / b"vnet-hop")
+    zeroed = pkt[:2] + b"\0\0" + pkt[4:]
+    assert hop_floor._checksum(zeroed) == int.from_bytes(pkt[2:4], "big")
+
+
+def test_python_echo_answers_every_datagram():
+    rtts = hop_floor.python_echo_rtts(5, 0.0)
+    assert len(rtts) == 5 and all(x > 0 for x in rtts)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a raw ICMP socket needs root")
+def test_kernel_echo_answers_every_request():
+    rtts = hop_floor.kernel_echo_rtts(5, 0.0)
+    assert len(rtts) == 5 and all(x > 0 for x in rtts)
