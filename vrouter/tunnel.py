@@ -85,6 +85,38 @@ class EntropySender:
         self.counters[_TX_COUNTER[encap]] += 1
         return True
 
+    def send_gso(self, peer: str, encap: str, sport: int, buffer, chunk: int, n: int) -> int:
+        """Send `n` tunnel packets of `chunk` bytes (the last may be shorter) laid out in `buffer`
+        by `gso.segment`; returns the number of send calls. UDP: one UDP_SEGMENT sendmsg per slice
+        from `gso.sends`. MPLSoGRE: not possible, the caller uses `send` per segment instead."""
+        if n == 1:
+            self.send(peer, encap, sport, buffer)
+            return 1
+        try:
+            sock = self._sender(encap, sport)
+            dst = (peer, UDP_PORTS[encap])
+        except KeyError:
+            raise TunnelError(f"no GSO send for encapsulation {encap!r} (UDP only: mplsoudp, vxlan)") from None
+        cmsg = [(SOL_UDP, UDP_SEGMENT, _SEG.pack(chunk))]
+        calls = 0
+        c = self.counters
+        for part in gso.sends(buffer, chunk):
+            calls += 1
+            try:
+                if len(part) <= chunk:
+                    sock.sendto(part, dst)
+                else:
+                    sock.sendmsg((part,), cmsg, 0, dst)
+            except OSError as exc:
+                if exc.errno in self.SEND_ERRORS:
+                    c["tx_errors"] += 1
+                    continue
+                raise
+        c[f"tx_{encap}"] += n
+        c["tx_gso_sends"] += calls
+        c["tx_gso_segments"] += n
+        return calls
+
     def _sender(self, encap: str, sport: int) -> socket.socket:
         s = self._pool.get(sport)
         if s is not None:
@@ -140,6 +172,47 @@ def open_rx(*, reuseport: bool = False, gre: bool = True, rcvbuf: int = 4 << 20,
     return out
 
 
+def read_gro(sock: socket.socket, encap: str, counters, max_reads: int = 64, ports: bool = False) -> list[tuple]:
+    """Drain up to `max_reads` reads of receive socket `sock` (of `encap`): [(outer_src, encap, data,
+    seg_size)], with the outer source port appended if `ports` (the multi-core dispatcher's outer hash).
+
+    `data` holds one or more tunnel payloads of `seg_size` bytes (the last may be shorter);
+    seg_size 0 means one payload (no coalescing, or a raw MPLSoGRE read).
+    """
+    out = []
+    gre = encap == "mplsogre"
+    for _ in range(max_reads):
+        try:
+            if gre:
+                data, (src, port) = sock.recvfrom(65535)
+                seg = 0
+            else:
+                data, anc, _flags, (src, port) = sock.recvmsg(65535, _CMSG_INT)
+                seg = _INT.unpack(anc[0][2])[0] if anc else 0
+        except BlockingIOError:
+            break
+        except OSError as exc:  # ICMP errors queued on the socket surface here; they are not packets
+            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                counters["rx_icmp_errors"] += 1
+                continue
+            raise
+        if gre:
+            if len(data) < 20:
+                counters["rx_runts"] += 1
+                continue
+            data = data[(data[0] & 0x0F) * 4:]  # raw sockets hand over the outer IPv4 header too
+        out.append((src, encap, data, seg, port) if ports else (src, encap, data, seg))
+    counters[f"rx_reads_{encap}"] += len(out)
+    return out
+
+
+def set_udp_gro(rx: dict, on: bool) -> None:
+    """UDP_GRO on or off on the UDP sockets of ``{socket: encap}`` (off: every read is one datagram)."""
+    for s, encap in rx.items():
+        if encap != "mplsogre":
+            s.setsockopt(SOL_UDP, UDP_GRO, 1 if on else 0)
+
+
 class Tunnels(EntropySender):
     """The fabric sockets of one server. `sockets()` are what the forwarder's selector watches."""
 
@@ -157,9 +230,7 @@ class Tunnels(EntropySender):
 
     def set_gro(self, on: bool) -> None:
         """UDP_GRO on or off on the UDP receive sockets (off: every read is one datagram)."""
-        for s, encap in self._rx.items():
-            if encap != "mplsogre":
-                s.setsockopt(SOL_UDP, UDP_GRO, 1 if on else 0)
+        set_udp_gro(self._rx, on)
 
     def close(self) -> None:
         for s in list(self._rx) + list(self._pool.values()):
@@ -168,38 +239,9 @@ class Tunnels(EntropySender):
         self._pool.clear()
 
     # --- receive -------------------------------------------------------------------------------
-    def receive_gro(self, sock: socket.socket, max_reads: int = 64) -> list[tuple[str, str, bytes, int]]:
-        """Drain up to `max_reads` reads: [(outer_src, encap, data, seg_size)].
-
-        `data` holds one or more tunnel payloads of `seg_size` bytes (the last may be shorter);
-        seg_size 0 means one payload (no coalescing, or a raw MPLSoGRE read).
-        """
-        encap = self._rx[sock]
-        out = []
-        gre = encap == "mplsogre"
-        for _ in range(max_reads):
-            try:
-                if gre:
-                    data, (src, _port) = sock.recvfrom(65535)
-                    seg = 0
-                else:
-                    data, anc, _flags, (src, _port) = sock.recvmsg(65535, _CMSG_INT)
-                    seg = _INT.unpack(anc[0][2])[0] if anc else 0
-            except BlockingIOError:
-                break
-            except OSError as exc:  # ICMP errors queued on the socket surface here; they are not packets
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    self.counters["rx_icmp_errors"] += 1
-                    continue
-                raise
-            if gre:
-                if len(data) < 20:
-                    self.counters["rx_runts"] += 1
-                    continue
-                data = data[(data[0] & 0x0F) * 4:]  # raw sockets hand over the outer IPv4 header too
-            out.append((src, encap, data, seg))
-        self.counters[f"rx_reads_{encap}"] += len(out)
-        return out
+    def receive_gro(self, sock: socket.socket, max_reads: int = 64, ports: bool = False) -> list[tuple]:
+        """`read_gro` of one of this server's receive sockets."""
+        return read_gro(sock, self._rx[sock], self.counters, max_reads, ports)
 
     def receive(self, sock: socket.socket, max_packets: int = 64) -> list[tuple[str, str, bytes]]:
         """Drain `sock`: [(outer_src, encap, payload)], one entry per tunnel packet (GRO reads split)."""
@@ -211,39 +253,6 @@ class Tunnels(EntropySender):
                 out += [(src, encap, data[o:o + seg]) for o in range(0, len(data), seg)]
         self.counters[f"rx_{self._rx[sock]}"] += len(out)
         return out
-
-    # --- send ----------------------------------------------------------------------------------
-    def send_gso(self, peer: str, encap: str, sport: int, buffer, chunk: int, n: int) -> int:
-        """Send `n` tunnel packets of `chunk` bytes (the last may be shorter) laid out in `buffer`
-        by `gso.segment`; returns the number of send calls. UDP: one UDP_SEGMENT sendmsg per slice
-        from `gso.sends`. MPLSoGRE: not possible, the caller uses `send` per segment instead."""
-        if n == 1:
-            self.send(peer, encap, sport, buffer)
-            return 1
-        try:
-            sock = self._sender(encap, sport)
-            dst = (peer, UDP_PORTS[encap])
-        except KeyError:
-            raise TunnelError(f"no GSO send for encapsulation {encap!r} (UDP only: mplsoudp, vxlan)") from None
-        cmsg = [(SOL_UDP, UDP_SEGMENT, _SEG.pack(chunk))]
-        calls = 0
-        c = self.counters
-        for part in gso.sends(buffer, chunk):
-            calls += 1
-            try:
-                if len(part) <= chunk:
-                    sock.sendto(part, dst)
-                else:
-                    sock.sendmsg((part,), cmsg, 0, dst)
-            except OSError as exc:
-                if exc.errno in self.SEND_ERRORS:
-                    c["tx_errors"] += 1
-                    continue
-                raise
-        c[f"tx_{encap}"] += n
-        c["tx_gso_sends"] += calls
-        c["tx_gso_segments"] += n
-        return calls
 
     def _fallback(self, encap: str) -> socket.socket:
         return self._tx_fallback[encap]
