@@ -4,8 +4,10 @@ One testbed on topologies/default.yaml; two servers on different leaves and a VM
 on them. TCP throughput (iperf3, 1 and 8 streams) of (a) the underlay between the servers, (b) a
 kernel VXLAN overlay between the same servers, (c) our overlay VM to VM with GRO/GSO off, (d) on;
 CPU seconds per GB of the two servers' vrouter processes (forwarder + agent, psutil); the median
-ping RTT underlay vs overlay. Prints a table, the ratios (c)/(a), (d)/(a), (d)/(b), the GRO segments
-per delivery and which targets are met. experiments/gro.py reuses the measurement functions.
+ping RTT of the underlay, the kernel VXLAN and the overlay, and the cost of one idle Python process hop
+(testbed/hop_floor.py), four of which every overlay round trip crosses. Prints a table, the ratios
+(c)/(a), (d)/(a), (d)/(b), the GRO segments per delivery and which targets are met.
+experiments/gro.py reuses the measurement functions.
 """
 from __future__ import annotations
 
