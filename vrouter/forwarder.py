@@ -264,9 +264,12 @@ class Forwarder(AgentChannel):
         port = self.vifs.get(name)
         if port is None or self.pipeline is None:
             return
-        frames = tap.read_frames(fd)
+        self._from_tap(name, port.counters, tap.read_frames(fd))
+
+    def _from_tap(self, name, c, frames):
+        """Frames read from VIF `name`, each behind its virtio_net_hdr; `c`: the VIF's counters.
+        Also the multi-core workers' TAP path (vrouter/worker.py)."""
         now = self.clock()
-        c = port.counters
         c["rx_packets"] += len(frames)
         c["rx_bytes"] += sum(map(len, frames)) - VNET_LEN * len(frames)
         from_vif = self.pipeline.from_vif
@@ -286,8 +289,11 @@ class Forwarder(AgentChannel):
         if self.pipeline is None:
             self.counters["fabric_rx_unconfigured"] += len(reads)
             return
-        if not reads:
-            return
+        if reads:
+            self._from_reads(reads)
+
+    def _from_reads(self, reads):
+        """GRO and delivery of one drain of `receive_gro` reads (also a multi-core worker's batch)."""
         now = self.clock()
         g = self.offloads.gro
         # Merges are per outer source: a delivery does not carry it, and the core checks it
