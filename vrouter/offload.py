@@ -109,19 +109,29 @@ class Offloads:
             segments += nsegs * count
             name = next(name for low, name in reversed(HIST_BUCKETS) if nsegs >= low)
             buckets[name] += count
-        sends = tunnel_counters.get("tx_gso_sends", 0)
-        seg_sent = tunnel_counters.get("tx_gso_segments", 0)
-        return {
+        return averages({
             "gro": {"enabled": self.gro_on, "deliveries": deliveries, "segments": segments,
-                    "segments_per_delivery": round(segments / deliveries, 2) if deliveries else 0.0,
                     "merged_deliveries": g["merged"], "merged_segments": g["merged_segments"],
-                    "segments_per_merge": g["segments_per_merge"], "histogram": buckets,
-                    "flush": g["flush"]},
-            "gso": {"enabled": self.gso_on, "sends": sends, "segments": seg_sent,
-                    "segments_per_send": round(seg_sent / sends, 2) if sends else 0.0,
+                    "histogram": buckets, "flush": g["flush"]},
+            "gso": {"enabled": self.gso_on, "sends": tunnel_counters.get("tx_gso_sends", 0),
+                    "segments": tunnel_counters.get("tx_gso_segments", 0),
                     "super_frames": self.counters["gso_super_frames"],
                     "fallback_super_frames": self.counters["fallback_super_frames"],
                     "fallback_segments": self.counters["fallback_segments"],
                     "malformed": self.counters["gso_malformed"]},
             "vm_mtu": self.mtu,
-        }
+        })
+
+
+def averages(stats: dict) -> dict:
+    """Fill in the averages of a `stats` offload section (``gro``, ``gso``) from its counts; also
+    for counts summed over the workers of a multi-core vrouter."""
+    g, s = stats["gro"], stats["gso"]
+    g["segments_per_delivery"] = _ratio(g["segments"], g["deliveries"])
+    g["segments_per_merge"] = _ratio(g["merged_segments"], g["merged_deliveries"])
+    s["segments_per_send"] = _ratio(s["segments"], s["sends"])
+    return stats
+
+
+def _ratio(n, d) -> float:
+    return round(n / d, 2) if d else 0.0

@@ -5,6 +5,7 @@ import struct
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
+from vrouter import gso
 from vrouter.codec import ipv4, virtio, vxlan
 from vrouter.codec.ipv4 import ip_to_int
 from vrouter.config import VROUTER_MAC
@@ -69,3 +70,20 @@ def ip_parts(ip: bytes):
     thl = (ip[ihl + 12] >> 4) * 4
     tlen = int.from_bytes(ip[2:4], "big")
     return ip[:ihl], ip[ihl:ihl + thl], ip[ihl + thl:tlen]
+
+
+class FakeTunnels:
+    """What reaches the tunnel layer: plain sends and UDP GSO sends, recorded."""
+
+    def __init__(self):
+        self.sent = []       # (peer, encap, sport, bytes)
+        self.gso = []        # (peer, encap, sport, bytes, chunk, n)
+        self.counters = {}
+
+    def send(self, peer, encap, sport, payload):
+        self.sent.append((peer, encap, sport, bytes(payload)))
+        return True
+
+    def send_gso(self, peer, encap, sport, buffer, chunk, n):
+        self.gso.append((peer, encap, sport, bytes(buffer), chunk, n))
+        return len(gso.sends(buffer, chunk))

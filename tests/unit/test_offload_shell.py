@@ -3,27 +3,12 @@ gso-off fallback (what reaches the tunnel layer), the MSS of frames released by 
 statistics, and the introspection `set` request."""
 import pytest
 from core_helpers import server
-from offload_helpers import prefix, tcp_ip
+from offload_helpers import FakeTunnels, prefix, tcp_ip
 
 from vrouter import gso
 from vrouter.actions import ToTunnel
 from vrouter.introspect import Introspector
 from vrouter.offload import OVERHEAD, Offloads, switch_value, vm_mtu
-
-
-class FakeTunnels:
-    def __init__(self):
-        self.sent = []       # (peer, encap, sport, bytes)
-        self.gso = []        # (peer, encap, sport, bytes, chunk, n)
-        self.counters = {}
-
-    def send(self, peer, encap, sport, payload):
-        self.sent.append((peer, encap, sport, bytes(payload)))
-        return True
-
-    def send_gso(self, peer, encap, sport, buffer, chunk, n):
-        self.gso.append((peer, encap, sport, bytes(buffer), chunk, n))
-        return len(gso.sends(buffer, chunk))
 
 
 @pytest.mark.parametrize("encap,mtu", [("mplsoudp", 1468), ("mplsogre", 1472), ("vxlan", 1450)])
