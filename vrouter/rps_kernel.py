@@ -23,8 +23,6 @@ from vrouter import tap, tunnel
 from vrouter.tunnel import IPPROTO_GRE, EntropySender
 
 SO_ATTACH_FILTER = 26
-_SOFT_ERRORS = (errno.EAGAIN, errno.ENOBUFS, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED,
-                errno.EMSGSIZE)
 
 
 class NicError(Exception):
@@ -83,7 +81,6 @@ def receive(sock: socket.socket, encap: str, counters, max_packets: int = 64) ->
 class Sender(EntropySender):
     """Send-only tunnel sockets of one worker: entropy-port UDP pool and a deaf raw GRE socket."""
 
-    SEND_ERRORS = _SOFT_ERRORS
     REUSEPORT = True    # another worker may send other flows with the same entropy port
 
     def __init__(self, local_ip: str, pool_size: int = 512):
