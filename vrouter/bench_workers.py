@@ -36,7 +36,7 @@ def _worker(cpu, sock, result, pipe):
             data = sock.recv(ipc.SEQPACKET_MAX)
             if data == DONE or not data:
                 break
-            for kind, tag, payload in decode(data):
+            for kind, tag, payload, _seg in decode(data):
                 from_fabric(tag, kind, payload, 1.0)
                 n += 1
         result.send(json.dumps({"packets": n, "hits": pipe.stats()["hits"] - hits}).encode())
@@ -63,15 +63,14 @@ def run_dispatch(workers: int, payloads: list, pipe, rounds: int) -> dict:
         b.close()
         r_child.close()
         chans[w], results, pids = a, results + [r_parent], pids + [pid]
-    outbox = Outbox()
+    outbox = Outbox(lambda dest, parts, _n: chans[dest[1]].sendmsg(parts))
     add, steer = outbox.add, router.from_fabric
     t0 = time.perf_counter()
     for _ in range(rounds):
         for i in range(0, len(payloads), READ):
             for p in payloads[i:i + READ]:
                 add(steer("mplsoudp", PEER, 50000, p), "mplsoudp", PEER, p)
-            for (_hop, w), parts, _n in outbox.drain():
-                chans[w].sendmsg(parts)
+            outbox.flush()
     for c in chans.values():
         c.send(DONE)
     per = [json.loads(r.recv(4096)) for r in results]
@@ -95,7 +94,7 @@ def _presteered_worker(cpu, go, result, pipe, batches):
         t = time.perf_counter()
         n = 0
         for data in batches:
-            for kind, tag, payload in decode(data):
+            for kind, tag, payload, _seg in decode(data):
                 from_fabric(tag, kind, payload, 1.0)
                 n += 1
         result.send(json.dumps({"packets": n, "seconds": time.perf_counter() - t}).encode())
@@ -110,12 +109,11 @@ def run_presteered(workers: int, payloads: list, pipe, rounds: int) -> dict:
     mc = MulticoreConfig.from_dict({"mode": "rps", "workers": list(range(workers))})
     router = Router(mc.steering, "10.0.1.1")
     share = {w: [] for w in range(workers)}
+    outbox = Outbox(lambda w, parts, _n: share[w].append(b"".join(parts)))
     for i in range(0, len(payloads), READ):
-        outbox = Outbox()
         for p in payloads[i:i + READ]:
             outbox.add(router.from_fabric("mplsoudp", PEER, 50000, p)[1], "mplsoudp", PEER, p)
-        for w, parts, _n in outbox.drain():
-            share[w].append(b"".join(parts))
+        outbox.flush()
     gos, results, pids = [], [], []
     for w in range(workers):
         g_parent, g_child = socket.socketpair()

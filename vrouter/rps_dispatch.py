@@ -1,6 +1,6 @@
 """A multi-core vrouter: designated-core dispatcher, second-core relays and pinned worker processes.
 
-    python -m vrouter.rps_dispatch --rundir RUNDIR --server srv1 --steering steering.json
+    python -m vrouter.rps_dispatch --rundir RUNDIR --server srv1 --steering steering.json [--gro on|off] [--gso on|off]
 
 Same sockets, agent protocol and introspection as `vrouter.forwarder` (which it extends), with
 ``workers`` processes behind it (docs/vrouter.md, "Multi-core"). Process tree::
@@ -14,12 +14,16 @@ rps: the dispatcher reads every NIC, runs ``Rps.steer`` and sends each worker on
 extended: tunnel packets are steered by the outer header only (stage 1) to a relay, which runs the
 inner hash (stage 2); TAP frames have no outer header and go straight to their worker.
 kernel: the workers read their own SO_REUSEPORT sockets and TAP queues; the dispatcher only sets up.
+Offloads as in the forwarder: TAP reads go to a worker whole (virtio_net_hdr first: a TSO super-frame
+stays one record), a UDP_GRO read stays one record (steered by its first segment's inner header: the
+kernel coalesces only one outer 4-tuple, i.e. one inner flow), and the workers merge and cut.
 Workers and relays are forked children that die with the dispatcher; if one dies the dispatcher
 exits too, and the supervisor restarts the whole vrouter (the agent reconnects by itself).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -31,11 +35,12 @@ import time
 
 from vrouter import ipc, rps_channel, rps_kernel, tap
 from vrouter.config import ConfigError
-from vrouter.forwarder import Forwarder, VifPort, die_with_parent, serve
+from vrouter.forwarder import VNET_LEN, Forwarder, VifPort, die_with_parent, serve
 from vrouter.introspect import Introspector, IntrospectError, _summary
 from vrouter.multicore import MulticoreConfig
-from vrouter.offload import vm_mtu
+from vrouter.offload import averages, switch_value, vm_mtu
 from vrouter.rps_route import Outbox, Router
+from vrouter.tunnel import enable_gro
 
 log = logging.getLogger("rps")
 QUERY_TIMEOUT = 5.0
@@ -51,8 +56,9 @@ def channel_pair() -> tuple:
 class Children:
     """Sockets and PIDs of the workers and relays, created before the dispatcher exists."""
 
-    def __init__(self, mc: MulticoreConfig):
+    def __init__(self, mc: MulticoreConfig, gro: bool = True, gso: bool = True):
         self.mc = mc
+        self.offloads = {"gro": gro, "gso": gso}   # the workers' switches at start
         self.pids: dict = {}                       # pid -> "worker 0" | "relay 1"
         self.ctrl: dict = {}                       # cpu -> dispatcher end of the control channel
         self.data: dict = {}                       # cpu -> dispatcher end of its data channel
@@ -86,7 +92,8 @@ class Children:
         for i, cpu in enumerate(mc.workers):
             ctrl, *inputs = worker_inputs[cpu]
             self._fork(f"worker {cpu}", [ctrl, *inputs],
-                       lambda c=cpu, ct=ctrl, ins=inputs, first=(i == 0): run_worker(c, ct, ins, kernel, first))
+                       lambda c=cpu, ct=ctrl, ins=inputs, first=(i == 0):
+                       run_worker(c, ct, ins, kernel, first, **self.offloads))
         for core, (r_in, outs) in relay_outputs.items():
             self._fork(f"relay {core}", [r_in, *outs.values()],
                        lambda c=core, r=r_in, o=outs: run_relay(c, mc, r, o))
@@ -140,16 +147,16 @@ def run_relay(core: int, mc: MulticoreConfig, inbox: socket.socket, outs: dict) 
     """Second core of extended RPS: inner hash (stage 2) of tunnel packets -> the owning worker."""
     rps_kernel.pin(core)
     router = Router(mc.steering)
-    outbox = Outbox()
+    # blocking sends: back-pressure to the dispatcher, no loss
+    outbox = Outbox(lambda cpu, parts, _n: outs[cpu].sendmsg(parts))
     decode = rps_channel.decode
     while True:
         data = inbox.recv(ipc.SEQPACKET_MAX)
         if not data:
             return 0
-        for kind, tag, payload in decode(data):
-            outbox.add(router.stage2(kind, payload), kind, tag, payload)
-        for cpu, parts, _n in outbox.drain():
-            outs[cpu].sendmsg(parts)      # blocking: back-pressure to the dispatcher, no loss
+        for kind, tag, payload, seg in decode(data):
+            outbox.add(router.stage2(kind, payload), kind, tag, payload, seg)
+        outbox.flush()
 
 
 class Dispatcher(Forwarder):
@@ -159,8 +166,8 @@ class Dispatcher(Forwarder):
         self.mc, self.children = mc, children
         self.kernel = mc.mode == "kernel"
         self.router = Router(mc.steering)
-        self.outbox = Outbox()
-        self.rx: dict = {}
+        self.outbox = Outbox(self._send)
+        self.gro_ip = None
         self.vrf_of: dict = {}
         self.queries = 0
         super().__init__(rundir, server, **kw)
@@ -169,41 +176,40 @@ class Dispatcher(Forwarder):
     # --- NICs ----------------------------------------------------------------------------------
     def _open_tunnels(self, underlay_ip: str):
         self.router.local_ip = underlay_ip
-        if self.kernel or self.rx:
-            return       # kernel mode: the workers own SO_REUSEPORT sockets; bound on 0.0.0.0 either way
-        self.rx = rps_kernel.open_rx(reuseport=False)
-        for s, encap in self.rx.items():
-            self.sel.register(s, selectors.EVENT_READ, ("fabric", encap))
+        if not self.kernel:
+            super()._open_tunnels(underlay_ip)     # the forwarder's receive sockets, UDP_GRO and NIC GRO
+        elif self.gro_ip != underlay_ip:
+            # The workers own SO_REUSEPORT sockets; the underlay NIC's GRO is the server's to set.
+            self.gro_ip = underlay_ip
+            problem = enable_gro(underlay_ip)
+            if problem:
+                log.warning("no kernel GRO on the underlay interface (%s): one read per tunnel packet", problem)
 
     def _on_tap(self, fd, name):
         if name not in self.vifs:
             return
-        frames = tap.read_frames(fd)
-        c = self.vifs[name].counters
-        c["rx_packets"] += len(frames)
-        c["rx_bytes"] += sum(map(len, frames))
         vrf = self.vrf_of.get(name)
         add, route = self.outbox.add, self.router.from_tap
-        for f in frames:
-            add(route(name, vrf, f), "tap", name, f)
-        self._flush()
+        for f in tap.read_frames(fd):      # the worker counts them (vif counters) and reads the header
+            add(route(name, vrf, f, VNET_LEN), "tap", name, f)
+        self.outbox.flush()
 
-    def _on_fabric(self, sock, encap):
-        pkts = rps_kernel.receive(sock, encap, self.counters)
+    def _on_fabric(self, sock, _):
+        reads = self.tunnels.receive_gro(sock, ports=True)
         if self.config is None:
-            self.counters["fabric_rx_unconfigured"] += len(pkts)
+            self.counters["fabric_rx_unconfigured"] += len(reads)
             return
         add, route = self.outbox.add, self.router.from_fabric
-        for src, sport, payload in pkts:
-            add(route(encap, src, sport, payload), encap, src, payload)
-        self._flush()
+        for src, encap, data, seg, sport in reads:
+            add(route(encap, src, sport, data), encap, src, data, seg)
+        self.outbox.flush()
 
-    def _flush(self):
-        """One datagram per destination; a blocking send when a worker is behind is back-pressure to
-        the NIC queue, not loss."""
-        for (hop, cpu), parts, n in self.outbox.drain():
-            self.counters[f"to_{hop}_{cpu}"] += n
-            (self.children.data[cpu] if hop == "worker" else self.children.relay_in[cpu]).sendmsg(parts)
+    def _send(self, dest, parts, n):
+        """One datagram per destination and NIC read (more for a read of super-frames); a blocking send
+        when a worker is behind is back-pressure to the NIC queue, not loss."""
+        hop, cpu = dest
+        self.counters[f"to_{hop}_{cpu}"] += n
+        (self.children.data[cpu] if hop == "worker" else self.children.relay_in[cpu]).sendmsg(parts)
 
     # --- agent ---------------------------------------------------------------------------------
     def _on_agent_listen(self, listener, _):
@@ -221,8 +227,6 @@ class Dispatcher(Forwarder):
             a.close()
 
     # --- configuration and VIFs ----------------------------------------------------------------
-    NIC_ERRORS = (rps_kernel.NicError,)
-
     def apply_config(self, generation, config_dict):
         config = self._accept_config(generation, config_dict)
         if config is None:
@@ -232,6 +236,10 @@ class Dispatcher(Forwarder):
         self.config, self.config_dict, self.generation = config, config_dict, generation
         ids = {n.name: n.id for n in config.networks}
         self.vrf_of = {v.name: ids.get(v.network) for v in config.vifs}
+        mtu = vm_mtu(config)
+        if mtu != self.offloads.mtu:
+            self.offloads.mtu = mtu
+            self._set_vif_mtus(mtu)
         self._reconcile_vifs()
         log.info("config generation %s applied on %d workers (%s): %d vifs, mode %s", generation,
                  len(self.children.ctrl), self.mc.mode, len(config.vifs), config.flow.mode)
@@ -250,7 +258,8 @@ class Dispatcher(Forwarder):
 
     def _open_vif(self, spec, netns) -> VifPort:
         fds = rps_kernel.attach_vm_interface(spec, netns, self._network_of(spec),
-                                             len(self.children.ctrl) if self.kernel else 1, vm_mtu(self.config))
+                                             len(self.children.ctrl) if self.kernel else 1, self.offloads.mtu,
+                                             self.offloads.gso_on)
         port = VifPort(spec, fds[0], netns)
         port.queues = fds
         return port
@@ -267,14 +276,20 @@ class Dispatcher(Forwarder):
         log.info("vif %s attached (VM %s, %d queue%s)", name, entry.get("vm", "?"), len(fds),
                  "s" if len(fds) > 1 else "")
 
+    def set_offloads(self, gro=None, gso=None) -> dict:
+        """The forwarder's switches on this process's sockets and the TAPs, then on every worker."""
+        out = super().set_offloads(gro, gso)
+        self.query_workers("set", gro=gro, gso=gso)
+        return out
+
     # --- workers -------------------------------------------------------------------------------
-    def query_workers(self, op: str) -> dict:
+    def query_workers(self, op: str, **args) -> dict:
         """{cpu: result} from every worker, asked in turn over its control channel."""
         out = {}
         for cpu, ctrl in self.children.ctrl.items():
             self.queries += 1
             qid = self.queries
-            ctrl.send(ipc.pack({"t": "query", "id": qid, "op": op}))
+            ctrl.send(ipc.pack({"t": "query", "id": qid, "op": op, **args}))
             deadline = time.monotonic() + QUERY_TIMEOUT
             while True:
                 ctrl.settimeout(max(0.01, deadline - time.monotonic()))
@@ -295,8 +310,8 @@ class Dispatcher(Forwarder):
     def reset(self):
         self.query_workers("reset")
         self.counters.clear()
-        for port in self.vifs.values():
-            port.counters.clear()
+        if self.tunnels:
+            self.tunnels.counters.clear()
 
     def _tick(self, now):
         dead = self.children.dead()
@@ -310,14 +325,16 @@ class Dispatcher(Forwarder):
             for fd in port.queues:
                 os.close(fd)
         self.vifs.clear()
-        for s in self.rx:
-            s.close()
+        if self.tunnels:
+            self.tunnels.close()
         self._unlink_sockets()
 
 
 def _sum_into(total: dict, part: dict) -> None:
     for k, v in part.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if isinstance(v, dict):
+            _sum_into(total.setdefault(k, {}), v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
             total[k] = total.get(k, 0) + v
         else:
             total.setdefault(k, v)
@@ -346,21 +363,31 @@ class MultiIntrospector(Introspector):
             _sum_into(total, drops)
         return total
 
+    def _vifs(self, req):
+        # The workers count VIF traffic (they read the frames' headers and write the TAPs).
+        per = self.fwd.query_workers("vifs")
+        for name, port in self.fwd.vifs.items():
+            port.counters = collections.Counter()
+            for vifs in per.values():
+                port.counters.update(vifs.get(name, {}))
+        return super()._vifs(req)
+
     def _rtts(self, req):
         return [round(x, 1) for s in self.fwd.query_workers("stats").values() for x in s["rtts"]]
 
     def _stats(self, req):
         f = self.fwd
         per = f.query_workers("stats")
-        pipeline, forwarder, tunnels = {}, dict(f.counters), {}
-        _sum_into(tunnels, {k: v for k, v in f.counters.items() if k.startswith("rx_")})
+        pipeline, forwarder, tunnels = {}, dict(f.counters), dict(f.tunnels.counters) if f.tunnels else {}
+        offloads = {"gro": {}, "gso": {}}
         agent = dict(f.agent_stats)
         rtts = []
         workers = {}
         for cpu, s in per.items():
             _sum_into(pipeline, s["pipeline"])
-            _sum_into(forwarder, {k: v for k, v in s["counters"].items() if not k.startswith("rx_")})
+            _sum_into(forwarder, s["counters"])
             _sum_into(tunnels, s["tunnels"])
+            _sum_into(offloads, {k: s["offloads"][k] for k in offloads})
             if s["agent"].get("decisions", -1) > agent.get("decisions", -1):
                 agent = s["agent"]
             rtts += s["rtts"]
@@ -371,9 +398,12 @@ class MultiIntrospector(Introspector):
                             "agent_channel": s["agent_connected"]}
         if per:
             pipeline["mode"] = next(iter(per.values()))["pipeline"].get("mode")
+            averages(offloads)
+        offloads["gro"]["enabled"], offloads["gso"]["enabled"] = f.offloads.gro_on, f.offloads.gso_on
         return {"server": f.server, "generation": f.generation, "mode": f.config.flow.mode if f.config else None,
                 "pipeline": pipeline, "forwarder": forwarder, "tunnels": tunnels, "agent": agent,
                 "agent_connected": f.agent is not None, "slowpath_rtt_us": _summary(rtts),
+                **offloads, "vm_mtu": f.offloads.mtu,
                 "workers": workers, "steering": {"mode": f.mc.mode, "workers": f.mc.workers,
                                                  "second_cores": f.mc.second_cores,
                                                  "fields": list(f.mc.steering.fields)}}
@@ -393,6 +423,10 @@ def main(argv=None):
     p.add_argument("--rundir", required=True)
     p.add_argument("--server", required=True)
     p.add_argument("--steering", required=True, help="JSON file: mode, workers, ... (vrouter.multicore)")
+    p.add_argument("--gro", type=switch_value, default=True, metavar="on|off",
+                   help="UDP_GRO reads merged into super-packets for the VMs (default on)")
+    p.add_argument("--gso", type=switch_value, default=True, metavar="on|off",
+                   help="TSO super-frames from the VMs sent with UDP GSO (default on)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
@@ -403,9 +437,9 @@ def main(argv=None):
     except (ConfigError, rps_kernel.NicError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    children = Children(mc).spawn()
+    children = Children(mc, gro=args.gro, gso=args.gso).spawn()
     try:
-        fwd = Dispatcher(args.rundir, args.server, mc, children)
+        fwd = Dispatcher(args.rundir, args.server, mc, children, gro=args.gro, gso=args.gso)
     except (ipc.IpcError, OSError) as exc:
         children.stop()
         print(f"error: {exc}", file=sys.stderr)

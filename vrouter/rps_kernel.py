@@ -10,6 +10,8 @@ one server's ports here:
   nothing is ever sent to them;
 - a TAP opened with IFF_MULTI_QUEUE gives one fd per queue; the VM's kernel picks the queue of each
   frame it sends (a flow hash, and the queue the flow's last received frame came from).
+Receiving (UDP_GRO reads, `tunnel.read_gro`) and sending (entropy ports, UDP GSO: `tunnel.EntropySender`)
+are the single forwarder's code; every queue carries a virtio_net_hdr as the forwarder's TAP does.
 """
 from __future__ import annotations
 
@@ -47,35 +49,13 @@ def drop_all_filter(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
 
 
-def open_rx(reuseport: bool, gre: bool = True) -> dict:
-    """{socket: encap} receive sockets on UDP 6635 and 4789 (and raw GRE unless ``gre`` is False)."""
+def open_rx(reuseport: bool, gre: bool = True, gro: bool = True) -> dict:
+    """{socket: encap} receive sockets on UDP 6635 and 4789 (with UDP_GRO if ``gro``) and raw GRE unless
+    ``gre`` is False."""
     try:
-        return tunnel.open_rx(reuseport=reuseport, gre=gre)
+        return tunnel.open_rx(reuseport=reuseport, gre=gre, gro=gro)
     except OSError as exc:
         raise NicError(f"cannot open fabric receive sockets: {exc.strerror}") from None
-
-
-def receive(sock: socket.socket, encap: str, counters, max_packets: int = 64) -> list:
-    """Drain up to ``max_packets``: [(outer src, outer source port, payload as the core wants it)]."""
-    out = []
-    for _ in range(max_packets):
-        try:
-            data, (src, sport) = sock.recvfrom(65535)
-        except BlockingIOError:
-            break
-        except OSError as exc:   # queued ICMP errors surface here; they are not packets
-            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                counters["rx_icmp_errors"] += 1
-                continue
-            raise
-        if encap == "mplsogre":
-            if len(data) < 20:
-                counters["rx_runts"] += 1
-                continue
-            data = data[(data[0] & 0x0F) * 4:]   # raw sockets include the outer IPv4 header
-        out.append((src, sport, data))
-    counters[f"rx_{encap}"] += len(out)
-    return out
 
 
 class Sender(EntropySender):
@@ -99,24 +79,25 @@ class Sender(EntropySender):
     def _fallback(self, encap: str) -> socket.socket:
         return self._udp_fallback
 
-def _open_queue(name: str, netns, multi_queue: bool) -> int:
-    fd = tap.open_tap(name, netns=netns, multi_queue=multi_queue)
+
+def _open_queue(name: str, netns, multi_queue: bool, offloads: bool) -> int:
+    fd = tap.open_tap(name, netns=netns, vnet_hdr=True, multi_queue=multi_queue)
     try:
-        # Frames are read without a virtio_net_hdr here: withdraw the offloads a single forwarder with
-        # vnet headers may have advertised, so the VM segments and completes checksums itself.
-        tap.set_offloads(fd, False)
+        if not offloads:     # gso off: the VM segments and completes checksums itself
+            tap.set_offloads(fd, False)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def open_queues(name: str, queues: int, netns=None) -> list:
-    """``queues`` fds of TAP ``name`` (multi-queue when more than one; one plain fd otherwise)."""
+def open_queues(name: str, queues: int, netns=None, offloads: bool = True) -> list:
+    """``queues`` fds of TAP ``name`` (multi-queue when more than one; one plain fd otherwise), with
+    virtio_net_hdr; ``offloads``: advertise checksum offload and TSO (`tap.set_offloads`)."""
     fds = []
     try:
         for _ in range(queues):
-            fds.append(_open_queue(name, netns, queues > 1))
+            fds.append(_open_queue(name, netns, queues > 1, offloads))
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -124,14 +105,15 @@ def open_queues(name: str, queues: int, netns=None) -> list:
     return fds
 
 
-def attach_vm_interface(spec, netns, network, queues: int, mtu: int) -> list:
+def attach_vm_interface(spec, netns, network, queues: int, mtu: int, offloads: bool = True) -> list:
     """Queue fds for VM interface ``spec``: re-attach if the TAP exists with the same kind (single or
     multi-queue), else create it (again) and configure it in the VM's namespace as the forwarder does
-    (``mtu``: the VM MTU that leaves room for the encapsulation, `vrouter.offload.vm_mtu`)."""
+    (``mtu``: the VM MTU that leaves room for the encapsulation, `vrouter.offload.vm_mtu`;
+    ``offloads``: the GSO switch)."""
     from vrouter.forwarder import _ip, configure_vm_interface, set_vm_mtu, vm_interface_exists
     if vm_interface_exists(spec.name, netns):
         try:
-            fds = open_queues(spec.name, queues, netns)
+            fds = open_queues(spec.name, queues, netns, offloads)
         except tap.TapError as exc:
             if exc.errno != errno.EINVAL:    # EINVAL: single <-> multi-queue flags differ: re-create
                 raise
@@ -145,7 +127,7 @@ def attach_vm_interface(spec, netns, network, queues: int, mtu: int) -> list:
                     os.close(fd)
                 raise
             return fds
-    fds = open_queues(spec.name, queues)
+    fds = open_queues(spec.name, queues, offloads=offloads)
     try:
         configure_vm_interface(spec, netns, network, mtu)
     except BaseException:

@@ -3,7 +3,9 @@
 ``Router.from_tap`` / ``Router.from_fabric`` run on the designated core of a NIC and return the next
 hop of a packet: ``("worker", cpu)`` or, for a tunnel packet on an interface in extended mode,
 ``("relay", second core)``. ``Router.stage2`` runs on a relay and returns the worker. Batching:
-``Outbox`` collects records per destination so each hop costs one ``sendmsg`` per NIC read.
+``Outbox`` collects records per destination so each hop costs one ``sendmsg`` per NIC read, or
+more when a read's records pass ``rps_channel.MAX_BATCH_BYTES`` (64 reads of 64 KB would not fit one
+datagram).
 """
 from .rps_channel import Batch
 from .steering import ExtendedRps
@@ -24,8 +26,9 @@ class Router:
             s = self._by_nic[nic] = self.steering.for_interface(nic)
         return s
 
-    def from_tap(self, vif: str, vrf: int, frame) -> tuple:
-        return "worker", self._for(vif).steer(_TAP_KIND, frame, vrf)
+    def from_tap(self, vif: str, vrf: int, frame, off: int = 0) -> tuple:
+        """``off``: where the Ethernet header starts (behind the virtio_net_hdr of a TAP read)."""
+        return "worker", self._for(vif).steer(_TAP_KIND, frame, vrf, off)
 
     def from_fabric(self, encap: str, src: str, sport: int, payload) -> tuple:
         s = self._for(encap)
@@ -39,21 +42,27 @@ class Router:
 
 
 class Outbox:
-    """One pending :class:`Batch` per destination; ``ready()`` yields what to send now."""
+    """One pending :class:`Batch` per destination, handed to ``send(dest, buffers, count)`` when it is
+    full and at :meth:`flush` (the end of a NIC read)."""
 
-    def __init__(self):
+    def __init__(self, send):
+        self.send = send
         self.batches: dict = {}
 
-    def add(self, dest, kind: str, tag: str, payload) -> Batch:
+    def add(self, dest, kind: str, tag: str, payload, seg: int = 0) -> None:
         b = self.batches.get(dest)
         if b is None:
             b = self.batches[dest] = Batch()
-        b.add(kind, tag, payload)
-        return b
+        b.add(kind, tag, payload, seg)
+        if b.full():
+            self._send(dest, b)
 
-    def drain(self):
-        """(dest, buffers, count) for every non-empty batch; empties them."""
+    def flush(self) -> None:
+        """Send every non-empty batch."""
         for dest, b in self.batches.items():
             if b.count:
-                count = b.count
-                yield dest, b.take(), count
+                self._send(dest, b)
+
+    def _send(self, dest, b: Batch) -> None:
+        count = b.count
+        self.send(dest, b.take(), count)

@@ -6,6 +6,11 @@ sends from its own sockets (`rps_kernel.Sender`), TAP writes on the fds the disp
 punts on its own channel to the server's one agent, which answers on the same channel, so the
 proactive reverse entry lands on the worker that punted: the one the reply is steered to.
 
+The per-packet path is the single forwarder's, offloads included (docs/vrouter.md, "The offload
+path"): TAP frames carry their virtio_net_hdr, a TSO super-frame is cut by `vrouter.gso` and sent
+with one UDP GSO send, tunnel reads (coalesced by UDP_GRO) are merged by `vrouter.gro.Gro`, flushed
+at the end of each batch, and written to the VM as one super-packet.
+
 Inputs: packet batches from the dispatcher and relays (`rps_channel`), or in kernel mode its own
 SO_REUSEPORT tunnel sockets and TAP queues; control messages from the dispatcher (config, TAP fds,
 agent channel, introspection queries), answered on the control channel and nowhere else.
@@ -13,15 +18,16 @@ agent channel, introspection queries), answered on the control channel and nowhe
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import selectors
 import socket
 import time
 
-from vrouter import ipc, rps_channel, rps_kernel, tap
-from vrouter.actions import Punt, ToTunnel, ToVif
-from vrouter.forwarder import EXPIRE_EVERY, AgentChannel
+from vrouter import ipc, rps_channel, rps_kernel, tap, tunnel
+from vrouter.forwarder import EXPIRE_EVERY, AgentChannel, Forwarder, VifPort
+from vrouter.offload import Offloads, vm_mtu
 
 log = logging.getLogger("worker")
 MAX_FDS = 64
@@ -32,15 +38,31 @@ def recv_ctrl(sock: socket.socket) -> tuple:
     return (ipc.unpack(data) if data else None), fds
 
 
+def _run_of(record) -> tuple:
+    """Records of one run go through one call: fabric reads of one encapsulation, frames of one VIF."""
+    kind = record[0]
+    return kind, record[1] if kind == "tap" else None
+
+
 class Worker(AgentChannel):
+    # The forwarder's per-packet path, on this worker's shard. Same attributes as the forwarder's:
+    # pipeline, clock, counters, offloads, tunnels (this worker's rps_kernel.Sender) and vifs
+    # ({name: VifPort} whose fd is the queue this worker writes).
+    _from_tap = Forwarder._from_tap
+    _from_reads = Forwarder._from_reads
+    _deliver = Forwarder._deliver
+    _execute = Forwarder._execute
+    _execute_released = Forwarder._execute_released
+
     def __init__(self, cpu: int, ctrl: socket.socket, inputs: list, kernel: bool, first: bool,
-                 clock=time.monotonic):
+                 clock=time.monotonic, gro: bool = True, gso: bool = True):
         self.cpu, self.ctrl, self.kernel, self.first, self.clock = cpu, ctrl, kernel, first, clock
         self.sel = selectors.DefaultSelector()
         self.pipeline = None
         self.config = None
-        self.sender = None
-        self.taps: dict[str, list] = {}        # vif name -> [fds]; fds[0] is where this worker writes
+        self.tunnels = None
+        self.offloads = Offloads(gro, gso)
+        self.vifs: dict[str, VifPort] = {}     # .queues: every fd the dispatcher passed for the VIF
         self.rx: dict = {}                     # kernel mode: own receive sockets -> encap
         self.agent: socket.socket | None = None
         self.agent_stats: dict = {}
@@ -91,28 +113,40 @@ class Worker(AgentChannel):
             self._process(rps_channel.decode(data))
 
     def _process(self, records):
-        pipe = self.pipeline
-        if pipe is None:
-            self.counters["rx_unconfigured"] += len(records)
-            return
-        now = self.clock()
-        c = self.counters
-        c["packets"] += len(records)
-        execute = self._execute
-        for kind, tag, payload in records:
-            c["bytes"] += len(payload)
+        """A batch from the dispatcher or a relay: ``rps_channel`` records."""
+        for (kind, name), run in itertools.groupby(records, _run_of):
             if kind == "tap":
-                execute(pipe.from_vif(tag, payload, now))
+                self._tap_run(name, [r[2] for r in run])
             else:
-                execute(pipe.from_fabric(tag, kind, payload, now))
+                self._fabric_run([(r[1], kind, r[2], r[3]) for r in run])
 
     def _on_tap(self, fd, name):
-        frames = tap.read_frames(fd)
-        self._process([("tap", name, f) for f in frames])
+        self._tap_run(name, tap.read_frames(fd))           # kernel mode: this worker's queue
 
     def _on_fabric(self, sock, encap):
-        pkts = rps_kernel.receive(sock, encap, self.counters)
-        self._process([(encap, src, payload) for src, _sport, payload in pkts])
+        # kernel mode: this worker's SO_REUSEPORT socket
+        self._fabric_run(tunnel.read_gro(sock, encap, self.tunnels.counters))
+
+    def _tap_run(self, name, frames):
+        c = self.counters
+        if self.pipeline is None:
+            c["rx_unconfigured"] += len(frames)
+            return
+        c["packets"] += len(frames)
+        c["bytes"] += sum(map(len, frames))
+        port = self.vifs.get(name)
+        # A VIF's fd comes on the control channel and may trail its first frames on the data channel.
+        self._from_tap(name, port.counters if port else collections.Counter(), frames)
+
+    def _fabric_run(self, reads):
+        c = self.counters
+        if self.pipeline is None:
+            c["rx_unconfigured"] += len(reads)
+            return
+        if reads:
+            c["packets"] += sum(-(-len(data) // seg) if seg else 1 for _src, _encap, data, seg in reads)
+            c["bytes"] += sum(len(r[2]) for r in reads)
+            self._from_reads(reads)
 
     def _on_ctrl(self, sock, _):
         msg, fds = recv_ctrl(sock)
@@ -124,7 +158,8 @@ class Worker(AgentChannel):
             self._apply_config(msg["config"])
         elif t == "vif":
             self._forget_tap(msg["name"])
-            self.taps[msg["name"]] = fds
+            port = self.vifs[msg["name"]] = VifPort(None, fds[0], None)
+            port.queues = fds
             if msg.get("read"):      # kernel mode: this worker reads its own queue
                 self.sel.register(fds[0], selectors.EVENT_READ, ("tap", msg["name"]))
         elif t == "vif_gone":
@@ -135,28 +170,9 @@ class Worker(AgentChannel):
             self.agent.setblocking(False)
             self.sel.register(self.agent, selectors.EVENT_READ, ("agent", None))
         elif t == "query":
-            self.ctrl.send(ipc.pack({"t": "reply", "id": msg.get("id"), "result": self._answer(msg["op"])}))
+            self.ctrl.send(ipc.pack({"t": "reply", "id": msg.get("id"), "result": self._answer(msg)}))
         else:
             log.warning("worker %d: ignoring control message %r", self.cpu, t)
-
-    # --- actions -------------------------------------------------------------------------------
-    def _execute(self, actions):
-        for a in actions:
-            t = type(a)
-            if t is ToTunnel:
-                self.sender.send(a.peer, a.encap, a.sport, a.payload)
-            elif t is ToVif:
-                fds = self.taps.get(a.vif)
-                if fds and tap.write_frame(fds[0], a.frame):
-                    self.counters["vif_tx_packets"] += 1
-                else:
-                    self.counters["vif_tx_errors"] += 1
-            elif t is Punt:
-                self._punt(a.request)
-            # Drop: nothing to do, the pipeline counted it (dropstats)
-
-    # Frames here carry no virtio header: packets released by a decision go out as they came.
-    _execute_released = _execute
 
     def _close_agent(self, conn, why):
         self._drop_agent(why)
@@ -170,16 +186,16 @@ class Worker(AgentChannel):
         except ConfigError as exc:
             log.error("worker %d: rejected config: %s", self.cpu, exc)
             return
-        if self.sender is None or self.sender.local_ip != config.underlay_ip:
-            if self.sender is not None:
-                self.sender.close()
-            self.sender = rps_kernel.Sender(config.underlay_ip)
+        if self.tunnels is None or self.tunnels.local_ip != config.underlay_ip:
+            if self.tunnels is not None:
+                self.tunnels.close()
+            self.tunnels = rps_kernel.Sender(config.underlay_ip)
             if self.kernel:
                 for s in self.rx:
                     self.sel.unregister(s)
                     s.close()
                 # Only one process may read raw GRE (each raw socket gets a copy): the first worker.
-                self.rx = rps_kernel.open_rx(reuseport=True, gre=self.first)
+                self.rx = rps_kernel.open_rx(reuseport=True, gre=self.first, gro=self.offloads.gro_on)
                 for s, encap in self.rx.items():
                     self.sel.register(s, selectors.EVENT_READ, ("fabric", encap))
         if self.pipeline is None:
@@ -187,9 +203,22 @@ class Worker(AgentChannel):
         else:
             self.pipeline.apply_config(config)
         self.config = config
+        self.offloads.mtu = vm_mtu(config)     # released super-frames are cut at the VMs' MSS
+
+    def set_offloads(self, gro=None, gso=None) -> dict:
+        """The dispatcher's `set`: this worker's merging and GSO sends (the TAP offloads and the
+        dispatcher's sockets are the dispatcher's), and UDP_GRO on its own sockets in kernel mode."""
+        off = self.offloads
+        if gro is not None:
+            off.gro.enabled = bool(gro)
+            tunnel.set_udp_gro(self.rx, off.gro_on)
+        if gso is not None:
+            off.gso_on = bool(gso)
+        return {"gro": off.gro_on, "gso": off.gso_on}
 
     def _forget_tap(self, name):
-        for fd in self.taps.pop(name, []):
+        port = self.vifs.pop(name, None)
+        for fd in port.queues if port else []:
             try:
                 self.sel.unregister(fd)
             except (KeyError, ValueError):
@@ -207,32 +236,40 @@ class Worker(AgentChannel):
         self.agent = None
         log.warning("worker %d: agent channel closed (%s)", self.cpu, why)
 
-    def _answer(self, op):
+    def _answer(self, msg):
+        op = msg["op"]
         if op == "flows":
             return self.pipeline.flows(self.clock()) if self.pipeline else []
         if op == "dropstats":
             return self.pipeline.drop_stats() if self.pipeline else {}
+        if op == "set":
+            return self.set_offloads(msg.get("gro"), msg.get("gso"))
         if op == "reset":
             if self.config is not None:
                 from vrouter.pipeline import Pipeline
                 self.pipeline = Pipeline(self.config)
             self.counters.clear()
+            self.offloads.reset()
+            if self.tunnels:
+                self.tunnels.counters.clear()
+            for port in self.vifs.values():
+                port.counters.clear()
             self.slowpath_rtt_us.clear()
             self.agent_stats = {}
             return True
+        if op == "vifs":
+            return {name: dict(port.counters) for name, port in self.vifs.items()}
         if op == "stats":
-            tunnels = dict(self.sender.counters) if self.sender else {}
-            for k in ("rx_mplsoudp", "rx_vxlan", "rx_mplsogre", "rx_icmp_errors", "rx_runts"):
-                if k in self.counters:
-                    tunnels[k] = self.counters[k]
+            tunnels = dict(self.tunnels.counters) if self.tunnels else {}
             return {"cpu": self.cpu, "pid": os.getpid(), "counters": dict(self.counters),
                     "pipeline": self.pipeline.stats() if self.pipeline else {}, "tunnels": tunnels,
+                    "offloads": self.offloads.stats(tunnels),
                     "agent": dict(self.agent_stats), "agent_connected": self.agent is not None,
                     "rtts": list(self.slowpath_rtt_us)}
         return None
 
 
-def run_worker(cpu: int, ctrl, inputs, kernel: bool, first: bool) -> int:
+def run_worker(cpu: int, ctrl, inputs, kernel: bool, first: bool, gro: bool = True, gso: bool = True) -> int:
     rps_kernel.pin(cpu)
-    Worker(cpu, ctrl, inputs, kernel, first).run()
+    Worker(cpu, ctrl, inputs, kernel, first, gro=gro, gso=gso).run()
     return 0

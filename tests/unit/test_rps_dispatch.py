@@ -37,7 +37,8 @@ def _tap_frame(vif, ip):
 
 # ---------------------------------------------------------------- framing
 def test_batches_round_trip_and_cut_datagrams_are_one_line_errors():
-    recs = [("tap", "tr-red1", b"\x01" * 60), ("mplsoudp", "10.0.2.1", b""), ("mplsogre", "10.0.9.9", b"z" * 9000)]
+    recs = [("tap", "tr-red1", b"\x01" * 60, 0), ("mplsoudp", "10.0.2.1", b"", 0),
+            ("mplsogre", "10.0.9.9", b"z" * 9000, 0), ("vxlan", "10.0.2.1", b"y" * 4500, 1500)]
     data = rps_channel.encode(recs)
     assert rps_channel.decode(data) == recs
     assert rps_channel.decode(b"") == []
@@ -46,7 +47,7 @@ def test_batches_round_trip_and_cut_datagrams_are_one_line_errors():
             rps_channel.decode(data[:cut])
         assert "\n" not in str(e.value)
     with pytest.raises(rps_channel.FramingError):
-        rps_channel.decode(b"\x09\x00\x00\x00\x00\x00")          # unknown NIC kind
+        rps_channel.decode(b"\x09\x00\x00\x00\x00\x00\x00\x00")  # unknown NIC kind
 
 
 def test_batch_counts_and_reports_full():
@@ -127,7 +128,7 @@ def test_per_flow_order_through_socketpairs_and_relays(mode):
     rnd = random.Random(11)
     flows = [(rnd.randrange(1024, 65535), rnd.randrange(1, 65535), 49152 + rnd.randrange(16000)) for _ in range(40)]
     sent = {f: 0 for f in flows}
-    outbox = Outbox()
+    outbox = Outbox(lambda dest, parts, _n: (pairs.get(dest) or relays[dest])[0].sendmsg(parts))
     for _read in range(30):                                    # NIC reads of random flows
         for _ in range(rnd.randrange(1, 40)):
             f = rnd.choice(flows)
@@ -136,9 +137,8 @@ def test_per_flow_order_through_socketpairs_and_relays(mode):
                 _ip(17, REMOTE, LOCAL, sp, dp, b"|%d %d %d %d" % (sp, dp, esport, sent[f]))
             sent[f] += 1
             outbox.add(router.from_fabric("mplsoudp", PEER, esport, payload), "mplsoudp", PEER, payload)
-        for dest, parts, _n in outbox.drain():
-            (pairs.get(dest) or relays[dest])[0].sendmsg(parts)
-    relay_box = Outbox()
+        outbox.flush()
+    relay_box = Outbox(lambda dest, parts, _n: pairs[dest][0].sendmsg(parts))
     for a, b in relays.values():                              # relays: stage 2 in their own order
         b.setblocking(False)
         while True:
@@ -146,10 +146,9 @@ def test_per_flow_order_through_socketpairs_and_relays(mode):
                 data = b.recv(1 << 22)
             except BlockingIOError:
                 break
-            for kind, tag, payload in rps_channel.decode(data):
-                relay_box.add(("worker", router.stage2(kind, payload)), kind, tag, payload)
-            for dest, parts, _n in relay_box.drain():
-                pairs[dest][0].sendmsg(parts)
+            for kind, tag, payload, seg in rps_channel.decode(data):
+                relay_box.add(("worker", router.stage2(kind, payload)), kind, tag, payload, seg)
+            relay_box.flush()
     seen, owner = {}, {}
     for dest, (a, b) in pairs.items():
         b.setblocking(False)
@@ -158,7 +157,7 @@ def test_per_flow_order_through_socketpairs_and_relays(mode):
                 data = b.recv(1 << 22)
             except BlockingIOError:
                 break
-            for _kind, _tag, payload in rps_channel.decode(data):
+            for _kind, _tag, payload, _seg in rps_channel.decode(data):
                 sp, dp, esport, seq = (int(x) for x in bytes(payload).rsplit(b"|", 1)[1].split())
                 f = (sp, dp, esport)
                 seen.setdefault(f, []).append(seq)
@@ -194,7 +193,7 @@ def test_proactive_reverse_entry_is_hit_on_the_punting_worker(mode):
         reply = encap_prefix(encap, vrf, b"\x02" * 6) + _ip(proto, REMOTE, LOCAL, dp, sp)
         hop = router.from_fabric(encap, PEER, out.sport, reply)
         w_back = router.stage2(encap, reply) if hop[0] == "relay" else hop[1]
-        (tag_kind, tag, payload), = rps_channel.decode(rps_channel.encode([(encap, PEER, reply)]))
+        (tag_kind, tag, payload, _seg), = rps_channel.decode(rps_channel.encode([(encap, PEER, reply)]))
         actions = shards[w_back].from_fabric(tag, tag_kind, payload, 0.1)
         assert [type(a) for a in actions] == [ToVif], (w, w_back, actions)
     assert all(punts.values())
