@@ -1,4 +1,5 @@
 """Shared pieces of the overlay end-to-end tests (real Mininet + OVS + vrouters, root)."""
+import hashlib
 import os
 import re
 import subprocess
@@ -113,3 +114,35 @@ def udp_exchanges(tb, client_vm, server_vm, server_ip, port, count):
     finally:
         server.kill()
         server.wait()
+
+
+# Sends N bytes of a fixed pseudo-random pattern; the receiver prints the byte count and SHA-256.
+SINK = ("import socket,sys,hashlib;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+        "s.bind(('0.0.0.0',int(sys.argv[1])));s.listen(1);s.settimeout(30);c,_=s.accept();h=hashlib.sha256();n=0\n"
+        "while True:\n"
+        " d=c.recv(1<<20)\n"
+        " if not d: break\n"
+        " h.update(d);n+=len(d)\n"
+        "print(n,h.hexdigest(),flush=True)\n")
+SOURCE = ("import socket,sys,random;r=random.Random(7);data=r.randbytes(int(sys.argv[3]));"
+          "c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=30);c.sendall(data);c.close()")
+
+
+def expected_digest(n):
+    """SHA-256 of the n bytes SOURCE sends."""
+    import random
+    return hashlib.sha256(random.Random(7).randbytes(n)).hexdigest()
+
+
+def transfer(tb, src_vm, dst_vm, dst_ip, port, nbytes=8_000_000):
+    """Bulk TCP src_vm -> dst_vm; returns (bytes received, sha256) as the receiving VM saw them."""
+    sink = tb.host(dst_vm).popen([sys.executable, "-c", SINK, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        tb.host(src_vm).cmd(f"{sys.executable} -c \"{SOURCE}\" {dst_ip} {port} {nbytes}")
+        out = sink.communicate(timeout=60)[0].split()
+        return int(out[0]), out[1]
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()

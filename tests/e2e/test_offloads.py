@@ -1,32 +1,19 @@
 """Offloads end to end (one testbed for the module): TSO super-frames from the VM, UDP GSO sends,
 UDP_GRO reads merged into super-packets the receiving VM takes as one packet, byte-exact data
 verified by the VMs' kernels, the GRO switch, and MPLSoGRE's one-send-per-segment fallback."""
-import hashlib
 import re
 import struct
-import subprocess
-import sys
 import time
 
 import pytest
 
-from overlay_helpers import bring_up, needs_root, ping, vm_tap
+from overlay_helpers import bring_up, expected_digest, needs_root, ping, transfer, vm_tap
 from test_vrouter_io import nspair  # noqa: F401 (fixture)
 from vrouter import gso, introspect, tap, tunnel
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
 NBYTES = 8_000_000
-# Sends NBYTES of a fixed pseudo-random pattern; the receiver prints the byte count and SHA-256.
-SINK = ("import socket,sys,hashlib;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
-        "s.bind(('0.0.0.0',int(sys.argv[1])));s.listen(1);s.settimeout(30);c,_=s.accept();h=hashlib.sha256();n=0\n"
-        "while True:\n"
-        " d=c.recv(1<<20)\n"
-        " if not d: break\n"
-        " h.update(d);n+=len(d)\n"
-        "print(n,h.hexdigest(),flush=True)\n")
-SOURCE = ("import socket,sys,random;r=random.Random(7);data=r.randbytes(int(sys.argv[3]));"
-          "c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=30);c.sendall(data);c.close()")
 
 
 def super_payload(nsegs: int, mss: int, label: int = 100) -> bytes:
@@ -39,29 +26,10 @@ def super_payload(nsegs: int, mss: int, label: int = 100) -> bytes:
     return struct.pack("!I", label << 12 | 0x100 | 64) + ip + tcp + data
 
 
-def expected_digest(n):
-    import random
-    return hashlib.sha256(random.Random(7).randbytes(n)).hexdigest()
-
-
 def rx_packets(tb, vm, intf):
     out = tb.host(vm).cmd("cat /proc/net/dev")
     line = next(ln for ln in out.splitlines() if ln.strip().startswith(intf + ":"))
     return int(line.split(":", 1)[1].split()[1])
-
-
-def transfer(tb, src_vm, dst_vm, dst_ip, port, nbytes=NBYTES):
-    """Bulk TCP src_vm -> dst_vm; returns (bytes received, sha256) as the receiving VM saw them."""
-    sink = tb.host(dst_vm).popen([sys.executable, "-c", SINK, str(port)], stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.3)
-        tb.host(src_vm).cmd(f"{sys.executable} -c \"{SOURCE}\" {dst_ip} {port} {nbytes}")
-        out = sink.communicate(timeout=60)[0].split()
-        return int(out[0]), out[1]
-    finally:
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait()
 
 
 def set_both(tb, **switches):

@@ -1,7 +1,9 @@
 """Multi-core vrouters (2 workers) on a real testbed: every steering mode forwards, keeps per-flow
-order, spreads flows over both workers, and the proactive reverse entry is hit on the worker that
-punted (one slow-path call per vrouter per connection). One testbed for the module; modes are
-switched by restarting the forwarding planes of srv1 and srv3 (the agents stay)."""
+order, spreads flows over both workers, the proactive reverse entry is hit on the worker that
+punted (one slow-path call per vrouter per connection), and bulk TCP goes through the workers'
+offloads (TSO super-frames sent with UDP GSO, UDP_GRO reads merged), byte-exact, with the switches
+reaching every worker. One testbed for the module; modes are switched by restarting the
+forwarding planes of srv1 and srv3 (the agents stay)."""
 import json
 import subprocess
 import sys
@@ -11,7 +13,8 @@ import uuid
 import pytest
 import yaml
 
-from overlay_helpers import TOPOLOGY, needs_root, tcp_transfers, udp_exchanges, wait_ping
+from overlay_helpers import (TOPOLOGY, expected_digest, needs_root, tcp_transfers, transfer, udp_exchanges,
+                             vm_tap, wait_ping)
 from testbed import overlay
 from testbed.runner import Testbed
 from testbed.topology import from_dict
@@ -121,6 +124,45 @@ def test_proactive_reverse_entry_is_hit_whichever_worker_runs_it(tb, mode):
         for f in flows:                # every entry's reverse lives on the same worker
             back = (f["vrf"], f["proto"], f["dst"], f["src"], f["dport"], f["sport"])
             assert by_key.get(back, f["worker"]) == f["worker"]
+
+
+BULK = 8_000_000
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bulk_tcp_is_sent_with_gso_and_merged_by_gro_on_the_workers(tb, mode):
+    use_mode(tb, mode)
+    reset(tb)
+    n, digest = transfer(tb, "red1", "red2", "192.168.1.12", 7400 + MODES.index(mode), nbytes=BULK)
+    assert (n, digest) == (BULK, expected_digest(BULK))
+    tx, rx = stats(tb, "srv1"), stats(tb, "srv3")
+    # srv1: the VM's TSO super-frames, cut into tunnel packets, several per UDP_SEGMENT send.
+    assert tx["gso"]["enabled"] and tx["gso"]["super_frames"] > 0, tx["gso"]
+    assert tx["gso"]["sends"] > 0 and tx["gso"]["segments_per_send"] > 1, tx["gso"]
+    vifs = {v["name"]: v for v in introspect.query(tb.path, "srv1", "vifs")}
+    assert vifs[vm_tap(tb, "red1")]["rx_super_frames"] > 0
+    # srv3: coalesced reads merged into super-packets for the VM.
+    assert rx["gro"]["enabled"] and rx["gro"]["merged_deliveries"] > 0, rx["gro"]
+    assert rx["gro"]["segments_per_merge"] > 1, rx["gro"]
+    assert vifs[vm_tap(tb, "red1")]["tx_packets"] > 0                 # the ACKs, written by a worker
+
+
+def test_offload_switches_reach_every_worker(tb):
+    use_mode(tb, "rps")
+    for server in SERVERS:
+        assert introspect.query(tb.path, server, "set", gro=False, gso=False) == {"gro": False, "gso": False}
+    try:
+        reset(tb)
+        n, digest = transfer(tb, "red2", "red1", "192.168.1.11", 7410, nbytes=2_000_000)
+        assert (n, digest) == (2_000_000, expected_digest(2_000_000))
+        st = stats(tb, "srv1")
+        assert st["gro"]["enabled"] is False and st["gro"]["deliveries"] > 0
+        assert st["gro"]["segments_per_delivery"] == 1.0 and st["gro"]["merged_deliveries"] == 0
+        assert stats(tb, "srv3")["gso"]["sends"] == 0
+        assert "tcp-segmentation-offload: off" in tb.host("red2").cmd(f"ethtool -k {vm_tap(tb, 'red2')}")
+    finally:
+        for server in SERVERS:
+            introspect.query(tb.path, server, "set", gro=True, gso=True)
 
 
 def test_cli_tables_show_workers(tb):
