@@ -1,4 +1,5 @@
-"""The forwarder's offload state: the GRO/GSO switches, the GRO engine, the VM MTU and the counters.
+"""The offload state of a forwarder (and of each multi-core worker): the GRO/GSO switches, the GRO engine,
+the VM MTU and the counters.
 
 Shell code (it holds no sockets itself but drives `Tunnels` and TAP fds through the forwarder).
 Switches, settable at run time (`python -m vrouter.forwarder --gro off --gso off`, introspection
