@@ -53,6 +53,26 @@ def write_results(outdir: Path, fields, rows, summary, config) -> None:
     (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def run_on_pair(topology_path: Path, prefix: str, run_root, progress, measure):
+    """Bring up the topology, run ``measure(tb, pair)`` on the VM pair `testbed bench throughput` uses
+    (one network, servers on different leaves) and tear down: (topology, pair, what measure returned)."""
+    from testbed.bench_throughput import Pair
+    from testbed.runner import Testbed
+    topology = load_topology(topology_path)
+    try:
+        pair = Pair(topology)
+    except Exception as exc:  # CommandError: one line
+        raise ExperimentError(str(exc)) from None
+    progress(f"bringing up {topology.name} with prefix {prefix!r}; pair {pair.client_vm.name}@{pair.client} -> "
+             f"{pair.server_vm.name}@{pair.server}")
+    tb = Testbed(topology, prefix=prefix, run_root=run_root, progress=lambda m: progress("  " + m)).start()
+    try:
+        return topology, pair, measure(tb, pair)
+    finally:
+        progress("tearing down")
+        tb.stop()
+
+
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from experiments import common
-from experiments.common import ExperimentError, add_run_arguments, load_topology, results_dir
+from experiments.common import add_run_arguments, results_dir
 STREAMS = (1, 8)
 FIELDS = ("run", "gro_gso", "streams", "seconds", "gbps", "retransmits", "vrouter_cpu_s", "cpu_s_per_gb",
           "gro_segments_per_delivery", "gro_segments_per_merge", "gso_segments_per_send", "gso_sends")
@@ -60,27 +60,33 @@ def summarize(rows) -> dict:
     return out
 
 
+def off_on_bars(ax, groups: list, ylabel: str, medians, points, fmt: str = "%.2f") -> None:
+    """One axes of GRO/GSO off and on medians side by side per group, labelled, each run a dot:
+    ``medians(switch)`` gives a height per group, ``points(switch, i)`` the runs of group i."""
+    width = 0.35
+    for j, (switch, color) in enumerate((("off", "tab:gray"), ("on", "tab:blue"))):
+        xs = [i + (j - 0.5) * width for i in range(len(groups))]
+        bars = ax.bar(xs, medians(switch), width, color=color, label=f"GRO/GSO {switch} (median)")
+        ax.bar_label(bars, fmt=fmt)
+        for i, x in enumerate(xs):
+            pts = points(switch, i)
+            ax.scatter([x] * len(pts), pts, color="black", s=10, zorder=3)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+
+
 def plot(rows, summary, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    colors = {"off": "tab:gray", "on": "tab:blue"}
-    width = 0.35
-    for k, (ax, key, label) in enumerate(((ax1, "gbps", "throughput (Gbit/s)"),
-                                          (ax2, "cpu_s_per_gb", "vrouter CPU seconds per GB"))):
-        for j, mode in enumerate(("off", "on")):
-            xs = [i + (j - 0.5) * width for i in range(len(STREAMS))]
-            meds = [summary[str(n)][mode][f"{key}_median"] or 0 for n in STREAMS]
-            bars = ax.bar(xs, meds, width, color=colors[mode], label=f"GRO/GSO {mode} (median)")
-            ax.bar_label(bars, fmt="%.2f")
-            for i, n in enumerate(STREAMS):
-                pts = [r[key] for r in rows if r["streams"] == n and r["gro_gso"] == mode and r[key] is not None]
-                ax.scatter([xs[i]] * len(pts), pts, color="black", s=10, zorder=3)
-        ax.set_xticks(range(len(STREAMS)), [f"{n} stream{'s' * (n > 1)}" for n in STREAMS])
-        ax.set_ylabel(label)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend()
+    for ax, key, label in ((ax1, "gbps", "throughput (Gbit/s)"), (ax2, "cpu_s_per_gb", "vrouter CPU seconds per GB")):
+        off_on_bars(ax, [f"{n} stream{'s' * (n > 1)}" for n in STREAMS], label,
+                    lambda mode: [summary[str(n)][mode][f"{key}_median"] or 0 for n in STREAMS],
+                    lambda mode, i: [r[key] for r in rows if r["streams"] == STREAMS[i] and r["gro_gso"] == mode
+                                     and r[key] is not None])
     fig.suptitle("Overlay TCP VM to VM across leaves: GRO/GSO off vs on (dots: single runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -107,21 +113,8 @@ def summary_lines(summary) -> list[str]:
 
 
 def run(topology_path: Path, runs: int, seconds: float, prefix: str, run_root, outroot: Path, progress):
-    from testbed.bench_throughput import Pair
-    from testbed.runner import Testbed
-    topology = load_topology(topology_path)
-    try:
-        pair = Pair(topology)
-    except Exception as exc:  # CommandError: one line
-        raise ExperimentError(str(exc)) from None
-    progress(f"bringing up {topology.name} with prefix {prefix!r}; pair {pair.client_vm.name}@{pair.client} -> "
-             f"{pair.server_vm.name}@{pair.server}")
-    tb = Testbed(topology, prefix=prefix, run_root=run_root, progress=lambda m: progress("  " + m)).start()
-    try:
-        rows = measure(tb, pair, runs, seconds, progress)
-    finally:
-        progress("tearing down")
-        tb.stop()
+    topology, pair, rows = common.run_on_pair(topology_path, prefix, run_root, progress,
+                                              lambda tb, pair: measure(tb, pair, runs, seconds, progress))
     summary = summarize(rows)
     config = {"experiment": "gro", "runs": runs, "seconds": seconds, "streams": list(STREAMS),
               "order": "per run: off then on, 1 then 8 streams", "pair": {

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from experiments import common
-from experiments.common import ExperimentError, add_run_arguments, load_topology, results_dir
+from experiments.common import ExperimentError, add_run_arguments, results_dir
 
 MODES = ("single", "rps", "extended", "kernel")
 FIELDS = ("mode", "run", "gro_gso", "streams", "seconds", "gbps", "retransmits", "gro_segments_per_delivery",
@@ -71,19 +71,12 @@ def plot(rows, summary, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from experiments.gro import off_on_bars
     modes = list(summary)
     fig, ax = plt.subplots(figsize=(2.2 * len(modes) + 3, 4.5))
-    for j, (switch, color) in enumerate((("off", "tab:gray"), ("on", "tab:blue"))):
-        xs = [i + (j - 0.5) * 0.35 for i in range(len(modes))]
-        bars = ax.bar(xs, [summary[m][switch]["gbps_median"] for m in modes], 0.35, color=color,
-                      label=f"GRO/GSO {switch} (median)")
-        ax.bar_label(bars, fmt="%.3f")
-        for x, m in zip(xs, modes):
-            ax.scatter([x] * len(summary[m][switch]["gbps"]), summary[m][switch]["gbps"], color="black", s=10, zorder=3)
-    ax.set_xticks(range(len(modes)), [m if m == "single" else f"{m}, 2 workers" for m in modes])
-    ax.set_ylabel("iperf3 VM to VM (Gbit/s)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    off_on_bars(ax, [m if m == "single" else f"{m}, 2 workers" for m in modes], "iperf3 VM to VM (Gbit/s)",
+                lambda switch: [summary[m][switch]["gbps_median"] for m in modes],
+                lambda switch, i: summary[modes[i]][switch]["gbps"], fmt="%.3f")
     ax.set_title("Overlay TCP across leaves through multi-core vrouters: offloads off vs on (dots: runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -103,21 +96,9 @@ def summary_lines(summary) -> list[str]:
 
 def run(topology_path: Path, modes, runs: int, seconds: float, streams: int, prefix: str, run_root,
         outroot: Path, progress):
-    from testbed.bench_throughput import Pair
-    from testbed.runner import Testbed
-    topology = load_topology(topology_path)
-    try:
-        pair = Pair(topology)
-    except Exception as exc:  # CommandError: one line
-        raise ExperimentError(str(exc)) from None
-    progress(f"bringing up {topology.name} with prefix {prefix!r}; pair {pair.client_vm.name}@{pair.client} -> "
-             f"{pair.server_vm.name}@{pair.server}")
-    tb = Testbed(topology, prefix=prefix, run_root=run_root, progress=lambda m: progress("  " + m)).start()
-    try:
-        rows = measure(tb, pair, modes, runs, seconds, streams, progress)
-    finally:
-        progress("tearing down")
-        tb.stop()
+    topology, pair, rows = common.run_on_pair(
+        topology_path, prefix, run_root, progress,
+        lambda tb, pair: measure(tb, pair, modes, runs, seconds, streams, progress))
     summary = summarize(rows, modes)
     config = {"experiment": "rps_gro", "modes": list(modes), "steering": {m: steering(m) for m in modes},
               "runs": runs, "seconds": seconds, "streams": streams, "order": "per mode and run: off then on",
