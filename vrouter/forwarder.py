@@ -19,11 +19,10 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import time
 
-from vrouter import ipc, tap
+from vrouter import ipc, tap, vm_interface
 from vrouter.actions import Punt, ToTunnel, ToVif
 from vrouter.codec import virtio
 from vrouter.config import ConfigError, VrouterConfig
@@ -416,8 +415,8 @@ class Forwarder(AgentChannel):
         """An encapsulation change moved the VM MTU: attached VMs follow (new ones get it at attach)."""
         for name, port in self.vifs.items():
             try:
-                set_vm_mtu(name, port.netns, mtu)
-            except (tap.TapError, VmSetupError) as exc:
+                vm_interface.set_mtu(name, port.netns, mtu)
+            except (tap.TapError, vm_interface.VmSetupError) as exc:
                 log.error("vif %s: MTU %d not set: %s", name, mtu, exc)
 
     def reset(self):
@@ -470,7 +469,7 @@ class Forwarder(AgentChannel):
             spec = next(v for v in self.config.vifs if v.name == name)
             try:
                 port = self._open_vif(spec, entry["netns"])
-            except (tap.TapError, VmSetupError) as exc:
+            except (tap.TapError, vm_interface.VmSetupError) as exc:
                 self.pending[name] = str(exc)
                 log.error("vif %s: %s", name, exc)
                 continue
@@ -479,8 +478,9 @@ class Forwarder(AgentChannel):
             self._serve_vif(name, port, entry)
 
     def _open_vif(self, spec, netns) -> VifPort:
-        fd = attach_vm_interface(spec, netns, self._network_of(spec), self.offloads.mtu, self.offloads.gso_on)
-        return VifPort(spec, fd, netns)
+        fds = vm_interface.attach(spec, netns, self._network_of(spec), self.offloads.mtu,
+                                  offloads=self.offloads.gso_on)
+        return VifPort(spec, fds[0], netns)
 
     def _serve_vif(self, name, port, entry):
         self.sel.register(port.fd, selectors.EVENT_READ, ("tap", name))
@@ -488,77 +488,6 @@ class Forwarder(AgentChannel):
 
     def _network_of(self, spec):
         return next(n for n in self.config.networks if n.name == spec.network)
-
-
-class VmSetupError(Exception):
-    """The VM's interface could not be configured inside its namespace."""
-
-
-def attach_vm_interface(spec, netns, network, mtu: int, offloads: bool = True) -> int:
-    """Return a TAP fd for VM interface `spec`, creating and configuring it on first use.
-
-    The TAP is created here (server namespace), moved into the VM's namespace, and given the VM's
-    MAC, address, MTU and a default route via the network's gateway (the vrouter answers ARP for it).
-    If the device already exists in the VM's namespace (forwarder restart), we only re-attach (and
-    set the MTU, which the configuration decides). The fd carries virtio_net_hdrs; `offloads`
-    says whether the device advertises checksum offload and TSO (vrouter/offload.py).
-    """
-    if vm_interface_exists(spec.name, netns):
-        fd = tap.open_tap(spec.name, netns=netns, vnet_hdr=True)
-        try:
-            if not offloads:
-                tap.set_offloads(fd, False)
-            set_vm_mtu(spec.name, netns, mtu)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-    fd = tap.open_tap(spec.name, vnet_hdr=True)
-    try:
-        if not offloads:
-            tap.set_offloads(fd, False)
-        configure_vm_interface(spec, netns, network, mtu)
-    except BaseException:
-        tap.destroy_tap(fd)
-        raise
-    return fd
-
-
-def vm_interface_exists(name: str, netns) -> bool:
-    with tap.in_netns(netns):
-        try:
-            socket.if_nametoindex(name)
-            return True
-        except OSError:
-            return False
-
-
-def set_vm_mtu(name: str, netns, mtu: int) -> None:
-    with tap.in_netns(netns):
-        _ip("link", "set", name, "mtu", str(mtu))
-
-
-def configure_vm_interface(spec, netns, network, mtu: int) -> None:
-    """Move the freshly created TAP `spec.name` into the VM's namespace and give it the VM's MAC,
-    address, MTU and a default route via the network's gateway."""
-    from vrouter.codec.ipv4 import int_to_ip
-    _ip("link", "set", spec.name, "netns", str(netns) if isinstance(netns, int) else os.path.basename(netns))
-    ip = int_to_ip(spec.ip)
-    plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)
-    mac = ":".join(f"{b:02x}" for b in spec.mac)
-    with tap.in_netns(netns):
-        _ip("link", "set", "lo", "up")
-        _ip("link", "set", spec.name, "address", mac)
-        _ip("link", "set", spec.name, "mtu", str(mtu))
-        _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
-        _ip("link", "set", spec.name, "up")
-        _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
-
-
-def _ip(*args):
-    r = subprocess.run(("ip",) + args, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise VmSetupError(f"ip {' '.join(args)}: {r.stderr.strip()}")
 
 
 def die_with_parent() -> None:

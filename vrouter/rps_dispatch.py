@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 
-from vrouter import ipc, rps_channel, rps_kernel, tap
+from vrouter import ipc, rps_channel, rps_kernel, tap, vm_interface
 from vrouter.config import ConfigError
 from vrouter.forwarder import VNET_LEN, Forwarder, VifPort, die_with_parent, serve
 from vrouter.introspect import Introspector, IntrospectError, _summary
@@ -257,9 +257,9 @@ class Dispatcher(Forwarder):
         (tap.destroy_tap if destroy else os.close)(port.fd)
 
     def _open_vif(self, spec, netns) -> VifPort:
-        fds = rps_kernel.attach_vm_interface(spec, netns, self._network_of(spec),
-                                             len(self.children.ctrl) if self.kernel else 1, self.offloads.mtu,
-                                             self.offloads.gso_on)
+        fds = vm_interface.attach(spec, netns, self._network_of(spec), self.offloads.mtu,
+                                  queues=len(self.children.ctrl) if self.kernel else 1,
+                                  offloads=self.offloads.gso_on)
         port = VifPort(spec, fds[0], netns)
         port.queues = fds
         return port

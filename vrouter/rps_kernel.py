@@ -8,20 +8,19 @@ one server's ports here:
   every other raw GRE socket (the workers' senders) gets a BPF filter that drops everything;
 - entropy source ports are bound by every worker that sends a flow's packets (SO_REUSEPORT), and
   nothing is ever sent to them;
-- a TAP opened with IFF_MULTI_QUEUE gives one fd per queue; the VM's kernel picks the queue of each
-  frame it sends (a flow hash, and the queue the flow's last received frame came from).
+- a TAP opened with IFF_MULTI_QUEUE gives one fd per queue (`vrouter.vm_interface.attach`); the VM's
+  kernel picks the queue of each frame it sends (a flow hash, and the queue the flow's last received
+  frame came from).
 Receiving (UDP_GRO reads, `tunnel.read_gro`) and sending (entropy ports, UDP GSO: `tunnel.EntropySender`)
 are the single forwarder's code; every queue carries a virtio_net_hdr as the forwarder's TAP does.
 """
 from __future__ import annotations
 
 import ctypes
-import errno
-import os
 import socket
 import struct
 
-from vrouter import tap, tunnel
+from vrouter import tunnel
 from vrouter.tunnel import IPPROTO_GRE, EntropySender
 
 SO_ATTACH_FILTER = 26
@@ -78,61 +77,3 @@ class Sender(EntropySender):
 
     def _fallback(self, encap: str) -> socket.socket:
         return self._udp_fallback
-
-
-def _open_queue(name: str, netns, multi_queue: bool, offloads: bool) -> int:
-    fd = tap.open_tap(name, netns=netns, vnet_hdr=True, multi_queue=multi_queue)
-    try:
-        if not offloads:     # gso off: the VM segments and completes checksums itself
-            tap.set_offloads(fd, False)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def open_queues(name: str, queues: int, netns=None, offloads: bool = True) -> list:
-    """``queues`` fds of TAP ``name`` (multi-queue when more than one; one plain fd otherwise), with
-    virtio_net_hdr; ``offloads``: advertise checksum offload and TSO (`tap.set_offloads`)."""
-    fds = []
-    try:
-        for _ in range(queues):
-            fds.append(_open_queue(name, netns, queues > 1, offloads))
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
-
-
-def attach_vm_interface(spec, netns, network, queues: int, mtu: int, offloads: bool = True) -> list:
-    """Queue fds for VM interface ``spec``: re-attach if the TAP exists with the same kind (single or
-    multi-queue), else create it (again) and configure it in the VM's namespace as the forwarder does
-    (``mtu``: the VM MTU that leaves room for the encapsulation, `vrouter.offload.vm_mtu`;
-    ``offloads``: the GSO switch)."""
-    from vrouter.forwarder import _ip, configure_vm_interface, set_vm_mtu, vm_interface_exists
-    if vm_interface_exists(spec.name, netns):
-        try:
-            fds = open_queues(spec.name, queues, netns, offloads)
-        except tap.TapError as exc:
-            if exc.errno != errno.EINVAL:    # EINVAL: single <-> multi-queue flags differ: re-create
-                raise
-            with tap.in_netns(netns):
-                _ip("link", "del", spec.name)
-        else:
-            try:
-                set_vm_mtu(spec.name, netns, mtu)
-            except BaseException:
-                for fd in fds:
-                    os.close(fd)
-                raise
-            return fds
-    fds = open_queues(spec.name, queues, offloads=offloads)
-    try:
-        configure_vm_interface(spec, netns, network, mtu)
-    except BaseException:
-        for fd in fds[1:]:
-            os.close(fd)
-        tap.destroy_tap(fds[0])
-        raise
-    return fds

@@ -174,3 +174,16 @@ def test_cli_tables_show_workers(tb):
     out = io.StringIO()
     vr.run(["srv1", "flow", "-l"], rundir=tb.path, out=out)
     assert "Worker " in out.getvalue() or "Flow table: 0 entries" in out.getvalue()
+
+
+def test_a_vm_is_handed_between_single_and_multi_queue_vrouters_in_every_direction(tb):
+    """kernel mode serves the VM through a multi-queue TAP, the single forwarder and rps through a
+    single-queue one: each switch must re-create the TAP and keep the VM reachable."""
+    for mode in ("kernel", None, "kernel", "rps"):
+        steering = {"mode": mode, "workers": [0, 1]} if mode else None
+        overlay.restart_forwarder(tb, "srv1", steering)
+        tb.current_mode = None      # srv3 is left as it was: the next use_mode restarts both
+        assert wait_ping(tb, "red1", "192.168.1.12", timeout=15), mode
+        assert tcp_transfers(tb, "red1", "red2", "192.168.1.12", 7500, nbytes=100000, connections=2) == ["100000"] * 2
+        queues = tb.host("red1").cmd(f"ls /sys/class/net/{vm_tap(tb, 'red1')}/queues/").split()
+        assert len([q for q in queues if q.startswith("tx-")]) == (2 if mode == "kernel" else 1), (mode, queues)

@@ -1,0 +1,109 @@
+"""A VM's interface: the TAP the vrouter serves it through, created and configured in its namespace.
+
+Shared by the single forwarder (one queue) and the multi-core vrouter (one fd per worker on a
+multi-queue TAP), so either can take over a VM the other served: a TAP that exists with the other
+kind of queues is re-created, since the kernel refuses to attach across the two (EINVAL).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+
+from vrouter import tap
+
+
+class VmSetupError(Exception):
+    """The VM's interface could not be configured inside its namespace."""
+
+
+def attach(spec, netns, network, mtu: int, queues: int = 1, offloads: bool = True) -> list:
+    """Queue fds (one unless `queues` > 1) for VM interface `spec`, creating it on first use.
+
+    A new TAP is created here (server namespace), moved into the VM's namespace, and given the VM's
+    MAC, address, MTU and a default route via the network's gateway (the vrouter answers ARP for it).
+    An existing one (vrouter restart) is only re-attached and given the MTU, which the configuration
+    decides (`vrouter.offload.vm_mtu`). Every fd carries virtio_net_hdrs; `offloads` (the GSO switch)
+    says whether the device advertises checksum offload and TSO.
+    """
+    if exists(spec.name, netns):
+        try:
+            fds = open_queues(spec.name, queues, netns, offloads)
+        except tap.TapError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            with tap.in_netns(netns):
+                _ip("link", "del", spec.name)
+        else:
+            try:
+                set_mtu(spec.name, netns, mtu)
+            except BaseException:
+                _close(fds)
+                raise
+            return fds
+    fds = open_queues(spec.name, queues, offloads=offloads)
+    try:
+        configure(spec, netns, network, mtu)
+    except BaseException:
+        _close(fds[1:])
+        tap.destroy_tap(fds[0])
+        raise
+    return fds
+
+
+def open_queues(name: str, queues: int, netns=None, offloads: bool = True) -> list:
+    """``queues`` fds of TAP ``name`` (multi-queue when more than one; one plain fd otherwise), with
+    virtio_net_hdr; ``offloads``: advertise checksum offload and TSO (`tap.set_offloads`)."""
+    fds = []
+    try:
+        for _ in range(queues):
+            fds.append(tap.open_tap(name, netns=netns, vnet_hdr=True, multi_queue=queues > 1))
+            if not offloads:     # gso off: the VM segments and completes checksums itself
+                tap.set_offloads(fds[-1], False)
+    except BaseException:
+        _close(fds)
+        raise
+    return fds
+
+
+def exists(name: str, netns) -> bool:
+    with tap.in_netns(netns):
+        try:
+            socket.if_nametoindex(name)
+            return True
+        except OSError:
+            return False
+
+
+def set_mtu(name: str, netns, mtu: int) -> None:
+    with tap.in_netns(netns):
+        _ip("link", "set", name, "mtu", str(mtu))
+
+
+def configure(spec, netns, network, mtu: int) -> None:
+    """Move the freshly created TAP `spec.name` into the VM's namespace and give it the VM's MAC,
+    address, MTU and a default route via the network's gateway."""
+    from vrouter.codec.ipv4 import int_to_ip
+    _ip("link", "set", spec.name, "netns", str(netns) if isinstance(netns, int) else os.path.basename(netns))
+    ip = int_to_ip(spec.ip)
+    plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)
+    mac = ":".join(f"{b:02x}" for b in spec.mac)
+    with tap.in_netns(netns):
+        _ip("link", "set", "lo", "up")
+        _ip("link", "set", spec.name, "address", mac)
+        _ip("link", "set", spec.name, "mtu", str(mtu))
+        _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
+        _ip("link", "set", spec.name, "up")
+        _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
+
+
+def _close(fds) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _ip(*args):
+    r = subprocess.run(("ip",) + args, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise VmSetupError(f"ip {' '.join(args)}: {r.stderr.strip()}")
