@@ -4,8 +4,8 @@ The measurement of experiments/gro.py (`testbed.bench_throughput.overlay_run`: s
 of the pair, zero their stats, iperf3 VM to VM across leaves, GRO/GSO figures from `stats`), with the
 pair's vrouters restarted as multi-core vrouters (2 workers) in each steering mode; `single` is the
 one-process forwarder, for comparison. Runs alternate off/on within a mode, so drift in the
-machine's load hits both alike. Vrouter CPU per GB is left out: overlay_run counts the supervised
-process (here the dispatcher), not the workers it forks.
+machine's load hits both alike. Vrouter CPU seconds per GB count the dispatcher, its forked workers
+and relays, and the agent, on both servers.
 
     sudo python -m experiments.rps_gro [--modes rps,kernel] [--runs 2] [--seconds 5] [--streams 1]
 
@@ -22,7 +22,7 @@ from experiments import common
 from experiments.common import ExperimentError, add_run_arguments, results_dir
 
 MODES = ("single", "rps", "extended", "kernel")
-FIELDS = ("mode", "run", "gro_gso", "streams", "seconds", "gbps", "retransmits", "gro_segments_per_delivery",
+FIELDS = ("mode", "run", "gro_gso", "streams", "seconds", "gbps", "retransmits", "cpu_s_per_gb", "gro_segments_per_delivery",
           "gro_segments_per_merge", "gso_segments_per_send", "gso_sends")
 
 
@@ -47,7 +47,7 @@ def measure(tb, pair, modes, runs: int, seconds: float, streams: int, progress) 
                              **{k: r.get(k) for k in FIELDS[3:]}})
                 progress(f"  {mode:8} run {i}/{runs} GRO/GSO {'on ' if on else 'off'}: {r['gbps']:.3f} Gbit/s, "
                          f"{r['gro_segments_per_merge']:.1f} segments per GRO merge, "
-                         f"{r['gso_segments_per_send']:.1f} per GSO send")
+                         f"{r['gso_segments_per_send']:.1f} per GSO send, {r['cpu_s_per_gb'] or 0:.1f} CPU s/GB")
     return rows
 
 
@@ -61,6 +61,8 @@ def summarize(rows, modes) -> dict:
                            "gbps_median": statistics.median(r["gbps"] for r in sel),
                            "gro_segments_per_merge_median": statistics.median(r["gro_segments_per_merge"] for r in sel),
                            "gso_segments_per_send_median": statistics.median(r["gso_segments_per_send"] for r in sel)}
+            cpu = [r["cpu_s_per_gb"] for r in sel if r.get("cpu_s_per_gb") is not None]
+            per[switch]["cpu_s_per_gb_median"] = statistics.median(cpu) if cpu else None
         per["throughput_on_over_off"] = (round(per["on"]["gbps_median"] / per["off"]["gbps_median"], 3)
                                          if per["off"]["gbps_median"] else None)
         out[mode] = per
@@ -84,12 +86,15 @@ def plot(rows, summary, path: Path) -> None:
 
 
 def summary_lines(summary) -> list[str]:
-    lines = [f"{'mode':9}{'GRO/GSO':>8}{'Gbit/s (median)':>17}{'runs':>22}{'segs/merge':>12}{'segs/send':>11}"]
+    lines = [f"{'mode':9}{'GRO/GSO':>8}{'Gbit/s (median)':>17}{'runs':>22}{'segs/merge':>12}{'segs/send':>11}"
+             f"{'CPU s/GB':>10}"]
     for mode, per in summary.items():
         for switch in ("off", "on"):
             s = per[switch]
+            cpu = s.get("cpu_s_per_gb_median")
             lines.append(f"{mode:9}{switch:>8}{s['gbps_median']:>17.3f}{str(s['gbps']):>22}"
-                         f"{s['gro_segments_per_merge_median']:>12.1f}{s['gso_segments_per_send_median']:>11.1f}")
+                         f"{s['gro_segments_per_merge_median']:>12.1f}{s['gso_segments_per_send_median']:>11.1f}"
+                         f"{(f'{cpu:.1f}' if cpu is not None else '-'):>10}")
         lines.append(f"{mode}: throughput on/off {per['throughput_on_over_off']}x")
     return lines
 

@@ -53,12 +53,19 @@ class Pair:
 
 # --- measurement functions (also used by experiments/gro.py) --------------------------------------
 def vrouter_pids(tb, servers) -> list[int]:
+    """The servers' vrouter processes: forwarder (or multi-core dispatcher with its forked workers
+    and relays) and agent."""
+    import psutil
     pids = []
     for server in servers:
         for name in (forwarder_name(server), agent_name(server)):
             pid = tb.supervisor.pid(name)
             if pid:
                 pids.append(pid)
+                try:
+                    pids += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    pass
     return pids
 
 

@@ -61,3 +61,29 @@ def test_python_echo_answers_every_datagram():
 def test_kernel_echo_answers_every_request():
     rtts = hop_floor.kernel_echo_rtts(5, 0.0)
     assert len(rtts) == 5 and all(x > 0 for x in rtts)
+
+
+def test_vrouter_pids_include_forked_workers():
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    import psutil
+
+    from testbed.bench_throughput import vrouter_pids
+    from testbed.overlay import forwarder_name
+    # A "dispatcher" that forks a "worker", as rps_dispatch does.
+    parent = subprocess.Popen([sys.executable, "-c", "import os, time\nos.fork()\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 5
+        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        supervisor = SimpleNamespace(pid=lambda name: parent.pid if name == forwarder_name("srv1") else None)
+        pids = vrouter_pids(SimpleNamespace(supervisor=supervisor), ["srv1"])
+        assert pids[0] == parent.pid and len(pids) == 2
+    finally:
+        for child in psutil.Process(parent.pid).children():
+            child.kill()
+        parent.kill()
+        parent.wait()

@@ -36,12 +36,14 @@ def test_multicore_offload_summary_medians_and_ratio(tmp_path):
     runs = [("off", 0.1, 0.0, 0.0), ("on", 0.3, 16.0, 25.0), ("off", 0.2, 0.0, 0.0), ("on", 0.5, 14.0, 23.0),
             ("off", 0.15, 0.0, 0.0), ("on", 0.4, 15.0, 24.0)]
     rows = [{"mode": "rps", "run": i, "gro_gso": sw, "gbps": g, "gro_segments_per_merge": m,
-             "gso_segments_per_send": s} for i, (sw, g, m, s) in enumerate(runs)]
+             "gso_segments_per_send": s, "cpu_s_per_gb": 20.0 - 10 * (sw == "on") + i}
+            for i, (sw, g, m, s) in enumerate(runs)]
     s = rps_gro.summarize(rows, ["rps"])
     assert s["rps"]["off"]["gbps_median"] == 0.15 and s["rps"]["on"]["gbps_median"] == 0.4
     assert s["rps"]["throughput_on_over_off"] == round(0.4 / 0.15, 3)
     assert s["rps"]["on"]["gro_segments_per_merge_median"] == 15.0
     assert s["rps"]["on"]["gso_segments_per_send_median"] == 24.0
+    assert s["rps"]["off"]["cpu_s_per_gb_median"] == 22.0 and s["rps"]["on"]["cpu_s_per_gb_median"] == 13.0
     assert any("on/off" in line for line in rps_gro.summary_lines(s))
     rps_gro.plot(rows, s, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
