@@ -28,7 +28,7 @@ from vrouter.codec import virtio
 from vrouter.config import ConfigError, VrouterConfig
 from vrouter.gro import vnet_for_frame
 from vrouter.introspect import Introspector
-from vrouter.offload import Offloads, switch_value, vm_mtu
+from vrouter.offload import Offloads, add_switch_arguments, vm_mtu
 from vrouter.tunnel import Tunnels, TunnelError, enable_gro
 
 log = logging.getLogger("forwarder")
@@ -512,10 +512,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m vrouter.forwarder", description=__doc__.splitlines()[0])
     p.add_argument("--rundir", required=True)
     p.add_argument("--server", required=True)
-    p.add_argument("--gro", type=switch_value, default=True, metavar="on|off",
-                   help="merge tunnel packets into super-packets for the VMs (default on)")
-    p.add_argument("--gso", type=switch_value, default=True, metavar="on|off",
-                   help="take TSO super-frames from the VMs and send them with UDP GSO (default on)")
+    add_switch_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,

@@ -46,7 +46,16 @@ def switch_value(text: str) -> bool:
     """argparse type for `on|off`."""
     if text in ("on", "off"):
         return text == "on"
-    raise ValueError(text)
+    import argparse
+    raise argparse.ArgumentTypeError(f"give on or off, not {text!r}")
+
+
+def add_switch_arguments(parser) -> None:
+    """The --gro/--gso switches of `python -m vrouter.forwarder` and `python -m vrouter.rps_dispatch`."""
+    parser.add_argument("--gro", type=switch_value, default=True, metavar="on|off",
+                        help="merge tunnel packets into super-packets for the VMs (default on)")
+    parser.add_argument("--gso", type=switch_value, default=True, metavar="on|off",
+                        help="take TSO super-frames from the VMs and send them with UDP GSO (default on)")
 
 
 class Offloads:

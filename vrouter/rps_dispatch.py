@@ -38,7 +38,7 @@ from vrouter.config import ConfigError
 from vrouter.forwarder import VNET_LEN, Forwarder, VifPort, die_with_parent, serve
 from vrouter.introspect import Introspector, IntrospectError, _summary
 from vrouter.multicore import MulticoreConfig
-from vrouter.offload import averages, switch_value, vm_mtu
+from vrouter.offload import add_switch_arguments, averages, vm_mtu
 from vrouter.rps_route import Outbox, Router
 from vrouter.tunnel import enable_gro
 
@@ -423,10 +423,7 @@ def main(argv=None):
     p.add_argument("--rundir", required=True)
     p.add_argument("--server", required=True)
     p.add_argument("--steering", required=True, help="JSON file: mode, workers, ... (vrouter.multicore)")
-    p.add_argument("--gro", type=switch_value, default=True, metavar="on|off",
-                   help="UDP_GRO reads merged into super-packets for the VMs (default on)")
-    p.add_argument("--gso", type=switch_value, default=True, metavar="on|off",
-                   help="TSO super-frames from the VMs sent with UDP GSO (default on)")
+    add_switch_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,

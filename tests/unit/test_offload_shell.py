@@ -1,6 +1,8 @@
 """The forwarder's offload glue without root: VM MTU per encapsulation, GSO sends vs the MPLSoGRE /
 gso-off fallback (what reaches the tunnel layer), the MSS of frames released by install, the
 statistics, and the introspection `set` request."""
+import argparse
+
 import pytest
 from core_helpers import server
 from offload_helpers import FakeTunnels, prefix, tcp_ip
@@ -77,7 +79,7 @@ def test_stats_histogram_and_averages():
 
 def test_switch_argument():
     assert switch_value("on") is True and switch_value("off") is False
-    with pytest.raises(ValueError):
+    with pytest.raises(argparse.ArgumentTypeError, match="give on or off, not 'yes'"):
         switch_value("yes")
 
 
