@@ -71,7 +71,7 @@ class Gro:
         self._open: dict = {}
         self._ready: list = []
         self.segments = 0
-        self._counts = dict.fromkeys(("delivered", "merged", "merged_segments", "single"), 0)
+        self._counts = dict.fromkeys(("merged", "merged_segments", "single"), 0)   # delivered = merged + single
         self._flushes = dict.fromkeys(REASONS, 0)
 
     # ---------------------------------------------------------------- input
@@ -148,7 +148,6 @@ class Gro:
             self._close(m, self._why(m, seq, dlen, flags))
         if dlen <= 0 or flags & _ALONE or not self.enabled or thl < 20:
             self._counts["single"] += 1
-            self._counts["delivered"] += 1
             self._ready.append((bytes(mv[s:e]), 1, 0,
                                 _PARTIAL_TCP if thl >= 20 and tc == pseudo_sum(src, dst, 6, tlen - 20) else _PLAIN))
             return
@@ -173,7 +172,6 @@ class Gro:
     def _single(self, mv, s: int, e: int, h) -> None:
         """A packet that passes alone; flag its checksum if it is partial."""
         self._counts["single"] += 1
-        self._counts["delivered"] += 1
         part = partial_offset(mv[s:e], h) if h is not None and e - s >= h + 20 else None
         vnet = _PLAIN if part is None else virtio.partial(_ETH + part[0], part[1])
         self._ready.append((bytes(mv[s:e]), 1, 0, vnet))
@@ -182,7 +180,6 @@ class Gro:
     def _close(self, m: _Merge, reason: str) -> None:
         del self._open[m.key]
         self._flushes[reason] += 1
-        self._counts["delivered"] += 1
         first = m.first
         if m.n == 1:
             self._counts["single"] += 1
@@ -230,7 +227,8 @@ class Gro:
 
     def stats(self) -> dict:
         c = self._counts
-        return {"enabled": self.enabled, "segments": self.segments, "open": len(self._open), **c,
+        return {"enabled": self.enabled, "segments": self.segments, "open": len(self._open),
+                "delivered": c["merged"] + c["single"], **c,
                 "segments_per_merge": round(c["merged_segments"] / c["merged"], 2) if c["merged"] else 0.0,
                 "flush": dict(self._flushes)}
 
