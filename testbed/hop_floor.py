@@ -20,16 +20,15 @@ import statistics
 import struct
 import time
 
+from vrouter.codec.ipv4 import checksum
+
 LOOPBACK = "127.0.0.1"
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
+def echo_request(ident: int, seq: int) -> bytes:
+    """An ICMP echo request (type 8) with its checksum."""
+    head = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"vnet-hop"
+    return head[:2] + struct.pack("!H", checksum(head)) + head[4:]
 
 
 def kernel_echo_rtts(count: int, gap: float) -> list[float]:
@@ -39,8 +38,7 @@ def kernel_echo_rtts(count: int, gap: float) -> list[float]:
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
         s.settimeout(1.0)
         for seq in range(count):
-            head = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"vnet-hop"
-            pkt = head[:2] + struct.pack("!H", _checksum(head)) + head[4:]
+            pkt = echo_request(ident, seq)
             t = time.perf_counter()
             s.sendto(pkt, (LOOPBACK, 0))
             while True:  # the raw socket also sees our own request and other echoes

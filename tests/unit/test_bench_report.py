@@ -46,10 +46,9 @@ def test_report_names_the_hop_floor_and_the_kernel_rtt():
     assert "target RTT overhead <= 150 us: NOT met" in text
 
 
-def test_icmp_checksum_matches_scapy():
+def test_icmp_echo_request_matches_scapy():
     pkt = raw(ICMP(type=8, id=0x1234, seq=7) / b"vnet-hop")
-    zeroed = pkt[:2] + b"\0\0" + pkt[4:]
-    assert hop_floor._checksum(zeroed) == int.from_bytes(pkt[2:4], "big")
+    assert hop_floor.echo_request(0x1234, 7) == pkt
 
 
 def test_python_echo_answers_every_datagram():
