@@ -39,11 +39,14 @@ VNET_LEN = virtio.HDR_LEN
 
 
 class VifPort:
-    """A VM interface: its TAP fd and packet counters (the `vif --list` columns)."""
+    """A VM interface: its TAP fds and packet counters (the `vif --list` columns). `queues`: every fd
+    held for the device (several for a multi-queue TAP, vrouter/vm_interface.py); `fd`: the first,
+    the one this process reads and writes."""
 
-    def __init__(self, spec, fd: int, netns):
+    def __init__(self, spec, queues: list, netns):
         self.spec = spec
-        self.fd = fd
+        self.queues = queues
+        self.fd = queues[0]
         self.netns = netns
         self.counters = collections.Counter()
 
@@ -98,6 +101,8 @@ class AgentChannel:
 
 
 class Forwarder(AgentChannel):
+    tap_queues = 1      # fds per VM TAP (the multi-core vrouter's kernel mode: one per worker)
+
     def __init__(self, rundir: str, server: str, *, clock=time.monotonic, gro: bool = True, gso: bool = True):
         self.rundir = rundir
         self.server = server
@@ -177,7 +182,8 @@ class Forwarder(AgentChannel):
 
     def close(self):
         for port in self.vifs.values():
-            os.close(port.fd)  # the TAPs stay (persistent): a restarted forwarder re-attaches
+            for fd in port.queues:
+                os.close(fd)  # the TAPs stay (persistent): a restarted forwarder re-attaches
         self.vifs.clear()
         if self.tunnels:
             self.tunnels.close()
@@ -252,7 +258,9 @@ class Forwarder(AgentChannel):
 
     def _remove_vif(self, name, destroy=False):
         port = self.vifs.pop(name)
-        self.sel.unregister(port.fd)
+        self._unserve_vif(name, port)
+        for fd in port.queues[1:]:
+            os.close(fd)
         if destroy:
             tap.destroy_tap(port.fd)
             log.info("vif %s removed", name)
@@ -479,12 +487,15 @@ class Forwarder(AgentChannel):
 
     def _open_vif(self, spec, netns) -> VifPort:
         fds = vm_interface.attach(spec, netns, self._network_of(spec), self.offloads.mtu,
-                                  offloads=self.offloads.gso_on)
-        return VifPort(spec, fds[0], netns)
+                                  queues=self.tap_queues, offloads=self.offloads.gso_on)
+        return VifPort(spec, fds, netns)
 
     def _serve_vif(self, name, port, entry):
         self.sel.register(port.fd, selectors.EVENT_READ, ("tap", name))
         log.info("vif %s attached (VM %s)", name, entry.get("vm", "?"))
+
+    def _unserve_vif(self, name, port):
+        self.sel.unregister(port.fd)
 
     def _network_of(self, spec):
         return next(n for n in self.config.networks if n.name == spec.network)

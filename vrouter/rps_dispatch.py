@@ -33,9 +33,9 @@ import socket
 import sys
 import time
 
-from vrouter import ipc, rps_channel, rps_kernel, tap, vm_interface
+from vrouter import ipc, rps_channel, rps_kernel, tap
 from vrouter.config import ConfigError
-from vrouter.forwarder import VNET_LEN, Forwarder, VifPort, die_with_parent, serve
+from vrouter.forwarder import VNET_LEN, Forwarder, die_with_parent, serve
 from vrouter.introspect import Introspector, IntrospectError, _summary
 from vrouter.multicore import MulticoreConfig
 from vrouter.offload import add_switch_arguments, averages, vm_mtu
@@ -165,6 +165,7 @@ class Dispatcher(Forwarder):
     def __init__(self, rundir: str, server: str, mc: MulticoreConfig, children: Children, **kw):
         self.mc, self.children = mc, children
         self.kernel = mc.mode == "kernel"
+        self.tap_queues = len(children.ctrl) if self.kernel else 1
         self.router = Router(mc.steering)
         self.outbox = Outbox(self._send)
         self.gro_ip = None
@@ -244,26 +245,6 @@ class Dispatcher(Forwarder):
         log.info("config generation %s applied on %d workers (%s): %d vifs, mode %s", generation,
                  len(self.children.ctrl), self.mc.mode, len(config.vifs), config.flow.mode)
 
-    def _remove_vif(self, name, destroy=False):
-        port = self.vifs.pop(name, None)
-        if port is None:
-            return
-        for ctrl in self.children.ctrl.values():
-            ctrl.send(ipc.pack({"t": "vif_gone", "name": name}))
-        if not self.kernel:
-            self.sel.unregister(port.fd)
-        for fd in port.queues[1:]:
-            os.close(fd)
-        (tap.destroy_tap if destroy else os.close)(port.fd)
-
-    def _open_vif(self, spec, netns) -> VifPort:
-        fds = vm_interface.attach(spec, netns, self._network_of(spec), self.offloads.mtu,
-                                  queues=len(self.children.ctrl) if self.kernel else 1,
-                                  offloads=self.offloads.gso_on)
-        port = VifPort(spec, fds[0], netns)
-        port.queues = fds
-        return port
-
     def _serve_vif(self, name, port, entry):
         fds = port.queues
         for i, cpu in enumerate(self.children.ctrl):
@@ -275,6 +256,12 @@ class Dispatcher(Forwarder):
             self.sel.register(fds[0], selectors.EVENT_READ, ("tap", name))
         log.info("vif %s attached (VM %s, %d queue%s)", name, entry.get("vm", "?"), len(fds),
                  "s" if len(fds) > 1 else "")
+
+    def _unserve_vif(self, name, port):
+        for ctrl in self.children.ctrl.values():
+            ctrl.send(ipc.pack({"t": "vif_gone", "name": name}))
+        if not self.kernel:
+            self.sel.unregister(port.fd)
 
     def set_offloads(self, gro=None, gso=None) -> dict:
         """The forwarder's switches on this process's sockets and the TAPs, then on every worker."""
@@ -321,13 +308,7 @@ class Dispatcher(Forwarder):
 
     def close(self):
         self.children.stop()
-        for port in self.vifs.values():
-            for fd in port.queues:
-                os.close(fd)
-        self.vifs.clear()
-        if self.tunnels:
-            self.tunnels.close()
-        self._unlink_sockets()
+        super().close()
 
 
 def _sum_into(total: dict, part: dict) -> None:

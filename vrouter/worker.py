@@ -62,7 +62,7 @@ class Worker(AgentChannel):
         self.config = None
         self.tunnels = None
         self.offloads = Offloads(gro, gso)
-        self.vifs: dict[str, VifPort] = {}     # .queues: every fd the dispatcher passed for the VIF
+        self.vifs: dict[str, VifPort] = {}     # .queues: the fds the dispatcher passed for the VIF
         self.rx: dict = {}                     # kernel mode: own receive sockets -> encap
         self.agent: socket.socket | None = None
         self.agent_stats: dict = {}
@@ -158,8 +158,7 @@ class Worker(AgentChannel):
             self._apply_config(msg["config"])
         elif t == "vif":
             self._forget_tap(msg["name"])
-            port = self.vifs[msg["name"]] = VifPort(None, fds[0], None)
-            port.queues = fds
+            self.vifs[msg["name"]] = VifPort(None, fds, None)
             if msg.get("read"):      # kernel mode: this worker reads its own queue
                 self.sel.register(fds[0], selectors.EVENT_READ, ("tap", msg["name"]))
         elif t == "vif_gone":

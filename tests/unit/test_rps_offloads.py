@@ -123,8 +123,7 @@ def worker():
     w.tunnels = FakeTunnels()
     vm, tap_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)     # keeps frame boundaries
     vm.setblocking(False)
-    w.vifs[VIF] = VifPort(None, tap_end.fileno(), None)
-    w.vifs[VIF].queues = [tap_end.fileno()]
+    w.vifs[VIF] = VifPort(None, [tap_end.fileno()], None)
     syn = ethernet.build(VROUTER_MAC, VM_MAC, ethernet.ETH_P_IP) + tcp_ip(b"", seq=4999, flags="S", partial=False)
     (punt,) = w.pipeline.from_vif(VIF, syn, 0.0)
     w.pipeline.install(SlowPath(w.config).decide(punt.request, 0.0), 0.0)
