@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed import DEFAULT_TOPOLOGY, REPO, bench_fabric, cleanup, generator  # noqa: F401 (bench_fabric registers its commands)
+from testbed import DEFAULT_TOPOLOGY, REPO, cleanup, generator
 from testbed.commands import CommandError, command, group, run_arguments
 from testbed.daemon import relay_cli, request
 from testbed.fabric import FabricError, check_prefix
