@@ -1,6 +1,6 @@
 """Fabric benchmark: bring-up and teardown time of the default and a 2x8x4 fabric, iperf3 throughput
-between servers on different leaves. `testbed bench fabric [--json]`; `testbed demo` writes the
-figures to results/fabric/<timestamp>/.
+between servers on different leaves: `testbed bench fabric [--json]`. Also `testbed demo`, which runs
+the main experiment (experiments/proactive_flow.py, results in results/proactive_flow/<timestamp>/).
 """
 from __future__ import annotations
 
