@@ -116,6 +116,16 @@ def test_both_directions_of_a_flow_reach_one_worker_and_flows_spread(mode):
     assert used == {0, 1}
 
 
+def _datagrams(sock):
+    """The datagrams waiting on `sock`, in order, read without blocking."""
+    sock.setblocking(False)
+    while True:
+        try:
+            yield sock.recv(1 << 22)
+        except BlockingIOError:
+            return
+
+
 @pytest.mark.parametrize("mode", ["rps", "extended"])
 def test_per_flow_order_through_socketpairs_and_relays(mode):
     """Dispatcher -> (relay ->) worker channels as the processes use them, drained in random order."""
@@ -140,23 +150,13 @@ def test_per_flow_order_through_socketpairs_and_relays(mode):
         outbox.flush()
     relay_box = Outbox(lambda dest, parts, _n: pairs[dest][0].sendmsg(parts))
     for a, b in relays.values():                              # relays: stage 2 in their own order
-        b.setblocking(False)
-        while True:
-            try:
-                data = b.recv(1 << 22)
-            except BlockingIOError:
-                break
+        for data in _datagrams(b):
             for kind, tag, payload, seg in rps_channel.decode(data):
                 relay_box.add(("worker", router.stage2(kind, payload)), kind, tag, payload, seg)
             relay_box.flush()
     seen, owner = {}, {}
     for dest, (a, b) in pairs.items():
-        b.setblocking(False)
-        while True:
-            try:
-                data = b.recv(1 << 22)
-            except BlockingIOError:
-                break
+        for data in _datagrams(b):
             for _kind, _tag, payload, _seg in rps_channel.decode(data):
                 sp, dp, esport, seq = (int(x) for x in bytes(payload).rsplit(b"|", 1)[1].split())
                 f = (sp, dp, esport)
