@@ -9,7 +9,7 @@ import struct
 import zlib
 
 from .codec.errors import Malformed
-from .codec.ipv4 import FLAG_MF, OFFSET_MASK, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from .codec.ipv4 import FLAG_MF, OFFSET_MASK, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, ones_sum
 from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST
 
 FlowKey = tuple  # (vrf, proto, src, dst, sport, dport)
@@ -63,7 +63,7 @@ def extract(buf, off: int, end: int | None = None):
     ihl = (vihl & 15) * 4
     if ihl < 20 or tlen < ihl or off + tlen > end:
         raise Malformed("ipv4 lengths")
-    if _sum16(buf, off, ihl) != 0xFFFF:
+    if ones_sum(buf, off, ihl) != 0xFFFF:
         raise Malformed("ipv4 header checksum")
     l4 = off + ihl
     stop = off + tlen
@@ -96,10 +96,3 @@ def extract(buf, off: int, end: int | None = None):
     else:
         sport = dport = 0
     return (proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, icmp_type)
-
-
-def _sum16(buf, off: int, length: int) -> int:
-    total = sum(struct.unpack_from("!%dH" % (length // 2), buf, off))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total

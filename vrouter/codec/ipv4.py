@@ -65,14 +65,20 @@ def mask(plen: int) -> int:
     return (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
 
 
+def ones_sum(buf, off: int, length: int) -> int:
+    """One's complement sum of the 16-bit words of ``buf[off:off + length]`` (even length), folded to
+    16 bits, read in place: 0xFFFF over a header whose checksum is right."""
+    total = sum(struct.unpack_from("!%dH" % (length // 2), buf, off))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
 def checksum(data) -> int:
     """Internet checksum (RFC 1071) of ``data``."""
     if len(data) & 1:
         data = bytes(data) + b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return ~ones_sum(data, 0, len(data)) & 0xFFFF
 
 
 def parse(buf, off: int = 0, verify_checksum: bool = True) -> IPv4:
@@ -87,7 +93,7 @@ def parse(buf, off: int = 0, verify_checksum: bool = True) -> IPv4:
         raise Malformed("ipv4 header length below 20")
     if tlen < ihl or tlen > avail:
         raise Malformed("ipv4 total length inconsistent with buffer")
-    if verify_checksum and checksum(bytes(buf[off:off + ihl])) != 0:
+    if verify_checksum and ones_sum(buf, off, ihl) != 0xFFFF:
         raise Malformed("ipv4 header checksum")
     return IPv4(ihl, tos, tlen, ident, fw & 0xE000, fw & OFFSET_MASK, ttl, proto, csum, src, dst,
                 bytes(buf[off + 20:off + ihl]))
