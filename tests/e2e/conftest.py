@@ -1,24 +1,20 @@
 """End-to-end test support: skip cleanly without root/OVS, unique prefixes, per-module run roots
 whose logs are pointed at when a test fails."""
-import os
-import shutil
-import subprocess
 import uuid
 
 import pytest
+
+from testbed.checks import PreconditionError, require_testbed_host
 
 _FAILED_MODULES = set()
 
 
 def e2e_skip_reason():
-    if os.geteuid() != 0:
-        return "end-to-end tests need root (run 'sudo make test')"
-    if shutil.which("ovs-vsctl") is None:
-        return "Open vSwitch is not installed (run 'sudo make setup')"
-    if subprocess.run(["ovs-vsctl", "--timeout=3", "show"], capture_output=True).returncode != 0:
-        return "Open vSwitch is not running (run 'sudo make ovs')"
-    if shutil.which("mnexec") is None:
-        return "Mininet is not installed (run 'sudo make setup')"
+    """What the `testbed` commands would refuse to run without (root, OVS running, Mininet...)."""
+    try:
+        require_testbed_host()
+    except PreconditionError as exc:
+        return f"end-to-end tests: {exc}"
     return None
 
 
