@@ -156,7 +156,7 @@ def test_controller_restart_keeps_traffic_flowing_and_agents_resync(tb):
         try:
             with AdminClient(str(tb.rundir.vnc_socket)) as vnc:
                 agents = vnc.list_agents()
-                if len([a for a in agents if a.get("connected", True)]) >= 3:
+                if len(agents) >= 3:  # list_agents names only agents registered on this connection
                     vnc.set_flow_mode("reactive")
                     break
         except Exception:
