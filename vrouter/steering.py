@@ -18,7 +18,7 @@ always take one path; with FIFO queues between processes they stay in order.
   core, or a flow's two directions would part (one comes from a TAP, which has no outer header).
 """
 from .buckets import BucketTable
-from .config import ConfigError
+from .config import ConfigError, _no_unknown
 from .codec.ipv4 import ip_to_int
 from .fairness import LoadCounter, jain_index
 from .steerhash import FIELDS, NIC_KINDS, NO_FLOW, InnerHash, outer_hash, validate_fields
@@ -188,9 +188,7 @@ class SteeringConfig:
             d = {"mode": "off"}
         if not isinstance(d, dict):
             raise ConfigError("steering: expected a mapping")
-        unknown = sorted(str(k) for k in d if k not in cls._KEYS)
-        if unknown:
-            raise ConfigError(f"steering: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(cls._KEYS))})")
+        _no_unknown(d, cls._KEYS, "steering")
         mode = d.get("mode", "rps")
         if mode not in MODES:
             raise ConfigError(f"steering.mode: {mode!r} is not one of {', '.join(MODES)}")
@@ -219,9 +217,7 @@ class SteeringConfig:
                 raise ConfigError(f"steering.interfaces: {name!r} is not an interface name")
             worker = local
             if isinstance(spec, dict):
-                extra = sorted(str(k) for k in spec if k not in ("mode", "worker"))
-                if extra:
-                    raise ConfigError(f"{where}: unknown field {extra[0]!r} (allowed: mode, worker)")
+                _no_unknown(spec, ("mode", "worker"), where)
                 if "worker" in spec:
                     worker = _worker_id(spec["worker"], f"{where}.worker")
                     if worker not in workers:
