@@ -29,9 +29,9 @@ class VncClient:
     """Background connection of one server's agent to the controller.
 
     ``stats`` is an optional callable returning a msgpack-serialisable dict sent with each
-    heartbeat. Counters: ``reconnects`` (sessions after the first), ``configs_received``
-    (config messages from the controller), ``configs_applied`` (``on_config`` calls),
-    ``heartbeats``. ``last_error`` holds the last problem as one line, for the operator.
+    heartbeat. Counters: ``reconnects`` (sessions after the first), ``configs_applied``
+    (``on_config`` calls), ``heartbeats``.
+    ``last_error`` holds the last problem as one line, for the operator.
     """
 
     def __init__(self, socket_path, server, on_config, stats=None, heartbeat_interval=1.0,
@@ -51,7 +51,6 @@ class VncClient:
         self.generation = None
         self.epoch = None
         self.reconnects = 0
-        self.configs_received = 0
         self.configs_applied = 0
         self.heartbeats = 0
         self.last_error = None
@@ -87,9 +86,6 @@ class VncClient:
     def connected(self):
         return self._connected.is_set()
 
-    def wait_connected(self, timeout):
-        return self._connected.wait(timeout)
-
     def wait_for(self, predicate, timeout):
         """Wait until ``predicate(config)`` holds for the current config; returns whether it did."""
         deadline = time.monotonic() + timeout
@@ -100,12 +96,6 @@ class VncClient:
                     return False
                 self._have_config.wait(left)
             return True
-
-    def counters(self):
-        return {"connected": self.connected, "reconnects": self.reconnects,
-                "configs_received": self.configs_received,
-                "configs_applied": self.configs_applied, "heartbeats": self.heartbeats,
-                "generation": self.generation, "epoch": self.epoch}
 
     # ---- background thread
     def _run(self):
@@ -211,7 +201,6 @@ class VncClient:
             pass  # the controller sends no requests in protocol 1
 
     def _deliver(self, generation, config):
-        self.configs_received += 1
         if self.generation is not None and generation < self.generation:
             return  # older than what this session already delivered
         self.generation = generation
