@@ -16,7 +16,6 @@ from testbed.topology import from_dict
 from vrouter import introspect
 
 TOPOLOGY = Path(__file__).parent / "topologies" / "overlay.yaml"
-REPO = Path(__file__).resolve().parents[2]
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, Open vSwitch and Mininet")
 

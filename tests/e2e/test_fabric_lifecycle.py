@@ -12,11 +12,10 @@ import uuid
 import psutil
 import pytest
 
-from testbed import cleanup
+from testbed import REPO, cleanup
 from testbed.rundir import RunDir, live_process
 
 pytestmark = pytest.mark.e2e
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_cli(*args, input=None, timeout=180):

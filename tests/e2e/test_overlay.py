@@ -12,9 +12,9 @@ import types
 
 import pytest
 
-from overlay_helpers import (REPO, bring_up, decode, needs_root, ping, tcp_transfers, udp_exchanges,
-                             vif_counters, vm_tap, wait_ping)
-from testbed import overlay
+from overlay_helpers import (bring_up, decode, needs_root, ping, tcp_transfers, udp_exchanges, vif_counters,
+                             vm_tap, wait_ping)
+from testbed import REPO, overlay
 from testbed.capture import Capture, fabric_interfaces
 from vrouter import introspect
 
@@ -156,7 +156,7 @@ def test_controller_restart_keeps_traffic_flowing_and_agents_resync(tb):
         try:
             with AdminClient(str(tb.rundir.vnc_socket)) as vnc:
                 agents = vnc.list_agents()
-                if len(agents) >= 3:  # list_agents names only agents registered on this connection
+                if len(agents) >= 3:  # list_agents lists only agents registered with this controller
                     vnc.set_flow_mode("reactive")
                     break
         except Exception:

@@ -1,14 +1,11 @@
 """Topology loading and validation: every rule of docs/topology-format.md, reported with its place."""
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
 
-from testbed import generator, topology
+from testbed import DEFAULT_TOPOLOGY, generator, topology
 from testbed.topology import TopologyError
-
-REPO = Path(__file__).resolve().parents[2]
 
 OVERLAY = {
     "encapsulation": "mplsoudp",
@@ -46,7 +43,7 @@ def one_problem(doc, where, words):
 
 
 def test_default_topology_is_2_spines_2_leaves_2_servers_each():
-    topo = topology.load(REPO / "topologies" / "default.yaml")
+    topo = topology.load(DEFAULT_TOPOLOGY)
     assert len(topo.spines) == 2 and len(topo.leaves) == 2 and len(topo.servers) == 4
     for leaf in topo.leaves:
         assert sum(1 for s in topo.servers if topo.leaf_of(s.name) == leaf.name) == 2
