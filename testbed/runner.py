@@ -73,6 +73,14 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float, log: Path)
     raise TestbedError(f"controller not listening on 127.0.0.1:{port} after {timeout:.0f} s (log: {log})")
 
 
+def _named(entries: list, name: str) -> dict:
+    """The fabric description's entry (switch or server) of that topology name; KeyError if none."""
+    for entry in entries:
+        if entry["name"] == name:
+            return entry
+    raise KeyError(name)
+
+
 class Testbed:
     __test__ = False  # not a pytest test class despite the name
     def __init__(self, topology: Topology, prefix: str = "vt", run_root: str | None = None,
@@ -97,16 +105,13 @@ class Testbed:
 
     def switch(self, name: str):
         """Mininet switch by topology name (spine1, leaf2...); bridge names carry the prefix."""
-        for sw in self.desc["switches"]:
-            if sw["name"] == name:
-                return self.net[sw["bridge"]]
-        raise KeyError(name)
+        return self.net[self.switch_info(name)["bridge"]]
 
     def switch_info(self, name: str) -> dict:
-        return next(sw for sw in self.desc["switches"] if sw["name"] == name)
+        return _named(self.desc["switches"], name)
 
     def server_info(self, name: str) -> dict:
-        return next(s for s in self.desc["servers"] if s["name"] == name)
+        return _named(self.desc["servers"], name)
 
     @property
     def path(self) -> Path:
