@@ -148,10 +148,7 @@ def _parse(d) -> VrouterConfig:
         if name in vif_names:
             raise ConfigError(f"{where}.name: duplicate vif {name!r}")
         net = _network_ref(v.get("network"), by_name, f"{where}.network")
-        try:
-            mac = mac_to_bytes(_str(v.get("mac"), f"{where}.mac"))
-        except ValueError as exc:
-            raise ConfigError(f"{where}.mac: {exc}") from None
+        mac = _mac(v.get("mac"), f"{where}.mac")
         ip = _ip(v.get("ip"), f"{where}.ip")
         if not _inside(ip, net.subnets):
             raise ConfigError(f"{where}.ip: {int_to_ip(ip)} is outside network {net.name!r}")
@@ -240,10 +237,7 @@ def _nexthop(nh, where, net, vifs, default_encap) -> dict:
                      MAX_VNI if encap == "vxlan" else MAX_LABEL)
         mac = nh.get("mac")
         if mac is not None:
-            try:
-                mac_to_bytes(_str(mac, f"{where}.mac"))
-            except ValueError as exc:
-                raise ConfigError(f"{where}.mac: {exc}") from None
+            _mac(mac, f"{where}.mac")
         return {"type": "tunnel", "peer": int_to_ip(_ip(nh.get("peer"), f"{where}.peer")), "label": label,
                 "encap": encap, "mac": mac or mac_to_str(VROUTER_MAC)}
     _mapping(nh, where, {"type"})
@@ -328,14 +322,19 @@ def _int(value, where, lo, hi) -> int:
 
 
 def _ip(value, where) -> int:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {value!r} is not an IPv4 address")
     try:
-        return ip_to_int(value) if isinstance(value, str) else _bad_ip(value)
+        return ip_to_int(value)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _bad_ip(value):
-    raise ValueError(f"{value!r} is not an IPv4 address")
+def _mac(value, where) -> bytes:
+    try:
+        return mac_to_bytes(_str(value, where))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _prefix(value, where) -> tuple:
