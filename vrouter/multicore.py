@@ -19,8 +19,8 @@ MODES = ("rps", "extended", "kernel")
 
 
 class MulticoreConfig:
-    def __init__(self, mode: str, steering: SteeringConfig, dispatcher_cpu, raw: dict):
-        self.mode, self.steering, self.dispatcher_cpu, self.raw = mode, steering, dispatcher_cpu, raw
+    def __init__(self, mode: str, steering: SteeringConfig, dispatcher_cpu):
+        self.mode, self.steering, self.dispatcher_cpu = mode, steering, dispatcher_cpu
 
     @property
     def workers(self) -> list:
@@ -56,4 +56,4 @@ class MulticoreConfig:
             if missing:
                 raise ConfigError(f"steering: CPU {missing[0]} is not available here "
                                   f"(available: {', '.join(map(str, sorted(available_cpus)))})")
-        return cls(mode, steering, dispatcher_cpu, {**d, "dispatcher_cpu": dispatcher_cpu})
+        return cls(mode, steering, dispatcher_cpu)
