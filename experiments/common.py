@@ -63,8 +63,8 @@ def run_on_pair(topology_path: Path, prefix: str, run_root, progress, measure):
         pair = Pair(topology)
     except Exception as exc:  # CommandError: one line
         raise ExperimentError(str(exc)) from None
-    progress(f"bringing up {topology.name} with prefix {prefix!r}; pair {pair.client_vm.name}@{pair.client} -> "
-             f"{pair.server_vm.name}@{pair.server}")
+    progress(f"bringing up {topology.name} with prefix {prefix!r}; pair {pair.ends['client']} -> "
+             f"{pair.ends['server']}")
     tb = Testbed(topology, prefix=prefix, run_root=run_root, progress=lambda m: progress("  " + m)).start()
     try:
         return topology, pair, measure(tb, pair)

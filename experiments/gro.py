@@ -19,6 +19,7 @@ from pathlib import Path
 
 from experiments import common
 from experiments.common import add_run_arguments, results_dir
+
 STREAMS = (1, 8)
 FIELDS = ("run", "gro_gso", "streams", "seconds", "gbps", "retransmits", "vrouter_cpu_s", "cpu_s_per_gb",
           "gro_segments_per_delivery", "gro_segments_per_merge", "gso_segments_per_send", "gso_sends")
@@ -117,8 +118,7 @@ def run(topology_path: Path, runs: int, seconds: float, prefix: str, run_root, o
                                               lambda tb, pair: measure(tb, pair, runs, seconds, progress))
     summary = summarize(rows)
     config = {"experiment": "gro", "runs": runs, "seconds": seconds, "streams": list(STREAMS),
-              "order": "per run: off then on, 1 then 8 streams", "pair": {
-                  "client": f"{pair.client_vm.name}@{pair.client}", "server": f"{pair.server_vm.name}@{pair.server}"},
+              "order": "per run: off then on, 1 then 8 streams", "pair": pair.ends,
               "topology_file": str(topology_path), "topology": topology.raw}
     outdir = results_dir(outroot)
     write_results(outdir, rows, summary, config)

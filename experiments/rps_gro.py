@@ -107,8 +107,7 @@ def run(topology_path: Path, modes, runs: int, seconds: float, streams: int, pre
     summary = summarize(rows, modes)
     config = {"experiment": "rps_gro", "modes": list(modes), "steering": {m: steering(m) for m in modes},
               "runs": runs, "seconds": seconds, "streams": streams, "order": "per mode and run: off then on",
-              "pair": {"client": f"{pair.client_vm.name}@{pair.client}",
-                       "server": f"{pair.server_vm.name}@{pair.server}"},
+              "pair": pair.ends,
               "topology_file": str(topology_path), "topology": topology.raw}
     outdir = results_dir(outroot)
     common.write_results(outdir, FIELDS, rows, summary, config)

@@ -50,6 +50,11 @@ class Pair:
                     return
         raise CommandError(f"{topo.name}: no network has VMs on servers of two different leaves")
 
+    @property
+    def ends(self) -> dict:
+        """How reports and results name the pair: {"client": "vm@server", "server": "vm@server"}."""
+        return {"client": f"{self.client_vm.name}@{self.client}", "server": f"{self.server_vm.name}@{self.server}"}
+
 
 # --- measurement functions (also used by experiments/gro.py) --------------------------------------
 def vrouter_pids(tb, servers) -> list[int]:
@@ -220,7 +225,7 @@ def throughput_bench(quick: bool = False, prefix: str = "vtt", run_root=None, pr
     seconds = 3.0 if quick else 10.0
     topo = load(DEFAULT_TOPOLOGY)
     pair = Pair(topo)
-    say(f"bringing up {topo.name}: {pair.client_vm.name}@{pair.client} -> {pair.server_vm.name}@{pair.server}")
+    say(f"bringing up {topo.name}: {pair.ends['client']} -> {pair.ends['server']}")
     tb = Testbed(topo, prefix=prefix, run_root=run_root, progress=lambda m: say(f"  {m}"))
     tb.start()
     try:
