@@ -118,6 +118,7 @@ def steering(mode: str, workers: int) -> dict:
 
 def run_config(tb, pairs, servers, mode, workers, seconds, pps, progress) -> tuple[list, dict]:
     from testbed import overlay
+    from testbed.bench_throughput import reset_stats
     from vrouter import introspect
     from vrouter.fairness import jain_index
     for s in servers:
@@ -125,11 +126,10 @@ def run_config(tb, pairs, servers, mode, workers, seconds, pps, progress) -> tup
     for src, dst in pairs:
         if not wait_ping(tb, src.name, dst.address, 20):
             raise ExperimentError(f"{mode}/{workers}: {src.name} cannot reach {dst.name}")
-    for s in servers:
-        introspect.query(tb.path, s, "reset")
+    reset_stats(tb, servers)
     flows_per = max(1, 64 // len(pairs))
     receivers, senders = [], []
-    for i, (src, dst) in enumerate(pairs):
+    for src, dst in pairs:
         receivers.append(tb.host(dst.name).popen([sys.executable, "-c", RECEIVER, str(DPORT_BASE), str(DPORTS), "2"],
                                                  stdout=subprocess.PIPE, text=True))
     time.sleep(0.5)
