@@ -56,8 +56,17 @@ class AgentChannel:
     punts go to the agent numbered, and the decision that comes back with the same number gives
     the slow-path round trip (punt sent -> decision installed).
 
-    Uses `agent` (the channel, or None), `pipeline`, `clock`, `counters`, `agent_stats`, `punt_seq`,
-    `punt_sent` and `slowpath_rtt_us`; `_close_agent` and `_execute_released` are the host's."""
+    Its state is set here; `pipeline`, `clock`, `_close_agent` and `_execute_released` are the host's."""
+
+    def __init__(self):
+        self.agent: socket.socket | None = None     # the channel, or None
+        self.agent_stats: dict = {}
+        self.counters = collections.Counter()
+        self.punt_seq = 0
+        # Slow-path round trip (punt sent -> decision installed) of recent flows: the cost a
+        # proactive reverse entry saves on the reply path, measured where it is paid.
+        self.punt_sent: dict[int, float] = {}
+        self.slowpath_rtt_us: collections.deque = collections.deque(maxlen=4096)
 
     def _on_agent(self, conn, _):
         for _ in range(64):
@@ -115,14 +124,7 @@ class Forwarder(AgentChannel):
         self.tunnels: Tunnels | None = None
         self.vifs: dict[str, VifPort] = {}
         self.pending: dict[str, str] = {}   # vif name -> why it is not attached yet
-        self.agent: socket.socket | None = None
-        self.agent_stats: dict = {}
-        self.counters = collections.Counter()
-        self.punt_seq = 0
-        # Slow-path round trip (punt sent -> decision installed) of recent flows: the cost a
-        # proactive reverse entry saves on the reply path, measured where it is paid.
-        self.punt_sent: dict[int, float] = {}
-        self.slowpath_rtt_us: collections.deque = collections.deque(maxlen=4096)
+        super().__init__()
         self.recent_punts: collections.deque = collections.deque(maxlen=256)  # (wall time, request)
         self.offloads = Offloads(gro, gso)
         self.running = True

@@ -64,12 +64,7 @@ class Worker(AgentChannel):
         self.offloads = Offloads(gro, gso)
         self.vifs: dict[str, VifPort] = {}     # .queues: the fds the dispatcher passed for the VIF
         self.rx: dict = {}                     # kernel mode: own receive sockets -> encap
-        self.agent: socket.socket | None = None
-        self.agent_stats: dict = {}
-        self.counters = collections.Counter()
-        self.punt_seq = 0
-        self.punt_sent: dict = {}
-        self.slowpath_rtt_us: collections.deque = collections.deque(maxlen=4096)
+        super().__init__()
         self.running = True
         self.sel.register(ctrl, selectors.EVENT_READ, ("ctrl", None))
         for s in inputs:
