@@ -28,7 +28,7 @@ from .config import VROUTER_MAC, VrouterConfig
 from .flowkey import entropy_port, extract, reverse
 from .flowtable import (DROP, HOLD, TCP_CLOSED, TCP_CLOSING, TCP_FIN_ACKED, TCP_PEER_FIN, TO_TUNNEL, TO_VIF,
                         FlowEntry, FlowTable)
-from .slowpath import SlowPath
+from .slowpath import NEXTHOP_DROPS, SlowPath
 from .vrf import build_instances
 
 # One unpack per packet on the hit path: outer label/VNI (if any) + inner IPv4 + ports.
@@ -415,7 +415,7 @@ class Pipeline:
                 e.prefix = encap_prefix(nh["encap"], nh["label"],
                                         ethernet.mac_to_bytes(nh["mac"]) if nh.get("mac") else VROUTER_MAC)
             else:
-                reason = {"discard": "discard", "receive": "receive_unsupported"}.get(kind, "no_route")
+                reason = NEXTHOP_DROPS.get(kind, "no_route")
         if reason is not None:
             if reason not in self._drops:
                 reason = "policy_deny"

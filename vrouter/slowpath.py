@@ -8,6 +8,9 @@ a reverse packet misses. Requests and decisions are plain dicts/lists/ints/strin
 from .config import VrouterConfig
 from .vrf import build_instances
 
+# Next-hop types that make an allowed flow a drop entry, and the drop reason each gives.
+NEXTHOP_DROPS = {"discard": "discard", "receive": "receive_unsupported"}
+
 
 class SlowPath:
     def __init__(self, config: VrouterConfig):
@@ -31,16 +34,15 @@ class SlowPath:
         """Entry spec for one direction: route lookup on the destination, then the network's policy."""
         key = [proto, src, dst, sport, dport]
         if vrf is None:
-            return {"key": key, "action": "drop", "reason": "unknown_label", "nexthop": None, "rule": None}
+            return _spec(key, "unknown_label")
         nh = vrf.fib.lookup(dst)
         if nh is None:
-            return {"key": key, "action": "drop", "reason": "no_route", "nexthop": None, "rule": None}
+            return _spec(key, "no_route")
         allowed, rule = vrf.policy.evaluate(proto, src, dst, sport, dport)
-        if not allowed:
-            return {"key": key, "action": "drop", "reason": "policy_deny", "nexthop": nh, "rule": rule}
-        kind = nh["type"]
-        if kind == "discard":
-            return {"key": key, "action": "drop", "reason": "discard", "nexthop": nh, "rule": rule}
-        if kind == "receive":
-            return {"key": key, "action": "drop", "reason": "receive_unsupported", "nexthop": nh, "rule": rule}
-        return {"key": key, "action": "forward", "reason": None, "nexthop": nh, "rule": rule}
+        return _spec(key, NEXTHOP_DROPS.get(nh["type"]) if allowed else "policy_deny", nh, rule)
+
+
+def _spec(key: list, reason: str | None, nexthop: dict | None = None, rule: int | None = None) -> dict:
+    """One direction's entry: forward when there is no drop reason."""
+    return {"key": key, "action": "drop" if reason else "forward", "reason": reason, "nexthop": nexthop,
+            "rule": rule}
