@@ -122,6 +122,7 @@ class Forwarder(AgentChannel):
         self.config_dict = None     # as pushed, for `config` introspection
         self.generation = None
         self.tunnels: Tunnels | None = None
+        self.underlay_ip = None     # whose fabric sockets are open and whose interface has GRO
         self.vifs: dict[str, VifPort] = {}
         self.pending: dict[str, str] = {}   # vif name -> why it is not attached yet
         super().__init__()
@@ -139,16 +140,21 @@ class Forwarder(AgentChannel):
         self.sel.register(self.intro_listener, selectors.EVENT_READ, ("intro_listen", None))
 
     def _open_tunnels(self, underlay_ip: str):
-        if self.tunnels and self.tunnels.local_ip == underlay_ip:
+        """The fabric receive sockets of `underlay_ip` and kernel GRO on its interface, once per address."""
+        if self.underlay_ip == underlay_ip:
             return
+        self._open_rx(underlay_ip)
+        self.underlay_ip = underlay_ip
+        problem = enable_gro(underlay_ip)
+        if problem:
+            log.warning("no kernel GRO on the underlay interface (%s): one read per tunnel packet", problem)
+
+    def _open_rx(self, underlay_ip: str):
         if self.tunnels:
             for s in self.tunnels.sockets():
                 self.sel.unregister(s)
             self.tunnels.close()
         self.tunnels = Tunnels(underlay_ip, gro=self.offloads.gro_on)
-        problem = enable_gro(underlay_ip)
-        if problem:
-            log.warning("no kernel GRO on the underlay interface (%s): one read per tunnel packet", problem)
         for s in self.tunnels.sockets():
             self.sel.register(s, selectors.EVENT_READ, ("fabric", s))
 

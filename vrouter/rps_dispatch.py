@@ -40,7 +40,6 @@ from vrouter.introspect import Introspector, IntrospectError, _summary
 from vrouter.multicore import MulticoreConfig
 from vrouter.offload import add_switch_arguments, averages, vm_mtu
 from vrouter.rps_route import Outbox, Router
-from vrouter.tunnel import enable_gro
 
 log = logging.getLogger("rps")
 QUERY_TIMEOUT = 5.0
@@ -168,23 +167,17 @@ class Dispatcher(Forwarder):
         self.tap_queues = len(children.ctrl) if self.kernel else 1
         self.router = Router(mc.steering)
         self.outbox = Outbox(self._send)
-        self.gro_ip = None
         self.vrf_of: dict = {}
         self.queries = 0
         super().__init__(rundir, server, **kw)
         self.introspector = MultiIntrospector(self)
 
     # --- NICs ----------------------------------------------------------------------------------
-    def _open_tunnels(self, underlay_ip: str):
+    def _open_rx(self, underlay_ip: str):
         self.router.local_ip = underlay_ip
+        # kernel mode: the workers own SO_REUSEPORT sockets (the underlay NIC's GRO is still set here)
         if not self.kernel:
-            super()._open_tunnels(underlay_ip)     # the forwarder's receive sockets, UDP_GRO and NIC GRO
-        elif self.gro_ip != underlay_ip:
-            # The workers own SO_REUSEPORT sockets; the underlay NIC's GRO is the server's to set.
-            self.gro_ip = underlay_ip
-            problem = enable_gro(underlay_ip)
-            if problem:
-                log.warning("no kernel GRO on the underlay interface (%s): one read per tunnel packet", problem)
+            super()._open_rx(underlay_ip)
 
     def _on_tap(self, fd, name):
         if name not in self.vifs:
