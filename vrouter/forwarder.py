@@ -386,8 +386,6 @@ class Forwarder(AgentChannel):
         super()._punt(request)
 
     # --- configuration -------------------------------------------------------------------------
-    NIC_ERRORS: tuple = (TunnelError,)    # what _open_tunnels raises when the fabric sockets fail
-
     def _accept_config(self, generation, config_dict):
         """The pushed configuration, parsed and with the fabric sockets open for it; None (logged and
         counted) if it is rejected."""
@@ -403,7 +401,7 @@ class Forwarder(AgentChannel):
             return None
         try:
             self._open_tunnels(config.underlay_ip)
-        except self.NIC_ERRORS as exc:
+        except TunnelError as exc:
             log.error("%s", exc)
             self.counters["config_rejected"] += 1
             return None
