@@ -435,6 +435,11 @@ class Forwarder(AgentChannel):
 
     def reset(self):
         """Fresh pipeline with the same config: empty flow table, zeroed drop counters and stats."""
+        self._reset_forwarding()
+        self.recent_punts.clear()
+
+    def _reset_forwarding(self):
+        """The per-packet state's part of `reset` (also a multi-core worker's)."""
         if self.config is not None:
             from vrouter.pipeline import Pipeline
             self.pipeline = Pipeline(self.config)
@@ -443,7 +448,6 @@ class Forwarder(AgentChannel):
         if self.tunnels:
             self.tunnels.counters.clear()
         self.slowpath_rtt_us.clear()
-        self.recent_punts.clear()
         for port in self.vifs.values():
             port.counters.clear()
 

@@ -45,14 +45,15 @@ def _run_of(record) -> tuple:
 
 
 class Worker(AgentChannel):
-    # The forwarder's per-packet path, on this worker's shard. Same attributes as the forwarder's:
-    # pipeline, clock, counters, offloads, tunnels (this worker's rps_kernel.Sender) and vifs
-    # ({name: VifPort} whose fd is the queue this worker writes).
+    # The forwarder's per-packet path (and the reset of its state), on this worker's shard. Same
+    # attributes as the forwarder's: config, pipeline, clock, counters, offloads, tunnels (this
+    # worker's rps_kernel.Sender) and vifs ({name: VifPort} whose fd is the queue this worker writes).
     _from_tap = Forwarder._from_tap
     _from_reads = Forwarder._from_reads
     _deliver = Forwarder._deliver
     _execute = Forwarder._execute
     _execute_released = Forwarder._execute_released
+    _reset_forwarding = Forwarder._reset_forwarding
 
     def __init__(self, cpu: int, ctrl: socket.socket, inputs: list, kernel: bool, first: bool,
                  clock=time.monotonic, gro: bool = True, gso: bool = True):
@@ -239,16 +240,7 @@ class Worker(AgentChannel):
         if op == "set":
             return self.set_offloads(msg.get("gro"), msg.get("gso"))
         if op == "reset":
-            if self.config is not None:
-                from vrouter.pipeline import Pipeline
-                self.pipeline = Pipeline(self.config)
-            self.counters.clear()
-            self.offloads.reset()
-            if self.tunnels:
-                self.tunnels.counters.clear()
-            for port in self.vifs.values():
-                port.counters.clear()
-            self.slowpath_rtt_us.clear()
+            self._reset_forwarding()
             self.agent_stats = {}
             return True
         if op == "vifs":
