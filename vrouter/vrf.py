@@ -14,20 +14,17 @@ from .policy import CompiledPolicy
 class RoutingInstance:
     id: int
     name: str
-    gateway: int
     fib: Fib = field(default_factory=Fib)
     policy: CompiledPolicy = field(default_factory=lambda: CompiledPolicy(None))
-    vifs: list = field(default_factory=list)
 
 
 def build_instances(config: VrouterConfig) -> dict[int, RoutingInstance]:
     by_name = {}
     for net in config.networks:
-        ri = RoutingInstance(net.id, net.name, net.gateway)
+        ri = RoutingInstance(net.id, net.name)
         ri.fib.add(net.gateway, 32, {"type": "receive"})
         by_name[net.name] = ri
     for vif in config.vifs:
-        by_name[vif.network].vifs.append(vif.name)
         by_name[vif.network].fib.add(vif.ip, 32, {"type": "vif", "vif": vif.name})
     # Explicit routes come last so that they override the automatic ones.
     for route in config.routes:
