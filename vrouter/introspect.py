@@ -10,6 +10,8 @@ Protocol (msgpack maps on the stream socket `<rundir>/vr/<server>/introspect.soc
     dropstats -             {reason: count}
     stats     -             {"generation", "mode", "pipeline", "forwarder", "tunnels", "agent"}
     config    -             {"generation", "config"} as last pushed by the agent
+    punts     last          the most recent punts (time, vrf, proto, src, dst, ports, ...), oldest first
+    rtts      -             recent slow-path round trips (punt sent -> decision installed) in us
     reset     -             flush: empty flow table, zeroed counters (forwarder and agent)
     set       gro, gso      switch GRO / GSO on or off at run time (booleans, either or both);
                             result {"gro": bool, "gso": bool}
