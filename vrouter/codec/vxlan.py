@@ -3,7 +3,6 @@ import struct
 
 from .errors import Malformed
 
-VXLAN_PORT = 4789
 VXLAN_HLEN = 8
 MAX_VNI = (1 << 24) - 1
 _HDR = struct.Struct("!B3xI")
