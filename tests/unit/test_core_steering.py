@@ -137,7 +137,8 @@ def test_field_subsets_and_their_validation():
 
 def test_outer_hash_has_no_entropy_without_a_port():
     assert outer_hash(1, 2, 50000) != outer_hash(1, 2, 50001)
-    assert len({outer_hash(1, 2, 0) for _ in range(3)}) == 1
+    # Without a port (MPLSoGRE passes none: 0) only the peer's addresses count.
+    assert outer_hash(1, 2) == outer_hash(1, 2, 0) != outer_hash(3, 2, 0)
 
 
 # ---------------------------------------------------------------- bucket tables
@@ -229,7 +230,10 @@ def test_extended_rps_worker_does_not_depend_on_the_second_core():
         assert worker == rps.steer("mplsoudp", payload) == ext.stage2("mplsoudp", payload)
     assert seconds == {4, 5}
     # MPLSoGRE: no port, so one peer's packets share one second core; stage 2 still spreads them.
-    assert len({ext.stage1("10.0.2.1", "10.0.1.1", 0) for _ in range(10)}) == 1
+    over_gre = [ext.path("mplsogre", from_fabric("mplsogre", 100, ip_packet(6, rng.getrandbits(32), rng.getrandbits(32),
+                                                                          rng.getrandbits(16), 443)),
+                         outer=("10.0.2.1", "10.0.1.1", 0)) for _ in range(50)]
+    assert len({second for second, _ in over_gre}) == 1 and len({worker for _, worker in over_gre}) > 1
     with pytest.raises(ValueError, match="disagree"):
         ExtendedRps(BucketTable({4: 1, 5: 1}), {4: inner, 5: BucketTable({0: 1, 1: 2})})
     with pytest.raises(ValueError, match="second core 5 has no inner table"):
