@@ -61,7 +61,7 @@ class Pair:
         self.underlay = {SRV1: "srv1", SRV2: "srv2"}
         self.address = {"srv1": SRV1, "srv2": SRV2}
 
-    def run(self, srv, actions, now, depth=0):
+    def run(self, srv, actions, now):
         """Resolve actions like the shells would: punts go to the agent at once, tunnels cross the
         fabric. Returns the terminal actions (ToVif / Drop) in order."""
         from vrouter.actions import Punt, ToTunnel
@@ -70,11 +70,10 @@ class Pair:
             if isinstance(a, Punt):
                 self.punts[srv] += 1
                 decision = self.slow[srv].decide(a.request, now)
-                out += self.run(srv, self.pipe[srv].install(decision, now), now, depth + 1)
+                out += self.run(srv, self.pipe[srv].install(decision, now), now)
             elif isinstance(a, ToTunnel):
                 dst = self.underlay[a.peer]
-                out += self.run(dst, self.pipe[dst].from_fabric(self.address[srv], a.encap, a.payload, now), now,
-                                depth + 1)
+                out += self.run(dst, self.pipe[dst].from_fabric(self.address[srv], a.encap, a.payload, now), now)
             else:
                 out.append(a)
         return out
