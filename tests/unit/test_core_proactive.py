@@ -109,8 +109,7 @@ def test_fin_in_both_directions_then_last_ack_tears_down_both_entries():
     pipe1, pipe2 = p.pipe["srv1"], p.pipe["srv2"]
     assert len(pipe1.flows()) == 2 and len(pipe2.flows()) == 2
     # Client FIN (seq 100), server ACKs it and sends its own FIN (seq 500), client's last ACK.
-    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK, seq=100, ack=500))
-    p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC, seq=500, ack=101))
+    fins(p)
     assert {f["tcp_state"] for f in pipe1.flows()} == {"closing"}
     last = p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
     assert [a.vif for a in last] == ["tr-red2"]                  # the last ACK is still delivered
@@ -123,6 +122,12 @@ def test_fin_in_both_directions_then_last_ack_tears_down_both_entries():
     assert pipe1.flows() == [] and pipe2.flows() == []
 
 
+def fins(p: Pair, server_ack=101):
+    """The client's FIN (seq 100), then the server's FIN (seq 500) acknowledging up to ``server_ack``."""
+    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK, seq=100, ack=500))
+    p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC, seq=500, ack=server_ack))
+
+
 def closed(pipe):
     return {f["tcp_state"] for f in pipe.flows()} == {"closed"}
 
@@ -130,8 +135,7 @@ def closed(pipe):
 def test_a_syn_on_a_lingering_closed_pair_starts_over_without_the_slow_path():
     p = Pair()
     handshake(p)
-    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK, seq=100, ack=500))
-    p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC, seq=500, ack=101))
+    fins(p)
     p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
     assert closed(p.pipe["srv1"])
     handshake(p)                                                    # same 5-tuple, new connection
@@ -144,8 +148,7 @@ def test_simultaneous_close_keeps_the_pair_until_both_fins_are_acked():
     p = Pair()
     handshake(p)
     pipe1, pipe2 = p.pipe["srv1"], p.pipe["srv2"]
-    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK, seq=100, ack=500))
-    p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC, seq=500, ack=100))
+    fins(p, server_ack=100)
     first = p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
     assert [a.vif for a in first] == ["tr-red2"]
     assert len(pipe1.flows()) == 2 and len(pipe2.flows()) == 2   # the server's FIN is acked, not the client's
@@ -158,7 +161,6 @@ def test_simultaneous_close_keeps_the_pair_until_both_fins_are_acked():
 def test_an_ack_below_the_fin_does_not_end_the_pair():
     p = Pair()
     handshake(p)
-    p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, TCP_FIN | ACK, seq=100, ack=500))
-    p.send("srv2", "tr-red2", tcp_frame(VM2, VM1, 80, 40000, TCP_FIN | ACK, src_mac=VM2_MAC, seq=500, ack=90))
+    fins(p, server_ack=90)
     p.send("srv1", "tr-red1", tcp_frame(VM1, VM2, 40000, 80, ACK, seq=101, ack=501))
     assert {f["tcp_state"] for f in p.pipe["srv1"].flows()} == {"closing"}   # client's FIN unacknowledged
