@@ -331,8 +331,9 @@ def _ip(value, where) -> int:
 
 
 def _mac(value, where) -> bytes:
+    text = _str(value, where)       # outside the try: its ConfigError already names the field
     try:
-        return mac_to_bytes(_str(value, where))
+        return mac_to_bytes(text)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

@@ -65,6 +65,12 @@ def test_bad_config_raises_one_line_config_error(path, value, needle):
     assert needle in msg and "\n" not in msg
 
 
+def test_a_missing_mac_names_its_field_once():
+    with pytest.raises(ConfigError) as exc:
+        VrouterConfig.from_dict(_with(("vifs", 0, "mac"), None))
+    assert str(exc.value) == "vifs[0].mac: expected a non-empty string, got None"
+
+
 def test_not_a_mapping():
     with pytest.raises(ConfigError, match="mapping"):
         VrouterConfig.from_dict(["nope"])
