@@ -8,9 +8,9 @@ Naming of VM interfaces: every VM gets an index when it is created (topology ord
 run-time additions; indices are never reused in one controller state) and its TAP is called
 ``<prefix>-t<index>``, e.g. ``vt-t3``. All TAPs of a testbed are created on one kernel before being
 moved into namespaces, so the name must be unique machine-wide: the testbed passes its own name
-prefix (default ``vt``; 1-8 lowercase letters/digits) so that concurrent testbeds never collide,
-and the ``<prefix>-`` start is what the testbed's scoped cleanup looks for. Linux limits names to
-15 characters.
+prefix (default ``vt``; 1-6 characters there, testbed/fabric.py; the model accepts up to 8) so
+that concurrent testbeds never collide, and the ``<prefix>-`` start is what the testbed's scoped
+cleanup looks for. Linux limits names to 15 characters.
 """
 from __future__ import annotations
 
