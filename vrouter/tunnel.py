@@ -31,9 +31,8 @@ import struct
 import subprocess
 
 from vrouter import gso
+from vrouter.codec.outer import MPLSOUDP_PORT, VXLAN_PORT
 
-MPLSOUDP_PORT = 6635
-VXLAN_PORT = 4789
 IPPROTO_GRE = 47
 UDP_PORTS = {"mplsoudp": MPLSOUDP_PORT, "vxlan": VXLAN_PORT}
 ENCAPS = ("mplsoudp", "mplsogre", "vxlan")
