@@ -53,7 +53,7 @@ class Vrouters:
     """Slow-path counters of the vrouters on the path, read through their introspection sockets."""
 
     def __init__(self, rundir, servers):
-        from vrouter import introspect
+        from vrouter.io import introspect
         self._query = introspect.query
         self.rundir, self.servers = rundir, servers
 

@@ -119,8 +119,8 @@ def steering(mode: str, workers: int) -> dict:
 def run_config(tb, pairs, servers, mode, workers, seconds, pps, progress) -> tuple[list, dict]:
     from testbed import overlay
     from testbed.bench_throughput import reset_stats
-    from vrouter import introspect
-    from vrouter.fairness import jain_index
+    from vrouter.io import introspect
+    from vrouter.core.fairness import jain_index
     for s in servers:
         overlay.restart_forwarder(tb, s, steering(mode, workers))
     for src, dst in pairs:

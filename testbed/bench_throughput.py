@@ -23,7 +23,7 @@ from testbed.hop_floor import hop_floor_us
 from testbed.overlay import agent_name, forwarder_name
 from testbed.runner import Testbed
 from testbed.topology import load
-from vrouter import introspect
+from vrouter.io import introspect
 
 VXLAN_ID, VXLAN_PORT, VXLAN_NET = 4242, 4790, "172.31.255"
 VXLAN_SERVER_ADDRESS = f"{VXLAN_NET}.2"  # the server side's address on the kernel VXLAN

@@ -20,7 +20,7 @@ import statistics
 import struct
 import time
 
-from vrouter.codec.ipv4 import checksum
+from vrouter.core.codec.ipv4 import checksum
 
 LOOPBACK = "127.0.0.1"
 

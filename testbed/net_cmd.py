@@ -15,7 +15,8 @@ import subprocess
 import time
 
 from testbed.commands import CommandError, command, group, run_arguments
-from vrouter import introspect, ipc
+from vrouter.io import introspect
+from vrouter.io import ipc
 
 group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode")
 

@@ -16,7 +16,8 @@ import time
 
 from testbed import REPO
 from testbed.runner import on_down, on_up
-from vrouter import introspect, ipc
+from vrouter.io import introspect
+from vrouter.io import ipc
 
 VNC_WAIT = 20.0
 VIFS_WAIT = 30.0
@@ -90,7 +91,7 @@ def stop(tb) -> None:
 
 def start_vrouter(tb, server: str) -> None:
     _start_in_server(tb, server, forwarder_name(server), forwarder_argv(tb, server))
-    _start_in_server(tb, server, agent_name(server), [sys.executable, "-m", "vrouter.agent",
+    _start_in_server(tb, server, agent_name(server), [sys.executable, "-m", "vrouter.processes.agent",
                                                       "--vnc", str(tb.rundir.vnc_socket)])
 
 
@@ -107,16 +108,16 @@ def _start_in_server(tb, server: str, name: str, argv: list) -> None:
 
 
 def forwarder_argv(tb, server: str) -> list:
-    """`vrouter.forwarder`, or with `tb.vrouter_steering` set (a vrouter.multicore dict, e.g.
+    """`vrouter.processes.forwarder`, or with `tb.vrouter_steering` set (a vrouter.core.multicore dict, e.g.
     {"mode": "rps", "workers": [0, 1]}) the multi-core vrouter with that file (docs/vrouter.md)."""
     steering = getattr(tb, "vrouter_steering", None)
     if not steering:
-        return [sys.executable, "-m", "vrouter.forwarder"]
+        return [sys.executable, "-m", "vrouter.processes.forwarder"]
     import json
     path = ipc.server_dir(tb.path, server) / "steering.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(steering, indent=1))
-    return [sys.executable, "-m", "vrouter.rps_dispatch", "--steering", str(path)]
+    return [sys.executable, "-m", "vrouter.processes.dispatcher", "--steering", str(path)]
 
 
 def restart_forwarder(tb, server: str, steering: dict | None) -> None:

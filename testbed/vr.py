@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from testbed.commands import CommandError, command, run_arguments
-from vrouter import introspect, worker_tables
+from vrouter.io import introspect
+from vrouter.tools import worker_tables
 
 TOOLS = {
     ("flow", "-l"): ("flows", worker_tables.format_flows), ("flow", "--list"): ("flows", worker_tables.format_flows),

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from .replay import ReplayError, run
+from vrouter.tools.replay import ReplayError, run
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ import yaml
 
 from testbed.runner import Testbed
 from testbed.topology import from_dict
-from vrouter import introspect
+from vrouter.io import introspect
 
 TOPOLOGY = Path(__file__).parent / "topologies" / "overlay.yaml"
 

@@ -9,7 +9,10 @@ import pytest
 
 from overlay_helpers import bring_up, expected_digest, needs_root, ping, transfer, vm_tap
 from test_vrouter_io import nspair  # noqa: F401 (fixture)
-from vrouter import gso, introspect, tap, tunnel
+from vrouter.core import gso
+from vrouter.io import introspect
+from vrouter.io import tap
+from vrouter.io import tunnel
 
 pytestmark = [pytest.mark.e2e, needs_root]
 

@@ -16,7 +16,7 @@ from overlay_helpers import (bring_up, decode, needs_root, ping, tcp_transfers, 
                              vm_tap, wait_ping)
 from testbed import REPO, overlay
 from testbed.capture import Capture, fabric_interfaces
-from vrouter import introspect
+from vrouter.io import introspect
 
 pytestmark = [pytest.mark.e2e, needs_root]
 

@@ -18,7 +18,7 @@ from overlay_helpers import (TOPOLOGY, expected_digest, needs_root, tcp_transfer
 from testbed import overlay
 from testbed.runner import Testbed
 from testbed.topology import from_dict
-from vrouter import introspect
+from vrouter.io import introspect
 
 pytestmark = [pytest.mark.e2e, needs_root]
 SERVERS = ("srv1", "srv3")

@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from vrouter import tap, tunnel
+from vrouter.io import tap
+from vrouter.io import tunnel
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and TAP")]

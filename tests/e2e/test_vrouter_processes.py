@@ -1,6 +1,6 @@
 """Forwarder + agent processes of two vrouters in private namespaces, no Mininet and no controller.
 
-Two "servers" (netns joined by a veth) each run `vrouter.forwarder` and `vrouter.agent --config`;
+Two "servers" (netns joined by a veth) each run `vrouter.processes.forwarder` and `vrouter.processes.agent --config`;
 a VM namespace behind each. Checks ping and TCP across, the slow-path counts via introspection,
 and that a restarted forwarder re-attaches to the VM's persistent TAP.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from vrouter import introspect, ipc
+from vrouter.io import introspect
+from vrouter.io import ipc
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and TAP")]
@@ -82,8 +83,8 @@ def bed():
         ipc.update_vm_namespaces(rundir, {VMS[s][1]: {"vm": VMS[s][0], "netns": f"/run/netns/{P}{VMS[s][0]}"}
                                           for s in SERVERS})
         for i, server in enumerate(SERVERS, 1):
-            procs[f"fwd{i}"] = Proc(rundir, f"{P}s{i}", "vrouter.forwarder", "--rundir", rundir, "--server", server)
-            procs[f"agent{i}"] = Proc(rundir, f"{P}s{i}", "vrouter.agent", "--rundir", rundir, "--server", server,
+            procs[f"fwd{i}"] = Proc(rundir, f"{P}s{i}", "vrouter.processes.forwarder", "--rundir", rundir, "--server", server)
+            procs[f"agent{i}"] = Proc(rundir, f"{P}s{i}", "vrouter.processes.agent", "--rundir", rundir, "--server", server,
                                       "--config", str(Path(rundir) / f"{server}.json"))
         wait_vifs_up(rundir)
         yield {"rundir": rundir, "procs": procs}
@@ -151,7 +152,7 @@ def test_forwarder_restart_reattaches_the_persistent_tap(bed):
     procs["fwd1"].p.wait()
     # the VM keeps its interface and address while its forwarder is gone
     assert "192.168.1.11/24" in vm("vm1", "ip", "-br", "addr").stdout
-    procs["fwd1"] = Proc(rd, f"{P}s1", "vrouter.forwarder", "--rundir", rd, "--server", "srv1")
+    procs["fwd1"] = Proc(rd, f"{P}s1", "vrouter.processes.forwarder", "--rundir", rd, "--server", "srv1")
     wait_vifs_up(rd)
     r = vm("vm1", "ping", "-c", "2", "-i", "0.2", "-W", "2", "192.168.1.12", check=False)
     assert r.returncode == 0, r.stdout + r.stderr

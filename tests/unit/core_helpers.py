@@ -1,11 +1,11 @@
 """Shared builders for the vrouter core unit tests: configs of two servers and packet makers."""
 import copy
 
-from vrouter.codec import ethernet, ipv4, l4
-from vrouter.codec.ipv4 import ip_to_int
-from vrouter.config import VROUTER_MAC, VrouterConfig
-from vrouter.pipeline import Pipeline
-from vrouter.slowpath import SlowPath
+from vrouter.core.codec import ethernet, ipv4, l4
+from vrouter.core.codec.ipv4 import ip_to_int
+from vrouter.core.config import VROUTER_MAC, VrouterConfig
+from vrouter.core.pipeline import Pipeline
+from vrouter.core.slowpath import SlowPath
 
 SRV1, SRV2 = "10.0.1.1", "10.0.2.1"
 VM1_MAC, VM2_MAC, VM3_MAC = "02:00:00:00:01:0b", "02:00:00:00:01:0c", "02:00:00:00:01:0d"
@@ -64,7 +64,7 @@ class Pair:
     def run(self, srv, actions, now):
         """Resolve actions like the shells would: punts go to the agent at once, tunnels cross the
         fabric. Returns the terminal actions (ToVif / Drop) in order."""
-        from vrouter.actions import Punt, ToTunnel
+        from vrouter.core.actions import Punt, ToTunnel
         out = []
         for a in actions:
             if isinstance(a, Punt):

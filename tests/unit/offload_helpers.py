@@ -5,11 +5,11 @@ import struct
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
-from vrouter import gso
-from vrouter.codec import ipv4, virtio, vxlan
-from vrouter.codec.ipv4 import ip_to_int
-from vrouter.config import VROUTER_MAC
-from vrouter.gso import pseudo_sum
+from vrouter.core import gso
+from vrouter.core.codec import ipv4, virtio, vxlan
+from vrouter.core.codec.ipv4 import ip_to_int
+from vrouter.core.config import VROUTER_MAC
+from vrouter.core.gso import pseudo_sum
 
 SRC, DST = "192.168.1.11", "192.168.1.12"
 

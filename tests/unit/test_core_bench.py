@@ -3,11 +3,11 @@ import json
 import subprocess
 import sys
 
-from vrouter import bench
+from vrouter.tools import bench
 
 
 def test_quick_bench_prints_a_table_and_a_json_last_line():
-    proc = subprocess.run([sys.executable, "-m", "vrouter.bench", "--quick", "--json"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "vrouter.tools.bench", "--quick", "--json"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()

@@ -6,8 +6,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
-from vrouter.codec import Malformed, arp, ethernet, gre, ipv4, l4, mpls, outer, vxlan
-from vrouter.codec.ipv4 import int_to_ip, ip_to_int
+from vrouter.core.codec import Malformed, arp, ethernet, gre, ipv4, l4, mpls, outer, vxlan
+from vrouter.core.codec.ipv4 import int_to_ip, ip_to_int
 
 A, B = "192.168.1.11", "192.168.1.12"
 MAC_A, MAC_B = "02:00:00:00:01:0b", "02:00:00:00:01:0c"

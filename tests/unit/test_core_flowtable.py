@@ -1,10 +1,10 @@
 """Flow table lifecycle: capacity, ageing, RST teardown, lost decisions, run-time config changes."""
 from core_helpers import VM1, VM2, VM2_MAC, VM3, VM3_MAC, Pair, server, server_dict, tcp_frame, udp_frame
-from vrouter.actions import Drop, Punt, ToTunnel, ToVif
-from vrouter.codec.l4 import TCP_ACK, TCP_RST, TCP_SYN
-from vrouter.config import VrouterConfig
-from vrouter.pipeline import Pipeline
-from vrouter.slowpath import SlowPath
+from vrouter.core.actions import Drop, Punt, ToTunnel, ToVif
+from vrouter.core.codec.l4 import TCP_ACK, TCP_RST, TCP_SYN
+from vrouter.core.config import VrouterConfig
+from vrouter.core.pipeline import Pipeline
+from vrouter.core.slowpath import SlowPath
 
 
 def setup(**kw):

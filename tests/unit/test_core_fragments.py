@@ -4,9 +4,9 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from core_helpers import VM1, VM1_MAC, VM3, server
-from vrouter.actions import Drop, Punt, ToVif
-from vrouter.pipeline import Pipeline
-from vrouter.slowpath import SlowPath
+from vrouter.core.actions import Drop, Punt, ToVif
+from vrouter.core.pipeline import Pipeline
+from vrouter.core.slowpath import SlowPath
 
 
 def frags(ident=4242, size=1200, sport=5000):

@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 
 from offload_helpers import ip_parts, kernel_complete, prefix, scapy_l4_checksum, tcp_ip, udp_ip
-from vrouter import gro as gro_mod
-from vrouter import gso
-from vrouter.codec import ipv4, virtio
-from vrouter.gro import Gro, merge
+from vrouter.core import gro as gro_mod
+from vrouter.core import gso
+from vrouter.core.codec import ipv4, virtio
+from vrouter.core.gro import Gro, merge
 
 TS = [("NOP", None), ("NOP", None), ("Timestamp", (5, 6))]
 
@@ -291,7 +291,7 @@ def test_reasons_are_the_documented_ones():
 
 
 def test_bench_reports_gro_and_gso_rows_and_json_figures():
-    from vrouter import bench_gro
+    from vrouter.tools import bench_gro
     res = bench_gro.run(quick=True)
     lines = []
     bench_gro.report(res, lines.append)
@@ -303,7 +303,7 @@ def test_bench_reports_gro_and_gso_rows_and_json_figures():
 
 def test_held_super_packet_released_by_install_gets_a_header_from_the_frame_alone():
     from core_helpers import Pair
-    from vrouter.gro import vnet_for_frame
+    from vrouter.core.gro import vnet_for_frame
     pair = Pair()
     original = tcp_ip(bytes(range(256)) * 100, options=TS, src="192.168.1.11", dst="192.168.1.12")
     (d,) = merge("mplsoudp", *gso.segment(prefix("mplsoudp"), original, 1448)[:2])

@@ -7,13 +7,13 @@ from scapy.layers.inet import IP, TCP
 
 from core_helpers import VM1, VM2, Pair, tcp_frame
 from offload_helpers import (kernel_complete, ip_parts, prefix, scapy_l4_checksum, tcp_ip, udp_ip)
-from vrouter import gso
-from vrouter.actions import Punt, ToTunnel, ToVif
-from vrouter.codec import ethernet, ipv4, virtio
-from vrouter.codec.errors import Malformed
-from vrouter.codec.l4 import TCP_ACK, TCP_SYN
-from vrouter.config import VROUTER_MAC
-from vrouter.gro import Gro
+from vrouter.core import gso
+from vrouter.core.actions import Punt, ToTunnel, ToVif
+from vrouter.core.codec import ethernet, ipv4, virtio
+from vrouter.core.codec.errors import Malformed
+from vrouter.core.codec.l4 import TCP_ACK, TCP_SYN
+from vrouter.core.config import VROUTER_MAC
+from vrouter.core.gro import Gro
 
 TS = [("NOP", None), ("NOP", None), ("Timestamp", (11, 22))]
 DATA = bytes(range(256)) * 64 + b"tail"                     # 16388 bytes: 12 segments of 1400

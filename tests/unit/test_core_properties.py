@@ -3,12 +3,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core_helpers import VM1, VM3, server, tcp_frame, udp_frame
-from vrouter.actions import Drop, Punt, ToTunnel, ToVif
-from vrouter.codec import mpls, vxlan
-from vrouter.codec.l4 import TCP_SYN
-from vrouter.flowkey import entropy_port, extract, reverse, symmetric_hash
-from vrouter.pipeline import Pipeline
-from vrouter.slowpath import SlowPath
+from vrouter.core.actions import Drop, Punt, ToTunnel, ToVif
+from vrouter.core.codec import mpls, vxlan
+from vrouter.core.codec.l4 import TCP_SYN
+from vrouter.core.flowkey import entropy_port, extract, reverse, symmetric_hash
+from vrouter.core.pipeline import Pipeline
+from vrouter.core.slowpath import SlowPath
 
 keys = st.tuples(st.integers(1, 1 << 24), st.integers(0, 255), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
                  st.integers(0, 65535), st.integers(0, 65535))

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from vrouter.__main__ import main
-from vrouter.replay import read_pcap
+from vrouter.tools.replay import read_pcap
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"

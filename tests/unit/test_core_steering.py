@@ -7,14 +7,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core_helpers import SRV2, VM1, VM2, icmp_frame, tcp_frame, udp_frame
-from vrouter.actions import Punt, ToTunnel, ToVif
-from vrouter.codec import ethernet, gre, ipv4, l4, mpls
-from vrouter.codec.ethernet import mac_to_bytes
-from vrouter.config import VROUTER_MAC, ConfigError, VrouterConfig
-from vrouter.flowkey import symmetric_hash
-from vrouter.pipeline import Pipeline, encap_prefix
-from vrouter.slowpath import SlowPath
-from vrouter.steering import (FIELDS, NO_FLOW, BucketTable, ExtendedRps, InnerHash, LoadCounter, Local, Rps,
+from vrouter.core.actions import Punt, ToTunnel, ToVif
+from vrouter.core.codec import ethernet, gre, ipv4, l4, mpls
+from vrouter.core.codec.ethernet import mac_to_bytes
+from vrouter.core.config import VROUTER_MAC, ConfigError, VrouterConfig
+from vrouter.core.flowkey import symmetric_hash
+from vrouter.core.pipeline import Pipeline, encap_prefix
+from vrouter.core.slowpath import SlowPath
+from vrouter.core.steering import (FIELDS, NO_FLOW, BucketTable, ExtendedRps, InnerHash, LoadCounter, Local, Rps,
                               SteeringConfig, jain_index, outer_hash)
 
 ENCAPS = ("mplsoudp", "vxlan", "mplsogre")
@@ -489,7 +489,7 @@ def test_negative_control_a_one_direction_hash_splits_flows_and_replies_miss(enc
 
 
 def test_steering_bench_reports_every_nic_kind_and_both_stages():
-    from vrouter import bench_steering
+    from vrouter.tools import bench_steering
     res = bench_steering.run(quick=True)
     seen = {(r["mode"], r["nic"], r["size"]) for r in res["rows"]}
     for size in (64, 1400):

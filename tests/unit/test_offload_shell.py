@@ -7,10 +7,11 @@ import pytest
 from core_helpers import server
 from offload_helpers import FakeTunnels, prefix, tcp_ip
 
-from vrouter import gso
-from vrouter.actions import ToTunnel
-from vrouter.introspect import Introspector
-from vrouter.offload import OVERHEAD, Offloads, switch_value, vm_mtu
+from vrouter.core import gso
+from vrouter.core.actions import ToTunnel
+from vrouter.io.introspect import Introspector
+from vrouter.core.offload import OVERHEAD, Offloads, vm_mtu
+from vrouter.processes.launch import switch_value
 
 
 @pytest.mark.parametrize("encap,mtu", [("mplsoudp", 1468), ("mplsogre", 1472), ("vxlan", 1450)])

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vrouter import ipc, rps_channel
-from vrouter.actions import Punt, ToTunnel, ToVif
-from vrouter.codec import ethernet, ipv4, l4
-from vrouter.config import VROUTER_MAC, ConfigError, VrouterConfig
-from vrouter.multicore import MulticoreConfig
-from vrouter.pipeline import Pipeline, encap_prefix
-from vrouter.rps_route import Outbox, Router
-from vrouter.slowpath import SlowPath
+from vrouter.io import ipc
+from vrouter.core import rps_channel
+from vrouter.core.actions import Punt, ToTunnel, ToVif
+from vrouter.core.codec import ethernet, ipv4, l4
+from vrouter.core.config import VROUTER_MAC, ConfigError, VrouterConfig
+from vrouter.core.multicore import MulticoreConfig
+from vrouter.core.pipeline import Pipeline, encap_prefix
+from vrouter.core.rps_route import Outbox, Router
+from vrouter.core.slowpath import SlowPath
 
 CONFIG = yaml.safe_load((Path(__file__).parents[1] / "fixtures" / "replay-srv1.yaml").read_text())
 VMS = {"tr-red1": ("red", 100, "mplsoudp", "02:00:00:00:01:0b"),
@@ -202,7 +203,7 @@ def test_proactive_reverse_entry_is_hit_on_the_punting_worker(mode):
 
 # ---------------------------------------------------------------- agent channels
 def test_agent_answers_each_worker_on_its_own_channel(tmp_path):
-    from vrouter.agent import Agent
+    from vrouter.processes.agent import Agent
     agent = Agent(str(tmp_path), "srv1")
     agent.on_config(1, CONFIG)
     listener = ipc.listen(ipc.agent_socket(tmp_path, "srv1"), socket.SOCK_SEQPACKET)
@@ -236,8 +237,8 @@ def test_agent_answers_each_worker_on_its_own_channel(tmp_path):
 
 # ---------------------------------------------------------------- benchmark
 def test_worker_benchmark_delivers_every_packet_to_its_owner():
-    from vrouter import bench_workers
-    from vrouter.bench import _established
+    from vrouter.tools import bench_workers
+    from vrouter.tools.bench import _established
     pipe, _out, to_vm = _established("mplsoudp", 200, 64)
     for fn in (bench_workers.run_dispatch, bench_workers.run_presteered):
         one, two = fn(1, to_vm, pipe, 2), fn(2, to_vm, pipe, 2)

@@ -10,17 +10,21 @@ import pytest
 import yaml
 from offload_helpers import FakeTunnels, prefix, tcp_ip
 
-from vrouter import gso, ipc, rps_channel, rps_kernel, tunnel
-from vrouter.codec import ethernet, virtio
-from vrouter.config import VROUTER_MAC, VrouterConfig
-from vrouter.forwarder import VNET_LEN, VifPort
-from vrouter.multicore import MulticoreConfig
-from vrouter.offload import Offloads, averages, vm_mtu
-from vrouter.pipeline import Pipeline
-from vrouter.rps_dispatch import _sum_into
-from vrouter.rps_route import Outbox, Router
-from vrouter.slowpath import SlowPath
-from vrouter.worker import Worker
+from vrouter.core import gso
+from vrouter.io import ipc
+from vrouter.core import rps_channel
+from vrouter.io import rps_kernel
+from vrouter.io import tunnel
+from vrouter.core.codec import ethernet, virtio
+from vrouter.core.config import VROUTER_MAC, VrouterConfig
+from vrouter.processes.forwarder import VNET_LEN, VifPort
+from vrouter.core.multicore import MulticoreConfig
+from vrouter.core.offload import Offloads, averages, vm_mtu
+from vrouter.core.pipeline import Pipeline
+from vrouter.processes.dispatcher import _sum_into
+from vrouter.core.rps_route import Outbox, Router
+from vrouter.core.slowpath import SlowPath
+from vrouter.processes.worker import Worker
 
 CONFIG = yaml.safe_load((Path(__file__).parents[1] / "fixtures" / "replay-srv1.yaml").read_text())
 VIF, VM_MAC, PEER, MSS = "tr-red1", bytes.fromhex("02000000010b"), "10.0.2.1", 1400

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controllers.vnc_model import VncError, VncModel, default_mac
-from vrouter.config import VrouterConfig
+from vrouter.core.config import VrouterConfig
 
 
 def overlapping_topology():

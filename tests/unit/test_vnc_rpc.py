@@ -8,7 +8,7 @@ import pytest
 
 from controllers.vnc_model import VncError
 from controllers.vnc_rpc import PROTOCOL_VERSION, AdminClient, VncUnavailable, start_vnc_server
-from vrouter.vnc_client import VncClient
+from vrouter.io.vnc_client import VncClient
 
 WAIT = 5.0  # generous: arrival is asserted, never its timing
 

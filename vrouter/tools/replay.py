@@ -9,14 +9,14 @@ shows exactly which packets cost a slow-path call in proactive or reactive mode.
 import json
 import struct
 
-from .actions import Punt, ToTunnel, ToVif
-from .codec import Malformed, gre, mpls, outer
-from .codec.ipv4 import int_to_ip
-from .config import ConfigError, VrouterConfig
-from .flowkey import extract
-from .flowtable import PROTO_NAMES
-from .pipeline import Pipeline
-from .slowpath import SlowPath
+from vrouter.core.actions import Punt, ToTunnel, ToVif
+from vrouter.core.codec import Malformed, gre, mpls, outer
+from vrouter.core.codec.ipv4 import int_to_ip
+from vrouter.core.config import ConfigError, VrouterConfig
+from vrouter.core.flowkey import extract
+from vrouter.core.flowtable import PROTO_NAMES
+from vrouter.core.pipeline import Pipeline
+from vrouter.core.slowpath import SlowPath
 
 LINKTYPE_ETHERNET = 1
 

@@ -22,7 +22,7 @@ from os_ken.lib import rpc
 from controllers.vnc_rpc import (PROTOCOL_VERSION, BlockingSocket, VncError, VncUnavailable,
                                  connect_unix)
 
-log = logging.getLogger("vrouter.vnc_client")
+log = logging.getLogger("vrouter.io.vnc_client")
 
 
 class VncClient:

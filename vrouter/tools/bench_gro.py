@@ -1,4 +1,4 @@
-"""GRO and GSO benchmark on one core (part of ``python -m vrouter.bench``; no root, no sockets).
+"""GRO and GSO benchmark on one core (part of ``python -m vrouter.tools.bench``; no root, no sockets).
 
 Receive: UDP_GRO reads of 40 x 1400 B MPLSoUDP segments (one TCP flow, as one GSO send of the peer
 arrives) merged into one super-packet, alone and followed by ``Pipeline.from_fabric`` (one flow
@@ -10,12 +10,12 @@ Python -> GSO send.
 """
 import time
 
-from . import gso
-from .codec import ethernet, ipv4, l4
-from .config import VROUTER_MAC, VrouterConfig
-from .gro import Gro
-from .pipeline import Pipeline, encap_prefix
-from .slowpath import SlowPath
+from vrouter.core import gso
+from vrouter.core.codec import ethernet, ipv4, l4
+from vrouter.core.config import VROUTER_MAC, VrouterConfig
+from vrouter.core.gro import Gro
+from vrouter.core.pipeline import Pipeline, encap_prefix
+from vrouter.core.slowpath import SlowPath
 
 SEGMENT, BATCH, MSS = 1400, 40, 1448
 REFERENCE_US = 4.3

@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 
-from vrouter import tap
+from vrouter.io import tap
 
 
 class VmSetupError(Exception):
@@ -24,7 +24,7 @@ def attach(spec, netns, network, mtu: int, queues: int = 1, offloads: bool = Tru
     A new TAP is created here (server namespace), moved into the VM's namespace, and given the VM's
     MAC, address, MTU and a default route via the network's gateway (the vrouter answers ARP for it).
     An existing one (vrouter restart) is only re-attached and given the MTU, which the configuration
-    decides (`vrouter.offload.vm_mtu`). Every fd carries virtio_net_hdrs; `offloads` (the GSO switch)
+    decides (`vrouter.core.offload.vm_mtu`). Every fd carries virtio_net_hdrs; `offloads` (the GSO switch)
     says whether the device advertises checksum offload and TSO.
     """
     if exists(spec.name, netns):
@@ -84,7 +84,7 @@ def set_mtu(name: str, netns, mtu: int) -> None:
 def configure(spec, netns, network, mtu: int) -> None:
     """Move the freshly created TAP `spec.name` into the VM's namespace and give it the VM's MAC,
     address, MTU and a default route via the network's gateway."""
-    from vrouter.codec.ipv4 import int_to_ip
+    from vrouter.core.codec.ipv4 import int_to_ip
     _ip("link", "set", spec.name, "netns", str(netns) if isinstance(netns, int) else os.path.basename(netns))
     ip = int_to_ip(spec.ip)
     plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)

@@ -1,14 +1,14 @@
 """One worker process of a multi-core vrouter: a shard of the flow table on one pinned CPU.
 
-Forked by `vrouter.rps_dispatch` (one per worker CPU). It runs its own `Pipeline`, whose flow table
+Forked by `vrouter.processes.dispatcher` (one per worker CPU). It runs its own `Pipeline`, whose flow table
 holds exactly the flows the steering hash gives this worker, and executes the actions itself: tunnel
 sends from its own sockets (`rps_kernel.Sender`), TAP writes on the fds the dispatcher passed it,
 punts on its own channel to the server's one agent, which answers on the same channel, so the
 proactive reverse entry lands on the worker that punted: the one the reply is steered to.
 
 The per-packet path is the single forwarder's, offloads included (docs/vrouter.md, "The offload
-path"): TAP frames carry their virtio_net_hdr, a TSO super-frame is cut by `vrouter.gso` and sent
-with one UDP GSO send, tunnel reads (coalesced by UDP_GRO) are merged by `vrouter.gro.Gro`, flushed
+path"): TAP frames carry their virtio_net_hdr, a TSO super-frame is cut by `vrouter.core.gso` and sent
+with one UDP GSO send, tunnel reads (coalesced by UDP_GRO) are merged by `vrouter.core.gro.Gro`, flushed
 at the end of each batch, and written to the VM as one super-packet.
 
 Inputs: packet batches from the dispatcher and relays (`rps_channel`), or in kernel mode its own
@@ -25,9 +25,13 @@ import selectors
 import socket
 import time
 
-from vrouter import ipc, rps_channel, rps_kernel, tap, tunnel
-from vrouter.forwarder import EXPIRE_EVERY, AgentChannel, Forwarder, VifPort
-from vrouter.offload import Offloads, vm_mtu
+from vrouter.io import ipc
+from vrouter.core import rps_channel
+from vrouter.io import rps_kernel
+from vrouter.io import tap
+from vrouter.io import tunnel
+from vrouter.processes.forwarder import EXPIRE_EVERY, AgentChannel, Forwarder, VifPort
+from vrouter.core.offload import Offloads, vm_mtu
 
 log = logging.getLogger("worker")
 MAX_FDS = 64
@@ -174,8 +178,8 @@ class Worker(AgentChannel):
 
     # --- state ---------------------------------------------------------------------------------
     def _apply_config(self, config_dict):
-        from vrouter.config import ConfigError, VrouterConfig
-        from vrouter.pipeline import Pipeline
+        from vrouter.core.config import ConfigError, VrouterConfig
+        from vrouter.core.pipeline import Pipeline
         try:
             config = VrouterConfig.from_dict(config_dict)
         except ConfigError as exc:

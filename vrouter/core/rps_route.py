@@ -15,7 +15,7 @@ _TAP_KIND = "tap"
 
 class Router:
     def __init__(self, steering, local_ip: str = "0.0.0.0"):
-        """``steering``: a :class:`vrouter.steering.SteeringConfig`; ``local_ip``: this server's underlay address."""
+        """``steering``: a :class:`vrouter.core.steering.SteeringConfig`; ``local_ip``: this server's underlay address."""
         self.steering = steering
         self.local_ip = local_ip
         self._by_nic: dict = {}

@@ -1,6 +1,6 @@
 """Tables for a multi-core vrouter (`testbed vr SERVER stats | flow -l`): the single-forwarder tables
-of `vrouter.introspect` plus a per-worker section and a worker column; unchanged for one forwarder."""
-from vrouter import introspect
+of `vrouter.io.introspect` plus a per-worker section and a worker column; unchanged for one forwarder."""
+from vrouter.io import introspect
 
 
 def format_stats(stats: dict) -> str:

@@ -31,7 +31,7 @@ class Punt:
 
 @dataclass(frozen=True, slots=True)
 class Drop:
-    """The packet is dropped; ``reason`` is a name from :mod:`vrouter.drops`."""
+    """The packet is dropped; ``reason`` is a name from :mod:`vrouter.core.drops`."""
     reason: str
 
 

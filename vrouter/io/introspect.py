@@ -24,8 +24,8 @@ punts sent. Python: `query(rundir, server, op, **args)`.
 """
 from __future__ import annotations
 
-from vrouter import ipc
-from vrouter.codec.ipv4 import int_to_ip, ip_to_int
+from vrouter.io import ipc
+from vrouter.core.codec.ipv4 import int_to_ip, ip_to_int
 
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set")
@@ -138,7 +138,7 @@ class Introspector:
         return out
 
     def _instances(self):
-        from vrouter.vrf import build_instances
+        from vrouter.core.vrf import build_instances
         if self.fwd.config is None:
             raise self._unconfigured()
         return build_instances(self.fwd.config)
@@ -266,7 +266,7 @@ def _summary(samples) -> dict:
 
 
 def format_dropstats(drops: dict) -> str:
-    from vrouter.drops import REASONS
+    from vrouter.core.drops import REASONS
     width = max([len(k) for k in drops] + [10]) + 2
     lines = [f"{k:<{width}}{v:>10}" for k, v in drops.items()]
     nonzero = [k for k, v in drops.items() if v and k in REASONS]

@@ -14,10 +14,10 @@ falls back to the receive socket's port and the fallback is counted.
 
 Offloads. Receive: the UDP sockets set UDP_GRO, so one read returns the datagrams the kernel's GRO
 coalesced (same outer 4-tuple: one inner flow, thanks to the entropy port) with their segment size
-in a cmsg; `receive_gro` hands them on unsplit for `vrouter.gro`. The kernel only coalesces on a NIC
+in a cmsg; `receive_gro` hands them on unsplit for `vrouter.core.gro`. The kernel only coalesces on a NIC
 that runs GRO: a veth does so only with `gro on` (it then uses NAPI) and, for packets from a sender
 with TSO (the OVS side of the link), `rx-udp-gro-forwarding on`: `enable_gro` sets both.
-Send: `send_gso` sends a buffer of equal-size tunnel packets (`vrouter.gso`) with one UDP_SEGMENT
+Send: `send_gso` sends a buffer of equal-size tunnel packets (`vrouter.core.gso`) with one UDP_SEGMENT
 sendmsg per slice of at most 64 segments / 65,507 bytes. MPLSoGRE goes through a raw IP socket,
 which has no UDP_SEGMENT: its fallback is one sendto per segment (`gso.segments`), and receive is one
 read per packet (the forwarder merges those in Python with `Gro.add`).
@@ -30,8 +30,8 @@ import socket
 import struct
 import subprocess
 
-from vrouter import gso
-from vrouter.codec.outer import MPLSOUDP_PORT, VXLAN_PORT
+from vrouter.core import gso
+from vrouter.core.codec.outer import MPLSOUDP_PORT, VXLAN_PORT
 
 IPPROTO_GRE = 47
 UDP_PORTS = {"mplsoudp": MPLSOUDP_PORT, "vxlan": VXLAN_PORT}

@@ -1,6 +1,6 @@
 """NIC plumbing for the multi-core vrouter: tunnel receive/send sockets, (multi-queue) TAPs, pinning.
 
-Separate from `vrouter.tunnel`/`vrouter.tap` (the single forwarder's) because several processes share
+Separate from `vrouter.io.tunnel`/`vrouter.io.tap` (the single forwarder's) because several processes share
 one server's ports here:
 - receive sockets are either one per NIC (read by the dispatcher) or, in kernel mode, one per worker
   with SO_REUSEPORT, so the kernel picks a worker by a hash of the OUTER 4-tuple;
@@ -8,7 +8,7 @@ one server's ports here:
   every other raw GRE socket (the workers' senders) gets a BPF filter that drops everything;
 - entropy source ports are bound by every worker that sends a flow's packets (SO_REUSEPORT), and
   nothing is ever sent to them;
-- a TAP opened with IFF_MULTI_QUEUE gives one fd per queue (`vrouter.vm_interface.attach`); the VM's
+- a TAP opened with IFF_MULTI_QUEUE gives one fd per queue (`vrouter.io.vm_interface.attach`); the VM's
   kernel picks the queue of each frame it sends (a flow hash, and the queue the flow's last received
   frame came from).
 Receiving (UDP_GRO reads, `tunnel.read_gro`) and sending (entropy ports, UDP GSO: `tunnel.EntropySender`)
@@ -20,8 +20,8 @@ import ctypes
 import socket
 import struct
 
-from vrouter import tunnel
-from vrouter.tunnel import IPPROTO_GRE, EntropySender
+from vrouter.io import tunnel
+from vrouter.io.tunnel import IPPROTO_GRE, EntropySender
 
 SO_ATTACH_FILTER = 26
 

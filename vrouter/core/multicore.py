@@ -3,7 +3,7 @@
     {"mode": "rps" | "extended" | "kernel",        # who picks the worker of a packet
      "workers": [0, 1] | {0: 1, 1: 2},             # worker ids are the CPUs they are pinned to
      "dispatcher_cpu": null,                       # pin the designated-core process (null: let it float)
-     ... any other field of vrouter.steering.SteeringConfig (fields, buckets, cpus, interfaces, ...)}
+     ... any other field of vrouter.core.steering.SteeringConfig (fields, buckets, cpus, interfaces, ...)}
 
 ``rps`` and ``extended``: a designated-core process (the dispatcher) owns the NIC fds and hands each
 packet to the worker its steering object names (extended: through a second-core relay process for

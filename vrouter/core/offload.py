@@ -2,15 +2,15 @@
 the VM MTU and the counters.
 
 Shell code (it holds no sockets itself but drives `Tunnels` and TAP fds through the forwarder).
-Switches, settable at run time (`python -m vrouter.forwarder --gro off --gso off`, introspection
+Switches, settable at run time (`python -m vrouter.processes.forwarder --gro off --gso off`, introspection
 `set {"gro": false, "gso": false}`):
 
 - gro on: the fabric UDP sockets have UDP_GRO (the kernel coalesces a flow's datagrams into one
-  read) and `vrouter.gro.Gro` merges each read into super-packets, one `from_fabric` each, written
+  read) and `vrouter.core.gro.Gro` merges each read into super-packets, one `from_fabric` each, written
   to the VM's TAP with a GSO virtio_net_hdr. Off: UDP_GRO is cleared on the sockets and the engine
   merges nothing, so every tunnel packet is one read, one `from_fabric`, one TAP write.
 - gso on: the VMs' TAPs advertise checksum offload and TSO, so VM kernels hand over 64 KB
-  super-frames, and `vrouter.gso` cuts each into a buffer of tunnel packets sent with UDP_SEGMENT
+  super-frames, and `vrouter.core.gso` cuts each into a buffer of tunnel packets sent with UDP_SEGMENT
   (MPLSoGRE: one send per segment, the fallback). Off: the TAPs withdraw those offloads, the VM's
   kernel segments and checksums itself, and every frame is one packet and one send. A super-frame
   still in flight when the switch flips is cut in Python and sent packet by packet.
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import collections
 
-from vrouter import gro as gro_mod
-from vrouter import gso
-from vrouter.codec.errors import Malformed
+from . import gro as gro_mod
+from . import gso
+from .codec.errors import Malformed
 
 UNDERLAY_MTU = 1500
 # Bytes a tunnel adds in front of the inner IPv4 packet on the underlay: outer IPv4 (+ UDP) + prefix.
@@ -40,22 +40,6 @@ def vm_mtu(config) -> int:
     encaps = {config.encapsulation} | {r.nexthop.get("encap") for r in config.routes
                                        if r.nexthop.get("type") == "tunnel"}
     return UNDERLAY_MTU - max(OVERHEAD.get(e, OVERHEAD["vxlan"]) for e in encaps)
-
-
-def switch_value(text: str) -> bool:
-    """argparse type for `on|off`."""
-    if text in ("on", "off"):
-        return text == "on"
-    import argparse
-    raise argparse.ArgumentTypeError(f"give on or off, not {text!r}")
-
-
-def add_switch_arguments(parser) -> None:
-    """The --gro/--gso switches of `python -m vrouter.forwarder` and `python -m vrouter.rps_dispatch`."""
-    parser.add_argument("--gro", type=switch_value, default=True, metavar="on|off",
-                        help="merge tunnel packets into super-packets for the VMs (default on)")
-    parser.add_argument("--gso", type=switch_value, default=True, metavar="on|off",
-                        help="take TSO super-frames from the VMs and send them with UDP GSO (default on)")
 
 
 class Offloads:

@@ -3,7 +3,7 @@
 The inner hash is symmetric (a flow and its reverse give the same value) and covers the routing
 instance, so both directions of a flow reach one worker whichever NIC they arrive on: that is what
 lets each worker keep its own shard of the flow table (docs/vrouter-core.md, "Receive packet
-steering"). With all fields it equals :func:`vrouter.flowkey.symmetric_hash` of the pipeline's flow
+steering"). With all fields it equals :func:`vrouter.core.flowkey.symmetric_hash` of the pipeline's flow
 key, so the agent can name a flow's owner from a key alone.
 
 The routing instance on the fabric side is the top MPLS label or the VNI: the pipeline accepts a label

@@ -1,0 +1,56 @@
+"""What every vrouter process shares at start and stop: its command line, its logging, and a
+life that ends with SIGTERM, SIGINT or the death of the process that supervises it."""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def switch_value(text: str) -> bool:
+    """argparse type for `on|off`."""
+    if text in ("on", "off"):
+        return text == "on"
+    raise argparse.ArgumentTypeError(f"give on or off, not {text!r}")
+
+
+def add_switch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The --gro/--gso switches of the forwarder and the multi-core dispatcher."""
+    parser.add_argument("--gro", type=switch_value, default=True, metavar="on|off",
+                        help="merge tunnel packets into super-packets for the VMs (default on)")
+    parser.add_argument("--gso", type=switch_value, default=True, metavar="on|off",
+                        help="take TSO super-frames from the VMs and send them with UDP GSO (default on)")
+
+
+def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every server process takes: its run directory and its server."""
+    p = argparse.ArgumentParser(prog=prog, description=(doc or "").splitlines()[0] if doc else None)
+    p.add_argument("--rundir", required=True, help="the testbed's run directory")
+    p.add_argument("--server", required=True, help="the server this process serves (e.g. srv1)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def setup_logging(args: argparse.Namespace, role: str) -> None:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {role}[{args.server}] %(process)d %(levelname)s %(message)s")
+
+
+def die_with_parent() -> None:
+    """SIGTERM when the supervising process dies, so a crashed testbed leaves no orphan vrouters."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def serve(proc) -> None:
+    """Run `proc` (its `run()` loops while `running`) until SIGTERM or SIGINT (a clean close), or
+    until the supervising process dies."""
+    def stop(*_):
+        proc.running = False
+    die_with_parent()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    proc.run()

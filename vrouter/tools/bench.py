@@ -1,0 +1,192 @@
+"""Benchmark of the pure core on one core, no root: ``python -m vrouter.tools.bench [--quick] [--json]``.
+
+Fast path: packets of already-established flows through decapsulation -> flow hit -> TTL/route ->
+encapsulation, in both directions (VM Ethernet -> tunnel payload, tunnel payload -> VM Ethernet),
+for 64 B and 1400 B inner Ethernet frames, cycling over many flows so the flow table is not a
+one-entry dict. Slow path: new flows per second for decide + install of the forward and the reverse
+entry (including the release of the held first packet), and end to end with the miss that punts.
+Figures are the best of several runs (least disturbed by other processes on the machine).
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+
+from vrouter.tools import bench_steering
+from vrouter.tools import bench_gro
+from vrouter.tools import bench_workers
+from vrouter.core.codec import ethernet, ipv4, l4
+from vrouter.core.config import VROUTER_MAC, VrouterConfig
+from vrouter.core.pipeline import Pipeline
+from vrouter.core.slowpath import SlowPath
+
+FAST_TARGET = 250_000
+SLOW_TARGET = 50_000
+VM_MAC = "02:00:00:00:01:0b"
+LOCAL, REMOTE_BASE = "10.1.0.2", 0x0A020000   # remote VMs 10.2.x.y live on the peer server
+
+
+def _config(encap: str, capacity: int) -> VrouterConfig:
+    return VrouterConfig.from_dict({
+        "server": "bench", "underlay_ip": "10.0.1.1", "encapsulation": encap,
+        "networks": [{"name": "red", "id": 100, "subnets": ["10.0.0.0/8"], "gateway": "10.1.0.1"}],
+        "vifs": [{"name": "tap0", "network": "red", "mac": VM_MAC, "ip": LOCAL}],
+        "routes": [{"network": "red", "prefix": "10.2.0.0/16",
+                    "nexthop": {"type": "tunnel", "peer": "10.0.2.1", "label": 100}}],
+        "policies": [{"network": "red", "default": "allow", "rules": [
+            {"action": "deny", "protocol": "tcp", "dst": "10.2.255.0/24", "dst_port": "22"},
+            {"action": "allow", "protocol": "tcp", "src": "10.0.0.0/8", "dst_port": "1-1023"},
+            {"action": "deny", "protocol": "udp", "dst_port": "137-139"}]}],
+        "flow": {"capacity": capacity, "mode": "proactive"},
+    })
+
+
+def _vm_frame(remote: int, sport: int, size: int) -> bytes:
+    payload = b"\xab" * (size - 14 - 20 - 20)
+    src = ipv4.ip_to_int(LOCAL)
+    seg = l4.build_tcp(src, remote, sport, 80, payload, flags=l4.TCP_ACK)
+    return ethernet.build(VROUTER_MAC, ethernet.mac_to_bytes(VM_MAC), ethernet.ETH_P_IP) + \
+        ipv4.build(src, remote, ipv4.IPPROTO_TCP, seg)
+
+
+def _established(encap: str, flows: int, size: int):
+    """A pipeline with ``flows`` established TCP flows; packets for both directions."""
+    cfg = _config(encap, capacity=4 * flows + 16)
+    pipe, slow = Pipeline(cfg), SlowPath(cfg)
+    to_fabric, to_vm = [], []
+    for i in range(flows):
+        frame = _vm_frame(REMOTE_BASE + 1 + i % 60000, 10000 + i, size)
+        (punt,) = pipe.from_vif("tap0", frame, 0.0)
+        (tun,) = pipe.install(slow.decide(punt.request), 0.0)
+        to_fabric.append(frame)
+        # The reply as the peer would send it: same encapsulation, addresses and ports swapped.
+        reply_ip = bytearray(tun.payload[len(tun.payload) - (len(frame) - 14):])
+        reply_ip[12:16], reply_ip[16:20] = reply_ip[16:20], reply_ip[12:16]
+        reply_ip[20:22], reply_ip[22:24] = reply_ip[22:24], reply_ip[20:22]
+        head = tun.payload[:len(tun.payload) - len(reply_ip)]
+        to_vm.append(head + bytes(reply_ip))
+    return pipe, to_fabric, to_vm
+
+
+def fast_path(encap: str, size: int, direction: str, packets: int, flows: int, repeats: int) -> float:
+    pipe, to_fabric, to_vm = _established(encap, flows, size)
+    rounds = max(1, packets // flows)
+    if direction == "vm->fabric":
+        frames = to_fabric
+        from_vif = pipe.from_vif
+
+        def run():
+            for _ in range(rounds):
+                for f in frames:
+                    from_vif("tap0", f, 1.0)
+    else:
+        frames = to_vm
+        from_fabric = pipe.from_fabric
+
+        def run():
+            for _ in range(rounds):
+                for f in frames:
+                    from_fabric("10.0.2.1", encap, f, 1.0)
+    before = pipe.stats()["hits"]
+    rate = rounds * len(frames) / bench_gro.best_seconds(run, repeats)
+    hits = pipe.stats()["hits"] - before
+    if hits != rounds * len(frames) * repeats:
+        raise RuntimeError(f"benchmark packets missed the flow table ({hits} hits)")
+    return rate
+
+
+def slow_path(flows: int, repeats: int, end_to_end: bool) -> float:
+    best = float("inf")
+    frames = [_vm_frame(REMOTE_BASE + 1 + i % 60000, 1024 + i % 60000, 64) for i in range(flows)]
+    for _ in range(repeats):
+        cfg = _config("mplsoudp", capacity=2 * flows + 16)
+        pipe, slow = Pipeline(cfg), SlowPath(cfg)
+        if end_to_end:
+            t = time.perf_counter()
+            for f in frames:
+                punt = pipe.from_vif("tap0", f, 0.0)[0]
+                pipe.install(slow.decide(punt.request, 0.0), 0.0)
+            best = min(best, time.perf_counter() - t)
+        else:
+            requests = [pipe.from_vif("tap0", f, 0.0)[0].request for f in frames]
+            t = time.perf_counter()
+            for r in requests:
+                pipe.install(slow.decide(r, 0.0), 0.0)
+            best = min(best, time.perf_counter() - t)
+        if len(pipe.flows()) != 2 * flows:
+            raise RuntimeError("slow-path benchmark did not install forward and reverse entries")
+    return flows / best
+
+
+def run(quick: bool) -> dict:
+    packets, flows, repeats = (40_000, 1000, 3) if quick else (400_000, 4000, 5)
+    slow_flows = 5000 if quick else 40_000
+    rows = []
+    for direction, encap, size in (("vm->fabric", "mplsoudp", 64), ("fabric->vm", "mplsoudp", 64),
+                                   ("vm->fabric", "mplsoudp", 1400), ("fabric->vm", "mplsoudp", 1400),
+                                   ("vm->fabric", "vxlan", 64), ("fabric->vm", "vxlan", 64),
+                                   ("vm->fabric", "mplsogre", 64), ("fabric->vm", "mplsogre", 64)):
+        pps = fast_path(encap, size, direction, packets, flows, repeats)
+        rows.append({"path": "fast", "direction": direction, "encap": encap, "size": size, "pps": round(pps)})
+    decide_install = slow_path(slow_flows, repeats, end_to_end=False)
+    end_to_end = slow_path(slow_flows, repeats, end_to_end=True)
+    mpls = [r for r in rows if r["encap"] == "mplsoudp"]
+    return {
+        "fast_path_pps_64": min(r["pps"] for r in mpls if r["size"] == 64),
+        "fast_path_pps_1400": min(r["pps"] for r in mpls if r["size"] == 1400),
+        "slow_path_flows_per_s": round(decide_install),
+        "slow_path_flows_per_s_with_miss": round(end_to_end),
+        "targets": {"fast_path_pps": FAST_TARGET, "slow_path_flows_per_s": SLOW_TARGET},
+        "rows": rows, "quick": quick, "flows_in_table": flows, "gro_gso": bench_gro.run(quick),
+        "python": platform.python_version(), "implementation": platform.python_implementation(),
+        "steering": bench_steering.run(quick),
+        "workers": bench_workers.run(quick),
+    }
+
+
+def report(res: dict, out=print) -> None:
+    out(f"vrouter core benchmark - {res['implementation']} {res['python']}, one core, "
+        f"{res['flows_in_table']} established flows{' (quick)' if res['quick'] else ''}")
+    out(f"{'fast path: decap -> flow hit -> route -> encap':<52}{'size':>6}{'pkts/s':>12}{'us/pkt':>9}{'x target':>10}")
+    for r in res["rows"]:
+        label = f"  {r['direction']:<11} {r['encap']}"
+        out(f"{label:<52}{r['size']:>4} B{r['pps']:>12,}{1e6 / r['pps']:>9.2f}{r['pps'] / FAST_TARGET:>10.2f}")
+    out(f"{'slow path':<58}{'flows/s':>12}{'us/flow':>9}{'x target':>10}")
+    for label, key in (("  decide + install forward and reverse", "slow_path_flows_per_s"),
+                       ("  miss + punt + decide + install (end to end)", "slow_path_flows_per_s_with_miss")):
+        v = res[key]
+        out(f"{label:<58}{v:>12,}{1e6 / v:>9.2f}{v / SLOW_TARGET:>10.2f}")
+    bench_gro.report(res["gro_gso"], out)
+    ok = res["fast_path_pps_64"] >= FAST_TARGET and res["fast_path_pps_1400"] >= FAST_TARGET and \
+        res["slow_path_flows_per_s"] >= SLOW_TARGET
+    bench_steering.report(res["steering"], out)
+    bench_workers.report(res["workers"], out)
+    out(f"targets: fast path >= {FAST_TARGET:,} pkts/s, slow path >= {SLOW_TARGET:,} flows/s per core: "
+        f"{'met' if ok else 'NOT met'}")
+
+
+JSON_HELP = "print one JSON object of the figures last"
+
+
+def bench_cli(prog: str, doc: str, run, report, argv=None, quick_help=None, json_help=None) -> int:
+    """The command line of every vrouter benchmark: `run(quick)` reported as text, and with --json
+    also as one JSON object, last, for scripts."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", action="store_true", help=json_help)
+    args = parser.parse_args(argv)
+    res = run(args.quick)
+    report(res)
+    if args.json:
+        print(json.dumps(res, sort_keys=True))
+    return 0
+
+
+def main(argv=None) -> int:
+    return bench_cli("python -m vrouter.tools.bench", __doc__, run, report, argv,
+                     quick_help="smaller runs, a few seconds in total", json_help=JSON_HELP)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
