@@ -18,14 +18,14 @@ from pathlib import Path
 
 from testbed.commands import CommandError, command, run_arguments
 from vrouter.io import introspect
-from vrouter.tools import worker_tables
+from vrouter.tools import tables
 
 TOOLS = {
-    ("flow", "-l"): ("flows", worker_tables.format_flows), ("flow", "--list"): ("flows", worker_tables.format_flows),
-    ("vif", "--list"): ("vifs", introspect.format_vifs), ("vif", "-l"): ("vifs", introspect.format_vifs),
-    ("nh", "--list"): ("nexthops", introspect.format_nexthops), ("nh", "-l"): ("nexthops", introspect.format_nexthops),
-    ("dropstats",): ("dropstats", introspect.format_dropstats),
-    ("stats",): ("stats", worker_tables.format_stats),
+    ("flow", "-l"): ("flows", tables.format_flows), ("flow", "--list"): ("flows", tables.format_flows),
+    ("vif", "--list"): ("vifs", tables.format_vifs), ("vif", "-l"): ("vifs", tables.format_vifs),
+    ("nh", "--list"): ("nexthops", tables.format_nexthops), ("nh", "-l"): ("nexthops", tables.format_nexthops),
+    ("dropstats",): ("dropstats", tables.format_dropstats),
+    ("stats",): ("stats", tables.format_stats),
     ("reset",): ("reset", lambda r: "flow table flushed, counters zeroed\n"),
 }
 USAGE = "flow -l | vif --list | rt --dump VRF | nh --list | dropstats | stats | reset"
@@ -59,7 +59,7 @@ def run(argv: list[str], rundir: Path, out=sys.stdout) -> int:
         raise CommandError(f"unknown server {server!r} (known: {', '.join(servers) or 'none'})", code=2)
     args = {}
     if rest[:2] == ("rt", "--dump") and len(rest) == 3:
-        op, fmt, args = "routes", introspect.format_routes, {"vrf": rest[2]}
+        op, fmt, args = "routes", tables.format_routes, {"vrf": rest[2]}
     elif rest in TOOLS:
         op, fmt = TOOLS[rest]
     else:

@@ -17,6 +17,7 @@ import pytest
 
 from vrouter.io import introspect
 from vrouter.io import ipc
+from vrouter.tools import tables
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and TAP")]
@@ -124,7 +125,7 @@ def test_ping_across_servers_and_two_slow_path_calls_per_flow(bed):
     assert decisions == [1, 1]
     flows = introspect.query(rd, "srv1", "flows")
     assert {f["role"] for f in flows} == {"forward", "reverse"}
-    text = introspect.format_flows(flows)
+    text = tables.format_flows(flows)
     assert "192.168.1.11" in text and "<=>" in text
 
 
@@ -163,7 +164,7 @@ def test_introspection_tables(bed):
     routes = introspect.query(rd, "srv1", "routes", vrf="red")
     prefixes = {r["prefix"] for r in routes["routes"]}
     assert {"192.168.1.11/32", "192.168.1.12/32", "192.168.1.1/32"} <= prefixes
-    assert "LP" in introspect.format_routes(routes)
+    assert "LP" in tables.format_routes(routes)
     nhs = introspect.query(rd, "srv1", "nexthops")
     assert {n["type"] for n in nhs} == {"vif", "tunnel", "receive"}
     drops = introspect.query(rd, "srv1", "dropstats")

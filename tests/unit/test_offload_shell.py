@@ -9,7 +9,7 @@ from offload_helpers import FakeTunnels, prefix, tcp_ip
 
 from vrouter.core import gso
 from vrouter.core.actions import ToTunnel
-from vrouter.io.introspect import Introspector
+from vrouter.processes.introspect import Introspector
 from vrouter.core.offload import OVERHEAD, Offloads, vm_mtu
 from vrouter.processes.launch import switch_value
 

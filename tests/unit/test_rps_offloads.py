@@ -17,10 +17,9 @@ from vrouter.io import rps_kernel
 from vrouter.io import tunnel
 from vrouter.core.codec import ethernet, virtio
 from vrouter.core.config import VROUTER_MAC, VrouterConfig
-from vrouter.processes.forwarder import VNET_LEN, VifPort
+from vrouter.processes.datapath import VNET_LEN, VifPort
 from vrouter.core.multicore import MulticoreConfig
-from vrouter.core.offload import Offloads, averages, vm_mtu
-from vrouter.core.pipeline import Pipeline
+from vrouter.core.offload import Offloads, averages
 from vrouter.processes.dispatcher import _sum_into
 from vrouter.core.rps_route import Outbox, Router
 from vrouter.core.slowpath import SlowPath
@@ -121,16 +120,14 @@ def worker():
     tr-red1 to 192.168.1.12:80 established (forward and proactive reverse entry)."""
     ctrl, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     w = Worker(0, ctrl, [], kernel=False, first=True)
-    w.config = VrouterConfig.from_dict(CONFIG)
-    w.pipeline = Pipeline(w.config)
-    w.offloads.mtu = vm_mtu(w.config)
-    w.tunnels = FakeTunnels()
+    w.datapath.configure(VrouterConfig.from_dict(CONFIG))
+    w.datapath.sender = FakeTunnels()
     vm, tap_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)     # keeps frame boundaries
     vm.setblocking(False)
-    w.vifs[VIF] = VifPort(None, [tap_end.fileno()], None)
+    w.datapath.vifs[VIF] = VifPort(None, [tap_end.fileno()], None)
     syn = ethernet.build(VROUTER_MAC, VM_MAC, ethernet.ETH_P_IP) + tcp_ip(b"", seq=4999, flags="S", partial=False)
-    (punt,) = w.pipeline.from_vif(VIF, syn, 0.0)
-    w.pipeline.install(SlowPath(w.config).decide(punt.request, 0.0), 0.0)
+    (punt,) = w.datapath.pipeline.from_vif(VIF, syn, 0.0)
+    w.datapath.pipeline.install(SlowPath(w.datapath.config).decide(punt.request, 0.0), 0.0)
     w.vm = vm
     yield w
     vm.close()
@@ -150,13 +147,13 @@ def tap_writes(w):
 
 
 def test_super_frame_record_is_one_gso_send(worker):
-    worker.tunnels.gso.clear()
+    worker.datapath.sender.gso.clear()
     worker._process([("tap", VIF, super_tap_read(10), 0)])
-    (peer, encap, _sport, buf, chunk, n), = worker.tunnels.gso
-    assert (peer, encap, n) == (PEER, "mplsoudp", 10) and worker.tunnels.sent == []
+    (peer, encap, _sport, buf, chunk, n), = worker.datapath.sender.gso
+    assert (peer, encap, n) == (PEER, "mplsoudp", 10) and worker.datapath.sender.sent == []
     assert chunk == 4 + 40 + MSS and len(buf) == 10 * chunk
     st = worker._answer({"op": "stats"})
-    assert st["offloads"]["gso"]["super_frames"] == 1 and st["counters"]["packets"] == 1
+    assert st["gso"]["super_frames"] == 1 and st["forwarder"]["packets"] == 1
     assert worker._answer({"op": "vifs"})[VIF]["rx_super_frames"] == 1
 
 
@@ -164,16 +161,16 @@ def test_mplsogre_super_frame_falls_back_to_one_send_per_segment():
     cfg = dict(CONFIG, encapsulation="mplsogre")
     ctrl, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     w = Worker(0, ctrl, [], kernel=False, first=True)
-    w.config = VrouterConfig.from_dict(cfg)
-    w.pipeline, w.tunnels = Pipeline(w.config), FakeTunnels()
+    w.datapath.configure(VrouterConfig.from_dict(cfg))
+    w.datapath.sender = FakeTunnels()
     syn = ethernet.build(VROUTER_MAC, VM_MAC, ethernet.ETH_P_IP) + tcp_ip(b"", seq=4999, flags="S", partial=False)
-    (punt,) = w.pipeline.from_vif(VIF, syn, 0.0)
-    w.pipeline.install(SlowPath(w.config).decide(punt.request, 0.0), 0.0)
-    w.tunnels.sent.clear()
+    (punt,) = w.datapath.pipeline.from_vif(VIF, syn, 0.0)
+    w.datapath.pipeline.install(SlowPath(w.datapath.config).decide(punt.request, 0.0), 0.0)
+    w.datapath.sender.sent.clear()
     w._process([("tap", VIF, super_tap_read(6), 0)])
-    assert w.tunnels.gso == [] and len(w.tunnels.sent) == 6
-    assert {s[1] for s in w.tunnels.sent} == {"mplsogre"}
-    assert w.offloads.counters["fallback_segments"] == 6
+    assert w.datapath.sender.gso == [] and len(w.datapath.sender.sent) == 6
+    assert {s[1] for s in w.datapath.sender.sent} == {"mplsogre"}
+    assert w.datapath.offloads.counters["fallback_segments"] == 6
     ctrl.close()
     other.close()
 
@@ -191,7 +188,7 @@ def test_coalesced_reads_merge_into_one_super_packet_per_batch(worker):
     worker._process([("mplsoudp", PEER, third, chunk)])
     worker._process([("mplsoudp", PEER, fourth, chunk)])
     assert [len(f) for _, f in tap_writes(worker)] == [14 + 40 + 4 * MSS] * 2
-    gro = worker._answer({"op": "stats"})["offloads"]["gro"]
+    gro = worker._answer({"op": "stats"})["gro"]
     assert (gro["merged_deliveries"], gro["merged_segments"], gro["segments_per_merge"]) == (3, 24, 8.0)
     assert worker.counters["packets"] == 24
 
@@ -203,7 +200,7 @@ def test_gro_switch_off_delivers_every_segment_alone(worker):
     writes = tap_writes(worker)
     assert len(writes) == 5 and all(not h.is_tcpv4_gso and h.flags & virtio.NEEDS_CSUM for h, _ in writes)
     assert worker._answer({"op": "reset"}) is True
-    assert worker._answer({"op": "stats"})["offloads"]["gro"]["deliveries"] == 0
+    assert worker._answer({"op": "stats"})["gro"]["deliveries"] == 0
 
 
 def test_worker_offload_counters_sum_like_one_vrouter():

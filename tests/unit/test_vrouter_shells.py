@@ -13,7 +13,8 @@ from testbed.vr import run
 from vrouter.io import introspect
 from vrouter.io import ipc
 from vrouter.core.config import VrouterConfig
-from vrouter.io.introspect import Introspector
+from vrouter.processes.introspect import Introspector
+from vrouter.tools import tables
 
 DEFAULT = "topologies/default.yaml"
 
@@ -41,7 +42,8 @@ def config():
 
 
 def fake_forwarder(cfg=None):
-    return types.SimpleNamespace(server="srv1", config=cfg, pipeline=None, vifs={},
+    engine = types.SimpleNamespace(configured=False, vif_counters=dict)    # no pipeline yet
+    return types.SimpleNamespace(server="srv1", config=cfg, engine=engine, vifs={},
                                  pending={"vt-t1": "waiting for the VM's namespace"}, clock=lambda: 0.0)
 
 
@@ -88,17 +90,17 @@ def test_introspector_answers_from_config_and_refuses_clearly():
 
 def test_tables_render_the_tungsten_columns():
     intro = Introspector(fake_forwarder(config()))
-    assert "LP      100     mplsoudp 10.0.2.1 label 100" in introspect.format_routes(
+    assert "LP      100     mplsoudp 10.0.2.1 label 100" in tables.format_routes(
         intro.handle({"op": "routes", "vrf": "red"})["result"])
-    assert "Tunnel   AF_INET  MPLSOUDP Dip:10.0.2.1 Label:100" in introspect.format_nexthops(
+    assert "Tunnel   AF_INET  MPLSOUDP Dip:10.0.2.1 Label:100" in tables.format_nexthops(
         intro.handle({"op": "nexthops"})["result"])
     flows = [{"index": 0, "reverse_index": 1, "vrf": 100, "proto": "tcp", "src": "192.168.1.11", "dst": "192.168.1.12",
               "sport": 40000, "dport": 80, "role": "forward", "action": "forward", "reason": None,
               "nexthop": {"type": "tunnel", "peer": "10.0.2.1", "label": 100, "encap": "mplsoudp"},
               "packets": 3, "bytes": 180, "tcp_state": "established", "idle": 0.5, "entropy_sport": 51000}]
-    text = introspect.format_flows(flows)
+    text = tables.format_flows(flows)
     assert "0<=>1" in text and "tcp (100)" in text and "UdpSrcPort 51000" in text and "Stats:3/180" in text
-    drops = introspect.format_dropstats({"invalid_source": 4, "no_route": 0})
+    drops = tables.format_dropstats({"invalid_source": 4, "no_route": 0})
     assert "invalid_source" in drops and "not a known peer" in drops
 
 

@@ -2,11 +2,12 @@
 
     python -m vrouter.processes.dispatcher --rundir RUNDIR --server srv1 --steering steering.json [--gro on|off] [--gso on|off]
 
-Same sockets, agent protocol and introspection as `vrouter.processes.forwarder` (which it extends), with
-``workers`` processes behind it (docs/vrouter.md, "Multi-core"). Process tree::
+The forwarder's shell (`vrouter.processes.forwarder.Forwarder`: the same sockets, agent protocol and
+introspection) with a `WorkerPool` engine instead of the in-process datapath: ``workers`` processes,
+each with its own `Datapath`, behind it (docs/vrouter.md, "Multi-core"). Process tree::
 
     dispatcher (this process; agent.sock + introspect.sock; TAP setup; NIC fds in rps/extended mode)
-      |-- worker CPU 0 (Pipeline = shard of the flow table, own tunnel send sockets, own agent channel)
+      |-- worker CPU 0 (Datapath = shard of the flow table, own tunnel send sockets, own agent channel)
       |-- worker CPU 1
       `-- relay  CPU k (extended mode only: stage 2, inner hash -> worker, for tunnel packets)
 
@@ -22,28 +23,26 @@ exits too, and the supervisor restarts the whole vrouter (the agent reconnects b
 """
 from __future__ import annotations
 
-import argparse
-import collections
+import functools
 import json
 import logging
 import os
-import selectors
 import signal
 import socket
 import sys
 import time
 
-from vrouter.io import ipc
 from vrouter.core import rps_channel
-from vrouter.io import rps_kernel
-from vrouter.io import tap
 from vrouter.core.config import ConfigError
-from vrouter.processes.forwarder import VNET_LEN, Forwarder
-from vrouter.processes.launch import add_switch_arguments, die_with_parent, serve
-from vrouter.io.introspect import Introspector, IntrospectError, _summary
 from vrouter.core.multicore import MulticoreConfig
-from vrouter.core.offload import averages, vm_mtu
+from vrouter.core.offload import averages
 from vrouter.core.rps_route import Outbox, Router
+from vrouter.io import ipc, rps_kernel
+from vrouter.io.introspect import IntrospectError, summary
+from vrouter.processes.datapath import VNET_LEN
+from vrouter.processes.forwarder import Forwarder
+from vrouter.processes.launch import add_switch_arguments, die_with_parent, parser, serve, setup_logging
+from vrouter.processes.worker import run_worker
 
 log = logging.getLogger("rps")
 QUERY_TIMEOUT = 5.0
@@ -91,7 +90,6 @@ class Children:
                 worker_inputs[cpu].append(w_in)
                 self._child_ends += [o, w_in]
             relay_outputs[core] = (r_in, outs)
-        from vrouter.processes.worker import run_worker
         for i, cpu in enumerate(mc.workers):
             ctrl, *inputs = worker_inputs[cpu]
             self._fork(f"worker {cpu}", [ctrl, *inputs],
@@ -162,40 +160,37 @@ def run_relay(core: int, mc: MulticoreConfig, inbox: socket.socket, outs: dict) 
         outbox.flush()
 
 
-class Dispatcher(Forwarder):
-    """The forwarder's shell (agent and introspection sockets, TAP setup) over worker processes."""
+class WorkerPool:
+    """The multi-core vrouter's engine behind the forwarder's shell: packets are steered to the
+    workers' datapaths (rps, extended) or read by the workers themselves (kernel); configuration,
+    VIF fds, agent channels and introspection queries go to every worker."""
 
-    def __init__(self, rundir: str, server: str, mc: MulticoreConfig, children: Children, **kw):
-        self.mc, self.children = mc, children
+    def __init__(self, shell: Forwarder, mc: MulticoreConfig, children: Children):
+        self.shell, self.mc, self.children = shell, mc, children
         self.kernel = mc.mode == "kernel"
-        self.tap_queues = len(children.ctrl) if self.kernel else 1
+        self.tap_queues = len(children.ctrl) if self.kernel else 1   # kernel: one TAP queue per worker
+        self.reads_taps = self.reads_fabric = not self.kernel      # kernel: the workers own SO_REUSEPORT sockets
         self.router = Router(mc.steering)
         self.outbox = Outbox(self._send)
         self.vrf_of: dict = {}
         self.queries = 0
-        super().__init__(rundir, server, **kw)
-        self.introspector = MultiIntrospector(self)
 
-    # --- NICs ----------------------------------------------------------------------------------
-    def _open_rx(self, underlay_ip: str):
-        self.router.local_ip = underlay_ip
-        # kernel mode: the workers own SO_REUSEPORT sockets (the underlay NIC's GRO is still set here)
-        if not self.kernel:
-            super()._open_rx(underlay_ip)
+    @property
+    def configured(self) -> bool:
+        return self.shell.config is not None
 
-    def _on_tap(self, fd, name):
-        if name not in self.vifs:
-            return
+    # --- packets -------------------------------------------------------------------------------
+    def on_tap(self, name: str, frames: list[bytes]) -> None:
         vrf = self.vrf_of.get(name)
         add, route = self.outbox.add, self.router.from_tap
-        for f in tap.read_frames(fd):      # the worker counts them (vif counters) and reads the header
+        for f in frames:      # the worker counts them (vif counters) and reads the header
             add(route(name, vrf, f, VNET_LEN), "tap", name, f)
         self.outbox.flush()
 
-    def _on_fabric(self, sock, _):
-        reads = self.tunnels.receive_gro(sock, ports=True)
-        if self.config is None:
-            self.counters["fabric_rx_unconfigured"] += len(reads)
+    def on_fabric(self, tunnels, sock) -> None:
+        reads = tunnels.receive_gro(sock, ports=True)
+        if self.shell.config is None:
+            self.shell.counters["fabric_rx_unconfigured"] += len(reads)
             return
         add, route = self.outbox.add, self.router.from_fabric
         for src, encap, data, seg, sport in reads:
@@ -206,68 +201,65 @@ class Dispatcher(Forwarder):
         """One datagram per destination and NIC read (more for a read of super-frames); a blocking send
         when a worker is behind is back-pressure to the NIC queue, not loss."""
         hop, cpu = dest
-        self.counters[f"to_{hop}_{cpu}"] += n
+        self.shell.counters[f"to_{hop}_{cpu}"] += n
         (self.children.data[cpu] if hop == "worker" else self.children.relay_in[cpu]).sendmsg(parts)
 
+    def on_decision(self, msg: dict) -> None:
+        log.warning("decision on the dispatcher's channel ignored: the agent answers each worker on its own")
+
     # --- agent ---------------------------------------------------------------------------------
-    def _on_agent_listen(self, listener, _):
-        super()._on_agent_listen(listener, _)
-        # One channel per worker: the agent answers each punt on the channel it came from.
+    def agent_connected(self, conn: socket.socket) -> None:
+        """One channel per worker: the agent answers each punt on the channel it came from."""
         agent_ends = []
-        for cpu, ctrl in self.children.ctrl.items():
+        for ctrl in self.children.ctrl.values():
             a, b = channel_pair()
             socket.send_fds(ctrl, [ipc.pack({"t": "agent"})], [b.fileno()])
             b.close()
             agent_ends.append(a)
-        socket.send_fds(self.agent, [ipc.pack({"t": "channels", "workers": list(self.children.ctrl)})],
+        socket.send_fds(conn, [ipc.pack({"t": "channels", "workers": list(self.children.ctrl)})],
                         [a.fileno() for a in agent_ends])
         for a in agent_ends:
             a.close()
 
     # --- configuration and VIFs ----------------------------------------------------------------
-    def apply_config(self, generation, config_dict):
-        config = self._accept_config(generation, config_dict)
-        if config is None:
-            return
+    def configure(self, generation, config, config_dict: dict, tunnels) -> None:
+        self.router.local_ip = config.underlay_ip
         for ctrl in self.children.ctrl.values():
             ctrl.send(ipc.pack({"t": "config", "generation": generation, "config": config_dict}))
-        self.config, self.config_dict, self.generation = config, config_dict, generation
         ids = {n.name: n.id for n in config.networks}
         self.vrf_of = {v.name: ids.get(v.network) for v in config.vifs}
-        mtu = vm_mtu(config)
-        if mtu != self.offloads.mtu:
-            self.offloads.mtu = mtu
-            self._set_vif_mtus(mtu)
-        self._reconcile_vifs()
-        log.info("config generation %s applied on %d workers (%s): %d vifs, mode %s", generation,
-                 len(self.children.ctrl), self.mc.mode, len(config.vifs), config.flow.mode)
+        log.info("config generation %s sent to %d workers (%s)", generation, len(self.children.ctrl), self.mc.mode)
 
-    def _serve_vif(self, name, port, entry):
+    def vif_up(self, name: str, port, entry: dict) -> None:
         fds = port.queues
-        for i, cpu in enumerate(self.children.ctrl):
+        for i, ctrl in enumerate(self.children.ctrl.values()):
             # kernel: queue i is worker i's to read and write; else every worker writes the one fd
             fd = fds[i] if self.kernel else fds[0]
-            socket.send_fds(self.children.ctrl[cpu], [ipc.pack({"t": "vif", "name": name, "read": self.kernel})],
-                            [fd])
-        if not self.kernel:
-            self.sel.register(fds[0], selectors.EVENT_READ, ("tap", name))
+            socket.send_fds(ctrl, [ipc.pack({"t": "vif", "name": name, "read": self.kernel})], [fd])
         log.info("vif %s attached (VM %s, %d queue%s)", name, entry.get("vm", "?"), len(fds),
                  "s" if len(fds) > 1 else "")
 
-    def _unserve_vif(self, name, port):
+    def vif_down(self, name: str, port) -> None:
         for ctrl in self.children.ctrl.values():
             ctrl.send(ipc.pack({"t": "vif_gone", "name": name}))
-        if not self.kernel:
-            self.sel.unregister(port.fd)
 
-    def set_offloads(self, gro=None, gso=None) -> dict:
-        """The forwarder's switches on this process's sockets and the TAPs, then on every worker."""
-        out = super().set_offloads(gro, gso)
-        self.query_workers("set", gro=gro, gso=gso)
-        return out
+    def set_offloads(self, gro, gso) -> None:
+        self.query("set", gro=gro, gso=gso)
+
+    def reset(self) -> None:
+        self.query("reset")
+
+    def tick(self, now: float) -> bool:
+        dead = self.children.dead()
+        if dead:
+            log.error("%s: stopping so the supervisor restarts the vrouter", dead)
+        return dead is None
+
+    def close(self) -> None:
+        self.children.stop()
 
     # --- workers -------------------------------------------------------------------------------
-    def query_workers(self, op: str, **args) -> dict:
+    def query(self, op: str, **args) -> dict:
         """{cpu: result} from every worker, asked in turn over its control channel."""
         out = {}
         for cpu, ctrl in self.children.ctrl.items():
@@ -291,21 +283,65 @@ class Dispatcher(Forwarder):
                     break
         return out
 
-    def reset(self):
-        self.query_workers("reset")
-        self.counters.clear()
-        if self.tunnels:
-            self.tunnels.counters.clear()
+    # --- introspection: answers from all shards ------------------------------------------------
+    def flows(self) -> list[dict]:
+        out = []
+        for cpu, flows in self.query("flows").items():
+            for f in flows:
+                f["worker"] = cpu
+                out.append(f)
+        return out
 
-    def _tick(self, now):
-        dead = self.children.dead()
-        if dead:
-            log.error("%s: stopping so the supervisor restarts the vrouter", dead)
-            self.running = False
+    def drop_stats(self) -> dict:
+        total: dict = {}
+        for drops in self.query("dropstats").values():
+            _sum_into(total, drops)
+        return total
 
-    def close(self):
-        self.children.stop()
-        super().close()
+    def vif_counters(self) -> dict[str, dict]:
+        """The workers count VIF traffic (they read the frames' headers and write the TAPs)."""
+        total: dict = {}
+        for vifs in self.query("vifs").values():
+            for name, counters in vifs.items():
+                _sum_into(total.setdefault(name, {}), counters)
+        return total
+
+    def rtts(self) -> list[float]:
+        return [x for s in self.query("stats").values() for x in s["rtts"]]
+
+    def stats(self) -> dict:
+        """Counters summed over the workers (plus this process's own), and a section per worker."""
+        f = self.shell
+        per = self.query("stats")
+        pipeline: dict = {}
+        forwarder, tunnels = dict(f.counters), dict(f.tunnels.counters) if f.tunnels else {}
+        offloads: dict = {"gro": {}, "gso": {}}
+        agent = dict(f.agent.agent_stats)
+        rtts: list = []
+        workers = {}
+        for cpu, s in per.items():
+            _sum_into(pipeline, s["pipeline"])
+            _sum_into(forwarder, s["forwarder"])
+            _sum_into(tunnels, s["tunnels"])
+            _sum_into(offloads, {k: s[k] for k in offloads})
+            if s["agent"].get("decisions", -1) > agent.get("decisions", -1):
+                agent = s["agent"]
+            rtts += s["rtts"]
+            c = s["forwarder"]
+            workers[cpu] = {"pid": s["pid"], "packets": c.get("packets", 0), "bytes": c.get("bytes", 0),
+                            "punts": c.get("punts", 0), "decisions": c.get("decisions", 0),
+                            "hits": s["pipeline"].get("hits", 0), "flows": s["pipeline"].get("entries", 0),
+                            "agent_channel": s["agent_connected"]}
+        if per:
+            pipeline["mode"] = next(iter(per.values()))["pipeline"].get("mode")
+            averages(offloads)
+        offloads["gro"]["enabled"], offloads["gso"]["enabled"] = f.offloads.gro_on, f.offloads.gso_on
+        return {"pipeline": pipeline, "forwarder": forwarder, "tunnels": tunnels, "agent": agent,
+                "agent_connected": f.agent.sock is not None, "slowpath_rtt_us": summary(rtts),
+                **offloads, "vm_mtu": f.offloads.mtu,
+                "workers": workers, "steering": {"mode": self.mc.mode, "workers": self.mc.workers,
+                                                 "second_cores": self.mc.second_cores,
+                                                 "fields": list(self.mc.steering.fields)}}
 
 
 def _sum_into(total: dict, part: dict) -> None:
@@ -318,75 +354,6 @@ def _sum_into(total: dict, part: dict) -> None:
             total.setdefault(k, v)
 
 
-class MultiIntrospector(Introspector):
-    """Answers from all shards: flows merged with a worker column, counters summed and per worker."""
-
-    def _need_pipeline(self):
-        if self.fwd.config is None:
-            raise self._unconfigured()
-
-    def _flows(self, req):
-        self._need_pipeline()
-        out = []
-        for cpu, flows in self.fwd.query_workers("flows").items():
-            for f in flows:
-                f["worker"] = cpu
-                out.append(f)
-        return out
-
-    def _dropstats(self, req):
-        self._need_pipeline()
-        total = {}
-        for drops in self.fwd.query_workers("dropstats").values():
-            _sum_into(total, drops)
-        return total
-
-    def _vifs(self, req):
-        # The workers count VIF traffic (they read the frames' headers and write the TAPs).
-        per = self.fwd.query_workers("vifs")
-        for name, port in self.fwd.vifs.items():
-            port.counters = collections.Counter()
-            for vifs in per.values():
-                port.counters.update(vifs.get(name, {}))
-        return super()._vifs(req)
-
-    def _rtts(self, req):
-        return [round(x, 1) for s in self.fwd.query_workers("stats").values() for x in s["rtts"]]
-
-    def _stats(self, req):
-        f = self.fwd
-        per = f.query_workers("stats")
-        pipeline, forwarder, tunnels = {}, dict(f.counters), dict(f.tunnels.counters) if f.tunnels else {}
-        offloads = {"gro": {}, "gso": {}}
-        agent = dict(f.agent_stats)
-        rtts = []
-        workers = {}
-        for cpu, s in per.items():
-            _sum_into(pipeline, s["pipeline"])
-            _sum_into(forwarder, s["counters"])
-            _sum_into(tunnels, s["tunnels"])
-            _sum_into(offloads, {k: s["offloads"][k] for k in offloads})
-            if s["agent"].get("decisions", -1) > agent.get("decisions", -1):
-                agent = s["agent"]
-            rtts += s["rtts"]
-            c = s["counters"]
-            workers[cpu] = {"pid": s["pid"], "packets": c.get("packets", 0), "bytes": c.get("bytes", 0),
-                            "punts": c.get("punts", 0), "decisions": c.get("decisions", 0),
-                            "hits": s["pipeline"].get("hits", 0), "flows": s["pipeline"].get("entries", 0),
-                            "agent_channel": s["agent_connected"]}
-        if per:
-            pipeline["mode"] = next(iter(per.values()))["pipeline"].get("mode")
-            averages(offloads)
-        offloads["gro"]["enabled"], offloads["gso"]["enabled"] = f.offloads.gro_on, f.offloads.gso_on
-        return {"server": f.server, "generation": f.generation, "mode": f.config.flow.mode if f.config else None,
-                "pipeline": pipeline, "forwarder": forwarder, "tunnels": tunnels, "agent": agent,
-                "agent_connected": f.agent is not None, "slowpath_rtt_us": _summary(rtts),
-                **offloads, "vm_mtu": f.offloads.mtu,
-                "workers": workers, "steering": {"mode": f.mc.mode, "workers": f.mc.workers,
-                                                 "second_cores": f.mc.second_cores,
-                                                 "fields": list(f.mc.steering.fields)}}
-
-
 def load(path: str) -> MulticoreConfig:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -397,15 +364,11 @@ def load(path: str) -> MulticoreConfig:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vrouter.processes.dispatcher", description=__doc__.splitlines()[0])
-    p.add_argument("--rundir", required=True)
-    p.add_argument("--server", required=True)
-    p.add_argument("--steering", required=True, help="JSON file: mode, workers, ... (vrouter.core.multicore)")
+    p = parser("python -m vrouter.rps_dispatch", __doc__)
+    p.add_argument("--steering", required=True, help="JSON file: mode, workers, ... (vrouter/core/multicore.py)")
     add_switch_arguments(p)
-    p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s rps[{args.server}] %(process)d %(levelname)s %(message)s")
+    setup_logging(args, "rps")
     try:
         mc = load(args.steering)
         rps_kernel.pin(mc.dispatcher_cpu)
@@ -414,7 +377,8 @@ def main(argv=None):
         return 2
     children = Children(mc, gro=args.gro, gso=args.gso).spawn()
     try:
-        fwd = Dispatcher(args.rundir, args.server, mc, children, gro=args.gro, gso=args.gso)
+        fwd = Forwarder(args.rundir, args.server, functools.partial(WorkerPool, mc=mc, children=children),
+                        gro=args.gro, gso=args.gso)
     except (ipc.IpcError, OSError) as exc:
         children.stop()
         print(f"error: {exc}", file=sys.stderr)

@@ -1,12 +1,12 @@
 """One worker process of a multi-core vrouter: a shard of the flow table on one pinned CPU.
 
-Forked by `vrouter.processes.dispatcher` (one per worker CPU). It runs its own `Pipeline`, whose flow table
-holds exactly the flows the steering hash gives this worker, and executes the actions itself: tunnel
+Forked by `vrouter.processes.dispatcher` (one per worker CPU). It holds its own `Datapath`, whose flow
+table holds exactly the flows the steering hash gives this worker, and executes the actions itself: tunnel
 sends from its own sockets (`rps_kernel.Sender`), TAP writes on the fds the dispatcher passed it,
 punts on its own channel to the server's one agent, which answers on the same channel, so the
 proactive reverse entry lands on the worker that punted: the one the reply is steered to.
 
-The per-packet path is the single forwarder's, offloads included (docs/vrouter.md, "The offload
+The per-packet path is the single forwarder's (the same `Datapath` class), offloads included (docs/vrouter.md, "The offload
 path"): TAP frames carry their virtio_net_hdr, a TSO super-frame is cut by `vrouter.core.gso` and sent
 with one UDP GSO send, tunnel reads (coalesced by UDP_GRO) are merged by `vrouter.core.gro.Gro`, flushed
 at the end of each batch, and written to the VM as one super-packet.
@@ -30,8 +30,9 @@ from vrouter.core import rps_channel
 from vrouter.io import rps_kernel
 from vrouter.io import tap
 from vrouter.io import tunnel
-from vrouter.processes.forwarder import EXPIRE_EVERY, AgentChannel, Forwarder, VifPort
-from vrouter.core.offload import Offloads, vm_mtu
+from vrouter.core.config import ConfigError, VrouterConfig
+from vrouter.core.offload import Offloads
+from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort
 
 log = logging.getLogger("worker")
 MAX_FDS = 64
@@ -48,28 +49,18 @@ def _run_of(record) -> tuple:
     return kind, record[1] if kind == "tap" else None
 
 
-class Worker(AgentChannel):
-    # The forwarder's per-packet path (and the reset of its state), on this worker's shard. Same
-    # attributes as the forwarder's: config, pipeline, clock, counters, offloads, tunnels (this
-    # worker's rps_kernel.Sender) and vifs ({name: VifPort} whose fd is the queue this worker writes).
-    _from_tap = Forwarder._from_tap
-    _from_reads = Forwarder._from_reads
-    _deliver = Forwarder._deliver
-    _execute = Forwarder._execute
-    _execute_released = Forwarder._execute_released
-    _reset_forwarding = Forwarder._reset_forwarding
+class Worker:
+    """One shard: its `Datapath` (pipeline, offloads, the TAP fds it writes, its tunnel sender and
+    its own agent channel), fed by the dispatcher's batches or, in kernel mode, by its own sockets."""
 
     def __init__(self, cpu: int, ctrl: socket.socket, inputs: list, kernel: bool, first: bool,
                  clock=time.monotonic, gro: bool = True, gso: bool = True):
         self.cpu, self.ctrl, self.kernel, self.first, self.clock = cpu, ctrl, kernel, first, clock
         self.sel = selectors.DefaultSelector()
-        self.pipeline = None
-        self.config = None
-        self.tunnels = None
-        self.offloads = Offloads(gro, gso)
-        self.vifs: dict[str, VifPort] = {}     # .queues: the fds the dispatcher passed for the VIF
+        self.counters: collections.Counter = collections.Counter()
+        self.agent = AgentLink(self.counters, lambda _sock, why: self._drop_agent(why))
+        self.datapath = Datapath(self.agent, Offloads(gro, gso), clock=clock)
         self.rx: dict = {}                     # kernel mode: own receive sockets -> encap
-        super().__init__()
         self.running = True
         self.sel.register(ctrl, selectors.EVENT_READ, ("ctrl", None))
         for s in inputs:
@@ -95,8 +86,7 @@ class Worker(AgentChannel):
                         raise
             now = self.clock()
             if now >= next_expire:
-                if self.pipeline is not None:
-                    self.counters["expired"] += self.pipeline.expire(now)
+                self.datapath.expire(now)
                 next_expire = now + EXPIRE_EVERY
 
     # --- inputs --------------------------------------------------------------------------------
@@ -125,28 +115,35 @@ class Worker(AgentChannel):
 
     def _on_fabric(self, sock, encap):
         # kernel mode: this worker's SO_REUSEPORT socket
-        self._fabric_run(tunnel.read_gro(sock, encap, self.tunnels.counters))
+        self._fabric_run(tunnel.read_gro(sock, encap, self.datapath.sender.counters))
+
+    def _on_agent(self, conn, _):
+        msgs = self.agent.receive()
+        if msgs is None:
+            self._drop_agent("EOF")
+            return
+        for msg in msgs:
+            if msg.get("t") == "decision":
+                self.datapath.on_decision(msg)
 
     def _tap_run(self, name, frames):
         c = self.counters
-        if self.pipeline is None:
+        if self.datapath.pipeline is None:
             c["rx_unconfigured"] += len(frames)
             return
         c["packets"] += len(frames)
         c["bytes"] += sum(map(len, frames))
-        port = self.vifs.get(name)
-        # A VIF's fd comes on the control channel and may trail its first frames on the data channel.
-        self._from_tap(name, port.counters if port else collections.Counter(), frames)
+        self.datapath.from_tap(name, frames)
 
     def _fabric_run(self, reads):
         c = self.counters
-        if self.pipeline is None:
+        if self.datapath.pipeline is None:
             c["rx_unconfigured"] += len(reads)
             return
         if reads:
             c["packets"] += sum(-(-len(data) // seg) if seg else 1 for _src, _encap, data, seg in reads)
             c["bytes"] += sum(len(r[2]) for r in reads)
-            self._from_reads(reads)
+            self.datapath.from_reads(reads)
 
     def _on_ctrl(self, sock, _):
         msg, fds = recv_ctrl(sock)
@@ -158,56 +155,49 @@ class Worker(AgentChannel):
             self._apply_config(msg["config"])
         elif t == "vif":
             self._forget_tap(msg["name"])
-            self.vifs[msg["name"]] = VifPort(None, fds, None)
+            self.datapath.vifs[msg["name"]] = VifPort(None, fds, None)
             if msg.get("read"):      # kernel mode: this worker reads its own queue
                 self.sel.register(fds[0], selectors.EVENT_READ, ("tap", msg["name"]))
         elif t == "vif_gone":
             self._forget_tap(msg["name"])
         elif t == "agent":
             self._drop_agent("replaced")
-            self.agent = socket.socket(fileno=fds[0])
-            self.agent.setblocking(False)
-            self.sel.register(self.agent, selectors.EVENT_READ, ("agent", None))
+            self.agent.sock = socket.socket(fileno=fds[0])
+            self.agent.sock.setblocking(False)
+            self.sel.register(self.agent.sock, selectors.EVENT_READ, ("agent", None))
         elif t == "query":
             self.ctrl.send(ipc.pack({"t": "reply", "id": msg.get("id"), "result": self._answer(msg)}))
         else:
             log.warning("worker %d: ignoring control message %r", self.cpu, t)
 
-    def _close_agent(self, conn, why):
-        self._drop_agent(why)
-
     # --- state ---------------------------------------------------------------------------------
     def _apply_config(self, config_dict):
-        from vrouter.core.config import ConfigError, VrouterConfig
-        from vrouter.core.pipeline import Pipeline
+        """The dispatcher accepted this configuration already; the worker opens what it sends
+        through (and, in kernel mode, reads) for the underlay address, then configures its shard."""
         try:
             config = VrouterConfig.from_dict(config_dict)
         except ConfigError as exc:
             log.error("worker %d: rejected config: %s", self.cpu, exc)
             return
-        if self.tunnels is None or self.tunnels.local_ip != config.underlay_ip:
-            if self.tunnels is not None:
-                self.tunnels.close()
-            self.tunnels = rps_kernel.Sender(config.underlay_ip)
+        dp = self.datapath
+        if dp.sender is None or dp.sender.local_ip != config.underlay_ip:
+            if dp.sender is not None:
+                dp.sender.close()
+            dp.sender = rps_kernel.Sender(config.underlay_ip)
             if self.kernel:
                 for s in self.rx:
                     self.sel.unregister(s)
                     s.close()
                 # Only one process may read raw GRE (each raw socket gets a copy): the first worker.
-                self.rx = rps_kernel.open_rx(reuseport=True, gre=self.first, gro=self.offloads.gro_on)
+                self.rx = rps_kernel.open_rx(reuseport=True, gre=self.first, gro=dp.offloads.gro_on)
                 for s, encap in self.rx.items():
                     self.sel.register(s, selectors.EVENT_READ, ("fabric", encap))
-        if self.pipeline is None:
-            self.pipeline = Pipeline(config)
-        else:
-            self.pipeline.apply_config(config)
-        self.config = config
-        self.offloads.mtu = vm_mtu(config)     # released super-frames are cut at the VMs' MSS
+        dp.configure(config)
 
     def set_offloads(self, gro=None, gso=None) -> dict:
         """The dispatcher's `set`: this worker's merging and GSO sends (the TAP offloads and the
         dispatcher's sockets are the dispatcher's), and UDP_GRO on its own sockets in kernel mode."""
-        off = self.offloads
+        off = self.datapath.offloads
         if gro is not None:
             off.gro.enabled = bool(gro)
             tunnel.set_udp_gro(self.rx, off.gro_on)
@@ -216,7 +206,7 @@ class Worker(AgentChannel):
         return {"gro": off.gro_on, "gso": off.gso_on}
 
     def _forget_tap(self, name):
-        port = self.vifs.pop(name, None)
+        port = self.datapath.vifs.pop(name, None)
         for fd in port.queues if port else []:
             try:
                 self.sel.unregister(fd)
@@ -225,37 +215,33 @@ class Worker(AgentChannel):
             os.close(fd)
 
     def _drop_agent(self, why):
-        if self.agent is None:
+        sock = self.agent.sock
+        if sock is None:
             return
         try:
-            self.sel.unregister(self.agent)
+            self.sel.unregister(sock)
         except (KeyError, ValueError):
             pass
-        self.agent.close()
-        self.agent = None
+        sock.close()
+        self.agent.sock = None
         log.warning("worker %d: agent channel closed (%s)", self.cpu, why)
 
     def _answer(self, msg):
         op = msg["op"]
+        dp = self.datapath
         if op == "flows":
-            return self.pipeline.flows(self.clock()) if self.pipeline else []
+            return dp.flows()
         if op == "dropstats":
-            return self.pipeline.drop_stats() if self.pipeline else {}
+            return dp.drop_stats()
         if op == "set":
             return self.set_offloads(msg.get("gro"), msg.get("gso"))
         if op == "reset":
-            self._reset_forwarding()
-            self.agent_stats = {}
+            dp.reset()
             return True
         if op == "vifs":
-            return {name: dict(port.counters) for name, port in self.vifs.items()}
+            return {name: dict(port.counters) for name, port in dp.vifs.items()}
         if op == "stats":
-            tunnels = dict(self.tunnels.counters) if self.tunnels else {}
-            return {"cpu": self.cpu, "pid": os.getpid(), "counters": dict(self.counters),
-                    "pipeline": self.pipeline.stats() if self.pipeline else {}, "tunnels": tunnels,
-                    "offloads": self.offloads.stats(tunnels),
-                    "agent": dict(self.agent_stats), "agent_connected": self.agent is not None,
-                    "rtts": list(self.slowpath_rtt_us)}
+            return {"cpu": self.cpu, "pid": os.getpid(), **dp.stats()}
         return None
 
 

@@ -1,0 +1,128 @@
+"""Answers introspection requests (vrouter/io/introspect.py has the protocol) inside a vrouter process.
+
+One handler for every kind of vrouter: what only the packet side knows (flows, drop counters, VIF
+counters, round trips, statistics) it asks the forwarder's engine, which answers from its one
+datapath or from all its workers' shards; the rest (configuration, VIFs, routes) is the shell's.
+"""
+from __future__ import annotations
+
+from vrouter.core.codec.ipv4 import int_to_ip, ip_to_int
+from vrouter.core.vrf import build_instances
+from vrouter.io.introspect import OPS, IntrospectError
+
+
+class Introspector:
+    def __init__(self, forwarder):
+        self.fwd = forwarder
+
+    def handle(self, req) -> dict:
+        op = req.get("op") if isinstance(req, dict) else None
+        if op not in OPS:
+            return {"ok": False, "error": f"unknown request {op!r} (known: {', '.join(OPS)})"}
+        try:
+            return {"ok": True, "result": getattr(self, f"_{op}")(req)}
+        except IntrospectError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def _engine(self):
+        """The engine, once it has a configuration to answer from."""
+        engine = self.fwd.engine
+        if not engine.configured:
+            raise IntrospectError(f"vrouter {self.fwd.server} has no configuration yet (agent not connected?)")
+        return engine
+
+    def _flows(self, req):
+        return self._engine().flows()
+
+    def _dropstats(self, req):
+        return self._engine().drop_stats()
+
+    def _rtts(self, req):
+        """Recent slow-path round trips (punt sent -> decision installed) in us, oldest first."""
+        return [round(x, 1) for x in self.fwd.engine.rtts()]
+
+    def _punts(self, req):
+        """The most recent punts (first packets sent to the slow path), oldest first."""
+        out = []
+        for when, r in self.fwd.agent.recent:
+            out.append({"time": when, "vrf": r.get("vrf"), "proto": r.get("proto"),
+                        "src": int_to_ip(r["src"]) if isinstance(r.get("src"), int) else r.get("src"),
+                        "dst": int_to_ip(r["dst"]) if isinstance(r.get("dst"), int) else r.get("dst"),
+                        "sport": r.get("sport"), "dport": r.get("dport"), "ingress": r.get("ingress"),
+                        "tcp_flags": r.get("tcp_flags")})
+        return out[-int(req.get("last", len(out))):]
+
+    def _stats(self, req):
+        f = self.fwd
+        return {"server": f.server, "generation": f.generation,
+                "mode": f.config.flow.mode if f.config else None, **f.engine.stats()}
+
+    def _set(self, req):
+        args = {k: req[k] for k in ("gro", "gso") if k in req}
+        if not args:
+            raise IntrospectError("set: give gro and/or gso (true or false)")
+        for k, v in args.items():
+            if not isinstance(v, bool):
+                raise IntrospectError(f"set: {k} must be true or false, got {v!r}")
+        return self.fwd.set_offloads(**args)
+
+    def _config(self, req):
+        return {"generation": self.fwd.generation, "config": self.fwd.config_dict}
+
+    def _reset(self, req):
+        self.fwd.reset()
+        self.fwd.request_agent_reset()
+        return {"reset": True}
+
+    def _vifs(self, req):
+        f = self.fwd
+        if f.config is None:
+            return []
+        ids = {n.name: n.id for n in f.config.networks}
+        counters = f.engine.vif_counters()
+        out = []
+        for spec in f.config.vifs:
+            port = f.vifs.get(spec.name)
+            c = counters.get(spec.name, {}) if port else {}
+            out.append({
+                "name": spec.name, "network": spec.network, "vrf": ids.get(spec.network),
+                "mac": ":".join(f"{b:02x}" for b in spec.mac), "ip": int_to_ip(spec.ip),
+                "state": "up" if port else f.pending.get(spec.name, "down"),
+                "netns": port.netns if port else None,
+                **{k: c.get(k, 0) for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_super_frames")},
+            })
+        return out
+
+    def _instances(self):
+        if self.fwd.config is None:
+            raise IntrospectError(f"vrouter {self.fwd.server} has no configuration yet (agent not connected?)")
+        return build_instances(self.fwd.config)
+
+    def _routes(self, req):
+        want = req.get("vrf")
+        instances = self._instances()
+        for ri in instances.values():
+            if str(want) in (str(ri.id), ri.name):
+                routes = [{"prefix": f"{int_to_ip(net)}/{plen}", "nexthop": nh} for net, plen, nh in ri.fib.routes()]
+                routes.sort(key=lambda r: (ip_to_int(r["prefix"].split("/")[0]), r["prefix"]))
+                return {"vrf": ri.id, "name": ri.name, "routes": routes}
+        known = ", ".join(f"{ri.id} ({ri.name})" for ri in instances.values()) or "none"
+        raise IntrospectError(f"no routing instance {want!r} on {self.fwd.server} (known: {known})")
+
+    def _nexthops(self, req):
+        return nexthop_table(self._instances())
+
+
+def nexthop_table(instances) -> list[dict]:
+    """Distinct next hops with stable ids (sorted), each with the routing instances that use it."""
+    seen: dict = {}
+    for ri in instances.values():
+        for _net, _plen, nh in ri.fib.routes():
+            key = tuple(sorted((k, str(v)) for k, v in nh.items()))
+            entry = seen.setdefault(key, {**nh, "vrfs": set()})
+            entry["vrfs"].add(ri.id)
+    out = []
+    for i, key in enumerate(sorted(seen), 1):
+        entry = seen[key]
+        out.append({"id": i, **{k: v for k, v in entry.items() if k != "vrfs"}, "vrfs": sorted(entry["vrfs"])})
+    return out

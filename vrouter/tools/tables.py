@@ -1,0 +1,137 @@
+"""The operator's tables of a running vrouter (`testbed vr SERVER flow -l | vif --list | rt --dump |
+nh --list | dropstats | stats`), with columns modelled on Tungsten Fabric's vrouter utilities. A
+multi-core vrouter's answers carry a worker column (flows) and a per-worker section (stats): the
+same tables show them per worker."""
+from __future__ import annotations
+
+from vrouter.core.drops import REASONS
+
+
+def _nh_text(nh) -> str:
+    if not nh:
+        return "-"
+    kind = nh.get("type")
+    if kind == "vif":
+        return f"vif {nh.get('vif')}"
+    if kind == "tunnel":
+        return f"{nh.get('encap')} {nh.get('peer')} label {nh.get('label')}"
+    return str(kind)
+
+
+def _flow_table(flows: list[dict]) -> str:
+    action_letter = {"forward": "F", "drop": "D", "hold": "H"}
+    by_key = {(f["vrf"], f["proto"], f["src"], f["dst"], f["sport"], f["dport"]): f["index"] for f in flows}
+    lines = [f"Flow table: {len(flows)} entries",
+             "Action:F=Forward, D=Drop, H=Hold; Role: F=forward entry, R=reverse entry (installed before use)",
+             "",
+             f"{'Index':>14}  {'Source:Port/Destination:Port':<44}{'Proto(V)':<12}",
+             "-" * 72]
+    for f in sorted(flows, key=lambda f: f["index"]):
+        rindex = f.get("reverse_index")
+        if rindex is None and f.get("has_reverse"):
+            rindex = by_key.get((f["vrf"], f["proto"], f["dst"], f["src"], f["dport"], f["sport"]))
+        idx = f"{f['index']}<=>{rindex}" if rindex is not None else f"{f['index']}"
+        lines.append(f"{idx:>14}  {f['src'] + ':' + str(f['sport']):<44}{f['proto'] + ' (' + str(f['vrf']) + ')':<12}")
+        lines.append(f"{'':>14}  {f['dst'] + ':' + str(f['dport']):<44}")
+        extra = []
+        if f.get("reason"):
+            extra.append(f"Drop:{f['reason']}")
+        if f.get("tcp_state"):
+            extra.append(f"TCP:{f['tcp_state']}")
+        if f.get("entropy_sport"):
+            extra.append(f"UdpSrcPort {f['entropy_sport']}")
+        role = {"forward": "F", "reverse": "R"}.get(f.get("role"), "-")
+        lines.append(f"{'':>16}(Action:{action_letter.get(f.get('action'), '?')}, Role:{role}, "
+                     f"Nh:{_nh_text(f.get('nexthop'))}, Stats:{f.get('packets', 0)}/{f.get('bytes', 0)}, "
+                     f"Idle:{f.get('idle', 0):.1f}s{', ' if extra else ''}{', '.join(extra)})")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def format_vifs(vifs: list[dict]) -> str:
+    lines = ["Vrouter Interface Table", ""]
+    for i, v in enumerate(vifs):
+        lines.append(f"vif0/{i:<6}OS: {v['name']}  NetNS: {v.get('netns') or '-'}")
+        lines.append(f"{'':11}Type:Virtual HWaddr:{v['mac']} IPaddr:{v['ip']}")
+        lines.append(f"{'':11}Vrf:{v['vrf']} ({v['network']}) State:{v['state']}")
+        lines.append(f"{'':11}RX packets:{v['rx_packets']}  bytes:{v['rx_bytes']}")
+        lines.append(f"{'':11}TX packets:{v['tx_packets']}  bytes:{v['tx_bytes']}")
+        lines.append("")
+    if not vifs:
+        lines.append("(no interfaces)")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def format_routes(table: dict) -> str:
+    lines = [f"Vrouter inet4 routing table {table['vrf']} ({table['name']})",
+             f"{'Destination':<22}{'PPL':<6}{'Flags':<8}{'Label':<8}Nexthop"]
+    for r in table["routes"]:
+        nh = r["nexthop"] or {}
+        label = nh.get("label", "-") if nh.get("type") == "tunnel" else "-"
+        flags = {"tunnel": "LP", "vif": "P", "receive": "P", "discard": "P"}.get(nh.get("type"), "")
+        lines.append(f"{r['prefix']:<22}{r['prefix'].split('/')[1]:<6}{flags:<8}{label!s:<8}{_nh_text(nh)}")
+    return "\n".join(lines) + "\n"
+
+
+def format_nexthops(nhs: list[dict]) -> str:
+    lines = ["Id    Type     Fmly  Details"]
+    type_names = {"vif": "Encap", "tunnel": "Tunnel", "receive": "Receive", "discard": "Discard"}
+    for nh in nhs:
+        kind = nh.get("type")
+        if kind == "vif":
+            detail = f"Oif:{nh.get('vif')}"
+        elif kind == "tunnel":
+            detail = (f"{(nh.get('encap') or '').upper()} Dip:{nh.get('peer')} Label:{nh.get('label')} "
+                      f"Dmac:{nh.get('mac', '-')}")
+        else:
+            detail = ""
+        lines.append(f"{nh['id']:<6}{type_names.get(kind, str(kind)):<9}AF_INET  {detail}  "
+                     f"Vrf:{','.join(map(str, nh['vrfs']))}")
+    return "\n".join(lines) + "\n"
+
+
+def format_dropstats(drops: dict) -> str:
+    width = max([len(k) for k in drops] + [10]) + 2
+    lines = [f"{k:<{width}}{v:>10}" for k, v in drops.items()]
+    nonzero = [k for k, v in drops.items() if v and k in REASONS]
+    if nonzero:
+        lines += ["", "Why:"] + [f"  {k}: {REASONS[k]}" for k in nonzero]
+    return "\n".join(lines) + "\n"
+
+
+def _counter_sections(stats: dict) -> str:
+    lines = [f"server {stats['server']}  generation {stats['generation']}  mode {stats['mode']}  "
+             f"agent {'connected' if stats.get('agent_connected') else 'DISCONNECTED'}"]
+    for section in ("pipeline", "forwarder", "tunnels", "agent", "slowpath_rtt_us", "gro", "gso"):
+        values = stats.get(section) or {}
+        lines.append(f"{section}:")
+        lines += [f"  {k:<28}{v}" for k, v in sorted(values.items())] or ["  (none)"]
+    return "\n".join(lines) + "\n"
+
+
+def format_stats(stats: dict) -> str:
+    text = _counter_sections(stats)
+    workers = stats.get("workers")
+    if not workers:
+        return text
+    steer = stats.get("steering", {})
+    total = sum(w["packets"] for w in workers.values()) or 1
+    lines = [f"workers ({steer.get('mode')} steering, fields {' '.join(steer.get('fields', []))}):",
+             f"  {'cpu':>4}{'pid':>9}{'packets':>12}{'share':>8}{'bytes':>14}{'punts':>8}{'decisions':>11}"
+             f"{'hits':>10}{'flows':>8}  agent"]
+    for cpu, w in sorted(workers.items(), key=lambda kv: int(kv[0])):
+        lines.append(f"  {cpu:>4}{w['pid']:>9}{w['packets']:>12}{w['packets'] / total:>8.1%}{w['bytes']:>14}"
+                     f"{w['punts']:>8}{w['decisions']:>11}{w['hits']:>10}{w['flows']:>8}  "
+                     f"{'yes' if w['agent_channel'] else 'NO'}")
+    return text + "\n".join(lines) + "\n"
+
+
+def format_flows(flows: list) -> str:
+    if not flows or "worker" not in flows[0]:
+        return _flow_table(flows)
+    # Indexes are per shard: show each worker's table on its own, Index<=>RIndex within it.
+    parts = []
+    for w in sorted({f["worker"] for f in flows}):
+        shard = [f for f in flows if f["worker"] == w]
+        parts.append(f"Worker {w} (CPU {w}): " + _flow_table(shard))
+    return f"Flow tables of {len(parts)} workers, {len(flows)} entries\n\n" + "\n".join(parts)
