@@ -11,7 +11,6 @@ the vrouter config format) runs without a controller.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import logging
@@ -22,9 +21,12 @@ import sys
 import threading
 import time
 
-from vrouter.io import ipc
-from vrouter.processes.launch import serve
+import yaml
+
 from vrouter.core.config import ConfigError, VrouterConfig
+from vrouter.core.slowpath import SlowPath
+from vrouter.io import ipc
+from vrouter.processes.launch import parser, serve, setup_logging
 
 log = logging.getLogger("agent")
 RECONNECT_DELAY = 0.2
@@ -47,7 +49,6 @@ class Agent:
 
     # --- configuration (called by the VNC client thread or at start-up) ------------------------
     def on_config(self, generation, config_dict):
-        from vrouter.core.slowpath import SlowPath
         try:
             config = VrouterConfig.from_dict(config_dict)
         except ConfigError as exc:
@@ -197,22 +198,17 @@ def load_config_file(path: str) -> dict:
         text = f.read()
     if path.endswith(".json"):
         return json.loads(text)
-    import yaml
     return yaml.safe_load(text)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vrouter.processes.agent", description=__doc__.splitlines()[0])
-    p.add_argument("--rundir", required=True)
-    p.add_argument("--server", required=True)
+    p = parser("python -m vrouter.agent", __doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--vnc", help="the VNC's control socket (default <rundir>/vnc.sock)", nargs="?",
                      const="", default=None)
     src.add_argument("--config", help="static vrouter config file (YAML/JSON), no controller")
-    p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s agent[{args.server}] %(levelname)s %(message)s")
+    setup_logging(args, "agent")
     agent = Agent(args.rundir, args.server)
     client = None
     if args.config:
