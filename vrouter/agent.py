@@ -1,4 +1,4 @@
-"""`python -m vrouter.agent`: the documented name of `python -m vrouter.processes.agent` (kept as an alias)."""
+"""Alias: `python -m vrouter.agent` (the documented name) runs `vrouter.processes.agent`."""
 import sys
 
 from vrouter.processes.agent import main

@@ -1,4 +1,4 @@
-"""`python -m vrouter.bench`: the documented name of `python -m vrouter.tools.bench` (kept as an alias)."""
+"""Alias: `python -m vrouter.bench` (the documented name) runs `vrouter.tools.bench`."""
 import sys
 
 from vrouter.tools.bench import main

@@ -1,4 +1,4 @@
-"""`python -m vrouter.bench_steering`: the documented name of `python -m vrouter.tools.bench_steering` (kept as an alias)."""
+"""Alias: `python -m vrouter.bench_steering` (the documented name) runs `vrouter.tools.bench_steering`."""
 import sys
 
 from vrouter.tools.bench_steering import main

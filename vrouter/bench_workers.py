@@ -1,4 +1,4 @@
-"""`python -m vrouter.bench_workers`: the documented name of `python -m vrouter.tools.bench_workers` (kept as an alias)."""
+"""Alias: `python -m vrouter.bench_workers` (the documented name) runs `vrouter.tools.bench_workers`."""
 import sys
 
 from vrouter.tools.bench_workers import main

@@ -1,4 +1,4 @@
-"""`python -m vrouter.forwarder`: the documented name of `python -m vrouter.processes.forwarder` (kept as an alias)."""
+"""Alias: `python -m vrouter.forwarder` (the documented name) runs `vrouter.processes.forwarder`."""
 import sys
 
 from vrouter.processes.forwarder import main

@@ -1,4 +1,4 @@
-"""`python -m vrouter.rps_dispatch`: the documented name of `python -m vrouter.processes.dispatcher` (kept as an alias)."""
+"""Alias: `python -m vrouter.rps_dispatch` (the documented name) runs `vrouter.processes.dispatcher`."""
 import sys
 
 from vrouter.processes.dispatcher import main

@@ -144,7 +144,7 @@ class Agent:
         """A multi-core forwarder passed one socket per worker: each worker punts on its own and the
         decision goes back on the same one, to the worker that will see the flow's reply too."""
         self._close_channels(sel)
-        for worker, fd in zip(msg.get("workers", []), fds):
+        for worker, fd in zip(msg.get("workers", []), fds, strict=False):
             ch = socket.socket(fileno=fd)
             self.channels[ch] = worker
             sel.register(ch, selectors.EVENT_READ, worker)

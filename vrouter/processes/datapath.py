@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from vrouter.core.actions import Punt, ToTunnel, ToVif
 from vrouter.core.codec import virtio

@@ -1,6 +1,7 @@
 """A multi-core vrouter: designated-core dispatcher, second-core relays and pinned worker processes.
 
-    python -m vrouter.processes.dispatcher --rundir RUNDIR --server srv1 --steering steering.json [--gro on|off] [--gso on|off]
+    python -m vrouter.rps_dispatch --rundir RUNDIR --server srv1 --steering steering.json \
+        [--gro on|off] [--gso on|off]
 
 The forwarder's shell (`vrouter.processes.forwarder.Forwarder`: the same sockets, agent protocol and
 introspection) with a `WorkerPool` engine instead of the in-process datapath: ``workers`` processes,
@@ -67,7 +68,7 @@ class Children:
         self.relay_in: dict = {}                   # second core -> dispatcher end
         self._child_ends: list = []
 
-    def spawn(self) -> "Children":
+    def spawn(self) -> Children:
         mc = self.mc
         kernel = mc.mode == "kernel"
         worker_inputs = {cpu: [] for cpu in mc.workers}
@@ -271,7 +272,7 @@ class WorkerPool:
                 ctrl.settimeout(max(0.01, deadline - time.monotonic()))
                 try:
                     data = ctrl.recv(ipc.SEQPACKET_MAX)
-                except socket.timeout:
+                except TimeoutError:
                     raise IntrospectError(f"worker {cpu} did not answer {op!r} within {QUERY_TIMEOUT:g} s") from None
                 finally:
                     ctrl.settimeout(None)

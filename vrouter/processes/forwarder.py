@@ -1,6 +1,6 @@
 """The forwarding process of one server's vrouter: the shell around the per-packet path.
 
-    python -m vrouter.processes.forwarder --rundir RUNDIR --server srv1 [--gro on|off] [--gso on|off]
+    python -m vrouter.forwarder --rundir RUNDIR --server srv1 [--gro on|off] [--gso on|off]
 
 Runs in the server's network namespace. One selector loop over: the VMs' TAPs, the fabric sockets,
 the agent channel (punts out, decisions and config pushes in) and the introspection socket.

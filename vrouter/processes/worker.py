@@ -6,10 +6,11 @@ sends from its own sockets (`rps_kernel.Sender`), TAP writes on the fds the disp
 punts on its own channel to the server's one agent, which answers on the same channel, so the
 proactive reverse entry lands on the worker that punted: the one the reply is steered to.
 
-The per-packet path is the single forwarder's (the same `Datapath` class), offloads included (docs/vrouter.md, "The offload
-path"): TAP frames carry their virtio_net_hdr, a TSO super-frame is cut by `vrouter.core.gso` and sent
-with one UDP GSO send, tunnel reads (coalesced by UDP_GRO) are merged by `vrouter.core.gro.Gro`, flushed
-at the end of each batch, and written to the VM as one super-packet.
+The per-packet path is the single forwarder's (the same `Datapath` class), offloads included
+(docs/vrouter.md, "The offload path"): TAP frames carry their virtio_net_hdr, a TSO super-frame is
+cut by `vrouter.core.gso` and sent with one UDP GSO send, tunnel reads (coalesced by UDP_GRO) are
+merged by `vrouter.core.gro.Gro`, flushed at the end of each batch, and written to the VM as one
+super-packet.
 
 Inputs: packet batches from the dispatcher and relays (`rps_channel`), or in kernel mode its own
 SO_REUSEPORT tunnel sockets and TAP queues; control messages from the dispatcher (config, TAP fds,
@@ -25,13 +26,10 @@ import selectors
 import socket
 import time
 
-from vrouter.io import ipc
 from vrouter.core import rps_channel
-from vrouter.io import rps_kernel
-from vrouter.io import tap
-from vrouter.io import tunnel
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.offload import Offloads
+from vrouter.io import ipc, rps_kernel, tap, tunnel
 from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort
 
 log = logging.getLogger("worker")
