@@ -12,6 +12,12 @@ import os
 import signal
 import sys
 
+from os_ken import cfg
+from os_ken.base.app_manager import AppManager
+from os_ken.lib import hub
+
+from controllers import vnc
+
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="controllers.launcher", description=__doc__.splitlines()[0])
@@ -35,12 +41,6 @@ def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from os_ken import cfg
-    from os_ken.base.app_manager import AppManager
-    from os_ken.lib import hub
-
-    import controllers.vnc as vnc
-
     vnc.SETTINGS.update(fabric=args.fabric, vnc_socket=args.vnc_socket, topology=args.topology,
                         prefix=args.prefix)
     cfg.CONF(args=["--ofp-tcp-listen-port", str(args.ofp_port), "--ofp-listen-host", args.ofp_host],

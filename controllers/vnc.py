@@ -22,6 +22,7 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3
 
+from controllers import vnc_rpc
 from controllers.fabric_logic import COOKIE, FabricLogic, group_spec
 
 # Filled in by controllers/launcher.py before the app is instantiated.
@@ -86,7 +87,6 @@ class Vnc(app_manager.OSKenApp):
         sock, topo = SETTINGS["vnc_socket"], SETTINGS["topology"]
         if not (sock and topo):
             return
-        from controllers import vnc_rpc
         self.vnc_server = vnc_rpc.start_vnc_server(topo, sock, prefix=SETTINGS["prefix"])
         LOG.info("VNC control channel listening on %s", sock)
 

@@ -21,6 +21,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from vrouter.io.control import VncError  # a rejected change reaches the clients as this error
+
 ENCAPSULATIONS = ("mplsoudp", "mplsogre", "vxlan")
 FLOW_MODES = ("proactive", "reactive")
 DEFAULT_FLOW = {"capacity": 65536, "idle_timeout": 180.0, "hold_queue": 3, "mode": "proactive"}
@@ -32,10 +34,6 @@ _PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
 _PROTOCOLS = ("any", "tcp", "udp", "icmp")
 _RULE_KEYS = ("action", "protocol", "src", "dst", "src_port", "dst_port")
 _IFNAMSIZ = 15
-
-
-class VncError(Exception):
-    """A bad topology or a rejected run-time change; the message is one line for the operator."""
 
 
 @dataclass(frozen=True)

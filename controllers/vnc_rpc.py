@@ -1,4 +1,7 @@
-"""The VNC's control channel: msgpack-RPC (os_ken.lib.rpc) over a unix domain socket.
+"""The VNC's side of the control channel: the msgpack-RPC server (os_ken.lib.rpc) on a unix socket.
+
+What the server and its clients agree on (message names, version, errors, framing) and the
+clients themselves live in vrouter/io/control.py, so that the vrouter never imports this module.
 
 Agents run inside Mininet hosts (their own network namespaces) but share the filesystem, so a
 pathname unix socket in the run directory reaches them without any traffic leaving a namespace.
@@ -24,49 +27,14 @@ import uuid
 
 from os_ken.lib import rpc
 
-from controllers.vnc_model import VncError, VncModel
+from controllers.vnc_model import VncModel
+from vrouter.io.control import (ADD_VM, CONFIG, DUMP, GET_CONFIG, HEARTBEAT, LIST_AGENTS,
+                                PROTOCOL_VERSION, REGISTER, REMOVE_VM, SET_FLOW_MODE, SET_POLICY,
+                                STATE_FILE, VncError, check_socket_path)
 
-PROTOCOL_VERSION = 1
-STATE_FILE = "vnc-state.json"
-_SUN_PATH_MAX = 107
 _ACCEPT_POLL = 0.2
 
 log = logging.getLogger("vnc.rpc")
-
-
-class VncUnavailable(VncError):
-    """The controller cannot be reached (not started, stopped, or connection lost)."""
-
-
-def _unavailable(path):
-    return VncUnavailable(f"controller not reachable at {path}: is the testbed up?")
-
-
-def check_socket_path(path):
-    if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        raise VncError(f"socket path {path} is longer than {_SUN_PATH_MAX} bytes; "
-                       "use a shorter run directory")
-
-
-class BlockingSocket:
-    """Socket-like for rpc.EndPoint/Client that never leaves a message half sent.
-
-    EndPoint sends once and keeps the rest for a later call that a pure client never makes,
-    so a large request could stall; sendall avoids that.
-    """
-
-    def __init__(self, sock):
-        self._sock = sock
-
-    def send(self, data):
-        self._sock.sendall(data)
-        return len(data)
-
-    def recv(self, size):
-        return self._sock.recv(size)
-
-    def fileno(self):
-        return self._sock.fileno()
 
 
 class _QueuedSocket:
@@ -306,7 +274,7 @@ class VncServer:
             for server in change.servers:
                 config = self.model.config_for(server)
                 for conn in self._subscribers.get(server, ()):
-                    conn.notify("config", [change.generation, config])
+                    conn.notify(CONFIG, [change.generation, config])
             return {"generation": change.generation, "servers": list(change.servers)}
 
     def add_vm(self, name, network, server, address, mac=None):
@@ -415,9 +383,9 @@ class VncServer:
         return self.dump()
 
     _HANDLERS = {
-        "register": _rpc_register, "get_config": _rpc_get_config, "heartbeat": _rpc_heartbeat,
-        "add_vm": _rpc_add_vm, "remove_vm": _rpc_remove_vm, "set_policy": _rpc_set_policy,
-        "set_flow_mode": _rpc_set_flow_mode, "list_agents": _rpc_list_agents, "dump": _rpc_dump,
+        REGISTER: _rpc_register, GET_CONFIG: _rpc_get_config, HEARTBEAT: _rpc_heartbeat,
+        ADD_VM: _rpc_add_vm, REMOVE_VM: _rpc_remove_vm, SET_POLICY: _rpc_set_policy,
+        SET_FLOW_MODE: _rpc_set_flow_mode, LIST_AGENTS: _rpc_list_agents, DUMP: _rpc_dump,
     }
 
 
@@ -429,64 +397,3 @@ def start_vnc_server(topology_path, socket_path, prefix="vt", state_path=None, f
     return VncServer(topology_path, socket_path, prefix=prefix, state_path=state_path,
                      flow=flow).start()
 
-
-def connect_unix(path, timeout):
-    """A connected blocking unix socket, or ``VncUnavailable``."""
-    check_socket_path(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        raise _unavailable(path) from None
-    return sock
-
-
-class AdminClient:
-    """Synchronous client for the admin requests (the CLI and experiments use it)."""
-
-    def __init__(self, socket_path, timeout=5.0):
-        self.socket_path = socket_path
-        self._sock = connect_unix(socket_path, timeout)
-        self._client = rpc.Client(BlockingSocket(self._sock))
-        self._lock = threading.Lock()
-
-    def call(self, method, *params):
-        with self._lock:
-            try:
-                return self._client.call(method, list(params))
-            except rpc.RPCError as e:
-                raise VncError(str(e.get_value())) from None
-            except (EOFError, OSError):
-                raise _unavailable(self.socket_path) from None
-
-    def add_vm(self, name, network, server, address, mac=None):
-        return self.call("add_vm", name, network, server, address, mac)
-
-    def remove_vm(self, name):
-        return self.call("remove_vm", name)
-
-    def set_policy(self, network, policy):
-        return self.call("set_policy", network, policy)
-
-    def set_flow_mode(self, mode):
-        return self.call("set_flow_mode", mode)
-
-    def list_agents(self):
-        return self.call("list_agents")
-
-    def dump(self):
-        return self.call("dump")
-
-    def get_config(self, server):
-        return self.call("get_config", server)
-
-    def close(self):
-        self._sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

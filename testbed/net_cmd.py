@@ -22,7 +22,7 @@ group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode")
 
 
 def _admin(rundir):
-    from controllers.vnc_rpc import AdminClient, VncError
+    from vrouter.io.control import AdminClient, VncError
     try:
         return AdminClient(str(rundir / "vnc.sock"))
     except VncError as exc:
@@ -30,7 +30,7 @@ def _admin(rundir):
 
 
 def _call(rundir, method, *params):
-    from controllers.vnc_model import VncError
+    from vrouter.io.control import VncError
     with _admin(rundir) as vnc:
         try:
             return getattr(vnc, method)(*params)

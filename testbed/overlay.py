@@ -42,7 +42,7 @@ def agent_name(server: str) -> str:
 
 def admin(tb, timeout: float = VNC_WAIT):
     """AdminClient of this testbed's VNC, waiting for the controller to open its socket."""
-    from controllers.vnc_rpc import AdminClient, VncUnavailable
+    from vrouter.io.control import AdminClient, VncUnavailable
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -178,7 +178,7 @@ def wait_vifs(tb, with_vms: set, timeout: float, want: dict | None = None) -> No
 def add_vm(tb, name: str, network: str, server: str, address: str, mac: str | None = None,
            timeout: float = 10.0) -> dict:
     """Add a VM at run time: VNC first (validates), then its host; returns the VM record."""
-    from controllers.vnc_model import VncError
+    from vrouter.io.control import VncError
     with admin(tb) as vnc:
         try:
             vnc.add_vm(name, network, server, address, mac)
@@ -193,7 +193,7 @@ def add_vm(tb, name: str, network: str, server: str, address: str, mac: str | No
 
 
 def remove_vm(tb, name: str) -> dict:
-    from controllers.vnc_model import VncError
+    from vrouter.io.control import VncError
     with admin(tb) as vnc:
         try:
             vm = next((v for v in vnc.dump()["vms"] if v["name"] == name), None)

@@ -133,7 +133,7 @@ class Testbed:
         self.rundir.create()
         # The VNC persists run-time changes for its own restarts within this run; a new run starts
         # from the topology, not from what an earlier run with this prefix left behind.
-        from controllers.vnc_rpc import STATE_FILE
+        from vrouter.io.control import STATE_FILE
         (self.rundir.path / STATE_FILE).unlink(missing_ok=True)
         owner = process_record(os.getpid())
         self.ofp_port = self.ofp_port or free_port()

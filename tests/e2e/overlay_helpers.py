@@ -76,7 +76,7 @@ def vif_counters(tb, server):
 
 
 def vm_tap(tb, vm):
-    from controllers.vnc_rpc import AdminClient
+    from vrouter.io.control import AdminClient
     with AdminClient(str(tb.rundir.vnc_socket)) as vnc:
         return next(v["tap"] for v in vnc.dump()["vms"] if v["name"] == vm)
 

@@ -103,7 +103,7 @@ def test_forged_labels_and_vnis_from_a_non_peer_are_dropped(tb):
 
 
 def test_deny_policy_blocks_exactly_what_it_says_in_both_directions(tb):
-    from controllers.vnc_rpc import AdminClient
+    from vrouter.io.control import AdminClient
     rule = {"default": "allow", "rules": [
         {"action": "deny", "protocol": "tcp", "src": "192.168.1.11/32", "dst": "192.168.1.12/32",
          "dst_port": "5011"}]}
@@ -142,7 +142,7 @@ def test_vm_added_at_run_time_is_reachable(tb):
 
 
 def test_controller_restart_keeps_traffic_flowing_and_agents_resync(tb):
-    from controllers.vnc_rpc import AdminClient
+    from vrouter.io.control import AdminClient
     pinger = tb.host("red1").popen(["ping", "-c", "50", "-i", "0.1", "-W", "1", "192.168.1.12"],
                                    stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
@@ -189,7 +189,7 @@ def test_crashed_forwarder_is_restarted_and_reattaches(tb):
 
 def test_slow_path_counts_proactive_and_reactive(tb):
     """Per new UDP request/response flow: 2 agent invocations in total proactive, 4 reactive."""
-    from controllers.vnc_rpc import AdminClient
+    from vrouter.io.control import AdminClient
     counts = {}
     for mode in ("proactive", "reactive"):
         with AdminClient(str(tb.rundir.vnc_socket)) as vnc:

@@ -1,5 +1,7 @@
 """The benchmark runs and reports its figures (figures are not asserted: no timing in tests)."""
+import ast
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -23,3 +25,31 @@ def test_fast_path_measures_only_flow_hits():
     # fast_path raises if any measured packet missed the flow table.
     assert bench.fast_path("mplsoudp", 1400, "fabric->vm", packets=200, flows=20, repeats=1) > 0
     assert bench.slow_path(50, 1, end_to_end=True) > 0
+
+
+def _tools_imports():
+    """(importer, imported module, names) for every import among vrouter/tools, at any depth."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    for path in sorted((root / "vrouter" / "tools").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vrouter.tools"):
+                for alias in node.names:
+                    sub = alias.name if node.module == "vrouter.tools" else None
+                    yield path.stem, sub or node.module.rsplit(".", 1)[1], alias.name
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("vrouter.tools."):
+                        yield path.stem, alias.name.rsplit(".", 1)[1], alias.name
+
+
+def test_the_benches_share_benchlib_and_import_no_bench_back():
+    graph = {}
+    for importer, imported, name in _tools_imports():
+        assert not name.startswith("_"), f"{importer} imports the private {name} of {imported}"
+        graph.setdefault(importer, set()).add(imported)
+    assert "benchlib" in graph["bench_steering"] and "benchlib" in graph["bench_workers"]
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n)))
+                   for n in graph.get(start, ()))
+    assert [m for m in graph if reaches(m, m)] == []

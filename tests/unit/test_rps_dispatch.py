@@ -238,8 +238,8 @@ def test_agent_answers_each_worker_on_its_own_channel(tmp_path):
 # ---------------------------------------------------------------- benchmark
 def test_worker_benchmark_delivers_every_packet_to_its_owner():
     from vrouter.tools import bench_workers
-    from vrouter.tools.bench import _established
-    pipe, _out, to_vm = _established("mplsoudp", 200, 64)
+    from vrouter.tools.benchlib import established
+    pipe, _out, to_vm = established("mplsoudp", 200, 64)
     for fn in (bench_workers.run_dispatch, bench_workers.run_presteered):
         one, two = fn(1, to_vm, pipe, 2), fn(2, to_vm, pipe, 2)
         assert one["per_worker"] == [400]

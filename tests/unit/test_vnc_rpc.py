@@ -2,12 +2,15 @@
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
-from controllers.vnc_model import VncError
-from controllers.vnc_rpc import PROTOCOL_VERSION, AdminClient, VncUnavailable, start_vnc_server
+from controllers.vnc_rpc import start_vnc_server
+from vrouter.io.control import (ADMIN_METHODS, AGENT_METHODS, PROTOCOL_VERSION, AdminClient,
+                                VncError, VncUnavailable)
 from vrouter.io.vnc_client import VncClient
 
 WAIT = 5.0  # generous: arrival is asserted, never its timing
@@ -143,6 +146,25 @@ def test_bad_requests_get_one_line_errors(run):
     with pytest.raises(VncError, match="not registered"):
         adm.call("heartbeat", "srv1", 1, {})
     assert adm.dump()["generation"] == 1
+
+
+def test_the_server_answers_every_method_the_protocol_names(run):
+    """Both sides take the method names from vrouter/io/control.py: none is unknown to the server,
+    and the admin client has one call per admin method."""
+    run.server()
+    adm = run.admin()
+    for method in AGENT_METHODS + ADMIN_METHODS:   # known, so it is the parameters that are wrong
+        with pytest.raises(VncError, match=f"^{method}: wrong number of parameters$"):
+            adm.call(method, *[None] * 9)
+    assert all(callable(getattr(AdminClient, m, None)) for m in ADMIN_METHODS)
+
+
+def test_the_vrouter_does_not_import_the_controller():
+    """The protocol module is the vrouter's half of the contract: it stands alone."""
+    code = ("import sys, vrouter.io.control, vrouter.io.vnc_client; "
+            "print([m for m in sys.modules if m.startswith('controllers')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_garbage_on_one_connection_does_not_hurt_the_controller(run):

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 
+from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.io import tap
 
 
@@ -84,7 +85,6 @@ def set_mtu(name: str, netns, mtu: int) -> None:
 def configure(spec, netns, network, mtu: int) -> None:
     """Move the freshly created TAP `spec.name` into the VM's namespace and give it the VM's MAC,
     address, MTU and a default route via the network's gateway."""
-    from vrouter.core.codec.ipv4 import int_to_ip
     _ip("link", "set", spec.name, "netns", str(netns) if isinstance(netns, int) else os.path.basename(netns))
     ip = int_to_ip(spec.ip)
     plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)

@@ -1,5 +1,8 @@
 """Agent side of the control channel (a shell: it runs in the agent process, one per server).
 
+The protocol it speaks (names, version, errors, framing) is vrouter/io/control.py, shared with
+the controller's server; this module adds the agent's session: register, follow, reconnect.
+
 ``VncClient`` registers with the controller over its unix socket (msgpack-RPC, see
 docs/control-protocol.md), hands every new configuration to ``on_config(generation, config)``,
 heartbeats every second and, when the controller goes away, keeps the last configuration (the
@@ -14,13 +17,16 @@ from __future__ import annotations
 import logging
 import os
 import select
+import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
-from os_ken.lib import rpc
+from os_ken.lib import rpc  # type: ignore[import-untyped]
 
-from controllers.vnc_rpc import (PROTOCOL_VERSION, BlockingSocket, VncError, VncUnavailable,
-                                 connect_unix)
+from vrouter.io.control import (CONFIG, GET_CONFIG, HEARTBEAT, PROTOCOL_VERSION, REGISTER,
+                                BlockingSocket, Config, VncError, VncUnavailable, connect_unix)
 
 log = logging.getLogger("vrouter.io.vnc_client")
 
@@ -34,9 +40,10 @@ class VncClient:
     ``last_error`` holds the last problem as one line, for the operator.
     """
 
-    def __init__(self, socket_path, server, on_config, stats=None, heartbeat_interval=1.0,
-                 backoff_min=0.2, backoff_max=2.0, timeout=3.0, version=PROTOCOL_VERSION,
-                 agent_pid=None):
+    def __init__(self, socket_path: str, server: str, on_config: Callable[[int, Config], None],
+                 stats: Callable[[], dict[str, Any]] | None = None, heartbeat_interval: float = 1.0,
+                 backoff_min: float = 0.2, backoff_max: float = 2.0, timeout: float = 3.0,
+                 version: int = PROTOCOL_VERSION, agent_pid: int | None = None) -> None:
         self.socket_path = socket_path
         self.server = server
         self._on_config = on_config
@@ -47,13 +54,13 @@ class VncClient:
         self.timeout = timeout
         self.version = version
         self.agent_pid = os.getpid() if agent_pid is None else agent_pid
-        self.config = None
-        self.generation = None
-        self.epoch = None
+        self.config: Config | None = None
+        self.generation: int | None = None
+        self.epoch: str | None = None
         self.reconnects = 0
         self.configs_applied = 0
         self.heartbeats = 0
-        self.last_error = None
+        self.last_error: str | None = None
         self._connected = threading.Event()
         self._have_config = threading.Condition()
         self._stop = threading.Event()
@@ -64,11 +71,11 @@ class VncClient:
                                         name=f"vnc-client-{server}")
 
     # ---- public
-    def start(self):
+    def start(self) -> VncClient:
         self._thread.start()
         return self
 
-    def stop(self, timeout=3.0):
+    def stop(self, timeout: float = 3.0) -> None:
         self._stop.set()
         try:
             os.write(self._wake_w, b"x")
@@ -83,10 +90,10 @@ class VncClient:
                 pass
 
     @property
-    def connected(self):
+    def connected(self) -> bool:
         return self._connected.is_set()
 
-    def wait_for(self, predicate, timeout):
+    def wait_for(self, predicate: Callable[[Config], bool], timeout: float) -> bool:
         """Wait until ``predicate(config)`` holds for the current config; returns whether it did."""
         deadline = time.monotonic() + timeout
         with self._have_config:
@@ -98,7 +105,7 @@ class VncClient:
             return True
 
     # ---- background thread
-    def _run(self):
+    def _run(self) -> None:
         delay = self.backoff_min
         while not self._stop.is_set():
             try:
@@ -125,14 +132,14 @@ class VncClient:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff_max)
 
-    def _note_error(self, message):
+    def _note_error(self, message: str) -> None:
         if message != self.last_error:
             log.warning("%s", message)
         self.last_error = message
 
-    def _session(self, sock):
+    def _session(self, sock: socket.socket) -> None:
         ep = rpc.EndPoint(BlockingSocket(sock))
-        reply = self._call(ep, "register", [self.version, self.server, self.agent_pid])
+        reply = self._call(ep, REGISTER, [self.version, self.server, self.agent_pid])
         if self._sessions:
             self.reconnects += 1
         self._sessions += 1
@@ -145,39 +152,40 @@ class VncClient:
                  self.server, self.epoch, self.generation)
         self._drain(ep)
         next_beat = 0.0
+        watched: list[socket.socket | int] = [sock, self._wake_r]
         while not self._stop.is_set():
             now = time.monotonic()
             if self._ack_due or now >= next_beat:
                 self._heartbeat(ep)
                 next_beat = now + self.heartbeat_interval
                 continue
-            readable, _, _ = select.select([sock, self._wake_r], [], [], next_beat - now)
+            readable, _, _ = select.select(watched, [], [], next_beat - now)
             if sock in readable:
                 if not ep.receive_messages():
                     raise EOFError("controller closed the connection")
                 self._drain(ep)
 
-    def _heartbeat(self, ep):
+    def _heartbeat(self, ep: Any) -> None:
         self._ack_due = False
-        stats = {}
+        stats: dict[str, Any] = {}
         if self._stats is not None:
             try:
                 stats = self._stats()
             except Exception:  # a broken stats hook must not cost the agent its controller
                 log.exception("stats callback failed; heartbeat sent without stats")
-        reply = self._call(ep, "heartbeat", [self.server, self.generation, stats])
+        reply = self._call(ep, HEARTBEAT, [self.server, self.generation, stats])
         self.heartbeats += 1
         self._drain(ep)
         # A push lost in transit, or a controller that restarted behind the same socket:
         # fetch the full config rather than trust our copy.
         if reply["epoch"] != self.epoch or reply["server_generation"] > (self.generation or 0):
-            full = self._call(ep, "get_config", [self.server])
+            full = self._call(ep, GET_CONFIG, [self.server])
             self.epoch = full["epoch"]
             self.generation = None
             self._deliver(full["generation"], full["config"])
             self._drain(ep)
 
-    def _call(self, ep, method, params):
+    def _call(self, ep: Any, method: str, params: list[Any]) -> Any:
         msgid = ep.send_request(method, params)
         while True:
             res = ep.get_response(msgid)
@@ -190,17 +198,17 @@ class VncClient:
             if not ep.receive_messages():
                 raise EOFError("controller closed the connection")
 
-    def _drain(self, ep):
+    def _drain(self, ep: Any) -> None:
         while (note := ep.get_notification()) is not None:
             method, params = note
-            if method == "config" and isinstance(params, list) and len(params) == 2:
+            if method == CONFIG and isinstance(params, list) and len(params) == 2:
                 self._deliver(params[0], params[1])
             else:
                 log.debug("ignoring notification %r", method)
         while ep.get_request() is not None:
             pass  # the controller sends no requests in protocol 1
 
-    def _deliver(self, generation, config):
+    def _deliver(self, generation: int, config: Config) -> None:
         if self.generation is not None and generation < self.generation:
             return  # older than what this session already delivered
         self.generation = generation

@@ -7,70 +7,22 @@ one-entry dict. Slow path: new flows per second for decide + install of the forw
 entry (including the release of the held first packet), and end to end with the miss that punts.
 Figures are the best of several runs (least disturbed by other processes on the machine).
 """
-import argparse
-import json
 import platform
 import sys
 import time
 
-from vrouter.tools import bench_steering
-from vrouter.tools import bench_gro
-from vrouter.tools import bench_workers
-from vrouter.core.codec import ethernet, ipv4, l4
-from vrouter.core.config import VROUTER_MAC, VrouterConfig
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
+from vrouter.tools import bench_gro, bench_steering, bench_workers
+from vrouter.tools.benchlib import (JSON_HELP, REMOTE_BASE, bench_cli, best_seconds, established,
+                                    policed_config, vm_frame)
 
 FAST_TARGET = 250_000
 SLOW_TARGET = 50_000
-VM_MAC = "02:00:00:00:01:0b"
-LOCAL, REMOTE_BASE = "10.1.0.2", 0x0A020000   # remote VMs 10.2.x.y live on the peer server
-
-
-def _config(encap: str, capacity: int) -> VrouterConfig:
-    return VrouterConfig.from_dict({
-        "server": "bench", "underlay_ip": "10.0.1.1", "encapsulation": encap,
-        "networks": [{"name": "red", "id": 100, "subnets": ["10.0.0.0/8"], "gateway": "10.1.0.1"}],
-        "vifs": [{"name": "tap0", "network": "red", "mac": VM_MAC, "ip": LOCAL}],
-        "routes": [{"network": "red", "prefix": "10.2.0.0/16",
-                    "nexthop": {"type": "tunnel", "peer": "10.0.2.1", "label": 100}}],
-        "policies": [{"network": "red", "default": "allow", "rules": [
-            {"action": "deny", "protocol": "tcp", "dst": "10.2.255.0/24", "dst_port": "22"},
-            {"action": "allow", "protocol": "tcp", "src": "10.0.0.0/8", "dst_port": "1-1023"},
-            {"action": "deny", "protocol": "udp", "dst_port": "137-139"}]}],
-        "flow": {"capacity": capacity, "mode": "proactive"},
-    })
-
-
-def _vm_frame(remote: int, sport: int, size: int) -> bytes:
-    payload = b"\xab" * (size - 14 - 20 - 20)
-    src = ipv4.ip_to_int(LOCAL)
-    seg = l4.build_tcp(src, remote, sport, 80, payload, flags=l4.TCP_ACK)
-    return ethernet.build(VROUTER_MAC, ethernet.mac_to_bytes(VM_MAC), ethernet.ETH_P_IP) + \
-        ipv4.build(src, remote, ipv4.IPPROTO_TCP, seg)
-
-
-def _established(encap: str, flows: int, size: int):
-    """A pipeline with ``flows`` established TCP flows; packets for both directions."""
-    cfg = _config(encap, capacity=4 * flows + 16)
-    pipe, slow = Pipeline(cfg), SlowPath(cfg)
-    to_fabric, to_vm = [], []
-    for i in range(flows):
-        frame = _vm_frame(REMOTE_BASE + 1 + i % 60000, 10000 + i, size)
-        (punt,) = pipe.from_vif("tap0", frame, 0.0)
-        (tun,) = pipe.install(slow.decide(punt.request), 0.0)
-        to_fabric.append(frame)
-        # The reply as the peer would send it: same encapsulation, addresses and ports swapped.
-        reply_ip = bytearray(tun.payload[len(tun.payload) - (len(frame) - 14):])
-        reply_ip[12:16], reply_ip[16:20] = reply_ip[16:20], reply_ip[12:16]
-        reply_ip[20:22], reply_ip[22:24] = reply_ip[22:24], reply_ip[20:22]
-        head = tun.payload[:len(tun.payload) - len(reply_ip)]
-        to_vm.append(head + bytes(reply_ip))
-    return pipe, to_fabric, to_vm
 
 
 def fast_path(encap: str, size: int, direction: str, packets: int, flows: int, repeats: int) -> float:
-    pipe, to_fabric, to_vm = _established(encap, flows, size)
+    pipe, to_fabric, to_vm = established(encap, flows, size)
     rounds = max(1, packets // flows)
     if direction == "vm->fabric":
         frames = to_fabric
@@ -89,7 +41,7 @@ def fast_path(encap: str, size: int, direction: str, packets: int, flows: int, r
                 for f in frames:
                     from_fabric("10.0.2.1", encap, f, 1.0)
     before = pipe.stats()["hits"]
-    rate = rounds * len(frames) / bench_gro.best_seconds(run, repeats)
+    rate = rounds * len(frames) / best_seconds(run, repeats)
     hits = pipe.stats()["hits"] - before
     if hits != rounds * len(frames) * repeats:
         raise RuntimeError(f"benchmark packets missed the flow table ({hits} hits)")
@@ -98,9 +50,9 @@ def fast_path(encap: str, size: int, direction: str, packets: int, flows: int, r
 
 def slow_path(flows: int, repeats: int, end_to_end: bool) -> float:
     best = float("inf")
-    frames = [_vm_frame(REMOTE_BASE + 1 + i % 60000, 1024 + i % 60000, 64) for i in range(flows)]
+    frames = [vm_frame(REMOTE_BASE + 1 + i % 60000, 1024 + i % 60000, 64) for i in range(flows)]
     for _ in range(repeats):
-        cfg = _config("mplsoudp", capacity=2 * flows + 16)
+        cfg = policed_config("mplsoudp", capacity=2 * flows + 16)
         pipe, slow = Pipeline(cfg), SlowPath(cfg)
         if end_to_end:
             t = time.perf_counter()
@@ -164,23 +116,6 @@ def report(res: dict, out=print) -> None:
     bench_workers.report(res["workers"], out)
     out(f"targets: fast path >= {FAST_TARGET:,} pkts/s, slow path >= {SLOW_TARGET:,} flows/s per core: "
         f"{'met' if ok else 'NOT met'}")
-
-
-JSON_HELP = "print one JSON object of the figures last"
-
-
-def bench_cli(prog: str, doc: str, run, report, argv=None, quick_help=None, json_help=None) -> int:
-    """The command line of every vrouter benchmark: `run(quick)` reported as text, and with --json
-    also as one JSON object, last, for scripts."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--json", action="store_true", help=json_help)
-    args = parser.parse_args(argv)
-    res = run(args.quick)
-    report(res)
-    if args.json:
-        print(json.dumps(res, sort_keys=True))
-    return 0
 
 
 def main(argv=None) -> int:

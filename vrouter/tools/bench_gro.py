@@ -8,29 +8,21 @@ through ``Pipeline.from_vif`` and cut into one UDP_SEGMENT buffer. Figures are s
 best of several runs; the brief's reference is 4.3 us per segment for GRO read -> per-segment
 Python -> GSO send.
 """
-import time
-
 from vrouter.core import gso
 from vrouter.core.codec import ethernet, ipv4, l4
 from vrouter.core.config import VROUTER_MAC, VrouterConfig
 from vrouter.core.gro import Gro
 from vrouter.core.pipeline import Pipeline, encap_prefix
 from vrouter.core.slowpath import SlowPath
+from vrouter.tools.benchlib import LOCAL, VM_MAC, best_seconds, overlay
 
 SEGMENT, BATCH, MSS = 1400, 40, 1448
 REFERENCE_US = 4.3
-VM_MAC = "02:00:00:00:01:0b"
-LOCAL, REMOTE = "10.1.0.2", "10.2.0.2"
+REMOTE = "10.2.0.2"
 
 
 def _pipeline() -> Pipeline:
-    cfg = VrouterConfig.from_dict({
-        "server": "bench", "underlay_ip": "10.0.1.1", "encapsulation": "mplsoudp",
-        "networks": [{"name": "red", "id": 100, "subnets": ["10.0.0.0/8"], "gateway": "10.1.0.1"}],
-        "vifs": [{"name": "tap0", "network": "red", "mac": VM_MAC, "ip": LOCAL}],
-        "routes": [{"network": "red", "prefix": "10.2.0.0/16",
-                    "nexthop": {"type": "tunnel", "peer": "10.0.2.1", "label": 100}}],
-    })
+    cfg = VrouterConfig.from_dict(overlay("mplsoudp"))
     pipe, slow = Pipeline(cfg), SlowPath(cfg)
     (punt,) = pipe.from_vif("tap0", _vm_frame(b"", l4.TCP_SYN), 0.0)
     pipe.install(slow.decide(punt.request, 0.0), 0.0)
@@ -53,17 +45,6 @@ def _gro_read() -> tuple[bytes, int]:
     buf, chunk, n = gso.segment(encap_prefix("mplsoudp", 100, b""), ip, SEGMENT)
     assert n == BATCH
     return buf, chunk
-
-
-def best_seconds(fn, repeats: int) -> float:
-    """Shortest of ``repeats`` timed runs of ``fn()`` (the run least disturbed by other processes);
-    every vrouter benchmark times with it."""
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def run(quick: bool) -> dict:

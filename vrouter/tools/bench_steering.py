@@ -8,13 +8,13 @@ included (it is part of what a dispatcher pays).
 """
 import sys
 
-from vrouter.tools.bench_gro import best_seconds
 from vrouter.core.buckets import BucketTable
 from vrouter.core.codec import ethernet, ipv4, l4
 from vrouter.core.config import VROUTER_MAC
 from vrouter.core.pipeline import encap_prefix
-from vrouter.core.steering import ExtendedRps, Rps
 from vrouter.core.steerhash import FIELDS, NIC_KINDS
+from vrouter.core.steering import ExtendedRps, Rps
+from vrouter.tools.benchlib import JSON_HELP, bench_cli, best_seconds
 
 PEER, LOCAL = "10.0.2.1", "10.0.1.1"
 VRF = 100
@@ -89,7 +89,6 @@ def report(res: dict, out=print) -> None:
 
 
 def main(argv=None) -> int:
-    from vrouter.tools.bench import JSON_HELP, bench_cli    # not at the top: bench imports this module
     return bench_cli("python -m vrouter.tools.bench_steering", __doc__, run, report, argv,
                      quick_help="smaller runs, about a second", json_help=JSON_HELP)
 

@@ -17,14 +17,14 @@ import socket
 import sys
 import time
 
-from vrouter.io import ipc
 from vrouter.core import rps_channel
 from vrouter.core.multicore import MulticoreConfig
 from vrouter.core.rps_route import Outbox, Router
+from vrouter.io import ipc
+from vrouter.tools.benchlib import PEER, bench_cli, established
 
 DONE = b"\xff"
 READ = 64          # packets per NIC read, as the dispatcher's receive loop drains
-PEER = "10.0.2.1"
 
 
 def _worker(cpu, sock, result, pipe):
@@ -141,9 +141,8 @@ def run_presteered(workers: int, payloads: list, pipe, rounds: int) -> dict:
 
 
 def run(quick: bool = True) -> dict:
-    from vrouter.tools.bench import _established
     flows, rounds, repeats = (1000, 60, 2) if quick else (4000, 40, 3)
-    pipe, _to_fabric, to_vm = _established("mplsoudp", flows, 64)
+    pipe, _to_fabric, to_vm = established("mplsoudp", flows, 64)
     t = time.perf_counter()
     for _ in range(rounds):
         for p in to_vm:
@@ -181,7 +180,6 @@ def report(res: dict, out=print) -> None:
 
 
 def main(argv=None) -> int:
-    from vrouter.tools.bench import bench_cli    # not at the top: bench imports this module
     return bench_cli("python -m vrouter.tools.bench_workers", __doc__, run, report, argv)
 
 

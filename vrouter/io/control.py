@@ -1,0 +1,186 @@
+"""The control protocol between the VNC and the vrouter agents: what both sides agree on, in one place.
+
+The controller's server (controllers/vnc_rpc.py) and its clients - the agent's ``VncClient``
+(vrouter/io/vnc_client.py) and the ``AdminClient`` below for the CLI and the experiments - import
+the message names, the result shapes, the protocol version, the errors and the socket framing from
+here, so neither side imports the other. This module imports neither. Transport: msgpack-RPC with
+the codec of ``os_ken.lib.rpc`` over a unix stream socket in the run directory; every message is
+documented in docs/control-protocol.md.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from types import TracebackType
+from typing import Any, TypedDict, cast
+
+from os_ken.lib import rpc  # type: ignore[import-untyped]
+
+PROTOCOL_VERSION = 1
+# The controller persists its overlay state under this name next to its socket; the testbed
+# removes it at the start of a run so that a new run starts from its topology.
+STATE_FILE = "vnc-state.json"
+SUN_PATH_MAX = 107  # bytes of a pathname unix socket address (sun_path minus the NUL)
+
+# Agent -> controller requests.
+REGISTER = "register"
+GET_CONFIG = "get_config"
+HEARTBEAT = "heartbeat"
+AGENT_METHODS = (REGISTER, GET_CONFIG, HEARTBEAT)
+# Admin requests (CLI, experiments).
+ADD_VM = "add_vm"
+REMOVE_VM = "remove_vm"
+SET_POLICY = "set_policy"
+SET_FLOW_MODE = "set_flow_mode"
+LIST_AGENTS = "list_agents"
+DUMP = "dump"
+ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, LIST_AGENTS, DUMP)
+# Controller -> agent notification: ``[generation, config]`` of that agent's server.
+CONFIG = "config"
+
+Config = dict[str, Any]  # the dict of ``VrouterConfig.from_dict`` (docs/vrouter-core-api.md)
+
+
+class RegisterReply(TypedDict):
+    protocol: int
+    epoch: str
+    generation: int
+    config: Config
+
+
+class ConfigReply(TypedDict):
+    epoch: str
+    generation: int
+    config: Config
+
+
+class HeartbeatReply(TypedDict):
+    epoch: str
+    generation: int
+    server_generation: int
+
+
+class ChangeReply(TypedDict):
+    """Result of every accepted admin change: the servers listed each got a ``config`` push."""
+    generation: int
+    servers: list[str]
+
+
+class AgentInfo(TypedDict):
+    server: str
+    pid: int | None
+    connected_for: float
+    heartbeat_age: float | None
+    generation: int | None
+    in_sync: bool
+    stats: dict[str, Any]
+
+
+class VncError(Exception):
+    """A bad topology or a rejected request or change; the message is one line for the operator."""
+
+
+class VncUnavailable(VncError):
+    """The controller cannot be reached (not started, stopped, or connection lost)."""
+
+
+def _unavailable(path: str) -> VncUnavailable:
+    return VncUnavailable(f"controller not reachable at {path}: is the testbed up?")
+
+
+def check_socket_path(path: str) -> None:
+    """Refuse a socket path the kernel cannot bind or connect (it would fail with a vague error)."""
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise VncError(f"socket path {path} is longer than {SUN_PATH_MAX} bytes; "
+                       "use a shorter run directory")
+
+
+class BlockingSocket:
+    """Socket-like for rpc.EndPoint/Client that never leaves a message half sent.
+
+    EndPoint sends once and keeps the rest for a later call that a pure client never makes,
+    so a large request could stall; sendall avoids that.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, data: bytes) -> int:
+        self._sock.sendall(data)
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        return self._sock.recv(size)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+def connect_unix(path: str, timeout: float) -> socket.socket:
+    """A connected blocking unix socket, or ``VncUnavailable``."""
+    check_socket_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise _unavailable(path) from None
+    return sock
+
+
+class AdminClient:
+    """Synchronous client for the admin requests (the CLI and experiments use it).
+
+    Raises ``VncUnavailable`` when nothing listens or the controller went away during a call, and
+    ``VncError`` with the controller's one-line message for a rejected request. It does not
+    reconnect by itself.
+    """
+
+    def __init__(self, socket_path: str, timeout: float = 5.0) -> None:
+        self.socket_path = socket_path
+        self._sock = connect_unix(socket_path, timeout)
+        self._client = rpc.Client(BlockingSocket(self._sock))
+        self._lock = threading.Lock()
+
+    def call(self, method: str, *params: Any) -> Any:
+        with self._lock:
+            try:
+                return self._client.call(method, list(params))
+            except rpc.RPCError as e:
+                raise VncError(str(e.get_value())) from None
+            except (EOFError, OSError):
+                raise _unavailable(self.socket_path) from None
+
+    def add_vm(self, name: str, network: str, server: str, address: str,
+               mac: str | None = None) -> ChangeReply:
+        return cast("ChangeReply", self.call(ADD_VM, name, network, server, address, mac))
+
+    def remove_vm(self, name: str) -> ChangeReply:
+        return cast("ChangeReply", self.call(REMOVE_VM, name))
+
+    def set_policy(self, network: str, policy: dict[str, Any] | None) -> ChangeReply:
+        return cast("ChangeReply", self.call(SET_POLICY, network, policy))
+
+    def set_flow_mode(self, mode: str) -> ChangeReply:
+        return cast("ChangeReply", self.call(SET_FLOW_MODE, mode))
+
+    def list_agents(self) -> list[AgentInfo]:
+        return cast("list[AgentInfo]", self.call(LIST_AGENTS))
+
+    def dump(self) -> dict[str, Any]:
+        return cast("dict[str, Any]", self.call(DUMP))
+
+    def get_config(self, server: str) -> ConfigReply:
+        return cast("ConfigReply", self.call(GET_CONFIG, server))
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
