@@ -142,7 +142,8 @@ def run_exchanges(tb: Testbed, n: int, src: dict, dst: dict, vrouters: Vrouters,
                   block: int = BLOCK, settle: float = SETTLE) -> tuple[list, dict]:
     """Modes alternate in blocks (ABBA...) so that drift in machine load hits both modes alike."""
     client = ProbeClient(tb.host(src["name"]))
-    rows, rtts = [], {m: {s: [] for s in vrouters.servers} for m in MODES}
+    rows: list[dict] = []
+    rtts: dict[str, dict[str, list]] = {m: {s: [] for s in vrouters.servers} for m in MODES}
     done = dict.fromkeys(MODES, 0)
     try:
         # Warm-up outside the measurement: the VMs' ARP caches for their gateway.

@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 # pyplot picks its backend at the first figure, so switching here (after the import) still holds.
 matplotlib.use("Agg")
@@ -29,9 +30,10 @@ def figure(ncols: int = 1, width: float | None = None, height: float = HEIGHT) -
     return fig, list(axes[0])
 
 
-def label(ax: Axes, xlabel: str, ylabel: str, title: str | None = None, grid: str = "y") -> None:
+def label(ax: Axes, xlabel: str, ylabel: str, title: str | None = None,
+          grid: Literal["x", "y", "both"] = "y", legend: str = "best") -> None:
     """Name both axes (with units), title the axes, draw a light grid (`grid`: "x", "y" or "both"),
-    and a legend if two or more series carry a label."""
+    and a legend (at `legend`, a matplotlib location) if two or more series carry a label."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -39,7 +41,7 @@ def label(ax: Axes, xlabel: str, ylabel: str, title: str | None = None, grid: st
     ax.grid(axis=grid, alpha=0.3)
     handles, _labels = ax.get_legend_handles_labels()
     if len(handles) >= 2:
-        ax.legend()
+        ax.legend(loc=legend)
 
 
 def save(fig: Figure, path: Path, title: str) -> None:
@@ -82,7 +84,9 @@ def cdf(ax: Axes, values: Sequence[float], label: str, style: str = "-", color: 
 
 
 def log_x(ax: Axes) -> None:
-    """A logarithmic x axis with plain numbers (10, 100, 1000) rather than powers."""
+    """A logarithmic x axis with plain numbers at 1, 2 and 5 of every decade (1000, 2000, 5000),
+    so that even a range within one decade has labelled ticks."""
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())

@@ -5,6 +5,7 @@ missing); that is recorded as null with the reason under "unavailable" and never
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -87,7 +88,7 @@ def collect(started: float | None = None, argv: list[str] | None = None, repo: P
         "ovs_version": _read("ovs_version", ovs_version, unavailable),
         "python_version": platform.python_version(),
         "python_executable": sys.executable,
-        "packages": {name: _read(f"packages.{name}", lambda name=name: package_version(name), unavailable)
+        "packages": {name: _read(f"packages.{name}", functools.partial(package_version, name), unavailable)
                      for name in packages},
         "cpu_count": os.cpu_count(),
         "command": list(sys.orig_argv if argv is None else argv),

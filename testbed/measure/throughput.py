@@ -23,7 +23,9 @@ OFFLOAD_SETTLE = 0.2  # s: TAP offload changes reach the VMs' TCP sockets on the
 def vrouter_pids(tb: Testbed, servers: Iterable[str]) -> list[int]:
     """The servers' vrouter processes: forwarder (or multi-core dispatcher with its forked workers
     and relays) and agent."""
-    pids = []
+    pids: list[int] = []
+    if tb.supervisor is None:  # not started: no vrouter runs
+        return pids
     for server in servers:
         for name in (forwarder_name(server), agent_name(server)):
             pid = tb.supervisor.pid(name)

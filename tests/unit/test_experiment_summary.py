@@ -1,5 +1,8 @@
 """The main experiment's arithmetic, without a testbed: what the demo prints is what the rows say."""
+from experiments import gro, rps_gro
 from experiments import proactive_flow as pf
+from testbed.measure.pairs import pick_pair
+from testbed.topology import load
 
 
 def rows(mode, proto, latencies, per_server):
@@ -25,8 +28,6 @@ def test_summary_counts_latency_and_ratio():
 def test_rtt_summary_and_pair_choice_prefer_different_leaves():
     assert pf.rtt_summary({"proactive": {"a": [4, 1, 3, 2], "b": []}}) == {
         "proactive": {"a": {"count": 4, "median": 2.5, "p90": 3, "min": 1, "max": 4}, "b": {"count": 0}}}
-    from testbed.measure.pairs import pick_pair
-    from testbed.topology import load
     topo = load(pf.DEFAULT_TOPOLOGY)
     pair = pick_pair(topo, require_cross_leaf=False)  # the experiment's choice (proactive_flow.run)
     src, dst = pair.client_vm, pair.server_vm
@@ -34,7 +35,6 @@ def test_rtt_summary_and_pair_choice_prefer_different_leaves():
 
 
 def test_multicore_offload_summary_medians_and_ratio(tmp_path):
-    from experiments import rps_gro
     runs = [("off", 0.1, 0.0, 0.0), ("on", 0.3, 16.0, 25.0), ("off", 0.2, 0.0, 0.0), ("on", 0.5, 14.0, 23.0),
             ("off", 0.15, 0.0, 0.0), ("on", 0.4, 15.0, 24.0)]
     rows = [{"mode": "rps", "run": i, "gro_gso": sw, "gbps": g, "gro_segments_per_merge": m,
@@ -62,7 +62,6 @@ def test_summaries_report_the_spread_of_repeated_runs(tmp_path):
     text = "\n".join(pf.summary_lines(s))
     assert "100 us" in text and "300 us" in text and "20 us (10-30, n=3)" in text
 
-    from experiments import gro
     runs = [(1, "off", 0.2, 30.0), (1, "on", 0.5, 12.0), (2, "off", 0.3, None), (2, "on", 0.4, 10.0),
             (3, "off", 0.1, 20.0), (3, "on", 0.6, 11.0)]
     grows = [{"run": i, "gro_gso": sw, "streams": n, "gbps": g * n, "cpu_s_per_gb": c, "gro_segments_per_merge": 4.0,
@@ -75,8 +74,6 @@ def test_summaries_report_the_spread_of_repeated_runs(tmp_path):
     assert any("0.200 (0.100-0.300)" in line for line in gro.summary_lines(g))
     gro.plot(grows, g, tmp_path / "gro.png")
     assert (tmp_path / "gro.png").stat().st_size > 0
-
-    from experiments import rps_gro
     r = rps_gro.summarize([{**row, "mode": "rps"} for row in grows if row["streams"] == 1], ["rps"])
     assert (r["rps"]["on"]["gbps_min"], r["rps"]["on"]["gbps_max"]) == (0.4, 0.6)
     assert r["rps"]["on"]["gbps"] == [0.5, 0.4, 0.6]

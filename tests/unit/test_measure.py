@@ -15,7 +15,7 @@ from testbed.measure.pairs import PairError, pick_pair, same_servers, vm_dict
 from testbed.measure.results import ResultsRun, make_unique_dir
 from testbed.measure.runners import parse_iperf3, ping_loss_from_output, ping_rtts_from_output
 from testbed.measure.spread import percentile_low, spread, spread_keys, spread_text
-from testbed.topology import from_dict
+from testbed.topology import from_dict, load
 
 
 def topology(vms, leaves=(("srv1", "leaf1"), ("srv2", "leaf1"), ("srv3", "leaf2"), ("srv4", "leaf2")),
@@ -24,9 +24,9 @@ def topology(vms, leaves=(("srv1", "leaf1"), ("srv2", "leaf1"), ("srv3", "leaf2"
     return from_dict({
         "name": "t", "underlay": "10.0.0.0/16",
         "switches": [{"name": "spine1", "role": "spine"}] + [{"name": n, "role": "leaf"}
-                                                              for n in dict.fromkeys(l for _, l in leaves)],
+                                                              for n in dict.fromkeys(leaf for _, leaf in leaves)],
         "servers": [{"name": s, "address": f"10.0.{i // 2 + 1}.{i % 2 + 1}"} for i, s in enumerate(servers)],
-        "links": [[n, "spine1"] for n in dict.fromkeys(l for _, l in leaves)] + [list(p) for p in leaves],
+        "links": [[n, "spine1"] for n in dict.fromkeys(leaf for _, leaf in leaves)] + [list(p) for p in leaves],
         "virtual_networks": [{"name": n, "id": 100 * (i + 1), "subnets": ["192.168.1.0/24"]}
                              for i, n in enumerate(networks)],
         "vms": [{"name": n, "network": net, "server": s, "address": f"192.168.1.{10 + i}"}
@@ -70,7 +70,6 @@ def test_pairs_per_network_on_the_servers_sharing_most_networks():
 
 
 def test_default_topology_pair_is_what_the_bench_always_used():
-    from testbed.topology import load
     p = pick_pair(load(REPO / "topologies" / "default.yaml"))
     assert p.ends == {"client": "red1@srv1", "server": "red3@srv3"}
 
