@@ -1,68 +1,66 @@
 """The shell every experiment's command line shares: the same options around its own, the checks
-before a testbed comes up, one-line errors, Ctrl-C, and one results directory per run.
+before a testbed comes up, one-line errors, Ctrl-C, and bringing a testbed up around a measurement.
+What they measure with and how they write results is testbed/measure/ (pairs, runners, spread,
+results, provenance, plot).
 
 Exit codes: 0 done, 1 a precondition or the experiment failed, 2 bad arguments, 130 interrupted
 (the testbed is torn down by the experiment's own `finally`).
 """
 from __future__ import annotations
 
-import csv
+import argparse
 import json
 import sys
-import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
-from testbed import DEFAULT_TOPOLOGY, REPO
+from testbed import DEFAULT_TOPOLOGY
+from testbed.checks import PreconditionError, require_testbed_host
+from testbed.measure.pairs import PairError, VmPair, pick_pair
+from testbed.measure.results import RESULTS
+from testbed.runner import Testbed
+from testbed.topology import Topology, TopologyError, load
+
+T = TypeVar("T")
+Progress = Callable[[str], None]
 
 
 class ExperimentError(Exception):
     """A one-line error for the user."""
 
 
-def add_run_arguments(ap, name: str, prefix: str) -> None:
+def add_run_arguments(ap: argparse.ArgumentParser, name: str, prefix: str) -> None:
     """The options every experiment takes after its own; results go to results/<name>/ by default."""
-    ap.add_argument("--topology", default=str(DEFAULT_TOPOLOGY))
-    ap.add_argument("--prefix", default=prefix)
-    ap.add_argument("--run-root", default=None)
-    ap.add_argument("--out", default=str(REPO / "results" / name))
+    ap.add_argument("--topology", default=str(DEFAULT_TOPOLOGY), help="topology YAML (default topologies/default.yaml)")
+    ap.add_argument("--prefix", default=prefix, help=f"name prefix of the experiment's testbed (default {prefix})")
+    ap.add_argument("--run-root", default=None, help="where its run directory goes (default /run/vnet-testbed)")
+    ap.add_argument("--out", default=str(RESULTS / name),
+                    help=f"results root: a <timestamp>/ directory per run (default results/{name})")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
 
 
-def load_topology(path: Path):
-    from testbed.topology import TopologyError, load
+def load_topology(path: Path) -> Topology:
     try:
         return load(str(path))
     except TopologyError as exc:
         raise ExperimentError(str(exc)) from None
 
 
-def results_dir(outroot: Path) -> Path:
-    """Named for the time it is written, so runs never overwrite each other's results."""
-    return outroot / time.strftime("%Y%m%d-%H%M%S")
+def pair_of(topology: Topology, **options: Any) -> VmPair:
+    """testbed.measure.pairs.pick_pair, its complaint as an ExperimentError."""
+    try:
+        return pick_pair(topology, **options)
+    except PairError as exc:
+        raise ExperimentError(str(exc)) from None
 
 
-def write_results(outdir: Path, fields, rows, summary, config) -> None:
-    """raw.csv (one row per measurement), summary.json and config.yaml (what was run, to rerun it)."""
-    import yaml
-    outdir.mkdir(parents=True, exist_ok=True)
-    with open(outdir / "raw.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def run_on_pair(topology_path: Path, prefix: str, run_root, progress, measure):
+def run_on_pair(topology_path: Path, prefix: str, run_root: str | None, progress: Progress,
+                measure: Callable[[Testbed, VmPair], T]) -> tuple[Topology, VmPair, T]:
     """Bring up the topology, run ``measure(tb, pair)`` on the VM pair `testbed bench throughput` uses
     (one network, servers on different leaves) and tear down: (topology, pair, what measure returned)."""
-    from testbed.bench_throughput import Pair
-    from testbed.runner import Testbed
     topology = load_topology(topology_path)
-    try:
-        pair = Pair(topology)
-    except Exception as exc:  # CommandError: one line
-        raise ExperimentError(str(exc)) from None
+    pair = pair_of(topology)
     progress(f"bringing up {topology.name} with prefix {prefix!r}; pair {pair.ends['client']} -> "
              f"{pair.ends['server']}")
     tb = Testbed(topology, prefix=prefix, run_root=run_root, progress=lambda m: progress("  " + m)).start()
@@ -77,14 +75,14 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_cli(args, run, summary_lines, invalid: str | None = None) -> int:
+def run_cli(args: argparse.Namespace, run: Callable[[Path, Progress], tuple[Path, dict]],
+            summary_lines: Callable[[dict], Iterable[str]], invalid: str | None = None) -> int:
     """Run `run(topology_path, progress) -> (outdir, summary)` for the parsed `args` and report it.
 
     `invalid` is the experiment's own complaint about its arguments (exit 2 before anything runs)."""
     if invalid:
         print(f"error: {invalid}", file=sys.stderr)
         return 2
-    from testbed.checks import PreconditionError, require_testbed_host
     try:
         require_testbed_host()
         if not Path(args.topology).is_file():
@@ -98,7 +96,7 @@ def run_cli(args, run, summary_lines, invalid: str | None = None) -> int:
         return 130
     for line in summary_lines(summary):
         print(line)
-    print(f"results written to {outdir}")
+    print(f"results written to {outdir} (provenance.json: commit, versions, command)")
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -7,7 +7,8 @@ vrouters (expected 2 proactive, 4 reactive) and the first-reply latency (TCP con
 
     sudo python -m experiments.proactive_flow [-n 200] [--topology topologies/default.yaml]
 
-Writes results/proactive_flow/<timestamp>/: raw.csv, summary.json, config.yaml, proactive_flow.png.
+Writes results/proactive_flow/<timestamp>/: raw.csv, summary.json, config.yaml, provenance.json,
+proactive_flow.png. Also run by `testbed demo` and `sudo make demo`.
 """
 from __future__ import annotations
 
@@ -18,10 +19,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from experiments import common
-from experiments.common import (DEFAULT_TOPOLOGY, REPO, ExperimentError, add_run_arguments, load_topology,
-                                results_dir)
+from experiments.common import ExperimentError, Progress, add_run_arguments, load_topology
+from testbed import DEFAULT_TOPOLOGY, REPO, overlay  # noqa: F401 (DEFAULT_TOPOLOGY: the tests run what -n runs)
+from testbed.measure import plot as plots
+from testbed.measure.pairs import vm_dict
+from testbed.measure.results import ResultsRun
+from testbed.measure.spread import percentile_low, spread, spread_keys
+from testbed.runner import Testbed
+from vrouter.io import introspect
 
 MODES = ("proactive", "reactive")
 PROTOS = ("tcp", "udp")
@@ -30,53 +38,36 @@ PROBE_PORT = 7000
 # run (birthday odds over 2n draws), and the repeat would hit the earlier exchange's flow entry.
 SPORT_BASE = 10000
 MAX_CONNECTIONS = 2500
-
-
-def pick_pair(topology) -> tuple[dict, dict]:
-    """Two VMs of one network on different servers, on different leaves when the topology allows."""
-    vms = [{"name": v.name, "network": v.network, "server": v.server, "address": v.address}
-           for v in topology.vms]
-    best = None
-    for src in vms:
-        for dst in vms:
-            if src["network"] != dst["network"] or src["server"] == dst["server"]:
-                continue
-            score = 2 if topology.leaf_of(src["server"]) != topology.leaf_of(dst["server"]) else 1
-            if best is None or score > best[0]:
-                best = (score, src, dst)
-    if best is None:
-        raise ExperimentError(f"{topology.source}: needs two VMs of one virtual network on different servers")
-    return best[1], best[2]
+BLOCK = 10  # exchanges per mode before the modes alternate
+SETTLE = 0.02  # s after an exchange before the counters are read
 
 
 class Vrouters:
     """Slow-path counters of the vrouters on the path, read through their introspection sockets."""
 
-    def __init__(self, rundir, servers):
-        from vrouter.io import introspect
-        self._query = introspect.query
+    def __init__(self, rundir: Path, servers: list[str]) -> None:
         self.rundir, self.servers = rundir, servers
 
-    def decisions(self) -> dict:
-        return {s: self._query(self.rundir, s, "stats").get("agent", {}).get("decisions", 0) for s in self.servers}
+    def decisions(self) -> dict[str, int]:
+        return {s: introspect.query(self.rundir, s, "stats").get("agent", {}).get("decisions", 0)
+                for s in self.servers}
 
     def recent_punts(self, server: str, last: int) -> list:
-        return self._query(self.rundir, server, "punts", last=last)
+        return introspect.query(self.rundir, server, "punts", last=last)
 
-    def rtt_samples(self) -> dict:
+    def rtt_samples(self) -> dict[str, list]:
         """Per vrouter: punt sent -> decision installed, in us, as measured by the forwarder."""
-        return {s: self._query(self.rundir, s, "rtts") for s in self.servers}
+        return {s: introspect.query(self.rundir, s, "rtts") for s in self.servers}
 
-    def modes(self) -> set:
-        return {self._query(self.rundir, s, "stats")["mode"] for s in self.servers}
+    def modes(self) -> set[str]:
+        return {introspect.query(self.rundir, s, "stats")["mode"] for s in self.servers}
 
     def reset(self) -> None:
         for s in self.servers:
-            self._query(self.rundir, s, "reset")
+            introspect.query(self.rundir, s, "reset")
 
 
-def set_mode(tb, vrouters: Vrouters, mode: str, timeout: float = 5.0) -> None:
-    from testbed import overlay
+def set_mode(tb: Testbed, vrouters: Vrouters, mode: str, timeout: float = 5.0) -> None:
     with overlay.admin(tb) as vnc:
         vnc.set_flow_mode(mode)
     deadline = time.monotonic() + timeout
@@ -88,7 +79,9 @@ def set_mode(tb, vrouters: Vrouters, mode: str, timeout: float = 5.0) -> None:
 
 
 class ProbeClient:
-    def __init__(self, host):
+    """The probe client in the source VM (experiments/probe.py): one exchange per line it reads."""
+
+    def __init__(self, host: Any) -> None:
         self.proc = host.popen([sys.executable, "-m", "experiments.probe", "client"], cwd=str(REPO),
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True, bufsize=1)
@@ -112,7 +105,7 @@ class ProbeClient:
             self.proc.kill()
 
 
-def start_server(host):
+def start_server(host: Any) -> subprocess.Popen:
     proc = host.popen([sys.executable, "-m", "experiments.probe", "server", "--port", str(PROBE_PORT)],
                       cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if proc.stdout.readline().split()[:1] != ["ready"]:
@@ -120,7 +113,8 @@ def start_server(host):
     return proc
 
 
-def exchange_row(client, vrouters, mode, proto, i, dst, settle) -> dict:
+def exchange_row(client: ProbeClient, vrouters: Vrouters, mode: str, proto: str, i: int, dst: dict,
+                 settle: float) -> dict:
     before = vrouters.decisions()
     want = SPORT_BASE + (MODES.index(mode) * len(PROTOS) + PROTOS.index(proto)) * MAX_CONNECTIONS + i
     ok, sport, us, err = client.exchange(proto, dst["address"], PROBE_PORT, want)
@@ -144,10 +138,12 @@ def exchange_row(client, vrouters, mode, proto, i, dst, settle) -> dict:
     return row
 
 
-def run_exchanges(tb, n, src, dst, vrouters, progress, block=10, settle=0.02) -> tuple[list, dict]:
+def run_exchanges(tb: Testbed, n: int, src: dict, dst: dict, vrouters: Vrouters, progress: Progress,
+                  block: int = BLOCK, settle: float = SETTLE) -> tuple[list, dict]:
     """Modes alternate in blocks (ABBA...) so that drift in machine load hits both modes alike."""
     client = ProbeClient(tb.host(src["name"]))
-    rows, rtts = [], {m: {s: [] for s in vrouters.servers} for m in MODES}
+    rows: list[dict] = []
+    rtts: dict[str, dict[str, list]] = {m: {s: [] for s in vrouters.servers} for m in MODES}
     done = dict.fromkeys(MODES, 0)
     try:
         # Warm-up outside the measurement: the VMs' ARP caches for their gateway.
@@ -170,29 +166,24 @@ def run_exchanges(tb, n, src, dst, vrouters, progress, block=10, settle=0.02) ->
     return rows, rtts
 
 
-def p90(ordered: list):
-    return ordered[int(0.9 * (len(ordered) - 1))]
-
-
 def rtt_summary(samples: dict) -> dict:
-    out = {}
+    """Per mode and vrouter: count, median, p90 and the spread of the slow-path round trips (us)."""
+    out: dict = {}
     for mode, per_server in samples.items():
         out[mode] = {}
         for s, xs in per_server.items():
-            xs = sorted(xs)
-            out[mode][s] = ({"count": len(xs), "median": statistics.median(xs), "p90": p90(xs)}
-                            if xs else {"count": 0})
+            out[mode][s] = {"count": len(xs), **spread(xs), "p90": percentile_low(xs, 0.9)} if xs else {"count": 0}
     return out
 
 
-def summarize(rows, servers) -> dict:
-    out = {}
+def summarize(rows: list[dict], servers: list[str]) -> dict:
+    out: dict = {}
     for mode in MODES:
         out[mode] = {}
         for proto in PROTOS:
             sel = [r for r in rows if r["mode"] == mode and r["proto"] == proto]
             good = [r for r in sel if r["ok"]]
-            lat = sorted(r["first_reply_us"] for r in good)
+            lat = [r["first_reply_us"] for r in good]
             counts = [r["slowpath_total"] for r in good]
             hist = dict(collections.Counter(str(c) for c in counts))
             out[mode][proto] = {
@@ -201,8 +192,8 @@ def summarize(rows, servers) -> dict:
                 "slowpath_histogram": hist,
                 "slowpath_per_server_mean": {s: round(statistics.fmean(r[f"slowpath_{s}"] for r in good), 3)
                                              for s in servers} if good else {},
-                "first_reply_us_median": statistics.median(lat) if lat else None,
-                "first_reply_us_p90": p90(lat) if lat else None,
+                **spread_keys("first_reply_us", lat),
+                "first_reply_us_p90": percentile_low(lat, 0.9),
             }
     for proto in PROTOS:
         p, r = out["proactive"][proto], out["reactive"][proto]
@@ -212,74 +203,66 @@ def summarize(rows, servers) -> dict:
     return out
 
 
-def plot(rows, summary, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"proactive": "-", "reactive": "--"}
-    colors = {("proactive", "tcp"): "tab:blue", ("proactive", "udp"): "tab:cyan",
-              ("reactive", "tcp"): "tab:orange", ("reactive", "udp"): "tab:red"}
+COLORS = {("proactive", "tcp"): "tab:blue", ("proactive", "udp"): "tab:cyan",
+          ("reactive", "tcp"): "tab:orange", ("reactive", "udp"): "tab:red"}
+STYLES = {"proactive": "-", "reactive": "--"}
+
+
+def plot(rows: list[dict], summary: dict, path: Path) -> None:
+    """Left: first-reply latency CDFs per mode and protocol; right: slow-path calls per exchange."""
+    fig, (ax1, ax2) = plots.figure(2, width=11)
     for mode in MODES:
         for proto in PROTOS:
-            lat = sorted(r["first_reply_us"] for r in rows if r["mode"] == mode and r["proto"] == proto
-                         and r["ok"])
-            if lat:
-                ys = [(i + 1) / len(lat) for i in range(len(lat))]
-                ax1.step(lat, ys, styles[mode], where="post", color=colors[mode, proto], label=f"{mode} {proto}")
-    ax1.set_xscale("log")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-    ax1.xaxis.set_major_formatter(ScalarFormatter())
-    ax1.xaxis.set_minor_formatter(NullFormatter())
-    ax1.set_xlabel("first-reply latency (us): TCP connect, UDP reply")
-    ax1.set_ylabel("CDF")
-    ax1.grid(alpha=0.3)
-    ax1.legend()
-    labels, values = [], []
-    for mode in MODES:
-        for proto in PROTOS:
-            labels.append(f"{mode}\n{proto}")
-            values.append(summary[mode][proto]["slowpath_mean"] or 0)
-    bars = ax2.bar(labels, values, color=[colors[m, p] for m in MODES for p in PROTOS])
+            plots.cdf(ax1, [r["first_reply_us"] for r in rows if r["mode"] == mode and r["proto"] == proto and r["ok"]],
+                      f"{mode} {proto}", STYLES[mode], COLORS[mode, proto])
+    plots.log_x(ax1)
+    plots.label(ax1, "first-reply latency (us, log scale): TCP connect, UDP reply", "fraction of exchanges (CDF)",
+                "first-reply latency", grid="both")
+    keys = [(m, p) for m in MODES for p in PROTOS]
+    bars = ax2.bar([f"{m}\n{p}" for m, p in keys], [summary[m][p]["slowpath_mean"] or 0 for m, p in keys],
+                   color=[COLORS[k] for k in keys])
     ax2.bar_label(bars, fmt="%.2f")
-    ax2.set_ylabel("slow-path invocations per exchange (both vrouters)")
-    ax2.grid(axis="y", alpha=0.3)
-    fig.suptitle("Proactive vs reactive reverse flow entries")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.label(ax2, "flow setup mode, protocol", "slow-path calls per exchange (both vrouters)",
+                "slow-path calls (mean)")
+    plots.save(fig, path, "Proactive vs reactive reverse flow entries")
 
 
-def write_results(outdir: Path, rows, summary, config) -> None:
-    servers = config["servers"]
-    fields = (["mode", "proto", "seq", "ok", "sport", "first_reply_us"] +
-              [f"slowpath_{s}" for s in servers] + ["slowpath_total", "error", "note"])
-    common.write_results(outdir, fields, rows, summary, config)
-    plot(rows, summary, outdir / "proactive_flow.png")
+def fields(servers: list[str]) -> list[str]:
+    """raw.csv's columns: one row per exchange."""
+    return (["mode", "proto", "seq", "ok", "sport", "first_reply_us"] + [f"slowpath_{s}" for s in servers]
+            + ["slowpath_total", "error", "note"])
 
 
-def summary_lines(summary) -> list[str]:
-    lines = [f"{'mode':10} {'proto':5} {'ok':>9} {'slow-path/exch':>14} {'median first reply':>19} {'p90':>9}"]
+def _us(value: float | None) -> str:
+    return f"{value:.0f} us" if value is not None else "-"
+
+
+def summary_lines(summary: dict) -> list[str]:
+    lines = [f"{'mode':10} {'proto':5} {'ok':>9} {'slow-path/exch':>14} {'first reply: min':>18} {'median':>9} "
+             f"{'p90':>9} {'max':>9}"]
     for mode in MODES:
         for proto in PROTOS:
             s = summary[mode][proto]
-            med = f"{s['first_reply_us_median']:.0f} us" if s["first_reply_us_median"] is not None else "-"
-            p90 = f"{s['first_reply_us_p90']:.0f} us" if s["first_reply_us_p90"] is not None else "-"
             lines.append(f"{mode:10} {proto:5} {s['ok']:>4}/{s['exchanges']:<4} {s['slowpath_mean']!s:>14} "
-                         f"{med:>19} {p90:>9}")
+                         f"{_us(s['first_reply_us_min']):>18} {_us(s['first_reply_us_median']):>9} "
+                         f"{_us(s['first_reply_us_p90']):>9} {_us(s['first_reply_us_max']):>9}")
     for proto, ratio in summary.get("ratio_reactive_over_proactive_median_first_reply", {}).items():
         lines.append(f"median first-reply latency, reactive / proactive ({proto}): {ratio:.2f}x")
     for mode, per_server in summary.get("slowpath_rtt_us", {}).items():
-        parts = [f"{s} {v['median']:.0f} us (n={v['count']})" for s, v in per_server.items() if v.get("count")]
+        parts = [f"{s} {v['median']:.0f} us ({v['min']:.0f}-{v['max']:.0f}, n={v['count']})"
+                 for s, v in per_server.items() if v.get("count")]
         if parts:
-            lines.append(f"slow-path round trip (punt -> decision installed), median, {mode}: " + ", ".join(parts))
+            lines.append(f"slow-path round trip (punt -> decision installed), median (min-max), {mode}: "
+                         + ", ".join(parts))
     return lines
 
 
-def run(topology_path: Path, n: int, prefix: str, run_root, outroot: Path, progress) -> tuple[Path, dict]:
-    from testbed.runner import Testbed
+def run(topology_path: Path, n: int, prefix: str, run_root: str | None, outroot: Path,
+        progress: Progress) -> tuple[Path, dict]:
+    results = ResultsRun("proactive_flow", outroot)
     topology = load_topology(topology_path)
-    src, dst = pick_pair(topology)
+    pair = common.pair_of(topology, require_cross_leaf=False)
+    src, dst = vm_dict(pair.client_vm), vm_dict(pair.server_vm)
     servers = [src["server"], dst["server"]]
     progress(f"bringing up {topology.name} ({topology_path}) with prefix {prefix!r}")
     t0 = time.monotonic()
@@ -302,14 +285,14 @@ def run(topology_path: Path, n: int, prefix: str, run_root, outroot: Path, progr
     summary["slowpath_rtt_us"] = rtt_summary(rtts)
     summary["pair"] = {"src": src, "dst": dst}
     config = {"experiment": "proactive_flow", "connections_per_mode": n, "modes": list(MODES),
-              "protocols": list(PROTOS), "servers": servers, "pair": {"src": src["name"], "dst": dst["name"]},
+              "protocols": list(PROTOS), "alternation_block": BLOCK, "settle_s": SETTLE, "servers": servers,
+              "pair": {"src": src["name"], "dst": dst["name"]},
               "topology_file": str(topology_path), "topology": topology.raw}
-    outdir = results_dir(outroot)
-    write_results(outdir, rows, summary, config)
+    outdir = results.write(fields(servers), rows, summary, config, lambda path: plot(rows, summary, path))
     return outdir, summary
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.proactive_flow", description=__doc__.split("\n")[0])
     ap.add_argument("-n", "--connections", type=int, default=200,
                     help="new TCP connections and UDP exchanges per mode (default 200)")

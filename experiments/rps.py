@@ -11,7 +11,9 @@ reverse entry; the kernel mode may punt more: a flow's two directions can land o
 
     sudo python -m experiments.rps [--seconds 3] [--pps 40000] [--topology topologies/default.yaml]
 
-Writes results/rps/<timestamp>/: raw.csv, summary.json, config.yaml, rps.png.
+Each (mode, workers) configuration runs once; the spread is over its workers (Jain's index).
+
+Writes results/rps/<timestamp>/: raw.csv, summary.json, config.yaml, provenance.json, rps.png.
 """
 from __future__ import annotations
 
@@ -23,11 +25,22 @@ import time
 from pathlib import Path
 
 from experiments import common
-from experiments.common import ExperimentError, add_run_arguments, load_topology, results_dir
+from experiments.common import ExperimentError, Progress, add_run_arguments, load_topology
+from testbed import overlay
+from testbed.measure import plot as plots
+from testbed.measure.pairs import VmPair, same_servers
+from testbed.measure.results import ResultsRun
+from testbed.measure.runners import wait_ping
+from testbed.measure.throughput import reset_stats
+from testbed.runner import Testbed
+from testbed.topology import Topology
+from vrouter.core.fairness import jain_index
+from vrouter.io import introspect
 
 MODES = ("rps", "extended", "kernel")
 WORKERS = (1, 2)
 DPORTS = 4
+FIELDS = ("mode", "workers", "server", "worker", "packets", "bytes", "punts", "decisions", "hits", "flows")
 SPORT_BASE, DPORT_BASE = 21000, 9100
 
 RECEIVER = ("import socket,sys,json,selectors,time\n"
@@ -81,64 +94,42 @@ EXCHANGES = ("import socket,sys\n"
 EXCHANGE_PORT, EXCHANGE_SPORT = 9300, 40000
 
 
-def pick_pairs(topology) -> list:
-    """Per virtual network one (src VM, dst VM) pair; all sources on one server, all destinations on
-    one server of another leaf when the topology has one."""
-    vms = list(topology.vms)
-    best = None
-    for a in vms:
-        for b in vms:
-            if a.server == b.server or a.network != b.network:
-                continue
-            pairs = []
-            for net in dict.fromkeys(v.network for v in vms):
-                src = next((v for v in vms if v.network == net and v.server == a.server), None)
-                dst = next((v for v in vms if v.network == net and v.server == b.server), None)
-                if src and dst:
-                    pairs.append((src, dst))
-            score = (len(pairs), topology.leaf_of(a.server) != topology.leaf_of(b.server))
-            if best is None or score > best[0]:
-                best = (score, pairs)
-    if best is None:
-        raise ExperimentError(f"{topology.source}: needs two VMs of one virtual network on different servers")
-    return best[1]
-
-
-def wait_ping(tb, vm: str, address: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if " 0% packet loss" in tb.host(vm).cmd(f"ping -c 1 -W 1 {address}"):
-            return True
-    return False
+def pick_pairs(topology: Topology) -> list[VmPair]:
+    """Per virtual network one VM pair, all between the same two servers: those that share the most
+    networks, on different leaves when the topology has them (testbed/measure/pairs.py)."""
+    return same_servers(topology, common.pair_of(topology, require_cross_leaf=False, most_networks=True))
 
 
 def steering(mode: str, workers: int) -> dict:
     return {"mode": mode, "workers": list(range(workers))}
 
 
-def run_config(tb, pairs, servers, mode, workers, seconds, pps, progress) -> tuple[list, dict]:
-    from testbed import overlay
-    from testbed.bench_throughput import reset_stats
-    from vrouter.io import introspect
-    from vrouter.core.fairness import jain_index
-    for s in servers:
-        overlay.restart_forwarder(tb, s, steering(mode, workers))
-    for src, dst in pairs:
-        if not wait_ping(tb, src.name, dst.address, 20):
-            raise ExperimentError(f"{mode}/{workers}: {src.name} cannot reach {dst.name}")
-    reset_stats(tb, servers)
+def traffic(tb: Testbed, pairs: list[VmPair], seconds: float, pps: float) -> tuple[int, list[dict]]:
+    """The 64 UDP flows for `seconds`: (datagrams sent, per receiver {"flows": {key: count}, "seconds"})."""
     flows_per = max(1, 64 // len(pairs))
     receivers, senders = [], []
-    for src, dst in pairs:
-        receivers.append(tb.host(dst.name).popen([sys.executable, "-c", RECEIVER, str(DPORT_BASE), str(DPORTS), "2"],
-                                                 stdout=subprocess.PIPE, text=True))
+    for p in pairs:
+        receivers.append(tb.host(p.server_vm.name).popen(
+            [sys.executable, "-c", RECEIVER, str(DPORT_BASE), str(DPORTS), "2"], stdout=subprocess.PIPE, text=True))
     time.sleep(0.5)
-    for i, (src, dst) in enumerate(pairs):
-        senders.append(tb.host(src.name).popen(
-            [sys.executable, "-c", SENDER, dst.address, str(SPORT_BASE + 100 * i), str(DPORT_BASE), str(flows_per),
-             str(DPORTS), str(seconds), str(pps / len(pairs) if pps else 0)], stdout=subprocess.PIPE, text=True))
-    sent = sum(int(p.communicate(timeout=seconds + 60)[0].strip() or 0) for p in senders)
-    got = [json.loads(p.communicate(timeout=60)[0]) for p in receivers]
+    for i, p in enumerate(pairs):
+        senders.append(tb.host(p.client_vm.name).popen(
+            [sys.executable, "-c", SENDER, p.server_vm.address, str(SPORT_BASE + 100 * i), str(DPORT_BASE),
+             str(flows_per), str(DPORTS), str(seconds), str(pps / len(pairs) if pps else 0)],
+            stdout=subprocess.PIPE, text=True))
+    sent = sum(int(proc.communicate(timeout=seconds + 60)[0].strip() or 0) for proc in senders)
+    return sent, [json.loads(proc.communicate(timeout=60)[0]) for proc in receivers]
+
+
+def run_config(tb: Testbed, pairs: list[VmPair], servers: list[str], mode: str, workers: int, seconds: float,
+               pps: float, progress: Progress) -> tuple[list, dict]:
+    for s in servers:
+        overlay.restart_forwarder(tb, s, steering(mode, workers))
+    for p in pairs:
+        if not wait_ping(tb.host(p.client_vm.name), p.server_vm.address, 20):
+            raise ExperimentError(f"{mode}/{workers}: {p.client_vm.name} cannot reach {p.server_vm.name}")
+    reset_stats(tb, servers)
+    sent, got = traffic(tb, pairs, seconds, pps)
     delivered = sum(sum(g["flows"].values()) for g in got)
     active = max((g["seconds"] for g in got), default=0) or seconds
     time.sleep(0.3)
@@ -152,9 +143,9 @@ def run_config(tb, pairs, servers, mode, workers, seconds, pps, progress) -> tup
                          "punts": sum(v["punts"] for v in loads.values())}
         for w in sorted(loads):
             rows.append({"mode": mode, "workers": workers, "server": s, "worker": w, **{
-                k: loads[w][k] for k in ("packets", "bytes", "punts", "decisions", "hits", "flows")}})
+                k: loads[w][k] for k in FIELDS[4:]}})
     flows_seen = sum(len(g["flows"]) for g in got)
-    src, dst = pairs[0]
+    src, dst = pairs[0].client_vm, pairs[0].server_vm
     before = {s: introspect.query(tb.path, s, "stats")["agent"].get("decisions", 0) for s in servers}
     echo = tb.host(dst.name).popen([sys.executable, "-c", ECHO, str(EXCHANGE_PORT), "64"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -182,19 +173,14 @@ def run_config(tb, pairs, servers, mode, workers, seconds, pps, progress) -> tup
     return rows, summary
 
 
-def plot(results: list, servers: list, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    x = range(len(MODES))
-    for j, n in enumerate(WORKERS):
-        vals = [next((r["delivered_pps"] for r in results if r["mode"] == m and r["workers"] == n), 0) for m in MODES]
-        axes[0].bar([i + 0.4 * j for i in x], vals, width=0.4, label=f"{n} worker{'s' if n > 1 else ''}")
-    axes[0].set_xticks([i + 0.2 for i in x], MODES)
-    axes[0].set_ylabel("datagrams delivered / s")
-    axes[0].set_title("throughput, 64 UDP flows")
-    axes[0].legend()
+def plot(results: list[dict], servers: list[str], path: Path) -> None:
+    """Throughput per mode and worker count; per-worker shares and Jain's index with 2 workers."""
+    fig, axes = plots.figure(3, width=15)
+    plots.grouped_bars(axes[0], list(MODES), [plots.Bars(
+        f"{n} worker{'s' if n > 1 else ''}",
+        [next((r["delivered_pps"] for r in results if r["mode"] == m and r["workers"] == n), 0) for m in MODES])
+        for n in WORKERS], fmt=None)
+    plots.label(axes[0], "steering mode", "UDP datagrams delivered (1/s)", "throughput, 64 UDP flows")
     two = [r for r in results if r["workers"] == 2]
     labels, shares0, shares1 = [], [], []
     for r in two:
@@ -208,23 +194,17 @@ def plot(results: list, servers: list, path: Path) -> None:
     axes[1].bar(range(len(labels)), shares1, bottom=shares0, label="worker 1")
     axes[1].axhline(0.5, color="k", lw=0.5, ls="--")
     axes[1].set_xticks(range(len(labels)), labels, fontsize=8)
-    axes[1].set_ylabel("share of packets")
-    axes[1].set_title("per-worker load, 2 workers")
-    axes[1].legend(loc="lower right")
-    for k, s in enumerate(servers):
-        axes[2].bar([i + 0.4 * k for i in range(len(two))], [r["servers"][s]["jain"] for r in two], width=0.4,
-                    label=s)
-    axes[2].set_xticks([i + 0.2 for i in range(len(two))], [r["mode"] for r in two])
-    axes[2].set_ylim(0.4, 1.02)
-    axes[2].set_ylabel("Jain's index over workers")
-    axes[2].set_title("fairness, 2 workers (1.0 = even)")
-    axes[2].legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.label(axes[1], "steering mode, vrouter", "share of the vrouter's packets (fraction)",
+                "per-worker load, 2 workers", legend="lower right")
+    plots.grouped_bars(axes[2], [r["mode"] for r in two], [
+        plots.Bars(s, [r["servers"][s]["jain"] for r in two]) for s in servers], fmt="%.3f")
+    axes[2].set_ylim(0.4, 1.05)
+    plots.label(axes[2], "steering mode", "Jain's index over workers (1.0 = even)", "fairness, 2 workers",
+                legend="lower right")
+    plots.save(fig, path, "Receive packet steering across vrouter workers")
 
 
-def summary_lines(summary) -> list:
+def summary_lines(summary: dict) -> list[str]:
     servers = summary["servers"]
     lines = [f"{'mode':9}{'workers':>8}{'delivered/s':>13}{'loss %':>8}" +
              "".join(f"{s + ' Jain':>11}{s + ' per worker':>24}{s + ' slow':>10}{s + ' exch':>10}" for s in servers)]
@@ -242,18 +222,21 @@ def summary_lines(summary) -> list:
     return lines
 
 
-def run(topology_path: Path, seconds: float, pps: float, prefix: str, run_root, outroot: Path, progress):
-    from testbed.runner import Testbed
+def run(topology_path: Path, seconds: float, pps: float, prefix: str, run_root: str | None, outroot: Path,
+        progress: Progress) -> tuple[Path, dict]:
+    results = ResultsRun("rps", outroot)
     topology = load_topology(topology_path)
     pairs = pick_pairs(topology)
-    servers = [pairs[0][0].server, pairs[0][1].server]
+    servers = list(pairs[0].servers)
     progress(f"bringing up {topology.name} ({topology_path}) with prefix {prefix!r}")
     tb = Testbed(topology, prefix=prefix, run_root=run_root, progress=lambda m: progress("  " + m))
     tb.vrouter_steering = steering("rps", 2)
     tb.start()
-    rows, runs = [], []
+    rows: list[dict] = []
+    runs: list[dict] = []
     try:
-        progress(f"flows: {', '.join(f'{s.name}->{d.name}' for s, d in pairs)}, {64 // len(pairs)} each, "
+        flows = ", ".join(f"{p.client_vm.name}->{p.server_vm.name}" for p in pairs)
+        progress(f"flows: {flows}, {64 // len(pairs)} each, "
                  f"{seconds:g} s per run, offered {'as fast as the senders go' if not pps else f'{pps:g} pkts/s'}")
         total = len(MODES) * len(WORKERS)
         for mode in MODES:
@@ -275,20 +258,17 @@ def run(topology_path: Path, seconds: float, pps: float, prefix: str, run_root, 
                "extra_slowpath_kernel_2_workers_per_64_exchanges": {
                    s: kernel2["servers"][s]["exchange_slowpath"] - 64 for s in servers}}
     config = {"experiment": "rps", "seconds": seconds, "offered_pps": pps, "modes": list(MODES),
-              "workers": list(WORKERS), "pairs": [[s.name, d.name] for s, d in pairs],
+              "workers": list(WORKERS), "pairs": [[p.client_vm.name, p.server_vm.name] for p in pairs],
               "flows": 64, "dports": DPORTS, "steering": {f"{m}/{n}": steering(m, n) for m in MODES for n in WORKERS},
               "topology_file": str(topology_path), "topology": topology.raw}
-    outdir = results_dir(outroot)
-    common.write_results(outdir, ["mode", "workers", "server", "worker", "packets", "bytes", "punts", "decisions",
-                                  "hits", "flows"], rows, summary, config)
-    plot(runs, servers, outdir / "rps.png")
-    return outdir, summary
+    return results.write(FIELDS, rows, summary, config, lambda path: plot(runs, servers, path)), summary
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.rps", description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic per run (default 3)")
-    ap.add_argument("--pps", type=float, default=40000, help="offered datagrams/s in total (default 40000; 0: flat out)")
+    ap.add_argument("--pps", type=float, default=40000,
+                    help="offered datagrams/s in total (default 40000; 0: flat out)")
     add_run_arguments(ap, "rps", prefix="rp")
     args = ap.parse_args(argv)
     invalid = None

@@ -1,22 +1,26 @@
 """Fabric benchmark: bring-up and teardown time of the default and a 2x8x4 fabric, iperf3 throughput
-between servers on different leaves: `testbed bench fabric [--json]`. Also `testbed demo`, which runs
-the main experiment (experiments/proactive_flow.py, results in results/proactive_flow/<timestamp>/).
+(testbed/measure/) between the first and the last server, which sit under different leaves:
+`testbed bench fabric [--json]`.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 
 from testbed import DEFAULT_TOPOLOGY, generator, measure
 from testbed.commands import command, group
+from testbed.measure import provenance
 from testbed.runner import Testbed
-from testbed.topology import from_dict, load
+from testbed.topology import Topology, from_dict, load
 
 
-def _measure_one(topo, label: str, prefix: str, run_root, seconds: float, progress) -> dict:
+def _measure_one(topo: Topology, label: str, prefix: str, run_root: str | None, seconds: float,
+                 progress: Callable[[str], None]) -> dict:
     progress(f"[{label}] bringing up {len(topo.spines)} spines, {len(topo.leaves)} leaves, "
              f"{len(topo.servers)} servers")
     t0 = time.monotonic()
@@ -50,21 +54,22 @@ def _measure_one(topo, label: str, prefix: str, run_root, seconds: float, progre
                        "seconds": seconds}}
 
 
-def fabric_bench(prefix: str = "vtb", run_root=None, seconds: float = 5.0, big=(2, 8, 4),
-                 progress=None) -> dict:
+def fabric_bench(prefix: str = "vtb", run_root: str | None = None, seconds: float = 5.0,
+                 big: tuple[int, int, int] = (2, 8, 4), progress: Callable[[str], None] | None = None) -> dict:
     """Python API of `testbed bench fabric`: the figures as a dict (see docs/testbed.md)."""
     say = progress or (lambda m: None)
     default = load(DEFAULT_TOPOLOGY)
     out = {"bench": "fabric", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
-           "cpus": os.cpu_count(), "datapath": "userspace (netdev)"}
+           "cpus": os.cpu_count(), "datapath": "userspace (netdev)", "provenance": provenance.collect()}
     out["default"] = _measure_one(default, "default", prefix, run_root, seconds, say)
-    s, l, n = big
-    generated = from_dict(generator.leaf_spine(s, l, n), source=f"generated {s}x{l}x{n}")
-    out[f"ls{s}x{l}x{n}"] = _measure_one(generated, f"{s}x{l}x{n}", prefix, run_root, seconds, say)
+    spines, leaves, per_leaf = big
+    shape = f"{spines}x{leaves}x{per_leaf}"
+    generated = from_dict(generator.leaf_spine(spines, leaves, per_leaf), source=f"generated {shape}")
+    out[f"ls{shape}"] = _measure_one(generated, shape, prefix, run_root, seconds, say)
     return out
 
 
-def _summary(r: dict) -> list[str]:
+def report_lines(r: dict) -> list[str]:
     lines = []
     for key in [k for k in r if isinstance(r[k], dict) and "bringup_s" in r[k]]:
         x = r[key]
@@ -76,7 +81,7 @@ def _summary(r: dict) -> list[str]:
     return lines
 
 
-def _bench_args(p):
+def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     p.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration (default 5)")
     p.add_argument("--prefix", default="vtb", help="name prefix of the benchmark's testbeds (default vtb)")
@@ -88,23 +93,10 @@ group("bench", "benchmarks")
 
 @command("bench fabric", help="bring-up/teardown time and iperf3 throughput of the fabric", root=True,
          arguments=_bench_args)
-def bench_fabric(args) -> int:
+def bench_fabric(args: argparse.Namespace) -> int:
     r = fabric_bench(args.prefix, args.run_root, args.seconds, progress=lambda m: print(m, file=sys.stderr))
-    for line in _summary(r):
+    for line in report_lines(r):
         print(line)
     if args.json:
         print(json.dumps(r))
     return 0
-
-
-def _demo_args(p):
-    p.add_argument("-n", "--connections", type=int, default=200,
-                   help="new TCP connections and UDP exchanges per mode (default 200)")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object last")
-
-
-@command("demo", help="run the main experiment (proactive vs reactive flow setup) -> results/proactive_flow/",
-         root=True, arguments=_demo_args)
-def demo(args) -> int:
-    from experiments import proactive_flow
-    return proactive_flow.main(["-n", str(args.connections)] + (["--json"] if args.json else []))

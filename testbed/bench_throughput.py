@@ -6,24 +6,27 @@ kernel VXLAN overlay between the same servers, (c) our overlay VM to VM with GRO
 CPU seconds per GB of the two servers' vrouter processes (forwarder + agent, psutil); the median
 ping RTT of the underlay, the kernel VXLAN and the overlay, and the cost of one idle Python process hop
 (testbed/hop_floor.py), four of which every overlay round trip crosses. Prints a table, the ratios
-(c)/(a), (d)/(a), (d)/(b), the GRO segments per delivery and which targets are met.
-experiments/gro.py reuses the measurement functions.
+(c)/(a), (d)/(a), (d)/(b), the GRO segments per delivery and which targets are met. The measuring
+itself (pair, iperf3, ping, vrouter CPU, the overlay runs) is testbed/measure/, which
+experiments/gro.py and rps_gro.py use too.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import re
-import statistics
 import sys
 import time
+from collections.abc import Callable
 
-from testbed import DEFAULT_TOPOLOGY, measure
+from testbed import DEFAULT_TOPOLOGY
 from testbed.commands import CommandError, command, group
 from testbed.hop_floor import hop_floor_us
-from testbed.overlay import agent_name, forwarder_name
+from testbed.measure import provenance
+from testbed.measure.pairs import PairError, VmPair, pick_pair
+from testbed.measure.runners import ping_median_us
+from testbed.measure.throughput import costed_iperf3, overlay_run, set_offloads
 from testbed.runner import Testbed
-from testbed.topology import load
-from vrouter.io import introspect
+from testbed.topology import Topology, load
 
 VXLAN_ID, VXLAN_PORT, VXLAN_NET = 4242, 4790, "172.31.255"
 VXLAN_SERVER_ADDRESS = f"{VXLAN_NET}.2"  # the server side's address on the kernel VXLAN
@@ -33,117 +36,27 @@ LABELS = {"underlay": "(a) underlay", "kernel_vxlan": "(b) kernel VXLAN",
           "overlay_off": "(c) overlay GRO/GSO off", "overlay_on": "(d) overlay GRO/GSO on"}
 
 
-class Pair:
-    """The two servers and the two VMs the bench measures between, with their addresses."""
-
-    def __init__(self, topo):
-        by_server = {}
-        for vm in topo.vms:
-            by_server.setdefault((vm.network, vm.server), vm)
-        for (net, s1), vm1 in by_server.items():
-            for (net2, s2), vm2 in by_server.items():
-                if net == net2 and topo.leaf_of(s1) != topo.leaf_of(s2):
-                    self.client, self.server = s1, s2
-                    self.client_vm, self.server_vm = vm1, vm2
-                    servers = {s.name: s for s in topo.servers}
-                    self.client_ip, self.server_ip = servers[s1].address, servers[s2].address
-                    return
-        raise CommandError(f"{topo.name}: no network has VMs on servers of two different leaves")
-
-    @property
-    def ends(self) -> dict:
-        """How reports and results name the pair: {"client": "vm@server", "server": "vm@server"}."""
-        return {"client": f"{self.client_vm.name}@{self.client}", "server": f"{self.server_vm.name}@{self.server}"}
+def pick(topo: Topology) -> VmPair:
+    """The bench's VM pair (testbed/measure/pairs.py): one network, servers under different leaves."""
+    try:
+        return pick_pair(topo)
+    except PairError as exc:
+        raise CommandError(str(exc)) from None
 
 
-# --- measurement functions (also used by experiments/gro.py) --------------------------------------
-def vrouter_pids(tb, servers) -> list[int]:
-    """The servers' vrouter processes: forwarder (or multi-core dispatcher with its forked workers
-    and relays) and agent."""
-    import psutil
-    pids = []
-    for server in servers:
-        for name in (forwarder_name(server), agent_name(server)):
-            pid = tb.supervisor.pid(name)
-            if pid:
-                pids.append(pid)
-                try:
-                    pids += [c.pid for c in psutil.Process(pid).children(recursive=True)]
-                except psutil.NoSuchProcess:
-                    pass
-    return pids
-
-
-def cpu_seconds(pids) -> float:
-    import psutil
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system
-    return total
-
-
-def set_offloads(tb, servers, on: bool) -> None:
-    for server in servers:
-        introspect.query(tb.path, server, "set", gro=on, gso=on)
-
-
-def reset_stats(tb, servers) -> None:
-    for server in servers:
-        introspect.query(tb.path, server, "reset")
-
-
-def offload_stats(tb, server) -> dict:
-    s = introspect.query(tb.path, server, "stats")
-    return {"gro": s["gro"], "gso": s["gso"]}
-
-
-def run_iperf(tb, mode: str, pair: Pair, streams: int, seconds: float, port: int = 5201) -> dict:
+def run_iperf(tb: Testbed, mode: str, pair: VmPair, streams: int, seconds: float) -> dict:
     """One iperf3 run of `mode` (see MODES) with CPU seconds of the two servers' vrouters."""
     if mode in ("underlay", "kernel_vxlan"):
         client, server = tb.host(pair.client), tb.host(pair.server)
         dst = pair.server_ip if mode == "underlay" else VXLAN_SERVER_ADDRESS
-    else:
-        client, server = tb.host(pair.client_vm.name), tb.host(pair.server_vm.name)
-        dst = pair.server_vm.address
-    pids = vrouter_pids(tb, (pair.client, pair.server))
-    cpu0 = cpu_seconds(pids)
-    r = measure.iperf3(client, server, dst, seconds=seconds, parallel=streams, port=port)
-    cpu = cpu_seconds(pids) - cpu0
-    gbytes = r["bits_per_second"] * r["seconds"] / 8 / 1e9
-    return {"mode": mode, "streams": streams, "seconds": seconds, "gbps": r["bits_per_second"] / 1e9,
-            "retransmits": r["retransmits"], "vrouter_cpu_s": cpu,
-            "cpu_s_per_gb": cpu / gbytes if gbytes else None}
-
-
-def overlay_run(tb, pair: Pair, on: bool, streams: int, seconds: float) -> dict:
-    """(c) or (d): switch both vrouters, zero their stats, run iperf3, add the GRO/GSO figures."""
-    servers = (pair.client, pair.server)
-    set_offloads(tb, servers, on)
-    reset_stats(tb, servers)
-    time.sleep(0.2)  # TAP offload changes reach the VMs' TCP sockets on their next route lookup
-    r = run_iperf(tb, "overlay_on" if on else "overlay_off", pair, streams, seconds)
-    rx, tx = offload_stats(tb, pair.server), offload_stats(tb, pair.client)
-    r.update(gro_segments_per_delivery=rx["gro"]["segments_per_delivery"],
-             gro_segments_per_merge=rx["gro"]["segments_per_merge"],
-             gro_histogram=rx["gro"]["histogram"], gso_segments_per_send=tx["gso"]["segments_per_send"],
-             gso_sends=tx["gso"]["sends"])
-    return r
-
-
-def ping_median_us(host, dst: str, count: int = 50, interval: float = 0.02) -> float | None:
-    out = host.cmd(f"ping -n -q -c 1 -W 1 {dst} >/dev/null; ping -n -c {count} -i {interval} -W 1 {dst}")
-    rtts = [float(x) * 1000 for x in re.findall(r"time=([\d.]+) ms", out)]
-    return statistics.median(rtts) if rtts else None
+        return costed_iperf3(tb, pair, client, server, dst, mode, streams, seconds)
+    return overlay_run(tb, pair, mode == "overlay_on", streams, seconds)
 
 
 class KernelVxlan:
     """A kernel VXLAN interface in each of the two servers' namespaces (removed by close)."""
 
-    def __init__(self, tb, pair: Pair):
+    def __init__(self, tb: Testbed, pair: VmPair) -> None:
         self.tb, self.pair = tb, pair
         self.name = f"{tb.prefix}-vx"
         self.made = []
@@ -159,13 +72,14 @@ class KernelVxlan:
                     self.close()
                     raise CommandError(f"kernel VXLAN on {me}: {c}: {out.splitlines()[0] if out else 'failed'}")
 
-    def close(self):
+    def close(self) -> None:
         for host in self.made:
             host.cmd(f"ip link del {self.name} 2>/dev/null")
         self.made = []
 
 
-def measure_all(tb, pair: Pair, seconds: float, streams=(1, 8), progress=lambda m: None) -> dict:
+def measure_all(tb: Testbed, pair: VmPair, seconds: float, streams: tuple[int, ...] = (1, 8),
+                progress: Callable[[str], None] = lambda m: None) -> dict:
     """Everything `bench throughput` reports, on a testbed that is up."""
     runs = []
     vx = KernelVxlan(tb, pair)
@@ -173,13 +87,10 @@ def measure_all(tb, pair: Pair, seconds: float, streams=(1, 8), progress=lambda 
         for mode in MODES:
             for n in streams:
                 progress(f"{LABELS[mode]}: iperf3 -P {n} for {seconds:g} s")
-                if mode.startswith("overlay"):
-                    r = overlay_run(tb, pair, mode == "overlay_on", n, seconds)
-                else:
-                    r = run_iperf(tb, mode, pair, n, seconds)
+                r = run_iperf(tb, mode, pair, n, seconds)
                 progress(f"  {r['gbps']:.3f} Gbit/s")
                 runs.append(r)
-        set_offloads(tb, (pair.client, pair.server), True)
+        set_offloads(tb, pair.servers, True)
         progress("ping RTT: underlay, kernel VXLAN and overlay (GRO/GSO on), 50 pings at 20 ms")
         under = ping_median_us(tb.host(pair.client), pair.server_ip)
         kernel = ping_median_us(tb.host(pair.client), VXLAN_SERVER_ADDRESS)
@@ -219,12 +130,14 @@ def summarize(result: dict) -> dict:
     return {"ratios": ratios, "gro_segments_per_merge": spm, "targets_met": met}
 
 
-def throughput_bench(quick: bool = False, prefix: str = "vtt", run_root=None, progress=None) -> dict:
+def throughput_bench(quick: bool = False, prefix: str = "vtt", run_root: str | None = None,
+                     progress: Callable[[str], None] | None = None) -> dict:
     """Python API of `testbed bench throughput`."""
     say = progress or (lambda m: None)
     seconds = 3.0 if quick else 10.0
+    started = time.time()
     topo = load(DEFAULT_TOPOLOGY)
-    pair = Pair(topo)
+    pair = pick(topo)
     say(f"bringing up {topo.name}: {pair.ends['client']} -> {pair.ends['server']}")
     tb = Testbed(topo, prefix=prefix, run_root=run_root, progress=lambda m: say(f"  {m}"))
     tb.start()
@@ -234,7 +147,8 @@ def throughput_bench(quick: bool = False, prefix: str = "vtt", run_root=None, pr
         tb.stop()
     result.update(bench="throughput", time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=seconds,
                   topology=topo.name, encapsulation=topo.encapsulation, client=pair.client, server=pair.server,
-                  client_vm=pair.client_vm.name, server_vm=pair.server_vm.name)
+                  client_vm=pair.client_vm.name, server_vm=pair.server_vm.name,
+                  provenance=provenance.collect(started))
     result.update(summarize(result))
     return result
 
@@ -253,7 +167,8 @@ def report_lines(r: dict) -> list[str]:
                      f"(d)/(b) {q['d_over_b']:.2f}")
     rtt = r["rtt_us"]
     if rtt["overhead_median"] is not None:
-        lines.append(f"ping RTT median: underlay {rtt['underlay_median']:.0f} us, overlay {rtt['overlay_median']:.0f} us, "
+        lines.append(f"ping RTT median: underlay {rtt['underlay_median']:.0f} us, "
+                     f"overlay {rtt['overlay_median']:.0f} us, "
                      f"overhead {rtt['overhead_median']:.0f} us")
     else:
         lines.append("ping RTT: no replies")
@@ -271,7 +186,7 @@ def report_lines(r: dict) -> list[str]:
     return lines
 
 
-def _arguments(p):
+def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="3 s per run instead of 10")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     p.add_argument("--prefix", default="vtt", help="name prefix of the bench's testbed (default vtt)")
@@ -283,7 +198,7 @@ group("bench", "benchmarks")
 
 @command("bench throughput", help="TCP throughput: underlay, kernel VXLAN, our overlay with GRO/GSO off and on",
          root=True, arguments=_arguments)
-def bench_throughput(args) -> int:
+def bench_throughput(args: argparse.Namespace) -> int:
     r = throughput_bench(args.quick, args.prefix, args.run_root, progress=lambda m: print(m, file=sys.stderr))
     for line in report_lines(r):
         print(line)

@@ -4,18 +4,18 @@ nothing without our prefix.
 
 Everything a run creates in the root namespace is named `<prefix>-...` (testbed/fabric.py), and the
 processes it starts (controller, Mininet node shells, supervised programs) are recorded with their
-start time in `<rundir>/pids/`, so a recycled PID is never killed.
+start time in `<rundir>/pids/`, so a recycled PID is never killed; testbed/proctree.py ends them.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 
 import psutil
 
+from testbed import proctree
 from testbed.rundir import RunDir, live_process, run_dirs
 
 DEFAULT_PREFIX = "vt"
@@ -46,7 +46,8 @@ def links(prefix: str) -> list[str]:
 
 
 def netns(prefix: str) -> list[str]:
-    return [l.split()[0] for l in _lines(["ip", "netns", "list"]) if l.split() and _ours(l.split()[0], prefix)]
+    return [line.split()[0] for line in _lines(["ip", "netns", "list"])
+            if line.split() and _ours(line.split()[0], prefix)]
 
 
 def processes(rundir: RunDir) -> list[psutil.Process]:
@@ -59,12 +60,9 @@ def processes(rundir: RunDir) -> list[psutil.Process]:
         try:
             if rec.get("cmdline") and p.cmdline() != rec["cmdline"]:
                 continue
-            found[p.pid] = p
-            for kid in p.children(recursive=True):
-                if kid.pid != os.getpid():
-                    found[kid.pid] = kid
         except psutil.Error:
             continue
+        found.update((q.pid, q) for q in proctree.tree(p) if q.pid != os.getpid())
     return list(found.values())
 
 
@@ -74,21 +72,6 @@ def leftovers(prefix: str, root=None) -> dict:
                               ("links", links(prefix)), ("netns", netns(prefix))) if v}
 
 
-def _kill(procs: list[psutil.Process], grace: float = 2.0) -> None:
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
-    _gone, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
-
-
 def clean_prefix(prefix: str, root=None, keep_rundir: bool = False, log=print) -> dict:
     """Remove one prefix's processes, OVS bridges, links, named netns and (unless kept) run dir."""
     rd = RunDir(root, prefix)
@@ -96,8 +79,7 @@ def clean_prefix(prefix: str, root=None, keep_rundir: bool = False, log=print) -
     procs = processes(rd)
     if procs:
         log(f"{prefix}: stopping {len(procs)} processes ({', '.join(str(p.pid) for p in procs)})")
-        _kill(procs)
-        done["processes"] = len(procs)
+        done["processes"] = proctree.terminate(procs)
     for br in bridges(prefix):
         subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", br], capture_output=True)
         done["bridges"] += 1

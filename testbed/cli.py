@@ -12,7 +12,7 @@ import sys
 
 import testbed
 from testbed.checks import PreconditionError, require_testbed_host
-from testbed.commands import COMMANDS, GROUP_HELP, COMMAND_MODULES, CommandError
+from testbed.commands import COMMAND_MODULES, COMMANDS, GROUP_HELP, CommandError
 from testbed.topology import TopologyError
 
 
@@ -39,14 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = COMMANDS[name]
         words = name.split()
         if len(words) == 1:
-            p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+            p = sub.add_parser(name, help=cmd.help, description=cmd.help, add_help=not cmd.passthrough)
         else:
             head = words[0]
             if head not in groups:
                 gp = sub.add_parser(head, help=GROUP_HELP.get(head, f"{head} commands"))
                 groups[head] = gp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
                 groups[head].required = True
-            p = groups[head].add_parser(words[1], help=cmd.help, description=cmd.help)
+            p = groups[head].add_parser(words[1], help=cmd.help, description=cmd.help, add_help=not cmd.passthrough)
         if cmd.arguments:
             cmd.arguments(p)
         p.set_defaults(_command=cmd)
@@ -55,11 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     cmd = getattr(args, "_command", None)
     if cmd is None:
         parser.print_help()
         return 2
+    if extra and not cmd.passthrough:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.passthrough = extra
     try:
         if cmd.root:
             require_testbed_host()

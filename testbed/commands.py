@@ -6,12 +6,14 @@
 
 A two-word name makes a group (`testbed bench fabric`, `testbed bench throughput`).
 `root=True` checks for root and a running Open vSwitch before the command runs.
+`passthrough=True` hands every argument after the command's name, unparsed, to the command in
+`args.passthrough` (even -h: `testbed demo --help` shows the experiment's own help).
 Modules named testbed/cmd_*.py and those in COMMAND_MODULES are imported by testbed.cli.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # The other modules imported by testbed.cli: those that register commands, and testbed.overlay
 # (its testbed hooks and the `vr` command of Mininet's CLI).
@@ -26,17 +28,19 @@ class Command:
     help: str
     root: bool = False
     arguments: Callable | None = None
+    passthrough: bool = False
 
 
 COMMANDS: dict[str, Command] = {}
 GROUP_HELP: dict[str, str] = {}
 
 
-def command(name: str, help: str, root: bool = False, arguments: Callable | None = None):
-    def deco(fn):
+def command(name: str, help: str, root: bool = False, arguments: Callable | None = None,
+            passthrough: bool = False) -> Callable[[Callable], Callable]:
+    def deco(fn: Callable) -> Callable:
         if name in COMMANDS and COMMANDS[name].run is not fn:
             raise ValueError(f"testbed command {name!r} registered twice")
-        COMMANDS[name] = Command(name, fn, help, root, arguments)
+        COMMANDS[name] = Command(name, fn, help, root, arguments, passthrough)
         return fn
     return deco
 

@@ -9,20 +9,19 @@ it has run for 30 s.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 
-import psutil
-
+from testbed import proctree
 from testbed.rundir import RunDir
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 30.0
 POLL = 0.2
+STOP_GRACE = 5.0  # a stopped program's seconds between SIGTERM and SIGKILL
 
 
 @dataclass
@@ -35,6 +34,7 @@ class Child:
     cwd: str | None
     popen: subprocess.Popen | None = None
     started: float = 0.0
+    create_time: float | None = None  # with the PID, what identifies the process
     restarts: int = 0
     backoff: float = BACKOFF_START
     next_start: float | None = None
@@ -84,7 +84,7 @@ class Supervisor:
         child.popen = subprocess.Popen(argv, **kw)
         child.started = time.monotonic()
         child.next_start = None
-        self.rundir.record_pid(child.name, child.popen.pid)
+        child.create_time = self.rundir.record_pid(child.name, child.popen.pid)["create_time"]
         self._event(f"started {child.name} pid {child.popen.pid}: {' '.join(child.argv)}")
 
     def _watch(self) -> None:
@@ -114,31 +114,18 @@ class Supervisor:
                     child.next_start = now + child.backoff
                     child.backoff = min(child.backoff * 2, BACKOFF_MAX)
 
-    def _terminate(self, child: Child, timeout: float = 5.0) -> None:
+    def _terminate(self, child: Child) -> None:
+        """End the child and everything it forked (testbed/proctree.py), then reap it."""
         p = child.popen
         if p is None or p.poll() is not None:
             return
+        ended = proctree.terminate_tree(p.pid, child.create_time, grace=STOP_GRACE)
         try:
-            proc = psutil.Process(p.pid)
-            kids = proc.children(recursive=True)
-        except psutil.Error:
-            kids = []
-        for sig_target in [p.pid] + [k.pid for k in kids]:
-            try:
-                os.kill(sig_target, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        try:
-            p.wait(timeout)
+            p.wait(STOP_GRACE)
         except subprocess.TimeoutExpired:
-            self._event(f"{child.name} pid {p.pid} ignored SIGTERM: killing")
-            p.kill()
-            p.wait()
-        for k in kids:
-            try:
-                k.kill()
-            except psutil.Error:
-                pass
+            self._event(f"{child.name} pid {p.pid} still running after SIGKILL")
+            return
+        self._event(f"{child.name} pid {p.pid} ended ({ended} process{'es' * (ended != 1)})")
 
     def _halt(self, name: str) -> Child:
         """Mark `name` as stopping (so the watcher leaves it alone) and terminate its process."""

@@ -70,7 +70,7 @@ def test_vrouter_pids_include_forked_workers():
 
     import psutil
 
-    from testbed.bench_throughput import vrouter_pids
+    from testbed.measure.throughput import vrouter_pids
     from testbed.overlay import forwarder_name
     # A "dispatcher" that forks a "worker", as rps_dispatch does.
     parent = subprocess.Popen([sys.executable, "-c", "import os, time\nos.fork()\ntime.sleep(30)"])
