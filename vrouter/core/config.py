@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from . import schema
 from .codec.ethernet import mac_to_bytes, mac_to_str
 from .codec.ipv4 import int_to_ip
-from .schema import DEFAULT_ENCAP, ENCAPS, Network, Policy, Prefix, Problems, Rule
+from .schema import DEFAULT_ENCAP, Network, Policy, Prefix, Problems, Rule
 
 __all__ = ["ConfigError", "FlowSettings", "NEXTHOP_TYPES", "Network", "Policy", "Route", "Rule",
            "VROUTER_MAC", "Vif", "VrouterConfig"]

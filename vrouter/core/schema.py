@@ -392,10 +392,10 @@ class VmIndex:
             p.add(f"{where}.{fields[0]}", f"duplicate address {int_to_ip(vm.address)} in network "
                                           f"{vm.network!r} (already used by {self._addresses[key]})")
             return False
-        scopes = (("network", vm.network), ("server", vm.server))
+        scopes = (("in network", vm.network), ("on server", vm.server))
         for scope, scope_name in scopes:
             if (scope, scope_name, vm.mac) in self._macs:
-                p.add(f"{where}.{fields[1]}", f"duplicate MAC {vm.mac} in {scope} {scope_name!r} "
+                p.add(f"{where}.{fields[1]}", f"duplicate MAC {vm.mac} {scope} {scope_name!r} "
                                               f"(already used by {self._macs[scope, scope_name, vm.mac]})")
                 return False
         self._addresses[key] = owner
