@@ -32,12 +32,14 @@ from .codec.outer import ENCAPS, MPLSOUDP_PORT, VXLAN_PORT
 from .codec.vxlan import MAX_VNI
 
 __all__ = [
-    "ACTIONS", "DEFAULT_ENCAP", "ENCAPS", "FLOW_MODES", "ID_RANGES", "MAC_RE", "MAX_LABEL", "MAX_VNI",
-    "MIN_LABEL", "MIN_VNI", "MPLSOUDP_PORT", "NAME_RE", "PORT_PROTOCOLS", "PROTOCOLS", "VXLAN_PORT",
-    "Network", "Policy", "Problems", "Rule", "Vm", "VmIndex",
-    "address", "choice", "default_mac", "encapsulation", "flow_mode", "items", "mac", "mapping",
-    "name", "network", "network_id", "no_unknown", "policy", "port_range", "prefix", "protocol",
-    "reference", "rule", "vm", "vm_address",
+    "ACTIONS", "ANY_PREFIX", "DEFAULT_ENCAP", "ENCAPS", "FLOW_MODES", "ID_RANGES", "MAC_RE", "MAX_LABEL",
+    "MAX_VNI", "MIN_LABEL", "MIN_VNI", "MPLSOUDP_PORT", "NAME_RE", "NETWORK_KEYS", "POLICY_KEYS",
+    "PORT_PROTOCOLS", "PROTOCOLS", "RULE_KEYS", "VM_KEYS", "VXLAN_PORT",
+    "Network", "Policy", "PortRange", "Prefix", "Problems", "Rule", "Vm", "VmIndex",
+    "address", "choice", "default_mac", "encapsulation", "flow_mode", "inside", "items", "mac",
+    "mapping", "name", "network", "network_id", "no_unknown", "parse_address", "parse_cidr", "policy",
+    "port_range", "prefix", "prefix_text", "protocol", "protocol_text", "reference", "rule", "vm",
+    "vm_address",
 ]
 
 MIN_LABEL = 16          # RFC 3032 reserves labels 0..15
@@ -67,7 +69,11 @@ PortRange = tuple[int, int]     # (low, high), inclusive
 
 class Problems:
     """Where the checks report: collects every problem (`lines`), or raises `raise_as(line)` at the
-    first when given an exception class, for callers that refuse a change or a config whole."""
+    first when given an exception class, for callers that refuse a change or a config whole.
+
+    A collecting caller refuses the whole document if any line was added: a check may still return
+    an item it reported something about (an unknown key, overlapping subnets) so that the checks
+    that depend on it (its VMs' addresses) run too and the user sees every problem at once."""
 
     def __init__(self, raise_as: Callable[[str], Exception] | None = None) -> None:
         self.raise_as = raise_as
