@@ -11,6 +11,11 @@ moved into namespaces, so the name must be unique machine-wide: the testbed pass
 prefix (default ``vt``; 1-6 characters there, testbed/fabric.py; the model accepts up to 8) so
 that concurrent testbeds never collide, and the ``<prefix>-`` start is what the testbed's scoped
 cleanup looks for. Linux limits names to 15 characters.
+
+The overlay's rules (networks, VMs, policies, the flow mode) are the overlay schema's
+(vrouter/core/schema.py), the same checks topology files and vrouter configs go through; a change
+is refused at its first problem, named like ``vms['red4'].address: ...`` (at run time) or
+``vms[3].address: ...`` (in the topology).
 """
 from __future__ import annotations
 
@@ -21,19 +26,23 @@ import json
 import re
 from dataclasses import dataclass
 
+from vrouter.core import schema
+from vrouter.core.codec.ipv4 import int_to_ip
+from vrouter.core.schema import DEFAULT_ENCAP, Problems, default_mac
 from vrouter.io.control import VncError  # a rejected change reaches the clients as this error
 
-ENCAPSULATIONS = ("mplsoudp", "mplsogre", "vxlan")
-FLOW_MODES = ("proactive", "reactive")
+__all__ = ["Change", "DEFAULT_FLOW", "STATE_VERSION", "VncError", "VncModel", "default_mac",
+           "load_topology", "normalize_policy"]
+
 DEFAULT_FLOW = {"capacity": 65536, "idle_timeout": 180.0, "hold_queue": 3, "mode": "proactive"}
 STATE_VERSION = 1
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
-_PROTOCOLS = ("any", "tcp", "udp", "icmp")
-_RULE_KEYS = ("action", "protocol", "src", "dst", "src_port", "dst_port")
 _IFNAMSIZ = 15
+
+
+# Run-time changes and the topology are refused at their first problem.
+_FIRST = Problems(VncError)
 
 
 @dataclass(frozen=True)
@@ -60,84 +69,21 @@ def load_topology(source):
     return data
 
 
-def default_mac(vm_name):
-    """Deterministic, locally administered unicast MAC derived from the VM name."""
-    digest = hashlib.sha256(vm_name.encode()).digest()
-    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
-
-
-def _ip(value, what):
-    try:
-        return ipaddress.IPv4Address(str(value))
-    except ValueError:
-        raise VncError(f"{what}: {value!r} is not an IPv4 address") from None
-
-
-def _net(value, what):
-    try:
-        return ipaddress.IPv4Network(str(value), strict=False)
-    except ValueError:
-        raise VncError(f"{what}: {value!r} is not an IPv4 prefix") from None
-
-
-def _port(value, what):
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise VncError(f"{what}: {value!r} is not a port or port range")
-    m = _PORT_RE.match(str(value).strip())
-    if not m or int(m.group(1)) > 65535 or (m.group(2) and not
-                                             int(m.group(1)) <= int(m.group(2)) <= 65535):
-        raise VncError(f"{what}: {value!r} is not a port (0-65535) or range 'lo-hi'")
-    return m.group(0)
-
-
 def normalize_policy(network, policy):
-    """Validated policy in the vrouter config's form; ``None`` means the default (allow all)."""
-    where = f"policy of network {network!r}"
+    """Validated policy of an existing network in the vrouter config's form; ``None`` means the
+    default (allow all)."""
+    where = f"policies[{network!r}]"
     if policy is None:
         policy = {}
     if not isinstance(policy, dict):
         raise VncError(f"{where}: expected a mapping with 'default' and 'rules'")
-    unknown = set(policy) - {"network", "default", "rules"}
-    if unknown:
-        raise VncError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     if policy.get("network", network) != network:
-        raise VncError(f"{where}: names network {policy['network']!r}")
-    default = policy.get("default", "allow")
-    if default not in ("allow", "deny"):
-        raise VncError(f"{where}: default must be allow or deny, not {default!r}")
-    rules = policy.get("rules") or []
-    if not isinstance(rules, list):
-        raise VncError(f"{where}: rules must be a list")
-    out = []
-    for i, rule in enumerate(rules, 1):
-        rw = f"{where}, rule {i}"
-        if not isinstance(rule, dict):
-            raise VncError(f"{rw}: expected a mapping")
-        unknown = set(rule) - set(_RULE_KEYS)
-        if unknown:
-            raise VncError(f"{rw}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-        action = rule.get("action")
-        if action not in ("allow", "deny"):
-            raise VncError(f"{rw}: action must be allow or deny, not {action!r}")
-        proto = rule.get("protocol", "any")
-        if isinstance(proto, str) and proto.lower() in _PROTOCOLS:
-            proto = proto.lower()
-        elif isinstance(proto, bool) or not isinstance(proto, int) or not 0 <= proto <= 255:
-            raise VncError(f"{rw}: protocol must be one of {', '.join(_PROTOCOLS)} "
-                           f"or a number 0..255, not {proto!r}")
-        ports = {k: _port(rule.get(k), f"{rw}, {k}") for k in ("src_port", "dst_port")}
-        # The vrouter rejects ports on other protocols; refuse here so no agent gets a bad config.
-        if any(v is not None for v in ports.values()) and proto not in ("tcp", "udp", 6, 17):
-            raise VncError(f"{rw}: ports need protocol tcp or udp")
-        out.append({
-            "action": action, "protocol": proto,
-            "src": str(_net(rule.get("src", "0.0.0.0/0"), f"{rw}, src")),
-            "dst": str(_net(rule.get("dst", "0.0.0.0/0"), f"{rw}, dst")),
-            **ports,
-        })
-    return {"network": network, "default": default, "rules": out}
+        raise VncError(f"{where}.network: names network {policy['network']!r}")
+    return _policy(where, {**policy, "network": network}, (network,), {})
+
+
+def _policy(where, item, networks, seen):
+    return schema.policy(_FIRST, where, item, networks, seen).to_dict()
 
 
 class VncModel:
@@ -155,129 +101,78 @@ class VncModel:
         topo = load_topology(topology)
         self._fingerprint = _fingerprint(topo)
         self.name = str(topo.get("name", "default"))
-        self.encapsulation = topo.get("encapsulation") or "mplsoudp"
-        if self.encapsulation not in ENCAPSULATIONS:
-            raise VncError(f"encapsulation must be one of {', '.join(ENCAPSULATIONS)}, "
-                           f"not {self.encapsulation!r}")
+        self.encapsulation = schema.encapsulation(_FIRST, "encapsulation",
+                                                  topo.get("encapsulation", DEFAULT_ENCAP))
         self._servers = self._parse_servers(topo.get("servers"))
         self._other_names = {str(s.get("name")) for s in topo.get("switches") or []
                              if isinstance(s, dict)}
         self._networks = self._parse_networks(topo.get("virtual_networks"))
         self._flow = dict(DEFAULT_FLOW)
-        for key, value in (flow or {}).items():
-            if key not in DEFAULT_FLOW:
-                raise VncError(f"unknown flow setting {key!r}")
-            self._flow[key] = value
+        schema.no_unknown(_FIRST, "flow", flow or {}, DEFAULT_FLOW)
+        self._flow.update(flow or {})
         self._check_mode(self._flow["mode"])
         self._vms = {}
         self._policies = {}
         self._next_index = 1
         self.generation = 1
-        for i, vm in enumerate(_as_list(topo.get("vms"), "vms"), 1):
-            if not isinstance(vm, dict):
-                raise VncError(f"vms entry {i}: expected a mapping")
-            self._add_vm(vm.get("name"), vm.get("network"), vm.get("server"),
-                         vm.get("address"), vm.get("mac"))
-        for i, pol in enumerate(_as_list(topo.get("policies"), "policies"), 1):
-            if not isinstance(pol, dict):
-                raise VncError(f"policies entry {i}: expected a mapping")
-            net = pol.get("network")
-            self._check_network(net)
-            if net in self._policies:
-                raise VncError(f"network {net!r} has more than one policy")
-            self._policies[net] = normalize_policy(net, pol)
+        for i, vm in enumerate(schema.items(_FIRST, "vms", topo.get("vms"))):
+            self._add_vm(vm, where=f"vms[{i}]")
+        seen = {}
+        for i, pol in enumerate(schema.items(_FIRST, "policies", topo.get("policies"))):
+            policy = _policy(f"policies[{i}]", pol, self._networks, seen)
+            self._policies[policy["network"]] = policy
         self._changed_at = {s: self.generation for s in self._servers}
 
     # ---- topology parsing (only what the controller needs; testbed.topology validates the rest)
     @staticmethod
     def _parse_servers(servers):
         out = {}
-        for i, s in enumerate(_as_list(servers, "servers"), 1):
+        for i, s in enumerate(schema.items(_FIRST, "servers", servers)):
+            where = f"servers[{i}]"
             if not isinstance(s, dict) or not s.get("name"):
-                raise VncError(f"servers entry {i}: expected a mapping with a name")
+                raise VncError(f"{where}: expected a mapping with a name")
             name = str(s["name"])
             if name in out:
-                raise VncError(f"duplicate server name {name!r}")
-            out[name] = str(_ip(s.get("address"), f"server {name!r} address"))
+                raise VncError(f"{where}.name: duplicate server name {name!r}")
+            out[name] = int_to_ip(schema.address(_FIRST, f"{where}.address", s.get("address")))
         if not out:
             raise VncError("topology has no servers")
         return out
 
     def _parse_networks(self, networks):
+        names, ids = {}, {}
         out = {}
-        ids = set()
-        for i, n in enumerate(_as_list(networks, "virtual_networks"), 1):
-            if not isinstance(n, dict) or not n.get("name"):
-                raise VncError(f"virtual_networks entry {i}: expected a mapping with a name")
-            name = str(n["name"])
-            if name in out:
-                raise VncError(f"duplicate virtual network name {name!r}")
-            vid = n.get("id")
-            if not isinstance(vid, int) or isinstance(vid, bool) or vid < 0:
-                raise VncError(f"virtual network {name!r}: id must be a non-negative integer")
-            if vid in ids:
-                raise VncError(f"virtual network {name!r}: id {vid} is already used")
-            ids.add(vid)
-            subnets = [_net(p, f"virtual network {name!r} subnet")
-                       for p in _as_list(n.get("subnets"), f"virtual network {name!r} subnets")]
-            if not subnets:
-                raise VncError(f"virtual network {name!r} has no subnets")
-            gateway = n.get("gateway")
-            if gateway is None:
-                gateway = next(subnets[0].hosts(), subnets[0].network_address)
-            gateway = _ip(gateway, f"virtual network {name!r} gateway")
-            out[name] = {"name": name, "id": vid, "subnets": subnets, "gateway": gateway}
+        for i, n in enumerate(schema.items(_FIRST, "virtual_networks", networks)):
+            net = schema.network(_FIRST, f"virtual_networks[{i}]", n, self.encapsulation, names, ids)
+            out[net.name] = net
         return out
 
     # ---- checks shared by the topology's VMs and run-time changes
-    def _check_network(self, network):
-        if network not in self._networks:
-            raise VncError(f"unknown virtual network {network!r}")
+    def _check_network(self, network, where):
+        schema.reference(_FIRST, where, network, self._networks, "virtual network")
 
     @staticmethod
     def _check_mode(mode):
-        if mode not in FLOW_MODES:
-            raise VncError(f"flow mode must be one of {', '.join(FLOW_MODES)}, not {mode!r}")
+        schema.flow_mode(_FIRST, "flow.mode", mode)
 
-    def _add_vm(self, name, network, server, address, mac=None, index=None):
-        if not isinstance(name, str) or not name:
-            raise VncError("a VM needs a non-empty name")
-        if name in self._vms:
-            raise VncError(f"VM {name!r} already exists")
-        if name in self._servers or name in self._other_names:
-            raise VncError(f"VM name {name!r} is already used by a server or switch")
-        self._check_network(network)
-        if server not in self._servers:
-            raise VncError(f"unknown server {server!r}")
-        net = self._networks[network]
-        ip = _ip(address, f"VM {name!r} address")
-        if not any(ip in s for s in net["subnets"]):
-            raise VncError(f"VM {name!r}: address {ip} is outside the subnets of network {network!r} "
-                           f"({', '.join(map(str, net['subnets']))})")
-        if ip == net["gateway"]:
-            raise VncError(f"VM {name!r}: address {ip} is the gateway of network {network!r}")
-        if any(ip in s and ip in (s.network_address, s.broadcast_address) and s.prefixlen < 31
-               for s in net["subnets"]):
-            raise VncError(f"VM {name!r}: address {ip} is a subnet's network or broadcast address")
-        mac = default_mac(name) if mac is None else str(mac).lower()
-        if not _MAC_RE.match(mac) or int(mac[:2], 16) & 1:
-            raise VncError(f"VM {name!r}: {mac!r} is not a unicast MAC address")
+    def _add_vm(self, item, where, index=None):
+        """Add the VM described by `item` (the topology's form), refused at its first problem."""
+        names = {n: f"switch {n!r}" for n in self._other_names}
+        names.update({n: f"server {n!r}" for n in self._servers})
+        names.update({n: f"VM {n!r}" for n in self._vms})
+        vm = schema.vm(_FIRST, where, item, self._networks, self._servers, names)
+        taken = schema.VmIndex()
         for other in self._vms.values():
-            if other["network"] != network:
-                continue
-            if other["address"] == str(ip):
-                raise VncError(f"VM {name!r}: address {ip} is already used by VM "
-                               f"{other['name']!r} in network {network!r}")
-            if other["mac"] == mac:
-                raise VncError(f"VM {name!r}: MAC {mac} is already used by VM "
-                               f"{other['name']!r} in network {network!r}")
+            taken.claim(_FIRST, where, _schema_vm(other), f"VM {other['name']!r}")
+        taken.claim(_FIRST, where, vm, f"VM {vm.name!r}")
         if index is None:
             index = self._next_index
         tap = f"{self.prefix}-t{index}"
         if len(tap) > _IFNAMSIZ:
-            raise VncError(f"VM {name!r}: interface name {tap!r} exceeds {_IFNAMSIZ} characters")
-        self._vms[name] = {"name": name, "network": network, "server": server,
-                           "address": str(ip), "mac": mac, "index": index, "tap": tap}
+            raise VncError(f"{where}: interface name {tap!r} exceeds {_IFNAMSIZ} characters")
+        self._vms[vm.name] = {"name": vm.name, "network": vm.network, "server": vm.server,
+                              "address": int_to_ip(vm.address), "mac": vm.mac, "index": index,
+                              "tap": tap}
         self._next_index = max(self._next_index, index + 1)
 
     # ---- run-time changes
@@ -297,7 +192,10 @@ class VncModel:
         return Change(self.generation, changed)
 
     def add_vm(self, name, network, server, address, mac=None):
-        return self._commit(lambda: self._add_vm(name, network, server, address, mac))
+        item = {"name": name, "network": network, "server": server, "address": address}
+        if mac is not None:
+            item["mac"] = mac
+        return self._commit(lambda: self._add_vm(item, where=f"vms[{name!r}]"))
 
     def remove_vm(self, name):
         if name not in self._vms:
@@ -306,7 +204,7 @@ class VncModel:
 
     def set_policy(self, network, policy):
         """Replace the network's policy; ``None`` restores the default (allow everything)."""
-        self._check_network(network)
+        self._check_network(network, f"policies[{network!r}].network")
         normalized = normalize_policy(network, policy)
 
         def mutate():
@@ -351,7 +249,7 @@ class VncModel:
                 nexthop = {"type": "vif", "vif": vm["tap"]}
             else:
                 nexthop = {"type": "tunnel", "peer": self._servers[vm["server"]],
-                           "label": self._networks[vm["network"]]["id"],
+                           "label": self._networks[vm["network"]].id,
                            "encap": self.encapsulation, "mac": vm["mac"]}
             routes.append({"network": vm["network"], "prefix": f"{vm['address']}/32",
                            "nexthop": nexthop})
@@ -376,8 +274,7 @@ class VncModel:
 
     def _network_dict(self, name):
         n = self._networks[name]
-        return {"name": name, "id": n["id"], "subnets": [str(s) for s in n["subnets"]],
-                "gateway": str(n["gateway"])}
+        return {"name": name, "id": n.id, "subnets": n.subnet_texts(), "gateway": int_to_ip(n.gateway)}
 
     def dump(self):
         """Whole controller view, plain values (for the CLI and debugging)."""
@@ -419,10 +316,10 @@ class VncModel:
         try:
             self._vms, self._policies = {}, {}
             for vm in state["vms"]:
-                self._add_vm(vm["name"], vm["network"], vm["server"], vm["address"],
-                             vm["mac"], index=int(vm["index"]))
+                self._add_vm({k: vm[k] for k in schema.VM_KEYS}, f"vms[{vm['name']!r}]",
+                             index=int(vm["index"]))
             for pol in state["policies"]:
-                self._check_network(pol["network"])
+                self._check_network(pol["network"], f"policies[{pol['network']!r}].network")
                 self._policies[pol["network"]] = normalize_policy(pol["network"], pol)
             self._check_mode(state["flow_mode"])
             self._flow["mode"] = state["flow_mode"]
@@ -437,12 +334,10 @@ class VncModel:
             raise VncError(f"saved controller state is unusable: {detail}") from None
 
 
-def _as_list(value, what):
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise VncError(f"{what} must be a list")
-    return value
+def _schema_vm(record):
+    """A stored VM record as the schema sees it (to check a new VM's address and MAC against)."""
+    return schema.Vm(record["name"], record["network"], record["server"],
+                     schema.parse_address(record["address"]), record["mac"])
 
 
 def _fingerprint(topo):

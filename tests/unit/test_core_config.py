@@ -38,7 +38,7 @@ BAD = [
     (("networks", 0, "gateway"), "10.0.0.1", "networks[0].gateway"),
     (("vifs", 0, "mac"), "02:00", "vifs[0].mac"),
     (("vifs", 0, "ip"), "10.9.9.9", "vifs[0].ip"),
-    (("vifs", 0, "network"), "green", "unknown network"),
+    (("vifs", 0, "network"), "green", "vifs[0].network: unknown virtual network 'green'"),
     (("routes", 0, "nexthop"), {"type": "teleport"}, "routes[0].nexthop.type"),
     (("routes", 0, "nexthop"), {"type": "vif", "vif": "nope"}, "unknown vif"),
     (("routes", 0, "nexthop"), {"type": "vif", "vif": "tr-blue1"}, "belongs to network"),
@@ -52,8 +52,8 @@ BAD = [
     (("flow", "mode"), "eager", "flow.mode"),
     (("flow", "capacity"), 0, "flow.capacity"),
     (("flow", "idle_timeout"), -1, "flow.idle_timeout"),
-    (("flow", "colour"), "red", "unknown field 'colour'"),
-    (("typo_field",), 1, "unknown field 'typo_field'"),
+    (("flow", "colour"), "red", "flow.colour: unknown key"),
+    (("typo_field",), 1, "typo_field: unknown key"),
 ]
 
 
@@ -68,7 +68,7 @@ def test_bad_config_raises_one_line_config_error(path, value, needle):
 def test_a_missing_mac_names_its_field_once():
     with pytest.raises(ConfigError) as exc:
         VrouterConfig.from_dict(_with(("vifs", 0, "mac"), None))
-    assert str(exc.value) == "vifs[0].mac: expected a non-empty string, got None"
+    assert str(exc.value) == "vifs[0].mac: None is not a MAC address like 02:00:00:00:00:01"
 
 
 def test_not_a_mapping():

@@ -256,7 +256,7 @@ def test_steering_config_per_interface():
 
 @pytest.mark.parametrize("d,message", [
     ([], "steering: expected a mapping"),
-    ({"speed": 1}, "steering: unknown field 'speed'"),
+    ({"speed": 1}, "steering.speed: unknown key"),
     ({"mode": "fast"}, "steering.mode: 'fast' is not one of off, rps, extended"),
     ({"fields": ["src"]}, "steering.fields: src and dst go together"),
     ({"workers": []}, "steering.workers: expected at least one worker"),
@@ -267,7 +267,7 @@ def test_steering_config_per_interface():
     ({"workers": [0, 1], "local_worker": 4}, "steering.local_worker: 4 is not one of the workers"),
     ({"interfaces": {"vxlan": "on"}}, "steering.interfaces.vxlan: 'on' is not one of"),
     ({"interfaces": {"vxlan": {"mode": "off", "worker": 3}}}, "steering.interfaces.vxlan.worker: 3 is not one"),
-    ({"interfaces": {"vxlan": {"cpu": 1}}}, "steering.interfaces.vxlan: unknown field 'cpu'"),
+    ({"interfaces": {"vxlan": {"cpu": 1}}}, "steering.interfaces.vxlan.cpu: unknown key"),
     ({"mode": "extended", "second_cores": "all"}, "steering.second_cores: expected a list"),
 ])
 def test_steering_config_errors_are_one_line(d, message):

@@ -169,12 +169,12 @@ def test_set_flow_mode_reaches_every_server():
     (("x1", "red", "srv9", "192.168.1.20"), "unknown server 'srv9'"),
     (("x1", "red", "srv1", "10.9.9.9"), "outside the subnets of network 'red'"),
     (("x1", "red", "srv3", "192.168.1.12"), "already used by VM 'red2'"),
-    (("red1", "red", "srv3", "192.168.1.20"), "VM 'red1' already exists"),
-    (("srv1", "red", "srv3", "192.168.1.20"), "used by a server or switch"),
+    (("red1", "red", "srv3", "192.168.1.20"), "duplicate name 'red1' (already used by VM 'red1')"),
+    (("srv1", "red", "srv3", "192.168.1.20"), "duplicate name 'srv1' (already used by server 'srv1')"),
     (("x1", "red", "srv1", "192.168.1.1"), "gateway"),
     (("x1", "red", "srv1", "192.168.1.255"), "broadcast"),
     (("x1", "red", "srv1", "not-an-ip"), "not an IPv4 address"),
-    (("x1", "red", "srv1", "192.168.1.20", "01:00:00:00:00:01"), "not a unicast MAC"),
+    (("x1", "red", "srv1", "192.168.1.20", "01:00:00:00:00:01"), "is a multicast MAC address"),
     (("x1", "red", "srv1", "192.168.1.20", default_mac("red2")), "MAC"),
 ])
 def test_bad_add_vm_is_rejected_and_changes_nothing(args, message):
@@ -194,16 +194,16 @@ def test_same_address_in_another_network_is_fine():
 
 @pytest.mark.parametrize("call, message", [
     (lambda m: m.remove_vm("nobody"), "unknown VM 'nobody'"),
-    (lambda m: m.set_flow_mode("eager"), "flow mode must be one of"),
+    (lambda m: m.set_flow_mode("eager"), "flow.mode: 'eager' is not a flow mode"),
     (lambda m: m.set_policy("green", None), "unknown virtual network"),
-    (lambda m: m.set_policy("red", {"rules": [{"action": "drop"}]}), "action must be allow"),
-    (lambda m: m.set_policy("red", {"default": "maybe"}), "default must be allow or deny"),
+    (lambda m: m.set_policy("red", {"rules": [{"action": "drop"}]}), "'drop' is not an action (expected allow or deny)"),
+    (lambda m: m.set_policy("red", {"default": "maybe"}), "'maybe' is not a policy default (expected allow or deny)"),
     (lambda m: m.set_policy("red", {"rules": [{"action": "deny", "dst_port": 22}]}),
      "ports need protocol tcp or udp"),
     (lambda m: m.set_policy("red", {"rules": [{"action": "deny", "protocol": "tcp",
                                                "dst_port": "70000"}]}), "not a port"),
     (lambda m: m.set_policy("red", {"rules": [{"action": "deny", "src": "x"}]}),
-     "not an IPv4 prefix"),
+     "'x' is not an IPv4 network in CIDR form"),
     (lambda m: m.set_policy("red", {"rules": [{"action": "deny", "colour": 1}]}),
      "unknown key"),
 ])

@@ -2,32 +2,36 @@
 
 ``VrouterConfig.from_dict`` accepts the plain dict documented in docs/vrouter-core-api.md (what the
 agent receives from the controller, or a YAML file for replay) and raises :class:`ConfigError` with a
-one-line message naming the offending field.
+one-line message naming the offending field. The overlay items (networks, the VIFs' addresses and
+MACs, policies, the flow mode) follow the overlay schema (``schema``), the rules topology files and
+the VNC's run-time changes follow too; this module adds what only a vrouter has: its underlay
+address, routes and next hops, peers and flow table settings.
 """
-from dataclasses import dataclass, field
+from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import schema
 from .codec.ethernet import mac_to_bytes, mac_to_str
-from .codec.ipv4 import int_to_ip, ip_to_int, mask, parse_prefix
-from .codec.mpls import MAX_LABEL
-from .codec.outer import ENCAPS
-from .codec.vxlan import MAX_VNI
+from .codec.ipv4 import int_to_ip
+from .schema import DEFAULT_ENCAP, Network, Policy, Prefix, Problems, Rule
+
+__all__ = ["ConfigError", "FlowSettings", "NEXTHOP_TYPES", "Network", "Policy", "Route", "Rule",
+           "VROUTER_MAC", "Vif", "VrouterConfig"]
 
 VROUTER_MAC = bytes.fromhex("00005e000100")
-PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "any": None}
-MODES = ("proactive", "reactive")
 NEXTHOP_TYPES = ("vif", "tunnel", "discard", "receive")
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """Invalid vrouter configuration; the message is one line and names the field."""
 
 
-@dataclass(frozen=True)
-class Network:
-    name: str
-    id: int
-    subnets: tuple        # ((net, plen), ...)
-    gateway: int
+# A config is refused whole at its first problem.
+_FIRST = Problems(ConfigError)
 
 
 @dataclass(frozen=True)
@@ -41,25 +45,8 @@ class Vif:
 @dataclass(frozen=True)
 class Route:
     network: str
-    prefix: tuple         # (net, plen)
-    nexthop: dict         # normalised: {"type": ..., plus type-specific fields}
-
-
-@dataclass(frozen=True)
-class Rule:
-    action: str           # "allow" | "deny"
-    protocol: int | None
-    src: tuple
-    dst: tuple
-    src_port: tuple | None  # (lo, hi)
-    dst_port: tuple | None
-
-
-@dataclass(frozen=True)
-class Policy:
-    network: str
-    default: str
-    rules: tuple
+    prefix: Prefix
+    nexthop: dict[str, Any]     # normalised: {"type": ..., plus type-specific fields}
 
 
 @dataclass(frozen=True)
@@ -80,19 +67,19 @@ class VrouterConfig:
     server: str
     underlay_ip: str
     encapsulation: str
-    networks: tuple
-    vifs: tuple
-    routes: tuple
-    peers: frozenset
-    policies: tuple
+    networks: tuple[Network, ...]
+    vifs: tuple[Vif, ...]
+    routes: tuple[Route, ...]
+    peers: frozenset[str]
+    policies: tuple[Policy, ...]
     flow: FlowSettings = field(default_factory=FlowSettings)
-    source: dict = field(default_factory=dict, compare=False, repr=False)
+    source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_dict(cls, d) -> "VrouterConfig":
+    def from_dict(cls, d: object) -> VrouterConfig:
         return _parse(d)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The dict this config was built from (plain values, msgpack-serialisable)."""
         return self.source
 
@@ -100,128 +87,103 @@ class VrouterConfig:
         return next(n for n in self.networks if n.name == name)
 
 
-_TOP = {"server", "underlay_ip", "encapsulation", "networks", "vifs", "routes", "peers", "policies", "flow"}
+_TOP = ("server", "underlay_ip", "encapsulation", "networks", "vifs", "routes", "peers", "policies",
+        "flow")
+_INT_SETTINGS = {"capacity": 1, "hold_queue": 0, "fragment_capacity": 1}    # name -> minimum
+_SECONDS = ("idle_timeout", "hold_timeout", "close_timeout", "closed_linger", "fragment_timeout")
 
 
-def _parse(d) -> VrouterConfig:
+def _ok(value: T | None) -> T:
+    """A checked value: with `_FIRST` a check raises rather than return None."""
+    assert value is not None
+    return value
+
+
+def _parse(d: object) -> VrouterConfig:
     if not isinstance(d, dict):
         raise ConfigError("config: expected a mapping at the top level")
-    _no_unknown(d, _TOP, "config")
-    encap = d.get("encapsulation", "mplsoudp")
-    if encap not in ENCAPS:
-        raise ConfigError(f"encapsulation: {encap!r} is not one of {', '.join(ENCAPS)}")
+    schema.no_unknown(_FIRST, "", d, _TOP)
+    encap = _ok(schema.encapsulation(_FIRST, "encapsulation", d.get("encapsulation", DEFAULT_ENCAP)))
     server = _str(d.get("server", "vrouter"), "server")
-    underlay = _ip(d.get("underlay_ip"), "underlay_ip")
-
-    networks, by_name, ids = [], {}, set()
-    for i, n in enumerate(_list(d, "networks")):
-        where = f"networks[{i}]"
-        _mapping(n, where, {"name", "id", "subnets", "gateway"})
-        name = _str(n.get("name"), f"{where}.name")
-        if name in by_name:
-            raise ConfigError(f"{where}.name: duplicate network {name!r}")
-        nid = _int(n.get("id"), f"{where}.id", 1, MAX_VNI)
-        if encap != "vxlan" and not 16 <= nid <= MAX_LABEL:
-            raise ConfigError(f"{where}.id: {nid} is not an MPLS label in 16..{MAX_LABEL}")
-        if nid in ids:
-            raise ConfigError(f"{where}.id: duplicate id {nid}")
-        subnets = n.get("subnets")
-        if not isinstance(subnets, list) or not subnets:
-            raise ConfigError(f"{where}.subnets: expected a non-empty list of prefixes")
-        nets = tuple(_prefix(s, f"{where}.subnets[{j}]") for j, s in enumerate(subnets))
-        if n.get("gateway") is None:
-            gw = nets[0][0] + 1
-        else:
-            gw = _ip(n.get("gateway"), f"{where}.gateway")
-            if not _inside(gw, nets):
-                raise ConfigError(f"{where}.gateway: {int_to_ip(gw)} is outside the network's subnets")
-        net = Network(name, nid, nets, gw)
-        networks.append(net)
-        by_name[name] = net
-        ids.add(nid)
-
-    vifs, vif_names = [], {}
-    for i, v in enumerate(_list(d, "vifs")):
-        where = f"vifs[{i}]"
-        _mapping(v, where, {"name", "network", "mac", "ip"})
-        name = _str(v.get("name"), f"{where}.name")
-        if name in vif_names:
-            raise ConfigError(f"{where}.name: duplicate vif {name!r}")
-        net = _network_ref(v.get("network"), by_name, f"{where}.network")
-        mac = _mac(v.get("mac"), f"{where}.mac")
-        ip = _ip(v.get("ip"), f"{where}.ip")
-        if not _inside(ip, net.subnets):
-            raise ConfigError(f"{where}.ip: {int_to_ip(ip)} is outside network {net.name!r}")
-        vif = Vif(name, net.name, mac, ip)
-        vifs.append(vif)
-        vif_names[name] = vif
-
-    peers = set()
-    for i, p in enumerate(_list(d, "peers")):
-        peers.add(int_to_ip(_ip(p, f"peers[{i}]")))
-
-    routes, seen = [], set()
-    for i, r in enumerate(_list(d, "routes")):
-        where = f"routes[{i}]"
-        _mapping(r, where, {"network", "prefix", "nexthop"})
-        net = _network_ref(r.get("network"), by_name, f"{where}.network")
-        prefix = _prefix(r.get("prefix"), f"{where}.prefix")
-        if (net.name, prefix) in seen:
-            raise ConfigError(f"{where}.prefix: duplicate route {r.get('prefix')} in network {net.name!r}")
-        seen.add((net.name, prefix))
-        nh = _nexthop(r.get("nexthop"), f"{where}.nexthop", net, vif_names, encap)
-        if nh["type"] == "tunnel":
-            peers.add(nh["peer"])
-        routes.append(Route(net.name, prefix, nh))
-
-    policies, with_policy = [], set()
-    for i, p in enumerate(_list(d, "policies")):
-        where = f"policies[{i}]"
-        _mapping(p, where, {"network", "default", "rules"})
-        net = _network_ref(p.get("network"), by_name, f"{where}.network")
-        if net.name in with_policy:
-            raise ConfigError(f"{where}.network: network {net.name!r} already has a policy")
-        with_policy.add(net.name)
-        default = p.get("default", "allow")
-        if default not in ("allow", "deny"):
-            raise ConfigError(f"{where}.default: {default!r} is not allow or deny")
-        rules = p.get("rules") or []
-        if not isinstance(rules, list):
-            raise ConfigError(f"{where}.rules: expected a list")
-        policies.append(Policy(net.name, default, tuple(_rule(x, f"{where}.rules[{j}]") for j, x in enumerate(rules))))
-
+    underlay = _ok(schema.address(_FIRST, "underlay_ip", d.get("underlay_ip")))
+    names: dict[str, str] = {}
+    ids: dict[int, str] = {}
+    networks = [_ok(schema.network(_FIRST, f"networks[{i}]", n, encap, names, ids))
+                for i, n in enumerate(_list(d, "networks"))]
+    by_name = {n.name: n for n in networks}
+    vifs = _vifs(_list(d, "vifs"), by_name, server)
+    peers = {int_to_ip(_ok(schema.address(_FIRST, f"peers[{i}]", p))) for i, p in enumerate(_list(d, "peers"))}
+    routes = _routes(_list(d, "routes"), by_name, {v.name: v for v in vifs}, encap)
+    peers.update(r.nexthop["peer"] for r in routes if r.nexthop["type"] == "tunnel")
+    with_policy: dict[str, str] = {}
+    policies = [_ok(schema.policy(_FIRST, f"policies[{i}]", p, by_name, with_policy))
+                for i, p in enumerate(_list(d, "policies"))]
     return VrouterConfig(server, int_to_ip(underlay), encap, tuple(networks), tuple(vifs), tuple(routes),
                          frozenset(peers), tuple(policies), _flow(d.get("flow")), d)
 
 
-def _flow(f) -> FlowSettings:
+def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]:
+    """The VIFs are this server's VMs: their addresses and MACs follow the VMs' rules."""
+    vifs: list[Vif] = []
+    names: set[str] = set()
+    index = schema.VmIndex()
+    for i, v in enumerate(raw):
+        where = f"vifs[{i}]"
+        m = _ok(schema.mapping(_FIRST, where, v, ("name", "network", "mac", "ip")))
+        name = _str(m.get("name"), f"{where}.name")
+        if name in names:
+            raise ConfigError(f"{where}.name: duplicate vif {name!r}")
+        names.add(name)
+        net = by_name[_ok(schema.reference(_FIRST, f"{where}.network", m.get("network"), by_name,
+                                           "virtual network"))]
+        mac = _ok(schema.mac(_FIRST, f"{where}.mac", m.get("mac")))
+        ip = _ok(schema.vm_address(_FIRST, f"{where}.ip", m.get("ip"), net))
+        index.claim(_FIRST, where, schema.Vm(name, net.name, server, ip, mac), where, ("ip", "mac"))
+        vifs.append(Vif(name, net.name, mac_to_bytes(mac), ip))
+    return vifs
+
+
+def _routes(raw: list[Any], by_name: dict[str, Network], vifs: dict[str, Vif],
+            encap: str) -> list[Route]:
+    routes: list[Route] = []
+    seen: set[tuple[str, Prefix]] = set()
+    for i, r in enumerate(raw):
+        where = f"routes[{i}]"
+        m = _ok(schema.mapping(_FIRST, where, r, ("network", "prefix", "nexthop")))
+        net = by_name[_ok(schema.reference(_FIRST, f"{where}.network", m.get("network"), by_name,
+                                           "virtual network"))]
+        prefix = _ok(schema.prefix(_FIRST, f"{where}.prefix", m.get("prefix")))
+        if (net.name, prefix) in seen:
+            raise ConfigError(f"{where}.prefix: duplicate route {m.get('prefix')} in network {net.name!r}")
+        seen.add((net.name, prefix))
+        routes.append(Route(net.name, prefix, _nexthop(m.get("nexthop"), f"{where}.nexthop", net, vifs, encap)))
+    return routes
+
+
+def _flow(f: object) -> FlowSettings:
     if f is None:
         return FlowSettings()
-    _mapping(f, "flow", set(FlowSettings.__dataclass_fields__))
+    m = _ok(schema.mapping(_FIRST, "flow", f, tuple(FlowSettings.__dataclass_fields__)))
     defaults = FlowSettings()
-    mode = f.get("mode", defaults.mode)
-    if mode not in MODES:
-        raise ConfigError(f"flow.mode: {mode!r} is not proactive or reactive")
-    kw = {"mode": mode}
-    for name in ("capacity", "hold_queue", "fragment_capacity"):
-        kw[name] = _int(f.get(name, getattr(defaults, name)), f"flow.{name}", 0 if name == "hold_queue" else 1,
-                        1 << 24)
-    for name in ("idle_timeout", "hold_timeout", "close_timeout", "closed_linger", "fragment_timeout"):
-        value = f.get(name, getattr(defaults, name))
+    kw: dict[str, Any] = {"mode": schema.flow_mode(_FIRST, "flow.mode", m.get("mode", defaults.mode))}
+    for name, low in _INT_SETTINGS.items():
+        kw[name] = _int(m.get(name, getattr(defaults, name)), f"flow.{name}", low, 1 << 24)
+    for name in _SECONDS:
+        value = m.get(name, getattr(defaults, name))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"flow.{name}: expected a positive number of seconds, got {value!r}")
         kw[name] = float(value)
     return FlowSettings(**kw)
 
 
-def _nexthop(nh, where, net, vifs, default_encap) -> dict:
+def _nexthop(nh: object, where: str, net: Network, vifs: dict[str, Vif], default_encap: str) -> dict[str, Any]:
     if not isinstance(nh, dict):
         raise ConfigError(f"{where}: expected a mapping with a type")
     kind = nh.get("type")
     if kind not in NEXTHOP_TYPES:
         raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(NEXTHOP_TYPES)}")
     if kind == "vif":
-        _mapping(nh, where, {"type", "vif"})
+        schema.no_unknown(_FIRST, where, nh, ("type", "vif"))
         name = nh.get("vif")
         if name not in vifs:
             raise ConfigError(f"{where}.vif: unknown vif {name!r}")
@@ -229,117 +191,28 @@ def _nexthop(nh, where, net, vifs, default_encap) -> dict:
             raise ConfigError(f"{where}.vif: vif {name!r} belongs to network {vifs[name].network!r}, not {net.name!r}")
         return {"type": "vif", "vif": name}
     if kind == "tunnel":
-        _mapping(nh, where, {"type", "peer", "label", "encap", "mac"})
-        encap = nh.get("encap", default_encap)
-        if encap not in ENCAPS:
-            raise ConfigError(f"{where}.encap: {encap!r} is not one of {', '.join(ENCAPS)}")
-        label = _int(nh.get("label", net.id), f"{where}.label", 0 if encap == "vxlan" else 16,
-                     MAX_VNI if encap == "vxlan" else MAX_LABEL)
-        mac = nh.get("mac")
-        if mac is not None:
-            _mac(mac, f"{where}.mac")
-        return {"type": "tunnel", "peer": int_to_ip(_ip(nh.get("peer"), f"{where}.peer")), "label": label,
-                "encap": encap, "mac": mac or mac_to_str(VROUTER_MAC)}
-    _mapping(nh, where, {"type"})
+        schema.no_unknown(_FIRST, where, nh, ("type", "peer", "label", "encap", "mac"))
+        encap = _ok(schema.encapsulation(_FIRST, f"{where}.encap", nh.get("encap", default_encap)))
+        label = schema.network_id(_FIRST, f"{where}.label", nh.get("label", net.id), encap)
+        mac = None if nh.get("mac") is None else schema.mac(_FIRST, f"{where}.mac", nh["mac"])
+        peer = _ok(schema.address(_FIRST, f"{where}.peer", nh.get("peer")))
+        return {"type": "tunnel", "peer": int_to_ip(peer), "label": label, "encap": encap,
+                "mac": mac or mac_to_str(VROUTER_MAC)}
+    schema.no_unknown(_FIRST, where, nh, ("type",))
     return {"type": kind}
 
 
-def _rule(r, where) -> Rule:
-    _mapping(r, where, {"action", "protocol", "src", "dst", "src_port", "dst_port"})
-    action = r.get("action")
-    if action not in ("allow", "deny"):
-        raise ConfigError(f"{where}.action: {action!r} is not allow or deny")
-    proto = r.get("protocol", "any")
-    if isinstance(proto, str) and proto.lower() in PROTOCOLS:
-        proto = PROTOCOLS[proto.lower()]
-    elif not (isinstance(proto, int) and not isinstance(proto, bool) and 0 <= proto <= 255):
-        raise ConfigError(f"{where}.protocol: {proto!r} is not tcp, udp, icmp, any or a number 0..255")
-    ports = {}
-    for name in ("src_port", "dst_port"):
-        ports[name] = _ports(r.get(name), f"{where}.{name}")
-        if ports[name] is not None and proto not in (6, 17):
-            raise ConfigError(f"{where}.{name}: ports need protocol tcp or udp")
-    return Rule(action, proto, _prefix(r.get("src", "0.0.0.0/0"), f"{where}.src"),
-                _prefix(r.get("dst", "0.0.0.0/0"), f"{where}.dst"), ports["src_port"], ports["dst_port"])
+def _list(d: dict[str, Any], key: str) -> list[Any]:
+    return schema.items(_FIRST, key, d.get(key))
 
 
-def _ports(value, where):
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        lo = hi = value
-    elif isinstance(value, str) and value.replace("-", "", 1).isdigit():
-        lo_s, _, hi_s = value.partition("-")
-        lo, hi = int(lo_s), int(hi_s or lo_s)
-    else:
-        raise ConfigError(f"{where}: {value!r} is not a port or a range like 1000-2000")
-    if not 0 <= lo <= hi <= 65535:
-        raise ConfigError(f"{where}: {value!r} is not a port range within 0..65535")
-    return (lo, hi)
-
-
-def _inside(ip, nets) -> bool:
-    return any(ip & mask(plen) == net for net, plen in nets)
-
-
-def _list(d, key):
-    value = d.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError(f"{key}: expected a list")
-    return value
-
-
-def _mapping(m, where, allowed):
-    if not isinstance(m, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    _no_unknown(m, allowed, where)
-
-
-def _no_unknown(m, allowed, where):
-    unknown = sorted(str(k) for k in m if k not in allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-
-
-def _network_ref(name, by_name, where) -> Network:
-    if name not in by_name:
-        raise ConfigError(f"{where}: unknown network {name!r}")
-    return by_name[name]
-
-
-def _str(value, where) -> str:
+def _str(value: object, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
     return value
 
 
-def _int(value, where, lo, hi) -> int:
+def _int(value: object, where: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ConfigError(f"{where}: expected an integer in {lo}..{hi}, got {value!r}")
     return value
-
-
-def _ip(value, where) -> int:
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: {value!r} is not an IPv4 address")
-    try:
-        return ip_to_int(value)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _mac(value, where) -> bytes:
-    text = _str(value, where)       # outside the try: its ConfigError already names the field
-    try:
-        return mac_to_bytes(text)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _prefix(value, where) -> tuple:
-    try:
-        return parse_prefix(value)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None

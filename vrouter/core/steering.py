@@ -18,9 +18,10 @@ always take one path; with FIFO queues between processes they stay in order.
   core, or a flow's two directions would part (one comes from a TAP, which has no outer header).
 """
 from .buckets import BucketTable
-from .config import ConfigError, _no_unknown
+from .config import ConfigError
 from .codec.ipv4 import ip_to_int
 from .fairness import LoadCounter, jain_index
+from .schema import Problems, no_unknown
 from .steerhash import FIELDS, NIC_KINDS, NO_FLOW, InnerHash, outer_hash, validate_fields
 
 __all__ = ["BucketTable", "ExtendedRps", "FIELDS", "InnerHash", "LoadCounter", "Local", "MODES", "NIC_KINDS",
@@ -188,7 +189,7 @@ class SteeringConfig:
             d = {"mode": "off"}
         if not isinstance(d, dict):
             raise ConfigError("steering: expected a mapping")
-        _no_unknown(d, cls._KEYS, "steering")
+        no_unknown(Problems(ConfigError), "steering", d, cls._KEYS)
         mode = d.get("mode", "rps")
         if mode not in MODES:
             raise ConfigError(f"steering.mode: {mode!r} is not one of {', '.join(MODES)}")
@@ -217,7 +218,7 @@ class SteeringConfig:
                 raise ConfigError(f"steering.interfaces: {name!r} is not an interface name")
             worker = local
             if isinstance(spec, dict):
-                _no_unknown(spec, ("mode", "worker"), where)
+                no_unknown(Problems(ConfigError), where, spec, ("mode", "worker"))
                 if "worker" in spec:
                     worker = _worker_id(spec["worker"], f"{where}.worker")
                     if worker not in workers:
