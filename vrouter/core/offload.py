@@ -50,8 +50,8 @@ def vm_mtu(config: VrouterConfig) -> int:
     """The MTU the VMs' interfaces get: every tunnel packet, GSO segments included, must fit the
     underlay MTU unfragmented (UDP_SEGMENT refuses segments beyond it), so the largest overhead of
     the encapsulations this vrouter may use sets it (as OpenStack gives VXLAN VMs 1450)."""
-    encaps = {config.encapsulation} | {r.nexthop.get("encap") for r in config.routes
-                                       if r.nexthop.get("type") == "tunnel"}
+    # The config gives every tunnel next hop its encapsulation (the vrouter's default if none is named).
+    encaps = {config.encapsulation} | {r.nexthop["encap"] for r in config.routes if r.nexthop["type"] == "tunnel"}
     return UNDERLAY_MTU - max(OVERHEAD.get(e, OVERHEAD["vxlan"]) for e in encaps)
 
 
