@@ -1,4 +1,5 @@
-"""`python -m vrouter.bench_workers`: the documented name of `python -m vrouter.tools.bench_workers` (kept as an alias)."""
+"""`python -m vrouter.bench_workers`: the documented name of `python -m vrouter.tools.bench_workers`
+(kept as an alias)."""
 import sys
 
 from vrouter.tools.bench_workers import main

@@ -1,4 +1,5 @@
-"""`python -m vrouter.rps_dispatch`: the documented name of `python -m vrouter.processes.dispatcher` (kept as an alias)."""
+"""`python -m vrouter.rps_dispatch`: the documented name of `python -m vrouter.processes.dispatcher`
+(kept as an alias)."""
 import sys
 
 from vrouter.processes.dispatcher import main
