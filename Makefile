@@ -5,12 +5,13 @@ APT_PKGS := openvswitch-switch mininet iperf3 tcpdump ethtool iputils-ping iprou
 VENV_STAMP := .venv/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup apt venv ovs demo test unit e2e bench clean check-root help
+.PHONY: setup apt venv ovs demo test unit lint e2e bench clean check-root help
 
 help:
 	@echo "sudo make demo   - install what is missing, run the main experiment, write results/"
-	@echo "sudo make test   - install what is missing, run all tests (unit + end-to-end)"
-	@echo "make unit        - pure unit tests (no root, no Mininet)"
+	@echo "sudo make test   - install what is missing, lint, run all tests (unit + end-to-end)"
+	@echo "make unit        - lint, then the pure unit tests (no root, no Mininet)"
+	@echo "make lint        - ruff over the tree, mypy (strict) on the pure core (setup.cfg [mypy])"
 	@echo "sudo make bench  - vrouter core, fabric and throughput benchmarks"
 	@echo "sudo make clean  - remove leftovers of testbed runs (scoped, never global)"
 
@@ -50,12 +51,22 @@ ovs: check-root
 demo: setup
 	$(PY) -m experiments.proactive_flow
 
+# Lint runs first (seconds) so a finding fails the run before the slow end-to-end tests; a lint
+# or test failure makes the target, and so .ci/run, exit non-zero.
 test: setup
+	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-unit:
-	@test -x $(PY) || { echo "run 'sudo make setup' first"; exit 1; }
+unit: lint
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+# Both tools are pinned in requirements.txt; mypy takes its files and strictness from setup.cfg.
+lint:
+	@test -x $(PY) || { echo "run 'sudo make setup' first"; exit 1; }
+	@$(PY) -m ruff --version >/dev/null 2>&1 && $(PY) -m mypy --version >/dev/null 2>&1 || \
+	  { echo "error: ruff or mypy missing from .venv (requirements.txt changed): run 'sudo make setup'" >&2; exit 1; }
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 e2e: setup
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)

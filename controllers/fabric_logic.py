@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TypeAlias, TypedDict
 
 COOKIE = 0x7674_0000_0000_0001
 ETH_IPV4 = 0x0800
@@ -24,15 +25,45 @@ PRIO_LOCAL = 200
 PRIO_REMOTE = 100
 PRIO_MISS = 0
 
+# ("output", port) | ("group", id) | ("controller",)
+FlowAction: TypeAlias = tuple[str] | tuple[str, int]
+MatchValue: TypeAlias = int | str
+
+
+# The parts of the fabric description (testbed/fabric.py `describe`, the controller's JSON file) that
+# the decisions read; the description carries more.
+class Port(TypedDict):
+    kind: str                   # "fabric" | "server"
+    peer: str                   # the switch or server at the other end
+
+
+class Switch(TypedDict):
+    name: str
+    dpid: int
+    role: str                   # "leaf" | "spine"
+    ports: dict[str, Port]      # port number (as a string: JSON keys) -> port
+
+
+class Server(TypedDict):
+    ip: str
+    mac: str
+    leaf: str
+    leaf_port: int
+
+
+class Fabric(TypedDict):
+    switches: list[Switch]
+    servers: list[Server]
+
 
 @dataclass(frozen=True)
 class Flow:
     priority: int
-    match: tuple  # sorted (field, value) pairs, os-ken OFPMatch keyword names
-    actions: tuple  # ("output", port) | ("group", id) | ("controller",); empty = drop
+    match: tuple[tuple[str, MatchValue], ...]  # sorted (field, value) pairs, os-ken OFPMatch keyword names
+    actions: tuple[FlowAction, ...]  # empty = drop
 
     @property
-    def match_dict(self) -> dict:
+    def match_dict(self) -> dict[str, MatchValue]:
         return dict(self.match)
 
 
@@ -54,7 +85,7 @@ class Group:
 HASH_FIELDS = ("ip_src", "ip_dst", "nw_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst")
 
 
-def group_spec(group: "Group") -> str:
+def group_spec(group: Group) -> str:
     """The group in ovs-ofctl (OpenFlow 1.5) syntax, as one `add_or_mod` line of an add-groups file."""
     spec = (f"add_or_mod group_id={group.group_id},type=select,selection_method=hash,"
             f"fields({','.join(HASH_FIELDS)})")
@@ -63,14 +94,14 @@ def group_spec(group: "Group") -> str:
     return spec
 
 
-def _flow(priority: int, actions: tuple, **match) -> Flow:
+def _flow(priority: int, actions: tuple[FlowAction, ...], **match: MatchValue) -> Flow:
     return Flow(priority, tuple(sorted(match.items())), actions)
 
 
 class FabricLogic:
     """Holds the fabric description and the last known state of every switch port."""
 
-    def __init__(self, fabric: dict):
+    def __init__(self, fabric: Fabric) -> None:
         self.by_dpid = {sw["dpid"]: sw for sw in fabric["switches"]}
         self.servers = fabric["servers"]
         self.server_by_ip = {s["ip"]: s for s in self.servers}
@@ -78,7 +109,7 @@ class FabricLogic:
         self.spines = [sw for sw in fabric["switches"] if sw["role"] == "spine"]
         self.group_of_leaf = {leaf["name"]: i for i, leaf in enumerate(self.leaves, 1)}
         # (switch name, peer name) -> local port number, for fabric links
-        self.port_to = {}
+        self.port_to: dict[tuple[str, str], int] = {}
         for sw in fabric["switches"]:
             for port, info in sw["ports"].items():
                 if info["kind"] == "fabric":
@@ -129,11 +160,11 @@ class FabricLogic:
         sw = self.by_dpid[dpid]
         if sw["role"] != "leaf":
             return []
-        out = []
+        out: list[Group] = []
         for dst in self.leaves:
             if dst["name"] == sw["name"]:
                 continue
-            buckets = []
+            buckets: list[Bucket] = []
             for spine in self.spines:
                 if self.link_up(sw["name"], spine["name"]) and self.link_up(spine["name"], dst["name"]):
                     port = self.port_to[(sw["name"], spine["name"])]

@@ -15,7 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from testbed import fabric
 from testbed.commands import CommandError, command, run_arguments
+from testbed.vr import rundir_path
 
 SNAPLEN = 256  # outer + inner headers; payload bytes are not needed to see labels and ports
 
@@ -36,7 +38,7 @@ def fabric_interfaces(desc: dict, link: str | None = None, server: str | None = 
             for port in sw["ports"].values():
                 if port["peer"] == y:
                     return {f"{x}-{y}": port["intf"]}
-        links = [f"{l['a']}-{l['b']}" for l in desc["links"]]
+        links = [f"{edge['a']}-{edge['b']}" for edge in desc["links"]]
         raise CommandError(f"no link {link!r} (links: {', '.join(links)})", code=2)
     chosen = [server] if server else list(servers)
     if server and server not in servers:
@@ -122,8 +124,6 @@ def _arguments(p):
 
 @command("capture", help="tcpdump fabric links into pcap files (Wireshark)", root=True, arguments=_arguments)
 def capture_command(args) -> int:
-    from testbed import fabric
-    from testbed.vr import rundir_path
     desc = fabric.read(rundir_path(args.prefix, args.run_root) / "fabric.json")
     interfaces = fabric_interfaces(desc, args.link, args.server)
     cap = Capture(interfaces, args.output, count=args.count, bpf=args.filter)

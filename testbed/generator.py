@@ -26,19 +26,19 @@ def leaf_spine(spines: int, leaves: int, servers_per_leaf: int, name: str | None
         "name": name or f"ls{spines}x{leaves}x{servers_per_leaf}",
         "underlay": "10.0.0.0/16",
         "switches": [{"name": f"spine{s}", "role": "spine"} for s in range(1, spines + 1)]
-        + [{"name": f"leaf{l}", "role": "leaf"} for l in range(1, leaves + 1)],
+        + [{"name": f"leaf{leaf}", "role": "leaf"} for leaf in range(1, leaves + 1)],
         "servers": [],
         "links": [],
     }
-    for l in range(1, leaves + 1):
+    for leaf in range(1, leaves + 1):
         for s in range(1, spines + 1):
-            doc["links"].append([f"leaf{l}", f"spine{s}"])
+            doc["links"].append([f"leaf{leaf}", f"spine{s}"])
     n = 0
-    for l in range(1, leaves + 1):
+    for leaf in range(1, leaves + 1):
         for k in range(1, servers_per_leaf + 1):
             n += 1
-            doc["servers"].append({"name": f"srv{n}", "address": f"10.0.{l}.{k}"})
-            doc["links"].append([f"srv{n}", f"leaf{l}"])
+            doc["servers"].append({"name": f"srv{n}", "address": f"10.0.{leaf}.{k}"})
+            doc["links"].append([f"srv{n}", f"leaf{leaf}"])
     return doc
 
 

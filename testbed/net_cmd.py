@@ -14,9 +14,11 @@ from __future__ import annotations
 import subprocess
 import time
 
+import yaml
+
 from testbed.commands import CommandError, command, group, run_arguments
-from vrouter.io import introspect
-from vrouter.io import ipc
+from testbed.vr import rundir_path
+from vrouter.io import introspect, ipc
 
 group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode")
 
@@ -39,7 +41,6 @@ def _call(rundir, method, *params):
 
 
 def _rundir(args):
-    from testbed.vr import rundir_path
     return rundir_path(args.prefix, args.run_root)
 
 
@@ -112,7 +113,6 @@ def _policy_args(p):
 
 
 def load_rules(path: str):
-    import yaml
     try:
         with open(path, encoding="utf-8") as f:
             doc = yaml.safe_load(f)

@@ -11,13 +11,14 @@ nothing is left half-started.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 
-from testbed import REPO
+from testbed import REPO, vr
+from testbed.commands import CommandError
 from testbed.runner import on_down, on_up
-from vrouter.io import introspect
-from vrouter.io import ipc
+from vrouter.io import introspect, ipc
 
 VNC_WAIT = 20.0
 VIFS_WAIT = 30.0
@@ -113,7 +114,6 @@ def forwarder_argv(tb, server: str) -> list:
     steering = getattr(tb, "vrouter_steering", None)
     if not steering:
         return [sys.executable, "-m", "vrouter.processes.forwarder"]
-    import json
     path = ipc.server_dir(tb.path, server) / "steering.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(steering, indent=1))
@@ -221,8 +221,6 @@ def _install_mininet_cli_command() -> None:
 
     def do_vr(cli, line):
         """vr SERVER flow -l | vif --list | rt --dump VRF | nh --list | dropstats | stats"""
-        from testbed import vr
-        from testbed.commands import CommandError
         if ACTIVE["rundir"] is None:
             print("error: no overlay in this testbed", file=cli.stdout)
             return

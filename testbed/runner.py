@@ -127,7 +127,7 @@ class Testbed:
             self.progress(f"removing leftovers of an earlier run with prefix {self.prefix!r}")
             cleanup.clean_prefix(self.prefix, self.rundir.root, keep_rundir=True, log=self.progress)
 
-    def start(self) -> "Testbed":
+    def start(self) -> Testbed:
         t0 = time.monotonic()
         self._refuse_if_running()
         self.rundir.create()
@@ -223,7 +223,7 @@ class Testbed:
         self.rundir.write_state(state="stopped", stopped=time.time(), teardown_errors=errors)
         return self.timings["teardown"]
 
-    def __enter__(self) -> "Testbed":
+    def __enter__(self) -> Testbed:
         return self.start()
 
     def __exit__(self, *exc) -> None:

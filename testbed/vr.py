@@ -16,7 +16,9 @@ import json
 import sys
 from pathlib import Path
 
+from testbed import fabric
 from testbed.commands import CommandError, command, run_arguments
+from testbed.rundir import RunDir
 from vrouter.io import introspect
 from vrouter.tools import tables
 
@@ -32,7 +34,6 @@ USAGE = "flow -l | vif --list | rt --dump VRF | nh --list | dropstats | stats | 
 
 
 def rundir_path(prefix: str, run_root: str | None) -> Path:
-    from testbed.rundir import RunDir
     rd = RunDir(run_root, prefix)
     if not rd.fabric_file.exists():
         raise CommandError(f"no testbed with prefix {prefix!r} under {rd.root} (start one with 'testbed up')")
@@ -40,7 +41,6 @@ def rundir_path(prefix: str, run_root: str | None) -> Path:
 
 
 def known_servers(rundir: Path) -> list[str]:
-    from testbed import fabric
     try:
         return [s["name"] for s in fabric.read(Path(rundir) / "fabric.json")["servers"]]
     except (OSError, ValueError, KeyError):

@@ -1,6 +1,7 @@
 """Shared pieces of the overlay end-to-end tests (real Mininet + OVS + vrouters, root)."""
 import hashlib
 import os
+import random
 import re
 import subprocess
 import sys
@@ -9,7 +10,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+import scapy.contrib.mpls  # noqa: F401  (registers UDP 6635 and GRE 0x8847 -> MPLS)
+import scapy.layers.inet  # noqa: F401
+import scapy.layers.l2  # noqa: F401  (registers Ethernet as link type 1)
+import scapy.layers.vxlan  # noqa: F401
 import yaml
+from scapy.utils import rdpcap
 
 from testbed.runner import Testbed
 from testbed.topology import from_dict
@@ -82,11 +88,6 @@ def vm_tap(tb, vm):
 
 
 def decode(pcap):
-    import scapy.contrib.mpls  # noqa: F401  (registers UDP 6635 and GRE 0x8847 -> MPLS)
-    import scapy.layers.inet  # noqa: F401
-    import scapy.layers.l2  # noqa: F401  (registers Ethernet as link type 1)
-    import scapy.layers.vxlan  # noqa: F401
-    from scapy.utils import rdpcap
     return list(rdpcap(str(pcap)))
 
 
@@ -129,7 +130,6 @@ SOURCE = ("import socket,sys,random;r=random.Random(7);data=r.randbytes(int(sys.
 
 def expected_digest(n):
     """SHA-256 of the n bytes SOURCE sends."""
-    import random
     return hashlib.sha256(random.Random(7).randbytes(n)).hexdigest()
 
 

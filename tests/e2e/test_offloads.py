@@ -10,9 +10,7 @@ import pytest
 from overlay_helpers import bring_up, expected_digest, needs_root, ping, transfer, vm_tap
 from test_vrouter_io import nspair  # noqa: F401 (fixture)
 from vrouter.core import gso
-from vrouter.io import introspect
-from vrouter.io import tap
-from vrouter.io import tunnel
+from vrouter.io import introspect, tap, tunnel
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -129,7 +127,7 @@ def test_mplsogre_falls_back_to_one_send_per_segment(tmp_path_factory):
         bed.stop()
 
 
-def test_gso_send_arrives_as_one_gro_read_with_its_segment_size(nspair):
+def test_gso_send_arrives_as_one_gro_read_with_its_segment_size(nspair):  # noqa: F811 (the fixture imported above)
     a, b = nspair  # two namespaces joined by a veth, no OVS: the tunnel layer against the kernel
     with tap.in_netns(a):
         tx = tunnel.Tunnels("10.99.0.1")

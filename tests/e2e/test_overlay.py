@@ -4,6 +4,7 @@ Topology tests/e2e/topologies/overlay.yaml: red and blue both 192.168.1.0/24; re
 on srv1; red2, blue2 on srv3; srv2 empty.
 """
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -11,9 +12,22 @@ import time
 import types
 
 import pytest
+from scapy.contrib.mpls import MPLS
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
 
-from overlay_helpers import (bring_up, decode, needs_root, ping, tcp_transfers, udp_exchanges, vif_counters,
-                             vm_tap, wait_ping)
+from overlay_helpers import (
+    bring_up,
+    decode,
+    needs_root,
+    ping,
+    tcp_transfers,
+    udp_exchanges,
+    vif_counters,
+    vm_tap,
+    wait_ping,
+)
 from testbed import REPO, overlay
 from testbed.capture import Capture, fabric_interfaces
 from vrouter.io import introspect
@@ -47,8 +61,6 @@ def test_mplsoudp_on_the_wire_labels_and_entropy_ports(tb, tmp_path):
     finally:
         files = cap.stop()
     assert results == ["2000"] * 6
-    from scapy.contrib.mpls import MPLS
-    from scapy.layers.inet import IP, UDP
     pkts = [p for p in decode(files["srv1-leaf1"]) if p.haslayer(UDP) and p[UDP].dport == 6635]
     labels = {p[MPLS].label for p in pkts}
     assert labels == {100, 200}
@@ -72,10 +84,6 @@ def test_networks_with_overlapping_subnets_are_isolated(tb):
 
 def test_forged_labels_and_vnis_from_a_non_peer_are_dropped(tb):
     """Crafted tunnel packets for both networks, from an underlay address that is no vrouter."""
-    from scapy.contrib.mpls import MPLS
-    from scapy.layers.inet import ICMP, IP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.layers.vxlan import VXLAN
     inner = IP(src="192.168.1.11", dst="192.168.1.12") / ICMP()
     forged = [IP(src="10.0.1.99", dst="10.0.2.1") / UDP(sport=50000, dport=6635) / MPLS(label=label, s=1) / inner
               for label in (100, 200)]
@@ -177,7 +185,6 @@ def test_crashed_forwarder_is_restarted_and_reattaches(tb):
     name = overlay.forwarder_name("srv3")
     pid = tb.supervisor.pid(name)
     restarts = tb.supervisor.status()[name]["restarts"]
-    import os
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 15
     while tb.supervisor.status()[name]["restarts"] == restarts or not tb.supervisor.status()[name]["running"]:

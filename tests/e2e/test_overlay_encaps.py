@@ -3,6 +3,10 @@
 One testbed per encapsulation (same topology as test_overlay.py; MPLSoUDP is covered there).
 """
 import pytest
+from scapy.contrib.mpls import MPLS
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import GRE
+from scapy.layers.vxlan import VXLAN
 
 from overlay_helpers import bring_up, decode, needs_root, ping, tcp_transfers
 from testbed.capture import Capture, fabric_interfaces
@@ -29,15 +33,11 @@ def test_ping_tcp_and_capture(tb, tmp_path):
     finally:
         files = cap.stop()
     pkts = decode(files["srv3-leaf2"])
-    from scapy.layers.inet import IP, TCP
     if tb.encap == "vxlan":
-        from scapy.layers.vxlan import VXLAN
         tunnel = [p for p in pkts if p.haslayer(VXLAN)]
         assert {p[VXLAN].vni for p in tunnel} == {100, 200}
         inner_tcp = [p for p in tunnel if p[VXLAN].vni == 100 and p.haslayer(TCP)]
     else:
-        from scapy.contrib.mpls import MPLS
-        from scapy.layers.l2 import GRE
         tunnel = [p for p in pkts if p.haslayer(GRE)]
         assert {p[GRE].proto for p in tunnel} == {0x8847}
         assert {p[MPLS].label for p in tunnel} == {100, 200}

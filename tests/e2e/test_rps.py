@@ -4,6 +4,7 @@ punted (one slow-path call per vrouter per connection), and bulk TCP goes throug
 offloads (TSO super-frames sent with UDP GSO, UDP_GRO reads merged), byte-exact, with the switches
 reaching every worker. One testbed for the module; modes are switched by restarting the
 forwarding planes of srv1 and srv3 (the agents stay)."""
+import io
 import json
 import subprocess
 import sys
@@ -13,9 +14,17 @@ import uuid
 import pytest
 import yaml
 
-from overlay_helpers import (TOPOLOGY, expected_digest, needs_root, tcp_transfers, transfer, udp_exchanges,
-                             vm_tap, wait_ping)
-from testbed import overlay
+from overlay_helpers import (
+    TOPOLOGY,
+    expected_digest,
+    needs_root,
+    tcp_transfers,
+    transfer,
+    udp_exchanges,
+    vm_tap,
+    wait_ping,
+)
+from testbed import overlay, vr
 from testbed.runner import Testbed
 from testbed.topology import from_dict
 from vrouter.io import introspect
@@ -166,8 +175,6 @@ def test_offload_switches_reach_every_worker(tb):
 
 
 def test_cli_tables_show_workers(tb):
-    from testbed import vr
-    import io
     out = io.StringIO()
     vr.run(["srv1", "stats"], rundir=tb.path, out=out)
     assert "workers (" in out.getvalue()

@@ -9,8 +9,7 @@ import uuid
 
 import pytest
 
-from vrouter.io import tap
-from vrouter.io import tunnel
+from vrouter.io import tap, tunnel
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and TAP")]

@@ -84,9 +84,10 @@ def bed():
         ipc.update_vm_namespaces(rundir, {VMS[s][1]: {"vm": VMS[s][0], "netns": f"/run/netns/{P}{VMS[s][0]}"}
                                           for s in SERVERS})
         for i, server in enumerate(SERVERS, 1):
-            procs[f"fwd{i}"] = Proc(rundir, f"{P}s{i}", "vrouter.processes.forwarder", "--rundir", rundir, "--server", server)
-            procs[f"agent{i}"] = Proc(rundir, f"{P}s{i}", "vrouter.processes.agent", "--rundir", rundir, "--server", server,
-                                      "--config", str(Path(rundir) / f"{server}.json"))
+            procs[f"fwd{i}"] = Proc(rundir, f"{P}s{i}", "vrouter.processes.forwarder", "--rundir", rundir,
+                                    "--server", server)
+            procs[f"agent{i}"] = Proc(rundir, f"{P}s{i}", "vrouter.processes.agent", "--rundir", rundir,
+                                      "--server", server, "--config", str(Path(rundir) / f"{server}.json"))
         wait_vifs_up(rundir)
         yield {"rundir": rundir, "procs": procs}
     finally:

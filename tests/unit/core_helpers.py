@@ -1,6 +1,7 @@
 """Shared builders for the vrouter core unit tests: configs of two servers and packet makers."""
 import copy
 
+from vrouter.core.actions import Punt, ToTunnel
 from vrouter.core.codec import ethernet, ipv4, l4
 from vrouter.core.codec.ipv4 import ip_to_int
 from vrouter.core.config import VROUTER_MAC, VrouterConfig
@@ -64,7 +65,6 @@ class Pair:
     def run(self, srv, actions, now):
         """Resolve actions like the shells would: punts go to the agent at once, tunnels cross the
         fabric. Returns the terminal actions (ToVif / Drop) in order."""
-        from vrouter.core.actions import Punt, ToTunnel
         out = []
         for a in actions:
             if isinstance(a, Punt):

@@ -2,10 +2,10 @@
 import pytest
 
 from core_helpers import server_dict
+from vrouter.core.codec.ipv4 import ip_to_int
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.fib import Fib
 from vrouter.core.policy import CompiledPolicy
-from vrouter.core.codec.ipv4 import ip_to_int
 
 
 def test_example_config_loads_with_defaults():

@@ -6,11 +6,13 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 
+from core_helpers import Pair
 from offload_helpers import ip_parts, kernel_complete, prefix, scapy_l4_checksum, tcp_ip, udp_ip
 from vrouter.core import gro as gro_mod
 from vrouter.core import gso
 from vrouter.core.codec import ipv4, virtio
-from vrouter.core.gro import Gro, merge
+from vrouter.core.gro import Gro, merge, vnet_for_frame
+from vrouter.tools import bench_gro
 
 TS = [("NOP", None), ("NOP", None), ("Timestamp", (5, 6))]
 
@@ -143,7 +145,7 @@ def test_labels_and_flows_keep_separate_merges_and_their_own_order():
     red = stream(4, label=100)
     blue = stream(4, label=200)
     other = stream(4, sport=40001)
-    mixed = [x for trio in zip(red, blue, other) for x in trio]
+    mixed = [x for trio in zip(red, blue, other, strict=True) for x in trio]
     out, _ = feed(mixed)
     assert sorted(shape(out)) == [4, 4, 4]
     by_first = {d[0][:4] + d[0][24:26]: d for d in out}
@@ -261,7 +263,7 @@ def test_merges_are_exact_in_order_concatenations_of_mergeable_segments(mixed, u
         assert ip.len <= 65535 and ipv4.checksum(payload[4:24]) == 0
         assert data_of(payload) == b"".join(data_of(s) for s in group)
         assert ip[TCP].seq == firsts[0][TCP].seq and gso_size == len(data_of(group[0]))
-        for a, b in zip(group, group[1:]):
+        for a, b in zip(group, group[1:], strict=False):
             assert IP(b[4:])[TCP].seq == (IP(a[4:])[TCP].seq + len(data_of(a))) & 0xFFFFFFFF
         assert all(0 < len(data_of(s)) <= gso_size for s in group)
         assert all(len(data_of(s)) == gso_size for s in group[:-1])
@@ -291,7 +293,6 @@ def test_reasons_are_the_documented_ones():
 
 
 def test_bench_reports_gro_and_gso_rows_and_json_figures():
-    from vrouter.tools import bench_gro
     res = bench_gro.run(quick=True)
     lines = []
     bench_gro.report(res, lines.append)
@@ -302,8 +303,6 @@ def test_bench_reports_gro_and_gso_rows_and_json_figures():
 
 
 def test_held_super_packet_released_by_install_gets_a_header_from_the_frame_alone():
-    from core_helpers import Pair
-    from vrouter.core.gro import vnet_for_frame
     pair = Pair()
     original = tcp_ip(bytes(range(256)) * 100, options=TS, src="192.168.1.11", dst="192.168.1.12")
     (d,) = merge("mplsoudp", *gso.segment(prefix("mplsoudp"), original, 1448)[:2])

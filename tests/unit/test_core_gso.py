@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 
 from core_helpers import VM1, VM2, Pair, tcp_frame
-from offload_helpers import (kernel_complete, ip_parts, prefix, scapy_l4_checksum, tcp_ip, udp_ip)
+from offload_helpers import ip_parts, kernel_complete, prefix, scapy_l4_checksum, tcp_ip, udp_ip
 from vrouter.core import gso
 from vrouter.core.actions import Punt, ToTunnel, ToVif
 from vrouter.core.codec import ethernet, ipv4, virtio

@@ -4,7 +4,8 @@ from scapy.layers.l2 import ARP, Ether
 
 from core_helpers import VM1, VM1_MAC, VM2, VM3, VM3_MAC, Pair, icmp_frame, server, tcp_frame, udp_frame
 from vrouter.core.actions import Drop, Punt, ToTunnel
-from vrouter.core.codec import ethernet, ipv4, mpls, vxlan
+from vrouter.core.codec import ethernet, ipv4, mpls, outer, vxlan
+from vrouter.core.codec.ipv4 import ip_to_int
 from vrouter.core.codec.l4 import TCP_ACK, TCP_SYN
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
@@ -177,8 +178,6 @@ def test_ip_options_take_the_slow_parser_but_still_hit_the_flow():
 
 
 def test_from_fabric_frame_decides_side_by_outer_header():
-    from vrouter.core.codec import outer
-    from vrouter.core.codec.ipv4 import ip_to_int
     p = Pair()
     (tun,) = p.pipe["srv2"].from_vif("tr-red2", tcp_frame(VM2, VM1, 80, 1, TCP_SYN, src_mac="02:00:00:00:01:0c"),
                                      0.0)[:1] or [None]

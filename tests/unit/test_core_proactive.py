@@ -4,6 +4,7 @@ import pytest
 
 from core_helpers import VM1, VM2, VM2_MAC, Pair, tcp_frame
 from vrouter.core.actions import Drop, Punt, ToTunnel, ToVif
+from vrouter.core.codec import mpls
 from vrouter.core.codec.l4 import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 
 SYN, SYNACK, ACK = TCP_SYN, TCP_SYN | TCP_ACK, TCP_ACK
@@ -59,7 +60,6 @@ def test_reverse_deny_holds_although_the_entry_was_installed_proactively():
     # The reply leaves srv2 (whose reverse also denies) - check srv1's verdict by feeding it directly.
     synack = tcp_frame(VM2, VM1, 80, 40000, SYNACK, src_mac=VM2_MAC)
     assert p.pipe["srv2"].from_vif("tr-red2", synack, 0.0) == [Drop("policy_deny")]
-    from vrouter.core.codec import mpls
     payload = mpls.build_stack([100]) + synack[14:]
     assert pipe1.from_fabric("10.0.2.1", "mplsoudp", payload, 0.0) == [Drop("policy_deny")]
     assert pipe1.drop_stats()["policy_deny"] == 1

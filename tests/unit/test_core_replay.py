@@ -1,4 +1,5 @@
 """Offline replay CLI over the committed fixtures; bad input gives one line and exit code 2."""
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -76,7 +77,6 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, config, capture, needle
 
 def test_fixtures_are_reproducible(tmp_path):
     """The committed captures are exactly what scripts/make_fixtures.py produces."""
-    import importlib.util
     spec = importlib.util.spec_from_file_location("make_fixtures", ROOT / "scripts" / "make_fixtures.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -14,8 +14,20 @@ from vrouter.core.config import VROUTER_MAC, ConfigError, VrouterConfig
 from vrouter.core.flowkey import symmetric_hash
 from vrouter.core.pipeline import Pipeline, encap_prefix
 from vrouter.core.slowpath import SlowPath
-from vrouter.core.steering import (FIELDS, NO_FLOW, BucketTable, ExtendedRps, InnerHash, LoadCounter, Local, Rps,
-                              SteeringConfig, jain_index, outer_hash)
+from vrouter.core.steering import (
+    FIELDS,
+    NO_FLOW,
+    BucketTable,
+    ExtendedRps,
+    InnerHash,
+    LoadCounter,
+    Local,
+    Rps,
+    SteeringConfig,
+    jain_index,
+    outer_hash,
+)
+from vrouter.tools import bench_steering
 
 ENCAPS = ("mplsoudp", "vxlan", "mplsogre")
 SYN, SYNACK = l4.TCP_SYN, l4.TCP_SYN | l4.TCP_ACK
@@ -174,7 +186,7 @@ def test_rebuilds_move_only_the_buckets_an_over_quota_worker_gives_up(first, cha
         new = t.counts()
         assert sum(new.values()) == size and set(new) <= {w for w, v in weights.items() if v}
         assert moved == sum(max(0, n - new.get(w, 0)) for w, n in old.items())
-        assert moved == sum(a != b for a, b in zip(before, t.buckets))
+        assert moved == sum(a != b for a, b in zip(before, t.buckets, strict=True))
         total = sum(weights.values())
         for w, n in new.items():
             assert abs(n - size * weights[w] / total) < 1       # largest remainder: off by less than one
@@ -489,7 +501,6 @@ def test_negative_control_a_one_direction_hash_splits_flows_and_replies_miss(enc
 
 
 def test_steering_bench_reports_every_nic_kind_and_both_stages():
-    from vrouter.tools import bench_steering
     res = bench_steering.run(quick=True)
     seen = {(r["mode"], r["nic"], r["size"]) for r in res["rows"]}
     for size in (64, 1400):

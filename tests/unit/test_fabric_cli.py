@@ -48,8 +48,8 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path, capsys):
     lines = err.splitlines()
     assert lines[0].startswith("error: invalid topology (")
     assert f"{f}: servers[0].address: '10.0.1.300' is not an IPv4 address" in lines
-    assert any(l.startswith(f"{f}: servers[1].name: duplicate name") for l in lines)
-    assert any(l.startswith(f"{f}: links[0][1]: 'leaf9'") for l in lines)
+    assert any(line.startswith(f"{f}: servers[1].name: duplicate name") for line in lines)
+    assert any(line.startswith(f"{f}: links[0][1]: 'leaf9'") for line in lines)
     assert "Traceback" not in err
 
 

@@ -3,8 +3,10 @@ import struct
 import zlib
 
 import pytest
+from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
-from controllers.fabric_logic import FabricLogic, Group
+from controllers.fabric_logic import Bucket, FabricLogic, Group, group_spec
+from controllers.vnc import to_messages
 from testbed import fabric as fabric_desc
 from testbed import generator, topology
 
@@ -202,7 +204,6 @@ def test_bad_prefix_is_rejected(prefix):
 
 
 def test_group_spec_hashes_the_5_tuple_including_udp_ports_and_watches_ports():
-    from controllers.fabric_logic import Bucket, group_spec
     spec = group_spec(Group(3, (Bucket(1, 1), Bucket(2, 2))))
     assert spec.startswith("add_or_mod group_id=3,type=select,selection_method=hash,")
     assert "fields(ip_src,ip_dst,nw_proto,tcp_src,tcp_dst,udp_src,udp_dst)" in spec
@@ -212,10 +213,6 @@ def test_group_spec_hashes_the_5_tuple_including_udp_ports_and_watches_ports():
 
 
 def test_adapter_turns_flows_into_encodable_openflow13_messages():
-    from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
-
-    from controllers.vnc import to_messages
-
     class FakeDatapath:
         ofproto, ofproto_parser, id = ofproto_v1_3, ofproto_v1_3_parser, 0x1001
 
@@ -227,11 +224,11 @@ def test_adapter_turns_flows_into_encodable_openflow13_messages():
     flows = logic.flows(fake.by_name["leaf1"]["dpid"])
     msgs = to_messages(dp, flows)
     assert len(msgs) == len(flows)
-    for m, f in zip(msgs, flows):
+    for m, f in zip(msgs, flows, strict=True):
         m.serialize()  # raises if a field cannot be encoded
         assert m.priority == f.priority and m.cookie != 0
         assert dict(m.match.items()) == f.match_dict
-    arp = next(m for m, f in zip(msgs, flows) if f.match_dict.get("eth_type") == 0x0806)
+    arp = next(m for m, f in zip(msgs, flows, strict=True) if f.match_dict.get("eth_type") == 0x0806)
     assert arp.instructions[0].actions[0].port == ofproto_v1_3.OFPP_CONTROLLER
-    miss = next(m for m, f in zip(msgs, flows) if f.priority == 0)
+    miss = next(m for m, f in zip(msgs, flows, strict=True) if f.priority == 0)
     assert miss.instructions == []

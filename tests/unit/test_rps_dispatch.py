@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vrouter.io import ipc
 from vrouter.core import rps_channel
 from vrouter.core.actions import Punt, ToTunnel, ToVif
 from vrouter.core.codec import ethernet, ipv4, l4
@@ -19,6 +18,8 @@ from vrouter.core.multicore import MulticoreConfig
 from vrouter.core.pipeline import Pipeline, encap_prefix
 from vrouter.core.rps_route import Outbox, Router
 from vrouter.core.slowpath import SlowPath
+from vrouter.io import ipc
+from vrouter.processes.agent import Agent
 
 CONFIG = yaml.safe_load((Path(__file__).parents[1] / "fixtures" / "replay-srv1.yaml").read_text())
 VMS = {"tr-red1": ("red", 100, "mplsoudp", "02:00:00:00:01:0b"),
@@ -150,13 +151,13 @@ def test_per_flow_order_through_socketpairs_and_relays(mode):
             outbox.add(router.from_fabric("mplsoudp", PEER, esport, payload), "mplsoudp", PEER, payload)
         outbox.flush()
     relay_box = Outbox(lambda dest, parts, _n: pairs[dest][0].sendmsg(parts))
-    for a, b in relays.values():                              # relays: stage 2 in their own order
+    for _a, b in relays.values():                             # relays: stage 2 in their own order
         for data in _datagrams(b):
             for kind, tag, payload, seg in rps_channel.decode(data):
                 relay_box.add(("worker", router.stage2(kind, payload)), kind, tag, payload, seg)
             relay_box.flush()
     seen, owner = {}, {}
-    for dest, (a, b) in pairs.items():
+    for dest, (_a, b) in pairs.items():
         for data in _datagrams(b):
             for _kind, _tag, payload, _seg in rps_channel.decode(data):
                 sp, dp, esport, seq = (int(x) for x in bytes(payload).rsplit(b"|", 1)[1].split())
@@ -185,7 +186,7 @@ def test_proactive_reverse_entry_is_hit_on_the_punting_worker(mode):
         _net, vrf, encap, _mac = VMS[vif]
         proto, sp, dp = rnd.choice([6, 17]), rnd.randrange(1024, 65535), rnd.choice([53, 80, 443, 8080])
         frame = _tap_frame(vif, _ip(proto, LOCAL, REMOTE, sp, dp))
-        (kind, w), = [router.from_tap(vif, vrf, frame)]
+        (_kind, w), = [router.from_tap(vif, vrf, frame)]
         (punt,) = shards[w].from_vif(vif, frame, 0.0)
         assert isinstance(punt, Punt)
         punts[w] += 1
@@ -203,7 +204,6 @@ def test_proactive_reverse_entry_is_hit_on_the_punting_worker(mode):
 
 # ---------------------------------------------------------------- agent channels
 def test_agent_answers_each_worker_on_its_own_channel(tmp_path):
-    from vrouter.processes.agent import Agent
     agent = Agent(str(tmp_path), "srv1")
     agent.on_config(1, CONFIG)
     listener = ipc.listen(ipc.agent_socket(tmp_path, "srv1"), socket.SOCK_SEQPACKET)

@@ -64,9 +64,9 @@ def test_generated_topologies_validate_and_round_trip_through_yaml(shape, tmp_pa
     f = tmp_path / "g.yaml"
     f.write_text(generator.to_yaml(doc))
     topo = topology.load(f)
-    s, l, n = shape
-    assert (len(topo.spines), len(topo.leaves), len(topo.servers)) == (s, l, l * n)
-    assert len(topo.links) == s * l + l * n
+    spines, leaves, per_leaf = shape
+    assert (len(topo.spines), len(topo.leaves), len(topo.servers)) == (spines, leaves, leaves * per_leaf)
+    assert len(topo.links) == spines * leaves + leaves * per_leaf
 
 
 @pytest.mark.parametrize("args", [(0, 2, 2), (2, 0, 2), (2, 2, 0), (2, 256, 1), (2, 2, 255)])

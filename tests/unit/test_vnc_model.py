@@ -3,6 +3,7 @@ import copy
 import re
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -244,7 +245,6 @@ def test_state_of_another_topology_is_refused():
 
 
 def test_topology_from_a_yaml_file(tmp_path):
-    import yaml
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(overlapping_topology()))
     assert VncModel(str(path)).configs() == VncModel(overlapping_topology()).configs()

@@ -1,5 +1,20 @@
 """What the pipeline asks its shell to do with a packet (frozen dataclasses, plain values inside)."""
 from dataclasses import dataclass
+from typing import TypedDict
+
+
+class PuntRequest(TypedDict):
+    """What the slow path needs to decide a new flow (plain values: it crosses to the agent by msgpack)."""
+    vrf: int
+    proto: int
+    src: int
+    dst: int
+    sport: int
+    dport: int
+    ingress: str        # "vif" | "fabric"
+    port: str           # the VIF name, or the underlay address the packet came from
+    tcp_flags: int
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +41,7 @@ class ToTunnel:
 @dataclass(frozen=True, slots=True)
 class Punt:
     """First packet of a new flow: hand ``request`` (msgpack-serialisable dict) to the agent."""
-    request: dict
+    request: PuntRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,10 @@ and installs its own pair (the old one ages out). Hence the minimal movement: on
 over-quota worker must give up change owner, i.e. ``sum(max(0, old - new))`` over the workers.
 """
 import math
+from collections.abc import Iterable, Mapping
 
 
-def _quotas(weights: dict, size: int) -> dict:
+def _quotas(weights: Mapping[int, float], size: int) -> dict[int, int]:
     """Largest-remainder apportionment of ``size`` buckets; ties go to the lower worker id."""
     total = sum(weights.values())
     exact = {w: size * wt / total for w, wt in weights.items()}
@@ -24,11 +25,11 @@ def _quotas(weights: dict, size: int) -> dict:
     return counts
 
 
-def _interleave(counts: dict) -> list:
+def _interleave(counts: Mapping[int, int]) -> list[int]:
     """Smooth weighted round robin: each worker appears counts[w] times, spread out, deterministic."""
     total = sum(counts.values())
     current = dict.fromkeys(counts, 0)
-    order = []
+    order: list[int] = []
     for _ in range(total):
         for w in counts:
             current[w] += counts[w]
@@ -38,7 +39,7 @@ def _interleave(counts: dict) -> list:
     return order
 
 
-def _check_worker(w) -> None:
+def _check_worker(w: object) -> None:
     if isinstance(w, bool) or not isinstance(w, int) or w < 0:
         raise ValueError(f"worker id {w!r} is not a CPU number (an int >= 0)")
 
@@ -46,16 +47,16 @@ def _check_worker(w) -> None:
 class BucketTable:
     """``lookup(hash) -> worker``; ``buckets`` is a list the steering objects read in place."""
 
-    def __init__(self, weights: dict, size: int = 128, cpus=None):
+    def __init__(self, weights: Mapping[int, float], size: int = 128, cpus: Iterable[int] | None = None) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"buckets: {size!r} is not a positive number of buckets")
         self.size = size
-        self.buckets: list = []
-        self.weights: dict = {}
-        self.cpus = None
+        self.buckets: list[int] = []
+        self.weights: dict[int, float] = {}
+        self.cpus: frozenset[int] | None = None
         self.update(weights, cpus)
 
-    def _effective(self, weights, cpus) -> dict:
+    def _effective(self, weights: Mapping[int, float], cpus: frozenset[int] | None) -> dict[int, float]:
         if not isinstance(weights, dict) or not weights:
             raise ValueError("weights: expected a non-empty mapping of worker id -> weight")
         for w, wt in weights.items():
@@ -70,7 +71,7 @@ class BucketTable:
             raise ValueError("weights: no worker with a positive weight inside the CPU set")
         return allowed
 
-    def update(self, weights: dict | None = None, cpus=None) -> int:
+    def update(self, weights: Mapping[int, float] | None = None, cpus: Iterable[int] | None = None) -> int:
         """Rebuild for new weights and/or CPU set (None keeps the current one); returns buckets moved."""
         weights = self.weights if weights is None else dict(weights)
         cpus = self.cpus if cpus is None else frozenset(cpus)
@@ -80,31 +81,31 @@ class BucketTable:
             self.buckets[:] = _interleave(quotas)
             return 0
         kept = dict.fromkeys(quotas, 0)
-        free = []
+        free: list[int] = []
         for i, owner in enumerate(self.buckets):
             if kept.get(owner, 0) < quotas.get(owner, 0):
                 kept[owner] += 1
             else:
                 free.append(i)
         deficit = {w: quotas[w] - kept[w] for w in quotas if quotas[w] > kept[w]}
-        for i, w in zip(free, _interleave(deficit) if deficit else []):
+        for i, w in zip(free, _interleave(deficit) if deficit else [], strict=False):
             self.buckets[i] = w
         return len(free)
 
-    def lookup(self, h: int):
+    def lookup(self, h: int) -> int:
         return self.buckets[h % self.size]
 
-    def counts(self) -> dict:
-        out = {}
+    def counts(self) -> dict[int, int]:
+        out: dict[int, int] = {}
         for w in self.buckets:
             out[w] = out.get(w, 0) + 1
         return out
 
     @property
-    def workers(self) -> list:
+    def workers(self) -> list[int]:
         return sorted(set(self.buckets))
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, BucketTable) and self.buckets == other.buckets
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # unhashable: equality compares the mutable buckets

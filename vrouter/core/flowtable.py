@@ -14,8 +14,15 @@ Behaviour, stated and tested:
   the packet), then goes at the next ageing pass. A SYN that hits a closed pair starts a new flow.
   A closing pair that never completes goes after ``close_timeout``.
 """
+from __future__ import annotations
+
+from typing import Any, Final, Literal, TypeAlias
+
+from .actions import Drop
 from .codec.ipv4 import int_to_ip
 from .codec.l4 import TCP_ACK, TCP_FIN, TCP_SYN
+from .fib import Nexthop
+from .flowkey import FlowKey
 
 # Entry kinds. HOLD is 0 so that ``if entry.kind`` tells a decided entry from a held one.
 HOLD, TO_VIF, TO_TUNNEL, DROP = 0, 1, 2, 3
@@ -27,17 +34,46 @@ TCP_PEER_FIN = 0x400   # the other direction sent a FIN: ACKs in this direction 
 TCP_CLOSED = 0x800     # both FINs acknowledged, or RST: the pair lingers briefly, then goes
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 
+# A packet held while its flow waits for the decision, kept as the pipeline replays it at install:
+# (HELD_VIF, VIF name, frame) or (HELD_FABRIC, outer source address, encapsulation, payload).
+HELD_VIF: Final = 0
+HELD_FABRIC: Final = 1
+Held: TypeAlias = tuple[Literal[0], str, bytes] | tuple[Literal[1], str, str, bytes]
+
 
 class FlowEntry:
     """Everything the hit path needs is cached here when the decision is installed."""
     __slots__ = ("key", "kind", "reason", "drop", "vif", "peer", "encap", "sport", "prefix", "reverse",
                  "packets", "bytes", "tcp", "fin_seq", "created", "last_used", "held", "role", "nexthop",
                  "rule")
+    # The decision sets vif (TO_VIF), peer and encap (TO_TUNNEL), reason and drop (DROP); they are None
+    # otherwise, but typed as set because the hit path reads each only for its kind. prefix: the bytes
+    # that go before the inner IPv4 packet.
+    key: FlowKey
+    kind: int
+    reason: str
+    drop: Drop
+    vif: str
+    peer: str
+    encap: str
+    sport: int
+    prefix: bytes
+    reverse: FlowEntry | None
+    packets: int
+    bytes: int
+    tcp: int
+    fin_seq: int
+    created: float
+    last_used: float
+    held: list[Held]
+    role: str
+    nexthop: Nexthop | None
+    rule: int | None
 
-    def __init__(self, key, now: float):
+    def __init__(self, key: FlowKey, now: float) -> None:
         self.key = key
         self.kind = HOLD
-        self.reason = self.drop = self.vif = self.peer = self.encap = self.reverse = None
+        self.reason = self.drop = self.vif = self.peer = self.encap = self.reverse = None  # type: ignore[assignment]
         self.nexthop = self.rule = None
         self.sport = 0
         self.prefix = b""
@@ -63,7 +99,7 @@ class FlowEntry:
             return "syn"
         return "none"
 
-    def describe(self, index: int, now: float) -> dict:
+    def describe(self, index: int, now: float) -> dict[str, Any]:
         vrf, proto, src, dst, sport, dport = self.key
         return {
             "index": index, "vrf": vrf, "proto": PROTO_NAMES.get(proto, str(proto)), "src": int_to_ip(src),
@@ -76,9 +112,9 @@ class FlowEntry:
 
 
 class FlowTable:
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.entries: dict[tuple, FlowEntry] = {}
+        self.entries: dict[FlowKey, FlowEntry] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -101,6 +137,8 @@ class FlowTable:
 
     def expired(self, now: float, idle: float, hold: float, close: float, linger: float = 0.0) -> list[FlowEntry]:
         """Entries due for removal (held ones and pairs are returned whole)."""
+        out: list[FlowEntry]
+        seen: set[int]
         out, seen = [], set()
         for e in self.entries.values():
             if id(e) in seen:

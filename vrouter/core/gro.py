@@ -30,8 +30,10 @@ header. With ``enabled=False`` (the switch for experiments) nothing merges but p
 still flagged, which correctness needs.
 """
 import struct
+from typing import Any, TypeAlias
 
 from .codec import virtio
+from .codec.buffer import Buffer
 from .codec.ipv4 import checksum
 from .codec.l4 import TCP_CWR, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG
 from .gso import PREFIX_LEN, partial_offset, pseudo_sum
@@ -51,10 +53,38 @@ _VXLAN = struct.Struct("!II12xH" + _IPTCP).unpack_from
 _PARTIAL_TCP = virtio.partial(_ETH + 20, virtio.TCP_CSUM_OFFSET)
 _PLAIN = virtio.PLAIN
 
+# (tunnel payload, segments it stands for, gso_size or 0, virtio_net_hdr for the ToVif frame)
+Delivery: TypeAlias = tuple[bytes, int, int, bytes]
+# (label or VNI word, inner source, inner destination, source port, destination port)
+_Key: TypeAlias = tuple[int, int, int, int, int]
+
 
 class _Merge:
     __slots__ = ("key", "first", "h", "thl", "flags", "cmp", "ack", "win", "tos", "ttl", "fw", "last_id",
                  "opts", "mss", "next_seq", "data", "size", "limit", "ends", "n", "started", "src", "dst")
+    key: _Key
+    first: memoryview           # the first segment, tunnel header included
+    h: int                      # tunnel header length
+    thl: int
+    flags: int
+    cmp: int                    # flags a joining segment must have (apart from PSH/FIN)
+    ack: int
+    win: int
+    tos: int
+    ttl: int
+    fw: int
+    last_id: int
+    opts: bytes
+    mss: int
+    next_seq: int
+    data: list[memoryview]      # the data of the segments after the first
+    size: int
+    limit: int
+    ends: int
+    n: int
+    started: float
+    src: int
+    dst: int
 
 
 class Gro:
@@ -65,22 +95,22 @@ class Gro:
     buffer (recv_into) while merges that hold it are open; :meth:`batch` flushes before returning.
     """
 
-    def __init__(self, enabled: bool = True, timeout: float = 0.0):
+    def __init__(self, enabled: bool = True, timeout: float = 0.0) -> None:
         self.enabled = enabled
         self.timeout = timeout
-        self._open: dict = {}
-        self._ready: list = []
+        self._open: dict[_Key, _Merge] = {}
+        self._ready: list[Delivery] = []
         self.segments = 0
         self._counts = dict.fromkeys(("merged", "merged_segments", "single"), 0)   # delivered = merged + single
         self._flushes = dict.fromkeys(REASONS, 0)
 
     # ---------------------------------------------------------------- input
-    def batch(self, encap: str, buf, seg_size: int, now: float = 0.0) -> list:
+    def batch(self, encap: str, buf: Buffer, seg_size: int, now: float = 0.0) -> list[Delivery]:
         """One UDP_GRO read (``seg_size`` from the cmsg; 0 = one datagram), flushed at its end."""
         self.add_batch(encap, buf, seg_size, now)
         return self.flush()
 
-    def add_batch(self, encap: str, buf, seg_size: int, now: float = 0.0) -> None:
+    def add_batch(self, encap: str, buf: Buffer, seg_size: int, now: float = 0.0) -> None:
         mv = memoryview(buf)
         n = len(mv)
         h = PREFIX_LEN.get(encap)
@@ -91,12 +121,12 @@ class Gro:
         for s in range(0, n, seg_size):
             add(h, mv, s, min(s + seg_size, n), now)
 
-    def add(self, encap: str, payload, now: float = 0.0) -> None:
+    def add(self, encap: str, payload: Buffer, now: float = 0.0) -> None:
         """One tunnel payload (e.g. one MPLSoGRE packet from a raw socket)."""
         mv = memoryview(payload)
         self._add(PREFIX_LEN.get(encap), mv, 0, len(mv), now)
 
-    def _add(self, h, mv, s: int, e: int, now: float) -> None:
+    def _add(self, h: int | None, mv: memoryview, s: int, e: int, now: float) -> None:
         self.segments += 1
         if h is None or e - s < h + 40:
             self._single(mv, s, e, h)
@@ -169,7 +199,7 @@ class Gro:
             return "size"
         return "headers"
 
-    def _single(self, mv, s: int, e: int, h) -> None:
+    def _single(self, mv: memoryview, s: int, e: int, h: int | None) -> None:
         """A packet that passes alone; flag its checksum if it is partial."""
         self._counts["single"] += 1
         part = partial_offset(mv[s:e], h) if h is not None and e - s >= h + 20 else None
@@ -202,18 +232,18 @@ class Gro:
         self._ready.append((b"".join([head, first[hl:], *m.data]), m.n, m.mss,
                             virtio.tcpv4_gso(_ETH, 20, m.thl, m.mss, bool(m.flags & TCP_CWR))))
 
-    def take(self) -> list:
+    def take(self) -> list[Delivery]:
         """Deliveries ready now, leaving open merges open."""
         out, self._ready = self._ready, []
         return out
 
-    def flush(self) -> list:
+    def flush(self) -> list[Delivery]:
         """End of batch: deliver every open merge, then return everything ready."""
         for m in list(self._open.values()):
             self._close(m, "end_of_batch")
         return self.take()
 
-    def flush_expired(self, now: float) -> list:
+    def flush_expired(self, now: float) -> list[Delivery]:
         """Deliver merges open for ``timeout`` seconds or more; return everything ready."""
         for m in [m for m in self._open.values() if now - m.started >= self.timeout]:
             self._close(m, "timeout")
@@ -225,7 +255,7 @@ class Gro:
             return None
         return min(m.started for m in self._open.values()) + self.timeout
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         c = self._counts
         return {"enabled": self.enabled, "segments": self.segments, "open": len(self._open),
                 "delivered": c["merged"] + c["single"], **c,
@@ -233,7 +263,7 @@ class Gro:
                 "flush": dict(self._flushes)}
 
 
-def vnet_for_frame(frame, mtu: int = 1500) -> tuple[bytes, bytes]:
+def vnet_for_frame(frame: bytes, mtu: int = 1500) -> tuple[bytes, bytes]:
     """(virtio_net_hdr, frame) for a ToVif frame whose GRO delivery tuple is not at hand: packets the
     pipeline held during a slow-path round trip come back from ``Pipeline.install`` as bare frames.
 
@@ -261,6 +291,6 @@ def vnet_for_frame(frame, mtu: int = 1500) -> tuple[bytes, bytes]:
     return (_PLAIN if part is None else virtio.partial(_ETH + part[0], part[1])), frame
 
 
-def merge(encap: str, buf, seg_size: int, gro: bool = True) -> list:
+def merge(encap: str, buf: Buffer, seg_size: int, gro: bool = True) -> list[Delivery]:
     """Stateless GRO of one UDP_GRO read: a list of (payload, nsegs, gso_size, vnet_hdr)."""
     return Gro(gro).batch(encap, buf, seg_size)

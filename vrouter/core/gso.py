@@ -19,6 +19,7 @@ fabric rests on the outer UDP checksum (MPLSoUDP, VXLAN) or the link CRC (MPLSoG
 """
 import struct
 
+from .codec.buffer import Buffer
 from .codec.errors import Malformed
 from .codec.ipv4 import IPPROTO_TCP, IPPROTO_UDP, checksum, pseudo_header
 from .codec.l4 import TCP_CWR, TCP_FIN, TCP_PSH
@@ -47,7 +48,7 @@ def pseudo_sum(src: int, dst: int, proto: int, length: int) -> int:
     return fold((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + proto + length)
 
 
-def partial_offset(buf, ip_off: int = 0) -> tuple[int, int] | None:
+def partial_offset(buf: Buffer, ip_off: int = 0) -> tuple[int, int] | None:
     """(IPv4 header length, checksum offset in the L4 header) if the TCP/UDP checksum of the IPv4
     packet at ``ip_off`` is partial (holds exactly the pseudo-header sum), else None."""
     if len(buf) - ip_off < 20:
@@ -63,7 +64,7 @@ def partial_offset(buf, ip_off: int = 0) -> tuple[int, int] | None:
     return (ihl, at) if field == pseudo_sum(src, dst, proto, tlen - ihl) else None
 
 
-def complete_checksum(buf, ip_off: int = 0) -> bytes:
+def complete_checksum(buf: Buffer, ip_off: int = 0) -> bytes:
     """``buf`` with the TCP/UDP checksum of the IPv4 packet at ``ip_off`` computed in full.
 
     The fallback for a TAP without a vnet header (it cannot say NEEDS_CSUM): one pass over the
@@ -90,7 +91,7 @@ def complete_checksum(buf, ip_off: int = 0) -> bytes:
     return bytes(buf[:l4]) + bytes(seg) + bytes(buf[end:])
 
 
-def _parts(prefix: bytes, ip, mss: int) -> tuple[list, int, int]:
+def _parts(prefix: bytes, ip: Buffer, mss: int) -> tuple[list[Buffer], int, int]:
     """Flat list of [prefix, headers, data] * n for the segments of ``ip``; returns (parts, chunk, n)."""
     if mss <= 0:
         raise ValueError("mss must be positive")
@@ -115,10 +116,10 @@ def _parts(prefix: bytes, ip, mss: int) -> tuple[list, int, int]:
     ip_opts = bytes(mv[20:ihl])
     tcp_opts = bytes(mv[ihl + 20:hl])
     # Header checksum = fixed words + total length + id; sum the fixed ones once.
-    ip_base = sum(struct.unpack("!%dH" % (ihl // 2), _IP.pack(vihl, tos, 0, 0, fw, ttl, proto, 0, src, dst) + ip_opts))
+    ip_base = sum(struct.unpack(f"!{ihl // 2}H", _IP.pack(vihl, tos, 0, 0, fw, ttl, proto, 0, src, dst) + ip_opts))
     ph = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + IPPROTO_TCP + thl
     pack = _IPTCP.pack
-    parts = []
+    parts: list[Buffer] = []
     add = parts.extend
     last = n - 1
     for i in range(n):
@@ -142,7 +143,7 @@ def _parts(prefix: bytes, ip, mss: int) -> tuple[list, int, int]:
     return parts, len(prefix) + hl + mss, n
 
 
-def segment(prefix: bytes, ip, mss: int) -> tuple[bytes, int, int]:
+def segment(prefix: bytes, ip: Buffer, mss: int) -> tuple[bytes, int, int]:
     """Segments of the TCP/IPv4 packet ``ip``, each behind ``prefix``, in one buffer.
 
     Returns (buffer, chunk_size, n): n chunks of chunk_size bytes (the last may be shorter). A packet
@@ -152,21 +153,22 @@ def segment(prefix: bytes, ip, mss: int) -> tuple[bytes, int, int]:
     return b"".join(parts), chunk, n
 
 
-def segments(prefix: bytes, ip, mss: int) -> list[bytes]:
+def segments(prefix: bytes, ip: Buffer, mss: int) -> list[bytes]:
     """The same segments as separate packets (MPLSoGRE: a raw IP socket has no UDP_SEGMENT)."""
     parts, _, _ = _parts(prefix, ip, mss)
     k = 2 if len(parts) == 2 else 3
     return [b"".join(parts[i:i + k]) for i in range(0, len(parts), k)]
 
 
-def split_payload(encap: str, payload, mss: int) -> tuple[bytes, int, int]:
+def split_payload(encap: str, payload: Buffer, mss: int) -> tuple[bytes, int, int]:
     """:func:`segment` for a ToTunnel payload (tunnel prefix + inner IPv4 packet)."""
     p = PREFIX_LEN[encap]
     mv = memoryview(payload)
     return segment(bytes(mv[:p]), mv[p:], mss)
 
 
-def sends(buffer, chunk: int, max_segments: int = MAX_SEGMENTS, max_bytes: int = MAX_SEND_BYTES) -> list:
+def sends(buffer: Buffer, chunk: int, max_segments: int = MAX_SEGMENTS,
+          max_bytes: int = MAX_SEND_BYTES) -> list[Buffer]:
     """Slices of ``buffer`` (whole chunks) that each fit one UDP_SEGMENT sendmsg.
 
     A 64 KB super-frame with MSS 1448 becomes 46 chunks of about 1.5 KB, more than one send may carry

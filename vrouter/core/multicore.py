@@ -12,6 +12,8 @@ tunnel sockets and its own queue of a multi-queue TAP, so the kernel picks the w
 OUTER 4-tuple for tunnels, from the VM's transmit queue choice for TAPs). See docs/vrouter.md
 "Multi-core" for what that costs the sharded flow table.
 """
+from collections.abc import Collection
+
 from .config import ConfigError
 from .steering import SteeringConfig
 
@@ -19,19 +21,19 @@ MODES = ("rps", "extended", "kernel")
 
 
 class MulticoreConfig:
-    def __init__(self, mode: str, steering: SteeringConfig, dispatcher_cpu):
+    def __init__(self, mode: str, steering: SteeringConfig, dispatcher_cpu: int | None) -> None:
         self.mode, self.steering, self.dispatcher_cpu = mode, steering, dispatcher_cpu
 
     @property
-    def workers(self) -> list:
+    def workers(self) -> list[int]:
         return self.steering.workers
 
     @property
-    def second_cores(self) -> list:
+    def second_cores(self) -> list[int]:
         return self.steering.second_table.workers if self.mode == "extended" else []
 
     @classmethod
-    def from_dict(cls, d, available_cpus=None) -> "MulticoreConfig":
+    def from_dict(cls, d: object, available_cpus: Collection[int] | None = None) -> "MulticoreConfig":
         """``available_cpus``: the CPUs this process may run on (checked so pinning cannot fail later)."""
         if not isinstance(d, dict):
             raise ConfigError("steering: expected a mapping")

@@ -22,10 +22,15 @@ partial checksums sent by a peer whose GSO is on).
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from . import gro as gro_mod
 from . import gso
+from .actions import ToTunnel
+from .codec.buffer import Buffer
 from .codec.errors import Malformed
+from .config import VrouterConfig
 
 UNDERLAY_MTU = 1500
 # Bytes a tunnel adds in front of the inner IPv4 packet on the underlay: outer IPv4 (+ UDP) + prefix.
@@ -33,35 +38,43 @@ OVERHEAD = {"mplsoudp": 20 + 8 + 4, "vxlan": 20 + 8 + 8 + 14, "mplsogre": 20 + 4
 HIST_BUCKETS = ((1, "1"), (2, "2-3"), (4, "4-7"), (8, "8-15"), (16, "16-31"), (32, "32-63"), (64, "64+"))
 
 
-def vm_mtu(config) -> int:
+class TunnelSender(Protocol):
+    """What `Offloads.send_split` needs of the shell's tunnel sockets (vrouter.io.tunnel.Tunnels)."""
+
+    def send(self, peer: str, encap: str, sport: int, payload: Buffer) -> object: ...
+
+    def send_gso(self, peer: str, encap: str, sport: int, buffer: bytes, chunk: int, n: int) -> object: ...
+
+
+def vm_mtu(config: VrouterConfig) -> int:
     """The MTU the VMs' interfaces get: every tunnel packet, GSO segments included, must fit the
     underlay MTU unfragmented (UDP_SEGMENT refuses segments beyond it), so the largest overhead of
     the encapsulations this vrouter may use sets it (as OpenStack gives VXLAN VMs 1450)."""
-    encaps = {config.encapsulation} | {r.nexthop.get("encap") for r in config.routes
-                                       if r.nexthop.get("type") == "tunnel"}
+    # The config gives every tunnel next hop its encapsulation (the vrouter's default if none is named).
+    encaps = {config.encapsulation} | {r.nexthop["encap"] for r in config.routes if r.nexthop["type"] == "tunnel"}
     return UNDERLAY_MTU - max(OVERHEAD.get(e, OVERHEAD["vxlan"]) for e in encaps)
 
 
 class Offloads:
-    def __init__(self, gro: bool = True, gso: bool = True):
+    def __init__(self, gro: bool = True, gso: bool = True) -> None:
         self.gso_on = gso
         self.gro = gro_mod.Gro(enabled=gro)
         self.mtu = UNDERLAY_MTU - OVERHEAD["vxlan"]
-        self.hist = collections.Counter()     # segments per delivery -> deliveries
-        self.counters = collections.Counter()
+        self.hist: collections.Counter[int] = collections.Counter()     # segments per delivery -> deliveries
+        self.counters: collections.Counter[str] = collections.Counter()
 
     @property
     def gro_on(self) -> bool:
         """The GRO switch: the engine's own `enabled` flag."""
         return self.gro.enabled
 
-    def reset(self):
+    def reset(self) -> None:
         self.gro = gro_mod.Gro(enabled=self.gro_on)
         self.hist.clear()
         self.counters.clear()
 
     # --- send ------------------------------------------------------------------------------------
-    def send_split(self, tunnels, a, mss: int) -> None:
+    def send_split(self, tunnels: TunnelSender, a: ToTunnel, mss: int) -> None:
         """Send ToTunnel `a` whose inner packet is a TCP super-packet, cut at `mss` bytes of data."""
         c = self.counters
         try:
@@ -82,7 +95,7 @@ class Offloads:
         c["fallback_super_frames"] += 1
         c["fallback_segments"] += n
 
-    def released_mss(self, encap: str, payload) -> int:
+    def released_mss(self, encap: str, payload: bytes) -> int:
         """MSS for a ToTunnel payload released by `install` (its virtio header is gone): a TCP
         packet longer than the VM MTU can only be a super-frame cut at the VM's MSS; else 0."""
         p = gso.PREFIX_LEN.get(encap, 0)
@@ -94,7 +107,7 @@ class Offloads:
         return self.mtu - ihl - thl
 
     # --- statistics ------------------------------------------------------------------------------
-    def stats(self, tunnel_counters) -> dict:
+    def stats(self, tunnel_counters: Mapping[str, int]) -> dict[str, Any]:
         g = self.gro.stats()
         buckets = dict.fromkeys((name for _, name in HIST_BUCKETS), 0)
         deliveries = segments = 0
@@ -117,7 +130,7 @@ class Offloads:
         })
 
 
-def averages(stats: dict) -> dict:
+def averages(stats: dict[str, Any]) -> dict[str, Any]:
     """Fill in the averages of a `stats` offload section (``gro``, ``gso``) from its counts; also
     for counts summed over the workers of a multi-core vrouter."""
     g, s = stats["gro"], stats["gso"]
@@ -127,5 +140,5 @@ def averages(stats: dict) -> dict:
     return stats
 
 
-def _ratio(n, d) -> float:
+def _ratio(n: float, d: float) -> float:
     return round(n / d, 2) if d else 0.0

@@ -17,18 +17,33 @@ the datagram use the same flow entry. A non-first fragment whose head was not se
 (``fragment_no_head``); the last fragment (MF clear) forgets the datagram.
 """
 import struct
+from typing import Any
 
 from . import drops as _drops
-from .actions import Drop, Punt, ToTunnel, ToVif
+from .actions import Action, Drop, Punt, ToTunnel, ToVif
 from .codec import arp, ethernet, gre, ipv4, mpls, outer, vxlan
 from .codec.errors import Malformed
 from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, int_to_ip
 from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, build_icmp
-from .config import VROUTER_MAC, VrouterConfig
-from .flowkey import entropy_port, extract, reverse
-from .flowtable import (DROP, HOLD, TCP_CLOSED, TCP_CLOSING, TCP_FIN_ACKED, TCP_PEER_FIN, TO_TUNNEL, TO_VIF,
-                        FlowEntry, FlowTable)
-from .slowpath import NEXTHOP_DROPS, SlowPath
+from .config import VROUTER_MAC, Vif, VrouterConfig
+from .fib import Nexthop
+from .flowkey import Extracted, FlowKey, entropy_port, extract, reverse
+from .flowtable import (
+    DROP,
+    HELD_FABRIC,
+    HELD_VIF,
+    HOLD,
+    TCP_CLOSED,
+    TCP_CLOSING,
+    TCP_FIN_ACKED,
+    TCP_PEER_FIN,
+    TO_TUNNEL,
+    TO_VIF,
+    FlowEntry,
+    FlowTable,
+    Held,
+)
+from .slowpath import NEXTHOP_DROPS, Decision, EntrySpec, SlowPath
 from .vrf import build_instances
 
 # One unpack per packet on the hit path: outer label/VNI (if any) + inner IPv4 + ports.
@@ -45,8 +60,6 @@ _GRE_MPLS = b"\x00\x00\x88\x47"
 _GRE_MPLS_WORD = 0x8847
 _MPLS_TTL = 64
 
-_HELD_VIF, _HELD_FABRIC = 0, 1
-
 
 def encap_prefix(encap: str, label: int, inner_mac: bytes) -> bytes:
     """Bytes that go before the inner IPv4 packet in a ToTunnel payload."""
@@ -61,16 +74,17 @@ def encap_prefix(encap: str, label: int, inner_mac: bytes) -> bytes:
 class _VifState:
     __slots__ = ("name", "vrf", "ip", "mac", "eth")
 
-    def __init__(self, vif, vrf_id):
+    def __init__(self, vif: Vif, vrf_id: int) -> None:
         self.name, self.vrf, self.ip, self.mac = vif.name, vrf_id, vif.ip, vif.mac
         self.eth = vif.mac + VROUTER_MAC + _ETH_IP
 
 
 class Pipeline:
-    def __init__(self, config: VrouterConfig):
+    def __init__(self, config: VrouterConfig) -> None:
         self.table = FlowTable(config.flow.capacity)
         self._flows = self.table.entries
-        self._frags: dict[tuple, list] = {}
+        # (vrf, proto, src, dst, IP id) -> [sport, dport, last seen]
+        self._frags: dict[tuple[int, int, int, int, int], list[Any]] = {}
         self._drops = _drops.new_counters()
         self._drop_actions = {r: Drop(r) for r in _drops.REASONS}
         self.hits = 0
@@ -78,7 +92,7 @@ class Pipeline:
                                      "reverse_not_installed", "aged", "tcp_teardowns", "arp_replies",
                                      "icmp_replies"), 0)
         self._evaluator = SlowPath(config)
-        self.config = None
+        self.config = config
         self.apply_config(config)
 
     # ---------------------------------------------------------------- configuration
@@ -105,7 +119,7 @@ class Pipeline:
                 self._set_action(e, self._evaluator.evaluate(vrf, *e.key[1:]))
 
     # ---------------------------------------------------------------- hit paths
-    def from_vif(self, vif_name: str, frame: bytes, now: float) -> list:
+    def from_vif(self, vif_name: str, frame: bytes, now: float) -> list[Action]:
         """An Ethernet frame read from the TAP of VM interface ``vif_name``."""
         vif = self._vifs.get(vif_name)
         if vif is None:
@@ -120,7 +134,7 @@ class Pipeline:
                 return self._hit(e, frame, 14, tlen, ttl, proto, csum, False, now, frame[47] if proto == 6 else 0)
         return self._vif_slow(vif, frame, now)
 
-    def from_fabric(self, outer_src: str, encap: str, payload: bytes, now: float) -> list:
+    def from_fabric(self, outer_src: str, encap: str, payload: bytes, now: float) -> list[Action]:
         """A tunnel payload received from underlay address ``outer_src`` (see docs/vrouter-core-api.md)."""
         if outer_src not in self._peers:
             return self._drop("invalid_source")
@@ -151,8 +165,8 @@ class Pipeline:
                                  payload[off + 33] if proto == 6 else 0)
         return self._fabric_slow(outer_src, encap, payload, now)
 
-    def _hit(self, e: FlowEntry, buf, off: int, tlen: int, ttl: int, proto: int, csum: int, fabric: bool,
-             now: float, flags: int) -> list:
+    def _hit(self, e: FlowEntry, buf: bytes, off: int, tlen: int, ttl: int, proto: int, csum: int, fabric: bool,
+             now: float, flags: int) -> list[Action]:
         self.hits += 1
         e.packets += 1
         e.bytes += tlen
@@ -182,7 +196,7 @@ class Pipeline:
             return [ToTunnel(e.peer, e.encap, e.sport, e.prefix + ip)]
         return [ToVif(e.vif, e.prefix + ip)]
 
-    def _tcp_end(self, e: FlowEntry, flags: int, buf, off: int, tlen: int) -> None:
+    def _tcp_end(self, e: FlowEntry, flags: int, buf: bytes, off: int, tlen: int) -> None:
         """RST, or BOTH FINs acknowledged, closes the pair (both directions at once).
 
         Closing at the first ACK after the second FIN is wrong for a simultaneous close: two last
@@ -228,7 +242,7 @@ class Pipeline:
             e.reverse.tcp, e.reverse.fin_seq = 0, -1
 
     # ---------------------------------------------------------------- slow parsing
-    def _vif_slow(self, vif: _VifState, frame, now: float) -> list:
+    def _vif_slow(self, vif: _VifState, frame: bytes, now: float) -> list[Action]:
         if len(frame) < 14:
             return self._drop("malformed")
         et = frame[12] << 8 | frame[13]
@@ -246,10 +260,10 @@ class Pipeline:
         nh = vrf.fib.lookup(pkt[2])
         if nh is not None and nh["type"] == "receive":
             return self._receive(vif, frame, pkt)
-        return self._lookup(vif.vrf, frame, 14, pkt, False, now, (_HELD_VIF, vif.name, frame),
+        return self._lookup(vif.vrf, frame, 14, pkt, False, now, (HELD_VIF, vif.name, frame),
                             ("vif", vif.name))
 
-    def _fabric_slow(self, outer_src: str, encap: str, payload, now: float) -> list:
+    def _fabric_slow(self, outer_src: str, encap: str, payload: bytes, now: float) -> list[Action]:
         try:
             if encap == "vxlan":
                 vni = vxlan.parse(payload, 0)
@@ -277,11 +291,11 @@ class Pipeline:
         nh = self._vrfs[vrf].fib.lookup(pkt[2])
         if nh is not None and nh["type"] == "receive":
             return self._drop("receive_unsupported")
-        return self._lookup(vrf, payload, off, pkt, True, now, (_HELD_FABRIC, outer_src, encap, payload),
+        return self._lookup(vrf, payload, off, pkt, True, now, (HELD_FABRIC, outer_src, encap, payload),
                             ("fabric", outer_src))
 
-    def _lookup(self, vrf: int, buf, off: int, pkt: tuple, fabric: bool, now: float, held: tuple,
-                ingress: tuple) -> list:
+    def _lookup(self, vrf: int, buf: bytes, off: int, pkt: Extracted, fabric: bool, now: float, held: Held,
+                ingress: tuple[str, str]) -> list[Action]:
         proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, _ = pkt
         if fw & (FLAG_MF | 0x1FFF):
             ports = self._fragment_ports(vrf, pkt, now)
@@ -308,7 +322,7 @@ class Pipeline:
         return [Punt({"vrf": vrf, "proto": proto, "src": src, "dst": dst, "sport": sport, "dport": dport,
                       "ingress": ingress[0], "port": ingress[1], "tcp_flags": flags, "length": tlen})]
 
-    def _fragment_ports(self, vrf: int, pkt: tuple, now: float):
+    def _fragment_ports(self, vrf: int, pkt: Extracted, now: float) -> tuple[int, int] | str:
         proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, _ = pkt
         fkey = (vrf, proto, src, dst, ident)
         if not fw & 0x1FFF:                       # first fragment: remember its ports
@@ -326,7 +340,7 @@ class Pipeline:
         return known[0], known[1]
 
     # ---------------------------------------------------------------- local answers
-    def _arp(self, vif: _VifState, frame) -> list:
+    def _arp(self, vif: _VifState, frame: bytes) -> list[Action]:
         try:
             req = arp.parse(frame, 14)
         except Malformed:
@@ -340,7 +354,7 @@ class Pipeline:
             arp.build(arp.ARP_REPLY, VROUTER_MAC, req.tpa, req.sha, req.spa)
         return [ToVif(vif.name, reply)]
 
-    def _receive(self, vif: _VifState, frame, pkt: tuple) -> list:
+    def _receive(self, vif: _VifState, frame: bytes, pkt: Extracted) -> list[Action]:
         proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, icmp_type = pkt
         if proto != IPPROTO_ICMP or icmp_type != ICMP_ECHO_REQUEST or fw & (FLAG_MF | 0x1FFF):
             return self._drop("receive_unsupported")
@@ -352,14 +366,14 @@ class Pipeline:
         return [ToVif(vif.name, vif.eth + reply)]
 
     # ---------------------------------------------------------------- decisions from the agent
-    def install(self, decision: dict, now: float) -> list:
+    def install(self, decision: Decision, now: float) -> list[Action]:
         """Apply a ``SlowPath.decide`` result: reverse entry first, then the forward entry pointing
         at it. Returns the actions for the packets that were held while the flow waited."""
         vrf = decision["vrf"]
         if vrf not in self._vrfs:
             return []
         self._count["installs"] += 1
-        released = []
+        released: list[Held] = []
         rev_spec = decision.get("reverse")
         r = self._write(vrf, rev_spec, "reverse", now, released) if rev_spec else None
         if rev_spec and r is None:
@@ -374,16 +388,16 @@ class Pipeline:
                 if r.reverse is not None and r.reverse is not f:
                     r.reverse.reverse = None
                 f.reverse, r.reverse = r, f
-        actions = []
+        actions: list[Action] = []
         for item in released:
-            if item[0] == _HELD_VIF:
+            if item[0] == HELD_VIF:
                 actions.extend(self.from_vif(item[1], item[2], now))
             else:
                 actions.extend(self.from_fabric(item[1], item[2], item[3], now))
         return actions
 
-    def _write(self, vrf: int, spec: dict, role: str, now: float, released: list):
-        key = (vrf, *spec["key"])
+    def _write(self, vrf: int, spec: EntrySpec, role: str, now: float, released: list[Held]) -> FlowEntry | None:
+        key: FlowKey = (vrf, *spec["key"])  # type: ignore[assignment]  # spec keys have 5 ints
         e = self._flows.get(key)
         if e is None:
             if self.table.full():
@@ -399,13 +413,13 @@ class Pipeline:
         self._count["entries_installed"] += 1
         return e
 
-    def _set_action(self, e: FlowEntry, spec: dict) -> None:
+    def _set_action(self, e: FlowEntry, spec: EntrySpec) -> None:
         e.nexthop, e.rule = spec.get("nexthop"), spec.get("rule")
         reason = None
         if spec["action"] != "forward":
             reason = spec.get("reason") or "policy_deny"
         else:
-            nh = spec["nexthop"]
+            nh: Nexthop = spec["nexthop"]  # type: ignore[assignment]  # a forward spec has its next hop
             kind = nh["type"]
             if kind == "vif" and nh["vif"] in self._vifs:
                 e.kind, e.vif, e.prefix = TO_VIF, nh["vif"], self._vifs[nh["vif"]].eth
@@ -421,7 +435,7 @@ class Pipeline:
                 reason = "policy_deny"
             e.kind, e.reason, e.drop = DROP, reason, self._drop_actions[reason]
         else:
-            e.reason = e.drop = None
+            e.reason = e.drop = None  # type: ignore[assignment]  # not a DROP entry (any more)
 
     # ---------------------------------------------------------------- housekeeping and introspection
     def expire(self, now: float) -> int:
@@ -436,7 +450,7 @@ class Pipeline:
             del self._frags[fkey]
         return removed
 
-    def from_fabric_frame(self, frame: bytes, now: float) -> list:
+    def from_fabric_frame(self, frame: bytes, now: float) -> list[Action]:
         """A whole outer Ethernet/IPv4/UDP|GRE frame (offline replay)."""
         try:
             o = outer.parse_fabric_frame(frame)
@@ -448,7 +462,7 @@ class Pipeline:
             return self._drop("wrong_destination")
         return self.from_fabric(int_to_ip(o.src), o.encap, bytes(frame[o.payload_offset:o.end]), now)
 
-    def flows(self, now: float | None = None) -> list[dict]:
+    def flows(self, now: float | None = None) -> list[dict[str, Any]]:
         entries = list(self._flows.values())
         if now is None:
             now = max((e.last_used for e in entries), default=0.0)
@@ -463,12 +477,12 @@ class Pipeline:
     def drop_stats(self) -> dict[str, int]:
         return dict(self._drops)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         held = sum(1 for e in self._flows.values() if not e.kind)
         return {"server": self.config.server, "mode": self._settings.mode, "capacity": self.table.capacity,
                 "entries": len(self._flows), "held_flows": held, "fragments": len(self._frags),
                 "hits": self.hits, **self._count, "drops": sum(self._drops.values())}
 
-    def _drop(self, reason: str) -> list:
+    def _drop(self, reason: str) -> list[Action]:
         self._drops[reason] += 1
         return [self._drop_actions[reason]]

@@ -3,16 +3,21 @@
 The slow path evaluates a flow and its reverse separately with the same rules, so a rule can allow
 one direction and deny the other even though both entries are installed together.
 """
+from typing import TypeAlias
+
 from .codec.ipv4 import mask
 from .config import Policy
 
 _ANY_PORTS = (0, 65535)
+# (protocol or None for any, source net, source mask, destination net, destination mask, source port
+# range, destination port range, allow)
+_Rule: TypeAlias = tuple[int | None, int, int, int, int, tuple[int, int], tuple[int, int], bool]
 
 
 class CompiledPolicy:
-    def __init__(self, policy: Policy | None):
+    def __init__(self, policy: Policy | None) -> None:
         self.default_allow = policy is None or policy.default == "allow"
-        self._rules = []
+        self._rules: list[_Rule] = []
         for r in (policy.rules if policy else ()):
             (snet, slen), (dnet, dlen) = r.src, r.dst
             self._rules.append((r.protocol, snet, mask(slen), dnet, mask(dlen),

@@ -15,6 +15,10 @@ SEQPACKET keeps datagram boundaries and the socketpair is FIFO, so packets of a 
 take the same channel, stay in order.
 """
 import struct
+from collections.abc import Iterable
+from typing import TypeAlias
+
+from .codec.buffer import Buffer
 
 KINDS = ("tap", "mplsoudp", "vxlan", "mplsogre")
 KIND_CODE = {k: i for i, k in enumerate(KINDS)}
@@ -23,6 +27,9 @@ HDR_LEN = _HDR.size
 # A batch goes out once it holds this much (rps_route.Outbox), so a datagram stays far below the
 # channel's socket buffer (ipc.SEQPACKET_MAX) even when every record is a 64 KB super-frame or read.
 MAX_BATCH_BYTES = 256 << 10
+
+# (kind, tag, payload, seg) as decode returns it
+Record: TypeAlias = tuple[str, str, bytes, int]
 
 
 class FramingError(ValueError):
@@ -33,12 +40,12 @@ class Batch:
     """Records for one channel, as a list of buffers for one ``sendmsg`` (no concatenation copy)."""
     __slots__ = ("parts", "size", "count")
 
-    def __init__(self):
-        self.parts: list = []
+    def __init__(self) -> None:
+        self.parts: list[Buffer] = []
         self.size = 0
         self.count = 0
 
-    def add(self, kind: str, tag: str, payload, seg: int = 0) -> None:
+    def add(self, kind: str, tag: str, payload: Buffer, seg: int = 0) -> None:
         t = tag.encode()
         if len(t) > 255:
             raise ValueError(f"tag {tag[:20]!r}... is longer than 255 bytes")
@@ -50,13 +57,13 @@ class Batch:
     def full(self) -> bool:
         return self.size >= MAX_BATCH_BYTES
 
-    def take(self) -> list:
+    def take(self) -> list[Buffer]:
         parts = self.parts
         self.parts, self.size, self.count = [], 0, 0
         return parts
 
 
-def encode(records) -> bytes:
+def encode(records: Iterable[tuple[str, str, Buffer] | tuple[str, str, Buffer, int]]) -> bytes:
     """One datagram from ``(kind, tag, payload[, seg])`` records (tests and the benchmark)."""
     b = Batch()
     for kind, tag, payload, *seg in records:
@@ -64,9 +71,9 @@ def encode(records) -> bytes:
     return b"".join(bytes(p) for p in b.parts)
 
 
-def decode(data) -> list:
+def decode(data: Buffer) -> list[Record]:
     """``[(kind, tag, payload, seg)]`` from one datagram; FramingError (one line) if it is cut short."""
-    out = []
+    out: list[Record] = []
     mv = memoryview(data)
     n, off = len(mv), 0
     unpack = _HDR.unpack_from

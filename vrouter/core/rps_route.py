@@ -7,49 +7,55 @@ hop of a packet: ``("worker", cpu)`` or, for a tunnel packet on an interface in 
 more when a read's records pass ``rps_channel.MAX_BATCH_BYTES`` (64 reads of 64 KB would not fit one
 datagram).
 """
+from collections.abc import Callable, Hashable
+from typing import TypeAlias
+
+from .codec.buffer import Buffer
 from .rps_channel import Batch
-from .steering import ExtendedRps
+from .steering import ExtendedRps, Local, Rps, SteeringConfig
 
 _TAP_KIND = "tap"
+# What SteeringConfig.for_interface gives for a NIC.
+Steerer: TypeAlias = Local | Rps | ExtendedRps
 
 
 class Router:
-    def __init__(self, steering, local_ip: str = "0.0.0.0"):
-        """``steering``: a :class:`vrouter.core.steering.SteeringConfig`; ``local_ip``: this server's underlay address."""
+    def __init__(self, steering: SteeringConfig, local_ip: str = "0.0.0.0") -> None:
+        """``local_ip``: this server's underlay address."""
         self.steering = steering
         self.local_ip = local_ip
-        self._by_nic: dict = {}
+        self._by_nic: dict[str, Steerer] = {}
 
-    def _for(self, nic: str):
+    def _for(self, nic: str) -> Steerer:
         s = self._by_nic.get(nic)
         if s is None:
             s = self._by_nic[nic] = self.steering.for_interface(nic)
         return s
 
-    def from_tap(self, vif: str, vrf: int, frame, off: int = 0) -> tuple:
+    def from_tap(self, vif: str, vrf: int, frame: Buffer, off: int = 0) -> tuple[str, int]:
         """``off``: where the Ethernet header starts (behind the virtio_net_hdr of a TAP read)."""
         return "worker", self._for(vif).steer(_TAP_KIND, frame, vrf, off)
 
-    def from_fabric(self, encap: str, src: str, sport: int, payload) -> tuple:
+    def from_fabric(self, encap: str, src: str, sport: int, payload: Buffer) -> tuple[str, int]:
         s = self._for(encap)
         if isinstance(s, ExtendedRps):
             # Stage 1: outer header only (no decapsulation); the relay does the inner hash.
             return "relay", s.stage1(src, self.local_ip, sport if encap != "mplsogre" else 0)
         return "worker", s.steer(encap, payload)
 
-    def stage2(self, encap: str, payload) -> int:
-        return self._for(encap).stage2(encap, payload)
+    def stage2(self, encap: str, payload: Buffer) -> int:
+        return self._for(encap).stage2(encap, payload)  # type: ignore[union-attr]  # relays serve extended NICs only
 
 
 class Outbox:
     """One pending :class:`Batch` per destination, handed to ``send(dest, buffers, count)`` when it is
     full and at :meth:`flush` (the end of a NIC read)."""
 
-    def __init__(self, send):
+    def __init__(self, send: Callable[[Hashable, list[Buffer], int], object]) -> None:
         self.send = send
-        self.batches: dict = {}
+        self.batches: dict[Hashable, Batch] = {}
 
-    def add(self, dest, kind: str, tag: str, payload, seg: int = 0) -> None:
+    def add(self, dest: Hashable, kind: str, tag: str, payload: Buffer, seg: int = 0) -> None:
         b = self.batches.get(dest)
         if b is None:
             b = self.batches[dest] = Batch()
@@ -63,6 +69,6 @@ class Outbox:
             if b.count:
                 self._send(dest, b)
 
-    def _send(self, dest, b: Batch) -> None:
+    def _send(self, dest: Hashable, b: Batch) -> None:
         count = b.count
         self.send(dest, b.take(), count)

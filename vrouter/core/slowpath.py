@@ -5,11 +5,31 @@ entry, each with its own route lookup and policy verdict, so the first reply pac
 flow table. Reactive mode (the baseline) carries only the forward entry; the reverse is decided when
 a reverse packet misses. Requests and decisions are plain dicts/lists/ints/strings (msgpack-safe).
 """
+from typing import TypedDict
+
+from .actions import PuntRequest
 from .config import VrouterConfig
-from .vrf import build_instances
+from .fib import Nexthop
+from .vrf import RoutingInstance, build_instances
 
 # Next-hop types that make an allowed flow a drop entry, and the drop reason each gives.
 NEXTHOP_DROPS = {"discard": "discard", "receive": "receive_unsupported"}
+
+
+class EntrySpec(TypedDict):
+    """One direction's flow entry in a decision."""
+    key: list[int]              # [proto, src, dst, sport, dport] (the routing instance is the decision's)
+    action: str                 # "forward" | "drop"
+    reason: str | None          # the drop reason, None when forwarded
+    nexthop: Nexthop | None
+    rule: int | None            # index of the policy rule that matched, -1 for the default
+
+
+class Decision(TypedDict):
+    vrf: int
+    mode: str                   # "proactive" | "reactive"
+    forward: EntrySpec
+    reverse: EntrySpec | None   # proactive mode only
 
 
 class SlowPath:
@@ -20,7 +40,7 @@ class SlowPath:
         self._vrfs = build_instances(config)
         self.mode = config.flow.mode
 
-    def decide(self, request: dict, now: float = 0.0) -> dict:
+    def decide(self, request: PuntRequest, now: float = 0.0) -> Decision:
         """Decision for ``request`` (a ``Punt.request``): forward entry, and reverse in proactive mode."""
         vrf_id = request["vrf"]
         proto, src, dst, sport, dport = (request["proto"], request["src"], request["dst"], request["sport"],
@@ -30,7 +50,8 @@ class SlowPath:
         rev = self.evaluate(vrf, proto, dst, src, dport, sport) if self.mode == "proactive" else None
         return {"vrf": vrf_id, "mode": self.mode, "forward": fwd, "reverse": rev}
 
-    def evaluate(self, vrf, proto: int, src: int, dst: int, sport: int, dport: int) -> dict:
+    def evaluate(self, vrf: RoutingInstance | None, proto: int, src: int, dst: int, sport: int,
+                 dport: int) -> EntrySpec:
         """Entry spec for one direction: route lookup on the destination, then the network's policy."""
         key = [proto, src, dst, sport, dport]
         if vrf is None:
@@ -42,7 +63,7 @@ class SlowPath:
         return _spec(key, NEXTHOP_DROPS.get(nh["type"]) if allowed else "policy_deny", nh, rule)
 
 
-def _spec(key: list, reason: str | None, nexthop: dict | None = None, rule: int | None = None) -> dict:
+def _spec(key: list[int], reason: str | None, nexthop: Nexthop | None = None, rule: int | None = None) -> EntrySpec:
     """One direction's entry: forward when there is no drop reason."""
     return {"key": key, "action": "drop" if reason else "forward", "reason": reason, "nexthop": nexthop,
             "rule": rule}

@@ -17,7 +17,10 @@ worker whose fragment table knows the ports.
 """
 import struct
 import zlib
+from collections.abc import Callable, Iterable
+from typing import TypeAlias
 
+from .codec.buffer import Buffer
 from .codec.ipv4 import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST
 from .flowkey import key_hash, symmetric_key_hash
@@ -41,8 +44,11 @@ _GRE_MPLS = 0x00008847
 _GRE_C, _GRE_K, _GRE_S = 0x8000, 0x2000, 0x1000
 _MAX_LABELS = 8
 
+# The inner hash of one NIC kind: (buffer as read, VIF network id for a TAP, offset) -> 32-bit hash.
+KindHash: TypeAlias = Callable[[Buffer, int | None, int], int]
 
-def validate_fields(fields) -> tuple:
+
+def validate_fields(fields: Iterable[str]) -> tuple[str, ...]:
     """The field tuple, or ValueError with a one-line reason (the hash must stay symmetric)."""
     if isinstance(fields, str) or not hasattr(fields, "__iter__"):
         raise ValueError(f"fields: expected a list of {', '.join(FIELDS)}")
@@ -67,18 +73,19 @@ class InnerHash:
     would); it exists to show what breaks without symmetry, and the steering config never uses it.
     """
 
-    def __init__(self, fields=FIELDS, symmetric: bool = True):
+    def __init__(self, fields: Iterable[str] = FIELDS, symmetric: bool = True) -> None:
         self.fields = validate_fields(fields)
         self.symmetric = symmetric
         full = 0xFFFFFFFF
         self._masks = tuple(full if f in self.fields else 0 for f in FIELDS)
         self._needs_vrf = "vrf" in self.fields
         if set(self.fields) == set(FIELDS) and symmetric:
-            self.key = symmetric_key_hash          # no masking: the common configuration, ~25% cheaper
-        self._by_kind = {"tap": self.tap, "mplsoudp": self.mplsoudp, "vxlan": self.vxlan,
+            # No masking: the common configuration, ~25% cheaper.
+            self.key = symmetric_key_hash  # type: ignore[method-assign]
+        self._by_kind: dict[str, KindHash] = {"tap": self.tap, "mplsoudp": self.mplsoudp, "vxlan": self.vxlan,
                          "mplsogre": self.mplsogre}
 
-    def for_kind(self, kind: str):
+    def for_kind(self, kind: str) -> KindHash:
         try:
             return self._by_kind[kind]
         except KeyError:
@@ -95,7 +102,7 @@ class InnerHash:
         return (symmetric_key_hash if self.symmetric else key_hash)(vrf, proto, src, dst, sport, dport)
 
     # ------------------------------------------------------------ per NIC kind
-    def tap(self, buf, vrf: int | None, off: int = 0) -> int:
+    def tap(self, buf: Buffer, vrf: int | None, off: int = 0) -> int:
         """An Ethernet frame from a VM's TAP; ``vrf`` is the VIF's network id."""
         if vrf is None:
             if self._needs_vrf:
@@ -113,7 +120,7 @@ class InnerHash:
             return self.key(vrf, proto, src, dst, sp, dp)
         return self._ip(vrf, buf, off + 14)
 
-    def mplsoudp(self, buf, vrf=None, off: int = 0) -> int:
+    def mplsoudp(self, buf: Buffer, vrf: int | None = None, off: int = 0) -> int:
         """Payload after the outer UDP header: MPLS label stack + inner IPv4."""
         try:
             word, vihl, fw, proto, src, dst, sp, dp = _MPLSOUDP(buf, off)
@@ -123,7 +130,7 @@ class InnerHash:
             return self.key(word >> 12, proto, src, dst, sp, dp)
         return self._mpls(buf, off)
 
-    def vxlan(self, buf, vrf=None, off: int = 0) -> int:
+    def vxlan(self, buf: Buffer, vrf: int | None = None, off: int = 0) -> int:
         """Payload after the outer UDP header: VXLAN header + inner Ethernet + IPv4."""
         try:
             flags, word, et, vihl, fw, proto, src, dst, sp, dp = _VXLAN(buf, off)
@@ -137,7 +144,7 @@ class InnerHash:
             return self.key(word >> 8, proto, src, dst, sp, dp)
         return self._ip(word >> 8, buf, off + 22)
 
-    def mplsogre(self, buf, vrf=None, off: int = 0) -> int:
+    def mplsogre(self, buf: Buffer, vrf: int | None = None, off: int = 0) -> int:
         """Payload after the outer IPv4 header: GRE + MPLS label stack + inner IPv4.
 
         The outer header of MPLSoGRE has no port to give entropy, so this inner hash is the only
@@ -153,7 +160,7 @@ class InnerHash:
         return self._gre(buf, off)
 
     # ------------------------------------------------------------ uncommon headers
-    def _gre(self, buf, off: int) -> int:
+    def _gre(self, buf: Buffer, off: int) -> int:
         if len(buf) - off < 4:
             return NO_FLOW
         flags, proto = struct.unpack_from("!HH", buf, off)
@@ -162,9 +169,9 @@ class InnerHash:
         skip = 4 * (bool(flags & _GRE_C) + bool(flags & _GRE_K) + bool(flags & _GRE_S))
         return self._mpls(buf, off + 4 + skip)
 
-    def _mpls(self, buf, off: int) -> int:
+    def _mpls(self, buf: Buffer, off: int) -> int:
         # The top label is the routing instance; the inner packet follows the bottom of the stack.
-        top = None
+        top: int | None = None
         for _ in range(_MAX_LABELS):
             if len(buf) - off < 4:
                 return NO_FLOW
@@ -176,7 +183,7 @@ class InnerHash:
                 return self._ip(top, buf, off)
         return NO_FLOW
 
-    def _ip(self, vrf: int, buf, off: int) -> int:
+    def _ip(self, vrf: int, buf: Buffer, off: int) -> int:
         if len(buf) - off < 20:
             return NO_FLOW
         vihl, fw, proto, src, dst = _IP(buf, off)

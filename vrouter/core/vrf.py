@@ -19,7 +19,7 @@ class RoutingInstance:
 
 
 def build_instances(config: VrouterConfig) -> dict[int, RoutingInstance]:
-    by_name = {}
+    by_name: dict[str, RoutingInstance] = {}
     for net in config.networks:
         ri = RoutingInstance(net.id, net.name)
         ri.fib.add(net.gateway, 32, {"type": "receive"})

@@ -114,7 +114,7 @@ def request(path: Path, msg: dict, timeout: float = 5.0) -> dict:
         while True:
             try:
                 chunk = s.recv(1 << 20)
-            except socket.timeout:
+            except TimeoutError:
                 raise IpcError(f"vrouter on {path} did not answer within {timeout:g} s") from None
             except ConnectionError:
                 chunk = b""

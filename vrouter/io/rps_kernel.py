@@ -20,6 +20,8 @@ import ctypes
 import socket
 import struct
 
+import psutil
+
 from vrouter.io import tunnel
 from vrouter.io.tunnel import IPPROTO_GRE, EntropySender
 
@@ -34,7 +36,6 @@ def pin(cpu: int | None) -> None:
     """Pin this process to one CPU (psutil), or leave it floating for None."""
     if cpu is None:
         return
-    import psutil
     try:
         psutil.Process().cpu_affinity([cpu])
     except (ValueError, OSError) as exc:

@@ -2,6 +2,7 @@
 import struct
 from typing import NamedTuple
 
+from .buffer import Buffer
 from .errors import Malformed
 
 ARP_REQUEST, ARP_REPLY = 1, 2
@@ -16,7 +17,7 @@ class ARP(NamedTuple):
     tpa: int
 
 
-def parse(buf, off: int = 0) -> ARP:
+def parse(buf: Buffer, off: int = 0) -> ARP:
     if len(buf) - off < 28:
         raise Malformed("arp truncated")
     htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _ARP.unpack_from(buf, off)

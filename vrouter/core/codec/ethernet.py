@@ -2,6 +2,7 @@
 import struct
 from typing import NamedTuple
 
+from .buffer import Buffer
 from .errors import Malformed
 
 ETH_HLEN = 14
@@ -32,7 +33,7 @@ def mac_to_str(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-def parse(buf, off: int = 0) -> Ethernet:
+def parse(buf: Buffer, off: int = 0) -> Ethernet:
     if len(buf) - off < ETH_HLEN:
         raise Malformed("ethernet header truncated")
     return Ethernet(*_HDR.unpack_from(buf, off))

@@ -2,6 +2,7 @@
 import struct
 from typing import NamedTuple
 
+from .buffer import Buffer
 from .errors import Malformed
 from .ipv4 import checksum as inet_checksum
 
@@ -17,14 +18,14 @@ class GRE(NamedTuple):
     header_length: int
 
 
-def parse(buf, off: int = 0) -> GRE:
+def parse(buf: Buffer, off: int = 0) -> GRE:
     if len(buf) - off < 4:
         raise Malformed("gre header truncated")
     flags, proto = _BASE.unpack_from(buf, off)
     if flags & 0x7 or flags & 0x4FF8:
         raise Malformed("gre version or reserved bits set")
     pos = off + 4
-    fields = {}
+    fields: dict[str, int] = {}
     for bit, name in ((GRE_C, "checksum"), (GRE_K, "key"), (GRE_S, "seq")):
         if flags & bit:
             if len(buf) - pos < 4:

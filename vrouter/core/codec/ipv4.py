@@ -2,6 +2,7 @@
 import struct
 from typing import NamedTuple
 
+from .buffer import Buffer
 from .errors import Malformed
 
 IPPROTO_ICMP = 1
@@ -65,23 +66,23 @@ def mask(plen: int) -> int:
     return (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
 
 
-def ones_sum(buf, off: int, length: int) -> int:
+def ones_sum(buf: Buffer, off: int, length: int) -> int:
     """One's complement sum of the 16-bit words of ``buf[off:off + length]`` (even length), folded to
     16 bits, read in place: 0xFFFF over a header whose checksum is right."""
-    total = sum(struct.unpack_from("!%dH" % (length // 2), buf, off))
+    total: int = sum(struct.unpack_from(f"!{length // 2}H", buf, off))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
 
 
-def checksum(data) -> int:
+def checksum(data: Buffer) -> int:
     """Internet checksum (RFC 1071) of ``data``."""
     if len(data) & 1:
         data = bytes(data) + b"\0"
     return ~ones_sum(data, 0, len(data)) & 0xFFFF
 
 
-def parse(buf, off: int = 0, verify_checksum: bool = True) -> IPv4:
+def parse(buf: Buffer, off: int = 0, verify_checksum: bool = True) -> IPv4:
     avail = len(buf) - off
     if avail < 20:
         raise Malformed("ipv4 header truncated")

@@ -2,6 +2,7 @@
 import struct
 from typing import NamedTuple
 
+from .buffer import Buffer
 from .errors import Malformed
 from .ipv4 import IPPROTO_TCP, IPPROTO_UDP, checksum, pseudo_header
 
@@ -41,7 +42,7 @@ class ICMP(NamedTuple):
     seq: int
 
 
-def parse_tcp(buf, off: int = 0, end: int | None = None) -> TCP:
+def parse_tcp(buf: Buffer, off: int = 0, end: int | None = None) -> TCP:
     end = len(buf) if end is None else end
     if end - off < 20:
         raise Malformed("tcp header truncated")
@@ -62,7 +63,7 @@ def build_tcp(src: int, dst: int, sport: int, dport: int, payload: bytes = b"", 
     return seg[:16] + struct.pack("!H", csum) + seg[18:]
 
 
-def parse_udp(buf, off: int = 0, end: int | None = None) -> UDP:
+def parse_udp(buf: Buffer, off: int = 0, end: int | None = None) -> UDP:
     end = len(buf) if end is None else end
     if end - off < 8:
         raise Malformed("udp header truncated")
@@ -80,7 +81,7 @@ def build_udp(src: int, dst: int, sport: int, dport: int, payload: bytes = b"", 
     return seg[:6] + struct.pack("!H", csum) + seg[8:]
 
 
-def parse_icmp(buf, off: int = 0, end: int | None = None) -> ICMP:
+def parse_icmp(buf: Buffer, off: int = 0, end: int | None = None) -> ICMP:
     end = len(buf) if end is None else end
     if end - off < 8:
         raise Malformed("icmp header truncated")

@@ -1,7 +1,9 @@
 """MPLS label stack entries (RFC 3032): 20-bit label, 3-bit TC, bottom-of-stack bit, TTL."""
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
+from .buffer import Buffer
 from .errors import Malformed
 
 MAX_LABEL = (1 << 20) - 1
@@ -15,9 +17,9 @@ class LabelEntry(NamedTuple):
     ttl: int
 
 
-def parse_stack(buf, off: int = 0, max_depth: int = 8) -> tuple[list[LabelEntry], int]:
+def parse_stack(buf: Buffer, off: int = 0, max_depth: int = 8) -> tuple[list[LabelEntry], int]:
     """Returns the label entries (top first) and the offset just after the bottom entry."""
-    stack = []
+    stack: list[LabelEntry] = []
     while True:
         if len(buf) - off < 4:
             raise Malformed("mpls label stack truncated")
@@ -31,8 +33,8 @@ def parse_stack(buf, off: int = 0, max_depth: int = 8) -> tuple[list[LabelEntry]
             raise Malformed("mpls label stack too deep")
 
 
-def build_stack(labels, ttl: int = 64, tc: int = 0) -> bytes:
-    out = []
+def build_stack(labels: Sequence[int], ttl: int = 64, tc: int = 0) -> bytes:
+    out: list[bytes] = []
     for i, label in enumerate(labels):
         if not 0 <= label <= MAX_LABEL:
             raise ValueError(f"mpls label {label} out of range")

@@ -7,6 +7,7 @@ frames only matter for offline replay and tests: this module parses and builds t
 from typing import NamedTuple
 
 from . import ethernet, ipv4, l4
+from .buffer import Buffer
 from .errors import Malformed
 
 MPLSOUDP_PORT = 6635
@@ -22,7 +23,7 @@ class OuterFrame(NamedTuple):
     end: int             # end of the outer IPv4 datagram (drops Ethernet padding)
 
 
-def parse_fabric_frame(frame) -> OuterFrame | None:
+def parse_fabric_frame(frame: Buffer) -> OuterFrame | None:
     """Outer Ethernet/IPv4/UDP|GRE -> OuterFrame, or None if this is not a tunnel packet."""
     eth = ethernet.parse(frame, 0)
     if eth.ethertype != ethernet.ETH_P_IP:

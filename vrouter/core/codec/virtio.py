@@ -8,6 +8,7 @@ sum and the receiver of the frame completes it over ``[csum_start, end)``; ``gso
 import struct
 from typing import NamedTuple
 
+from .buffer import Buffer
 from .errors import Malformed
 
 HDR_LEN = 10
@@ -49,7 +50,7 @@ class VnetHdr(NamedTuple):
         return self.gso_type & ~GSO_ECN == GSO_TCPV4
 
 
-def parse(buf, off: int = 0) -> VnetHdr:
+def parse(buf: Buffer, off: int = 0) -> VnetHdr:
     if len(buf) - off < HDR_LEN:
         raise Malformed("virtio_net_hdr truncated")
     return VnetHdr(*_HDR.unpack_from(buf, off))
