@@ -26,6 +26,8 @@ import json
 import re
 from dataclasses import dataclass
 
+import yaml
+
 from vrouter.core import schema
 from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.schema import DEFAULT_ENCAP, Problems, default_mac
@@ -56,7 +58,6 @@ def load_topology(source):
     """A topology as a dict, from a dict (copied) or a YAML file path."""
     if isinstance(source, dict):
         return copy.deepcopy(source)
-    import yaml  # only needed for files; keeps the pure model importable without PyYAML
     try:
         with open(source, encoding="utf-8") as f:
             data = yaml.safe_load(f)

@@ -28,9 +28,22 @@ import uuid
 from os_ken.lib import rpc
 
 from controllers.vnc_model import VncModel
-from vrouter.io.control import (ADD_VM, CONFIG, DUMP, GET_CONFIG, HEARTBEAT, LIST_AGENTS,
-                                PROTOCOL_VERSION, REGISTER, REMOVE_VM, SET_FLOW_MODE, SET_POLICY,
-                                STATE_FILE, VncError, check_socket_path)
+from vrouter.io.control import (
+    ADD_VM,
+    CONFIG,
+    DUMP,
+    GET_CONFIG,
+    HEARTBEAT,
+    LIST_AGENTS,
+    PROTOCOL_VERSION,
+    REGISTER,
+    REMOVE_VM,
+    SET_FLOW_MODE,
+    SET_POLICY,
+    STATE_FILE,
+    VncError,
+    check_socket_path,
+)
 
 _ACCEPT_POLL = 0.2
 
@@ -215,7 +228,7 @@ class VncServer:
         while not self._stopping.is_set():
             try:
                 sock, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 if not self._stopping.is_set():

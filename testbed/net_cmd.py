@@ -19,12 +19,12 @@ import yaml
 from testbed.commands import CommandError, command, group, run_arguments
 from testbed.vr import rundir_path
 from vrouter.io import introspect, ipc
+from vrouter.io.control import AdminClient, VncError
 
 group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode")
 
 
 def _admin(rundir):
-    from vrouter.io.control import AdminClient, VncError
     try:
         return AdminClient(str(rundir / "vnc.sock"))
     except VncError as exc:
@@ -32,7 +32,6 @@ def _admin(rundir):
 
 
 def _call(rundir, method, *params):
-    from vrouter.io.control import VncError
     with _admin(rundir) as vnc:
         try:
             return getattr(vnc, method)(*params)

@@ -19,6 +19,7 @@ from testbed import REPO, vr
 from testbed.commands import CommandError
 from testbed.runner import on_down, on_up
 from vrouter.io import introspect, ipc
+from vrouter.io.control import AdminClient, VncError, VncUnavailable
 
 VNC_WAIT = 20.0
 VIFS_WAIT = 30.0
@@ -43,7 +44,6 @@ def agent_name(server: str) -> str:
 
 def admin(tb, timeout: float = VNC_WAIT):
     """AdminClient of this testbed's VNC, waiting for the controller to open its socket."""
-    from vrouter.io.control import AdminClient, VncUnavailable
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -178,7 +178,6 @@ def wait_vifs(tb, with_vms: set, timeout: float, want: dict | None = None) -> No
 def add_vm(tb, name: str, network: str, server: str, address: str, mac: str | None = None,
            timeout: float = 10.0) -> dict:
     """Add a VM at run time: VNC first (validates), then its host; returns the VM record."""
-    from vrouter.io.control import VncError
     with admin(tb) as vnc:
         try:
             vnc.add_vm(name, network, server, address, mac)
@@ -193,7 +192,6 @@ def add_vm(tb, name: str, network: str, server: str, address: str, mac: str | No
 
 
 def remove_vm(tb, name: str) -> dict:
-    from vrouter.io.control import VncError
     with admin(tb) as vnc:
         try:
             vm = next((v for v in vnc.dump()["vms"] if v["name"] == name), None)

@@ -23,6 +23,7 @@ from testbed.network import build, wait_programmed
 from testbed.rundir import RunDir, process_record
 from testbed.supervisor import Supervisor
 from testbed.topology import Topology
+from vrouter.io.control import STATE_FILE
 
 PLUGINS = ("testbed.overlay",)
 _HOOKS: dict[str, list] = {"up": [], "down": []}
@@ -133,7 +134,6 @@ class Testbed:
         self.rundir.create()
         # The VNC persists run-time changes for its own restarts within this run; a new run starts
         # from the topology, not from what an earlier run with this prefix left behind.
-        from vrouter.io.control import STATE_FILE
         (self.rundir.path / STATE_FILE).unlink(missing_ok=True)
         owner = process_record(os.getpid())
         self.ofp_port = self.ofp_port or free_port()

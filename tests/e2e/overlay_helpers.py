@@ -20,6 +20,7 @@ from scapy.utils import rdpcap
 from testbed.runner import Testbed
 from testbed.topology import from_dict
 from vrouter.io import introspect
+from vrouter.io.control import AdminClient
 
 TOPOLOGY = Path(__file__).parent / "topologies" / "overlay.yaml"
 
@@ -82,7 +83,6 @@ def vif_counters(tb, server):
 
 
 def vm_tap(tb, vm):
-    from vrouter.io.control import AdminClient
     with AdminClient(str(tb.rundir.vnc_socket)) as vnc:
         return next(v["tap"] for v in vnc.dump()["vms"] if v["name"] == vm)
 

@@ -31,6 +31,7 @@ from overlay_helpers import (
 from testbed import REPO, overlay
 from testbed.capture import Capture, fabric_interfaces
 from vrouter.io import introspect
+from vrouter.io.control import AdminClient
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -111,7 +112,6 @@ def test_forged_labels_and_vnis_from_a_non_peer_are_dropped(tb):
 
 
 def test_deny_policy_blocks_exactly_what_it_says_in_both_directions(tb):
-    from vrouter.io.control import AdminClient
     rule = {"default": "allow", "rules": [
         {"action": "deny", "protocol": "tcp", "src": "192.168.1.11/32", "dst": "192.168.1.12/32",
          "dst_port": "5011"}]}
@@ -150,7 +150,6 @@ def test_vm_added_at_run_time_is_reachable(tb):
 
 
 def test_controller_restart_keeps_traffic_flowing_and_agents_resync(tb):
-    from vrouter.io.control import AdminClient
     pinger = tb.host("red1").popen(["ping", "-c", "50", "-i", "0.1", "-W", "1", "192.168.1.12"],
                                    stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
@@ -196,7 +195,6 @@ def test_crashed_forwarder_is_restarted_and_reattaches(tb):
 
 def test_slow_path_counts_proactive_and_reactive(tb):
     """Per new UDP request/response flow: 2 agent invocations in total proactive, 4 reactive."""
-    from vrouter.io.control import AdminClient
     counts = {}
     for mode in ("proactive", "reactive"):
         with AdminClient(str(tb.rundir.vnc_socket)) as vnc:

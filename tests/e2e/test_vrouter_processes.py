@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vrouter.io import introspect
-from vrouter.io import ipc
+from vrouter.io import introspect, ipc
 from vrouter.tools import tables
 
 pytestmark = [pytest.mark.e2e,

@@ -1,11 +1,18 @@
 """The throughput bench's arithmetic and report, and the hop-floor helpers that need no root."""
 import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
 
+import psutil
 import pytest
 from scapy.all import ICMP, raw
 
 from testbed import hop_floor
 from testbed.bench_throughput import report_lines, summarize
+from testbed.measure.throughput import vrouter_pids
+from testbed.overlay import forwarder_name
 
 
 def _run(mode, streams, gbps, **extra):
@@ -63,15 +70,8 @@ def test_kernel_echo_answers_every_request():
 
 
 def test_vrouter_pids_include_forked_workers():
-    import subprocess
-    import sys
-    import time
-    from types import SimpleNamespace
 
-    import psutil
 
-    from testbed.measure.throughput import vrouter_pids
-    from testbed.overlay import forwarder_name
     # A "dispatcher" that forks a "worker", as rps_dispatch does.
     parent = subprocess.Popen([sys.executable, "-c", "import os, time\nos.fork()\ntime.sleep(30)"])
     try:

@@ -4,13 +4,13 @@ statistics, and the introspection `set` request."""
 import argparse
 
 import pytest
+
 from core_helpers import server
 from offload_helpers import FakeTunnels, prefix, tcp_ip
-
 from vrouter.core import gso
 from vrouter.core.actions import ToTunnel
-from vrouter.processes.introspect import Introspector
 from vrouter.core.offload import OVERHEAD, Offloads, vm_mtu
+from vrouter.processes.introspect import Introspector
 from vrouter.processes.launch import switch_value
 
 

@@ -20,6 +20,8 @@ from vrouter.core.rps_route import Outbox, Router
 from vrouter.core.slowpath import SlowPath
 from vrouter.io import ipc
 from vrouter.processes.agent import Agent
+from vrouter.tools import bench_workers
+from vrouter.tools.benchlib import established
 
 CONFIG = yaml.safe_load((Path(__file__).parents[1] / "fixtures" / "replay-srv1.yaml").read_text())
 VMS = {"tr-red1": ("red", 100, "mplsoudp", "02:00:00:00:01:0b"),
@@ -237,8 +239,6 @@ def test_agent_answers_each_worker_on_its_own_channel(tmp_path):
 
 # ---------------------------------------------------------------- benchmark
 def test_worker_benchmark_delivers_every_packet_to_its_owner():
-    from vrouter.tools import bench_workers
-    from vrouter.tools.benchlib import established
     pipe, _out, to_vm = established("mplsoudp", 200, 64)
     for fn in (bench_workers.run_dispatch, bench_workers.run_presteered):
         one, two = fn(1, to_vm, pipe, 2), fn(2, to_vm, pipe, 2)

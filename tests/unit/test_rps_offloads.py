@@ -8,21 +8,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from offload_helpers import FakeTunnels, prefix, tcp_ip
 
-from vrouter.core import gso
-from vrouter.io import ipc
-from vrouter.core import rps_channel
-from vrouter.io import rps_kernel
-from vrouter.io import tunnel
+from offload_helpers import FakeTunnels, prefix, tcp_ip
+from vrouter.core import gso, rps_channel
 from vrouter.core.codec import ethernet, virtio
 from vrouter.core.config import VROUTER_MAC, VrouterConfig
-from vrouter.processes.datapath import VNET_LEN, VifPort
 from vrouter.core.multicore import MulticoreConfig
 from vrouter.core.offload import Offloads, averages
-from vrouter.processes.dispatcher import _sum_into
 from vrouter.core.rps_route import Outbox, Router
 from vrouter.core.slowpath import SlowPath
+from vrouter.io import ipc, rps_kernel, tunnel
+from vrouter.processes.datapath import VNET_LEN, VifPort
+from vrouter.processes.dispatcher import _sum_into
 from vrouter.processes.worker import Worker
 
 CONFIG = yaml.safe_load((Path(__file__).parents[1] / "fixtures" / "replay-srv1.yaml").read_text())

@@ -14,6 +14,8 @@ from controllers.vnc_model import VncError, VncModel
 from testbed import topology
 from testbed.topology import TopologyError
 from vrouter.core import schema
+from vrouter.core.codec import mpls, outer
+from vrouter.core.codec import vxlan as vxlan_codec
 from vrouter.core.config import ConfigError, VrouterConfig
 
 FABRIC = {
@@ -210,10 +212,9 @@ def test_collecting_and_raising_report_the_same_first_problem():
 
 
 def test_constants_come_from_the_codecs():
-    from vrouter.core.codec import mpls, outer, vxlan
     assert schema.ENCAPS is outer.ENCAPS and schema.MPLSOUDP_PORT == outer.MPLSOUDP_PORT
     assert schema.ID_RANGES == {"mplsoudp": (16, mpls.MAX_LABEL), "mplsogre": (16, mpls.MAX_LABEL),
-                                "vxlan": (1, vxlan.MAX_VNI)}
+                                "vxlan": (1, vxlan_codec.MAX_VNI)}
 
 
 def test_rules_are_written_back_in_the_config_form():

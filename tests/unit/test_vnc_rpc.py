@@ -4,13 +4,13 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from controllers.vnc_rpc import start_vnc_server
-from vrouter.io.control import (ADMIN_METHODS, AGENT_METHODS, PROTOCOL_VERSION, AdminClient,
-                                VncError, VncUnavailable)
+from vrouter.io.control import ADMIN_METHODS, AGENT_METHODS, PROTOCOL_VERSION, AdminClient, VncError, VncUnavailable
 from vrouter.io.vnc_client import VncClient
 
 WAIT = 5.0  # generous: arrival is asserted, never its timing
@@ -265,7 +265,6 @@ def test_too_long_socket_path_is_refused(tmp_path):
 
 
 def test_concurrent_changes_leave_every_agent_on_the_final_config(run):
-    import threading
     srv = run.server()
     clients = [run.client(s)[0] for s in ("srv1", "srv2", "srv3")]
     errors = []

@@ -10,9 +10,8 @@ from testbed.capture import fabric_interfaces
 from testbed.commands import CommandError
 from testbed.topology import load
 from testbed.vr import run
-from vrouter.io import introspect
-from vrouter.io import ipc
 from vrouter.core.config import VrouterConfig
+from vrouter.io import ipc
 from vrouter.processes.introspect import Introspector
 from vrouter.tools import tables
 

@@ -18,8 +18,8 @@ always take one path; with FIFO queues between processes they stay in order.
   core, or a flow's two directions would part (one comes from a TAP, which has no outer header).
 """
 from .buckets import BucketTable
-from .config import ConfigError
 from .codec.ipv4 import ip_to_int
+from .config import ConfigError
 from .fairness import LoadCounter, jain_index
 from .schema import Problems, no_unknown
 from .steerhash import FIELDS, NIC_KINDS, NO_FLOW, InnerHash, outer_hash, validate_fields
@@ -161,6 +161,29 @@ def _table(weights: dict, size, cpus, where: str) -> BucketTable:
         raise ConfigError(f"{field}: {msg}") from None
 
 
+def _interfaces(raw, mode: str, local: int, workers) -> dict:
+    """``steering.interfaces``: {name: (mode, worker)}, a mode name or {mode, worker} per NIC."""
+    if not isinstance(raw, dict):
+        raise ConfigError("steering.interfaces: expected a mapping of interface name -> mode")
+    interfaces = {}
+    for name, spec in raw.items():
+        where = f"steering.interfaces.{name}"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"steering.interfaces: {name!r} is not an interface name")
+        worker = local
+        if isinstance(spec, dict):
+            no_unknown(Problems(ConfigError), where, spec, ("mode", "worker"))
+            if "worker" in spec:
+                worker = _worker_id(spec["worker"], f"{where}.worker")
+                if worker not in workers:
+                    raise ConfigError(f"{where}.worker: {worker} is not one of the workers")
+            spec = spec.get("mode", mode)
+        if spec not in MODES:
+            raise ConfigError(f"{where}: {spec!r} is not one of {', '.join(MODES)}")
+        interfaces[name] = (spec, worker)
+    return interfaces
+
+
 class SteeringConfig:
     """Per-interface steering from a plain dict; ``ConfigError`` (one line) for anything wrong.
 
@@ -208,25 +231,7 @@ class SteeringConfig:
         local = _worker_id(d.get("local_worker", min(table.workers)), "steering.local_worker")
         if local not in workers:
             raise ConfigError(f"steering.local_worker: {local} is not one of the workers")
-        interfaces = {}
-        raw = d.get("interfaces", {})
-        if not isinstance(raw, dict):
-            raise ConfigError("steering.interfaces: expected a mapping of interface name -> mode")
-        for name, spec in raw.items():
-            where = f"steering.interfaces.{name}"
-            if not isinstance(name, str) or not name:
-                raise ConfigError(f"steering.interfaces: {name!r} is not an interface name")
-            worker = local
-            if isinstance(spec, dict):
-                no_unknown(Problems(ConfigError), where, spec, ("mode", "worker"))
-                if "worker" in spec:
-                    worker = _worker_id(spec["worker"], f"{where}.worker")
-                    if worker not in workers:
-                        raise ConfigError(f"{where}.worker: {worker} is not one of the workers")
-                spec = spec.get("mode", mode)
-            if spec not in MODES:
-                raise ConfigError(f"{where}: {spec!r} is not one of {', '.join(MODES)}")
-            interfaces[name] = (spec, worker)
+        interfaces = _interfaces(d.get("interfaces", {}), mode, local, workers)
         uses_extended = mode == "extended" or any(m == "extended" for m, _ in interfaces.values())
         second = None
         if uses_extended or "second_cores" in d:

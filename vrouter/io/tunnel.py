@@ -34,7 +34,6 @@ from vrouter.core import gso
 from vrouter.core.codec.ipv4 import IPPROTO_GRE
 from vrouter.core.codec.outer import ENCAPS, MPLSOUDP_PORT, VXLAN_PORT
 
-
 UDP_PORTS = {"mplsoudp": MPLSOUDP_PORT, "vxlan": VXLAN_PORT}
 _TX_COUNTER = {encap: f"tx_{encap}" for encap in ENCAPS}   # per-packet counter keys, built once
 SOL_UDP = 17

@@ -25,8 +25,18 @@ from typing import Any
 
 from os_ken.lib import rpc  # type: ignore[import-untyped]
 
-from vrouter.io.control import (CONFIG, GET_CONFIG, HEARTBEAT, PROTOCOL_VERSION, REGISTER,
-                                BlockingSocket, Config, VncError, VncUnavailable, connect_unix)
+from vrouter.io.control import (
+    CONFIG,
+    GET_CONFIG,
+    HEARTBEAT,
+    PROTOCOL_VERSION,
+    REGISTER,
+    BlockingSocket,
+    Config,
+    VncError,
+    VncUnavailable,
+    connect_unix,
+)
 
 log = logging.getLogger("vrouter.io.vnc_client")
 

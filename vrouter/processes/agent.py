@@ -26,6 +26,7 @@ import yaml
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.slowpath import SlowPath
 from vrouter.io import ipc
+from vrouter.io.vnc_client import VncClient
 from vrouter.processes.launch import parser, serve, setup_logging
 
 log = logging.getLogger("agent")
@@ -221,7 +222,6 @@ def main(argv=None):
             print(f"error: {args.config} is not a valid vrouter config (see the log above)", file=sys.stderr)
             return 1
     else:
-        from vrouter.io.vnc_client import VncClient
         sock = args.vnc or f"{args.rundir}/vnc.sock"
         client = VncClient(sock, args.server, agent.on_config, stats=agent.stats).start()
 

@@ -14,8 +14,15 @@ import time
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
 from vrouter.tools import bench_gro, bench_steering, bench_workers
-from vrouter.tools.benchlib import (JSON_HELP, REMOTE_BASE, bench_cli, best_seconds, established,
-                                    policed_config, vm_frame)
+from vrouter.tools.benchlib import (
+    JSON_HELP,
+    REMOTE_BASE,
+    bench_cli,
+    best_seconds,
+    established,
+    policed_config,
+    vm_frame,
+)
 
 FAST_TARGET = 250_000
 SLOW_TARGET = 50_000

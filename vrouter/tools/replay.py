@@ -9,6 +9,8 @@ shows exactly which packets cost a slow-path call in proactive or reactive mode.
 import json
 import struct
 
+import yaml
+
 from vrouter.core.actions import Punt, ToTunnel, ToVif
 from vrouter.core.codec import Malformed, gre, mpls, outer
 from vrouter.core.codec.ipv4 import int_to_ip
@@ -57,7 +59,6 @@ def read_pcap(path: str) -> list[tuple[float, bytes]]:
 
 
 def load_config(path: str) -> VrouterConfig:
-    import yaml
     try:
         with open(path) as f:
             doc = yaml.safe_load(f)
@@ -85,7 +86,7 @@ def _summary(buf, off: int) -> str:
         return f"icmp {int_to_ip(src)} > {int_to_ip(dst)} type {icmp_type} id {sport}"
     text = f"{name} {int_to_ip(src)}:{sport} > {int_to_ip(dst)}:{dport}"
     if proto == 6:
-        text += " [" + "".join(c for bit, c in zip((2, 16, 1, 4, 8), "SAFRP") if flags & bit) + "]"
+        text += " [" + "".join(c for bit, c in zip((2, 16, 1, 4, 8), "SAFRP", strict=True) if flags & bit) + "]"
     return text
 
 
