@@ -30,7 +30,8 @@ class MulticoreConfig:
 
     @property
     def second_cores(self) -> list[int]:
-        return self.steering.second_table.workers if self.mode == "extended" else []
+        # Not None in extended mode: SteeringConfig.from_dict builds the second-core table for it.
+        return self.steering.second_table.workers if self.mode == "extended" else []  # type: ignore[union-attr]
 
     @classmethod
     def from_dict(cls, d: object, available_cpus: Collection[int] | None = None) -> "MulticoreConfig":
@@ -48,7 +49,7 @@ class MulticoreConfig:
             raise ConfigError("steering.interfaces: per-interface modes need a dispatcher (mode rps or extended)")
         cpus = set(steering.workers)
         if mode == "extended":
-            cpus |= set(steering.second_table.workers)
+            cpus |= set(steering.second_table.workers)  # type: ignore[union-attr]  # as in second_cores
         if dispatcher_cpu is not None:
             if isinstance(dispatcher_cpu, bool) or not isinstance(dispatcher_cpu, int) or dispatcher_cpu < 0:
                 raise ConfigError(f"steering.dispatcher_cpu: {dispatcher_cpu!r} is not a CPU number")

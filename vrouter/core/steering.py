@@ -17,10 +17,14 @@ always take one path; with FIFO queues between processes they stay in order.
   the worker. All second cores use the same inner table: the worker must not depend on the second
   core, or a flow's two directions would part (one comes from a TAP, which has no outer header).
 """
+from collections.abc import Collection, Iterable
+
 from .buckets import BucketTable
+from .codec.buffer import Buffer
 from .codec.ipv4 import ip_to_int
 from .config import ConfigError
 from .fairness import LoadCounter, jain_index
+from .flowkey import FlowKey
 from .schema import Problems, no_unknown
 from .steerhash import FIELDS, NIC_KINDS, NO_FLOW, InnerHash, outer_hash, validate_fields
 
@@ -35,10 +39,10 @@ class Local:
     """Steering off: every packet stays with ``worker``."""
     mode = "off"
 
-    def __init__(self, worker: int):
+    def __init__(self, worker: int) -> None:
         self.worker = worker
 
-    def steer(self, kind: str, buf, vrf: int | None = None, off: int = 0) -> int:
+    def steer(self, kind: str, buf: Buffer, vrf: int | None = None, off: int = 0) -> int:
         return self.worker
 
 
@@ -46,17 +50,17 @@ class Rps:
     """One stage: symmetric inner hash over ``fields`` -> bucket table -> worker."""
     mode = "rps"
 
-    def __init__(self, fields, table: BucketTable, symmetric: bool = True):
+    def __init__(self, fields: Iterable[str], table: BucketTable, symmetric: bool = True) -> None:
         self.hasher = InnerHash(fields, symmetric)
         self.table = table
         self._buckets = table.buckets        # updated in place by BucketTable.update
         self._size = table.size
         self._by_kind = {k: self.hasher.for_kind(k) for k in NIC_KINDS}
 
-    def hash(self, kind: str, buf, vrf: int | None = None, off: int = 0) -> int:
+    def hash(self, kind: str, buf: Buffer, vrf: int | None = None, off: int = 0) -> int:
         return self.hasher.for_kind(kind)(buf, vrf, off)
 
-    def steer(self, kind: str, buf, vrf: int | None = None, off: int = 0) -> int:
+    def steer(self, kind: str, buf: Buffer, vrf: int | None = None, off: int = 0) -> int:
         """Worker for a packet as read from a NIC of ``kind`` (``vrf``: the VIF's network id, TAP only)."""
         try:
             fn = self._by_kind[kind]
@@ -64,7 +68,7 @@ class Rps:
             raise ValueError(f"nic kind {kind!r} is not one of {', '.join(NIC_KINDS)}") from None
         return self._buckets[fn(buf, vrf, off) % self._size]
 
-    def owner(self, key: tuple) -> int:
+    def owner(self, key: FlowKey) -> int:
         """Worker that owns a pipeline flow key ``(vrf, proto, src, dst, sport, dport)`` (and its reverse)."""
         return self._buckets[self.hasher.key(*key) % self._size]
 
@@ -80,7 +84,8 @@ class ExtendedRps:
     """
     mode = "extended"
 
-    def __init__(self, outer_table: BucketTable, inner_tables, fields=FIELDS):
+    def __init__(self, outer_table: BucketTable, inner_tables: BucketTable | dict[int, BucketTable],
+                 fields: Iterable[str] = FIELDS) -> None:
         if isinstance(inner_tables, BucketTable):
             inner = inner_tables
         else:
@@ -98,9 +103,9 @@ class ExtendedRps:
         self.inner = Rps(fields, inner)
         self._outer = outer_table.buckets
         self._outer_size = outer_table.size
-        self._addrs: dict = {}
+        self._addrs: dict[str, int] = {}
 
-    def _addr(self, a) -> int:
+    def _addr(self, a: int | str) -> int:
         if isinstance(a, int):
             return a
         v = self._addrs.get(a)
@@ -114,27 +119,28 @@ class ExtendedRps:
             self._addrs[a] = v
         return v
 
-    def stage1(self, src, dst, sport: int = 0) -> int:
+    def stage1(self, src: int | str, dst: int | str, sport: int = 0) -> int:
         """Second core for a tunnel packet from its outer header (addresses as ints or dotted strings)."""
         return self._outer[outer_hash(self._addr(src), self._addr(dst), sport) % self._outer_size]
 
-    def stage2(self, kind: str, buf, vrf: int | None = None, off: int = 0) -> int:
+    def stage2(self, kind: str, buf: Buffer, vrf: int | None = None, off: int = 0) -> int:
         """Worker, on the second core: the same inner steering as :class:`Rps`."""
         return self.inner.steer(kind, buf, vrf, off)
 
     # The final worker does not depend on stage 1 (a TAP packet has no outer header anyway).
     steer = stage2
 
-    def path(self, kind: str, buf, outer: tuple | None = None, vrf: int | None = None, off: int = 0) -> tuple:
+    def path(self, kind: str, buf: Buffer, outer: tuple[int | str, int | str, int] | None = None,
+             vrf: int | None = None, off: int = 0) -> tuple[int | None, int]:
         """(second core or None for a TAP, worker): the whole route of one packet, for simulations."""
         second = None if kind == "tap" or outer is None else self.stage1(*outer)
         return second, self.inner.steer(kind, buf, vrf, off)
 
-    def owner(self, key: tuple) -> int:
+    def owner(self, key: FlowKey) -> int:
         return self.inner.owner(key)
 
 
-def _worker_id(value, where: str) -> int:
+def _worker_id(value: object, where: str) -> int:
     if isinstance(value, str) and value.isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -142,7 +148,7 @@ def _worker_id(value, where: str) -> int:
     return value
 
 
-def _weights(value, where: str) -> dict:
+def _weights(value: object, where: str) -> dict[int, float]:
     if isinstance(value, list):
         if not value:
             raise ConfigError(f"{where}: expected at least one worker")
@@ -152,7 +158,7 @@ def _weights(value, where: str) -> dict:
     raise ConfigError(f"{where}: expected a list of worker ids or a mapping of worker id -> weight")
 
 
-def _table(weights: dict, size, cpus, where: str) -> BucketTable:
+def _table(weights: dict[int, float], size: int, cpus: Iterable[int] | None, where: str) -> BucketTable:
     try:
         return BucketTable(weights, size, cpus)
     except ValueError as exc:
@@ -161,11 +167,11 @@ def _table(weights: dict, size, cpus, where: str) -> BucketTable:
         raise ConfigError(f"{field}: {msg}") from None
 
 
-def _interfaces(raw, mode: str, local: int, workers) -> dict:
+def _interfaces(raw: object, mode: str, local: int, workers: Collection[int]) -> dict[str, tuple[str, int]]:
     """``steering.interfaces``: {name: (mode, worker)}, a mode name or {mode, worker} per NIC."""
     if not isinstance(raw, dict):
         raise ConfigError("steering.interfaces: expected a mapping of interface name -> mode")
-    interfaces = {}
+    interfaces: dict[str, tuple[str, int]] = {}
     for name, spec in raw.items():
         where = f"steering.interfaces.{name}"
         if not isinstance(name, str) or not name:
@@ -200,14 +206,15 @@ class SteeringConfig:
 
     _KEYS = ("mode", "fields", "buckets", "workers", "cpus", "local_worker", "second_cores", "interfaces")
 
-    def __init__(self, mode, fields, table, second_table, local_worker, interfaces):
+    def __init__(self, mode: str, fields: tuple[str, ...], table: BucketTable, second_table: BucketTable | None,
+                 local_worker: int, interfaces: dict[str, tuple[str, int]]) -> None:
         self.mode, self.fields, self.table, self.second_table = mode, fields, table, second_table
         self.local_worker, self.interfaces = local_worker, interfaces
         self.rps = Rps(fields, table)
         self.extended = ExtendedRps(second_table, table, fields) if second_table is not None else None
 
     @classmethod
-    def from_dict(cls, d) -> "SteeringConfig":
+    def from_dict(cls, d: object) -> "SteeringConfig":
         if d is None:
             d = {"mode": "off"}
         if not isinstance(d, dict):
@@ -239,15 +246,16 @@ class SteeringConfig:
                             size, cpus, "steering.second_cores")
         return cls(mode, fields, table, second, local, interfaces)
 
-    def for_interface(self, name: str):
+    def for_interface(self, name: str) -> Local | Rps | ExtendedRps:
         """The steering object (``Local``, ``Rps`` or ``ExtendedRps``) for one NIC."""
         mode, worker = self.interfaces.get(name, (self.mode, self.local_worker))
         if mode == "off":
             return Local(worker)
         if mode == "extended":
-            return self.extended
+            # Not None: from_dict builds the second-core table whenever the mode or an interface is extended.
+            return self.extended  # type: ignore[return-value]
         return self.rps
 
     @property
-    def workers(self) -> list:
+    def workers(self) -> list[int]:
         return self.table.workers
