@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import resource
+import socket
 import subprocess
 import time
 
@@ -24,17 +25,36 @@ def _mininet():
     return Mininet
 
 
+def _remote_controller():
+    """Mininet's RemoteController, checked with a Python connect instead of `telnet`: telnet's output
+    can carry the controller's binary OpenFlow HELLO (a random xid), and Mininet decodes a node's
+    output as strict UTF-8, so the check itself crashed a bring-up now and then (UnicodeDecodeError)."""
+    from mininet.log import warn
+    from mininet.node import RemoteController
+
+    class TcpCheckedController(RemoteController):
+        def isListening(self, ip, port):
+            try:
+                socket.create_connection((ip, port), timeout=2.0).close()
+            except OSError as exc:
+                warn(f"Unable to contact the remote controller at {ip}:{port}: {exc}\n")
+                return False
+            return True
+
+    return TcpCheckedController
+
+
 def build(desc: dict, ofp_port: int, progress=None):
     """Create and start the network; returns the started Mininet object."""
     from mininet.link import Link
-    from mininet.node import Host, OVSSwitch, RemoteController
+    from mininet.node import Host, OVSSwitch
 
     Mininet = _mininet()
     say = progress or (lambda msg: None)
     plen = ipaddress.IPv4Network(desc["underlay"]).prefixlen
     net = Mininet(topo=None, build=False, controller=None, switch=OVSSwitch, host=Host, link=Link,
                   autoSetMacs=False, autoStaticArp=False, waitConnected=False, ipBase=desc["underlay"])
-    net.addController(f"{desc['prefix']}-c0", controller=RemoteController, ip="127.0.0.1", port=ofp_port)
+    net.addController(f"{desc['prefix']}-c0", controller=_remote_controller(), ip="127.0.0.1", port=ofp_port)
     nodes = {}
     for sw in desc["switches"]:
         nodes[sw["name"]] = net.addSwitch(sw["bridge"], cls=OVSSwitch, dpid=f"{sw['dpid']:016x}",
