@@ -89,7 +89,7 @@ def test_no_upward_imports(path):
                 assert room in LAYERS[mine], f"{path.relative_to(ROOT)} ({mine}) imports {target} ({room})"
 
 
-def test_a_core_module_importing_a_shell_is_caught(tmp_path):
+def test_a_core_module_importing_a_shell_is_caught():
     """The check above is not vacuous: it sees a relative import that leaves the core."""
     fake = CORE / "_probe_not_a_module.py"
     assert _absolute(fake, "io.tap", 2, ["tap"]) == ["vrouter.io.tap"]

@@ -24,11 +24,14 @@ class Introspector:
         except IntrospectError as exc:
             return {"ok": False, "error": str(exc)}
 
+    def _unconfigured(self) -> IntrospectError:
+        return IntrospectError(f"vrouter {self.fwd.server} has no configuration yet (agent not connected?)")
+
     def _engine(self):
         """The engine, once it has a configuration to answer from."""
         engine = self.fwd.engine
         if not engine.configured:
-            raise IntrospectError(f"vrouter {self.fwd.server} has no configuration yet (agent not connected?)")
+            raise self._unconfigured()
         return engine
 
     def _flows(self, req):
@@ -95,7 +98,7 @@ class Introspector:
 
     def _instances(self):
         if self.fwd.config is None:
-            raise IntrospectError(f"vrouter {self.fwd.server} has no configuration yet (agent not connected?)")
+            raise self._unconfigured()
         return build_instances(self.fwd.config)
 
     def _routes(self, req):
