@@ -5,6 +5,8 @@ nothing without our prefix.
 Everything a run creates in the root namespace is named `<prefix>-...` (testbed/fabric.py), and the
 processes it starts (controller, Mininet node shells, supervised programs) are recorded with their
 start time in `<rundir>/pids/`, so a recycled PID is never killed; testbed/proctree.py ends them.
+What users or experiments start inside a VM or a server (daemons that left every recorded tree) is
+found by network namespace identity instead, through the handles testbed/namespaces.py holds.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import time
 
 import psutil
 
-from testbed import proctree
+from testbed import namespaces, proctree
 from testbed.rundir import RunDir, live_process, run_dirs
 
 DEFAULT_PREFIX = "vt"
@@ -66,20 +68,32 @@ def processes(rundir: RunDir) -> list[psutil.Process]:
     return list(found.values())
 
 
+def namespace_processes(rundir: RunDir) -> list[psutil.Process]:
+    """Every process in a network namespace this run holds, whoever started it."""
+    return namespaces.processes_in(namespaces.identities(namespaces.run_paths(rundir)))
+
+
 def leftovers(prefix: str, root=None) -> dict:
     rd = RunDir(root, prefix)
-    return {k: v for k, v in (("processes", [p.pid for p in processes(rd)]), ("bridges", bridges(prefix)),
-                              ("links", links(prefix)), ("netns", netns(prefix))) if v}
+    found = (("processes", [p.pid for p in processes(rd)]),
+             ("namespace processes", [p.pid for p in namespace_processes(rd)]),
+             ("held namespaces", list(namespaces.handles(rd))),
+             ("bridges", bridges(prefix)), ("links", links(prefix)), ("netns", netns(prefix)))
+    return {k: v for k, v in found if v}
 
 
 def clean_prefix(prefix: str, root=None, keep_rundir: bool = False, log=print) -> dict:
-    """Remove one prefix's processes, OVS bridges, links, named netns and (unless kept) run dir."""
+    """Remove one prefix's processes (recorded ones, then whatever else runs in its namespaces),
+    OVS bridges, links, namespaces and (unless kept) run dir."""
     rd = RunDir(root, prefix)
-    done = {"processes": 0, "bridges": 0, "links": 0, "netns": 0, "rundirs": 0}
+    done = {"processes": 0, "namespace_processes": 0, "bridges": 0, "links": 0, "netns": 0, "rundirs": 0}
     procs = processes(rd)
     if procs:
         log(f"{prefix}: stopping {len(procs)} processes ({', '.join(str(p.pid) for p in procs)})")
         done["processes"] = proctree.terminate(procs)
+    done["namespace_processes"] = namespaces.end_processes(namespaces.run_paths(rd))
+    if done["namespace_processes"]:
+        log(f"{prefix}: ended {done['namespace_processes']} processes left in the testbed's network namespaces")
     for br in bridges(prefix):
         subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", br], capture_output=True)
         done["bridges"] += 1
@@ -96,6 +110,7 @@ def clean_prefix(prefix: str, root=None, keep_rundir: bool = False, log=print) -
         time.sleep(0.1)
     if done["links"]:
         log(f"{prefix}: deleted {done['links']} links")
+    done["netns"] = namespaces.release_all(rd)
     for ns in netns(prefix):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         done["netns"] += 1

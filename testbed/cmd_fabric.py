@@ -139,7 +139,9 @@ def down(args) -> int:
     if proc is not None:
         raise CommandError(f"daemon pid {owner['pid']} still running after 120 s: "
                            f"'sudo testbed clean --prefix {args.prefix}'")
-    print(f"testbed {args.prefix!r} stopped in {time.monotonic() - t0:.1f} s (logs kept in {rundir.logs})")
+    ended = rundir.read_state().get("ended_in_namespaces", 0)
+    also = f", ended {ended} processes left in its network namespaces" if ended else ""
+    print(f"testbed {args.prefix!r} stopped in {time.monotonic() - t0:.1f} s{also} (logs kept in {rundir.logs})")
     return 0
 
 

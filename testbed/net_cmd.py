@@ -16,6 +16,7 @@ import time
 
 import yaml
 
+from testbed import namespaces
 from testbed.commands import CommandError, command, group, run_arguments
 from testbed.vr import rundir_path
 from vrouter.io import introspect, ipc
@@ -97,6 +98,7 @@ def rm_vm_command(args) -> int:
     _call(rundir, "remove_vm", args.name)
     ipc.update_vm_namespaces(rundir, remove=(vm["tap"],))
     netns = f"{args.prefix}-{args.name}"
+    namespaces.end_processes([namespaces.NAMED_NETNS / netns])  # what users started in the VM goes too
     subprocess.run(["ip", "netns", "del", netns], capture_output=True)  # only exists if added by add-vm
     print(f"{args.name} removed")
     return 0

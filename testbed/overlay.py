@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from testbed import REPO, vr
+from testbed import REPO, namespaces, vr
 from testbed.commands import CommandError
 from testbed.runner import on_down, on_up
 from vrouter.io import introspect, ipc
@@ -135,6 +135,7 @@ def add_vm_host(tb, name: str):
     # IPv6 autoconfiguration would only add noise to captures and vrouter counters.
     host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
     tb.rundir.record_pid(f"node-{name}", host.pid, role="node")
+    namespaces.hold(tb.rundir, name, host.pid)
     return host
 
 
@@ -207,6 +208,7 @@ def remove_vm(tb, name: str) -> dict:
         tb.net.hosts.remove(host)
         del tb.net.nameToNode[name]
         tb.rundir.forget_pid(f"node-{name}")
+        namespaces.end_and_release(tb.rundir, name)  # what users started in the VM goes with it
     return vm
 
 

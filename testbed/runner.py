@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed import REPO, cleanup, fabric
+from testbed import REPO, cleanup, fabric, namespaces
 from testbed.network import build, wait_programmed
 from testbed.rundir import RunDir, process_record
 from testbed.supervisor import Supervisor
@@ -175,10 +175,12 @@ class Testbed:
                 "--topology", self.rundir.topology_file, "--prefix", self.prefix]
 
     def _record_nodes(self) -> None:
-        """Mininet's node shells hold the namespaces: cleanup must find them if we die."""
+        """Mininet's node shells, and the hosts' namespaces: cleanup must find them if we die."""
         for node in self.net.hosts + self.net.switches + self.net.controllers:
             if node.pid:
                 self.rundir.record_pid(f"node-{node.name}", node.pid, role="node")
+        for host in self.net.hosts:
+            namespaces.hold(self.rundir, host.name, host.pid)
 
     def _run_up_hooks(self) -> None:
         if self._hooks is None:
@@ -217,10 +219,12 @@ class Testbed:
         for rec in self.rundir.pid_records():
             if rec.get("role") == "node":
                 self.rundir.forget_pid(rec["name"])
-        # Mininet deletes what it created; this catches what a crashed step left behind.
-        cleanup.clean_prefix(self.prefix, self.rundir.root, keep_rundir=True, log=lambda m: None)
+        # Mininet deletes what it created; this catches what a crashed step left behind, and ends
+        # what users started inside the hosts (daemons outlive Mininet's node shells).
+        done = cleanup.clean_prefix(self.prefix, self.rundir.root, keep_rundir=True, log=lambda m: None)
         self.timings["teardown"] = time.monotonic() - t0
-        self.rundir.write_state(state="stopped", stopped=time.time(), teardown_errors=errors)
+        self.rundir.write_state(state="stopped", stopped=time.time(), teardown_errors=errors,
+                                ended_in_namespaces=done["namespace_processes"])
         return self.timings["teardown"]
 
     def __enter__(self) -> Testbed:

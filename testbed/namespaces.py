@@ -1,0 +1,167 @@
+"""The testbed's network namespaces, held open and named by identity, so that cleanup can end every
+process inside them (a daemon started in a VM or a server with double fork and setsid has left every
+process tree the testbed recorded) and nothing outside them.
+
+A namespace is known by its nsfs identity (device, inode), the one `stat /proc/PID/ns/net` shows.
+Inode numbers are reused once a namespace dies, so an identity is only trusted while the namespace
+is held: each Mininet host's namespace is bind-mounted on `<rundir>/netns/<host>` when the host
+starts and released by cleanup, after the processes in it have ended. Namespaces created with
+`ip netns add <prefix>-...` (`testbed net add-vm`) are held by iproute2 under /run/netns already.
+Never by process name; the root namespace (PID 1's) is refused as a handle, so a bug here cannot
+turn into "every process on the machine".
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from testbed import proctree
+from testbed.rundir import RunDir
+
+NAMED_NETNS = Path("/run/netns")  # where `ip netns add` holds its namespaces
+ROUNDS = 3  # a process may fork while it is being ended: look again this many times
+
+Identity = tuple[int, int]  # (st_dev, st_ino) of an nsfs file
+
+
+class NamespaceError(Exception):
+    pass
+
+
+def identity(path: str | Path) -> Identity | None:
+    """The namespace `path` (a /proc/PID/ns/net file or a bind mount of one) is; None if unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _nsfs_device() -> int | None:
+    own = identity("/proc/self/ns/net")
+    return own[0] if own else None
+
+
+def root_identity() -> Identity | None:
+    return identity("/proc/1/ns/net")
+
+
+def handles_dir(rundir: RunDir) -> Path:
+    return rundir.path / "netns"
+
+
+def _mounted(path: Path) -> bool:
+    """Is `path` a bind mount of a namespace (and not the empty file it is mounted on)?"""
+    ident = identity(path)
+    return ident is not None and ident[0] == _nsfs_device()
+
+
+def hold(rundir: RunDir, name: str, pid: int) -> Path:
+    """Bind-mount the network namespace of `pid` on `<rundir>/netns/<name>`; returns the handle."""
+    ident = identity(f"/proc/{pid}/ns/net")
+    if ident is None:
+        raise NamespaceError(f"cannot read the network namespace of pid {pid} ({name})")
+    if ident == root_identity():
+        raise NamespaceError(f"{name} (pid {pid}) is in the root network namespace: not holding it")
+    folder = handles_dir(rundir)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = folder / name
+    if _mounted(handle):
+        if identity(handle) == ident:
+            return handle
+        release_handle(handle)
+    handle.touch()
+    r = subprocess.run(["mount", "--bind", f"/proc/{pid}/ns/net", str(handle)], capture_output=True, text=True)
+    if r.returncode != 0:
+        handle.unlink(missing_ok=True)
+        raise NamespaceError(f"cannot hold the namespace of {name} (pid {pid}): {r.stderr.strip()}")
+    return handle
+
+
+def release_handle(handle: Path) -> None:
+    """Unmount (lazily: a process may still have it open) and remove one handle."""
+    while _mounted(handle):
+        if subprocess.run(["umount", "-l", str(handle)], capture_output=True).returncode != 0:
+            break
+    handle.unlink(missing_ok=True)
+
+
+def handles(rundir: RunDir) -> dict[str, Path]:
+    """{host name: handle} of the namespaces this run holds."""
+    folder = handles_dir(rundir)
+    if not folder.is_dir():
+        return {}
+    return {p.name: p for p in sorted(folder.iterdir()) if _mounted(p)}
+
+
+def named(prefix: str) -> dict[str, Path]:
+    """{name: path} of the `ip netns` namespaces with our prefix."""
+    if not NAMED_NETNS.is_dir():
+        return {}
+    return {p.name: p for p in sorted(NAMED_NETNS.iterdir())
+            if p.name.startswith(prefix + "-") and _mounted(p)}
+
+
+def identities(paths) -> set[Identity]:
+    """The namespaces behind `paths`; never the root namespace."""
+    root = root_identity()
+    found = {identity(p) for p in paths}
+    return {i for i in found if i is not None and i != root}
+
+
+def processes_in(idents: set[Identity]) -> list[psutil.Process]:
+    """Every process (but this one) whose network namespace is one of `idents`."""
+    if not idents:
+        return []
+    out = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        if identity(f"/proc/{proc.pid}/ns/net") in idents:
+            out.append(proc)
+    return out
+
+
+def end_processes(paths, grace: float = proctree.GRACE) -> int:
+    """End every process in the namespaces behind `paths` (SIGTERM, grace, SIGKILL); looks again
+    for what they forked meanwhile. Returns how many ended."""
+    idents = identities(paths)
+    ended = 0
+    for _ in range(ROUNDS):
+        procs = processes_in(idents)
+        if not procs:
+            break
+        ended += proctree.terminate(procs, grace)
+    return ended
+
+
+def run_paths(rundir: RunDir) -> list[Path]:
+    """The handles of a run: its held host namespaces and its prefix's `ip netns` ones."""
+    return [*handles(rundir).values(), *named(rundir.prefix).values()]
+
+
+def release_all(rundir: RunDir) -> int:
+    """Drop every handle this run holds (the namespaces die with their last process)."""
+    folder = handles_dir(rundir)
+    if not folder.is_dir():
+        return 0
+    count = 0
+    for handle in sorted(folder.iterdir()):
+        count += _mounted(handle)
+        release_handle(handle)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+    return count
+
+
+def end_and_release(rundir: RunDir, name: str, grace: float = proctree.GRACE) -> int:
+    """For one host leaving a running testbed: end what runs in its namespace, drop the handle."""
+    handle = handles_dir(rundir) / name
+    ended = end_processes([handle], grace) if _mounted(handle) else 0
+    release_handle(handle)
+    return ended
