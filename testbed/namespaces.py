@@ -7,7 +7,7 @@ Inode numbers are reused once a namespace dies, so an identity is only trusted w
 is held: each Mininet host's namespace is bind-mounted on `<rundir>/netns/<host>` when the host
 starts and released by cleanup, after the processes in it have ended. Namespaces created with
 `ip netns add <prefix>-...` (`testbed net add-vm`) are held by iproute2 under /run/netns already.
-Never by process name; the root namespace (PID 1's) is refused as a handle, so a bug here cannot
+Never by process name; the root namespace (PID 1's, and the caller's own) is refused as a handle, so a bug here cannot
 turn into "every process on the machine".
 """
 from __future__ import annotations
@@ -45,8 +45,10 @@ def _nsfs_device() -> int | None:
     return own[0] if own else None
 
 
-def root_identity() -> Identity | None:
-    return identity("/proc/1/ns/net")
+def never_ours() -> set[Identity]:
+    """Namespaces that are never a testbed's: PID 1's (when readable: some inits hide it) and the
+    caller's own, which for every testbed command is the root namespace."""
+    return {i for i in (identity("/proc/1/ns/net"), identity("/proc/self/ns/net")) if i is not None}
 
 
 def handles_dir(rundir: RunDir) -> Path:
@@ -64,7 +66,7 @@ def hold(rundir: RunDir, name: str, pid: int) -> Path:
     ident = identity(f"/proc/{pid}/ns/net")
     if ident is None:
         raise NamespaceError(f"cannot read the network namespace of pid {pid} ({name})")
-    if ident == root_identity():
+    if ident in never_ours():
         raise NamespaceError(f"{name} (pid {pid}) is in the root network namespace: not holding it")
     folder = handles_dir(rundir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -107,9 +109,8 @@ def named(prefix: str) -> dict[str, Path]:
 
 def identities(paths) -> set[Identity]:
     """The namespaces behind `paths`; never the root namespace."""
-    root = root_identity()
     found = {identity(p) for p in paths}
-    return {i for i in found if i is not None and i != root}
+    return {i for i in found if i is not None} - never_ours()
 
 
 def processes_in(idents: set[Identity]) -> list[psutil.Process]:

@@ -1,8 +1,10 @@
 """`testbed up/status/cli/exec/controller/down/clean` as a user runs them, and scoped cleanup:
-after `down`, and after SIGKILL + `clean`, nothing of the testbed remains while an unrelated
-OVS bridge and process survive."""
+after `down`, and after SIGKILL + `clean`, nothing of the testbed remains (daemons started inside a
+VM or a server included: iperf3 -D, a double-forked setsid process) while an unrelated OVS bridge
+and the same daemons started in the root namespace survive."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,22 +25,84 @@ def run_cli(*args, input=None, timeout=180):
                           input=input, timeout=timeout, cwd=REPO)
 
 
+# Double fork + setsid, as daemons do: the survivor is no descendant of anything the testbed
+# recorded. It writes its PID where argv[1] says, then waits.
+DAEMONIZE = ("import os, sys, time; os.fork() and os._exit(0); os.setsid(); os.fork() and os._exit(0); "
+             "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)")
+
+
+IPERF_PORT = 5399 + os.getpid() % 500  # the root-namespace twin must find its port free
+
+
+def daemon_commands(pidfile_dir, tag: str) -> dict:
+    """Shell commands starting an iperf3 daemon and a double-forked Python daemon; {kind: (cmd, pidfile)}."""
+    iperf_pid, py_pid = pidfile_dir / f"iperf3-{tag}.pid", pidfile_dir / f"daemon-{tag}.pid"
+    return {"iperf3": (f"iperf3 -s -D -p {IPERF_PORT} -I {iperf_pid}", iperf_pid),
+            "daemon": (f"{sys.executable} -c {shlex.quote(DAEMONIZE)} {py_pid}", py_pid)}
+
+
+def read_pid(pidfile, timeout=10.0) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return psutil.Process(int(pidfile.read_text().strip()))
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise AssertionError(f"{pidfile} was not written")
+
+
+def start_daemons_in(opts, pidfile_dir, host: str) -> list[psutil.Process]:
+    """Start both daemons in testbed host `host` with `testbed exec`; returns them, running."""
+    procs = []
+    for cmd, pidfile in daemon_commands(pidfile_dir, host).values():
+        r = run_cli("exec", *opts, host, cmd)  # one shell command line, as users type it
+        assert r.returncode == 0, r.stdout + r.stderr
+        procs.append(read_pid(pidfile))
+    own = os.stat("/proc/self/ns/net").st_ino
+    for p in procs:
+        assert p.is_running() and os.stat(f"/proc/{p.pid}/ns/net").st_ino != own, p
+    return procs
+
+
+def assert_ended(procs):
+    for p in procs:
+        assert not p.is_running() or p.status() == psutil.STATUS_ZOMBIE, f"{p} survived the testbed"
+
+
 @pytest.fixture
-def bystanders():
-    """An OVS bridge and a process that are not the testbed's: cleanup must leave them alone."""
+def bystanders(tmp_path):
+    """An OVS bridge and processes that are not the testbed's (a plain child, and the very daemons
+    the tests start in VMs and servers, started in the root namespace): cleanup leaves them alone."""
     name = "zz" + uuid.uuid4().hex[:6]
     subprocess.run(["ovs-vsctl", "add-br", name, "--", "set", "bridge", name, "datapath_type=netdev"], check=True)
     proc = subprocess.Popen(["sleep", "600"])
-    yield name, proc
-    proc.kill()
-    proc.wait()
-    subprocess.run(["ovs-vsctl", "--if-exists", "del-br", name])
+    twins = []
+    try:
+        for cmd, pidfile in daemon_commands(tmp_path, "root").values():
+            subprocess.run(["sh", "-c", cmd], check=True)
+            twins.append(read_pid(pidfile))
+        yield name, proc, twins
+    finally:
+        proc.kill()
+        proc.wait()
+        for twin in twins:
+            try:
+                twin.kill()
+            except psutil.Error:
+                pass
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", name])
 
 
 def assert_bystanders_alive(bystanders):
-    name, proc = bystanders
+    name, proc, twins = bystanders
     assert name in subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split()
     assert proc.poll() is None
+    assert all(t.is_running() for t in twins), twins
+
+
+def assert_no_namespace_held(run_root):
+    mounts = open("/proc/self/mountinfo").read()
+    assert str(run_root) not in mounts, [m for m in mounts.splitlines() if str(run_root) in m]
 
 
 def recorded(rundir):
@@ -53,7 +117,7 @@ def assert_nothing_left(prefix, records):
     assert alive == [], alive
 
 
-def test_up_status_exec_cli_restart_down(run_root, new_prefix, bystanders):
+def test_up_status_exec_cli_restart_down(run_root, new_prefix, bystanders, tmp_path):
     prefix = new_prefix("l")
     opts = ["--prefix", prefix, "--run-root", str(run_root)]
     r = run_cli("up", *opts)
@@ -93,21 +157,26 @@ def test_up_status_exec_cli_restart_down(run_root, new_prefix, bystanders):
         r = run_cli("exec", *opts, "srv4", "ping", "-n", "-c1", "-W2", "10.0.1.1")
         assert " 0% packet loss" in r.stdout
         records = recorded(rundir) + [rundir.read_state()["owner"]]
+        daemons = start_daemons_in(opts, tmp_path, "red3") + start_daemons_in(opts, tmp_path, "srv1")
     finally:
         down = run_cli("down", *opts)
     assert down.returncode == 0, down.stderr
+    assert "ended 4 processes left in its network namespaces" in down.stdout, down.stdout
+    assert_ended(daemons)
     assert_nothing_left(prefix, records)
+    assert_no_namespace_held(run_root)
     assert_bystanders_alive(bystanders)
     assert run_cli("status", *opts).returncode == 3
     assert run_cli("down", *opts).returncode == 1
 
 
-def test_sigkill_then_clean_removes_everything(run_root, new_prefix, bystanders):
+def test_sigkill_then_clean_removes_everything(run_root, new_prefix, bystanders, tmp_path):
     prefix = new_prefix("k")
     opts = ["--prefix", prefix, "--run-root", str(run_root)]
     r = run_cli("up", *opts)
     assert r.returncode == 0, r.stderr
     rundir = RunDir(run_root, prefix)
+    daemons = start_daemons_in(opts, tmp_path, "blue2") + start_daemons_in(opts, tmp_path, "srv4")
     records = recorded(rundir)
     daemon = rundir.read_state()["owner"]
     assert {x["role"] for x in records} >= {"daemon", "process", "node"}
@@ -124,7 +193,11 @@ def test_sigkill_then_clean_removes_everything(run_root, new_prefix, bystanders)
     r = run_cli("clean", "--prefix", prefix, "--run-root", str(run_root))
     assert r.returncode == 0, r.stderr
     assert "deleted 4 OVS bridges" in r.stdout
+    # The node shells are recorded; what runs in the namespaces beyond them is found by identity.
+    assert "processes left in the testbed's network namespaces" in r.stdout, r.stdout
+    assert_ended(daemons)
     assert_nothing_left(prefix, records + [daemon])
+    assert_no_namespace_held(run_root)
     assert not rundir.exists()
     assert_bystanders_alive(bystanders)
     r = run_cli("clean", "--prefix", prefix, "--run-root", str(run_root))
