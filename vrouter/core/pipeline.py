@@ -56,7 +56,9 @@ _FROM_MPLSOUDP = struct.Struct("!IBxHxxHBBHIIHH").unpack_from         # label + 
 _FROM_MPLSOGRE = struct.Struct("!IIBxHxxHBBHIIHH").unpack_from        # GRE + label + IPv4 + ports
 _FROM_VXLAN = struct.Struct("!II12xHBxHxxHBBHIIHH").unpack_from       # VXLAN + Ethernet + IPv4 + ports
 _TTL_PROTO_CSUM = struct.Struct("!BBH").pack
+_JOIN = b"".join
 _TCP_TRACK = struct.Struct("!IIBBH").unpack_from                   # seq, ack, offset byte, flags, window
+_TCP_UNUSUAL = TCP_FIN | TCP_RST | TCP_PEER_FIN     # a segment tcpstate.segment must see (one global)
 _STRUCT_ERROR = struct.error
 
 _ETH_IP = b"\x08\x00"
@@ -190,7 +192,7 @@ class Pipeline:
             tw = _TCP_TRACK(buf, l4 + 4)
             t = e.tcp | tw[3]
             e.tcp = t
-            if t & (TCP_FIN | TCP_RST | TCP_PEER_FIN):
+            if t & _TCP_UNUSUAL:
                 tcpstate.segment(e, tw, buf, off, l4, tlen, self._count)
             e.tw = tw
             e.tlen = tlen
@@ -199,13 +201,14 @@ class Pipeline:
                 self._drops["ttl_expired"] += 1
                 return [self._drop_actions["ttl_expired"]]
             c = csum + 0x100
-            ip = buf[off:off + 8] + _TTL_PROTO_CSUM(ttl - 1, proto, (c & 0xFFFF) + (c >> 16)) + \
-                buf[off + 12:off + tlen]
+            # One join: a single copy of the packet instead of three concatenations.
+            out = _JOIN((e.prefix, buf[off:off + 8], _TTL_PROTO_CSUM(ttl - 1, proto, (c & 0xFFFF) + (c >> 16)),
+                         buf[off + 12:off + tlen]))
         else:
-            ip = buf[off:off + tlen]
+            out = e.prefix + buf[off:off + tlen]
         if kind == TO_TUNNEL:
-            return [ToTunnel(e.peer, e.encap, e.sport, e.prefix + ip)]
-        return [ToVif(e.vif, e.prefix + ip)]
+            return [ToTunnel(e.peer, e.encap, e.sport, out)]
+        return [ToVif(e.vif, out)]
 
     def _first_packet(self, e: FlowEntry, buf: bytes, l4: int) -> None:
         """An entry's first packet: its pair is replied once both directions have seen one; a
