@@ -67,9 +67,6 @@ class Admission:
         return q
 
     # ---- owners
-    def of_vif(self, name: str) -> Quota:
-        return self.owners[name]
-
     def of_key(self, vrf: int, src: int, dst: int, fabric: bool) -> Quota:
         """Owner of a flow entering from the fabric (``fabric``) or, without a packet to tell, of
         an entry by its key: the local VIF that sends it, else the one it goes to, else "fabric"."""
@@ -79,13 +76,13 @@ class Admission:
             q = by.get((vrf, dst))
         return q if q is not None else self.owners[FABRIC_OWNER]
 
-    def network(self, vrf: int) -> Quota:
-        return self.networks[vrf]
-
     # ---- admission
     def refuse(self, owner: Quota, net: Quota, need: int) -> str | None:
         """The drop reason that refuses a new flow of ``need`` entries, or None to admit it."""
         s = self.settings
+        if not (owner.blocked or net.blocked or owner.entries + need > owner.limit or owner.held >= s.vm_held_limit
+                or net.entries + need > net.limit or self.table.held >= s.held_limit):
+            return None                     # the common case, in one test
         if not owner.admit(need):
             return "vm_flow_limit"
         if owner.held >= s.vm_held_limit:

@@ -117,6 +117,7 @@ class Pipeline:
         self._peers = frozenset(config.peers)
         self._underlay = config.underlay_ip
         self._admission.configure(config)
+        self._prefixes: dict[tuple[str, int, str | None], bytes] = {}
         self._evaluator.apply_config(config)
         for e in list(self._flows.values()):
             if self._flows.get(e.key) is not e:
@@ -299,8 +300,8 @@ class Pipeline:
         self._count["misses"] += 1
         vrf, proto, src, dst, sport, dport = key
         adm = self._admission
-        owner = adm.of_vif(ingress[1]) if ingress[0] == "vif" else adm.of_key(vrf, src, dst, True)
-        net = adm.network(vrf)
+        owner = adm.owners[ingress[1]] if ingress[0] == "vif" else adm.of_key(vrf, src, dst, True)
+        net = adm.networks[vrf]
         need = 2 if self._settings.mode == "proactive" else 1     # a proactive pair is two entries
         reason = adm.refuse(owner, net, need)
         if reason is not None:
@@ -466,8 +467,12 @@ class Pipeline:
             elif kind == "tunnel":
                 e.kind, e.peer, e.encap = TO_TUNNEL, nh["peer"], nh["encap"]
                 e.sport = e.sport or entropy_port(e.key)
-                e.prefix = encap_prefix(nh["encap"], nh["label"],
-                                        ethernet.mac_to_bytes(nh["mac"]) if nh.get("mac") else VROUTER_MAC)
+                pkey = (nh["encap"], nh["label"], nh.get("mac"))
+                prefix = self._prefixes.get(pkey)
+                if prefix is None:          # one per tunnel next hop of the config: built once
+                    prefix = self._prefixes[pkey] = encap_prefix(
+                        nh["encap"], nh["label"], ethernet.mac_to_bytes(nh["mac"]) if nh.get("mac") else VROUTER_MAC)
+                e.prefix = prefix
             else:
                 reason = NEXTHOP_DROPS.get(kind, "no_route")
         if reason is not None:

@@ -30,6 +30,7 @@ class SetupQueue(Generic[T]):
         self._queues: dict[str, deque[tuple[float, T]]] = {}
         self._ring: deque[str] = deque()       # owners with a non-empty FIFO, in serving order
         self._size = 0
+        self._since = 0.0       # no request waiting was queued before this (a bound, not exact)
         self.rate, self.burst, self.stale_after = rate, burst, stale_after
         self._tokens = float(burst)
         self._last: float | None = None
@@ -46,6 +47,8 @@ class SetupQueue(Generic[T]):
         if q is None:
             q = self._queues[owner] = deque()
             self._ring.append(owner)
+        if not self._size:
+            self._since = now
         q.append((now, item))
         self._size += 1
 
@@ -65,7 +68,7 @@ class SetupQueue(Generic[T]):
             self._tokens = self.tokens(now) or 0.0
         if self._last is None or now > self._last:
             self._last = now
-        stale = self._purge(now)
+        stale = self._purge(now) if self._size and self._since < now - self.stale_after else []
         out: list[T] = []
         want = self._size if limit is None else limit
         ring, queues = self._ring, self._queues
@@ -98,4 +101,5 @@ class SetupQueue(Generic[T]):
             if not q:
                 del self._queues[owner]
                 self._ring.remove(owner)
+        self._since = min((self._queues[o][0][0] for o in self._ring), default=now)
         return stale
