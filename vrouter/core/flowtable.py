@@ -50,13 +50,14 @@ FABRIC_OWNER = "fabric"   # owner of flows that neither come from nor go to a lo
 HELD_VIF: Final = 0
 HELD_FABRIC: Final = 1
 Held: TypeAlias = tuple[Literal[0], str, bytes] | tuple[Literal[1], str, str, bytes]
+Headers: TypeAlias = bytes     # (FlowEntry has a ``bytes`` counter: inside it the name is taken)
 
 
 class FlowEntry:
     """Everything the hit path needs is cached here when the decision is installed."""
     __slots__ = ("key", "kind", "reason", "drop", "vif", "peer", "encap", "sport", "prefix", "reverse",
                  "packets", "bytes", "tcp", "fin_seq", "created", "last_used", "held", "role", "nexthop",
-                 "rule", "owner", "net", "charge", "tw", "tlen", "wscale")
+                 "rule", "owner", "net", "charge", "tw", "wscale")
     # The decision sets vif (TO_VIF), peer and encap (TO_TUNNEL), reason and drop (DROP); they are None
     # otherwise, but typed as set because the hit path reads each only for its kind. prefix: the bytes
     # that go before the inner IPv4 packet.
@@ -85,11 +86,10 @@ class FlowEntry:
     owner: Quota
     net: Quota
     charge: int
-    # TCP tracking, for the RFC 5961 check of a RST: this direction's last segment as
-    # (seq, ack, data offset byte, flags, window) and its IP length; the window scale from its SYN
-    # (WSCALE_UNKNOWN before a SYN was seen, WSCALE_NONE for a SYN without the option).
-    tw: tuple[int, int, int, int, int] | None
-    tlen: int
+    # TCP tracking, for the RFC 5961 check of a RST: this direction's last segment's headers, from
+    # the IPv4 header to the TCP window (parsed only when a RST needs them); the window scale from
+    # its SYN (WSCALE_UNKNOWN before a SYN was seen, WSCALE_NONE for a SYN without the option).
+    tw: Headers | None
     wscale: int
 
     def __init__(self, key: FlowKey, now: float) -> None:
@@ -106,7 +106,6 @@ class FlowEntry:
         self.role = "hold"    # "forward" | "reverse" once installed
         self.charge = 0
         self.tw = None
-        self.tlen = 0
         self.wscale = WSCALE_UNKNOWN
 
     def tcp_state(self) -> str | None:

@@ -57,7 +57,6 @@ _FROM_MPLSOGRE = struct.Struct("!IIBxHxxHBBHIIHH").unpack_from        # GRE + la
 _FROM_VXLAN = struct.Struct("!II12xHBxHxxHBBHIIHH").unpack_from       # VXLAN + Ethernet + IPv4 + ports
 _TTL_PROTO_CSUM = struct.Struct("!BBH").pack
 _JOIN = b"".join
-_TCP_TRACK = struct.Struct("!IIBBH").unpack_from                   # seq, ack, offset byte, flags, window
 _TCP_UNUSUAL = TCP_FIN | TCP_RST | TCP_PEER_FIN     # a segment tcpstate.segment must see (one global)
 _STRUCT_ERROR = struct.error
 
@@ -190,13 +189,11 @@ class Pipeline:
             self._drops[e.reason] += 1
             return [e.drop]
         if l4:
-            tw = _TCP_TRACK(buf, l4 + 4)
-            t = e.tcp | tw[3]
+            t = e.tcp | buf[l4 + 13]
             e.tcp = t
             if t & _TCP_UNUSUAL:
-                tcpstate.segment(e, tw, buf, off, l4, tlen, self._count)
-            e.tw = tw
-            e.tlen = tlen
+                tcpstate.segment(e, buf, off, l4, tlen, self._count)
+            e.tw = buf[off:l4 + 16]         # for a later RST's window check: one small copy, no parse
         if not fabric or kind == TO_TUNNEL:
             if ttl <= 1:
                 self._drops["ttl_expired"] += 1

@@ -1,9 +1,10 @@
 """TCP teardown of a flow pair: both FINs acknowledged, or a RST that RFC 5961 accepts.
 
-Kept apart from the pipeline's hit path, which only stores each segment's header fields in its
-entry (``FlowEntry.tw``: seq, ack, data offset byte, flags, window; ``tlen``: the IP length) and
-calls ``segment`` when the segment or the pair is in an unusual state (a FIN, a RST, the other
-side's FIN to acknowledge, a SYN on a closed pair). Window-scale options are parsed only on SYNs.
+Kept apart from the pipeline's hit path, which only keeps a copy of each segment's headers in its
+entry (``FlowEntry.tw``: the IPv4 header and the TCP header up to the window, parsed here when a
+RST needs them) and calls ``segment`` when the segment or the pair is in an unusual state (a FIN, a
+RST, the other side's FIN to acknowledge, a SYN on a closed pair). Window-scale options are parsed
+only on SYNs.
 
 RST (RFC 5961 section 3, as an on-path box can check it): a RST from S closes the pair only if its
 sequence number lies in the receiver R's window: from the last ACK number R sent, for R's last
@@ -21,6 +22,7 @@ with the same decision.
 """
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 from .codec.buffer import Buffer
@@ -39,6 +41,8 @@ _SEQ_MOD: Final = 0xFFFFFFFF
 _HALF: Final = 0x80000000        # sequence comparisons: a - b < _HALF (mod 2**32) means a >= b
 _MAX_WSCALE: Final = 14          # RFC 7323 2.3
 _OPT_END, _OPT_NOP, _OPT_WSCALE = 0, 1, 3
+_TCP = struct.Struct("!IIBBH").unpack_from      # seq, ack, data offset byte, flags, window (at l4 + 4)
+_LEN = struct.Struct("!H").unpack_from          # IPv4 total length (at 2)
 
 
 def window_scale(buf: Buffer, l4: int) -> int:
@@ -60,57 +64,58 @@ def window_scale(buf: Buffer, l4: int) -> int:
     return WSCALE_NONE
 
 
-def _segment_end(e: FlowEntry) -> int | None:
-    """The sequence number after this direction's last segment (what it would send next)."""
-    tw = e.tw
-    if tw is None:
-        return None
-    data = e.tlen - 20 - (tw[2] >> 4) * 4
-    return (tw[0] + data + (1 if tw[3] & (TCP_SYN | TCP_FIN) else 0)) & _SEQ_MOD
+def _fields(head: Buffer, off: int = 0) -> tuple[int, int, int, int, int]:
+    """(seq, ack, flags, window, end) of the segment whose IPv4 header starts at ``off``; end is the
+    sequence number after it (what its sender would send next)."""
+    ihl = (head[off] & 15) * 4
+    seq, ack, doff, flags, window = _TCP(head, off + ihl + 4)
+    data = _LEN(head, off + 2)[0] - ihl - (doff >> 4) * 4
+    return seq, ack, flags, window, (seq + data + (1 if flags & (TCP_SYN | TCP_FIN) else 0)) & _SEQ_MOD
 
 
 def rst_in_window(e: FlowEntry, seq: int) -> bool:
     """May a RST with sequence number ``seq`` sent on ``e`` close the pair? (See the module doc.)"""
     r = e.reverse
-    if r is None or r.tw is None or not r.tw[3] & TCP_ACK:
+    if r is None or r.tw is None:
         return True
-    _, ack, _, rflags, window = r.tw
+    _, ack, rflags, window, _ = _fields(r.tw)
+    if not rflags & TCP_ACK:
+        return True
     if not rflags & TCP_SYN and r.wscale >= 0 and e.wscale >= 0:
         window <<= r.wscale
     span = max(window, 1)
-    end = _segment_end(e)
-    if end is not None:
-        reach = (end - ack) & _SEQ_MOD
+    if e.tw is not None:
+        reach = (_fields(e.tw)[4] - ack) & _SEQ_MOD
         if reach < _HALF:
             span = max(span, reach + 1)
     return (seq - ack) & _SEQ_MOD < span
 
 
-def segment(e: FlowEntry, tw: tuple[int, int, int, int, int], buf: Buffer, off: int, l4: int, tlen: int,
-            counts: dict[str, int]) -> None:
-    """A segment on ``e`` with FIN or RST set, or after the other side's FIN, or on a closed pair.
-    ``e.tw`` still holds the previous segment; ``e.tcp`` already has this one's flags."""
-    flags = tw[3]
+def segment(e: FlowEntry, buf: Buffer, off: int, l4: int, tlen: int, counts: dict[str, int]) -> None:
+    """A segment on ``e`` (IPv4 header at ``off``, TCP at ``l4``) with FIN or RST set, or after the
+    other side's FIN, or on a closed pair. ``e.tw`` still holds the previous segment; ``e.tcp``
+    already has this one's flags."""
+    seq, ack, doff, flags, _ = _TCP(buf, l4 + 4)
     if e.tcp & TCP_CLOSED:
         if flags & TCP_SYN:
             reopen(e, flags, buf, l4)
         return
     r = e.reverse
     if flags & TCP_RST:
-        if rst_in_window(e, tw[0]):
+        if rst_in_window(e, seq):
             close(e, r, counts)
         else:
             counts["tcp_rst_out_of_window"] += 1
             e.tcp &= ~TCP_RST           # later segments take the plain hit path again
         return
     if flags & TCP_FIN:
-        data = tlen - (l4 - off) - (tw[2] >> 4) * 4
-        e.fin_seq = (tw[0] + data + 1) & _SEQ_MOD
+        data = tlen - (l4 - off) - (doff >> 4) * 4
+        e.fin_seq = (seq + data + 1) & _SEQ_MOD
         if r is not None:
             r.tcp |= TCP_PEER_FIN
     if r is None:
         return
-    if flags & TCP_ACK and r.fin_seq >= 0 and (tw[1] - r.fin_seq) & _SEQ_MOD < _HALF:
+    if flags & TCP_ACK and r.fin_seq >= 0 and (ack - r.fin_seq) & _SEQ_MOD < _HALF:
         r.tcp |= TCP_FIN_ACKED
     if e.tcp & TCP_FIN and r.tcp & TCP_FIN:
         e.tcp |= TCP_CLOSING
