@@ -2,7 +2,8 @@
 
 Hit path (what the per-core forwarder runs for almost every packet): one ``struct.unpack_from`` of
 the outer label/VNI plus the inner 5-tuple, one dict lookup, a TTL rewrite with an incremental
-checksum, one bytes concatenation with the encapsulation cached in the flow entry, one action.
+checksum, one bytes join with the encapsulation cached in the flow entry, one action; for TCP also
+a copy of the segment's headers into the entry (tcpstate.py checks a later RST against them).
 Anything unusual (IP options, fragments, ICMP, ARP, held flows, misses, bad input) falls through to
 the slow parser, which validates everything and turns every problem into a named, counted drop.
 
