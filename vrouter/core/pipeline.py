@@ -321,9 +321,13 @@ class Pipeline:
         """Punt requests for the agent, at most ``limit``: one per owner in turn, paced by the token
         bucket (``flow.setup_rate``). Requests queued longer than ``hold_timeout`` are dropped with
         their held entries (``setup_queue_stale``); requests whose entry went meanwhile are skipped."""
-        ready, stale = self._queue.take(now, limit, self._waiting)
-        for _, e in stale:
-            if self._waiting((_, e)):
+        queue = self._queue
+        if not len(queue):
+            return []                       # the common case after most batches
+        ready, stale = queue.take(now, limit, self._waiting)
+        for item in stale:
+            if self._waiting(item):
+                e = item[1]
                 self._drops["setup_queue_stale"] += len(e.held)
                 self.table.remove_pair(e)
         return [request for request, _ in ready]

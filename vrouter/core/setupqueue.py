@@ -68,7 +68,9 @@ class SetupQueue(Generic[T]):
             self._tokens = self.tokens(now) or 0.0
         if self._last is None or now > self._last:
             self._last = now
-        stale = self._purge(now) if self._size and self._since < now - self.stale_after else []
+        if not self._size:
+            return [], []
+        stale = self._purge(now) if self._since < now - self.stale_after else []
         out: list[T] = []
         want = self._size if limit is None else limit
         ring, queues = self._ring, self._queues
