@@ -1,9 +1,11 @@
 """TCP RST per RFC 5961: a RST closes a pair only inside the receiver's window; teardown leaves nothing."""
 from core_helpers import VM1, VM1_MAC, VM2, VM2_MAC, Pair
+from vrouter.core import tcpstate
 from vrouter.core.codec import ethernet, ipv4, l4
 from vrouter.core.codec.ipv4 import ip_to_int
 from vrouter.core.codec.l4 import TCP_ACK, TCP_RST, TCP_SYN
 from vrouter.core.config import VROUTER_MAC
+from vrouter.core.flowtable import WSCALE_NONE
 
 WSCALE_7 = b"\x01\x03\x03\x07"          # NOP + window scale 7
 ISN1, ISN2 = 1000, 5000
@@ -131,3 +133,16 @@ def test_a_syn_on_a_closed_pair_starts_again_without_the_old_acks():
     send(p, 1, seg(1, TCP_RST, 90_006))
     assert states(p) == {"srv1": {"closed"}, "srv2": {"closed"}}
     assert out_of_window(p) == [0, 0]
+
+
+def test_window_scale_options_are_read_safely():
+    def scale(options):
+        frame = seg(1, TCP_SYN, ISN1, options=options)
+        return tcpstate.window_scale(frame, 34)
+    assert scale(WSCALE_7) == 7
+    assert scale(b"\x02\x04\x05\xb4\x01\x03\x03\x09") == 9          # MSS first, then NOP + scale
+    assert scale(b"\x01\x03\x03\x1e") == 14                          # RFC 7323: at most 14
+    assert scale(b"") == scale(b"\x02\x04\x05\xb4") == WSCALE_NONE
+    assert scale(b"\x00\x03\x03\x07") == WSCALE_NONE                 # end of options first
+    assert scale(b"\x08\x00\x03\x07") == WSCALE_NONE                 # a length below 2 stops the walk
+    assert scale(b"\x08\x0c\x00\x00") == WSCALE_NONE                 # a length past the header
