@@ -12,10 +12,17 @@ prefix (default ``vt``; 1-6 characters there, testbed/fabric.py; the model accep
 that concurrent testbeds never collide, and the ``<prefix>-`` start is what the testbed's scoped
 cleanup looks for. Linux limits names to 15 characters.
 
-The overlay's rules (networks, VMs, policies, the flow mode) are the overlay schema's
+The overlay's rules (networks, VMs, policies, the flow settings) are the overlay schema's
 (vrouter/core/schema.py), the same checks topology files and vrouter configs go through; a change
 is refused at its first problem, named like ``vms['red4'].address: ...`` (at run time) or
 ``vms[3].address: ...`` (in the topology).
+
+Flow settings: DEFAULT_FLOW, then the topology's ``flow:`` section, then the ``flow`` argument, go
+to every vrouter as its config's ``flow``. Flow-entry limits (docs/vrouter-core.md, "The flow
+table under pressure"): a VM's ``flow_limit`` becomes its VIF's, a network's its config entry's;
+``set_flow_limit`` changes them, or the defaults ``flow.vm_flow_limit`` / ``network_flow_limit``,
+at run time (None: back to the default, i.e. the VM or network follows ``flow``'s limit, and the
+defaults follow the vrouter's capacity // 4 and // 2).
 """
 from __future__ import annotations
 
@@ -33,11 +40,14 @@ from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.schema import DEFAULT_ENCAP, Problems, default_mac
 from vrouter.io.control import VncError  # a rejected change reaches the clients as this error
 
-__all__ = ["Change", "DEFAULT_FLOW", "STATE_VERSION", "VncError", "VncModel", "default_mac",
-           "load_topology", "normalize_policy"]
+__all__ = ["Change", "DEFAULT_FLOW", "FLOW_LIMIT_TARGETS", "STATE_VERSION", "VncError", "VncModel",
+           "default_mac", "load_topology", "normalize_policy"]
 
 DEFAULT_FLOW = {"capacity": 65536, "idle_timeout": 180.0, "hold_queue": 3, "mode": "proactive"}
 STATE_VERSION = 1
+# set_flow_limit's target kinds -> the flow setting a default changes (None: a named VM or network)
+FLOW_LIMIT_TARGETS = {"vm": None, "network": None, "default-vm": "vm_flow_limit",
+                      "default-network": "network_flow_limit"}
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 _IFNAMSIZ = 15
@@ -108,10 +118,11 @@ class VncModel:
         self._other_names = {str(s.get("name")) for s in topo.get("switches") or []
                              if isinstance(s, dict)}
         self._networks = self._parse_networks(topo.get("virtual_networks"))
+        self._net_limits = {n.name: n.flow_limit for n in self._networks.values() if n.flow_limit}
         self._flow = dict(DEFAULT_FLOW)
-        schema.no_unknown(_FIRST, "flow", flow or {}, DEFAULT_FLOW)
-        self._flow.update(flow or {})
-        self._check_mode(self._flow["mode"])
+        for where, given in (("flow", topo.get("flow")), ("flow", flow)):
+            if given is not None:
+                self._flow.update(schema.flow_settings(_FIRST, where, given))
         self._vms = {}
         self._policies = {}
         self._next_index = 1
@@ -173,17 +184,17 @@ class VncModel:
             raise VncError(f"{where}: interface name {tap!r} exceeds {_IFNAMSIZ} characters")
         self._vms[vm.name] = {"name": vm.name, "network": vm.network, "server": vm.server,
                               "address": int_to_ip(vm.address), "mac": vm.mac, "index": index,
-                              "tap": tap}
+                              "tap": tap, "flow_limit": vm.flow_limit}
         self._next_index = max(self._next_index, index + 1)
 
     # ---- run-time changes
     def _commit(self, mutate):
         before = self.configs()
-        saved = copy.deepcopy((self._vms, self._policies, self._flow, self._next_index))
+        saved = copy.deepcopy((self._vms, self._policies, self._flow, self._net_limits, self._next_index))
         try:
             mutate()
         except Exception:
-            self._vms, self._policies, self._flow, self._next_index = saved
+            self._vms, self._policies, self._flow, self._net_limits, self._next_index = saved
             raise
         after = self.configs()
         self.generation += 1
@@ -218,6 +229,32 @@ class VncModel:
     def set_flow_mode(self, mode):
         self._check_mode(mode)
         return self._commit(lambda: self._flow.__setitem__("mode", mode))
+
+    def set_flow_limit(self, target_kind, name, limit):
+        """A VM's or a network's flow-entry limit, or a default one (``name`` is then unused);
+        ``limit`` >= 1, or None to go back to the default."""
+        if target_kind not in FLOW_LIMIT_TARGETS:
+            raise VncError(f"flow limit target {target_kind!r} is not one of "
+                           f"{', '.join(FLOW_LIMIT_TARGETS)}")
+        setting = FLOW_LIMIT_TARGETS[target_kind]
+        if target_kind == "vm" and name not in self._vms:
+            raise VncError(f"unknown VM {name!r}")
+        if target_kind == "network":
+            self._check_network(name, f"virtual_networks[{name!r}]")
+        where = f"flow.{setting}" if setting else f"{'vms' if target_kind == 'vm' else 'virtual_networks'}" \
+                                                  f"[{name!r}].flow_limit"
+        schema.flow_limit(_FIRST, where, limit)
+
+        def mutate():
+            if target_kind == "vm":
+                self._vms[name]["flow_limit"] = limit
+            else:
+                table, key = (self._flow, setting) if setting else (self._net_limits, name)
+                if limit is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = limit
+        return self._commit(mutate)
 
     # ---- queries
     def servers(self):
@@ -260,8 +297,8 @@ class VncModel:
             "underlay_ip": self._servers[server],
             "encapsulation": self.encapsulation,
             "networks": [self._network_dict(n) for n in present],
-            "vifs": [{"name": v["tap"], "network": v["network"], "mac": v["mac"],
-                      "ip": v["address"]} for v in local],
+            "vifs": [{"name": v["tap"], "network": v["network"], "mac": v["mac"], "ip": v["address"],
+                      **({"flow_limit": v["flow_limit"]} if v["flow_limit"] else {})} for v in local],
             "routes": routes,
             "peers": sorted((ip for s, ip in self._servers.items() if s != server),
                             key=ipaddress.IPv4Address),
@@ -275,7 +312,9 @@ class VncModel:
 
     def _network_dict(self, name):
         n = self._networks[name]
-        return {"name": name, "id": n.id, "subnets": n.subnet_texts(), "gateway": int_to_ip(n.gateway)}
+        limit = self._net_limits.get(name)
+        return {"name": name, "id": n.id, "subnets": n.subnet_texts(), "gateway": int_to_ip(n.gateway),
+                **({"flow_limit": limit} if limit else {})}
 
     def dump(self):
         """Whole controller view, plain values (for the CLI and debugging)."""
@@ -297,8 +336,11 @@ class VncModel:
             "state_version": STATE_VERSION, "fingerprint": self._fingerprint,
             "prefix": self.prefix, "generation": self.generation,
             "next_index": self._next_index, "flow_mode": self._flow["mode"],
-            "vms": [{k: v[k] for k in ("name", "network", "server", "address", "mac", "index")}
-                    for v in self.vms()],
+            "flow_limits": {"default-vm": self._flow.get("vm_flow_limit"),
+                            "default-network": self._flow.get("network_flow_limit"),
+                            "networks": dict(sorted(self._net_limits.items()))},
+            "vms": [{k: v[k] for k in ("name", "network", "server", "address", "mac", "index",
+                                       "flow_limit")} for v in self.vms()],
             "policies": [copy.deepcopy(self._policies[n]) for n in sorted(self._policies)],
             "changed_at": dict(self._changed_at),
         }
@@ -312,27 +354,44 @@ class VncModel:
         if state.get("prefix") != self.prefix:
             raise VncError(f"saved controller state uses name prefix {state.get('prefix')!r}, "
                            f"not {self.prefix!r}")
-        saved = copy.deepcopy((self._vms, self._policies, self._flow, self._next_index,
+        saved = copy.deepcopy((self._vms, self._policies, self._flow, self._net_limits, self._next_index,
                                self.generation, self._changed_at))
         try:
             self._vms, self._policies = {}, {}
             for vm in state["vms"]:
-                self._add_vm({k: vm[k] for k in schema.VM_KEYS}, f"vms[{vm['name']!r}]",
-                             index=int(vm["index"]))
+                self._add_vm({k: vm[k] for k in schema.VM_KEYS if vm.get(k) is not None},
+                             f"vms[{vm['name']!r}]", index=int(vm["index"]))
             for pol in state["policies"]:
                 self._check_network(pol["network"], f"policies[{pol['network']!r}].network")
                 self._policies[pol["network"]] = normalize_policy(pol["network"], pol)
             self._check_mode(state["flow_mode"])
             self._flow["mode"] = state["flow_mode"]
+            if "flow_limits" in state:
+                self._restore_limits(state["flow_limits"])
             self._next_index = max(self._next_index, int(state["next_index"]))
             self.generation = int(state["generation"])
             self._changed_at = {s: int(state["changed_at"].get(s, self.generation))
                                 for s in self._servers}
         except (KeyError, TypeError, ValueError, AttributeError, VncError) as e:
-            (self._vms, self._policies, self._flow, self._next_index,
+            (self._vms, self._policies, self._flow, self._net_limits, self._next_index,
              self.generation, self._changed_at) = saved
             detail = e if isinstance(e, VncError) else f"missing or bad field {e}"
             raise VncError(f"saved controller state is unusable: {detail}") from None
+
+
+    def _restore_limits(self, limits):
+        for kind in ("default-vm", "default-network"):
+            setting, value = FLOW_LIMIT_TARGETS[kind], limits.get(kind)
+            schema.flow_limit(_FIRST, f"flow.{setting}", value)
+            if value is None:
+                self._flow.pop(setting, None)
+            else:
+                self._flow[setting] = value
+        nets = limits.get("networks") or {}
+        for name, value in nets.items():
+            self._check_network(name, f"virtual_networks[{name!r}]")
+            schema.flow_limit(_FIRST, f"virtual_networks[{name!r}].flow_limit", value)
+        self._net_limits = {n: v for n, v in nets.items() if v is not None}
 
 
 def _schema_vm(record):
@@ -343,6 +402,6 @@ def _schema_vm(record):
 
 def _fingerprint(topo):
     relevant = {k: topo.get(k) for k in ("servers", "encapsulation", "virtual_networks",
-                                        "vms", "policies")}
+                                        "vms", "policies", "flow")}
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

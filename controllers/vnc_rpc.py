@@ -38,6 +38,7 @@ from vrouter.io.control import (
     PROTOCOL_VERSION,
     REGISTER,
     REMOVE_VM,
+    SET_FLOW_LIMIT,
     SET_FLOW_MODE,
     SET_POLICY,
     STATE_FILE,
@@ -302,6 +303,9 @@ class VncServer:
     def set_flow_mode(self, mode):
         return self._apply(self.model.set_flow_mode, mode)
 
+    def set_flow_limit(self, target_kind, name, limit):
+        return self._apply(self.model.set_flow_limit, target_kind, name, limit)
+
     def list_agents(self):
         now = time.time()
         with self._lock:
@@ -389,6 +393,9 @@ class VncServer:
     def _rpc_set_flow_mode(self, conn, mode):
         return self.set_flow_mode(mode)
 
+    def _rpc_set_flow_limit(self, conn, target_kind, name, limit):
+        return self.set_flow_limit(target_kind, name, limit)
+
     def _rpc_list_agents(self, conn):
         return self.list_agents()
 
@@ -398,7 +405,8 @@ class VncServer:
     _HANDLERS = {
         REGISTER: _rpc_register, GET_CONFIG: _rpc_get_config, HEARTBEAT: _rpc_heartbeat,
         ADD_VM: _rpc_add_vm, REMOVE_VM: _rpc_remove_vm, SET_POLICY: _rpc_set_policy,
-        SET_FLOW_MODE: _rpc_set_flow_mode, LIST_AGENTS: _rpc_list_agents, DUMP: _rpc_dump,
+        SET_FLOW_MODE: _rpc_set_flow_mode, SET_FLOW_LIMIT: _rpc_set_flow_limit,
+        LIST_AGENTS: _rpc_list_agents, DUMP: _rpc_dump,
     }
 
 

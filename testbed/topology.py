@@ -21,7 +21,7 @@ from vrouter.core.schema import DEFAULT_ENCAP, Problems
 ROLES = ("spine", "leaf")
 
 TOP_KEYS = {"name", "underlay", "switches", "servers", "links",
-            "encapsulation", "virtual_networks", "vms", "policies"}
+            "encapsulation", "virtual_networks", "vms", "policies", "flow"}
 REQUIRED_TOP = ("underlay", "switches", "servers", "links")
 
 
@@ -52,6 +52,7 @@ class VirtualNetwork:
     id: int
     subnets: tuple[str, ...]
     gateway: str
+    flow_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Vm:
     server: str
     address: str
     mac: str | None = None
+    flow_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Topology:
     virtual_networks: list[VirtualNetwork] = field(default_factory=list)
     vms: list[Vm] = field(default_factory=list)
     policies: list[Policy] = field(default_factory=list)
+    flow: dict[str, Any] = field(default_factory=dict)      # the vrouters' flow settings given here
     source: str = "<memory>"
     raw: dict = field(default_factory=dict)
 
@@ -219,13 +222,14 @@ class _Validator:
         networks = self._networks(encap or DEFAULT_ENCAP)
         vms = self._vms(names)
         policies = self._policies()
+        flow = schema.flow_settings(self.p, "flow", doc["flow"]) if "flow" in doc else {}
 
         if self.p.lines:
             raise TopologyError(self.source, self.p.lines)
         assert underlay is not None and encap is not None     # else a problem was reported
         return Topology(name=name, underlay=schema.prefix_text(underlay), switches=switches,
                         servers=servers, links=links, encapsulation=encap, virtual_networks=networks,
-                        vms=vms, policies=policies, source=self.source, raw=doc)
+                        vms=vms, policies=policies, flow=flow or {}, source=self.source, raw=doc)
 
     def _switches(self, names: dict[str, str]) -> list[Switch]:
         out = []
@@ -339,7 +343,8 @@ class _Validator:
             if isinstance(item, dict) and isinstance(item.get("name"), str):
                 self.networks.setdefault(item["name"], net)
             if net is not None:
-                out.append(VirtualNetwork(net.name, net.id, tuple(net.subnet_texts()), int_to_ip(net.gateway)))
+                out.append(VirtualNetwork(net.name, net.id, tuple(net.subnet_texts()), int_to_ip(net.gateway),
+                                          net.flow_limit))
         return out
 
     def _vms(self, names: dict[str, str]) -> list[Vm]:
@@ -351,7 +356,7 @@ class _Validator:
             vm = schema.vm(self.p, where, item, self.networks, servers, names)
             if vm is not None and index.claim(self.p, where, vm, where):
                 given = vm.mac if item.get("mac") is not None else None
-                out.append(Vm(vm.name, vm.network, vm.server, int_to_ip(vm.address), given))
+                out.append(Vm(vm.name, vm.network, vm.server, int_to_ip(vm.address), given, vm.flow_limit))
         return out
 
     def _policies(self) -> list[Policy]:

@@ -1,7 +1,7 @@
 """Shared builders for the vrouter core unit tests: configs of two servers and packet makers."""
 import copy
 
-from vrouter.core.actions import Punt, ToTunnel
+from vrouter.core.actions import ToTunnel
 from vrouter.core.codec import ethernet, ipv4, l4
 from vrouter.core.codec.ipv4 import ip_to_int
 from vrouter.core.config import VROUTER_MAC, VrouterConfig
@@ -63,23 +63,30 @@ class Pair:
         self.address = {"srv1": SRV1, "srv2": SRV2}
 
     def run(self, srv, actions, now):
-        """Resolve actions like the shells would: punts go to the agent at once, tunnels cross the
-        fabric. Returns the terminal actions (ToVif / Drop) in order."""
+        """Resolve actions like the shells would: tunnels cross the fabric, then the punts queued
+        meanwhile go to the agent at once. Returns the terminal actions (ToVif / Drop) in order."""
         out = []
         for a in actions:
-            if isinstance(a, Punt):
-                self.punts[srv] += 1
-                decision = self.slow[srv].decide(a.request, now)
-                out += self.run(srv, self.pipe[srv].install(decision, now), now)
-            elif isinstance(a, ToTunnel):
+            if isinstance(a, ToTunnel):
                 dst = self.underlay[a.peer]
                 out += self.run(dst, self.pipe[dst].from_fabric(self.address[srv], a.encap, a.payload, now), now)
             else:
                 out.append(a)
+        for request in self.pipe[srv].take_punts(now):
+            self.punts[srv] += 1
+            decision = self.slow[srv].decide(request, now)
+            out += self.run(srv, self.pipe[srv].install(decision, now), now)
         return out
 
     def send(self, srv, vif, frame, now=0.0):
         return self.run(srv, self.pipe[srv].from_vif(vif, frame, now), now)
+
+
+def punted(pipe, actions, now=0.0):
+    """The one punt request a miss queued (its packet returned no action), else AssertionError."""
+    assert actions == [], actions
+    (request,) = pipe.take_punts(now)
+    return request
 
 
 def tcp_frame(src, dst, sport, dport, flags, src_mac=VM1_MAC, payload=b"", ttl=64, options=b"", seq=0, ack=0):

@@ -1,6 +1,6 @@
 """Flow table lifecycle: capacity, ageing, RST teardown, lost decisions, run-time config changes."""
 from core_helpers import VM1, VM2, VM2_MAC, VM3, VM3_MAC, Pair, server, server_dict, tcp_frame, udp_frame
-from vrouter.core.actions import Drop, Punt, ToTunnel, ToVif
+from vrouter.core.actions import Drop, ToTunnel, ToVif
 from vrouter.core.codec.l4 import TCP_ACK, TCP_RST, TCP_SYN
 from vrouter.core.config import VrouterConfig
 from vrouter.core.pipeline import Pipeline
@@ -14,15 +14,23 @@ def setup(**kw):
 
 def open_udp(pipe, slow, sport, now=0.0, dst=VM3):
     out = pipe.from_vif("tr-red1", udp_frame(VM1, dst, sport, 9), now)
-    if out and isinstance(out[0], Punt):
-        return pipe.install(slow.decide(out[0].request, now), now)
+    for request in pipe.take_punts(now):
+        out += pipe.install(slow.decide(request, now), now)
     return out
 
 
+def reply_udp(pipe, sport, now=0.0):
+    """VM3 answers VM1's flow from port ``sport``: the pair is replied (both entries saw a packet)."""
+    (a,) = pipe.from_vif("tr-red3", udp_frame(VM3, VM1, 9, sport, src_mac=VM3_MAC), now)
+    assert isinstance(a, ToVif) and a.vif == "tr-red1"
+
+
 def test_full_table_drops_new_flows_and_keeps_established_ones():
-    pipe, slow = setup(flow={"capacity": 4})
+    pipe, slow = setup(flow={"capacity": 4, "vm_flow_limit": 8, "network_flow_limit": 8})
     assert isinstance(open_udp(pipe, slow, 1)[0], ToVif)
     assert isinstance(open_udp(pipe, slow, 2)[0], ToVif)
+    reply_udp(pipe, 1)
+    reply_udp(pipe, 2)
     assert len(pipe.flows()) == 4
     assert open_udp(pipe, slow, 3) == [Drop("flow_table_full")]
     assert open_udp(pipe, slow, 4) == [Drop("flow_table_full")]
@@ -35,8 +43,9 @@ def test_full_table_drops_new_flows_and_keeps_established_ones():
 
 
 def test_reverse_that_does_not_fit_is_counted_and_forward_still_works():
-    pipe, slow = setup(flow={"capacity": 3})
+    pipe, slow = setup(flow={"capacity": 3, "vm_flow_limit": 4, "network_flow_limit": 4})
     open_udp(pipe, slow, 1)
+    reply_udp(pipe, 1)                                           # replied: never evicted for room
     assert isinstance(open_udp(pipe, slow, 2)[0], ToVif)        # forward fits, reverse does not
     assert pipe.stats()["reverse_not_installed"] == 1
     assert len(pipe.flows()) == 3
@@ -45,19 +54,21 @@ def test_reverse_that_does_not_fit_is_counted_and_forward_still_works():
 def test_idle_ageing_removes_pairs_only_when_both_directions_are_idle():
     pipe, slow = setup(flow={"idle_timeout": 180})
     open_udp(pipe, slow, 1, now=0.0)
+    reply_udp(pipe, 1, now=0.0)
     assert pipe.expire(100.0) == 0
-    # Keep only the forward direction busy: a one-way stream keeps its reverse entry too.
+    # Keep only the forward direction busy: the pair keeps its reverse entry too.
     pipe.from_vif("tr-red1", udp_frame(VM1, VM3, 1, 9), 150.0)
     assert pipe.expire(250.0) == 0
     assert pipe.expire(330.1) == 2
     assert pipe.flows() == [] and pipe.stats()["aged"] == 2
     # After ageing the flow is new again: one more slow-path call.
-    assert isinstance(pipe.from_vif("tr-red1", udp_frame(VM1, VM3, 1, 9), 400.0)[0], Punt)
+    assert pipe.from_vif("tr-red1", udp_frame(VM1, VM3, 1, 9), 400.0) == [] and pipe.punts_waiting() == 1
 
 
 def test_default_idle_timeout_is_180_seconds():
     pipe, slow = setup()
     open_udp(pipe, slow, 1, now=0.0)
+    reply_udp(pipe, 1, now=0.0)
     assert pipe.expire(179.9) == 0 and pipe.expire(180.1) == 2
 
 
@@ -76,12 +87,14 @@ def test_rst_tears_down_both_directions():
 
 def test_decision_that_never_arrives_releases_the_hold_entry():
     pipe, _ = setup(flow={"hold_timeout": 2.0})
-    assert isinstance(pipe.from_vif("tr-red1", udp_frame(VM1, VM3, 1, 9), 0.0)[0], Punt)
+    assert pipe.from_vif("tr-red1", udp_frame(VM1, VM3, 1, 9), 0.0) == []
+    assert len(pipe.take_punts(0.0)) == 1
     assert pipe.from_vif("tr-red1", udp_frame(VM1, VM3, 1, 9), 0.5) == []
     assert pipe.expire(1.0) == 0
     assert pipe.expire(2.5) == 1
     assert pipe.drop_stats()["hold_timeout"] == 2
-    assert isinstance(pipe.from_vif("tr-red1", udp_frame(VM1, VM3, 1, 9), 3.0)[0], Punt)
+    assert pipe.from_vif("tr-red1", udp_frame(VM1, VM3, 1, 9), 3.0) == []
+    assert len(pipe.take_punts(3.0)) == 1
 
 
 def test_apply_config_reevaluates_existing_flows():

@@ -4,7 +4,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from core_helpers import VM1, VM1_MAC, VM3, server
-from vrouter.core.actions import Drop, Punt, ToVif
+from vrouter.core.actions import Drop, ToVif
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
 
@@ -23,9 +23,10 @@ def test_fragments_follow_the_first_fragments_flow():
     pipe, slow = setup()
     parts = frags()
     assert len(parts) == 4
-    punt = pipe.from_vif("tr-red1", parts[0], 0.0)
-    assert isinstance(punt[0], Punt) and punt[0].request["sport"] == 5000
-    out = pipe.install(slow.decide(punt[0].request), 0.0)
+    assert pipe.from_vif("tr-red1", parts[0], 0.0) == []
+    (request,) = pipe.take_punts(0.0)
+    assert request["sport"] == 5000
+    out = pipe.install(slow.decide(request), 0.0)
     for part in parts[1:]:
         out += pipe.from_vif("tr-red1", part, 0.0)
     assert [type(a) for a in out] == [ToVif] * 4 and {a.vif for a in out} == {"tr-red3"}
@@ -37,9 +38,10 @@ def test_fragments_follow_the_first_fragments_flow():
 def test_fragments_queue_behind_a_held_first_fragment():
     pipe, slow = setup()
     parts = frags()
-    punt = pipe.from_vif("tr-red1", parts[0], 0.0)
+    assert pipe.from_vif("tr-red1", parts[0], 0.0) == []
     assert [pipe.from_vif("tr-red1", p, 0.0) for p in parts[1:]] == [[], [], []]
-    out = pipe.install(slow.decide(punt[0].request), 0.0)
+    (request,) = pipe.take_punts(0.0)
+    out = pipe.install(slow.decide(request), 0.0)
     assert len(out) == 4 and all(isinstance(a, ToVif) for a in out)
 
 
@@ -51,12 +53,12 @@ def test_non_first_fragment_without_its_head_is_dropped():
 
 
 def test_fragment_table_is_bounded_and_aged():
-    cfg = server("srv1", flow={"fragment_capacity": 2, "fragment_timeout": 30})
+    cfg = server("srv1", flow={"fragment_capacity": 2, "fragment_timeout": 30, "unreplied_timeout": 60})
     pipe, slow = Pipeline(cfg), SlowPath(cfg)
     for ident in (1, 2):
-        out = pipe.from_vif("tr-red1", frags(ident=ident)[0], 0.0)
-        if out and isinstance(out[0], Punt):
-            pipe.install(slow.decide(out[0].request), 0.0)
+        pipe.from_vif("tr-red1", frags(ident=ident)[0], 0.0)
+        for request in pipe.take_punts(0.0):
+            pipe.install(slow.decide(request), 0.0)
     assert pipe.from_vif("tr-red1", frags(ident=3)[0], 0.0) == [Drop("fragment_table_full")]
     pipe.expire(31.0)
     assert pipe.stats()["fragments"] == 0

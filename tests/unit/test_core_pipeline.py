@@ -2,8 +2,8 @@
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 
-from core_helpers import VM1, VM1_MAC, VM2, VM3, VM3_MAC, Pair, icmp_frame, server, tcp_frame, udp_frame
-from vrouter.core.actions import Drop, Punt, ToTunnel
+from core_helpers import VM1, VM1_MAC, VM2, VM3, VM3_MAC, Pair, icmp_frame, punted, server, tcp_frame, udp_frame
+from vrouter.core.actions import Drop, ToTunnel
 from vrouter.core.codec import ethernet, ipv4, mpls, outer, vxlan
 from vrouter.core.codec.ipv4 import ip_to_int
 from vrouter.core.codec.l4 import TCP_ACK, TCP_SYN
@@ -15,9 +15,10 @@ VR_MAC = "00:00:5e:00:01:00"
 
 
 def settle(pipe, slow, actions, now=0.0):
-    out = []
-    for a in actions:
-        out += settle(pipe, slow, pipe.install(slow.decide(a.request, now), now), now) if isinstance(a, Punt) else [a]
+    """The actions, then what the punts they queued bring once decided (like the shell)."""
+    out = list(actions)
+    for request in pipe.take_punts(now):
+        out += settle(pipe, slow, pipe.install(slow.decide(request, now), now), now)
     return out
 
 
@@ -149,7 +150,7 @@ def test_fabric_side_drops_have_reasons():
     assert pipe.from_fabric("10.0.2.1", "ipip", inner, 0.0) == [Drop("unknown_encap")]
     nowhere = tcp_frame(VM2, "192.168.1.77", 80, 1, TCP_ACK)[14:]
     out = pipe.from_fabric("10.0.2.1", "mplsoudp", mpls.build_stack([100]) + nowhere, 0.0)
-    assert isinstance(out[0], Punt)
+    assert out == [] and pipe.punts_waiting() == 1
     assert settle(pipe, SlowPath(server("srv1")), out) == [Drop("no_route")]
     stats = pipe.drop_stats()
     assert (stats["invalid_source"], stats["unknown_label"], stats["malformed"], stats["no_route"]) == (1, 2, 1, 1)
@@ -179,14 +180,13 @@ def test_ip_options_take_the_slow_parser_but_still_hit_the_flow():
 
 def test_from_fabric_frame_decides_side_by_outer_header():
     p = Pair()
-    (tun,) = p.pipe["srv2"].from_vif("tr-red2", tcp_frame(VM2, VM1, 80, 1, TCP_SYN, src_mac="02:00:00:00:01:0c"),
-                                     0.0)[:1] or [None]
-    assert isinstance(tun, Punt)
-    (tun,) = p.pipe["srv2"].install(p.slow["srv2"].decide(tun.request), 0.0)
+    request = punted(p.pipe["srv2"], p.pipe["srv2"].from_vif(
+        "tr-red2", tcp_frame(VM2, VM1, 80, 1, TCP_SYN, src_mac="02:00:00:00:01:0c"), 0.0))
+    (tun,) = p.pipe["srv2"].install(p.slow["srv2"].decide(request), 0.0)
     frame = outer.build_fabric_frame(b"\x02" * 6, b"\x04" * 6, ip_to_int("10.0.2.1"), ip_to_int("10.0.1.1"),
                                      tun.encap, tun.sport, tun.payload)
-    out = p.pipe["srv1"].from_fabric_frame(frame, 0.0)
-    assert isinstance(out[0], Punt) and out[0].request["ingress"] == "fabric"
+    request = punted(p.pipe["srv1"], p.pipe["srv1"].from_fabric_frame(frame, 0.0))
+    assert request["ingress"] == "fabric" and request["owner"] == "tr-red1"
     other = outer.build_fabric_frame(b"\x02" * 6, b"\x04" * 6, ip_to_int("10.0.2.1"), ip_to_int("10.0.3.1"),
                                      tun.encap, tun.sport, tun.payload)
     assert p.pipe["srv1"].from_fabric_frame(other, 0.0) == [Drop("wrong_destination")]

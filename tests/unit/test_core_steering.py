@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core_helpers import SRV2, VM1, VM2, icmp_frame, tcp_frame, udp_frame
-from vrouter.core.actions import Punt, ToTunnel, ToVif
+from vrouter.core.actions import ToTunnel, ToVif
 from vrouter.core.codec import ethernet, gre, ipv4, l4, mpls
 from vrouter.core.codec.ethernet import mac_to_bytes
 from vrouter.core.config import VROUTER_MAC, ConfigError, VrouterConfig
@@ -403,13 +403,10 @@ class Workers:
         self.punts = 0
 
     def run(self, worker, actions):
-        out = []
-        for a in actions:
-            if isinstance(a, Punt):      # the decision goes back to the worker that punted
-                self.punts += 1
-                out += self.pipes[worker].install(self.slow.decide(a.request), 0.0)
-            else:
-                out.append(a)
+        out = list(actions)
+        for request in self.pipes[worker].take_punts(0.0):   # the decision goes back to the worker that punted
+            self.punts += 1
+            out += self.pipes[worker].install(self.slow.decide(request), 0.0)
         return out
 
     def tap(self, vif, vrf, frame):

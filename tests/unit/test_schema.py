@@ -75,8 +75,10 @@ def via_config(doc):
         "server": "srv1", "underlay_ip": "10.0.1.1", "encapsulation": doc.get("encapsulation", "mplsoudp"),
         "networks": copy.deepcopy(doc["virtual_networks"]),
         "vifs": [{"name": vm["name"], "network": vm["network"], "ip": vm["address"],
-                  "mac": vm.get("mac") or schema.default_mac(vm["name"])}
+                  "mac": vm.get("mac") or schema.default_mac(vm["name"]),
+                  **({"flow_limit": vm["flow_limit"]} if "flow_limit" in vm else {})}
                  for vm in doc["vms"] if vm["server"] == "srv1"],
+        **({"flow": copy.deepcopy(doc["flow"])} if "flow" in doc else {}),
         "policies": copy.deepcopy(doc["policies"]),
     }
     try:
@@ -109,6 +111,10 @@ def with_rule(network="red", **r):
     doc = overlay()
     doc["policies"].append({"network": network, "default": "deny", "rules": [{"action": "allow", **r}]})
     return doc
+
+
+def with_flow(**flow):
+    return {**overlay(), "flow": flow}
 
 
 def vxlan(vid):
@@ -171,6 +177,21 @@ CASES = [
     ("unknown rule field", with_rule(ttl=3), "policy", ("ttl", "unknown key")),
     ("policy of an unknown network", with_rule(network="green"), "policy",
      ("network", "unknown virtual network 'green'")),
+    # Flow-entry limits and the flow settings: the VNC takes them with the topology.
+    ("VM flow limit", with_vm(flow_limit=100), "topology", None),
+    ("VM flow limit 0", with_vm(flow_limit=0), "topology", ("flow_limit", "expected a flow-entry limit in 1..")),
+    ("VM flow limit not a number", with_vm(flow_limit="lots"), "topology", ("flow_limit", "got 'lots'")),
+    ("network flow limit", with_network(flow_limit=5000), "network", None),
+    ("network flow limit true", with_network(flow_limit=True), "network", ("flow_limit", "got True")),
+    ("flow settings", with_flow(vm_flow_limit=100, network_flow_limit=300, setup_rate=500, burst_tokens=50,
+                                unreplied_timeout=5, resume_fraction=0.5, held_limit=10, vm_held_limit=2),
+     "topology", None),
+    ("negative setup rate", with_flow(setup_rate=-1), "topology", ("setup_rate", "expected a rate >= 0")),
+    ("resume fraction 0", with_flow(resume_fraction=0), "topology", ("resume_fraction", "a fraction in (0, 1]")),
+    ("resume fraction above 1", with_flow(resume_fraction=1.5), "topology", ("resume_fraction", "a fraction")),
+    ("unreplied timeout 0", with_flow(unreplied_timeout=0), "topology", ("unreplied_timeout", "positive number")),
+    ("held limit 0", with_flow(held_limit=0), "topology", ("held_limit", "expected an integer in 1..")),
+    ("unknown flow setting", with_flow(colour=1), "topology", ("colour", "unknown key")),
 ]
 
 

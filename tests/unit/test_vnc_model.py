@@ -208,6 +208,13 @@ def test_same_address_in_another_network_is_fine():
      "'x' is not an IPv4 network in CIDR form"),
     (lambda m: m.set_policy("red", {"rules": [{"action": "deny", "colour": 1}]}),
      "unknown key"),
+    (lambda m: m.set_flow_limit("vm", "nobody", 10), "unknown VM 'nobody'"),
+    (lambda m: m.set_flow_limit("network", "green", 10), "unknown virtual network 'green'"),
+    (lambda m: m.set_flow_limit("vm", "red1", 0), "vms['red1'].flow_limit: expected a flow-entry limit in 1.."),
+    (lambda m: m.set_flow_limit("network", "red", "10"), "virtual_networks['red'].flow_limit: expected"),
+    (lambda m: m.set_flow_limit("default-vm", None, True), "flow.vm_flow_limit: expected a flow-entry limit"),
+    (lambda m: m.set_flow_limit("vif", "red1", 10),
+     "flow limit target 'vif' is not one of vm, network, default-vm, default-network"),
 ])
 def test_bad_changes_are_rejected(call, message):
     m = VncModel(overlapping_topology())
@@ -217,12 +224,43 @@ def test_bad_changes_are_rejected(call, message):
     assert m.configs() == before and m.generation == generation
 
 
+def test_flow_limits_reach_the_configs_of_the_servers_they_touch():
+    topo = overlapping_topology()
+    topo["flow"] = {"capacity": 1000, "vm_flow_limit": 100}
+    topo["vms"][0]["flow_limit"] = 40
+    topo["virtual_networks"][1]["flow_limit"] = 300
+    m = VncModel(topo)
+    c1 = m.config_for("srv1")
+    assert c1["flow"]["capacity"] == 1000 and c1["flow"]["vm_flow_limit"] == 100
+    assert {v["network"]: v.get("flow_limit") for v in c1["vifs"]} == {"red": 40, "blue": None}
+    assert {n["name"]: n.get("flow_limit") for n in c1["networks"]} == {"red": None, "blue": 300}
+    cfg = VrouterConfig.from_dict(c1)
+    assert {v.network: v.flow_limit for v in cfg.vifs} == {"red": 40, "blue": None}
+    assert cfg.network("blue").flow_limit == 300 and cfg.flow.vm_flow_limit == 100
+    assert cfg.flow.network_flow_limit == 500                 # not given: capacity // 2
+    # A VM's limit changes only its server; a network's the servers it is on; a default all.
+    assert m.set_flow_limit("vm", "red2", 7).servers == ("srv2",)
+    assert m.config_for("srv2")["vifs"][0]["flow_limit"] == 7
+    assert m.set_flow_limit("network", "red", 60).servers == ("srv1", "srv2")
+    assert m.set_flow_limit("network", "red", 60).servers == ()
+    assert m.set_flow_limit("default-network", None, 200).servers == ("srv1", "srv2", "srv3")
+    assert m.set_flow_limit("vm", "red1", None).servers == ("srv1",)
+    assert "flow_limit" not in m.config_for("srv1")["vifs"][1]
+    assert m.set_flow_limit("default-vm", None, None).servers == ("srv1", "srv2", "srv3")
+    assert "vm_flow_limit" not in m.config_for("srv3")["flow"]
+    assert m.set_flow_limit("network", "blue", None).servers == ("srv1",)
+    assert "flow_limit" not in m.config_for("srv1")["networks"][0]
+
+
 def test_state_round_trip_rebuilds_the_same_controller():
     a = VncModel(overlapping_topology())
     a.add_vm("blue2", "blue", "srv3", "192.168.1.12")
     a.remove_vm("red1")
     a.set_policy("blue", {"default": "deny"})
     a.set_flow_mode("reactive")
+    a.set_flow_limit("vm", "red2", 9)
+    a.set_flow_limit("network", "blue", 99)
+    a.set_flow_limit("default-vm", None, 999)
     b = VncModel(overlapping_topology())
     b.restore(copy.deepcopy(a.state()))
     assert b.configs() == a.configs() and b.dump() == a.dump()

@@ -118,6 +118,12 @@ def test_every_change_kind_reaches_agents(run):
     assert cli.wait_for(lambda cfg: cfg["flow"]["mode"] == "reactive", WAIT)
     adm.set_policy("red", {"default": "deny", "rules": []})
     assert cli.wait_for(lambda cfg: any(p["default"] == "deny" for p in cfg["policies"]), WAIT)
+    adm.set_flow_limit("default-vm", None, 500)
+    assert cli.wait_for(lambda cfg: cfg["flow"].get("vm_flow_limit") == 500, WAIT)
+    adm.set_flow_limit("network", "red", 800)
+    assert cli.wait_for(lambda cfg: any(n.get("flow_limit") == 800 for n in cfg["networks"]), WAIT)
+    with pytest.raises(VncError, match="unknown VM 'nobody'"):
+        adm.set_flow_limit("vm", "nobody", 5)
     adm.remove_vm("blue1")
     assert cli.wait_for(lambda cfg: [n["name"] for n in cfg["networks"]] == ["red"], WAIT)
     assert [g for g, _ in rec.calls] == sorted(g for g, _ in rec.calls)
@@ -190,6 +196,8 @@ def test_restart_keeps_config_meanwhile_then_resyncs_to_persisted_state(run):
     adm = run.admin()
     adm.add_vm("blue2", "blue", "srv2", "192.168.1.12")
     assert cli.wait_for(has_route("192.168.1.12/32"), WAIT)
+    adm.set_flow_limit("network", "red", 700)       # run-time limits persist like the other changes
+    assert cli.wait_for(lambda cfg: any(n.get("flow_limit") == 700 for n in cfg["networks"]), WAIT)
     kept = cli.config
     applied = cli.configs_applied
     old_epoch = srv.epoch

@@ -1,17 +1,24 @@
 """The vrouter shells' logic that needs no root: argument checks, introspection tables, capture targets."""
+import collections
 import io
 import json
 import types
 
 import pytest
 
+from core_helpers import udp_frame
+from offload_helpers import FakeTunnels
 from testbed import fabric
 from testbed.capture import fabric_interfaces
 from testbed.commands import CommandError
 from testbed.topology import load
 from testbed.vr import run
+from vrouter.core.codec import virtio
 from vrouter.core.config import VrouterConfig
+from vrouter.core.offload import Offloads
+from vrouter.core.slowpath import SlowPath
 from vrouter.io import ipc
+from vrouter.processes.datapath import Datapath
 from vrouter.processes.introspect import Introspector
 from vrouter.tools import tables
 
@@ -113,3 +120,34 @@ def test_vm_namespace_file_round_trip(tmp_path):
 def test_long_run_directory_is_a_clear_error():
     with pytest.raises(ipc.IpcError, match="longer than 107 bytes"):
         ipc.introspect_socket("/tmp/" + "x" * 120, "srv1")
+
+
+class RecordingLink:
+    """The datapath's agent link, recording what it is handed."""
+
+    def __init__(self):
+        self.counters = collections.Counter()
+        self.punted, self.settled_msgs = [], []
+
+    def punt(self, request):
+        self.punted.append(request)
+
+    def settled(self, msg):
+        self.settled_msgs.append(msg)
+
+
+def test_datapath_sends_the_setup_queues_punts_after_batches_decisions_and_ageing():
+    d = config().to_dict()
+    cfg = VrouterConfig.from_dict({**d, "flow": {"setup_rate": 1.0, "burst_tokens": 2, "hold_timeout": 10.0}})
+    link = RecordingLink()
+    dp = Datapath(link, Offloads(), clock=lambda: 0.0)
+    dp.configure(cfg)
+    dp.sender = FakeTunnels()
+    frames = [virtio.PLAIN + udp_frame("192.168.1.11", "192.168.1.12", sport, 53, src_mac="02:00:00:00:00:11")
+              for sport in range(4)]
+    dp.from_tap("vt-t1", frames)
+    assert [r["sport"] for r in link.punted] == [0, 1] and {r["owner"] for r in link.punted} == {"vt-t1"}
+    dp.on_decision({"id": 1, "decision": SlowPath(cfg).decide(link.punted[0], 0.0)})
+    assert len(dp.sender.sent) == 1 and len(link.settled_msgs) == 1 and len(link.punted) == 2
+    dp.expire(1.5)                      # the bucket refilled: the next punt goes out without new input
+    assert [r["sport"] for r in link.punted] == [0, 1, 2]

@@ -1,4 +1,5 @@
-"""What the pipeline asks its shell to do with a packet (frozen dataclasses, plain values inside)."""
+"""What the pipeline asks its shell to do with a packet (frozen dataclasses, plain values inside),
+and the punt request a new flow queues for the agent."""
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -15,6 +16,7 @@ class PuntRequest(TypedDict):
     port: str           # the VIF name, or the underlay address the packet came from
     tcp_flags: int
     length: int
+    owner: str          # the VM interface (or "fabric") the flow is charged to (docs/vrouter-core.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +41,11 @@ class ToTunnel:
 
 
 @dataclass(frozen=True, slots=True)
-class Punt:
-    """First packet of a new flow: hand ``request`` (msgpack-serialisable dict) to the agent."""
-    request: PuntRequest
-
-
-@dataclass(frozen=True, slots=True)
 class Drop:
     """The packet is dropped; ``reason`` is a name from :mod:`vrouter.core.drops`."""
     reason: str
 
 
-Action = ToVif | ToTunnel | Punt | Drop
+# A new flow's punt is not an action: its request waits in the pipeline's setup queue
+# (Pipeline.take_punts), so the shell sends punts when its channel can carry them.
+Action = ToVif | ToTunnel | Drop

@@ -40,6 +40,7 @@ class Vif:
     network: str
     mac: bytes
     ip: int
+    flow_limit: int | None = None   # its own flow-entry limit; None: flow.vm_flow_limit
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Route:
 
 @dataclass(frozen=True)
 class FlowSettings:
+    """The flow table's sizes, timeouts and protections (docs/vrouter-core.md, "Flow table under
+    pressure"). The two flow limits default to a share of the capacity when they are not given (0)."""
     capacity: int = 65536
     idle_timeout: float = 180.0
     hold_queue: int = 3
@@ -60,6 +63,20 @@ class FlowSettings:
     closed_linger: float = 2.0      # a finished TCP pair still answers late ACKs/retransmissions
     fragment_capacity: int = 1024
     fragment_timeout: float = 30.0
+    vm_flow_limit: int = 0          # entries one VM interface may own; 0: capacity // 4
+    network_flow_limit: int = 0     # entries one network may hold; 0: capacity // 2
+    resume_fraction: float = 0.9    # an owner over its limit is refused until back under this share
+    unreplied_timeout: float = 10.0  # a pair whose reverse never saw a packet goes after this idle time
+    held_limit: int = 4096          # held (undecided) entries in the table
+    vm_held_limit: int = 256        # held entries one VM interface may own
+    setup_rate: float = 0.0         # punts per second to the agent (token bucket); 0: no cap
+    burst_tokens: int = 256         # the token bucket's size
+
+    def __post_init__(self) -> None:
+        if not self.vm_flow_limit:
+            object.__setattr__(self, "vm_flow_limit", max(1, self.capacity // 4))
+        if not self.network_flow_limit:
+            object.__setattr__(self, "network_flow_limit", max(1, self.capacity // 2))
 
 
 @dataclass(frozen=True)
@@ -89,8 +106,6 @@ class VrouterConfig:
 
 _TOP = ("server", "underlay_ip", "encapsulation", "networks", "vifs", "routes", "peers", "policies",
         "flow")
-_INT_SETTINGS = {"capacity": 1, "hold_queue": 0, "fragment_capacity": 1}    # name -> minimum
-_SECONDS = ("idle_timeout", "hold_timeout", "close_timeout", "closed_linger", "fragment_timeout")
 
 
 def _ok(value: T | None) -> T:
@@ -129,7 +144,7 @@ def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]
     index = schema.VmIndex()
     for i, v in enumerate(raw):
         where = f"vifs[{i}]"
-        m = _ok(schema.mapping(_FIRST, where, v, ("name", "network", "mac", "ip")))
+        m = _ok(schema.mapping(_FIRST, where, v, ("name", "network", "mac", "ip", "flow_limit")))
         name = _str(m.get("name"), f"{where}.name")
         if name in names:
             raise ConfigError(f"{where}.name: duplicate vif {name!r}")
@@ -139,7 +154,8 @@ def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]
         mac = _ok(schema.mac(_FIRST, f"{where}.mac", m.get("mac")))
         ip = _ok(schema.vm_address(_FIRST, f"{where}.ip", m.get("ip"), net))
         index.claim(_FIRST, where, schema.Vm(name, net.name, server, ip, mac), where, ("ip", "mac"))
-        vifs.append(Vif(name, net.name, mac_to_bytes(mac), ip))
+        limit = schema.flow_limit(_FIRST, f"{where}.flow_limit", m.get("flow_limit"))
+        vifs.append(Vif(name, net.name, mac_to_bytes(mac), ip, limit))
     return vifs
 
 
@@ -163,17 +179,7 @@ def _routes(raw: list[Any], by_name: dict[str, Network], vifs: dict[str, Vif],
 def _flow(f: object) -> FlowSettings:
     if f is None:
         return FlowSettings()
-    m = _ok(schema.mapping(_FIRST, "flow", f, tuple(FlowSettings.__dataclass_fields__)))
-    defaults = FlowSettings()
-    kw: dict[str, Any] = {"mode": schema.flow_mode(_FIRST, "flow.mode", m.get("mode", defaults.mode))}
-    for name, low in _INT_SETTINGS.items():
-        kw[name] = _int(m.get(name, getattr(defaults, name)), f"flow.{name}", low, 1 << 24)
-    for name in _SECONDS:
-        value = m.get(name, getattr(defaults, name))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"flow.{name}: expected a positive number of seconds, got {value!r}")
-        kw[name] = float(value)
-    return FlowSettings(**kw)
+    return FlowSettings(**_ok(schema.flow_settings(_FIRST, "flow", f)))
 
 
 def _nexthop(nh: object, where: str, net: Network, vifs: dict[str, Vif], default_encap: str) -> dict[str, Any]:
@@ -209,10 +215,4 @@ def _list(d: dict[str, Any], key: str) -> list[Any]:
 def _str(value: object, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _int(value: object, where: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{where}: expected an integer in {lo}..{hi}, got {value!r}")
     return value

@@ -21,6 +21,11 @@ REASONS = {
     "arp_ignored": "ARP that the vrouter does not answer (not a request, or for the VM itself)",
     "receive_unsupported": "packet for the vrouter's own address that is not an ICMP echo request",
     "flow_torn_down": "flow was removed (config change) while packets were held",
+    "vm_flow_limit": "the VM interface owns its share of the flow table (refused until back under resume_fraction)",
+    "network_flow_limit": "the network holds its share of the flow table (refused until back under resume_fraction)",
+    "held_limit": "too many flows wait for their decision in the whole table",
+    "vm_held_limit": "too many of this VM interface's flows wait for their decision",
+    "setup_queue_stale": "the flow's punt waited in the setup queue longer than hold_timeout",
 }
 
 

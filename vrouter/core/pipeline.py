@@ -2,7 +2,8 @@
 
 Hit path (what the per-core forwarder runs for almost every packet): one ``struct.unpack_from`` of
 the outer label/VNI plus the inner 5-tuple, one dict lookup, a TTL rewrite with an incremental
-checksum, one bytes concatenation with the encapsulation cached in the flow entry, one action.
+checksum, one bytes join with the encapsulation cached in the flow entry, one action; for TCP also
+a copy of the segment's headers into the entry (tcpstate.py checks a later RST against them).
 Anything unusual (IP options, fragments, ICMP, ARP, held flows, misses, bad input) falls through to
 the slow parser, which validates everything and turns every problem into a named, counted drop.
 
@@ -15,16 +16,23 @@ IP fragments: the first fragment carries the ports and is keyed like any packet;
 remembers (vrf, proto, src, dst, IP id) -> ports in a bounded fragment table so later fragments of
 the datagram use the same flow entry. A non-first fragment whose head was not seen is dropped
 (``fragment_no_head``); the last fragment (MF clear) forgets the datagram.
+
+A miss admits the new flow (``admission.py``: per-VM and per-network limits, held limits; the
+table makes room by evicting its oldest unreplied pair), creates the HOLD entry and queues the punt
+request in the setup queue; the shell takes the requests with ``take_punts`` when its channel to
+the agent can carry them. No action is returned for a punt.
 """
 import struct
 from typing import Any
 
 from . import drops as _drops
-from .actions import Action, Drop, Punt, ToTunnel, ToVif
+from . import tcpstate
+from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif
+from .admission import Admission, Waiting
 from .codec import arp, ethernet, gre, ipv4, mpls, outer, vxlan
 from .codec.errors import Malformed
 from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, int_to_ip
-from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, build_icmp
+from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_FIN, TCP_RST, TCP_SYN, build_icmp
 from .config import VROUTER_MAC, Vif, VrouterConfig
 from .fib import Nexthop
 from .flowkey import Extracted, FlowKey, entropy_port, extract, reverse
@@ -33,9 +41,6 @@ from .flowtable import (
     HELD_FABRIC,
     HELD_VIF,
     HOLD,
-    TCP_CLOSED,
-    TCP_CLOSING,
-    TCP_FIN_ACKED,
     TCP_PEER_FIN,
     TO_TUNNEL,
     TO_VIF,
@@ -52,7 +57,8 @@ _FROM_MPLSOUDP = struct.Struct("!IBxHxxHBBHIIHH").unpack_from         # label + 
 _FROM_MPLSOGRE = struct.Struct("!IIBxHxxHBBHIIHH").unpack_from        # GRE + label + IPv4 + ports
 _FROM_VXLAN = struct.Struct("!II12xHBxHxxHBBHIIHH").unpack_from       # VXLAN + Ethernet + IPv4 + ports
 _TTL_PROTO_CSUM = struct.Struct("!BBH").pack
-_U32 = struct.Struct("!I").unpack_from
+_JOIN = b"".join
+_TCP_UNUSUAL = TCP_FIN | TCP_RST | TCP_PEER_FIN     # a segment tcpstate.segment must see (one global)
 _STRUCT_ERROR = struct.error
 
 _ETH_IP = b"\x08\x00"
@@ -83,13 +89,16 @@ class Pipeline:
     def __init__(self, config: VrouterConfig) -> None:
         self.table = FlowTable(config.flow.capacity)
         self._flows = self.table.entries
+        self._admission = Admission(self.table, config.flow)
+        self._queue = self._admission.queue
         # (vrf, proto, src, dst, IP id) -> [sport, dport, last seen]
         self._frags: dict[tuple[int, int, int, int, int], list[Any]] = {}
         self._drops = _drops.new_counters()
         self._drop_actions = {r: Drop(r) for r in _drops.REASONS}
         self.hits = 0
         self._count = dict.fromkeys(("misses", "punts", "held", "installs", "entries_installed",
-                                     "reverse_not_installed", "aged", "tcp_teardowns", "arp_replies",
+                                     "reverse_not_installed", "late_decisions", "aged", "unreplied_aged",
+                                     "tcp_teardowns", "tcp_rst_out_of_window", "arp_replies",
                                      "icmp_replies"), 0)
         self._evaluator = SlowPath(config)
         self.config = config
@@ -107,6 +116,8 @@ class Pipeline:
         self._labels = {n.id: n.id for n in config.networks}
         self._peers = frozenset(config.peers)
         self._underlay = config.underlay_ip
+        self._admission.configure(config)
+        self._prefixes: dict[tuple[str, int, str | None], bytes] = {}
         self._evaluator.apply_config(config)
         for e in list(self._flows.values()):
             if self._flows.get(e.key) is not e:
@@ -131,7 +142,7 @@ class Pipeline:
         if et == 0x0800 and vihl == 0x45 and not fw & 0x3FFF and (proto == 6 or proto == 17) and src == vif.ip:
             e = self._flows.get((vif.vrf, proto, src, dst, sp, dp))
             if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - 14:
-                return self._hit(e, frame, 14, tlen, ttl, proto, csum, False, now, frame[47] if proto == 6 else 0)
+                return self._hit(e, frame, 14, tlen, ttl, proto, csum, False, now, 34 if proto == 6 else 0)
         return self._vif_slow(vif, frame, now)
 
     def from_fabric(self, outer_src: str, encap: str, payload: bytes, now: float) -> list[Action]:
@@ -161,85 +172,51 @@ class Pipeline:
         if ok and vrf is not None and vihl == 0x45 and not fw & 0x3FFF and (proto == 6 or proto == 17):
             e = self._flows.get((vrf, proto, src, dst, sp, dp))
             if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(payload) - off:
-                return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now,
-                                 payload[off + 33] if proto == 6 else 0)
+                return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, off + 20 if proto == 6 else 0)
         return self._fabric_slow(outer_src, encap, payload, now)
 
     def _hit(self, e: FlowEntry, buf: bytes, off: int, tlen: int, ttl: int, proto: int, csum: int, fabric: bool,
-             now: float, flags: int) -> list[Action]:
+             now: float, l4: int) -> list[Action]:
+        """``l4``: where the TCP header starts (0: not TCP, or a fragment without the whole header)."""
         self.hits += 1
-        e.packets += 1
+        n = e.packets
+        e.packets = n + 1
         e.bytes += tlen
         e.last_used = now
+        if not n:
+            self._first_packet(e, buf, l4)
         kind = e.kind
         if kind == DROP:
             self._drops[e.reason] += 1
             return [e.drop]
-        if proto == 6:
-            t = e.tcp | flags
+        if l4:
+            t = e.tcp | buf[l4 + 13]
             e.tcp = t
-            if t & (TCP_FIN | TCP_RST | TCP_PEER_FIN):
-                if t & TCP_CLOSED and flags & TCP_SYN:
-                    self._reopen(e, flags)
-                else:
-                    self._tcp_end(e, flags, buf, off, tlen)
+            if t & _TCP_UNUSUAL:
+                tcpstate.segment(e, buf, off, l4, tlen, self._count)
+            e.tw = buf[off:l4 + 16]         # for a later RST's window check: one small copy, no parse
         if not fabric or kind == TO_TUNNEL:
             if ttl <= 1:
                 self._drops["ttl_expired"] += 1
                 return [self._drop_actions["ttl_expired"]]
             c = csum + 0x100
-            ip = buf[off:off + 8] + _TTL_PROTO_CSUM(ttl - 1, proto, (c & 0xFFFF) + (c >> 16)) + \
-                buf[off + 12:off + tlen]
+            # One join: a single copy of the packet instead of three concatenations.
+            out = _JOIN((e.prefix, buf[off:off + 8], _TTL_PROTO_CSUM(ttl - 1, proto, (c & 0xFFFF) + (c >> 16)),
+                         buf[off + 12:off + tlen]))
         else:
-            ip = buf[off:off + tlen]
+            out = e.prefix + buf[off:off + tlen]
         if kind == TO_TUNNEL:
-            return [ToTunnel(e.peer, e.encap, e.sport, e.prefix + ip)]
-        return [ToVif(e.vif, e.prefix + ip)]
+            return [ToTunnel(e.peer, e.encap, e.sport, out)]
+        return [ToVif(e.vif, out)]
 
-    def _tcp_end(self, e: FlowEntry, flags: int, buf: bytes, off: int, tlen: int) -> None:
-        """RST, or BOTH FINs acknowledged, closes the pair (both directions at once).
-
-        Closing at the first ACK after the second FIN is wrong for a simultaneous close: two last
-        ACKs cross, and the later one would take the slow path at each vrouter. A closed pair is
-        not removed here: it lingers (``closed_linger``) so late ACKs and retransmissions still hit.
-        """
+    def _first_packet(self, e: FlowEntry, buf: bytes, l4: int) -> None:
+        """An entry's first packet: its pair is replied once both directions have seen one; a
+        SYN's window-scale option is read here (options are parsed on SYNs only)."""
         r = e.reverse
-        if e.tcp & TCP_CLOSED:
-            return
-        if flags & TCP_RST:
-            self._close(e, r)
-            return
-        l4 = off + (buf[off] & 15) * 4
-        if flags & TCP_FIN:
-            seq = _U32(buf, l4 + 4)[0]
-            data = tlen - (l4 - off) - (buf[l4 + 12] >> 4) * 4
-            e.fin_seq = (seq + data + 1) & 0xFFFFFFFF
-            if r is not None:
-                r.tcp |= TCP_PEER_FIN
-        if r is None:
-            return
-        if flags & TCP_ACK and r.fin_seq >= 0 and (_U32(buf, l4 + 8)[0] - r.fin_seq) & 0xFFFFFFFF < 0x80000000:
-            r.tcp |= TCP_FIN_ACKED
-        if e.tcp & TCP_FIN and r.tcp & TCP_FIN:
-            e.tcp |= TCP_CLOSING
-            r.tcp |= TCP_CLOSING
-        if e.tcp & TCP_FIN_ACKED and r.tcp & TCP_FIN_ACKED:
-            self._close(e, r)
-
-    def _close(self, e: FlowEntry, r: FlowEntry | None) -> None:
-        self._count["tcp_teardowns"] += 1
-        e.tcp |= TCP_CLOSED
-        if r is not None:
-            r.tcp |= TCP_CLOSED
-
-    @staticmethod
-    def _reopen(e: FlowEntry, flags: int) -> None:
-        """A SYN on a lingering closed pair: a new connection on the same 5-tuple. The decision
-        stands (same key, same policy; config changes re-evaluate entries anyway): only the TCP
-        state starts again."""
-        e.tcp, e.fin_seq = flags, -1
-        if e.reverse is not None:
-            e.reverse.tcp, e.reverse.fin_seq = 0, -1
+        if r is not None and r.packets:
+            self.table.replied(e)
+        if l4 and buf[l4 + 13] & TCP_SYN:
+            e.wscale = tcpstate.window_scale(buf, l4)
 
     # ---------------------------------------------------------------- slow parsing
     def _vif_slow(self, vif: _VifState, frame: bytes, now: float) -> list[Action]:
@@ -305,22 +282,62 @@ class Pipeline:
         key = (vrf, proto, src, dst, sport, dport)
         e = self._flows.get(key)
         if e is not None and e.kind:
-            return self._hit(e, buf, off, tlen, ttl, proto, csum, fabric, now, flags)
+            whole = proto == 6 and not fw & (FLAG_MF | 0x1FFF)
+            return self._hit(e, buf, off, tlen, ttl, proto, csum, fabric, now, off + ihl if whole else 0)
         if e is not None:
             if len(e.held) > self._settings.hold_queue:
                 return self._drop("hold_queue_full")
             e.held.append(held)
             self._count["held"] += 1
             return []
+        return self._admit(key, held, ingress, flags, tlen, now)
+
+    def _admit(self, key: FlowKey, held: Held, ingress: tuple[str, str], flags: int, tlen: int,
+               now: float) -> list[Action]:
+        """A new flow: admission (limits, then room in the table), its HOLD entry, its queued punt."""
         self._count["misses"] += 1
-        if self.table.full():
+        vrf, proto, src, dst, sport, dport = key
+        adm = self._admission
+        owner = adm.owners[ingress[1]] if ingress[0] == "vif" else adm.of_key(vrf, src, dst, True)
+        net = adm.networks[vrf]
+        need = 2 if self._settings.mode == "proactive" else 1     # a proactive pair is two entries
+        reason = adm.refuse(owner, net, need)
+        if reason is not None:
+            return self._drop(reason)
+        if self.table.full() and not self.table.evict():
             return self._drop("flow_table_full")
         e = FlowEntry(key, now)
         e.held.append(held)
-        self._flows[key] = e
+        self.table.insert(e, owner, net, need)
         self._count["punts"] += 1
-        return [Punt({"vrf": vrf, "proto": proto, "src": src, "dst": dst, "sport": sport, "dport": dport,
-                      "ingress": ingress[0], "port": ingress[1], "tcp_flags": flags, "length": tlen})]
+        request: PuntRequest = {"vrf": vrf, "proto": proto, "src": src, "dst": dst, "sport": sport,
+                                "dport": dport, "ingress": ingress[0], "port": ingress[1], "tcp_flags": flags,
+                                "length": tlen, "owner": owner.name}
+        self._queue.push(owner.name, (request, e), now)
+        return []
+
+    # ---------------------------------------------------------------- the setup queue
+    def take_punts(self, now: float, limit: int | None = None) -> list[PuntRequest]:
+        """Punt requests for the agent, at most ``limit``: one per owner in turn, paced by the token
+        bucket (``flow.setup_rate``). Requests queued longer than ``hold_timeout`` are dropped with
+        their held entries (``setup_queue_stale``); requests whose entry went meanwhile are skipped."""
+        queue = self._queue
+        if not len(queue):
+            return []                       # the common case after most batches
+        ready, stale = queue.take(now, limit, self._waiting)
+        for item in stale:
+            if self._waiting(item):
+                e = item[1]
+                self._drops["setup_queue_stale"] += len(e.held)
+                self.table.remove_pair(e)
+        return [request for request, _ in ready]
+
+    def _waiting(self, item: Waiting) -> bool:
+        e = item[1]
+        return not e.kind and self._flows.get(e.key) is e
+
+    def punts_waiting(self) -> int:
+        return len(self._queue)
 
     def _fragment_ports(self, vrf: int, pkt: Extracted, now: float) -> tuple[int, int] | str:
         proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, _ = pkt
@@ -368,26 +385,35 @@ class Pipeline:
     # ---------------------------------------------------------------- decisions from the agent
     def install(self, decision: Decision, now: float) -> list[Action]:
         """Apply a ``SlowPath.decide`` result: reverse entry first, then the forward entry pointing
-        at it. Returns the actions for the packets that were held while the flow waited."""
+        at it. Returns the actions for the packets that were held while the flow waited. A decision
+        whose held entry is gone (timed out, stale, torn down) or decided already is ignored
+        (``late_decisions``): its packets are gone, and the flow's next packet asks again."""
         vrf = decision["vrf"]
         if vrf not in self._vrfs:
+            return []
+        fwd = decision["forward"]
+        f = self._flows.get((vrf, *fwd["key"]))  # type: ignore[arg-type]  # spec keys have 5 ints
+        if f is None or f.kind:
+            self._count["late_decisions"] += 1
             return []
         self._count["installs"] += 1
         released: list[Held] = []
         rev_spec = decision.get("reverse")
-        r = self._write(vrf, rev_spec, "reverse", now, released) if rev_spec else None
+        r = self._write(vrf, rev_spec, now, released, f) if rev_spec else None
         if rev_spec and r is None:
             self._count["reverse_not_installed"] += 1
-        f = self._write(vrf, decision["forward"], "forward", now, released)
-        if f is not None:
-            if r is None:
-                r = self._flows.get(reverse(f.key))
-                if r is not None and not r.kind:
-                    r = None
-            if r is not None:
-                if r.reverse is not None and r.reverse is not f:
-                    r.reverse.reverse = None
-                f.reverse, r.reverse = r, f
+        self._decide(f, fwd, "forward", now, released)
+        if r is None:
+            r = self._flows.get(reverse(f.key))
+            if r is not None and not r.kind:
+                r = None
+        if r is not None:
+            old = r.reverse
+            if old is not None and old is not f:
+                old.reverse = None
+                self.table.classify(old)
+            f.reverse, r.reverse = r, f
+        self.table.classify(f)
         actions: list[Action] = []
         for item in released:
             if item[0] == HELD_VIF:
@@ -396,22 +422,39 @@ class Pipeline:
                 actions.extend(self.from_fabric(item[1], item[2], item[3], now))
         return actions
 
-    def _write(self, vrf: int, spec: EntrySpec, role: str, now: float, released: list[Held]) -> FlowEntry | None:
+    def _write(self, vrf: int, spec: EntrySpec, now: float, released: list[Held], f: FlowEntry) -> FlowEntry | None:
+        """The reverse entry of forward entry ``f``, charged to f's owner (taking f's reservation)."""
         key: FlowKey = (vrf, *spec["key"])  # type: ignore[assignment]  # spec keys have 5 ints
         e = self._flows.get(key)
-        if e is None:
-            if self.table.full():
-                return None
-            e = self._flows[key] = FlowEntry(key, now)
-        elif e.held:
+        if e is not None:
+            self._decide(e, spec, "reverse", now, released)
+            return e
+        if self.table.full() and not self.table.evict():
+            return None
+        e = FlowEntry(key, now)
+        e.role = "reverse"
+        self._set_action(e, spec)
+        reserved = f.charge > 1
+        if reserved:
+            f.charge -= 1
+        self.table.insert(e, f.owner, f.net, 0 if reserved else 1)
+        if reserved:
+            e.charge = 1
+        self._count["entries_installed"] += 1
+        return e
+
+    def _decide(self, e: FlowEntry, spec: EntrySpec, role: str, now: float, released: list[Held]) -> None:
+        """Write the decision into an existing entry (a held one releases its packets)."""
+        if e.kind == HOLD:
+            self.table.decided(e)
+            e.last_used = now
             released.extend(e.held)
             e.held = []
-        if e.kind == HOLD:
-            e.last_used = now
+        if e.charge > 1:                    # a reservation for a reverse entry no longer needed
+            self.table.uncharge(e, e.charge - 1)
         e.role = role
         self._set_action(e, spec)
         self._count["entries_installed"] += 1
-        return e
 
     def _set_action(self, e: FlowEntry, spec: EntrySpec) -> None:
         e.nexthop, e.rule = spec.get("nexthop"), spec.get("rule")
@@ -426,8 +469,12 @@ class Pipeline:
             elif kind == "tunnel":
                 e.kind, e.peer, e.encap = TO_TUNNEL, nh["peer"], nh["encap"]
                 e.sport = e.sport or entropy_port(e.key)
-                e.prefix = encap_prefix(nh["encap"], nh["label"],
-                                        ethernet.mac_to_bytes(nh["mac"]) if nh.get("mac") else VROUTER_MAC)
+                pkey = (nh["encap"], nh["label"], nh.get("mac"))
+                prefix = self._prefixes.get(pkey)
+                if prefix is None:          # one per tunnel next hop of the config: built once
+                    prefix = self._prefixes[pkey] = encap_prefix(
+                        nh["encap"], nh["label"], ethernet.mac_to_bytes(nh["mac"]) if nh.get("mac") else VROUTER_MAC)
+                e.prefix = prefix
             else:
                 reason = NEXTHOP_DROPS.get(kind, "no_route")
         if reason is not None:
@@ -442,9 +489,15 @@ class Pipeline:
         """Idle ageing, lost decisions, unfinished TCP closes, stale fragments; returns entries removed."""
         s = self._settings
         removed = 0
-        for e in self.table.expired(now, s.idle_timeout, s.hold_timeout, s.close_timeout, s.closed_linger):
+        table = self.table
+        for e in table.expired(now, s.idle_timeout, s.hold_timeout, s.close_timeout, s.closed_linger,
+                               s.unreplied_timeout):
             self._drops["hold_timeout"] += len(e.held)
-            removed += self.table.remove_pair(e)
+            unreplied = table.listed(e)
+            n = table.remove_pair(e)
+            removed += n
+            if unreplied:
+                self._count["unreplied_aged"] += n
         self._count["aged"] += removed
         for fkey in [k for k, v in self._frags.items() if now - v[2] > s.fragment_timeout]:
             del self._frags[fkey]
@@ -478,10 +531,17 @@ class Pipeline:
         return dict(self._drops)
 
     def stats(self) -> dict[str, Any]:
-        held = sum(1 for e in self._flows.values() if not e.kind)
         return {"server": self.config.server, "mode": self._settings.mode, "capacity": self.table.capacity,
-                "entries": len(self._flows), "held_flows": held, "fragments": len(self._frags),
-                "hits": self.hits, **self._count, "drops": sum(self._drops.values())}
+                "entries": len(self._flows), "held_flows": self.table.held, "fragments": len(self._frags),
+                "hits": self.hits, **self._count, "evictions": self.table.evictions,
+                "punts_queued": len(self._queue), "drops": sum(self._drops.values())}
+
+    def pressure(self, now: float) -> dict[str, Any]:
+        """The flow table under pressure (``flow -r``): sizes, limits, per-VM and per-network counts
+        (docs/vrouter-core-api.md); plain values."""
+        c = self._count
+        return {**self._admission.pressure(now), "unreplied_aged": c["unreplied_aged"],
+                "installs": c["installs"], "entries_installed": c["entries_installed"]}
 
     def _drop(self, reason: str) -> list[Action]:
         self._drops[reason] += 1

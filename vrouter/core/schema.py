@@ -14,7 +14,9 @@ The rules settled here (docs/topology-format.md states them for users):
 - a VM's address is unique in its network, and a MAC is unique in its network and among the VMs of
   one server (a server's tools, e.g. the replay of a capture, tell its VIFs apart by source MAC);
 - a rule's protocol is any, icmp, tcp, udp (any case) or an IP protocol number 0..255; ports only
-  with tcp or udp (6 or 17).
+  with tcp or udp (6 or 17);
+- the flow settings (a topology's `flow:` section, the VNC's, a vrouter config's `flow`) are the
+  names of FLOW_KEYS with their kinds; a VM's or a network's `flow_limit` is an entry count >= 1.
 
 Pure (a core module): plain values in, normalised values or problems out.
 """
@@ -32,11 +34,13 @@ from .codec.outer import ENCAPS, MPLSOUDP_PORT, VXLAN_PORT
 from .codec.vxlan import MAX_VNI
 
 __all__ = [
-    "ACTIONS", "ANY_PREFIX", "DEFAULT_ENCAP", "ENCAPS", "FLOW_MODES", "ID_RANGES", "MAC_RE", "MAX_LABEL",
+    "ACTIONS", "ANY_PREFIX", "DEFAULT_ENCAP", "ENCAPS", "FLOW_FRACTIONS", "FLOW_INTS", "FLOW_KEYS",
+    "FLOW_MODES", "FLOW_RATES", "FLOW_SECONDS", "ID_RANGES", "MAC_RE", "MAX_FLOW_INT", "MAX_LABEL",
     "MAX_VNI", "MIN_LABEL", "MIN_VNI", "MPLSOUDP_PORT", "NAME_RE", "NETWORK_KEYS", "POLICY_KEYS",
     "PORT_PROTOCOLS", "PROTOCOLS", "RULE_KEYS", "VM_KEYS", "VXLAN_PORT",
     "Network", "Policy", "PortRange", "Prefix", "Problems", "Rule", "Vm", "VmIndex",
-    "address", "choice", "default_mac", "encapsulation", "flow_mode", "inside", "items", "mac",
+    "address", "choice", "default_mac", "encapsulation", "flow_limit", "flow_mode", "flow_settings",
+    "inside", "items", "mac",
     "mapping", "name", "network", "network_id", "no_unknown", "parse_address", "parse_cidr", "policy",
     "port_range", "prefix", "prefix_text", "protocol", "protocol_text", "reference", "rule", "vm",
     "vm_address",
@@ -58,10 +62,21 @@ MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _PORTS_RE = re.compile(r"\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?")
 ANY_PREFIX = "0.0.0.0/0"
 
-NETWORK_KEYS = ("name", "id", "subnets", "gateway")
-VM_KEYS = ("name", "network", "server", "address", "mac")
+NETWORK_KEYS = ("name", "id", "subnets", "gateway", "flow_limit")
+VM_KEYS = ("name", "network", "server", "address", "mac", "flow_limit")
 POLICY_KEYS = ("network", "default", "rules")
 RULE_KEYS = ("action", "protocol", "src", "dst", "src_port", "dst_port")
+
+# Flow settings by kind (the defaults are vrouter/core/config.py FlowSettings'): integers with
+# their minimum, positive seconds, non-negative rates, fractions in (0, 1].
+MAX_FLOW_INT = 1 << 24
+FLOW_INTS = {"capacity": 1, "hold_queue": 0, "fragment_capacity": 1, "vm_flow_limit": 1,
+             "network_flow_limit": 1, "held_limit": 1, "vm_held_limit": 1, "burst_tokens": 1}
+FLOW_SECONDS = ("idle_timeout", "hold_timeout", "close_timeout", "closed_linger", "fragment_timeout",
+                "unreplied_timeout")
+FLOW_RATES = ("setup_rate",)
+FLOW_FRACTIONS = ("resume_fraction",)
+FLOW_KEYS = ("mode", *FLOW_INTS, *FLOW_SECONDS, *FLOW_RATES, *FLOW_FRACTIONS)
 
 Prefix = tuple[int, int]        # (network address, prefix length)
 PortRange = tuple[int, int]     # (low, high), inclusive
@@ -256,6 +271,56 @@ def flow_mode(p: Problems, where: str, value: object) -> str | None:
     return choice(p, where, value, FLOW_MODES, "a flow mode")
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _flow_problem(key: str, value: object) -> str | None:
+    """What is wrong with one flow setting other than the mode, or None."""
+    if key in FLOW_INTS:
+        lo = FLOW_INTS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= MAX_FLOW_INT:
+            return f"expected an integer in {lo}..{MAX_FLOW_INT}, got {value!r}"
+    elif key in FLOW_SECONDS:
+        if not _number(value) or value <= 0:  # type: ignore[operator]  # a number by then
+            return f"expected a positive number of seconds, got {value!r}"
+    elif key in FLOW_RATES:
+        if not _number(value) or value < 0:  # type: ignore[operator]
+            return f"expected a rate >= 0 per second (0 = no cap), got {value!r}"
+    elif not _number(value) or not 0 < value <= 1:  # type: ignore[operator]
+        return f"expected a fraction in (0, 1], got {value!r}"
+    return None
+
+
+def flow_settings(p: Problems, where: str, item: object) -> dict[str, Any] | None:
+    """The flow settings given in `item` (absent ones are left to the defaults), normalised:
+    seconds, rates and fractions as floats."""
+    m = mapping(p, where, item, FLOW_KEYS)
+    if m is None:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in m.items():
+        if key == "mode":
+            out[key] = flow_mode(p, f"{where}.mode", value)
+        elif key in FLOW_KEYS:
+            problem = _flow_problem(key, value)
+            if problem is not None:
+                p.add(f"{where}.{key}", problem)
+            out[key] = value if key in FLOW_INTS or problem is not None else float(value)
+    return out
+
+
+def flow_limit(p: Problems, where: str, value: object) -> int | None:
+    """A VM's or a network's own flow-entry limit (None: it follows the default)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_FLOW_INT:
+        p.add(where, f"expected a flow-entry limit in 1..{MAX_FLOW_INT} (or null for the default), "
+                     f"got {value!r}")
+        return None
+    return value
+
+
 def network_id(p: Problems, where: str, value: object, encap: str) -> int | None:
     """A network id (or a tunnel's label) in the range of the encapsulation that carries it."""
     lo, hi = ID_RANGES[encap]
@@ -274,6 +339,7 @@ class Network:
     id: int
     subnets: tuple[Prefix, ...]
     gateway: int
+    flow_limit: int | None = None       # its own flow-entry limit; None: the vrouter's default
 
     def contains(self, ip: int) -> bool:
         return any(inside(ip, s) for s in self.subnets)
@@ -322,9 +388,10 @@ def network(p: Problems, where: str, item: object, encap: str, names: MutableMap
             ids[vid] = where
     subnets = _subnets(p, f"{where}.subnets", m["subnets"]) if "subnets" in m else []
     gateway = _gateway(p, f"{where}.gateway", m.get("gateway"), subnets) if subnets else None
-    if net_name is None or vid is None or gateway is None:
+    limit = flow_limit(p, f"{where}.flow_limit", m.get("flow_limit"))
+    if net_name is None or vid is None or gateway is None or (limit is None and m.get("flow_limit") is not None):
         return None
-    return Network(net_name, vid, tuple(subnets), gateway)
+    return Network(net_name, vid, tuple(subnets), gateway, limit)
 
 
 # ---- VMs
@@ -336,6 +403,7 @@ class Vm:
     server: str
     address: int
     mac: str                # as given, else default_mac(name)
+    flow_limit: int | None = None
 
 
 def vm_address(p: Problems, where: str, value: object, net: Network) -> int | None:
@@ -375,11 +443,12 @@ def vm(p: Problems, where: str, item: object, networks: Mapping[str, Network | N
         ip = vm_address(p, f"{where}.address", m["address"], net) if net else address(
             p, f"{where}.address", m["address"])
     vm_mac = mac(p, f"{where}.mac", m["mac"]) if m.get("mac") is not None else None
+    limit = flow_limit(p, f"{where}.flow_limit", m.get("flow_limit"))
     if vm_name is None or net is None or server is None or ip is None:
         return None
-    if m.get("mac") is not None and vm_mac is None:
+    if m.get("mac") is not None and vm_mac is None or m.get("flow_limit") is not None and limit is None:
         return None
-    return Vm(vm_name, net.name, server, ip, vm_mac or default_mac(vm_name))
+    return Vm(vm_name, net.name, server, ip, vm_mac or default_mac(vm_name), limit)
 
 
 class VmIndex:

@@ -41,7 +41,7 @@ class SlowPath:
         self.mode = config.flow.mode
 
     def decide(self, request: PuntRequest, now: float = 0.0) -> Decision:
-        """Decision for ``request`` (a ``Punt.request``): forward entry, and reverse in proactive mode."""
+        """Decision for ``request`` (from ``Pipeline.take_punts``): forward entry, and reverse in proactive mode."""
         vrf_id = request["vrf"]
         proto, src, dst, sport, dport = (request["proto"], request["src"], request["dst"], request["sport"],
                                          request["dport"])

@@ -33,9 +33,10 @@ ADD_VM = "add_vm"
 REMOVE_VM = "remove_vm"
 SET_POLICY = "set_policy"
 SET_FLOW_MODE = "set_flow_mode"
+SET_FLOW_LIMIT = "set_flow_limit"
 LIST_AGENTS = "list_agents"
 DUMP = "dump"
-ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, LIST_AGENTS, DUMP)
+ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, SET_FLOW_LIMIT, LIST_AGENTS, DUMP)
 # Controller -> agent notification: ``[generation, config]`` of that agent's server.
 CONFIG = "config"
 
@@ -165,6 +166,11 @@ class AdminClient:
 
     def set_flow_mode(self, mode: str) -> ChangeReply:
         return cast("ChangeReply", self.call(SET_FLOW_MODE, mode))
+
+    def set_flow_limit(self, target_kind: str, name: str | None, limit: int | None) -> ChangeReply:
+        """``target_kind``: "vm" | "network" (``name`` is the VM's or network's) | "default-vm" |
+        "default-network" (``name`` unused, pass None); ``limit`` >= 1, or None for the default."""
+        return cast("ChangeReply", self.call(SET_FLOW_LIMIT, target_kind, name, limit))
 
     def list_agents(self) -> list[AgentInfo]:
         return cast("list[AgentInfo]", self.call(LIST_AGENTS))

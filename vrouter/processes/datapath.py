@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from vrouter.core.actions import Punt, ToTunnel, ToVif
+from vrouter.core.actions import ToTunnel, ToVif
 from vrouter.core.codec import virtio
 from vrouter.core.config import VrouterConfig
 from vrouter.core.gro import vnet_for_frame
@@ -143,6 +143,7 @@ class Datapath:
     def expire(self, now: float) -> None:
         if self.pipeline is not None:
             self.counters["expired"] += self.pipeline.expire(now)
+            self._punt(now)     # with flow.setup_rate, punts the bucket held back since the last batch
 
     # --- packets in ----------------------------------------------------------------------------
     def from_tap(self, name: str, frames: list[bytes]) -> None:
@@ -164,6 +165,7 @@ class Datapath:
                     c["rx_super_frames"] += 1
                     mss = h.gso_size
             execute(from_vif(name, raw[VNET_LEN:], now), vnet, mss)
+        self._punt(now)
 
     def from_reads(self, reads: list[tuple]) -> None:
         """GRO and delivery of one drain of `read_gro` reads: (outer src, encap, data, segment size)."""
@@ -181,6 +183,7 @@ class Datapath:
                 src = s
             g.add_batch(encap, data, seg, now)
         self._deliver(src, encap, g.flush(), now)
+        self._punt(now)
 
     def _deliver(self, src: str, encap: str, deliveries, now: float) -> None:
         from_fabric = self.pipeline.from_fabric
@@ -195,8 +198,15 @@ class Datapath:
         if self.pipeline is None:
             return
         self.counters["decisions"] += 1
-        self._execute_released(self.pipeline.install(msg["decision"], self.clock()))
+        now = self.clock()
+        self._execute_released(self.pipeline.install(msg["decision"], now))
         self.link.settled(msg)
+        self._punt(now)
+
+    def _punt(self, now: float) -> None:
+        """New flows' punt requests wait in the pipeline's setup queue; send what it lets go."""
+        for request in self.pipeline.take_punts(now):
+            self.link.punt(request)
 
     # --- actions -------------------------------------------------------------------------------
     def _execute(self, actions, vnet: bytes = PLAIN, mss: int = 0) -> None:
@@ -217,8 +227,6 @@ class Datapath:
                     port.counters["tx_bytes"] += len(action.frame)
                 else:
                     self.counters["vif_tx_errors"] += 1
-            elif t is Punt:
-                self.link.punt(action.request)
             # Drop: nothing to do, the pipeline counted it (dropstats)
 
     def _execute_released(self, actions) -> None:

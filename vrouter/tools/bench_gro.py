@@ -24,8 +24,9 @@ REMOTE = "10.2.0.2"
 def _pipeline() -> Pipeline:
     cfg = VrouterConfig.from_dict(overlay("mplsoudp"))
     pipe, slow = Pipeline(cfg), SlowPath(cfg)
-    (punt,) = pipe.from_vif("tap0", _vm_frame(b"", l4.TCP_SYN), 0.0)
-    pipe.install(slow.decide(punt.request, 0.0), 0.0)
+    assert pipe.from_vif("tap0", _vm_frame(b"", l4.TCP_SYN), 0.0) == []
+    (request,) = pipe.take_punts(0.0)
+    pipe.install(slow.decide(request, 0.0), 0.0)
     return pipe
 
 

@@ -11,7 +11,7 @@ import struct
 
 import yaml
 
-from vrouter.core.actions import Punt, ToTunnel, ToVif
+from vrouter.core.actions import PuntRequest, ToTunnel, ToVif
 from vrouter.core.codec import Malformed, gre, mpls, outer
 from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.config import ConfigError, VrouterConfig
@@ -95,8 +95,6 @@ def _describe_action(a) -> str:
         return f"to vif {a.vif} ({len(a.frame)} B)"
     if isinstance(a, ToTunnel):
         return f"to tunnel {a.peer} {a.encap} sport {a.sport} ({len(a.payload)} B)"
-    if isinstance(a, Punt):
-        return "punt to agent (new flow)"
     return f"drop: {a.reason}"
 
 
@@ -137,7 +135,7 @@ class Replayer:
             else:
                 what = _summary(frame, 14)
             actions = self.pipeline.from_vif(vif, frame, now)
-        return f"{label}: {what}", self._resolve(actions, now)
+        return f"{label}: {what}", self._resolve(actions, now) + self._punts(now)
 
     @staticmethod
     def _inner_offset(frame, o):
@@ -153,16 +151,23 @@ class Replayer:
             return None
 
     def _resolve(self, actions, now, depth=0) -> list[str]:
+        return ["  " * depth + "-> " + _describe_action(a) for a in actions]
+
+    def _punts(self, now, depth=0) -> list[str]:
+        """New flows wait in the setup queue: the agent decides each at once, as the shell would."""
         lines = []
-        for a in actions:
-            lines.append("  " * depth + "-> " + _describe_action(a))
-            if isinstance(a, Punt):
-                self.slow_calls += 1
-                decision = self.slow.decide(a.request, now)
-                lines.append("  " * depth + f"   agent: forward {_describe_spec(decision['forward'])}, "
-                             f"reverse {_describe_spec(decision['reverse'])}")
-                lines += self._resolve(self.pipeline.install(decision, now), now, depth + 1)
+        for request in self.pipeline.take_punts(now):
+            lines += self._punt(request, now, depth)
         return lines
+
+    def _punt(self, request: PuntRequest, now, depth) -> list[str]:
+        self.slow_calls += 1
+        decision = self.slow.decide(request, now)
+        lines = ["  " * depth + "-> punt to agent (new flow)",
+                 "  " * depth + f"   agent: forward {_describe_spec(decision['forward'])}, "
+                 f"reverse {_describe_spec(decision['reverse'])}"]
+        lines += self._resolve(self.pipeline.install(decision, now), now, depth + 1)
+        return lines + self._punts(now, depth + 1)
 
 
 def run(config_path: str, capture_path: str, mode: str | None = None, as_json: bool = False, out=print) -> int:
