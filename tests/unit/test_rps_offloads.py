@@ -145,12 +145,15 @@ def tap_writes(w):
 
 def test_super_frame_record_is_one_gso_send(worker):
     worker.datapath.sender.gso.clear()
-    worker._process([("tap", VIF, super_tap_read(10), 0)])
+    read = super_tap_read(10)
+    worker._process([("tap", VIF, read, 0)])
     (peer, encap, _sport, buf, chunk, n), = worker.datapath.sender.gso
     assert (peer, encap, n) == (PEER, "mplsoudp", 10) and worker.datapath.sender.sent == []
     assert chunk == 4 + 40 + MSS and len(buf) == 10 * chunk
     st = worker._answer({"op": "stats"})
     assert st["gso"]["super_frames"] == 1 and st["forwarder"]["packets"] == 1
+    # bytes of the frame, as the VIF counts them: the virtio_net_hdr in front is not packet data
+    assert st["forwarder"]["bytes"] == len(read) - VNET_LEN == worker._answer({"op": "vifs"})[VIF]["rx_bytes"]
     assert worker._answer({"op": "vifs"})[VIF]["rx_super_frames"] == 1
 
 
@@ -234,4 +237,35 @@ def test_worker_sender_counts_einval_like_the_forwarder_instead_of_raising():
     assert s.send(PEER, "mplsoudp", 50000, b"x" * 100) is False
     buf, chunk = coalesced_read(4)
     assert s.send_gso(PEER, "mplsoudp", 50000, buf, chunk, 4) == 1
-    assert s.counters["tx_errors"] == 2
+    assert s.counters["tx_errors"] == 1 + 4        # packets lost: the datagram and the 4 segments
+    assert s.counters["tx_mplsoudp"] == s.counters["tx_gso_sends"] == s.counters["tx_gso_segments"] == 0
+
+
+class _RefusingSecond:
+    """Takes the first send, refuses the next (EAGAIN: the socket's buffer filled up)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def sendmsg(self, *_):
+        self.calls += 1
+        if self.calls > 1:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    sendto = sendmsg
+
+
+def test_gso_send_counts_only_the_segments_the_kernel_took():
+    """A super-frame of 46 segments needs two UDP_SEGMENT sends (65,507 bytes each at most); the second
+    is refused: only the first slice's segments were sent. The old code counted all 46 as sent and both
+    sends as made."""
+    s = rps_kernel.Sender.__new__(rps_kernel.Sender)
+    tunnel.EntropySender.__init__(s, "127.0.0.1", 4)
+    sock = _RefusingSecond()
+    s._sender = lambda encap, sport: sock
+    buf, chunk = coalesced_read(46)
+    per = len(gso.sends(buf, chunk)[0]) // chunk
+    assert 0 < per < 46
+    assert s.send_gso(PEER, "mplsoudp", 50000, buf, chunk, 46) == 2
+    assert s.counters["tx_mplsoudp"] == s.counters["tx_gso_segments"] == per
+    assert s.counters["tx_gso_sends"] == 1 and s.counters["tx_errors"] == 46 - per

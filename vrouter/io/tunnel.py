@@ -96,10 +96,11 @@ class EntropySender:
         except KeyError:
             raise TunnelError(f"no GSO send for encapsulation {encap!r} (UDP only: mplsoudp, vxlan)") from None
         cmsg = [(SOL_UDP, UDP_SEGMENT, _SEG.pack(chunk))]
-        calls = 0
+        calls = sends = segments = 0
         c = self.counters
         for part in gso.sends(buffer, chunk):
             calls += 1
+            carried = -(-len(part) // chunk)
             try:
                 if len(part) <= chunk:
                     sock.sendto(part, dst)
@@ -107,12 +108,15 @@ class EntropySender:
                     sock.sendmsg((part,), cmsg, 0, dst)
             except OSError as exc:
                 if exc.errno in self.SEND_ERRORS:
-                    c["tx_errors"] += 1
+                    c["tx_errors"] += carried     # packets lost, as `send` counts them
                     continue
                 raise
-        c[f"tx_{encap}"] += n
-        c["tx_gso_sends"] += calls
-        c["tx_gso_segments"] += n
+            sends += 1
+            segments += carried
+        # Only what the kernel took was sent: a refused slice's segments are tx_errors, not tx_<encap>.
+        c[_TX_COUNTER[encap]] += segments
+        c["tx_gso_sends"] += sends
+        c["tx_gso_segments"] += segments
         return calls
 
     def _sender(self, encap: str, sport: int) -> socket.socket:

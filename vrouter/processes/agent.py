@@ -172,13 +172,13 @@ class Agent:
     def _handle(self, msg, channel=None):
         kind = msg.get("t")
         if kind == "punt":
-            self.counters["decisions"] += 1  # slow-path invocations: what the experiment counts
             with self._config_lock:
                 slowpath = self.slowpath
             if slowpath is None:
                 self.counters["punts_unconfigured"] += 1
                 return
             decision = slowpath.decide(msg["request"], self.clock())
+            self.counters["decisions"] += 1  # slow-path invocations: what the experiment counts
             reply = {"t": "decision", "id": msg.get("id"), "decision": decision, "agent": self.stats()}
             if channel is None:
                 self._send(reply)

@@ -30,7 +30,7 @@ from vrouter.core import rps_channel
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.offload import Offloads
 from vrouter.io import ipc, rps_kernel, tap, tunnel
-from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort
+from vrouter.processes.datapath import EXPIRE_EVERY, VNET_LEN, AgentLink, Datapath, VifPort
 
 log = logging.getLogger("worker")
 MAX_FDS = 64
@@ -130,7 +130,7 @@ class Worker:
             c["rx_unconfigured"] += len(frames)
             return
         c["packets"] += len(frames)
-        c["bytes"] += sum(map(len, frames))
+        c["bytes"] += sum(map(len, frames)) - VNET_LEN * len(frames)    # frames, not their virtio headers
         self.datapath.from_tap(name, frames)
 
     def _fabric_run(self, reads):
