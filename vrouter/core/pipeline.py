@@ -20,7 +20,7 @@ import struct
 from typing import Any
 
 from . import drops as _drops
-from .actions import Action, Drop, Punt, ToTunnel, ToVif
+from .actions import Action, Drop, Punt, PuntRequest, ToTunnel, ToVif
 from .codec import arp, ethernet, gre, ipv4, mpls, outer, vxlan
 from .codec.errors import Malformed
 from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, int_to_ip
@@ -93,6 +93,7 @@ class Pipeline:
                                      "icmp_replies"), 0)
         self._evaluator = SlowPath(config)
         self.config = config
+        self._punt_queue: list[PuntRequest] = []    # PLACEHOLDER for TABLE's SetupQueue
         self.apply_config(config)
 
     # ---------------------------------------------------------------- configuration
@@ -319,8 +320,28 @@ class Pipeline:
         e.held.append(held)
         self._flows[key] = e
         self._count["punts"] += 1
-        return [Punt({"vrf": vrf, "proto": proto, "src": src, "dst": dst, "sport": sport, "dport": dport,
-                      "ingress": ingress[0], "port": ingress[1], "tcp_flags": flags, "length": tlen})]
+        request: PuntRequest = {"vrf": vrf, "proto": proto, "src": src, "dst": dst, "sport": sport, "dport": dport,
+                                "ingress": ingress[0], "port": ingress[1], "tcp_flags": flags, "length": tlen}
+        self._punt_queue.append(request)
+        return [Punt(request)]      # PLACEHOLDER: still returned, so the core's tests stand as they are
+
+    # ---------------------------------------------------------------- PLACEHOLDER for TABLE's SetupQueue
+    def take_punts(self, now: float, limit: int | None = None) -> list[PuntRequest]:
+        """PLACEHOLDER: the punt requests made since the last call, oldest first, at most ``limit``."""
+        n = len(self._punt_queue) if limit is None else max(0, limit)
+        out, self._punt_queue[:n] = self._punt_queue[:n], []
+        return out
+
+    def punts_waiting(self) -> int:
+        """PLACEHOLDER: requests not taken yet."""
+        return len(self._punt_queue)
+
+    def pressure(self, now: float) -> dict[str, Any]:
+        """PLACEHOLDER: the few fields of TABLE's pressure() this pipeline knows."""
+        held = sum(1 for e in self._flows.values() if not e.kind)
+        return {"entries": len(self._flows), "capacity": self.table.capacity, "held": held,
+                "installs": self._count["installs"], "entries_installed": self._count["entries_installed"],
+                "punts_queued": len(self._punt_queue), "placeholder": True}
 
     def _fragment_ports(self, vrf: int, pkt: Extracted, now: float) -> tuple[int, int] | str:
         proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, _ = pkt
