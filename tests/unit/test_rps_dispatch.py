@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from vrouter.core import rps_channel
-from vrouter.core.actions import Punt, ToTunnel, ToVif
+from vrouter.core.actions import ToTunnel, ToVif
 from vrouter.core.codec import ethernet, ipv4, l4
 from vrouter.core.config import VROUTER_MAC, ConfigError, VrouterConfig
 from vrouter.core.multicore import MulticoreConfig
@@ -189,10 +189,10 @@ def test_proactive_reverse_entry_is_hit_on_the_punting_worker(mode):
         proto, sp, dp = rnd.choice([6, 17]), rnd.randrange(1024, 65535), rnd.choice([53, 80, 443, 8080])
         frame = _tap_frame(vif, _ip(proto, LOCAL, REMOTE, sp, dp))
         (_kind, w), = [router.from_tap(vif, vrf, frame)]
-        (punt,) = shards[w].from_vif(vif, frame, 0.0)
-        assert isinstance(punt, Punt)
+        shards[w].from_vif(vif, frame, 0.0)
+        (request,) = shards[w].take_punts(0.0)
         punts[w] += 1
-        (out,) = shards[w].install(slow.decide(punt.request, 0.0), 0.0)
+        (out,) = shards[w].install(slow.decide(request, 0.0), 0.0)
         assert isinstance(out, ToTunnel)
         reply = encap_prefix(encap, vrf, b"\x02" * 6) + _ip(proto, REMOTE, LOCAL, dp, sp)
         hop = router.from_fabric(encap, PEER, out.sport, reply)
@@ -221,12 +221,14 @@ def test_agent_answers_each_worker_on_its_own_channel(tmp_path):
         pipe = Pipeline(VrouterConfig.from_dict(CONFIG))
         for w, (a, _b) in workers.items():
             frame = _tap_frame("tr-red1", _ip(17, LOCAL, REMOTE, 4000 + w, 53))
-            (punt,) = pipe.from_vif("tr-red1", frame, 0.0)
+            pipe.from_vif("tr-red1", frame, 0.0)
+            (request,) = pipe.take_punts(0.0)
             a.settimeout(5)
-            a.send(ipc.pack({"t": "punt", "id": w, "request": punt.request}))
+            a.send(ipc.pack({"t": "punts", "punts": [[w, request]]}))
             msg = ipc.unpack(a.recv(1 << 20))
-            assert msg["t"] == "decision" and msg["id"] == w
-            assert msg["decision"]["forward"]["key"][3] == 4000 + w and msg["decision"]["reverse"] is not None
+            assert msg["t"] == "decisions" and [pid for pid, _ in msg["decisions"]] == [w]
+            (_pid, decision), = msg["decisions"]
+            assert decision["forward"]["key"][3] == 4000 + w and decision["reverse"] is not None
         assert agent.counters["decisions"] == 2
         main_fwd.settimeout(0.2)
         with pytest.raises(socket.timeout):      # nothing for the workers went to the main channel

@@ -123,8 +123,9 @@ def worker():
     vm.setblocking(False)
     w.datapath.vifs[VIF] = VifPort(None, [tap_end.fileno()], None)
     syn = ethernet.build(VROUTER_MAC, VM_MAC, ethernet.ETH_P_IP) + tcp_ip(b"", seq=4999, flags="S", partial=False)
-    (punt,) = w.datapath.pipeline.from_vif(VIF, syn, 0.0)
-    w.datapath.pipeline.install(SlowPath(w.datapath.config).decide(punt.request, 0.0), 0.0)
+    w.datapath.pipeline.from_vif(VIF, syn, 0.0)
+    (request,) = w.datapath.pipeline.take_punts(0.0)
+    w.datapath.pipeline.install(SlowPath(w.datapath.config).decide(request, 0.0), 0.0)
     w.vm = vm
     yield w
     vm.close()
@@ -164,8 +165,9 @@ def test_mplsogre_super_frame_falls_back_to_one_send_per_segment():
     w.datapath.configure(VrouterConfig.from_dict(cfg))
     w.datapath.sender = FakeTunnels()
     syn = ethernet.build(VROUTER_MAC, VM_MAC, ethernet.ETH_P_IP) + tcp_ip(b"", seq=4999, flags="S", partial=False)
-    (punt,) = w.datapath.pipeline.from_vif(VIF, syn, 0.0)
-    w.datapath.pipeline.install(SlowPath(w.datapath.config).decide(punt.request, 0.0), 0.0)
+    w.datapath.pipeline.from_vif(VIF, syn, 0.0)
+    (request,) = w.datapath.pipeline.take_punts(0.0)
+    w.datapath.pipeline.install(SlowPath(w.datapath.config).decide(request, 0.0), 0.0)
     w.datapath.sender.sent.clear()
     w._process([("tap", VIF, super_tap_read(6), 0)])
     assert w.datapath.sender.gso == [] and len(w.datapath.sender.sent) == 6
