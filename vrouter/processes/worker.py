@@ -31,6 +31,7 @@ from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.offload import Offloads
 from vrouter.io import ipc, rps_kernel, tap, tunnel
 from vrouter.processes.datapath import EXPIRE_EVERY, VNET_LEN, AgentLink, Datapath, VifPort
+from vrouter.processes.launch import tune_gc
 
 log = logging.getLogger("worker")
 MAX_FDS = 64
@@ -264,5 +265,6 @@ class Worker:
 
 def run_worker(cpu: int, ctrl, inputs, kernel: bool, first: bool, gro: bool = True, gso: bool = True) -> int:
     rps_kernel.pin(cpu)
+    tune_gc()
     Worker(cpu, ctrl, inputs, kernel, first, gro=gro, gso=gso).run()
     return 0
