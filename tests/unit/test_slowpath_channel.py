@@ -107,6 +107,20 @@ def test_decisions_come_back_as_one_batch_installed_and_timed_per_punt(shard):
     assert shard.dp.pipeline.stats()["installs"] == 40
 
 
+def test_the_agents_counters_are_taken_in_the_order_they_were_sent(shard):
+    """A reset's answer (zeroed counters) and the next decision read in one go: the decision's
+    counters are the current ones. (They were applied out of order: the experiment then read 0
+    slow-path calls for an exchange that made one.)"""
+    shard.link.send_message({"t": "reset"})
+    shard.dp.from_tap(RED, new_flows(1))
+    msgs = shard.agent_reads()
+    assert [m["t"] for m in msgs] == ["reset", "punts"]
+    shard.peer.send(ipc.pack({"t": "agent_stats", "agent": {}}))       # the agent's answer to the reset
+    shard.agent._answer(msgs[1]["punts"], shard.peer)
+    assert shard.link.receive() == []
+    assert shard.link.agent_stats["decisions"] == 1
+
+
 def test_batches_that_would_not_fit_one_message_are_split_both_ways(shard):
     shard.link.message_max = shard.agent.message_max = 2000
     shard.dp.from_tap(RED, new_flows(60))

@@ -167,8 +167,9 @@ class AgentLink:
 
     # --- decisions in --------------------------------------------------------------------------
     def receive(self, max_messages: int = 64) -> list[dict] | None:
-        """Read the messages waiting on the channel: decisions go to `inbox`, the others (config,
-        agent_stats) are returned. None once the agent closed the channel."""
+        """Read the messages waiting on the channel, in order: decisions go to `inbox`, the agent's
+        counters (on every message that has them) to `agent_stats`, the rest (config) is returned.
+        None once the agent closed the channel."""
         out = []
         for _ in range(max_messages):
             try:
@@ -177,8 +178,11 @@ class AgentLink:
                 break
             if msg is None:
                 return None
-            if msg.get("t") == "decisions":
+            kind = msg.get("t")
+            if kind == "decisions":
                 self._decisions(msg)
+            elif kind == "agent_stats":      # here, not by the holder: a later decision's counters win
+                self.agent_stats = msg["agent"]
             else:
                 out.append(msg)
         return out

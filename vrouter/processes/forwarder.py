@@ -259,8 +259,6 @@ class Forwarder:
             kind = msg.get("t")
             if kind == "config":
                 self.apply_config(msg["generation"], msg["config"])
-            elif kind == "agent_stats":
-                self.agent.agent_stats = msg["agent"]
             else:
                 log.warning("ignoring agent message of unknown type %r", kind)
 
