@@ -224,10 +224,11 @@ def test_agent_answers_each_worker_on_its_own_channel(tmp_path):
             assert pipe.from_vif("tr-red1", frame, 0.0) == []
             (request,) = pipe.take_punts(0.0)
             a.settimeout(5)
-            a.send(ipc.pack({"t": "punt", "id": w, "request": request}))
+            a.send(ipc.pack({"t": "punts", "punts": [[w, request]]}))
             msg = ipc.unpack(a.recv(1 << 20))
-            assert msg["t"] == "decision" and msg["id"] == w
-            assert msg["decision"]["forward"]["key"][3] == 4000 + w and msg["decision"]["reverse"] is not None
+            assert msg["t"] == "decisions" and [pid for pid, _ in msg["decisions"]] == [w]
+            (_pid, decision), = msg["decisions"]
+            assert decision["forward"]["key"][3] == 4000 + w and decision["reverse"] is not None
         assert agent.counters["decisions"] == 2
         main_fwd.settimeout(0.2)
         with pytest.raises(socket.timeout):      # nothing for the workers went to the main channel

@@ -146,12 +146,15 @@ def tap_writes(w):
 
 def test_super_frame_record_is_one_gso_send(worker):
     worker.datapath.sender.gso.clear()
-    worker._process([("tap", VIF, super_tap_read(10), 0)])
+    read = super_tap_read(10)
+    worker._process([("tap", VIF, read, 0)])
     (peer, encap, _sport, buf, chunk, n), = worker.datapath.sender.gso
     assert (peer, encap, n) == (PEER, "mplsoudp", 10) and worker.datapath.sender.sent == []
     assert chunk == 4 + 40 + MSS and len(buf) == 10 * chunk
     st = worker._answer({"op": "stats"})
     assert st["gso"]["super_frames"] == 1 and st["forwarder"]["packets"] == 1
+    # bytes of the frame, as the VIF counts them: the virtio_net_hdr in front is not packet data
+    assert st["forwarder"]["bytes"] == len(read) - VNET_LEN == worker._answer({"op": "vifs"})[VIF]["rx_bytes"]
     assert worker._answer({"op": "vifs"})[VIF]["rx_super_frames"] == 1
 
 
@@ -236,4 +239,66 @@ def test_worker_sender_counts_einval_like_the_forwarder_instead_of_raising():
     assert s.send(PEER, "mplsoudp", 50000, b"x" * 100) is False
     buf, chunk = coalesced_read(4)
     assert s.send_gso(PEER, "mplsoudp", 50000, buf, chunk, 4) == 1
-    assert s.counters["tx_errors"] == 2
+    assert s.counters["tx_errors"] == 1 + 4        # packets lost: the datagram and the 4 segments
+    assert s.counters["tx_mplsoudp"] == s.counters["tx_gso_sends"] == s.counters["tx_gso_segments"] == 0
+
+
+class _RefusingSecond:
+    """Takes the first send, refuses the next (EAGAIN: the socket's buffer filled up)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def sendmsg(self, *_):
+        self.calls += 1
+        if self.calls > 1:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    sendto = sendmsg
+
+
+def test_gso_send_counts_only_the_segments_the_kernel_took():
+    """A super-frame of 46 segments needs two UDP_SEGMENT sends (65,507 bytes each at most); the second
+    is refused: only the first slice's segments were sent. The old code counted all 46 as sent and both
+    sends as made."""
+    s = rps_kernel.Sender.__new__(rps_kernel.Sender)
+    tunnel.EntropySender.__init__(s, "127.0.0.1", 4)
+    sock = _RefusingSecond()
+    s._sender = lambda encap, sport: sock
+    buf, chunk = coalesced_read(46)
+    per = len(gso.sends(buf, chunk)[0]) // chunk
+    assert 0 < per < 46
+    assert s.send_gso(PEER, "mplsoudp", 50000, buf, chunk, 46) == 2
+    assert s.counters["tx_mplsoudp"] == s.counters["tx_gso_segments"] == per
+    assert s.counters["tx_gso_sends"] == 1 and s.counters["tx_errors"] == 46 - per
+
+
+class _Recording:
+    def __init__(self):
+        self.sent = []
+
+    def sendmsg(self, parts, _cmsg, _flags, dst):
+        self.sent.append((b"".join(bytes(p) for p in parts), dst))
+
+    def sendto(self, data, dst):
+        self.sent.append((bytes(data), dst))
+
+
+def test_a_port_without_a_socket_sends_through_the_raw_socket_with_its_own_udp_header():
+    """A new flow's packet binds no socket (socket + bind + the LRU's close per new flow was ~15%
+    of the forwarder in a flood): the raw socket carries it with the entropy port in a UDP header
+    of our own (checksum 0); a port that has a socket (made by a GSO send) keeps using it."""
+    s = rps_kernel.Sender.__new__(rps_kernel.Sender)
+    tunnel.EntropySender.__init__(s, "127.0.0.1", 4)
+    s._raw_udp = raw = _Recording()
+    bound = _Recording()
+    made = []
+    s._sender = lambda encap, sport: made.append(sport) or bound
+    assert s.send(PEER, "vxlan", 50123, b"p" * 30) is True
+    ((data, dst),) = raw.sent
+    assert dst == (PEER, 0) and data == (50123).to_bytes(2, "big") + (4789).to_bytes(2, "big") + \
+        (38).to_bytes(2, "big") + b"\x00\x00" + b"p" * 30
+    assert made == [] and s.counters["tx_vxlan"] == s.counters["tx_unbound"] == 1
+    s._pool[50124] = bound                        # a port that has its socket
+    assert s.send(PEER, "mplsoudp", 50124, b"q" * 10) is True
+    assert bound.sent == [(b"q" * 10, (PEER, 6635))] and made == [50124] and len(raw.sent) == 1

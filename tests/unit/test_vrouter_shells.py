@@ -2,6 +2,7 @@
 import collections
 import io
 import json
+import socket
 import types
 
 import pytest
@@ -18,7 +19,7 @@ from vrouter.core.config import VrouterConfig
 from vrouter.core.offload import Offloads
 from vrouter.core.slowpath import SlowPath
 from vrouter.io import ipc
-from vrouter.processes.datapath import Datapath
+from vrouter.processes.datapath import AgentLink, Datapath
 from vrouter.processes.introspect import Introspector
 from vrouter.tools import tables
 
@@ -122,32 +123,43 @@ def test_long_run_directory_is_a_clear_error():
         ipc.introspect_socket("/tmp/" + "x" * 120, "srv1")
 
 
-class RecordingLink:
-    """The datapath's agent link, recording what it is handed."""
+def agent_end(link):
+    """A real AgentLink on one end of a SEQPACKET pair; returns a reader of the punts the other end got."""
+    ours, agent = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    agent.setblocking(False)
+    link.attach(ours)
 
-    def __init__(self):
-        self.counters = collections.Counter()
-        self.punted, self.settled_msgs = [], []
-
-    def punt(self, request):
-        self.punted.append(request)
-
-    def settled(self, msg):
-        self.settled_msgs.append(msg)
+    def punted():
+        out = []
+        while True:
+            try:
+                msg = ipc.unpack(agent.recv(ipc.SEQPACKET_MAX))
+            except BlockingIOError:
+                return out
+            out.extend(msg["punts"])
+    return punted
 
 
 def test_datapath_sends_the_setup_queues_punts_after_batches_decisions_and_ageing():
     d = config().to_dict()
     cfg = VrouterConfig.from_dict({**d, "flow": {"setup_rate": 1.0, "burst_tokens": 2, "hold_timeout": 10.0}})
-    link = RecordingLink()
-    dp = Datapath(link, Offloads(), clock=lambda: 0.0)
+    link = AgentLink(collections.Counter(), on_broken=lambda sock, exc: pytest.fail(f"channel broke: {exc}"))
+    read = agent_end(link)
+    now = [0.0]
+    dp = Datapath(link, Offloads(), clock=lambda: now[0])
     dp.configure(cfg)
     dp.sender = FakeTunnels()
     frames = [virtio.PLAIN + udp_frame("192.168.1.11", "192.168.1.12", sport, 53, src_mac="02:00:00:00:00:11")
               for sport in range(4)]
     dp.from_tap("vt-t1", frames)
-    assert [r["sport"] for r in link.punted] == [0, 1] and {r["owner"] for r in link.punted} == {"vt-t1"}
-    dp.on_decision({"id": 1, "decision": SlowPath(cfg).decide(link.punted[0], 0.0)})
-    assert len(dp.sender.sent) == 1 and len(link.settled_msgs) == 1 and len(link.punted) == 2
-    dp.expire(1.5)                      # the bucket refilled: the next punt goes out without new input
-    assert [r["sport"] for r in link.punted] == [0, 1, 2]
+    first = read()                      # one batch, as many as the bucket's two tokens allow
+    assert [r["sport"] for _, r in first] == [0, 1] and {r["owner"] for _, r in first} == {"vt-t1"}
+    assert link.counters["punt_batches"] == 1
+    pid, request = first[0]
+    link.inbox.append([pid, SlowPath(cfg).decide(request, 0.0)])
+    dp.service()
+    assert len(dp.sender.sent) == 1 and pid not in link.sent and read() == []
+    now[0] = 1.5
+    dp.expire(now[0])                   # the bucket refilled: the next punt goes out without new input
+    assert [r["sport"] for _, r in read()] == [2]

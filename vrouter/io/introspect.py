@@ -16,6 +16,12 @@ Protocol (msgpack maps on the stream socket `<rundir>/vr/<server>/introspect.soc
     reset     -             flush: empty flow table, zeroed counters (forwarder and agent)
     set       gro, gso      switch GRO / GSO on or off at run time (booleans, either or both);
                             result {"gro": bool, "gso": bool}
+    pressure  -             the flow table under pressure (`Pipeline.pressure`, summed over the workers
+                            of a multi-core vrouter) + "uptime" (s since the forwarder started) +
+                            "channel": the slow-path channel's counters (punt_batches, punts_sent,
+                            largest_batch, sends_blocked, queued, in_flight, window, window_full,
+                            decision_batches, decisions_waiting, punts_lost, punts_undecided,
+                            punts_unanswered, agent_connected)
 `stats` also has "gro" (deliveries, segments, segments_per_delivery, merged_*, histogram of segments
 per delivery, flush reasons), "gso" (UDP_SEGMENT sends, segments, segments_per_send, fallback) and
 "vm_mtu" (vrouter/core/offload.py).
@@ -28,7 +34,8 @@ from __future__ import annotations
 from vrouter.io import ipc
 
 PROTOCOL_VERSION = 1
-OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set")
+OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set",
+       "pressure")
 
 
 class IntrospectError(Exception):

@@ -16,16 +16,12 @@ are the single forwarder's code; every queue carries a virtio_net_hdr as the for
 """
 from __future__ import annotations
 
-import ctypes
 import socket
-import struct
 
 import psutil
 
 from vrouter.io import tunnel
-from vrouter.io.tunnel import IPPROTO_GRE, EntropySender
-
-SO_ATTACH_FILTER = 26
+from vrouter.io.tunnel import IPPROTO_GRE, EntropySender, drop_all_filter, open_raw_udp
 
 
 class NicError(Exception):
@@ -40,13 +36,6 @@ def pin(cpu: int | None) -> None:
         psutil.Process().cpu_affinity([cpu])
     except (ValueError, OSError) as exc:
         raise NicError(f"cannot pin to CPU {cpu}: {exc}") from None
-
-
-def drop_all_filter(sock: socket.socket) -> None:
-    """Attach a one-instruction classic BPF program (``ret #0``): the socket receives nothing."""
-    insn = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))
-    prog = struct.pack("HL", 1, ctypes.addressof(insn))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
 
 
 def open_rx(reuseport: bool, gre: bool = True, gro: bool = True) -> dict:
@@ -70,9 +59,10 @@ class Sender(EntropySender):
         self._gre.setblocking(False)
         self._udp_fallback = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._udp_fallback.setblocking(False)
+        self._raw_udp = open_raw_udp(local_ip)
 
     def close(self) -> None:
-        for s in [self._gre, self._udp_fallback, *self._pool.values()]:
+        for s in [self._gre, self._udp_fallback, *self._pool.values(), *([self._raw_udp] if self._raw_udp else [])]:
             s.close()
         self._pool.clear()
 

@@ -25,6 +25,9 @@ TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x1, 0x2, 0x4
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 # A frame read from a vnet-header TAP: 10-byte header + up to 14 + 65535 bytes (a TSO super-frame).
 READ_SIZE = 10 + 14 + 65535
+# Frames read from one TAP per loop round (NAPI's weight): a VM that floods gets this many per round
+# like every other VM, whatever its rate, so the others' packets never wait behind its backlog.
+VIF_WEIGHT = 64
 CLONE_NEWNET = 0x40000000
 IFNAMSIZ = 16
 
@@ -129,8 +132,8 @@ def destroy_tap(fd: int) -> None:
         os.close(fd)
 
 
-def read_frames(fd: int, max_frames: int = 64, bufsize: int = READ_SIZE) -> list[bytes]:
-    """Drain up to `max_frames` frames without blocking (bounded so one busy VM cannot starve others)."""
+def read_frames(fd: int, max_frames: int = VIF_WEIGHT, bufsize: int = READ_SIZE) -> list[bytes]:
+    """Up to `max_frames` frames without blocking (bounded so one busy VM cannot starve others)."""
     frames = []
     for _ in range(max_frames):
         try:

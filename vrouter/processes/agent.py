@@ -31,6 +31,37 @@ from vrouter.processes.launch import parser, serve, setup_logging
 
 log = logging.getLogger("agent")
 RECONNECT_DELAY = 0.2
+READ_MAX = 256      # messages read from one channel per round: everything waiting, the window bounds it
+MAX_FDS = 64        # worker channels one message may pass
+
+
+class Peer:
+    """One channel to the forwarding plane: the forwarder's (which also carries configuration) or a
+    multi-core worker's. Sends go through its writer, which never blocks; `lock` because the VNC
+    client's thread pushes configurations on the forwarder's channel too."""
+
+    def __init__(self, sock: socket.socket, name: str):
+        sock.setblocking(False)
+        self.sock = sock
+        self.name = name
+        self.writer = ipc.SeqpacketWriter(sock)
+        self.lock = threading.Lock()
+
+    def send(self, data: bytes, items: int = 1) -> bool:
+        with self.lock:
+            try:
+                self.writer.send(data, items)
+                return True
+            except OSError as exc:
+                log.warning("%s channel: %s", self.name, exc)
+                return False
+
+    def drain(self) -> None:
+        with self.lock:
+            try:
+                self.writer.flush()
+            except OSError as exc:
+                log.warning("%s channel: %s", self.name, exc)   # the next read sees the channel closed
 
 
 class Agent:
@@ -42,10 +73,12 @@ class Agent:
         self.generation = None
         self.config_dict = None
         self.counters = collections.Counter()
-        self.conn: socket.socket | None = None
-        self.channels: dict[socket.socket, int] = {}   # worker channels of a multi-core forwarder
-        self._send_lock = threading.Lock()   # on_config arrives on the VNC client's thread
+        self.main: Peer | None = None            # the forwarder's channel
+        self.channels: dict[socket.socket, Peer] = {}   # worker channels of a multi-core forwarder
+        self._main_lock = threading.Lock()   # on_config arrives on the VNC client's thread
         self._config_lock = threading.Lock()
+        self._buf = bytearray(ipc.SEQPACKET_MAX)
+        self.message_max = ipc.SEQPACKET_MAX     # decision batches larger than this are split
         self.running = True
 
     # --- configuration (called by the VNC client thread or at start-up) ------------------------
@@ -77,15 +110,9 @@ class Agent:
 
     # --- forwarder channel ---------------------------------------------------------------------
     def _send(self, msg) -> bool:
-        with self._send_lock:
-            if self.conn is None:
-                return False
-            try:
-                self.conn.send(ipc.pack(msg))
-                return True
-            except OSError as exc:
-                log.warning("forwarder channel: %s", exc)
-                return False
+        with self._main_lock:
+            main = self.main
+        return main is not None and main.send(ipc.pack(msg))
 
     def _connect(self) -> bool:
         path = ipc.agent_socket(self.rundir, self.server)
@@ -96,8 +123,8 @@ class Agent:
         except (FileNotFoundError, ConnectionRefusedError):
             s.close()
             return False
-        with self._send_lock:
-            self.conn = s
+        with self._main_lock:
+            self.main = Peer(s, "forwarder")
         log.info("connected to forwarder at %s", path)
         self._push_config()  # a (re)started forwarder starts empty: give it what we know
         return True
@@ -106,7 +133,7 @@ class Agent:
         sel = selectors.DefaultSelector()
         waiting_logged = False
         while self.running:
-            if self.conn is None:
+            if self.main is None:
                 if not self._connect():
                     if not waiting_logged:
                         log.info("waiting for the forwarder")
@@ -114,31 +141,64 @@ class Agent:
                     time.sleep(RECONNECT_DELAY)
                     continue
                 waiting_logged = False
-                sel.register(self.conn, selectors.EVENT_READ, None)
-            for key, _ in sel.select(0.5):
-                if key.data is not None:
-                    self._on_channel(sel, key.fileobj)
+                sel.register(self.main.sock, selectors.EVENT_READ, None)
+            for key, mask in sel.select(0.5):
+                peer = self.main if key.data is None else key.data
+                if mask & selectors.EVENT_WRITE:
+                    peer.drain()
+                if not mask & selectors.EVENT_READ:
                     continue
-                try:
-                    data, fds, _flags, _addr = socket.recv_fds(self.conn, ipc.SEQPACKET_MAX, 64)
-                except OSError as exc:
-                    data, fds = b"", []
-                    log.warning("forwarder channel: %s", exc)
-                if not data:
-                    log.warning("forwarder went away; reconnecting")
-                    sel.unregister(self.conn)
-                    self._close_channels(sel)
-                    with self._send_lock:
-                        self.conn.close()
-                        self.conn = None
+                if peer is not self.main:
+                    self._on_channel(sel, peer)
+                elif not self._on_forwarder(sel):
                     break
-                msg = ipc.unpack(data)
-                if msg.get("t") == "channels":
-                    self._open_channels(sel, msg, fds)
-                else:
-                    for fd in fds:
-                        os.close(fd)
-                    self._handle(msg)
+            self._watch_writes(sel)
+
+    def _watch_writes(self, sel):
+        """Watch a channel for writability exactly while its writer holds what it could not send."""
+        peers = [*self.channels.values(), *([self.main] if self.main else [])]
+        for peer in peers:
+            key = sel.get_key(peer.sock)
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.writer.pending else 0)
+            if key.events != events:
+                sel.modify(peer.sock, events, key.data)
+
+    def _on_forwarder(self, sel) -> bool:
+        """Everything waiting on the forwarder's channel; False once the forwarder went away."""
+        main, punts = self.main, []
+        for _ in range(READ_MAX):
+            try:
+                msg, fds = ipc.recv_message(main.sock, self._buf, MAX_FDS)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                log.warning("forwarder channel: %s", exc)
+                msg, fds = None, []
+            if msg is None:
+                log.warning("forwarder went away; reconnecting")
+                sel.unregister(main.sock)
+                self._close_channels(sel)
+                with self._main_lock:
+                    main.sock.close()
+                    self.main = None
+                return False
+            kind = msg.get("t")
+            if kind == "channels":
+                self._open_channels(sel, msg, fds)
+                continue
+            for fd in fds:
+                os.close(fd)
+            if kind == "punts":
+                punts += msg["punts"]
+            elif kind == "reset":
+                self._answer(punts, main)
+                punts = []
+                self.counters.clear()
+                self._send({"t": "agent_stats", "agent": self.stats()})
+            else:
+                log.warning("ignoring forwarder message of unknown type %r", kind)
+        self._answer(punts, main)
+        return True
 
     # --- multi-core forwarders (vrouter.processes.dispatcher): one channel per worker --------------------
     def _open_channels(self, sel, msg, fds):
@@ -146,9 +206,9 @@ class Agent:
         decision goes back on the same one, to the worker that will see the flow's reply too."""
         self._close_channels(sel)
         for worker, fd in zip(msg.get("workers", []), fds, strict=False):
-            ch = socket.socket(fileno=fd)
-            self.channels[ch] = worker
-            sel.register(ch, selectors.EVENT_READ, worker)
+            peer = Peer(socket.socket(fileno=fd), f"worker {worker}")
+            self.channels[peer.sock] = peer
+            sel.register(peer.sock, selectors.EVENT_READ, peer)
         log.info("serving %d worker channels (CPUs %s)", len(fds), msg.get("workers"))
 
     def _close_channels(self, sel):
@@ -157,41 +217,52 @@ class Agent:
             ch.close()
         self.channels.clear()
 
-    def _on_channel(self, sel, ch):
-        try:
-            data = ch.recv(ipc.SEQPACKET_MAX)
-        except OSError:
-            data = b""
-        if not data:
-            sel.unregister(ch)
-            self.channels.pop(ch, None)
-            ch.close()
-            return
-        self._handle(ipc.unpack(data), ch)
-
-    def _handle(self, msg, channel=None):
-        kind = msg.get("t")
-        if kind == "punt":
-            self.counters["decisions"] += 1  # slow-path invocations: what the experiment counts
-            with self._config_lock:
-                slowpath = self.slowpath
-            if slowpath is None:
-                self.counters["punts_unconfigured"] += 1
+    def _on_channel(self, sel, peer):
+        """Every punt batch waiting on a worker's channel, decided and answered as one batch."""
+        punts = []
+        for _ in range(READ_MAX):
+            try:
+                msg, _fds = ipc.recv_message(peer.sock, self._buf)
+            except BlockingIOError:
+                break
+            except OSError:
+                msg = None
+            if msg is None:
+                sel.unregister(peer.sock)
+                self.channels.pop(peer.sock, None)
+                peer.sock.close()
                 return
-            decision = slowpath.decide(msg["request"], self.clock())
-            reply = {"t": "decision", "id": msg.get("id"), "decision": decision, "agent": self.stats()}
-            if channel is None:
-                self._send(reply)
+            if msg.get("t") == "punts":
+                punts += msg["punts"]
             else:
-                try:
-                    channel.send(ipc.pack(reply))
-                except OSError as exc:
-                    log.warning("worker %s channel: %s", self.channels.get(channel), exc)
-        elif kind == "reset":
-            self.counters.clear()
-            self._send({"t": "agent_stats", "agent": self.stats()})
+                log.warning("ignoring %s message of unknown type %r", peer.name, msg.get("t"))
+        self._answer(punts, peer)
+
+    # --- the slow path -------------------------------------------------------------------------
+    def _answer(self, punts: list, peer: Peer) -> None:
+        """Decide `punts` ([id, request] each) and send the decisions back on `peer` as one batch
+        (split only if it would not fit one message). Without a configuration nothing is decided:
+        the ids come back as `undecided`, so the forwarder frees its window at once."""
+        if not punts:
+            return
+        with self._config_lock:
+            slowpath = self.slowpath
+        c = self.counters
+        if slowpath is None:
+            c["punts_unconfigured"] += len(punts)
+            head = {"t": "decisions", "undecided": [pid for pid, _request in punts]}
+            decisions = []
         else:
-            log.warning("ignoring forwarder message of unknown type %r", kind)
+            now, decide = self.clock(), slowpath.decide
+            decisions = [(pid, decide(request, now)) for pid, request in punts]
+            c["decisions"] += len(decisions)      # slow-path invocations: what the experiments count
+            c["decision_batches"] += 1
+            head = {"t": "decisions"}
+        head["agent"] = self.stats()
+        dropped = peer.writer.dropped
+        for data, n in ipc.pack_batches(head, "decisions", decisions, self.message_max):
+            peer.send(data, n)
+        c["decisions_dropped"] += peer.writer.dropped - dropped     # the forwarder stopped reading
 
 
 def load_config_file(path: str) -> dict:

@@ -12,10 +12,16 @@ super-frame goes through the pipeline once and is cut at its MSS on the way out 
 tunnel reads are merged by `vrouter.core.gro.Gro` over the whole drain (NAPI's end of batch) and
 written to the VM as one super-packet. Packets held during a slow-path round trip lose their virtio
 header in the core; `_execute_released` derives it again from the frame (the core keeps none).
+
+The slow path (docs/vrouter.md, "The slow-path channel"): a miss leaves its punt request in the
+core's setup queue; after each batch of input the datapath hands the agent, in one message, what
+the queue lets go (`flush_punts`), and `service` installs the decisions that came back, a bounded
+number per loop round. No timer: a lone punt at low load leaves with the batch that made it.
 """
 from __future__ import annotations
 
 import collections
+import itertools
 import socket
 import time
 from collections.abc import Callable
@@ -31,7 +37,9 @@ from vrouter.io import ipc, tap
 PLAIN = virtio.PLAIN
 VNET_LEN = virtio.HDR_LEN
 EXPIRE_EVERY = 1.0      # seconds between two ageing scans of the flow table
-PUNT_MEMORY = 8192      # punts awaiting their decision; past it (agent restarted) they are forgotten
+PUNT_WINDOW = 1024      # punts taken and not decided yet; more wait in the core's setup queue
+DECISION_WEIGHT = 64    # decisions installed per loop round (NAPI's weight): the inputs get their turn
+UNANSWERED_AFTER = 10.0     # seconds: a punt still undecided then was lost by the agent, it leaves the window
 
 
 class VifPort:
@@ -48,63 +56,177 @@ class VifPort:
 
 
 class AgentLink:
-    """The forwarding side of the slow-path channel: punts go to the agent numbered, and the
-    decision that comes back with the same number gives the slow-path round trip (punt sent ->
-    decision installed), the cost a proactive reverse entry saves on the reply path, measured where
-    it is paid. `on_broken(sock, exc)` is the holder's: it unregisters and closes the socket."""
+    """The forwarding side of the slow-path channel (docs/vrouter.md, "The slow-path channel").
 
-    def __init__(self, counters: collections.Counter, on_broken: Callable[[socket.socket, object], None]):
+    Punts leave in batches, numbered: `flush` takes what the core's setup queue lets go
+    (`Pipeline.take_punts`) while the window has room and sends it as one `punts` message (split
+    when it would not fit one datagram). A send that would block leaves its messages in the writer,
+    the holder watches the socket for writability (`want_write`) and nothing new is taken meanwhile,
+    so what waits keeps waiting in the core's fair, token-limited queue rather than here. Decisions
+    come back in batches; `receive` puts them in `inbox`, and the datapath installs them
+    DECISION_WEIGHT a round. The number that comes back with a decision gives the slow-path round
+    trip (taken from the core -> decision installed), measured where it is paid.
+    `on_broken(sock, exc)` and `want_write(on)` are the holder's: it owns the socket and the selector."""
+
+    def __init__(self, counters: collections.Counter, on_broken: Callable[[socket.socket, object], None],
+                 want_write: Callable[[bool], None] | None = None):
         self.sock: socket.socket | None = None
+        self.writer: ipc.SeqpacketWriter | None = None
         self.counters = counters
         self.on_broken = on_broken
+        self.want_write = want_write or (lambda on: None)
+        self.writing = False                 # the holder watches the socket for writability
+        self.window = PUNT_WINDOW
+        self.message_max = ipc.SEQPACKET_MAX
         self.agent_stats: dict = {}          # the agent's own counters, piggybacked on its messages
         self.seq = 0
-        self.sent: dict[int, float] = {}
+        self.sent: dict[int, float] = {}     # the window: punt id -> when it was taken, until decided
+        self.inbox: collections.deque = collections.deque()     # [id, decision] received, not installed
+        self.largest_batch = 0
+        self.blocked = 0                     # sends that would block, of writers closed since the reset
         self.rtt_us: collections.deque = collections.deque(maxlen=4096)
         self.recent: collections.deque = collections.deque(maxlen=256)    # (wall time, request)
+        self._buf = bytearray(ipc.SEQPACKET_MAX)      # one receive buffer, not 4 MB allocated per read
 
-    def punt(self, request: dict) -> None:
-        c = self.counters
-        c["punts"] += 1
-        self.recent.append((time.time(), request))
-        if self.sock is None:
-            c["punts_no_agent"] += 1    # the held entry times out (hold_timeout) in the core
+    # --- the connection ------------------------------------------------------------------------
+    def attach(self, sock: socket.socket) -> None:
+        """A (new) agent connection, non-blocking; the holder has registered it for reading."""
+        self.detach()
+        self.sock = sock
+        self.writer = ipc.SeqpacketWriter(sock)
+
+    def detach(self) -> None:
+        """The agent went away: punts it did not answer are lost (their held entries time out in the
+        core); decisions already received are still installed."""
+        if self.writer is not None:
+            self.blocked += self.writer.blocked
+            self.counters["punts_lost"] += len(self.sent)
+        self.sent.clear()
+        self.sock = self.writer = None
+        self.writing = False
+
+    def send_message(self, msg: dict) -> None:
+        """A control message (e.g. reset) on the channel, behind whatever waits."""
+        if self.writer is None:
             return
-        self.seq += 1
-        if len(self.sent) > PUNT_MEMORY:
-            self.sent.clear()
-        self.sent[self.seq] = time.perf_counter()
         try:
-            self.sock.send(ipc.pack({"t": "punt", "id": self.seq, "request": request}))
-        except BlockingIOError:
-            c["punts_agent_busy"] += 1
+            self.writer.send(ipc.pack(msg))
         except OSError as exc:
             self.on_broken(self.sock, exc)
+            return
+        self._interest(self.writer.pending)
 
+    # --- punts out -----------------------------------------------------------------------------
+    def flush(self, take: Callable[[int], list]) -> None:
+        """Send what a blocked send left, then, if the channel took it, `take(room)` new punts."""
+        w = self.writer
+        if w is None or (w.pending and not self.drain()):
+            return
+        room = self.window - len(self.sent)
+        if room <= 0:
+            self.counters["punt_window_full"] += 1
+            return
+        requests = take(room)
+        if not requests:
+            return
+        taken = time.perf_counter()
+        sent, seq, items = self.sent, self.seq, []
+        for r in requests:
+            seq += 1
+            sent[seq] = taken
+            items.append((seq, r))
+        self.seq = seq
+        wall = time.time()
+        self.recent.extend((wall, r) for r in requests[-self.recent.maxlen:])
+        c = self.counters
+        c["punts"] += len(requests)
+        try:
+            for data, n in ipc.pack_batches({"t": "punts"}, "punts", items, self.message_max):
+                c["punt_batches"] += 1
+                self.largest_batch = max(self.largest_batch, n)
+                w.send(data, n)
+        except OSError as exc:
+            self.on_broken(self.sock, exc)
+            return
+        self._interest(w.pending)
+
+    def drain(self) -> bool:
+        """The writer's waiting messages, as far as the socket takes them; True when none is left."""
+        try:
+            done = self.writer.flush()
+        except OSError as exc:
+            self.on_broken(self.sock, exc)
+            return False
+        self._interest(not done)
+        return done
+
+    def _interest(self, on: bool) -> None:
+        if on != self.writing:
+            self.writing = on
+            self.want_write(on)
+
+    # --- decisions in --------------------------------------------------------------------------
     def receive(self, max_messages: int = 64) -> list[dict] | None:
-        """The messages waiting on the channel; None once the agent closed it."""
+        """Read the messages waiting on the channel, in order: decisions go to `inbox`, the agent's
+        counters (on every message that has them) to `agent_stats`, the rest (config) is returned.
+        None once the agent closed the channel."""
         out = []
         for _ in range(max_messages):
             try:
-                data = self.sock.recv(ipc.SEQPACKET_MAX)
+                msg, _fds = ipc.recv_message(self.sock, self._buf)
             except BlockingIOError:
                 break
-            if not data:
+            if msg is None:
                 return None
-            out.append(ipc.unpack(data))
+            kind = msg.get("t")
+            if kind == "decisions":
+                self._decisions(msg)
+            elif kind == "agent_stats":      # here, not by the holder: a later decision's counters win
+                self.agent_stats = msg["agent"]
+            else:
+                out.append(msg)
         return out
 
-    def settled(self, msg: dict) -> None:
-        """A decision arrived and was installed: its round trip, and the agent's counters."""
+    def _decisions(self, msg: dict) -> None:
+        self.counters["decision_batches"] += 1
         self.agent_stats = msg.get("agent", self.agent_stats)
-        sent = self.sent.pop(msg.get("id"), None)
-        if sent is not None:
-            self.rtt_us.append((time.perf_counter() - sent) * 1e6)
+        self.inbox.extend(msg["decisions"])
+        undecided = [pid for pid in msg.get("undecided", ()) if self.sent.pop(pid, None) is not None]
+        self.counters["punts_undecided"] += len(undecided)   # the agent has no configuration yet
+
+    def settled(self, pid: int) -> None:
+        """Punt `pid`'s decision is installed: it leaves the window, and its round trip is recorded."""
+        taken = self.sent.pop(pid, None)
+        if taken is not None:
+            self.rtt_us.append((time.perf_counter() - taken) * 1e6)
+
+    def prune(self) -> None:
+        """Punts unanswered for UNANSWERED_AFTER leave the window (their held entries timed out)."""
+        old = time.perf_counter() - UNANSWERED_AFTER
+        stale = [pid for pid, taken in itertools.takewhile(lambda kv: kv[1] < old, self.sent.items())]
+        for pid in stale:
+            del self.sent[pid]
+        self.counters["punts_unanswered"] += len(stale)
+
+    # --- introspection -------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """The channel's own counters (the `pressure` op; counts since the last reset)."""
+        c, w = self.counters, self.writer
+        return {"punt_batches": c["punt_batches"], "punts_sent": c["punts"], "largest_batch": self.largest_batch,
+                "sends_blocked": self.blocked + (w.blocked if w else 0),
+                "queued": w.queued_items if w else 0, "in_flight": len(self.sent), "window": self.window,
+                "window_full": c["punt_window_full"], "decision_batches": c["decision_batches"],
+                "decisions_waiting": len(self.inbox), "punts_lost": c["punts_lost"],
+                "punts_undecided": c["punts_undecided"], "punts_unanswered": c["punts_unanswered"],
+                "agent_connected": self.sock is not None}
 
     def reset(self) -> None:
         self.rtt_us.clear()
         self.recent.clear()
         self.agent_stats = {}
+        self.largest_batch = self.blocked = 0
+        if self.writer is not None:
+            self.writer.blocked = 0
 
 
 class Datapath:
@@ -143,7 +265,8 @@ class Datapath:
     def expire(self, now: float) -> None:
         if self.pipeline is not None:
             self.counters["expired"] += self.pipeline.expire(now)
-            self._punt(now)     # with flow.setup_rate, punts the bucket held back since the last batch
+        self.link.prune()
+        self.flush_punts()  # with flow.setup_rate: what the bucket held back since the last batch
 
     # --- packets in ----------------------------------------------------------------------------
     def from_tap(self, name: str, frames: list[bytes]) -> None:
@@ -165,7 +288,7 @@ class Datapath:
                     c["rx_super_frames"] += 1
                     mss = h.gso_size
             execute(from_vif(name, raw[VNET_LEN:], now), vnet, mss)
-        self._punt(now)
+        self.flush_punts()
 
     def from_reads(self, reads: list[tuple]) -> None:
         """GRO and delivery of one drain of `read_gro` reads: (outer src, encap, data, segment size)."""
@@ -183,7 +306,7 @@ class Datapath:
                 src = s
             g.add_batch(encap, data, seg, now)
         self._deliver(src, encap, g.flush(), now)
-        self._punt(now)
+        self.flush_punts()
 
     def _deliver(self, src: str, encap: str, deliveries, now: float) -> None:
         from_fabric = self.pipeline.from_fabric
@@ -193,20 +316,35 @@ class Datapath:
             hist[nsegs] += 1
             execute(from_fabric(src, encap, payload, now), vnet, gso_size)
 
-    def on_decision(self, msg: dict) -> None:
-        """The agent's decision for a punt: install it, release the held packets, time the trip."""
-        if self.pipeline is None:
-            return
-        self.counters["decisions"] += 1
-        now = self.clock()
-        self._execute_released(self.pipeline.install(msg["decision"], now))
-        self.link.settled(msg)
-        self._punt(now)
+    # --- the slow path -------------------------------------------------------------------------
+    def flush_punts(self) -> None:
+        """After a batch of input, or once the channel is writable or the window has room again:
+        the punts the core lets go now, as one batch (nothing is taken while the channel is blocked)."""
+        pipe, link = self.pipeline, self.link
+        if pipe is not None and link.writer is not None and (link.writer.pending or pipe.punts_waiting()):
+            link.flush(lambda room: pipe.take_punts(self.clock(), room))
 
-    def _punt(self, now: float) -> None:
-        """New flows' punt requests wait in the pipeline's setup queue; send what it lets go."""
-        for request in self.pipeline.take_punts(now):
-            self.link.punt(request)
+    def service(self, budget: int = DECISION_WEIGHT) -> bool:
+        """Once per loop round: install up to `budget` received decisions (releasing their held
+        packets), the rest in the next rounds; True while decisions are left (the holder then polls
+        instead of waiting). A flood's decisions thus take turns with the inputs, as NAPI's weight does."""
+        inbox = self.link.inbox
+        if not inbox:
+            return False
+        pipe = self.pipeline
+        if pipe is None:
+            inbox.clear()
+            return False
+        now = self.clock()
+        install, settled, execute = pipe.install, self.link.settled, self._execute_released
+        n = min(budget, len(inbox))
+        for _ in range(n):
+            pid, decision = inbox.popleft()
+            execute(install(decision, now))
+            settled(pid)
+        self.counters["decisions"] += n
+        self.flush_punts()
+        return bool(inbox)
 
     # --- actions -------------------------------------------------------------------------------
     def _execute(self, actions, vnet: bytes = PLAIN, mss: int = 0) -> None:
@@ -227,7 +365,8 @@ class Datapath:
                     port.counters["tx_bytes"] += len(action.frame)
                 else:
                     self.counters["vif_tx_errors"] += 1
-            # Drop: nothing to do, the pipeline counted it (dropstats)
+            # Drop: nothing to do, the pipeline counted it (dropstats). A miss's punt request waits in
+            # the core's setup queue: flush_punts takes it after the batch.
 
     def _execute_released(self, actions) -> None:
         """Packets held during a slow-path round trip come back from `install` without the virtio
@@ -250,6 +389,11 @@ class Datapath:
                 "tunnels": tunnels, "agent": dict(self.link.agent_stats),
                 "agent_connected": self.link.sock is not None, "rtts": list(self.link.rtt_us),
                 **self.offloads.stats(tunnels)}
+
+    def pressure(self) -> dict:
+        """The flow table under pressure (the core's `pressure`) and this shard's channel counters."""
+        table = self.pipeline.pressure(self.clock()) if self.pipeline else {}
+        return {**table, "channel": self.link.stats()}
 
     def flows(self) -> list[dict]:
         return self.pipeline.flows(self.clock()) if self.pipeline else []

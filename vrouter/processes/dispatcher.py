@@ -205,8 +205,16 @@ class WorkerPool:
         self.shell.counters[f"to_{hop}_{cpu}"] += n
         (self.children.data[cpu] if hop == "worker" else self.children.relay_in[cpu]).sendmsg(parts)
 
-    def on_decision(self, msg: dict) -> None:
-        log.warning("decision on the dispatcher's channel ignored: the agent answers each worker on its own")
+    def flush_punts(self) -> None:
+        """The dispatcher punts nothing: each worker has its own channel to the agent."""
+
+    def service(self) -> bool:
+        inbox = self.shell.agent.inbox
+        if inbox:
+            log.warning("%d decisions on the dispatcher's channel ignored: the agent answers each worker "
+                        "on its own", len(inbox))
+            inbox.clear()
+        return False
 
     # --- agent ---------------------------------------------------------------------------------
     def agent_connected(self, conn: socket.socket) -> None:
@@ -309,6 +317,18 @@ class WorkerPool:
 
     def rtts(self) -> list[float]:
         return [x for s in self.query("stats").values() for x in s["rtts"]]
+
+    def pressure(self) -> dict:
+        """Every shard's table and channel, summed (largest_batch and window: the largest)."""
+        total: dict = {}
+        largest = window = 0
+        for p in self.query("pressure").values():
+            largest = max(largest, p["channel"]["largest_batch"])
+            window = max(window, p["channel"]["window"])
+            _sum_into(total, p)
+        if total:
+            total["channel"].update(largest_batch=largest, window=window)
+        return total
 
     def stats(self) -> dict:
         """Counters summed over the workers (plus this process's own), and a section per worker."""

@@ -59,8 +59,11 @@ class InProcess:
     def agent_connected(self, conn: socket.socket) -> None:
         """Punts go out on the agent's one channel (the shell's link), nothing more to set up."""
 
-    def on_decision(self, msg: dict) -> None:
-        self.datapath.on_decision(msg)
+    def flush_punts(self) -> None:
+        self.datapath.flush_punts()
+
+    def service(self) -> bool:
+        return self.datapath.service()
 
     def on_tap(self, name: str, frames: list[bytes]) -> None:
         if self.datapath.pipeline is not None:
@@ -106,6 +109,9 @@ class InProcess:
     def rtts(self) -> list[float]:
         return list(self.datapath.link.rtt_us)
 
+    def pressure(self) -> dict:
+        return self.datapath.pressure()
+
     def stats(self) -> dict:
         s = self.datapath.stats()
         s["slowpath_rtt_us"] = summary(s.pop("rtts"))
@@ -122,7 +128,9 @@ class Forwarder:
         self.clock = clock
         self.sel = selectors.DefaultSelector()
         self.counters: collections.Counter = collections.Counter()
-        self.agent = AgentLink(self.counters, lambda conn, why: self._drop_conn(conn, "agent", why))
+        self.started = clock()                   # `pressure` reports the uptime
+        self.agent = AgentLink(self.counters, lambda conn, why: self._drop_conn(conn, "agent", why),
+                               self._agent_interest)
         self.offloads = Offloads(gro, gso)
         self.config: VrouterConfig | None = None
         self.config_dict: dict | None = None     # as pushed, for `config` introspection
@@ -165,19 +173,10 @@ class Forwarder:
     # --- main loop -----------------------------------------------------------------------------
     def run(self):
         next_tick = next_retry = self.clock()
+        busy = False
         while self.running:
-            timeout = max(0.0, min(next_tick, next_retry) - self.clock())
-            for key, _ in self.sel.select(timeout):
-                kind, obj = key.data
-                try:
-                    getattr(self, f"_on_{kind}")(key.fileobj, obj)
-                except (ConnectionError, OSError) as exc:
-                    if kind in ("agent", "intro"):
-                        self._drop_conn(key.fileobj, kind, exc)
-                    elif kind == "tap":
-                        self._lost_vif(obj, exc)
-                    else:
-                        raise
+            timeout = 0.0 if busy else max(0.0, min(next_tick, next_retry) - self.clock())
+            busy = self.poll(timeout)
             now = self.clock()
             if now >= next_tick:
                 self.running = self.engine.tick(now) and self.running
@@ -187,6 +186,24 @@ class Forwarder:
                     self._attach_pending()
                 next_retry = now + PENDING_RETRY
         self.close()
+
+    def poll(self, timeout: float) -> bool:
+        """One loop round: every ready fd once, each TAP for at most tap.VIF_WEIGHT frames and each
+        fabric socket for at most 64 reads (a VM that floods gets its weight per round like every
+        other VM; epoll hands back a socket still ready at the end of its list, so the order
+        rotates), then up to DECISION_WEIGHT decisions. True if work was left for the next round."""
+        for key, _ in self.sel.select(timeout):
+            kind, obj = key.data
+            try:
+                getattr(self, f"_on_{kind}")(key.fileobj, obj)
+            except (ConnectionError, OSError) as exc:
+                if kind in ("agent", "intro"):
+                    self._drop_conn(key.fileobj, kind, exc)
+                elif kind == "tap":
+                    self._lost_vif(obj, exc)
+                else:
+                    raise
+        return self.engine.service()
 
     def close(self):
         self.engine.close()
@@ -206,7 +223,7 @@ class Forwarder:
             pass  # already dropped by an earlier error on the same connection
         conn.close()
         if kind == "agent" and conn is self.agent.sock:
-            self.agent.sock = None
+            self.agent.detach()
             log.warning("agent disconnected (%s); new flows are held until it returns", exc or "EOF")
 
     # --- event handlers ------------------------------------------------------------------------
@@ -216,24 +233,32 @@ class Forwarder:
         conn.setblocking(False)
         if self.agent.sock is not None:
             self._drop_conn(self.agent.sock, "agent", "replaced by a new connection")
-        self.agent.sock = conn
+        self.agent.attach(conn)
         self.sel.register(conn, selectors.EVENT_READ, ("agent", None))
         self.engine.agent_connected(conn)
         log.info("agent connected")
 
+    def _agent_interest(self, on: bool) -> None:
+        """The agent channel is full (watch for writability) or has room again (stop watching)."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        self.sel.modify(self.agent.sock, events, ("agent", None))
+
     def _on_agent(self, conn, _):
+        """Readable or, after a send that would block, writable: what waits goes out (and then the
+        punts the core holds), and what came in is read (decisions are installed by `service`)."""
+        if self.agent.writing:
+            if self.agent.drain():
+                self.engine.flush_punts()
+            if self.agent.sock is None:
+                return
         msgs = self.agent.receive()
         if msgs is None:
             self._drop_conn(conn, "agent", "EOF")
             return
         for msg in msgs:
             kind = msg.get("t")
-            if kind == "decision":
-                self.engine.on_decision(msg)
-            elif kind == "config":
+            if kind == "config":
                 self.apply_config(msg["generation"], msg["config"])
-            elif kind == "agent_stats":
-                self.agent.agent_stats = msg["agent"]
             else:
                 log.warning("ignoring agent message of unknown type %r", kind)
 
@@ -257,7 +282,7 @@ class Forwarder:
 
     def _on_tap(self, fd, name):
         if name in self.vifs:
-            self.engine.on_tap(name, tap.read_frames(fd))
+            self.engine.on_tap(name, tap.read_frames(fd, tap.VIF_WEIGHT))
 
     def _on_fabric(self, sock, _):
         self.engine.on_fabric(self.tunnels, sock)
@@ -286,11 +311,7 @@ class Forwarder:
             self.tunnels.counters.clear()
 
     def request_agent_reset(self):
-        if self.agent.sock is not None:
-            try:
-                self.agent.sock.send(ipc.pack({"t": "reset"}))
-            except OSError as exc:
-                self._drop_conn(self.agent.sock, "agent", exc)
+        self.agent.send_message({"t": "reset"})
         self.agent.agent_stats = {}
 
     # --- configuration -------------------------------------------------------------------------

@@ -55,6 +55,11 @@ class Introspector:
                         "tcp_flags": r.get("tcp_flags")})
         return out[-int(req.get("last", len(out))):]
 
+    def _pressure(self, req):
+        """The flow table under pressure, the slow-path channel, and the forwarder's uptime (from which
+        and successive "installs" a client derives setup rates)."""
+        return {**self._engine().pressure(), "uptime": round(self.fwd.clock() - self.fwd.started, 3)}
+
     def _stats(self, req):
         f = self.fwd
         return {"server": f.server, "generation": f.generation,

@@ -30,7 +30,8 @@ from vrouter.core import rps_channel
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.offload import Offloads
 from vrouter.io import ipc, rps_kernel, tap, tunnel
-from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort
+from vrouter.processes.datapath import EXPIRE_EVERY, VNET_LEN, AgentLink, Datapath, VifPort
+from vrouter.processes.launch import tune_gc
 
 log = logging.getLogger("worker")
 MAX_FDS = 64
@@ -56,7 +57,7 @@ class Worker:
         self.cpu, self.ctrl, self.kernel, self.first, self.clock = cpu, ctrl, kernel, first, clock
         self.sel = selectors.DefaultSelector()
         self.counters: collections.Counter = collections.Counter()
-        self.agent = AgentLink(self.counters, lambda _sock, why: self._drop_agent(why))
+        self.agent = AgentLink(self.counters, lambda _sock, why: self._drop_agent(why), self._agent_interest)
         self.datapath = Datapath(self.agent, Offloads(gro, gso), clock=clock)
         self.rx: dict = {}                     # kernel mode: own receive sockets -> encap
         self.running = True
@@ -67,25 +68,32 @@ class Worker:
 
     def run(self):
         next_expire = self.clock() + EXPIRE_EVERY
+        busy = False
         while self.running:
-            for key, _ in self.sel.select(max(0.0, next_expire - self.clock())):
-                kind, obj = key.data
-                try:
-                    getattr(self, f"_on_{kind}")(key.fileobj, obj)
-                except (ConnectionError, OSError) as exc:
-                    if kind == "ctrl":
-                        log.warning("worker %d: dispatcher gone (%s)", self.cpu, exc)
-                        self.running = False
-                    elif kind == "agent":
-                        self._drop_agent(exc)
-                    elif kind == "tap":
-                        self._forget_tap(obj)
-                    else:
-                        raise
+            busy = self.poll(0.0 if busy else max(0.0, next_expire - self.clock()))
             now = self.clock()
             if now >= next_expire:
                 self.datapath.expire(now)
                 next_expire = now + EXPIRE_EVERY
+
+    def poll(self, timeout: float) -> bool:
+        """One loop round (as the forwarder's: every ready input once, within its weight, then up
+        to DECISION_WEIGHT decisions); True if decisions are left for the next round."""
+        for key, _ in self.sel.select(timeout):
+            kind, obj = key.data
+            try:
+                getattr(self, f"_on_{kind}")(key.fileobj, obj)
+            except (ConnectionError, OSError) as exc:
+                if kind == "ctrl":
+                    log.warning("worker %d: dispatcher gone (%s)", self.cpu, exc)
+                    self.running = False
+                elif kind == "agent":
+                    self._drop_agent(exc)
+                elif kind == "tap":
+                    self._forget_tap(obj)
+                else:
+                    raise
+        return self.datapath.service()
 
     # --- inputs --------------------------------------------------------------------------------
     def _on_batch(self, sock, _):
@@ -109,20 +117,29 @@ class Worker:
                 self._fabric_run([(r[1], kind, r[2], r[3]) for r in run])
 
     def _on_tap(self, fd, name):
-        self._tap_run(name, tap.read_frames(fd))           # kernel mode: this worker's queue
+        self._tap_run(name, tap.read_frames(fd, tap.VIF_WEIGHT))     # kernel mode: this worker's queue
 
     def _on_fabric(self, sock, encap):
         # kernel mode: this worker's SO_REUSEPORT socket
         self._fabric_run(tunnel.read_gro(sock, encap, self.datapath.sender.counters))
 
+    def _agent_interest(self, on: bool) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        self.sel.modify(self.agent.sock, events, ("agent", None))
+
     def _on_agent(self, conn, _):
+        """As the forwarder's: a blocked send goes out once writable; decisions wait for `service`."""
+        if self.agent.writing:
+            if self.agent.drain():
+                self.datapath.flush_punts()
+            if self.agent.sock is None:
+                return
         msgs = self.agent.receive()
         if msgs is None:
             self._drop_agent("EOF")
             return
         for msg in msgs:
-            if msg.get("t") == "decision":
-                self.datapath.on_decision(msg)
+            log.warning("worker %d: ignoring agent message %r", self.cpu, msg.get("t"))
 
     def _tap_run(self, name, frames):
         c = self.counters
@@ -130,7 +147,7 @@ class Worker:
             c["rx_unconfigured"] += len(frames)
             return
         c["packets"] += len(frames)
-        c["bytes"] += sum(map(len, frames))
+        c["bytes"] += sum(map(len, frames)) - VNET_LEN * len(frames)    # frames, not their virtio headers
         self.datapath.from_tap(name, frames)
 
     def _fabric_run(self, reads):
@@ -160,9 +177,10 @@ class Worker:
             self._forget_tap(msg["name"])
         elif t == "agent":
             self._drop_agent("replaced")
-            self.agent.sock = socket.socket(fileno=fds[0])
-            self.agent.sock.setblocking(False)
-            self.sel.register(self.agent.sock, selectors.EVENT_READ, ("agent", None))
+            sock = socket.socket(fileno=fds[0])
+            sock.setblocking(False)
+            self.agent.attach(sock)
+            self.sel.register(sock, selectors.EVENT_READ, ("agent", None))
         elif t == "query":
             self.ctrl.send(ipc.pack({"t": "reply", "id": msg.get("id"), "result": self._answer(msg)}))
         else:
@@ -221,7 +239,7 @@ class Worker:
         except (KeyError, ValueError):
             pass
         sock.close()
-        self.agent.sock = None
+        self.agent.detach()
         log.warning("worker %d: agent channel closed (%s)", self.cpu, why)
 
     def _answer(self, msg):
@@ -240,10 +258,13 @@ class Worker:
             return {name: dict(port.counters) for name, port in dp.vifs.items()}
         if op == "stats":
             return {"cpu": self.cpu, "pid": os.getpid(), **dp.stats()}
+        if op == "pressure":
+            return dp.pressure()
         return None
 
 
 def run_worker(cpu: int, ctrl, inputs, kernel: bool, first: bool, gro: bool = True, gso: bool = True) -> int:
     rps_kernel.pin(cpu)
+    tune_gc()
     Worker(cpu, ctrl, inputs, kernel, first, gro=gro, gso=gso).run()
     return 0
