@@ -340,6 +340,18 @@ def test_token_bucket_paces_punts():
     assert pipe.punts_waiting() == 10
 
 
+def test_the_queue_says_how_long_until_it_can_give():
+    pipe, _ = setup(setup_rate=10.0, burst_tokens=2, hold_timeout=60.0)
+    assert pipe.punt_wait(0.0) is None                                       # nothing waits
+    for sport in range(3):
+        pipe.from_vif("tr-red1", udp_frame(VM1, VM2, sport, 53), 0.0)
+    assert pipe.punt_wait(0.0) == 0.0
+    assert len(pipe.take_punts(0.0)) == 2
+    assert pipe.punt_wait(0.0) == pytest.approx(0.1)                         # one token at 10/s
+    assert pipe.punt_wait(0.06) == pytest.approx(0.04)
+    assert len(pipe.take_punts(0.1)) == 1 and pipe.punt_wait(0.1) is None
+
+
 def test_no_cap_when_the_rate_is_zero():
     pipe, _ = setup()
     for sport in range(300):

@@ -339,6 +339,10 @@ class Pipeline:
     def punts_waiting(self) -> int:
         return len(self._queue)
 
+    def punt_wait(self, now: float) -> float | None:
+        """Seconds until ``take_punts`` has a request to give (0: now), None while none waits."""
+        return self._queue.wait(now)
+
     def _fragment_ports(self, vrf: int, pkt: Extracted, now: float) -> tuple[int, int] | str:
         proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, _ = pkt
         fkey = (vrf, proto, src, dst, ident)

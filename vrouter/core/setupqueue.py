@@ -60,6 +60,14 @@ class SetupQueue(Generic[T]):
             return self._tokens
         return min(float(self.burst), self._tokens + (now - self._last) * self.rate)
 
+    def wait(self, now: float) -> float | None:
+        """Seconds until `take` could hand something out (0: now); None while nothing waits. The
+        shell sleeps no longer than this, so a rate-capped queue drains without new input."""
+        if not self._size:
+            return None
+        tokens = self.tokens(now)
+        return 0.0 if tokens is None or tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def take(self, now: float, limit: int | None = None,
              alive: Callable[[T], bool] | None = None) -> tuple[list[T], list[T]]:
         """(items to send now, stale items); see the module docstring."""

@@ -324,6 +324,12 @@ class Datapath:
         if pipe is not None and link.writer is not None and (link.writer.pending or pipe.punts_waiting()):
             link.flush(lambda room: pipe.take_punts(self.clock(), room))
 
+    def punt_wait(self) -> float | None:
+        """How long the holder may sleep before `flush_punts` has work (None: as long as it likes);
+        with flow.setup_rate the queue then drains at the bucket's rate even when no packet comes."""
+        pipe = self.pipeline
+        return None if pipe is None or self.link.writer is None else pipe.punt_wait(self.clock())
+
     def service(self, budget: int = DECISION_WEIGHT) -> bool:
         """Once per loop round: install up to `budget` received decisions (releasing their held
         packets), the rest in the next rounds; True while decisions are left (the holder then polls

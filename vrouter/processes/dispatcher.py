@@ -208,6 +208,9 @@ class WorkerPool:
     def flush_punts(self) -> None:
         """The dispatcher punts nothing: each worker has its own channel to the agent."""
 
+    def punt_wait(self) -> float | None:
+        return None
+
     def service(self) -> bool:
         inbox = self.shell.agent.inbox
         if inbox:

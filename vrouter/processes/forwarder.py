@@ -65,6 +65,9 @@ class InProcess:
     def service(self) -> bool:
         return self.datapath.service()
 
+    def punt_wait(self) -> float | None:
+        return self.datapath.punt_wait()
+
     def on_tap(self, name: str, frames: list[bytes]) -> None:
         if self.datapath.pipeline is not None:
             self.datapath.from_tap(name, frames)
@@ -176,7 +179,12 @@ class Forwarder:
         busy = False
         while self.running:
             timeout = 0.0 if busy else max(0.0, min(next_tick, next_retry) - self.clock())
+            wait = self.engine.punt_wait()
+            if wait is not None:
+                timeout = min(timeout, wait)
             busy = self.poll(timeout)
+            if wait is not None:
+                self.engine.flush_punts()
             now = self.clock()
             if now >= next_tick:
                 self.running = self.engine.tick(now) and self.running

@@ -70,7 +70,11 @@ class Worker:
         next_expire = self.clock() + EXPIRE_EVERY
         busy = False
         while self.running:
-            busy = self.poll(0.0 if busy else max(0.0, next_expire - self.clock()))
+            timeout = 0.0 if busy else max(0.0, next_expire - self.clock())
+            wait = self.datapath.punt_wait()    # a rate-capped setup queue drains without new input
+            busy = self.poll(timeout if wait is None else min(timeout, wait))
+            if wait is not None:
+                self.datapath.flush_punts()
             now = self.clock()
             if now >= next_expire:
                 self.datapath.expire(now)
