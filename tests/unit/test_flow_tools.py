@@ -260,6 +260,8 @@ def test_sweep_stops_when_the_rate_stops_rising_or_the_slow_path_drops_dominate(
     assert flowsetup.should_stop(steps) is None
     steps.append(_step(10000, 5100, 4900))
     assert "stopped rising" in flowsetup.should_stop(steps)
+    kept_up = [_step(5000, 5000, 5000), _step(5000, 4950, 4950)]    # no rise, but everything offered set up
+    assert flowsetup.should_stop(kept_up) is None
     flood = _step(2000, 2000, 2000, drops={"hold_timeout": 4000}, sent=5000)
     assert flood["slow_path_drops"] == 4000 and "slow-path drops (4000)" in flowsetup.should_stop([flood])
 
