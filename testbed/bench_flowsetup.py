@@ -55,9 +55,10 @@ def bench_topology(capacity: int) -> tuple[Topology, int, str]:
         topo = from_dict(doc, source=f"{DEFAULT_TOPOLOGY} + flow.capacity {capacity}")
         return topo, capacity, "topology flow.capacity"
     except TopologyError as exc:
-        if not any(p.startswith("flow") for p in exc.problems):
+        refused = [p for p in exc.problems if p.startswith("flow")]
+        if not refused:
             raise
-        return base, DEFAULT_FLOW["capacity"], "the default: this topology schema has no flow section"
+        return base, DEFAULT_FLOW["capacity"], f"the default: the topology schema refused the raise ({refused[0]})"
 
 
 def raise_limits(tb: Testbed, vms: list[str], networks: list[str], limit: int) -> tuple[dict, str]:

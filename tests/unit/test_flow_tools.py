@@ -313,4 +313,4 @@ def test_bench_topology_raises_the_capacity_or_says_why_not():
     if capacity == 1234:
         assert topo.raw["flow"]["capacity"] == 1234 and source == "topology flow.capacity"
     else:
-        assert capacity == 65536 and "no flow section" in source and "flow" not in topo.raw
+        assert capacity == 65536 and "refused the raise (flow: unknown key" in source and "flow" not in topo.raw
