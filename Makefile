@@ -12,7 +12,7 @@ help:
 	@echo "sudo make test   - install what is missing, lint, run all tests (unit + end-to-end)"
 	@echo "make unit        - lint, then the pure unit tests (no root, no Mininet)"
 	@echo "make lint        - ruff over the tree, mypy (strict) on the pure core (setup.cfg [mypy])"
-	@echo "sudo make bench  - vrouter core, fabric and throughput benchmarks"
+	@echo "sudo make bench  - vrouter core, fabric, throughput and flow setup benchmarks"
 	@echo "sudo make clean  - remove leftovers of testbed runs (scoped, never global)"
 
 check-root:
@@ -75,6 +75,7 @@ bench: setup
 	$(PY) -m vrouter.bench
 	$(PY) -m testbed.cli bench fabric
 	$(PY) -m testbed.cli bench throughput
+	$(PY) -m testbed.cli bench flowsetup
 
 clean: check-root
 	@if [ -x $(PY) ]; then $(PY) -m testbed.cli clean; fi

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 # The other modules imported by testbed.cli: those that register commands, and testbed.overlay
 # (its testbed hooks and the `vr` command of Mininet's CLI).
 COMMAND_MODULES = ("testbed.vr", "testbed.overlay", "testbed.capture", "testbed.net_cmd", "testbed.bench_fabric",
-                   "testbed.bench_throughput")
+                   "testbed.bench_throughput", "testbed.bench_flowsetup")
 
 
 @dataclass

@@ -4,6 +4,8 @@
     testbed net rm-vm red4
     testbed net policy red --file rules.yaml        (--clear: back to allow-all)
     testbed net mode reactive
+    testbed net flow-limit --vm red1 5000           (--network red 20000; default: back to the default)
+    testbed net flow-limit --default-vm 16384       (--default-network N: the limit of those without their own)
 
 A VM added from this command gets a named network namespace `<prefix>-<vm>` (the Mininet network
 lives in the testbed daemon): `ip netns exec vt-red4 ping 192.168.1.11`. VMs added in-process
@@ -22,7 +24,11 @@ from testbed.vr import rundir_path
 from vrouter.io import introspect, ipc
 from vrouter.io.control import AdminClient, VncError
 
-group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode")
+group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit")
+
+
+class VncUnsupported(CommandError):
+    """The VNC does not know the admin method (a controller older than this command line)."""
 
 
 def _admin(rundir):
@@ -32,11 +38,17 @@ def _admin(rundir):
         raise CommandError(f"the VNC is not reachable: {exc}") from None
 
 
-def _call(rundir, method, *params):
+def vnc_call(rundir, method, *params):
+    """`AdminClient.<method>(*params)` (or the admin request of that name, for a method this client
+    does not wrap) on the testbed's VNC; a refusal is a CommandError with the VNC's message."""
     with _admin(rundir) as vnc:
+        do = getattr(vnc, method, None) or (lambda *p: vnc.call(method, *p))
         try:
-            return getattr(vnc, method)(*params)
+            return do(*params)
         except VncError as exc:
+            if str(exc) == f"unknown method {method!r}":
+                raise VncUnsupported(f"this VNC does not support {method} (a controller older than the "
+                                     "command line?)") from None
             raise CommandError(str(exc), code=2) from None
 
 
@@ -62,8 +74,8 @@ def add_vm_command(args) -> int:
     if r.returncode != 0:
         raise CommandError(f"cannot create namespace {netns}: {r.stderr.strip()}")
     try:
-        _call(rundir, "add_vm", args.name, args.network, args.server, args.address, args.mac)
-        vm = next(v for v in _call(rundir, "dump")["vms"] if v["name"] == args.name)
+        vnc_call(rundir, "add_vm", args.name, args.network, args.server, args.address, args.mac)
+        vm = next(v for v in vnc_call(rundir, "dump")["vms"] if v["name"] == args.name)
         ipc.update_vm_namespaces(rundir, {vm["tap"]: {"vm": args.name, "netns": f"/run/netns/{netns}"}})
     except BaseException:
         subprocess.run(["ip", "netns", "del", netns], capture_output=True)
@@ -92,10 +104,10 @@ def _rm_vm_args(p):
 @command("net rm-vm", help="remove a VM at run time", root=True, arguments=_rm_vm_args)
 def rm_vm_command(args) -> int:
     rundir = _rundir(args)
-    vm = next((v for v in _call(rundir, "dump")["vms"] if v["name"] == args.name), None)
+    vm = next((v for v in vnc_call(rundir, "dump")["vms"] if v["name"] == args.name), None)
     if vm is None:
         raise CommandError(f"unknown VM {args.name!r}", code=2)
-    _call(rundir, "remove_vm", args.name)
+    vnc_call(rundir, "remove_vm", args.name)
     ipc.update_vm_namespaces(rundir, remove=(vm["tap"],))
     netns = f"{args.prefix}-{args.name}"
     namespaces.end_processes([namespaces.NAMED_NETNS / netns])  # what users started in the VM goes too
@@ -131,7 +143,7 @@ def load_rules(path: str):
 @command("net policy", help="replace a virtual network's policy", root=True, arguments=_policy_args)
 def policy_command(args) -> int:
     policy = None if args.clear else load_rules(args.file)
-    result = _call(_rundir(args), "set_policy", args.network, policy)
+    result = vnc_call(_rundir(args), "set_policy", args.network, policy)
     print(f"policy of {args.network} set (generation {result['generation']}, "
           f"servers updated: {', '.join(result['servers']) or 'none'})")
     return 0
@@ -145,6 +157,59 @@ def _mode_args(p):
 @command("net mode", help="flow setup mode of every vrouter: proactive (forward+reverse) or reactive",
          root=True, arguments=_mode_args)
 def mode_command(args) -> int:
-    result = _call(_rundir(args), "set_flow_mode", args.mode)
+    result = vnc_call(_rundir(args), "set_flow_mode", args.mode)
     print(f"flow mode {args.mode} (generation {result['generation']})")
+    return 0
+
+
+FLOW_LIMIT_TARGETS = {"vm": "VM {}", "network": "network {}", "default-vm": "every VM without its own limit",
+                      "default-network": "every network without its own limit"}
+
+
+def parse_limit(text: str) -> int | None:
+    """A flow limit on the command line: a whole number >= 1, or `default` (None)."""
+    if text == "default":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise CommandError(f"flow limit must be a whole number >= 1 or 'default', got {text!r}", code=2)
+    return value
+
+
+def flow_limit_target(args) -> tuple[str, str | None]:
+    """(target_kind, name) of `net flow-limit`'s options, as `set_flow_limit` takes them."""
+    if args.vm is not None:
+        return "vm", args.vm
+    if args.network is not None:
+        return "network", args.network
+    return ("default-vm" if args.default_vm else "default-network"), None
+
+
+def _flow_limit_args(p):
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--vm", metavar="NAME", help="the limit of one VM (entries its interface may own; "
+                                                     "a proactive pair is two entries)")
+    target.add_argument("--network", metavar="NAME", help="the limit of one virtual network (all its entries "
+                                                          "on one vrouter)")
+    target.add_argument("--default-vm", action="store_true", help="the limit of every VM without its own "
+                                                                  "(default: a quarter of the table)")
+    target.add_argument("--default-network", action="store_true", help="the limit of every network without "
+                                                                       "its own (default: half of the table)")
+    p.add_argument("limit", metavar="LIMIT|default", help="entries (>= 1), or 'default': back to the default")
+    run_arguments(p)
+
+
+@command("net flow-limit", help="per-VM / per-network flow entry limits at run time (Tungsten Fabric's "
+         "max_vm_flows)", root=True, arguments=_flow_limit_args)
+def flow_limit_command(args) -> int:
+    limit = parse_limit(args.limit)
+    kind, name = flow_limit_target(args)
+    result = vnc_call(_rundir(args), "set_flow_limit", kind, name, limit) or {}
+    what = FLOW_LIMIT_TARGETS[kind].format(name)
+    print(f"flow limit of {what}: {'the default' if limit is None else f'{limit} entries'} "
+          f"(generation {result.get('generation', '?')}, servers updated: "
+          f"{', '.join(result.get('servers') or []) or 'none'})")
     return 0

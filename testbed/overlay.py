@@ -220,7 +220,7 @@ def _install_mininet_cli_command() -> None:
         return
 
     def do_vr(cli, line):
-        """vr SERVER flow -l | vif --list | rt --dump VRF | nh --list | dropstats | stats"""
+        """vr SERVER flow -l | flow -r [--count N] | vif --list | rt --dump VRF | nh --list | dropstats | stats"""
         if ACTIVE["rundir"] is None:
             print("error: no overlay in this testbed", file=cli.stdout)
             return

@@ -1,19 +1,23 @@
 """`testbed vr SERVER TOOL ...`: look inside a running vrouter, like Tungsten Fabric's utilities.
 
     testbed vr srv1 flow -l          flow table (Index<=>RIndex, 5-tuple, proto(vrf), action, stats)
+    testbed vr srv1 flow -r          live: setup/teardown rates, table, held, owners vs their limits,
+                                     one block per second until Ctrl-C (--count N, --interval S)
     testbed vr srv1 vif --list       VM interfaces with their routing instance and counters
     testbed vr srv1 rt --dump red    routing table of a routing instance (name or id)
     testbed vr srv1 nh --list        next hops
     testbed vr srv1 dropstats        named drop counters, with what each one means
     testbed vr srv1 stats            pipeline, forwarder, tunnel and agent counters
     testbed vr srv1 reset            flush the flow table and zero the counters (experiments)
-Add --json for the raw data. Inside Mininet's CLI: `vr srv1 flow -l`.
+Add --json for the raw data (`flow -r --json`: one JSON object per line and sample). Inside
+Mininet's CLI: `vr srv1 flow -l`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from testbed import fabric
@@ -30,7 +34,9 @@ TOOLS = {
     ("stats",): ("stats", tables.format_stats),
     ("reset",): ("reset", lambda r: "flow table flushed, counters zeroed\n"),
 }
-USAGE = "flow -l | vif --list | rt --dump VRF | nh --list | dropstats | stats | reset"
+RATE_USAGE = "flow -r [--count N] [--interval S]"
+USAGE = f"flow -l | {RATE_USAGE} | vif --list | rt --dump VRF | nh --list | dropstats | stats | reset"
+PRESSURE_OP = "pressure"
 
 
 def rundir_path(prefix: str, run_root: str | None) -> Path:
@@ -58,6 +64,9 @@ def run(argv: list[str], rundir: Path, out=sys.stdout) -> int:
     if server not in servers:
         raise CommandError(f"unknown server {server!r} (known: {', '.join(servers) or 'none'})", code=2)
     args = {}
+    if rest[:2] in (("flow", "-r"), ("flow", "--rate")):
+        count, interval = rate_options(list(rest[2:]))
+        return watch(rundir, server, count, interval, as_json, out)
     if rest[:2] == ("rt", "--dump") and len(rest) == 3:
         op, fmt, args = "routes", tables.format_routes, {"vrf": rest[2]}
     elif rest in TOOLS:
@@ -69,6 +78,64 @@ def run(argv: list[str], rundir: Path, out=sys.stdout) -> int:
     except introspect.IntrospectError as exc:
         raise CommandError(f"{server}: {exc}") from None
     out.write(json.dumps(result, indent=1, sort_keys=True) + "\n" if as_json else fmt(result))
+    return 0
+
+
+def read_pressure(rundir: Path, server: str) -> tuple[dict, str]:
+    """The forwarder's `pressure` answer and "pressure"; from a vrouter that does not have that
+    answer yet, what `stats` tells (tables.pressure_from_stats) and "stats"."""
+    try:
+        return introspect.query(rundir, server, PRESSURE_OP), PRESSURE_OP
+    except introspect.IntrospectError as exc:
+        if f"unknown request {PRESSURE_OP!r}" not in str(exc):
+            raise CommandError(f"{server}: {exc}") from None
+    try:
+        return tables.pressure_from_stats(introspect.query(rundir, server, "stats")), "stats"
+    except introspect.IntrospectError as exc:
+        raise CommandError(f"{server}: {exc}") from None
+
+
+def rate_options(argv: list[str]) -> tuple[int | None, float]:
+    """--count N (samples to print, default: until Ctrl-C) and --interval S (default 1 s)."""
+    count, interval = _pop_option(argv, "--count", None), _pop_option(argv, "--interval", "1")
+    if argv:
+        raise CommandError(f"unknown option(s) for flow -r: {' '.join(argv)} (use {RATE_USAGE})", code=2)
+    try:
+        count = None if count is None else int(count)
+        interval = float(interval)
+    except ValueError:
+        raise CommandError(f"flow -r: --count takes a whole number and --interval seconds ({RATE_USAGE})",
+                           code=2) from None
+    if (count is not None and count < 1) or not interval > 0:
+        raise CommandError("flow -r: --count must be >= 1 and --interval > 0", code=2)
+    return count, interval
+
+
+def watch(rundir: Path, server: str, count: int | None, interval: float, as_json: bool, out=sys.stdout,
+          sleep=None, clock=None) -> int:
+    """`flow -r`: a first sample, then one block (or JSON line) per interval; Ctrl-C ends it quietly."""
+    sleep, clock = sleep or time.sleep, clock or time.monotonic
+    try:
+        prev, _ = read_pressure(rundir, server)
+        t_prev = next_at = clock()
+        n = 0
+        while count is None or n < count:
+            next_at += interval
+            sleep(max(0.0, next_at - clock()))
+            cur, source = read_pressure(rundir, server)
+            t = clock()
+            rates = tables.flow_rates(prev, cur, t - t_prev)
+            n += 1
+            if as_json:
+                out.write(json.dumps({"server": server, "sample": n, "source": source, **cur, "rates": rates},
+                                     sort_keys=True) + "\n")
+            else:
+                out.write(("\n" if n > 1 else "") + tables.format_flow_rate(server, cur, rates, prev, source))
+            out.flush()
+            prev, t_prev = cur, t
+    except KeyboardInterrupt:
+        if not as_json:
+            out.write("\n")  # the shell's ^C stays on a line of its own
     return 0
 
 

@@ -4,6 +4,7 @@ Topology tests/e2e/topologies/overlay.yaml: red and blue both 192.168.1.0/24; re
 on srv1; red2, blue2 on srv3; srv2 empty.
 """
 import io
+import json
 import os
 import signal
 import subprocess
@@ -31,7 +32,7 @@ from overlay_helpers import (
 from testbed import REPO, overlay
 from testbed.capture import Capture, fabric_interfaces
 from vrouter.io import introspect
-from vrouter.io.control import AdminClient
+from vrouter.io.control import ADMIN_METHODS, AdminClient
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -226,3 +227,59 @@ def test_vr_command_line_and_mininet_cli(tb):
     cli = types.SimpleNamespace(stdout=io.StringIO())
     CLI.do_vr(cli, "srv3 dropstats")
     assert "invalid_source" in cli.stdout.getvalue()
+
+
+# The `pressure` answer's keys (issue 11's contract); a vrouter without it is read through `stats`.
+PRESSURE_KEYS = {"entries", "capacity", "held", "held_limit", "unreplied", "evictions", "unreplied_aged", "installs",
+                 "entries_installed", "punts_queued", "tokens", "setup_rate", "burst_tokens", "vms", "networks",
+                 "uptime"}
+
+
+def test_vr_flow_rate_gives_one_json_sample_per_interval_and_a_block_in_the_mininet_cli(tb):
+    base = [sys.executable, "-m", "testbed.cli", "vr", "--prefix", tb.prefix, "--run-root", str(tb.rundir.root)]
+    r = subprocess.run(base + ["srv1", "flow", "-r", "--count", "2", "--interval", "0.5", "--json"],
+                       capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert r.returncode == 0, r.stderr
+    samples = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(s["server"], s["sample"]) for s in samples] == [("srv1", 1), ("srv1", 2)]
+    for s in samples:
+        assert s["rates"]["setup"] is not None and s["rates"]["setup"] >= 0
+        assert isinstance(s["entries"], int) and s["capacity"] > 0 and isinstance(s["installs"], int)
+        if s["source"] == "pressure":
+            assert PRESSURE_KEYS <= s.keys() and s["uptime"] > 0 and s["rates"]["setup_average"] is not None
+        else:
+            assert s["source"] == "stats"
+    r = subprocess.run(base + ["nosuch", "flow", "-r"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown server 'nosuch'")
+    from mininet.cli import CLI
+    cli = types.SimpleNamespace(stdout=io.StringIO())
+    CLI.do_vr(cli, "srv3 flow -r --count 1 --interval 0.2")
+    assert "setup      current" in cli.stdout.getvalue() and "entries" in cli.stdout.getvalue()
+
+
+@pytest.mark.skipif("set_flow_limit" not in ADMIN_METHODS, reason="needs the VNC's set_flow_limit (issue 11)")
+def test_net_flow_limit_reaches_the_vrouter_config_and_back_to_the_default(tb):
+    base = [sys.executable, "-m", "testbed.cli", "net", "flow-limit", "--prefix", tb.prefix,
+            "--run-root", str(tb.rundir.root)]
+    tap = vm_tap(tb, "red1")
+
+    def limit_on_srv1():
+        deadline = time.monotonic() + 5
+        seen = None
+        while time.monotonic() < deadline:
+            vifs = introspect.query(tb.path, "srv1", "config")["config"]["vifs"]
+            seen = next(v for v in vifs if v["name"] == tap).get("flow_limit")
+            yield seen
+            time.sleep(0.1)
+
+    r = subprocess.run(base + ["--vm", "red1", "5000"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("flow limit of VM red1: 5000 entries (generation ")
+    assert any(x == 5000 for x in limit_on_srv1())
+    r = subprocess.run(base + ["--vm", "red1", "default"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert r.returncode == 0 and "VM red1: the default" in r.stdout
+    assert any(x is None for x in limit_on_srv1())
+    r = subprocess.run(base + ["--vm", "nosuch", "10"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nosuch" in r.stderr
+    r = subprocess.run(base + ["--network", "red", "0"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert r.returncode == 2 and "whole number >= 1 or 'default'" in r.stderr

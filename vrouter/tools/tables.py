@@ -1,5 +1,6 @@
-"""The operator's tables of a running vrouter (`testbed vr SERVER flow -l | vif --list | rt --dump |
-nh --list | dropstats | stats`), with columns modelled on Tungsten Fabric's vrouter utilities. A
+"""The operator's tables of a running vrouter (`testbed vr SERVER flow -l | flow -r | vif --list |
+rt --dump | nh --list | dropstats | stats`), with columns modelled on Tungsten Fabric's vrouter
+utilities; `flow -r`'s rates come from successive `pressure` samples (flow_rates, pure). A
 multi-core vrouter's answers carry a worker column (flows) and a per-worker section (stats): the
 same tables show them per worker."""
 from __future__ import annotations
@@ -135,3 +136,104 @@ def format_flows(flows: list) -> str:
         shard = [f for f in flows if f["worker"] == w]
         parts.append(f"Worker {w} (CPU {w}): " + _flow_table(shard))
     return f"Flow tables of {len(parts)} workers, {len(flows)} entries\n\n" + "\n".join(parts)
+
+
+# ---------------------------------------------------------------- flow -r: the live setup rate
+# Counters of the `pressure` answer that only grow (until a `reset` or a forwarder restart).
+TEARDOWN_COUNTERS = ("evictions", "unreplied_aged")
+
+
+def pressure_from_stats(stats: dict) -> dict:
+    """What a vrouter without the `pressure` answer tells through `stats`: entries, capacity, held
+    entries and installs; the limits, owners and admission figures are unknown (None)."""
+    p = stats.get("pipeline") or {}
+    return {"entries": p.get("entries"), "capacity": p.get("capacity"), "held": p.get("held_flows"),
+            "held_limit": None, "unreplied": None, "evictions": None, "unreplied_aged": None,
+            "installs": p.get("installs"), "entries_installed": p.get("entries_installed"),
+            "punts_queued": None, "tokens": None, "setup_rate": None, "burst_tokens": None,
+            "vms": {}, "networks": {}, "uptime": None}
+
+
+def _delta(prev: dict | None, cur: dict, key: str) -> int | None:
+    a, b = (prev or {}).get(key), cur.get(key)
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or b < a:
+        return None  # unknown, or the counters went back to zero (reset, restarted forwarder)
+    return b - a
+
+
+def flow_rates(prev: dict | None, cur: dict, elapsed: float | None = None) -> dict:
+    """Rates per second between two `pressure` samples: current setup (installs), average setup
+    (installs over the forwarder's uptime) and teardown (evictions + unreplied entries aged out).
+
+    The interval is the forwarder's own uptime difference when both samples have one, else
+    `elapsed` (the caller's clock). A counter that went down (reset, restarted forwarder) gives
+    None for its rate and `counters_reset` True."""
+    up0, up1 = (prev or {}).get("uptime"), cur.get("uptime")
+    interval = up1 - up0 if isinstance(up0, (int, float)) and isinstance(up1, (int, float)) else elapsed
+    restarted = isinstance(interval, (int, float)) and interval <= 0
+    ok = isinstance(interval, (int, float)) and interval > 0
+
+    def rate(key: str) -> float | None:
+        d = _delta(prev, cur, key)
+        return d / interval if ok and d is not None else None
+
+    installs, uptime = cur.get("installs"), cur.get("uptime")
+    average = installs / uptime if isinstance(installs, int) and isinstance(uptime, (int, float)) and uptime > 0 \
+        else None
+    parts = {k: rate(k) for k in TEARDOWN_COUNTERS}
+    teardown = sum(v for v in parts.values() if v is not None) if any(v is not None for v in parts.values()) \
+        else None
+    reset = restarted or any(
+        isinstance((prev or {}).get(k), (int, float)) and isinstance(cur.get(k), (int, float)) and cur[k] < prev[k]
+        for k in ("installs", *TEARDOWN_COUNTERS))
+    return {"interval": interval if ok else None, "setup": rate("installs"), "setup_average": average,
+            "teardown": teardown, **parts, "counters_reset": bool(reset)}
+
+
+def _num(v, fmt: str = "{:.0f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _owner_rows(title: str, owners: dict, prev: dict, with_held: bool) -> list[str]:
+    head = f"  {title:<18}{'entries':>9}{'limit':>9}" + (f"{'held':>7}" if with_held else "") + \
+        f"{'blocked':>9}{'refused':>9}{'new':>7}"
+    lines = [head]
+    for name, o in sorted(owners.items()):
+        before = (prev.get(name) or {}).get("refused")
+        new = o.get("refused", 0) - before if isinstance(before, int) and o.get("refused", 0) >= before else None
+        lines.append(f"  {name:<18}{_num(o.get('entries')):>9}{_num(o.get('limit')):>9}"
+                     + (f"{_num(o.get('held')):>7}" if with_held else "")
+                     + f"{'YES' if o.get('blocked') else 'no':>9}{_num(o.get('refused')):>9}{_num(new, '+{}'):>7}")
+    return lines if owners else [head, "  (none)"]
+
+
+def format_flow_rate(server: str, cur: dict, rates: dict, prev: dict | None = None, source: str = "pressure") -> str:
+    """One block of `testbed vr SERVER flow -r` (modelled on Tungsten Fabric's `flow -r`)."""
+    prev = prev or {}
+    entries, capacity = cur.get("entries"), cur.get("capacity")
+    share = f" ({entries / capacity:.1%})" if isinstance(entries, int) and capacity else ""
+    tokens = cur.get("tokens")
+    if source != "pressure":
+        bucket = "-"
+    elif tokens is None:
+        bucket = "no cap"
+    else:
+        bucket = f"{tokens:.0f} / {_num(cur.get('burst_tokens'))} left (refill {_num(cur.get('setup_rate'))}/s)"
+    lines = [f"{server}  uptime {_num(cur.get('uptime'), '{:.1f} s')}  interval "
+             f"{_num(rates.get('interval'), '{:.2f} s')}" + ("  (counters were reset)" if rates.get("counters_reset")
+                                                             else ""),
+             f"  setup      current {_num(rates.get('setup')):>8}/s   average {_num(rates.get('setup_average')):>8}/s"
+             f"   installs {_num(cur.get('installs'))}",
+             f"  teardown   current {_num(rates.get('teardown')):>8}/s   (evicted {_num(rates.get('evictions'))}/s, "
+             f"unreplied aged {_num(rates.get('unreplied_aged'))}/s)",
+             f"  entries    {_num(entries)} / {_num(capacity)}{share}   held {_num(cur.get('held'))} / "
+             f"{_num(cur.get('held_limit'))}   unreplied {_num(cur.get('unreplied'))}",
+             f"  evictions  {_num(cur.get('evictions'))}   unreplied aged {_num(cur.get('unreplied_aged'))}   "
+             f"punts queued {_num(cur.get('punts_queued'))}   burst tokens {bucket}"]
+    if source != "pressure":
+        lines.append("  (this vrouter has no 'pressure' answer: figures from 'stats'; limits, owners and the "
+                     "admission queue are not known)")
+    else:
+        lines += _owner_rows("VM (owner)", cur.get("vms") or {}, prev.get("vms") or {}, True)
+        lines += _owner_rows("network", cur.get("networks") or {}, prev.get("networks") or {}, False)
+    return "\n".join(lines) + "\n"
