@@ -25,15 +25,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from controllers.vnc_model import DEFAULT_FLOW
 from testbed import DEFAULT_TOPOLOGY, REPO
 from testbed.commands import CommandError, command, group
 from testbed.measure import flowsetup, provenance
 from testbed.measure.pairs import PairError, VmPair, pick_pair, same_servers
 from testbed.measure.runners import wait_ping
-from testbed.net_cmd import VncUnsupported, vnc_call
+from testbed.net_cmd import vnc_call
 from testbed.runner import Testbed
-from testbed.topology import Topology, TopologyError, from_dict, load
+from testbed.topology import Topology, from_dict, load
 from testbed.vr import read_pressure
 from vrouter.io import introspect
 
@@ -46,19 +45,11 @@ CALIBRATE_S = 1.0
 
 
 def bench_topology(capacity: int) -> tuple[Topology, int, str]:
-    """The default topology with a `flow` section raising the table's capacity; a schema without that
-    section (before issue 11) keeps the default capacity, and says so."""
-    base = load(DEFAULT_TOPOLOGY)
-    doc = copy.deepcopy(base.raw)
+    """The default topology with a `flow` section raising the table's capacity."""
+    doc = copy.deepcopy(load(DEFAULT_TOPOLOGY).raw)
     doc["flow"] = {"capacity": capacity}
-    try:
-        topo = from_dict(doc, source=f"{DEFAULT_TOPOLOGY} + flow.capacity {capacity}")
-        return topo, capacity, "topology flow.capacity"
-    except TopologyError as exc:
-        refused = [p for p in exc.problems if p.startswith("flow")]
-        if not refused:
-            raise
-        return base, DEFAULT_FLOW["capacity"], f"the default: the topology schema refused the raise ({refused[0]})"
+    topo = from_dict(doc, source=f"{DEFAULT_TOPOLOGY} + flow.capacity {capacity}")
+    return topo, capacity, "topology flow.capacity"
 
 
 def raise_limits(tb: Testbed, vms: list[str], networks: list[str], limit: int) -> tuple[dict, str]:
@@ -66,13 +57,10 @@ def raise_limits(tb: Testbed, vms: list[str], networks: list[str], limit: int) -
     (set_flow_limit); waits until every vrouter has the new configuration."""
     done: dict[str, int] = {}
     generation = None
-    try:
-        for kind, names in (("vm", vms), ("network", networks)):
-            for name in names:
-                generation = vnc_call(tb.path, "set_flow_limit", kind, name, limit)["generation"]
-                done[f"{kind} {name}"] = limit
-    except VncUnsupported as exc:
-        return {}, f"not raised: {exc} (no per-VM or per-network limits to hit)"
+    for kind, names in (("vm", vms), ("network", networks)):
+        for name in names:
+            generation = vnc_call(tb.path, "set_flow_limit", kind, name, limit)["generation"]
+            done[f"{kind} {name}"] = limit
     deadline = time.monotonic() + 5.0
     for server in sorted({vm["server"] for vm in vnc_call(tb.path, "dump")["vms"] if vm["name"] in vms}):
         while introspect.query(tb.path, server, "stats").get("generation", 0) < generation:
@@ -86,8 +74,8 @@ def sample(tb: Testbed, server: str, drops: bool) -> dict:
     """One vrouter's sample (testbed/measure/flowsetup.py); with `drops` also its drop counters and
     the server's UDP socket losses."""
     t0 = time.monotonic()
-    p, source = read_pressure(tb.path, server)
-    out = {"t": (t0 + time.monotonic()) / 2, "pressure": p, "source": source,
+    p = read_pressure(tb.path, server)
+    out = {"t": (t0 + time.monotonic()) / 2, "pressure": p,
            "vifs": {v["name"]: v for v in introspect.query(tb.path, server, "vifs")}}
     if drops:
         out["drops"] = introspect.query(tb.path, server, "dropstats")
@@ -216,11 +204,8 @@ def flowsetup_bench(quick: bool = False, prefix: str = "vtf", run_root: str | No
         mode = introspect.query(tb.path, pairs[0].client, "stats").get("mode")
     finally:
         tb.stop()
-    sources = {v["source"] for s in steps for v in s["vrouters"].values()}
     result = {"bench": "flowsetup", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "topology": topo.name,
               "roles": roles, "steps": steps, "stopped": stopped, "generator_max_rate": one,
-              "counts_from": "pressure" if sources == {"pressure"} else
-              "stats (FALLBACK: the vrouters have no 'pressure' answer; installs and entries from 'stats')",
               "settings": {"capacity": capacity, "capacity_source": capacity_source, "limits": limits,
                            "limits_note": limits_note, "window": window, "lead": LEAD, "tail": TAIL,
                            "rates": list(rates), "max_generators": MAX_GENERATORS, "mode": mode,

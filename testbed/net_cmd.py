@@ -27,10 +27,6 @@ from vrouter.io.control import AdminClient, VncError
 group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit")
 
 
-class VncUnsupported(CommandError):
-    """The VNC does not know the admin method (a controller older than this command line)."""
-
-
 def _admin(rundir):
     try:
         return AdminClient(str(rundir / "vnc.sock"))
@@ -39,16 +35,12 @@ def _admin(rundir):
 
 
 def vnc_call(rundir, method, *params):
-    """`AdminClient.<method>(*params)` (or the admin request of that name, for a method this client
-    does not wrap) on the testbed's VNC; a refusal is a CommandError with the VNC's message."""
+    """`AdminClient.<method>(*params)` on the testbed's VNC; a refusal is a CommandError with the
+    VNC's message."""
     with _admin(rundir) as vnc:
-        do = getattr(vnc, method, None) or (lambda *p: vnc.call(method, *p))
         try:
-            return do(*params)
+            return getattr(vnc, method)(*params)
         except VncError as exc:
-            if str(exc) == f"unknown method {method!r}":
-                raise VncUnsupported(f"this VNC does not support {method} (a controller older than the "
-                                     "command line?)") from None
             raise CommandError(str(exc), code=2) from None
 
 

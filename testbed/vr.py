@@ -81,16 +81,10 @@ def run(argv: list[str], rundir: Path, out=sys.stdout) -> int:
     return 0
 
 
-def read_pressure(rundir: Path, server: str) -> tuple[dict, str]:
-    """The forwarder's `pressure` answer and "pressure"; from a vrouter that does not have that
-    answer yet, what `stats` tells (tables.pressure_from_stats) and "stats"."""
+def read_pressure(rundir: Path, server: str) -> dict:
+    """The forwarder's `pressure` answer (the flow table's occupancy, limits, queue and uptime)."""
     try:
-        return introspect.query(rundir, server, PRESSURE_OP), PRESSURE_OP
-    except introspect.IntrospectError as exc:
-        if f"unknown request {PRESSURE_OP!r}" not in str(exc):
-            raise CommandError(f"{server}: {exc}") from None
-    try:
-        return tables.pressure_from_stats(introspect.query(rundir, server, "stats")), "stats"
+        return introspect.query(rundir, server, PRESSURE_OP)
     except introspect.IntrospectError as exc:
         raise CommandError(f"{server}: {exc}") from None
 
@@ -116,21 +110,21 @@ def watch(rundir: Path, server: str, count: int | None, interval: float, as_json
     """`flow -r`: a first sample, then one block (or JSON line) per interval; Ctrl-C ends it quietly."""
     sleep, clock = sleep or time.sleep, clock or time.monotonic
     try:
-        prev, _ = read_pressure(rundir, server)
+        prev = read_pressure(rundir, server)
         t_prev = next_at = clock()
         n = 0
         while count is None or n < count:
             next_at += interval
             sleep(max(0.0, next_at - clock()))
-            cur, source = read_pressure(rundir, server)
+            cur = read_pressure(rundir, server)
             t = clock()
             rates = tables.flow_rates(prev, cur, t - t_prev)
             n += 1
             if as_json:
-                out.write(json.dumps({"server": server, "sample": n, "source": source, **cur, "rates": rates},
+                out.write(json.dumps({"server": server, "sample": n, **cur, "rates": rates},
                                      sort_keys=True) + "\n")
             else:
-                out.write(("\n" if n > 1 else "") + tables.format_flow_rate(server, cur, rates, prev, source))
+                out.write(("\n" if n > 1 else "") + tables.format_flow_rate(server, cur, rates, prev))
             out.flush()
             prev, t_prev = cur, t
     except KeyboardInterrupt:

@@ -3,8 +3,8 @@ setup rates from vrouter samples, the stop rule of the rate sweep, the summary a
 Fabric's release gate, and the report. Pure: samples in, figures and lines out, so all of it is
 tested without a testbed.
 
-A sample of one vrouter is {"t": the bench's monotonic clock, "pressure": the `pressure` answer (or
-what `stats` tells, see testbed.vr.read_pressure), "source": "pressure" | "stats", "drops": the
+A sample of one vrouter is {"t": the bench's monotonic clock, "pressure": the forwarder's `pressure`
+answer (testbed.vr.read_pressure), "drops": the
 `dropstats` answer or None, "vifs": {tap: {rx_packets, tx_packets, ...}}}. A step has four per vrouter:
 "before" the generators start, "a" and "b" around the measuring window while they send, "after"
 they stopped and the vrouter settled.
@@ -97,7 +97,7 @@ def vrouter_figures(step: dict[str, dict], taps: list[str]) -> dict[str, Any]:
             "vm_rx_packets": _vif_delta(s0, s1, taps, "rx_packets"),
             "vm_tx_packets": _vif_delta(s0, s1, taps, "tx_packets"),
             "udp_rcvbuf_errors": lost.get("RcvbufErrors"),
-            "drops": drops_delta(s0, s1), "source": b["source"], "entries_after": s1["pressure"].get("entries")}
+            "drops": drops_delta(s0, s1), "entries_after": s1["pressure"].get("entries")}
 
 
 def step_figures(offered: float, window: float, generators: list[dict], vrouters: dict[str, dict]) -> dict[str, Any]:
@@ -203,7 +203,7 @@ def report_lines(r: dict) -> list[str]:
              f"flow limits: {s['limits_note']}",
              f"one generator, unpaced, in {s['senders'][0]}: {_fmt(r['generator_max_rate'])} datagrams/s "
              f"(up to {s['max_generators']} at once)",
-             f"counts from: {r['counts_from']}", step_header(roles)]
+             step_header(roles)]
     lines += [step_line(step, roles) for step in r["steps"]]
     lines.append(f"sweep ended: {r['stopped']}")
     if r["steps"]:

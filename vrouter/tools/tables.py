@@ -143,17 +143,6 @@ def format_flows(flows: list) -> str:
 TEARDOWN_COUNTERS = ("evictions", "unreplied_aged")
 
 
-def pressure_from_stats(stats: dict) -> dict:
-    """What a vrouter without the `pressure` answer tells through `stats`: entries, capacity, held
-    entries and installs; the limits, owners and admission figures are unknown (None)."""
-    p = stats.get("pipeline") or {}
-    return {"entries": p.get("entries"), "capacity": p.get("capacity"), "held": p.get("held_flows"),
-            "held_limit": None, "unreplied": None, "evictions": None, "unreplied_aged": None,
-            "installs": p.get("installs"), "entries_installed": p.get("entries_installed"),
-            "punts_queued": None, "tokens": None, "setup_rate": None, "burst_tokens": None,
-            "vms": {}, "networks": {}, "uptime": None}
-
-
 def _delta(prev: dict | None, cur: dict, key: str) -> int | None:
     a, b = (prev or {}).get(key), cur.get(key)
     if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or b < a:
@@ -207,15 +196,13 @@ def _owner_rows(title: str, owners: dict, prev: dict, with_held: bool) -> list[s
     return lines if owners else [head, "  (none)"]
 
 
-def format_flow_rate(server: str, cur: dict, rates: dict, prev: dict | None = None, source: str = "pressure") -> str:
+def format_flow_rate(server: str, cur: dict, rates: dict, prev: dict | None = None) -> str:
     """One block of `testbed vr SERVER flow -r` (modelled on Tungsten Fabric's `flow -r`)."""
     prev = prev or {}
     entries, capacity = cur.get("entries"), cur.get("capacity")
     share = f" ({entries / capacity:.1%})" if isinstance(entries, int) and capacity else ""
     tokens = cur.get("tokens")
-    if source != "pressure":
-        bucket = "-"
-    elif tokens is None:
+    if tokens is None:
         bucket = "no cap"
     else:
         bucket = f"{tokens:.0f} / {_num(cur.get('burst_tokens'))} left (refill {_num(cur.get('setup_rate'))}/s)"
@@ -230,10 +217,6 @@ def format_flow_rate(server: str, cur: dict, rates: dict, prev: dict | None = No
              f"{_num(cur.get('held_limit'))}   unreplied {_num(cur.get('unreplied'))}",
              f"  evictions  {_num(cur.get('evictions'))}   unreplied aged {_num(cur.get('unreplied_aged'))}   "
              f"punts queued {_num(cur.get('punts_queued'))}   burst tokens {bucket}"]
-    if source != "pressure":
-        lines.append("  (this vrouter has no 'pressure' answer: figures from 'stats'; limits, owners and the "
-                     "admission queue are not known)")
-    else:
-        lines += _owner_rows("VM (owner)", cur.get("vms") or {}, prev.get("vms") or {}, True)
-        lines += _owner_rows("network", cur.get("networks") or {}, prev.get("networks") or {}, False)
+    lines += _owner_rows("VM (owner)", cur.get("vms") or {}, prev.get("vms") or {}, True)
+    lines += _owner_rows("network", cur.get("networks") or {}, prev.get("networks") or {}, False)
     return "\n".join(lines) + "\n"
