@@ -1,5 +1,7 @@
-"""Experiment: how many new connections per second a bounded slow path sustains, proactive versus
-reactive reverse entries (issue 11; the seed's claim where it matters).
+"""Experiment: new connections per second through a capped slow path, proactive versus reactive.
+
+How many new connections per second a bounded slow path sustains with proactive versus reactive
+reverse entries (issue 11; the seed's claim where it matters).
 
 New TCP connections red1@srv1 -> red3@srv3 (testbed/measure/load.py `connect` against `serve`,
 success = connected within 1 s, first-reply latency = SYN -> SYN-ACK) are offered at rising rates
@@ -58,7 +60,7 @@ class Config:
     step: float = 1.2               # offered rates rise by this factor
     start_fraction: float = 0.2     # first offered rate of a capped sweep = this x the cap
     start_rate: float = 400.0       # first offered rate without a cap
-    max_rate: float = 8000.0        # the connect generator's reach (docs/experiments.md)
+    max_rate: float = 8000.0        # below the connect generator's reach (README.md, "The flow table under pressure")
     stop_after: int = 2
     burst_tokens: int | None = None  # None: cap / 20, at least 4
     rates: tuple[float, ...] | None = None   # the offered rates of every sweep, instead of the above
@@ -200,7 +202,7 @@ def _floats(text: str, allow_zero: bool) -> tuple[float, ...]:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m experiments.capacity", description=__doc__.split("\n")[0],
                                  epilog="Capacity, the token bucket and the targets: the module docstring and "
-                                        "docs/experiments.md.")
+                                        "README.md (\"The flow table under pressure\").")
     d = Config()
     ap.add_argument("--quick", action="store_true", help="1.5 s per offered rate, rates rising by 1.35x")
     ap.add_argument("--caps", type=lambda t: _floats(t, True), default=d.caps,

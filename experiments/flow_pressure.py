@@ -1,5 +1,6 @@
-"""Experiment: the flow table under pressure (issue 11). A noisy VM floods new flows; do the others
-on its server keep working?
+"""Experiment: the flow table under pressure, a VM flooding new flows beside its neighbours.
+
+Issue 11: a noisy VM floods new flows; do the others on its server keep working?
 
 On the default topology the noisy VM red1@srv1 floods new unreplied UDP flows to red3@srv3
 (testbed/measure/load.py flood) at 1x, 3x and 10x the slow path's capacity, measured first in the
@@ -25,8 +26,9 @@ Protections "on" and "off", each on a fresh testbed whose topology carries the s
   default  no `flow:` section at all (the only one a checkout before issue 11 can run)
 
 Targets (protections on): the stream never stalls longer than 200 ms and keeps >= 50% of its
-unflooded throughput, the same-network ping loses nothing, victim success >= 99% at 10x, the
-forwarder's memory bounded (RSS grows < 10% over the second half of the 10x flood).
+unflooded throughput in every whole second of the flood, the same-network ping loses nothing,
+victim success >= 99% at 10x, the forwarder's memory bounded (RSS grows < 10% over the second half
+of the 10x flood).
 
     sudo python -m experiments.flow_pressure [--quick] [--settings off,on] [--multiples 1,3,10]
 
@@ -56,6 +58,9 @@ from testbed.measure.runners import finish_ping, start_ping
 from testbed.topology import Topology
 
 SETTINGS = ("off", "on", "default")
+ROLE_HELP = {"flooder": "VM that floods", "flood_dst": "VM the flood goes to (and the ping)",
+             "victim": "VM of another network on the flooder's server: stream and new connections",
+             "victim_dst": "VM the victim's stream and connections go to"}
 PROBE_STEP = 0.25  # s between the capacity probe's counter reads
 
 
@@ -262,7 +267,7 @@ def _settings(text: str) -> tuple[str, ...]:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m experiments.flow_pressure", description=__doc__.split("\n")[0],
-                                 epilog="Protections and targets: see the module docstring and docs/experiments.md.")
+                                 epilog="Protections and targets: the module docstring and README.md.")
     d = Config()
     ap.add_argument("--quick", action="store_true", help="short phases (1.5 s + 3 s flood + 0.5 s)")
     ap.add_argument("--settings", type=_settings, default=d.settings, help="protections, in order (default off,on)")
@@ -278,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
                     help=f"iperf3 -b of the established stream (default {d.stream_bitrate}; 0 = unpaced)")
     for role in ("flooder", "flood_dst", "victim", "victim_dst"):
         default = getattr(d, role)
-        ap.add_argument(f"--{role.replace('_', '-')}", default=default, help=f"VM (default {default})")
+        ap.add_argument(f"--{role.replace('_', '-')}", default=default, help=f"{ROLE_HELP[role]} (default {default})")
     add_run_arguments(ap, "flow_pressure", prefix="fp")
     return ap
 

@@ -5,7 +5,9 @@ Windows of a phase (times on the harness's time.monotonic() line): "baseline" fr
 phase's start (TCP slow start left out) to the flood's start, "flood" from the flood's first datagram
 to its last. Victim figures count the connections started in the window; a stall is a run of 100 ms
 stream intervals carrying < 5% of the median unflooded interval (testbed/measure/loadrun.py), looked
-for from 0.5 s after the phase's start to its end.
+for from 0.5 s after the phase's start to its end. What the stream keeps is judged on the worst whole
+second of the flood (a paced iperf3 catches up after a stall, so the flood's average hides it); the
+average over the flood is reported beside it.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from testbed.measure.loadrun import (
 from testbed.measure.spread import percentile_low
 
 SLOW_START = 0.5       # s of each phase the stream's baseline leaves out
+KEPT_WINDOW = 1.0      # s: the stream's throughput is compared per window of this length
 STALL_TARGET = 0.2     # s
 THROUGHPUT_TARGET = 0.5
 VICTIM_TARGET = 0.99
@@ -81,6 +84,21 @@ def rss_growth(rows: Sequence[dict], t_mid: float, t_end: float) -> float | None
     return max(later) / at_mid[-1] - 1
 
 
+def worst_window_ratio(intervals: Sequence[Interval], t0: float, t1: float, base_bps: float | None,
+                       width: float = KEPT_WINDOW) -> float | None:
+    """The lowest throughput / base_bps over the whole `width`-s windows from t0 to t1."""
+    if not base_bps:
+        return None
+    ratios = []
+    start = t0
+    while start + width <= t1 + 1e-6:
+        bps = window_bps(intervals, start - 0.05, start + width + 0.05)   # intervals straddle by < 100 ms
+        if bps is not None:
+            ratios.append(bps / base_bps)
+        start += width
+    return min(ratios) if ratios else None
+
+
 def phase_figures(phase: dict, rows: Sequence[dict]) -> dict[str, Any]:
     """The figures of one phase; `rows` are the table samples of the flooder's server during it."""
     t0, f0, f1 = phase["t0"], phase["flood_t0"], phase["flood_t1"]
@@ -101,7 +119,8 @@ def phase_figures(phase: dict, rows: Sequence[dict]) -> dict[str, Any]:
         "victim_latency_us_median": statistics.median(lat) if lat else None,
         "victim_latency_us_p90": percentile_low(lat, 0.9),
         "stream_baseline_bps": base_bps, "stream_flood_bps": flood_bps,
-        "stream_ratio": flood_bps / base_bps if base_bps and flood_bps is not None else None,
+        "stream_ratio": worst_window_ratio(intervals, f0, f1, base_bps),
+        "stream_ratio_mean": flood_bps / base_bps if base_bps and flood_bps is not None else None,
         "longest_stall_s": round(longest_stall(after_start, stall_threshold(base)), 3),
         "stream_side": phase["stream"].get("side"),
         "ping_sent": phase["ping"]["sent"], "ping_lost": phase["ping"]["lost"],
@@ -132,7 +151,7 @@ def targets(per: dict[str, dict], top: str) -> dict[str, dict]:
         return {"value": value, "target": target, "met": bool(met)}
     return {
         "stream_longest_stall": t(stall, f"<= {STALL_TARGET} s", stall is not None and stall <= STALL_TARGET),
-        "stream_throughput_kept": t(ratio, f">= {THROUGHPUT_TARGET:.0%} of unflooded",
+        "stream_throughput_kept": t(ratio, f">= {THROUGHPUT_TARGET:.0%} of unflooded in every {KEPT_WINDOW:g} s",
                                     ratio is not None and ratio >= THROUGHPUT_TARGET),
         "same_network_ping_lost": t(lost, "0 packets", lost == 0),
         "victim_success_at_top": t(victim, f">= {VICTIM_TARGET:.0%} at {top}x",
@@ -256,7 +275,8 @@ def plot(phases: Sequence[dict], samples: Sequence[dict], summary: dict, path: P
     the highest rate."""
     fig, axes = plots.figure(5, width=24)
     panels = [("victim_success", 100, "victim connections ok within 1 s (%)", "victim success"),
-              ("stream_ratio", 100, "stream throughput flooded / unflooded (%)", "established stream kept"),
+              ("stream_ratio", 100, "stream throughput, worst 1 s of the flood / unflooded (%)",
+               "established stream kept"),
               ("longest_stall_s", 1, "longest stream stall (s)", "established stream stalls"),
               ("ping_lost", 1, "same-network ping packets lost", "ping losses (flooder's network)"),
               ("peak_entries", 1, f"peak flow entries at {summary['flooder_server']}", "flow table occupancy")]
@@ -267,6 +287,7 @@ def plot(phases: Sequence[dict], samples: Sequence[dict], summary: dict, path: P
             ys = [f[key] * scale if f[key] is not None else float("nan") for f in per.values()]
             ax.plot(xs, ys, style, marker="o", color=color, label=f"protections {setting}")
         plots.log_x(ax)
+        ax.set_ylim(bottom=0)
         plots.label(ax, "flood: new flows/s offered (log)", ylabel, title)
     plots.save(fig, path, "Flow table under pressure: a VM flooding new flows, its neighbours")
     plot_time(phases, samples, summary, path.with_name(path.stem + "_time.png"))

@@ -1,7 +1,9 @@
-"""Load generators for the flow-table experiments, run inside a VM's network namespace through the
-testbed's Mininet host objects (`host.popen([sys.executable, "-m", "testbed.measure.load", ...])`,
-testbed/measure/loadrun.py starts them and reads what they print). Standard library only, so a VM
-needs nothing but the checkout.
+"""Load generators for the flow-table experiments: flood, connect, serve (run inside a VM).
+
+They run in a VM's network namespace through the testbed's Mininet host objects
+(`host.popen([sys.executable, "-m", "testbed.measure.load", ...])`; testbed/measure/loadrun.py
+starts them and reads what they print). Standard library only, so a VM needs nothing but the
+checkout.
 
     flood    one UDP datagram per NEW flow at a paced rate: a raw socket writes the UDP header, so
              every datagram gets the next (source port, destination port) pair without a socket per
@@ -386,7 +388,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=_positive(float), default=1.0, help="connected within this many s = ok (1)")
     c.add_argument("--sport-base", type=int, default=SPORT_BASE)
     c.add_argument("--sports", type=int, default=SPORTS, help="source ports to cycle; 0 = the kernel's choice")
-    s = sub.add_parser("serve", help="TCP accept-and-close server and UDP sink on one port")
+    s = sub.add_parser("serve", help="TCP accept server (closes after --hold) and UDP sink on one port")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--bind", default="0.0.0.0")
     s.add_argument("--backlog", type=int, default=4096)

@@ -88,10 +88,19 @@ def test_phase_figures_windows_stream_and_victim():
     assert f["victim_success_baseline"] == 1.0
     assert f["victim_latency_us_median"] == pytest.approx(2008.5)
     assert f["stream_baseline_bps"] == pytest.approx(80_000)          # 1000 B / 100 ms, slow start left out
-    assert f["stream_ratio"] == pytest.approx((97 * 600) / 100 / 1000)
+    assert f["stream_ratio_mean"] == pytest.approx((97 * 600) / 100 / 1000)
+    assert f["stream_ratio"] == pytest.approx((7 * 600) / 10 / 1000)        # the first second: 3 empty intervals
     assert f["longest_stall_s"] == pytest.approx(0.3)
     assert f["peak_entries"] == 4096 and f["peak_unreplied"] == 4000 and f["evictions"] == 9
     assert f["rss_growth_second_half"] == 0.0
+
+
+def test_the_worst_second_decides_what_the_stream_kept():
+    ivs = [Interval(0.1 * i, 0.1 * (i + 1), 0 if 10 <= i < 20 else 1000) for i in range(40)]
+    assert frep.worst_window_ratio(ivs, 0.0, 4.0, 80_000) == 0.0
+    assert frep.worst_window_ratio(ivs, 2.0, 4.0, 80_000) == pytest.approx(1.0)
+    assert frep.worst_window_ratio(ivs, 0.0, 4.0, None) is None
+    assert frep.worst_window_ratio(ivs, 0.0, 0.5, 80_000) is None              # no whole second
 
 
 def test_targets_met_and_not_met():
