@@ -21,9 +21,12 @@ Protections "on" and "off", each on a fresh testbed whose topology carries the s
            vm_held_limit 256, the setup queue served round-robin per owner)
   off      every limit at the table's capacity (vm_flow_limit = network_flow_limit = held_limit =
            vm_held_limit = capacity) and unreplied_timeout = idle_timeout (unreplied pairs age
-           like the rest): the behaviour before issue 11, as close as the settings allow (the
-           per-owner round-robin of the setup queue stays, it has no switch)
-  default  no `flow:` section at all (the only one a checkout before issue 11 can run)
+           like the rest): the behaviour before issue 11 as close as the settings allow. Two
+           things have no setting and stay: the setup queue's round-robin over owners, and a full
+           table making room by evicting its oldest unreplied pair (vrouter/core/flowtable.py), so
+           a full table no longer refuses every new flow
+  default  no `flow:` section at all; on a checkout before issue 11 (the only setting it can run)
+           this is the old behaviour itself: a full table refuses new flows until entries age
 
 Targets (protections on): the stream never stalls longer than 200 ms and keeps >= 50% of its
 unflooded throughput in every whole second of the flood, the same-network ping loses nothing,
