@@ -169,6 +169,7 @@ def run_phase(bed: FlowBed, roles: Roles, cfg: Config, setting: str, multiple: f
     t0 = time.monotonic()
     stream = loadrun.Stream(victim, victim_dst, roles.victim_dst["address"], total, bitrate=cfg.stream_bitrate)
     conns = loadrun.connect(victim, roles.victim_dst["address"], cfg.victim_rate, total, timeout=cfg.connect_timeout)
+    t_ping = time.monotonic()
     ping = start_ping(bed.host(roles.flooder["name"]), roles.flood_dst["address"],
                       round(total / cfg.ping_interval), cfg.ping_interval)
     time.sleep(max(0.0, t0 + cfg.baseline - time.monotonic()))
@@ -181,7 +182,9 @@ def run_phase(bed: FlowBed, roles: Roles, cfg: Config, setting: str, multiple: f
     phase = {"setting": setting, "multiple": multiple, "offered_rate": rate, "t0": t0,
              "flood_t0": flood_final["t0"], "flood_t1": flood_final["t1"], "t_end": time.monotonic(),
              "flood": flood_final, "victim": victim_final, "stream": stream_info,
-             "ping": {k: pinged[k] for k in ("sent", "received", "lost", "loss_percent")},
+             "ping": {**{k: pinged[k] for k in ("sent", "received", "lost", "loss_percent")}, "t0": t_ping,
+                      "interval": cfg.ping_interval,
+                      "lost_seqs": sorted(set(range(1, pinged["sent"] + 1)) - set(pinged["replied_seqs"]))},
              "connections": loadrun.connections(conns.records), "intervals": intervals}
     f = report.phase_figures(phase, [])
     progress(f"  {setting} {multiple:g}x ({rate:.0f} flows/s offered, {flood_final['rate']:.0f}/s sent, "

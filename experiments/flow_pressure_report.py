@@ -99,6 +99,16 @@ def worst_window_ratio(intervals: Sequence[Interval], t0: float, t1: float, base
     return min(ratios) if ratios else None
 
 
+def ping_losses_by_window(phase: dict) -> dict[str, int]:
+    """The ping's lost packets per window, each placed at its send time (seq n at t0 + (n - 1) x
+    interval: ping keeps its pace unless the machine stalls it)."""
+    ping = phase["ping"]
+    out = dict.fromkeys(("baseline", "flood", "tail"), 0)
+    for seq in ping.get("lost_seqs", []):
+        out[window(phase, ping["t0"] + (seq - 1) * ping["interval"])] += 1
+    return out
+
+
 def phase_figures(phase: dict, rows: Sequence[dict]) -> dict[str, Any]:
     """The figures of one phase; `rows` are the table samples of the flooder's server during it."""
     t0, f0, f1 = phase["t0"], phase["flood_t0"], phase["flood_t1"]
@@ -124,6 +134,7 @@ def phase_figures(phase: dict, rows: Sequence[dict]) -> dict[str, Any]:
         "longest_stall_s": round(longest_stall(after_start, stall_threshold(base)), 3),
         "stream_side": phase["stream"].get("side"),
         "ping_sent": phase["ping"]["sent"], "ping_lost": phase["ping"]["lost"],
+        **{f"ping_lost_{w}": n for w, n in ping_losses_by_window(phase).items()},
         "peak_entries": _peak(flood_rows, "entries"), "peak_held": _peak(flood_rows, "held"),
         "peak_unreplied": _peak(flood_rows, "unreplied"),
         "evictions": _peak(during, "evictions"), "unreplied_aged": _peak(during, "unreplied_aged"),
@@ -204,7 +215,7 @@ def summary_lines(summary: dict) -> list[str]:
     lines = [f"slow-path capacity {summary['slowpath_capacity_flows_per_s'] or 0:.0f} flows/s "
              f"({summary['slowpath_capacity_how']}), flow table capacity: {tables}",
              f"{'setting':8} {'x':>4} {'offered/s':>9} {'sent/s':>7} {'VM drop':>8} {'victim ok':>9} "
-             f"{'lat med':>8} {'p90':>8} {'stream Mb/s':>12} {'kept':>5} {'stall':>6} {'ping lost':>10} "
+             f"{'lat med':>8} {'p90':>8} {'stream Mb/s':>12} {'kept':>5} {'stall':>6} {'ping lost (flood)':>17} "
              f"{'peak entries':>12} {'RSS MB':>7}"]
     for setting, per in summary["phases"].items():
         for m, f in per.items():
@@ -216,7 +227,7 @@ def summary_lines(summary: dict) -> list[str]:
                 f"{(f'{lat / 1000:.1f}ms' if lat else '-'):>8} {(f'{p90 / 1000:.1f}ms' if p90 else '-'):>8} "
                 f"{_mb(f['stream_baseline_bps']):>5}->{_mb(f['stream_flood_bps']):<6} "
                 f"{ratio_text(f['stream_ratio']):>5} "
-                f"{f['longest_stall_s']:>5.1f}s {f['ping_lost']:>4}/{f['ping_sent']:<5} "
+                f"{f['longest_stall_s']:>5.1f}s {f['ping_lost']:>5}/{f['ping_sent']:<5} ({f['ping_lost_flood']:>4}) "
                 f"{f['peak_entries'] if f['peak_entries'] is not None else '-':>12} "
                 f"{f['rss_mb_peak'] if f['rss_mb_peak'] is not None else '-':>7}")
     for setting, sources in summary["table_source"].items():

@@ -69,8 +69,9 @@ def _phase(setting="on", multiple=10.0, victim_ok=20, victim_bad=0, stall_interv
     ivs += [Interval(f0 + 0.1 * i, f0 + 0.1 * (i + 1), 0 if i < stall_intervals else 600) for i in range(100)]
     phase = {"setting": setting, "multiple": multiple, "offered_rate": 50000.0, "t0": t0, "flood_t0": f0,
              "flood_t1": f1, "t_end": f1 + 1, "flood": {"rate": 49000.0, "sent": 490000, "tx_dropped": 7},
-             "victim": {}, "stream": {"side": "receiver"}, "ping": {"sent": 1300, "received": 1300 - lost,
-                                                                    "lost": lost, "loss_percent": 0.0},
+             "victim": {}, "stream": {"side": "receiver"},
+             "ping": {"sent": 1300, "received": 1300 - lost, "lost": lost, "loss_percent": 0.0, "t0": t0,
+                      "interval": 0.01, "lost_seqs": [300 + i for i in range(lost)]},
              "connections": conns, "intervals": ivs}
     rows = [{"t": f0 + 1, "server": "srv1", "label": {"setting": setting, "multiple": multiple}, "entries": 4000,
              "held": 10, "unreplied": 3000, "evictions": 5, "unreplied_aged": 0, "rss_mb": rss[0]},
@@ -93,6 +94,10 @@ def test_phase_figures_windows_stream_and_victim():
     assert f["longest_stall_s"] == pytest.approx(0.3)
     assert f["peak_entries"] == 4096 and f["peak_unreplied"] == 4000 and f["evictions"] == 9
     assert f["rss_growth_second_half"] == 0.0
+    phase, rows = _phase(lost=3)
+    phase["ping"]["lost_seqs"] = [1, 250, 1250]                  # sent at t0, t0 + 2.49 s, t0 + 12.49 s
+    f = frep.phase_figures(phase, rows)
+    assert (f["ping_lost_baseline"], f["ping_lost_flood"], f["ping_lost_tail"]) == (1, 1, 1)
 
 
 def test_the_worst_second_decides_what_the_stream_kept():
@@ -162,6 +167,11 @@ def test_modes_alternate_across_caps_and_flow_sections():
     assert capacity.flow_of("reactive", 0.0, cfg) == {"mode": "reactive"}
     assert capacity.flow_of("proactive", 500.0, cfg) == {"mode": "proactive", "setup_rate": 500.0, "burst_tokens": 25}
     assert capacity.burst_for(20.0, cfg) == 4 and capacity.burst_for(20.0, capacity.Config(burst_tokens=9)) == 9
+    assert capacity.flow_of("reactive", 250.0, cfg, 65536) == {"mode": "reactive", "vm_flow_limit": 65536,
+                                                               "network_flow_limit": 65536, "setup_rate": 250.0,
+                                                               "burst_tokens": 12}
+    limits = capacity.owner_limits(TOPOLOGY)
+    assert limits == (65536 if flow_section_supported(TOPOLOGY) else None)
 
 
 def _pt(mode, cap, rate, succ, lat=None):
