@@ -86,10 +86,13 @@ def flow_topology(topology: Topology, flow: dict[str, Any]) -> tuple[Topology, s
     try:
         return with_flow(topology, flow), None, "topology"
     except TopologyError as exc:
-        if "flow" in str(exc) and set(flow) <= {"mode"}:
+        first = str(exc).splitlines()[0]
+        if "flow: unknown key" not in first:
+            raise ExperimentError(first) from None
+        if set(flow) <= {"mode"}:
             return topology, flow["mode"], "run-time mode"
-        raise ExperimentError(f"{str(exc).splitlines()[0]} (flow settings {sorted(flow)} need topology files "
-                              f"with a flow: section, issue 11)") from None
+        raise ExperimentError(f"{topology.source}: topology files take no flow: section in this checkout (issue 11), "
+                              f"which {', '.join(sorted(flow))} need") from None
 
 
 def set_mode(tb: Testbed, servers: list[str], mode: str, timeout: float = MODE_WAIT) -> None:
