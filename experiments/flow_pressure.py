@@ -4,12 +4,14 @@ Issue 11: a noisy VM floods new flows; do the others on its server keep working?
 
 On the default topology the noisy VM red1@srv1 floods new unreplied UDP flows to red3@srv3
 (testbed/measure/load.py flood) at 1x, 3x and 10x the slow path's capacity, measured first in the
-same run (the install rate of a short flood, or --slowpath-rate). Meanwhile, on the same server:
+same run (the install rate of a short flood in the first setting's testbed, "off" by default since
+protections would cut the probe short; or --slowpath-rate). Meanwhile, on the same server:
 (a) an established TCP stream of the other network, blue1@srv1 -> blue3@srv3 (iperf3 paced at
 --stream-bitrate, default 50 Mbit/s, 100 ms intervals: throughput and stalls; unpaced, it fills
 blue1's queues and the victim's SYNs drop behind it even without a flood, and what it keeps of its
-throughput is only the CPU the flood leaves on 2 cores), (b) a victim of the other network opening 20 new TCP
-connections/s blue1 -> blue3 (success = connected within 1 s; first-reply latency = SYN -> SYN-ACK),
+throughput is only the CPU the flood leaves on 2 cores), (b) a victim of the other network opening
+20 new TCP connections/s blue1 -> blue3 (success = connected within 1 s; first-reply latency =
+SYN -> SYN-ACK),
 (c) a ping in the flooder's own network, red1 -> red3 every 10 ms (losses). Every 0.5 s the flow
 tables of srv1 and srv3 are sampled (introspection "pressure", or "stats" on a vrouter without it,
 marked) with the forwarders' RSS.
