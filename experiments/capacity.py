@@ -167,7 +167,7 @@ def run_one(topology: Topology, client: dict, server: dict, cfg: Config, mode: s
             srv.stop()
         report.add_occupancy(points, samples, client["server"])
         used = {"flow": flow, "applied": bed.applied, "pushed_flow": bed.pushed_flow(client["server"]),
-                "table_source": sampler.sources, "topology_yaml": bed.topology.to_yaml()}
+                "topology_yaml": bed.topology.to_yaml()}
     return points, conn_rows, samples, used
 
 

@@ -13,8 +13,7 @@ throughput is only the CPU the flood leaves on 2 cores), (b) a victim of the oth
 20 new TCP connections/s blue1 -> blue3 (success = connected within 1 s; first-reply latency =
 SYN -> SYN-ACK),
 (c) a ping in the flooder's own network, red1 -> red3 every 10 ms (losses). Every 0.5 s the flow
-tables of srv1 and srv3 are sampled (introspection "pressure", or "stats" on a vrouter without it,
-marked) with the forwarders' RSS.
+tables of srv1 and srv3 are sampled (introspection "pressure") with the forwarders' RSS.
 
 Protections "on" and "off", each on a fresh testbed whose topology carries the settings in its
 `flow:` section (capacity --capacity, default 16384 so that a 10 s flood fills it):
@@ -151,10 +150,9 @@ def probe_capacity(bed: FlowBed, roles: Roles, cfg: Config, progress: Progress) 
     rate = report.install_rate(samples)
     progress(f"  slow-path capacity: {rate:.0f} flows/s installed at {server} (probe flood offered "
              f"{cfg.probe_rate:.0f}/s, sent {final['rate']:.0f}/s, {final['tx_dropped']} dropped at the VM's "
-             f"interface; source {reader.source})")
+             f"interface)")
     bed.reset(roles.servers)
-    return {"flows_per_s": rate, "how": "probe", "server": server, "source": reader.source, "flood": final,
-            "samples": samples}
+    return {"flows_per_s": rate, "how": "probe", "server": server, "flood": final, "samples": samples}
 
 
 # --- one phase -----------------------------------------------------------------------------------
@@ -220,7 +218,7 @@ def run_setting(topology: Topology, roles: Roles, cfg: Config, setting: str, pre
             rows = sampler.stop()
             server.stop()
         used = {"flow": flow, "applied": bed.applied, "pushed_flow": bed.pushed_flow(roles.flooder["server"]),
-                "table_source": sampler.sources, "topology_yaml": bed.topology.to_yaml()}
+                "topology_yaml": bed.topology.to_yaml()}
     return capacity, phases, rows, used
 
 

@@ -29,7 +29,8 @@ def test_flow_pressure_tiny(tmp_path, run_root, new_prefix):
     assert list(csv.DictReader(open(outdir / "intervals.csv")))
     samples = list(csv.DictReader(open(outdir / "raw.csv")))
     assert {s["server"] for s in samples} == {"srv1", "srv3"}
-    assert {s["source"] for s in samples} <= {"pressure", "stats"}
+    answered = [s for s in samples if not s["error"]]
+    assert answered and all(s["entries"] != "" and s["unreplied"] != "" for s in answered)   # "pressure" figures
     assert summary["slowpath_capacity_flows_per_s"] > 0
     phase = json.loads((outdir / "phases.json").read_text())["phases"][0]
     assert phase["flood"]["sent"] + phase["flood"]["errors"] == total_items(phase["offered_rate"], cfg.flood)

@@ -122,7 +122,7 @@ def test_targets_met_and_not_met():
 def test_summary_has_the_issues_keys_judged_on_protections_on():
     p_on, rows_on = _phase("on", lost=0)
     p_off, rows_off = _phase("off", victim_ok=5, victim_bad=15, lost=40)
-    used = {s: {"applied": "topology", "table_source": {"srv1": "pressure"}, "pushed_flow": {"capacity": 16384}}
+    used = {s: {"applied": "topology", "pushed_flow": {"capacity": 16384}}
             for s in ("off", "on")}
     s = frep.summarize([p_off, p_on], rows_on + rows_off, {"flows_per_s": 5000.0, "how": "probe"}, "srv1", used)
     assert s["targets_setting"] == "on" and s["top_multiple"] == "10"
@@ -134,13 +134,14 @@ def test_summary_has_the_issues_keys_judged_on_protections_on():
     assert not any("note:" in line for line in lines)
 
 
-def test_the_stats_fallback_and_runtime_settings_are_noted():
+def test_settings_not_through_a_flow_section_are_noted():
     p, rows = _phase("default")
-    used = {"default": {"applied": "defaults", "table_source": {"srv1": "stats"}, "pushed_flow": {}}}
+    used = {"default": {"applied": "defaults", "pushed_flow": {}}}
     s = frep.summarize([p], rows, {"flows_per_s": 5000.0, "how": "probe"}, "srv1", used)
     lines = frep.summary_lines(s)
     assert s["targets_setting"] == "default"
-    assert sum("note:" in line for line in lines) == 2
+    assert [line for line in lines if "note:" in line] == [
+        "note: default: flow settings defaults (not through a topology flow: section)"]
 
 
 def test_raw_rows_carry_phase_relative_times_and_windows():
@@ -204,7 +205,7 @@ def test_capacity_summary_ratio_per_cap_targets_and_the_middle_cap():
     for cap, pro, rea in ((250, 240, 125), (500, 480, 250), (1000, 700, 500), (0, 3000, 2900)):
         pts += [_pt("proactive", cap, pro, 1.0, 1000), _pt("proactive", cap, 2 * pro, 0.5, 5000)]
         pts += [_pt("reactive", cap, rea, 1.0, 3000), _pt("reactive", cap, 2 * rea, 0.5, 9000)]
-    s = crep.summarize(pts, (250.0, 500.0, 1000.0, 0.0), {"x": {"applied": "topology", "table_source": {}}})
+    s = crep.summarize(pts, (250.0, 500.0, 1000.0, 0.0), {"x": {"applied": "topology"}})
     assert crep.middle_cap((1000.0, 250.0, 0.0, 500.0)) == 500.0 and crep.middle_cap((0.0,)) is None
     assert s["headline_cap"] == 500.0
     assert s["capacity_ratio_proactive_over_reactive"] == pytest.approx(480 / 250)
@@ -258,7 +259,7 @@ def test_flow_settings_go_through_the_topology_or_the_mode_at_run_time():
 # --- plots -----------------------------------------------------------------------------------------
 def test_both_experiments_plot(tmp_path):
     p_on, rows = _phase("on")
-    used = {"on": {"applied": "topology", "table_source": {}, "pushed_flow": {}}}
+    used = {"on": {"applied": "topology", "pushed_flow": {}}}
     s = frep.summarize([p_on], rows, {"flows_per_s": 5000.0, "how": "probe"}, "srv1", used)
     frep.plot([p_on], rows, s, tmp_path / "flow_pressure.png")
     assert (tmp_path / "flow_pressure.png").stat().st_size > 10000
