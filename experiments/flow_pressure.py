@@ -26,8 +26,9 @@ Protections "on" and "off", each on a fresh testbed whose topology carries the s
            things have no setting and stay: the setup queue's round-robin over owners, and a full
            table making room by evicting its oldest unreplied pair (vrouter/core/flowtable.py), so
            a full table no longer refuses every new flow
-  default  no `flow:` section at all; on a checkout before issue 11 (the only setting it can run)
-           this is the old behaviour itself: a full table refuses new flows until entries age
+  default  the topology as given, no flow settings added: its own `flow:` section if it has one,
+           else this checkout's defaults (controllers/vnc_model.py DEFAULT_FLOW: capacity 65536),
+           i.e. `on` without --capacity (on the default topology, `on` at a 4x larger table)
 
 Targets (protections on): the stream never stalls longer than 200 ms and keeps >= 50% of its
 unflooded throughput in every whole second of the flood, the same-network ping loses nothing,
@@ -201,7 +202,7 @@ def run_setting(topology: Topology, roles: Roles, cfg: Config, setting: str, pre
     idle = float((topology.raw.get("flow") or {}).get("idle_timeout", DEFAULT_FLOW["idle_timeout"]))
     flow = setting_flow(setting, cfg.capacity, idle)
     progress(f"protections {setting}: bringing up {topology.name} with prefix {prefix!r}")
-    with flow_testbed(topology, flow, prefix, run_root, progress, roles.servers) as bed:
+    with flow_testbed(topology, flow, prefix, run_root, progress) as bed:
         server = loadrun.serve(bed.host(roles.victim_dst["name"]))
         label = {"setting": "", "multiple": 0}
         sampler = Sampler(bed.tb.path, roles.servers, bed.forwarder_pids, label=lambda: dict(label))

@@ -8,14 +8,12 @@ import pytest
 from experiments import capacity, flow_pressure
 from testbed import DEFAULT_TOPOLOGY
 from testbed.measure.load import total_items
-from testbed.measure.loadrun import flow_section_supported
-from testbed.topology import load
 
 pytestmark = pytest.mark.e2e
 
 
 def test_flow_pressure_tiny(tmp_path, run_root, new_prefix):
-    setting = "on" if flow_section_supported(load(DEFAULT_TOPOLOGY)) else "default"
+    setting = "on"
     cfg = flow_pressure.Config(settings=(setting,), multiples=(1.0,), baseline=1.0, flood=1.5, tail=0.5,
                                probe_rate=5000.0, probe_seconds=0.5, settle=0.2)
     outdir, summary = flow_pressure.run(DEFAULT_TOPOLOGY, cfg, new_prefix("f"), str(run_root), tmp_path / "results",

@@ -1,7 +1,7 @@
 """The flow experiments' pure parts (experiments/flow_pressure*.py, capacity*.py, flowbed.py): the
 protections settings, the capacity probe's rate, a phase's figures and the targets, the summaries
 with the keys the issue names, the sweep, saturation and the capacity definition, the latency
-ratios, the mode fallback of a checkout without topology `flow:` sections, and the plots."""
+ratios, the flow settings through the topology, and the plots."""
 import argparse
 
 import pytest
@@ -11,7 +11,7 @@ from experiments import capacity_report as crep
 from experiments import flow_pressure_report as frep
 from experiments.common import ExperimentError
 from testbed import REPO
-from testbed.measure.loadrun import Connection, Interval, flow_section_supported
+from testbed.measure.loadrun import Connection, Interval
 from testbed.topology import load as load_topology
 
 TOPOLOGY = load_topology(REPO / "topologies" / "default.yaml")
@@ -171,8 +171,8 @@ def test_modes_alternate_across_caps_and_flow_sections():
     assert capacity.flow_of("reactive", 250.0, cfg, 65536) == {"mode": "reactive", "vm_flow_limit": 65536,
                                                                "network_flow_limit": 65536, "setup_rate": 250.0,
                                                                "burst_tokens": 12}
-    limits = capacity.owner_limits(TOPOLOGY)
-    assert limits == (65536 if flow_section_supported(TOPOLOGY) else None)
+    assert capacity.owner_limits(TOPOLOGY) == 65536                      # the default table's capacity
+    assert capacity.owner_limits(flowbed.flow_topology(TOPOLOGY, {"capacity": 4096})[0]) == 4096
 
 
 def _pt(mode, cap, rate, succ, lat=None):
@@ -242,18 +242,15 @@ def test_point_figures_count_decisions_per_connection_and_entries_per_decision()
     assert (p["peak_entries_client"], p["peak_entries_server"]) == (30, 12)
 
 
-# --- flowbed: settings through the topology, or the mode at run time --------------------------------
-def test_flow_settings_go_through_the_topology_or_the_mode_at_run_time():
-    topo, mode, how = flowbed.flow_topology(TOPOLOGY, {})
-    assert (topo, mode, how) == (TOPOLOGY, None, "defaults")
-    topo, mode, how = flowbed.flow_topology(TOPOLOGY, {"mode": "reactive"})
-    if flow_section_supported(TOPOLOGY):
-        assert (mode, how) == (None, "topology") and topo.raw["flow"] == {"mode": "reactive"}
-        assert flowbed.flow_topology(TOPOLOGY, {"setup_rate": 250.0})[2] == "topology"
-    else:
-        assert (topo, mode, how) == (TOPOLOGY, "reactive", "run-time mode")
-        with pytest.raises(ExperimentError, match="issue 11"):
-            flowbed.flow_topology(TOPOLOGY, {"mode": "reactive", "setup_rate": 250.0})
+# --- flowbed: settings through the topology -------------------------------------------------------
+def test_flow_settings_go_through_the_topology_and_a_refusal_is_one_line():
+    assert flowbed.flow_topology(TOPOLOGY, {}) == (TOPOLOGY, "defaults")
+    topo, how = flowbed.flow_topology(TOPOLOGY, {"mode": "reactive", "setup_rate": 250.0})
+    assert how == "topology" and topo.raw["flow"] == {"mode": "reactive", "setup_rate": 250.0}
+    assert "flow" not in TOPOLOGY.raw
+    with pytest.raises(ExperimentError) as err:
+        flowbed.flow_topology(TOPOLOGY, {"no_such_key": 1})
+    assert "no_such_key" in str(err.value) and "\n" not in str(err.value)
 
 
 # --- plots -----------------------------------------------------------------------------------------

@@ -207,9 +207,8 @@ def test_a_pressure_reply_is_one_flat_row():
 
 def test_with_flow_merges_the_section_or_names_the_refusal():
     topo = load_topology(REPO / "topologies" / "default.yaml")
-    try:
-        t = with_flow(topo, {"mode": "reactive"})
-    except TopologyError as exc:                         # before issue 11: topology files take no flow:
-        assert "flow" in str(exc)
-    else:
-        assert t.raw["flow"]["mode"] == "reactive" and "flow" not in topo.raw
+    t = with_flow(topo, {"mode": "reactive"})
+    assert t.raw["flow"]["mode"] == "reactive" and "flow" not in topo.raw
+    assert with_flow(t, {"capacity": 64}).raw["flow"] == {"mode": "reactive", "capacity": 64}
+    with pytest.raises(TopologyError, match="vm_flow_limit"):
+        with_flow(topo, {"vm_flow_limit": 0})
