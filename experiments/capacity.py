@@ -48,7 +48,6 @@ from experiments import common
 from experiments.common import ExperimentError, Progress, add_run_arguments, load_topology
 from experiments.flowbed import FlowBed, flow_testbed
 from testbed.measure import loadrun
-from testbed.measure.loadrun import flow_section_supported
 from testbed.measure.pairs import vm_dict
 from testbed.measure.pressure import Sampler
 from testbed.measure.results import ResultsRun, write_csv, write_json
@@ -92,11 +91,8 @@ def flow_of(mode: str, cap: float, cfg: Config, limits: int | None = None) -> di
     return flow
 
 
-def owner_limits(topology: Topology) -> int | None:
-    """The table's capacity where topology files take issue 11's flow settings, else None (no
-    limits exist to raise)."""
-    if not flow_section_supported(topology):
-        return None
+def owner_limits(topology: Topology) -> int:
+    """The table's capacity: what the per-VM and per-network limits are raised to."""
     return int((topology.raw.get("flow") or {}).get("capacity", DEFAULT_FLOW["capacity"]))
 
 
@@ -156,7 +152,7 @@ def run_one(topology: Topology, client: dict, server: dict, cfg: Config, mode: s
     progress(f"{mode}, {'cap ' + format(cap, 'g') + ' decisions/s' if cap else 'no cap'}: bringing up "
              f"{topology.name} with prefix {prefix!r}")
     servers = [client["server"], server["server"]]
-    with flow_testbed(topology, flow, prefix, run_root, progress, servers) as bed:
+    with flow_testbed(topology, flow, prefix, run_root, progress) as bed:
         srv = loadrun.serve(bed.host(server["name"]))
         label: dict[str, Any] = {"mode": "", "cap": None, "rate": None}
         sampler = Sampler(bed.tb.path, servers, bed.forwarder_pids, label=lambda: dict(label)).start()
@@ -167,7 +163,7 @@ def run_one(topology: Topology, client: dict, server: dict, cfg: Config, mode: s
             srv.stop()
         report.add_occupancy(points, samples, client["server"])
         used = {"flow": flow, "applied": bed.applied, "pushed_flow": bed.pushed_flow(client["server"]),
-                "table_source": sampler.sources, "topology_yaml": bed.topology.to_yaml()}
+                "topology_yaml": bed.topology.to_yaml()}
     return points, conn_rows, samples, used
 
 

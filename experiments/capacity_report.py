@@ -20,8 +20,7 @@ LATENCY_AT = (0.5, 0.9)  # latency ratios at these shares of the reactive capaci
 MODES = ("proactive", "reactive")
 POINT_FIELDS = ["mode", "cap", "offered_rate", "seconds", "offered", "connected", "completed_per_s", "success",
                 "latency_us_median", "latency_us_p90", "outcomes", "lag_max_ms", "decisions_client", "decisions_server",
-                "decisions_per_connection", "entries_per_install", "peak_entries_client", "peak_entries_server",
-                "table_source"]
+                "decisions_per_connection", "entries_per_install", "peak_entries_client", "peak_entries_server"]
 CONNECTION_FIELDS = ["mode", "cap", "offered_rate", "seq", "t_rel", "outcome", "latency_us"]
 STYLE = {"proactive": "-", "reactive": "--"}
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
@@ -64,7 +63,7 @@ def point_figures(mode: str, cap: float, rate: float, seconds: float, conns: Seq
             "decisions_client": decisions[0], "decisions_server": decisions[1],
             "decisions_per_connection": _ratio(total, len(conns)),
             "entries_per_install": _ratio(cc.get("entries_installed"), cc.get("installs")),
-            "peak_entries_client": None, "peak_entries_server": None, "table_source": None}
+            "peak_entries_client": None, "peak_entries_server": None}
 
 
 def add_occupancy(points: list[dict], samples: Sequence[dict], client_server: str | None = None) -> None:
@@ -81,7 +80,6 @@ def add_occupancy(points: list[dict], samples: Sequence[dict], client_server: st
         for r in mine:
             key = "peak_entries_client" if r["server"] == client else "peak_entries_server"
             p[key] = max(p[key] or 0, r["entries"])
-            p["table_source"] = r.get("source")
 
 
 def saturated(points: Sequence[dict], stop_after: int) -> bool:
@@ -165,7 +163,6 @@ def summarize(points: Sequence[dict], caps: Sequence[float], used: dict[str, dic
         "latency_ratio_at_90pct": (headline.get("at_90pct") or {}).get("ratio"),
         "occupancy": occupancy,
         "settings_applied": {k: u.get("applied") for k, u in used.items()},
-        "table_source": {k: u.get("table_source") for k, u in used.items()},
         "targets_met": all(v["met"] for v in capped) if capped else None,
     }
 
@@ -209,8 +206,6 @@ def summary_lines(summary: dict) -> list[str]:
     for key, how in summary["settings_applied"].items():
         if how != "topology":
             lines.append(f"note: {key}: flow settings {how} (not through a topology flow: section)")
-    if any(s and "stats" in s.values() for s in summary["table_source"].values()):
-        lines.append("note: no introspection op 'pressure' on these vrouters: occupancy from 'stats'")
     return lines
 
 

@@ -13,8 +13,7 @@ throughput is only the CPU the flood leaves on 2 cores), (b) a victim of the oth
 20 new TCP connections/s blue1 -> blue3 (success = connected within 1 s; first-reply latency =
 SYN -> SYN-ACK),
 (c) a ping in the flooder's own network, red1 -> red3 every 10 ms (losses). Every 0.5 s the flow
-tables of srv1 and srv3 are sampled (introspection "pressure", or "stats" on a vrouter without it,
-marked) with the forwarders' RSS.
+tables of srv1 and srv3 are sampled (introspection "pressure") with the forwarders' RSS.
 
 Protections "on" and "off", each on a fresh testbed whose topology carries the settings in its
 `flow:` section (capacity --capacity, default 16384 so that a 10 s flood fills it):
@@ -27,8 +26,9 @@ Protections "on" and "off", each on a fresh testbed whose topology carries the s
            things have no setting and stay: the setup queue's round-robin over owners, and a full
            table making room by evicting its oldest unreplied pair (vrouter/core/flowtable.py), so
            a full table no longer refuses every new flow
-  default  no `flow:` section at all; on a checkout before issue 11 (the only setting it can run)
-           this is the old behaviour itself: a full table refuses new flows until entries age
+  default  the topology as given, no flow settings added: its own `flow:` section if it has one,
+           else this checkout's defaults (controllers/vnc_model.py DEFAULT_FLOW: capacity 65536),
+           i.e. `on` without --capacity (on the default topology, `on` at a 4x larger table)
 
 Targets (protections on): the stream never stalls longer than 200 ms and keeps >= 50% of its
 unflooded throughput in every whole second of the flood, the same-network ping loses nothing,
@@ -151,10 +151,9 @@ def probe_capacity(bed: FlowBed, roles: Roles, cfg: Config, progress: Progress) 
     rate = report.install_rate(samples)
     progress(f"  slow-path capacity: {rate:.0f} flows/s installed at {server} (probe flood offered "
              f"{cfg.probe_rate:.0f}/s, sent {final['rate']:.0f}/s, {final['tx_dropped']} dropped at the VM's "
-             f"interface; source {reader.source})")
+             f"interface)")
     bed.reset(roles.servers)
-    return {"flows_per_s": rate, "how": "probe", "server": server, "source": reader.source, "flood": final,
-            "samples": samples}
+    return {"flows_per_s": rate, "how": "probe", "server": server, "flood": final, "samples": samples}
 
 
 # --- one phase -----------------------------------------------------------------------------------
@@ -203,7 +202,7 @@ def run_setting(topology: Topology, roles: Roles, cfg: Config, setting: str, pre
     idle = float((topology.raw.get("flow") or {}).get("idle_timeout", DEFAULT_FLOW["idle_timeout"]))
     flow = setting_flow(setting, cfg.capacity, idle)
     progress(f"protections {setting}: bringing up {topology.name} with prefix {prefix!r}")
-    with flow_testbed(topology, flow, prefix, run_root, progress, roles.servers) as bed:
+    with flow_testbed(topology, flow, prefix, run_root, progress) as bed:
         server = loadrun.serve(bed.host(roles.victim_dst["name"]))
         label = {"setting": "", "multiple": 0}
         sampler = Sampler(bed.tb.path, roles.servers, bed.forwarder_pids, label=lambda: dict(label))
@@ -220,7 +219,7 @@ def run_setting(topology: Topology, roles: Roles, cfg: Config, setting: str, pre
             rows = sampler.stop()
             server.stop()
         used = {"flow": flow, "applied": bed.applied, "pushed_flow": bed.pushed_flow(roles.flooder["server"]),
-                "table_source": sampler.sources, "topology_yaml": bed.topology.to_yaml()}
+                "topology_yaml": bed.topology.to_yaml()}
     return capacity, phases, rows, used
 
 

@@ -39,7 +39,7 @@ RSS_GROWTH_TARGET = 0.10   # over the second half of the highest flood
 ROOM = 0.9             # the probe counts installs while the table is below this share of its capacity
 STYLE = {"on": ("tab:blue", "-"), "off": ("tab:red", "--"), "default": ("tab:gray", ":")}
 SAMPLE_FIELDS = ["setting", "multiple", "t_rel", "server", "entries", "capacity", "held", "unreplied", "installs",
-                 "entries_installed", "evictions", "unreplied_aged", "punts_queued", "tokens", "rss_mb", "source",
+                 "entries_installed", "evictions", "unreplied_aged", "punts_queued", "tokens", "rss_mb",
                  "latency_ms", "error", "owners"]
 CONNECTION_FIELDS = ["setting", "multiple", "seq", "t_rel", "window", "outcome", "latency_us"]
 INTERVAL_FIELDS = ["setting", "multiple", "start_rel", "end_rel", "bytes", "window"]
@@ -174,7 +174,7 @@ def targets(per: dict[str, dict], top: str) -> dict[str, dict]:
 
 def summarize(phases: Sequence[dict], samples: Sequence[dict], capacity: dict, flooder_server: str,
               used: dict[str, dict]) -> dict[str, Any]:
-    """The run's summary; `used` per setting: flow (given), applied, pushed_flow, table_source."""
+    """The run's summary; `used` per setting: flow (given), applied, pushed_flow."""
     rows = [r for r in samples if r["server"] == flooder_server]
     per: dict[str, dict[str, dict]] = {}
     for p in phases:
@@ -189,7 +189,6 @@ def summarize(phases: Sequence[dict], samples: Sequence[dict], capacity: dict, f
         "table_capacity": {s: _peak([r for r in rows if r["label"].get("setting") == s], "capacity") or
                            u.get("pushed_flow", {}).get("capacity") for s, u in used.items()},
         "flooder_server": flooder_server, "top_multiple": top, "targets_setting": judged,
-        "table_source": {s: u.get("table_source") for s, u in used.items()},
         "settings_applied": {s: u.get("applied") for s, u in used.items()},
         "phases": per,
     }
@@ -230,10 +229,6 @@ def summary_lines(summary: dict) -> list[str]:
                 f"{f['longest_stall_s']:>5.1f}s {f['ping_lost']:>5}/{f['ping_sent']:<5} ({f['ping_lost_flood']:>4}) "
                 f"{f['peak_entries'] if f['peak_entries'] is not None else '-':>12} "
                 f"{f['rss_mb_peak'] if f['rss_mb_peak'] is not None else '-':>7}")
-    for setting, sources in summary["table_source"].items():
-        if sources and "stats" in sources.values():
-            lines.append(f"note: {setting}: the vrouters have no introspection op 'pressure'; the table was "
-                         f"sampled from 'stats' (entries and held only)")
     for setting, how in summary["settings_applied"].items():
         if how != "topology":
             lines.append(f"note: {setting}: flow settings {how} (not through a topology flow: section)")

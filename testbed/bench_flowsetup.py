@@ -2,13 +2,14 @@
 
 How many new flows per second a vrouter sets up end to end, against Tungsten Fabric's release gate
 (10,000 policy flows/s per compute node) and our goal (20,000). One testbed on
-topologies/default.yaml; generators (testbed/flowgen.py, in-process through the testbed's hosts) in
-the VMs of the first cross-leaf server pair send one UDP datagram per new flow, paced, to the VM of
-the same network on the other server: red1 -> red3 and blue1 -> blue3, srv1 -> srv3. Per step of an
-increasing offered rate, the sending and the receiving vrouter are sampled (`pressure`, or `stats`
-where a vrouter has no `pressure` yet) before, around a fixed measuring window while the generators
-send, and after; a vrouter's setup rate is the flows whose two entries it installed in the window
-per second (testbed/measure/flowsetup.py has the arithmetic, the stop rule and the report).
+topologies/default.yaml; generators (`python -m testbed.measure.load flood`, the flow experiments'
+own, started in the VMs by testbed/measure/loadrun.py) in the VMs of the first cross-leaf server
+pair send one UDP datagram per new flow, paced, from a common start, to the VM of the same network
+on the other server: red1 -> red3 and blue1 -> blue3, srv1 -> srv3. Per step of an increasing
+offered rate, the sending and the receiving vrouter are sampled (`pressure`) before, around a fixed
+measuring window while the generators send, and after; a vrouter's setup rate is the flows whose
+two entries it installed in the window per second (testbed/measure/flowsetup.py has the
+arithmetic, the stop rule and the report).
 
 What is not measured: the table (capacity raised in the topology, flows per step bounded by it, the
 tables flushed between steps), the per-VM and per-network limits (raised to the capacity at run
@@ -20,14 +21,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
-from testbed import DEFAULT_TOPOLOGY, REPO
+from testbed import DEFAULT_TOPOLOGY
 from testbed.commands import CommandError, command, group
-from testbed.measure import flowsetup, provenance
+from testbed.measure import flowsetup, loadrun, provenance
 from testbed.measure.pairs import PairError, VmPair, pick_pair, same_servers
 from testbed.measure.runners import wait_ping
 from testbed.net_cmd import vnc_call
@@ -83,25 +83,18 @@ def sample(tb: Testbed, server: str, drops: bool) -> dict:
     return out
 
 
-def spawn(tb: Testbed, vm: str, dst: str, rate: float, seconds: float, start_at: float) -> subprocess.Popen:
-    return tb.host(vm).popen([sys.executable, "-m", "testbed.flowgen", "--dst", dst, "--rate", f"{rate:.1f}",
-                              "--seconds", f"{seconds:.3f}", "--start-at", f"{start_at:.3f}"],
-                             cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def spawn(tb: Testbed, vm: str, dst: str, rate: float, seconds: float, start_at: float) -> loadrun.LoadProcess:
+    """A flood generator in `vm`: `rate` new flows/s (0: unpaced) for `seconds` from `start_at`
+    (time.monotonic())."""
+    return loadrun.flood(tb.host(vm), dst, round(rate, 1), round(seconds, 3), start_at=round(start_at, 3))
 
 
-def collect(proc: subprocess.Popen, timeout: float) -> dict:
+def collect(gen: loadrun.LoadProcess, timeout: float) -> dict:
+    """The generator's final record ({"done", "sent", "errors", "rate", ...}: testbed/measure/load.py)."""
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    try:
-        result = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise CommandError(f"flow generator gave no result: {(err or out).strip()[:200]}") from None
-    if "error" in result:
-        raise CommandError(f"flow generator: {result['error']}")
-    return result
+        return gen.wait(timeout)
+    except loadrun.LoadError as exc:
+        raise CommandError(f"flow generator: {exc}") from None
 
 
 def settle(tb: Testbed, servers: list[str]) -> None:
@@ -123,22 +116,20 @@ def run_step(tb: Testbed, pairs: list[VmPair], roles: dict[str, str], taps: dict
         introspect.query(tb.path, s, "reset")
     samples: dict[str, dict] = {s: {"before": sample(tb, s, True)} for s in servers}
     seconds = LEAD + window + TAIL
-    start_at = time.time() + START_DELAY
+    start_at = time.monotonic() + START_DELAY
     procs = [spawn(tb, pairs[i % len(pairs)].client_vm.name, pairs[i % len(pairs)].server_vm.address,
                    offered / n_gens, seconds, start_at) for i in range(n_gens)]
     try:
-        time.sleep(max(0.0, start_at + LEAD - time.time()))
+        time.sleep(max(0.0, start_at + LEAD - time.monotonic()))
         for s in servers:
             samples[s]["a"] = sample(tb, s, False)
-        time.sleep(max(0.0, start_at + LEAD + window - time.time()))
+        time.sleep(max(0.0, start_at + LEAD + window - time.monotonic()))
         for s in servers:
             samples[s]["b"] = sample(tb, s, False)
         gens = [collect(p, timeout=seconds + 10) for p in procs]
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            p.kill()
     settle(tb, servers)
     for s in servers:
         samples[s]["after"] = sample(tb, s, True)
@@ -148,7 +139,7 @@ def run_step(tb: Testbed, pairs: list[VmPair], roles: dict[str, str], taps: dict
 
 def calibrate(tb: Testbed, pair: VmPair, servers: list[str]) -> float:
     """Datagrams/s one unpaced generator reaches in a VM (its vrouter reading as fast as it can)."""
-    proc = spawn(tb, pair.client_vm.name, pair.server_vm.address, 0, CALIBRATE_S, time.time() + START_DELAY)
+    proc = spawn(tb, pair.client_vm.name, pair.server_vm.address, 0, CALIBRATE_S, time.monotonic() + START_DELAY)
     rate = collect(proc, timeout=CALIBRATE_S + 10)["rate"]
     settle(tb, servers)
     return rate

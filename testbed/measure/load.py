@@ -7,7 +7,11 @@ checkout.
 
     flood    one UDP datagram per NEW flow at a paced rate: a raw socket writes the UDP header, so
              every datagram gets the next (source port, destination port) pair without a socket per
-             port; the flows stay unreplied (nothing listens), the kind a noisy VM fills a table with
+             port; the flows stay unreplied (nothing listens), the kind a noisy VM fills a table with.
+             A paced run sends exactly rate x seconds datagrams (behind its schedule it catches up,
+             BATCH at a time); --rate 0 sends as fast as it can until --seconds have passed (one
+             generator's ceiling); --start-at T waits until time.monotonic() reaches T, so that
+             several generators start together (`testbed bench flowsetup`)
     connect  new TCP connections at a paced rate, non-blocking connects driven by one selector (one
              process keeps thousands in flight); per connection the connect latency (SYN sent ->
              SYN-ACK seen, the flow's first reply) and the outcome: ok within --timeout (default 1 s),
@@ -74,6 +78,17 @@ def next_due(started: int, rate: float) -> float:
 def total_items(rate: float, seconds: float) -> int:
     """Items a paced run of `seconds` at `rate` per second starts."""
     return max(0, round(rate * seconds))
+
+
+def flood_batch(elapsed: float, rate: float, seconds: float, started: int, total: int) -> int | None:
+    """Datagrams a flood sends now, `started` sent (or failed) so far; None once the run is over.
+    Paced (rate > 0): what is due, at most BATCH, until `total`; unpaced (rate 0): BATCH at a time
+    until `seconds` have passed."""
+    if rate <= 0:
+        return BATCH if elapsed < seconds else None
+    if started >= total:
+        return None
+    return min(BATCH, due(elapsed, rate, started, total))
 
 
 def flood_ports(i: int, sport_base: int, sports: int, dport_base: int, dports: int,
@@ -149,12 +164,16 @@ def flood(args: argparse.Namespace, stop: Stop) -> dict:
     total = total_items(args.rate, args.seconds)
     sent = errors = 0
     dropped0 = iface_tx_dropped()
+    if args.start_at is not None:
+        time.sleep(max(0.0, args.start_at - time.monotonic()))
     t0 = time.monotonic()
     last_report = t0
     emit({"t": t0, "sent": 0, "started": True})
-    while sent + errors < total and not stop.requested:
+    while not stop.requested:
         now = time.monotonic()
-        n = min(BATCH, due(now - t0, args.rate, sent + errors, total))
+        n = flood_batch(now - t0, args.rate, args.seconds, sent + errors, total)
+        if n is None:
+            break
         for _ in range(n):
             sport, dport = flood_ports(sent + errors, args.sport_base, args.sports, args.dport_base, args.dports,
                                        args.fixed_dport)
@@ -367,13 +386,23 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return check
 
 
+def _at_least_zero(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m testbed.measure.load", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     f = sub.add_parser("flood", help="one UDP datagram per new flow, paced (raw socket: needs root)")
     f.add_argument("--dst", required=True)
-    f.add_argument("--rate", type=_positive(float), required=True, help="new flows per second")
+    f.add_argument("--rate", type=_at_least_zero, required=True,
+                   help="new flows per second; 0 = as fast as it can for --seconds")
     f.add_argument("--seconds", type=_positive(float), required=True)
+    f.add_argument("--start-at", type=float, default=None,
+                   help="time.monotonic() to start at (one clock for every namespace of the machine)")
     f.add_argument("--dport-base", type=int, default=DPORT_BASE)
     f.add_argument("--dports", type=int, default=DPORTS, help=f"destination ports to cycle (default {DPORTS})")
     f.add_argument("--sport-base", type=int, default=SPORT_BASE)

@@ -21,7 +21,7 @@ from typing import Any
 
 from testbed import REPO
 from testbed.measure.runners import IPERF3_PORT, Host
-from testbed.topology import Topology, TopologyError, from_dict
+from testbed.topology import Topology, from_dict
 
 LOAD = [sys.executable, "-m", "testbed.measure.load"]
 SERVE_PORT = 8000
@@ -279,16 +279,7 @@ class Stream:
 # --- flow settings through the topology -----------------------------------------------------------
 def with_flow(topology: Topology, flow: dict[str, Any]) -> Topology:
     """The topology with `flow` merged into its `flow:` section (testbed.topology.TopologyError if
-    this checkout's topology files have no such section or refuse a key)."""
+    the section refuses a key or a value)."""
     doc = copy.deepcopy(topology.raw)
     doc["flow"] = {**(doc.get("flow") or {}), **flow}
     return from_dict(doc, source=f"{topology.source} + flow {flow}", default_name=topology.name)
-
-
-def flow_section_supported(topology: Topology) -> bool:
-    """Whether topology files take a `flow:` section here (issue 11's settings)."""
-    try:
-        with_flow(topology, {"mode": "proactive"})
-    except TopologyError:  # "flow: unknown key" before issue 11
-        return False
-    return True

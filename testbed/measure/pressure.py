@@ -1,8 +1,6 @@
 """The flow table's occupancy over time, as the flow experiments sample it: every `interval` s per
 server the forwarder's introspection op "pressure" (entries, held, unreplied, installs, evictions,
-queued punts, tokens: vrouter/io/introspect.py) and the forwarder's RSS. A vrouter that does not
-know "pressure" yet (before issue 11) is asked "stats" instead and its samples say
-source="stats" (entries, held_flows, installs and capacity only; the rest is None).
+queued punts, tokens: vrouter/io/introspect.py) and the forwarder's RSS.
 
 `table_row` is pure (a reply in, one flat row out); `Sampler` is the thread that asks.
 """
@@ -23,13 +21,9 @@ FIELDS = ("entries", "capacity", "held", "unreplied", "installs", "entries_insta
           "unreplied_aged", "punts_queued", "tokens")
 
 
-def table_row(reply: dict[str, Any], source: str) -> dict[str, Any]:
-    """One flat row of FIELDS (+ "source") from a "pressure" reply or from a "stats" reply's
-    pipeline section (whose held entries are called "held_flows")."""
-    if source == "stats":
-        p = reply.get("pipeline", {})
-        return {"source": "stats", **{k: p.get("held_flows" if k == "held" else k) for k in FIELDS}}
-    return {"source": "pressure", **{k: reply.get(k) for k in FIELDS}}
+def table_row(reply: dict[str, Any]) -> dict[str, Any]:
+    """One flat row of FIELDS from a "pressure" reply."""
+    return {k: reply.get(k) for k in FIELDS}
 
 
 def owner_rows(reply: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -56,30 +50,19 @@ def rss_mb(pids: Iterable[int]) -> float | None:
 
 
 class TableReader:
-    """Asks one vrouter for "pressure", falling back to "stats" for good at the first "unknown
-    request" (a vrouter of before issue 11)."""
+    """Asks one vrouter for "pressure" (introspect.IntrospectError if it does not answer)."""
 
     def __init__(self, rundir: Path, server: str) -> None:
         self.rundir, self.server = rundir, server
-        self.source = "pressure"
 
     def read(self, timeout: float = 2.0) -> dict[str, Any]:
-        if self.source == "pressure":
-            try:
-                reply = introspect.query(self.rundir, self.server, "pressure", timeout=timeout)
-                return {**table_row(reply, "pressure"), "owners": owner_rows(reply),
-                        "uptime": reply.get("uptime")}
-            except introspect.IntrospectError as exc:
-                if "unknown request" not in str(exc):
-                    raise
-                self.source = "stats"
-        reply = introspect.query(self.rundir, self.server, "stats", timeout=timeout)
-        return {**table_row(reply, "stats"), "owners": {}, "uptime": None}
+        reply = introspect.query(self.rundir, self.server, "pressure", timeout=timeout)
+        return {**table_row(reply), "owners": owner_rows(reply), "uptime": reply.get("uptime")}
 
 
 class Sampler:
     """A thread sampling the servers' tables and forwarder RSS every `interval` s into `rows`
-    ({"t": time.monotonic(), "server", "label", "rss_mb", FIELDS..., "source", "owners"}); `label`
+    ({"t": time.monotonic(), "server", "label", "rss_mb", FIELDS..., "owners", "uptime"}); `label`
     is whatever `label()` returns at the sample (the experiment's phase). A vrouter that does not
     answer in time gives a row with "error" instead of the figures."""
 
@@ -118,8 +101,3 @@ class Sampler:
         self._stop.set()
         self._thread.join(10)
         return self.rows
-
-    @property
-    def sources(self) -> dict[str, str]:
-        """Per server: "pressure", or "stats" where the fallback was taken."""
-        return {r.server: r.source for r in self.readers}

@@ -8,14 +8,12 @@ import pytest
 from experiments import capacity, flow_pressure
 from testbed import DEFAULT_TOPOLOGY
 from testbed.measure.load import total_items
-from testbed.measure.loadrun import flow_section_supported
-from testbed.topology import load
 
 pytestmark = pytest.mark.e2e
 
 
 def test_flow_pressure_tiny(tmp_path, run_root, new_prefix):
-    setting = "on" if flow_section_supported(load(DEFAULT_TOPOLOGY)) else "default"
+    setting = "on"
     cfg = flow_pressure.Config(settings=(setting,), multiples=(1.0,), baseline=1.0, flood=1.5, tail=0.5,
                                probe_rate=5000.0, probe_seconds=0.5, settle=0.2)
     outdir, summary = flow_pressure.run(DEFAULT_TOPOLOGY, cfg, new_prefix("f"), str(run_root), tmp_path / "results",
@@ -29,7 +27,8 @@ def test_flow_pressure_tiny(tmp_path, run_root, new_prefix):
     assert list(csv.DictReader(open(outdir / "intervals.csv")))
     samples = list(csv.DictReader(open(outdir / "raw.csv")))
     assert {s["server"] for s in samples} == {"srv1", "srv3"}
-    assert {s["source"] for s in samples} <= {"pressure", "stats"}
+    answered = [s for s in samples if not s["error"]]
+    assert answered and all(s["entries"] != "" and s["unreplied"] != "" for s in answered)   # "pressure" figures
     assert summary["slowpath_capacity_flows_per_s"] > 0
     phase = json.loads((outdir / "phases.json").read_text())["phases"][0]
     assert phase["flood"]["sent"] + phase["flood"]["errors"] == total_items(phase["offered_rate"], cfg.flood)

@@ -1,7 +1,7 @@
 """The flow experiments' pure parts (experiments/flow_pressure*.py, capacity*.py, flowbed.py): the
 protections settings, the capacity probe's rate, a phase's figures and the targets, the summaries
 with the keys the issue names, the sweep, saturation and the capacity definition, the latency
-ratios, the mode fallback of a checkout without topology `flow:` sections, and the plots."""
+ratios, the flow settings through the topology, and the plots."""
 import argparse
 
 import pytest
@@ -11,7 +11,7 @@ from experiments import capacity_report as crep
 from experiments import flow_pressure_report as frep
 from experiments.common import ExperimentError
 from testbed import REPO
-from testbed.measure.loadrun import Connection, Interval, flow_section_supported
+from testbed.measure.loadrun import Connection, Interval
 from testbed.topology import load as load_topology
 
 TOPOLOGY = load_topology(REPO / "topologies" / "default.yaml")
@@ -122,7 +122,7 @@ def test_targets_met_and_not_met():
 def test_summary_has_the_issues_keys_judged_on_protections_on():
     p_on, rows_on = _phase("on", lost=0)
     p_off, rows_off = _phase("off", victim_ok=5, victim_bad=15, lost=40)
-    used = {s: {"applied": "topology", "table_source": {"srv1": "pressure"}, "pushed_flow": {"capacity": 16384}}
+    used = {s: {"applied": "topology", "pushed_flow": {"capacity": 16384}}
             for s in ("off", "on")}
     s = frep.summarize([p_off, p_on], rows_on + rows_off, {"flows_per_s": 5000.0, "how": "probe"}, "srv1", used)
     assert s["targets_setting"] == "on" and s["top_multiple"] == "10"
@@ -134,13 +134,14 @@ def test_summary_has_the_issues_keys_judged_on_protections_on():
     assert not any("note:" in line for line in lines)
 
 
-def test_the_stats_fallback_and_runtime_settings_are_noted():
+def test_settings_not_through_a_flow_section_are_noted():
     p, rows = _phase("default")
-    used = {"default": {"applied": "defaults", "table_source": {"srv1": "stats"}, "pushed_flow": {}}}
+    used = {"default": {"applied": "defaults", "pushed_flow": {}}}
     s = frep.summarize([p], rows, {"flows_per_s": 5000.0, "how": "probe"}, "srv1", used)
     lines = frep.summary_lines(s)
     assert s["targets_setting"] == "default"
-    assert sum("note:" in line for line in lines) == 2
+    assert [line for line in lines if "note:" in line] == [
+        "note: default: flow settings defaults (not through a topology flow: section)"]
 
 
 def test_raw_rows_carry_phase_relative_times_and_windows():
@@ -170,8 +171,8 @@ def test_modes_alternate_across_caps_and_flow_sections():
     assert capacity.flow_of("reactive", 250.0, cfg, 65536) == {"mode": "reactive", "vm_flow_limit": 65536,
                                                                "network_flow_limit": 65536, "setup_rate": 250.0,
                                                                "burst_tokens": 12}
-    limits = capacity.owner_limits(TOPOLOGY)
-    assert limits == (65536 if flow_section_supported(TOPOLOGY) else None)
+    assert capacity.owner_limits(TOPOLOGY) == 65536                      # the default table's capacity
+    assert capacity.owner_limits(flowbed.flow_topology(TOPOLOGY, {"capacity": 4096})[0]) == 4096
 
 
 def _pt(mode, cap, rate, succ, lat=None):
@@ -204,7 +205,7 @@ def test_capacity_summary_ratio_per_cap_targets_and_the_middle_cap():
     for cap, pro, rea in ((250, 240, 125), (500, 480, 250), (1000, 700, 500), (0, 3000, 2900)):
         pts += [_pt("proactive", cap, pro, 1.0, 1000), _pt("proactive", cap, 2 * pro, 0.5, 5000)]
         pts += [_pt("reactive", cap, rea, 1.0, 3000), _pt("reactive", cap, 2 * rea, 0.5, 9000)]
-    s = crep.summarize(pts, (250.0, 500.0, 1000.0, 0.0), {"x": {"applied": "topology", "table_source": {}}})
+    s = crep.summarize(pts, (250.0, 500.0, 1000.0, 0.0), {"x": {"applied": "topology"}})
     assert crep.middle_cap((1000.0, 250.0, 0.0, 500.0)) == 500.0 and crep.middle_cap((0.0,)) is None
     assert s["headline_cap"] == 500.0
     assert s["capacity_ratio_proactive_over_reactive"] == pytest.approx(480 / 250)
@@ -241,24 +242,21 @@ def test_point_figures_count_decisions_per_connection_and_entries_per_decision()
     assert (p["peak_entries_client"], p["peak_entries_server"]) == (30, 12)
 
 
-# --- flowbed: settings through the topology, or the mode at run time --------------------------------
-def test_flow_settings_go_through_the_topology_or_the_mode_at_run_time():
-    topo, mode, how = flowbed.flow_topology(TOPOLOGY, {})
-    assert (topo, mode, how) == (TOPOLOGY, None, "defaults")
-    topo, mode, how = flowbed.flow_topology(TOPOLOGY, {"mode": "reactive"})
-    if flow_section_supported(TOPOLOGY):
-        assert (mode, how) == (None, "topology") and topo.raw["flow"] == {"mode": "reactive"}
-        assert flowbed.flow_topology(TOPOLOGY, {"setup_rate": 250.0})[2] == "topology"
-    else:
-        assert (topo, mode, how) == (TOPOLOGY, "reactive", "run-time mode")
-        with pytest.raises(ExperimentError, match="issue 11"):
-            flowbed.flow_topology(TOPOLOGY, {"mode": "reactive", "setup_rate": 250.0})
+# --- flowbed: settings through the topology -------------------------------------------------------
+def test_flow_settings_go_through_the_topology_and_a_refusal_is_one_line():
+    assert flowbed.flow_topology(TOPOLOGY, {}) == (TOPOLOGY, "defaults")
+    topo, how = flowbed.flow_topology(TOPOLOGY, {"mode": "reactive", "setup_rate": 250.0})
+    assert how == "topology" and topo.raw["flow"] == {"mode": "reactive", "setup_rate": 250.0}
+    assert "flow" not in TOPOLOGY.raw
+    with pytest.raises(ExperimentError) as err:
+        flowbed.flow_topology(TOPOLOGY, {"no_such_key": 1})
+    assert "no_such_key" in str(err.value) and "\n" not in str(err.value)
 
 
 # --- plots -----------------------------------------------------------------------------------------
 def test_both_experiments_plot(tmp_path):
     p_on, rows = _phase("on")
-    used = {"on": {"applied": "topology", "table_source": {}, "pushed_flow": {}}}
+    used = {"on": {"applied": "topology", "pushed_flow": {}}}
     s = frep.summarize([p_on], rows, {"flows_per_s": 5000.0, "how": "probe"}, "srv1", used)
     frep.plot([p_on], rows, s, tmp_path / "flow_pressure.png")
     assert (tmp_path / "flow_pressure.png").stat().st_size > 10000

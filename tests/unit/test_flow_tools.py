@@ -1,16 +1,20 @@
 """The flow tools of issue 11 without root: `vr SRV flow -r` (rates, block, loop), `net flow-limit`
-(syntax, VNC call, errors), the flow generator's pacing and flow count, and the arithmetic of
-`bench flowsetup` (setup rates from samples, stop rule, summary, report)."""
+(syntax, VNC call, errors), how `bench flowsetup` runs its generators (testbed/measure/load.py
+flood) and reads their totals, and its arithmetic (setup rates from samples, stop rule, summary,
+report)."""
 import io
 import json
+import subprocess
+import sys
 import types
 
 import pytest
 
-from testbed import cli, fabric, flowgen, net_cmd, vr
+from testbed import bench_flowsetup, cli, fabric, net_cmd, vr
 from testbed.bench_flowsetup import bench_topology
 from testbed.commands import CommandError
 from testbed.measure import flowsetup
+from testbed.measure import load as load_gen
 from testbed.topology import load
 from vrouter.io import introspect
 from vrouter.io.control import VncError
@@ -173,33 +177,52 @@ def test_flow_limit_calls_set_flow_limit_and_says_what_was_set(monkeypatch, rund
     assert exc.value.code == 2
 
 
-# ---------------------------------------------------------------- the flow generator
-def fake_time(step=1e-4):
-    now = [1000.0]
+# ---------------------------------------------------------------- bench flowsetup: its generators
+class FakeHost:
+    """A VM whose `popen` records the command line and runs a stand-in printing `lines` (what
+    testbed/measure/load.py flood prints) and `err` on stderr, exiting with `code`."""
 
-    def clock():
-        now[0] += step
-        return now[0]
+    def __init__(self, lines, err="", code=0):
+        self.lines, self.err, self.code, self.argv = lines, err, code, None
 
-    def sleep(s):
-        now[0] += s
-    return clock, sleep
-
-
-def test_generator_paces_to_its_rate_by_chunks():
-    clock, sleep = fake_time()
-    r = flowgen.run("127.0.0.1", rate=2000, seconds=1.0, clock=clock, sleep=sleep)
-    assert 2000 <= r["sent"] <= 2000 + flowgen.chunk_for(2000) and r["errors"] == 0 and r["sockets"] == 1
-    assert (flowgen.chunk_for(0), flowgen.chunk_for(500), flowgen.chunk_for(10_000), flowgen.chunk_for(1e6)) == \
-        (64, 1, 10, 64)
+    def popen(self, argv, **kwargs):
+        self.argv = argv
+        script = (f"import sys; sys.stdout.write({chr(10).join(self.lines) + chr(10)!r}); "
+                  f"sys.stderr.write({self.err!r}); sys.exit({self.code})")
+        return subprocess.Popen([sys.executable, "-c", script], **kwargs)
 
 
-def test_generator_takes_a_new_source_port_after_the_last_destination_port():
-    clock, sleep = fake_time(step=1e-3)
-    r = flowgen.run("127.0.0.1", rate=0, seconds=1.1, clock=clock, sleep=sleep)
-    ports = flowgen.PORT_HI - flowgen.PORT_LO + 1
-    assert r["flows"] > ports and r["sockets"] == 1 + r["flows"] // ports
-    assert r["sent"] + r["errors"] == r["flows"]
+def fake_bed(host):
+    return types.SimpleNamespace(host=lambda vm: host)
+
+
+# The records of a real `load flood --rate 2000 --seconds 1` (a start, a progress record, the totals).
+FLOOD_LINES = ['{"t":100.0,"sent":0,"started":true}', '{"t":100.5,"sent":1000,"errors":0}',
+               '{"done":true,"command":"flood","dst":"192.168.1.3","t0":100.0,"t1":101.0,"offered_rate":2000.0,'
+               '"sent":1990,"errors":10,"rate":1990.0,"flows":1990,"tx_dropped":0}']
+
+
+def test_the_bench_runs_load_flood_and_reads_its_totals():
+    host = FakeHost(FLOOD_LINES)
+    gen = bench_flowsetup.spawn(fake_bed(host), "red1", "192.168.1.3", 2000.04, 1.23456, 55.5)
+    assert host.argv[1:] == ["-m", "testbed.measure.load", "flood", "--dst", "192.168.1.3", "--rate", "2000.0",
+                             "--seconds", "1.235", "--start-at", "55.5"]
+    assert load_gen.parser().parse_args(host.argv[3:]).start_at == 55.5        # load.py takes that command line
+    final = bench_flowsetup.collect(gen, timeout=10)
+    assert (final["sent"], final["errors"], final["rate"]) == (1990, 10, 1990.0)
+    step = flowsetup.step_figures(2000, 1.0, [final, final], {})
+    assert (step["sent"], step["sent_rate"], step["generator_errors"]) == (3980, 3980.0, 20)
+
+
+def test_a_generator_without_totals_is_a_one_line_error():
+    host = FakeHost(FLOOD_LINES[:1], err="error: flood: [Errno 1] Operation not permitted (a raw socket needs root)\n",
+                    code=1)
+    gen = bench_flowsetup.spawn(fake_bed(host), "red1", "192.168.1.3", 0, 1.0, 0.0)
+    assert host.argv[host.argv.index("--rate") + 1] == "0"
+    with pytest.raises(CommandError) as err:
+        bench_flowsetup.collect(gen, timeout=10)
+    assert str(err.value) == "flow generator: load flood: error: flood: [Errno 1] Operation not permitted " \
+                             "(a raw socket needs root)"
 
 
 # ---------------------------------------------------------------- bench flowsetup: arithmetic

@@ -1,12 +1,13 @@
 """The load generators (testbed/measure/load.py) and their harness side (loadrun.py, pressure.py):
-the pacing schedule, the flood's flow numbering, the stall arithmetic, iperf3 interval parsing, the
-table rows with the "stats" fallback, and the generators themselves on loopback (counts, never
+the pacing schedule (paced and unpaced floods), the flood's flow numbering, the stall arithmetic,
+iperf3 interval parsing, the table rows, and the generators themselves on loopback (counts, never
 timings)."""
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -51,6 +52,25 @@ def test_a_paced_run_starts_exactly_its_total_whatever_the_wakeups():
     assert load.next_due(10, 100) == pytest.approx(0.1)
 
 
+def test_a_paced_flood_sends_its_total_even_behind_its_schedule_batch_at_a_time():
+    total = load.total_items(1000.0, 1.0)
+    assert load.flood_batch(0.0, 1000.0, 1.0, 0, total) == 1
+    assert load.flood_batch(0.5, 1000.0, 1.0, 1, total) == load.BATCH      # 500 due: a batch at a time
+    assert load.flood_batch(0.5, 1000.0, 1.0, 500, total) == 1
+    assert load.flood_batch(0.5, 1000.0, 1.0, 501, total) == 0              # ahead: wait
+    assert load.flood_batch(5.0, 1000.0, 1.0, 900, total) == 100            # late: the rest, never more
+    assert load.flood_batch(5.0, 1000.0, 1.0, total, total) is None
+
+
+def test_an_unpaced_flood_sends_batches_until_its_seconds_have_passed():
+    sent, t = 0, 0.0
+    while (n := load.flood_batch(t, 0.0, 1.0, sent, 0)) is not None:
+        assert n == load.BATCH
+        sent += n
+        t += 0.001
+    assert sent == 1000 * load.BATCH and t == pytest.approx(1.0)
+
+
 def test_flood_ports_are_all_new_flows_until_the_port_space_is_used_up():
     pairs = [load.flood_ports(i, 20000, 3, 1024, 4) for i in range(12)]
     assert len(set(pairs)) == 12
@@ -84,9 +104,13 @@ def test_bad_arguments_are_one_line_errors(argv, why, capsys):
     assert why in err and err.count("\n") == 1
 
 
-def test_a_rate_must_be_positive():
+def test_a_connect_rate_must_be_positive_a_flood_rate_may_be_zero():
     with pytest.raises(SystemExit):
-        load.parser().parse_args(["flood", "--dst", "1.2.3.4", "--rate", "0", "--seconds", "1"])
+        load.parser().parse_args(["connect", "--dst", "1.2.3.4", "--port", "1", "--rate", "0", "--seconds", "1"])
+    with pytest.raises(SystemExit):
+        load.parser().parse_args(["flood", "--dst", "1.2.3.4", "--rate", "-1", "--seconds", "1"])
+    args = load.parser().parse_args(["flood", "--dst", "1.2.3.4", "--rate", "0", "--seconds", "1", "--start-at", "5"])
+    assert (args.rate, args.start_at) == (0.0, 5.0)
 
 
 # --- the generators on loopback --------------------------------------------------------------------
@@ -146,6 +170,27 @@ def test_flood_sends_one_datagram_per_new_flow_to_a_sink():
     assert sources == set(range(30000, 30040))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the flood's raw socket needs root")
+def test_an_unpaced_flood_waits_for_its_start_and_walks_the_ports():
+    port = _free_port()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", port))
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sink.settimeout(2)
+    start_at = time.monotonic() + 0.5
+    try:
+        records = _run("flood", "--dst", "127.0.0.1", "--rate", "0", "--seconds", "0.2", "--fixed-dport", str(port),
+                       "--sport-base", "30000", "--sports", "100", "--start-at", f"{start_at:.3f}")
+        first = [sink.recvfrom(2048)[1][1] for _ in range(20)]
+    finally:
+        sink.close()
+    final = records[-1]
+    assert final["done"] and final["offered_rate"] == 0.0 and final["t0"] >= round(start_at, 3)
+    assert final["sent"] > 100 and (final["sent"] + final["errors"]) % load.BATCH == 0
+    assert final["flows"] == 100   # the ports wrapped
+    assert first == list(range(30000, 30020))
+
+
 # --- stream intervals and stalls -------------------------------------------------------------------
 def _iv(bytes_per_interval, start=100.0, width=0.1):
     return [Interval(start + i * width, start + (i + 1) * width, b) for i, b in enumerate(bytes_per_interval)]
@@ -198,24 +243,17 @@ def test_a_pressure_reply_is_one_flat_row():
     reply = {"entries": 10, "capacity": 100, "held": 2, "unreplied": 4, "installs": 7, "entries_installed": 14,
              "evictions": 1, "unreplied_aged": 3, "punts_queued": 5, "tokens": None, "setup_rate": 0,
              "vms": {"tap1": {"entries": 6, "limit": 25, "held": 1, "blocked": False, "refused": 0}}}
-    row = table_row(reply, "pressure")
-    assert row["source"] == "pressure" and row["entries"] == 10 and row["unreplied"] == 4
-    assert set(row) == {"source", *FIELDS}
+    row = table_row(reply)
+    assert row["entries"] == 10 and row["unreplied"] == 4 and row["tokens"] is None
+    assert set(row) == set(FIELDS)
     assert owner_rows(reply)["tap1"]["limit"] == 25
-
-
-def test_the_stats_fallback_fills_what_stats_has_and_marks_itself():
-    row = table_row({"pipeline": {"entries": 8, "held_flows": 3, "installs": 4, "capacity": 64}}, "stats")
-    assert row["source"] == "stats"
-    assert (row["entries"], row["held"], row["installs"], row["capacity"]) == (8, 3, 4, 64)
-    assert row["unreplied"] is None and row["evictions"] is None
+    assert table_row({"entries": 3})["held"] is None      # a key the reply lacks is None, not a KeyError
 
 
 def test_with_flow_merges_the_section_or_names_the_refusal():
     topo = load_topology(REPO / "topologies" / "default.yaml")
-    try:
-        t = with_flow(topo, {"mode": "reactive"})
-    except TopologyError as exc:                         # before issue 11: topology files take no flow:
-        assert "flow" in str(exc)
-    else:
-        assert t.raw["flow"]["mode"] == "reactive" and "flow" not in topo.raw
+    t = with_flow(topo, {"mode": "reactive"})
+    assert t.raw["flow"]["mode"] == "reactive" and "flow" not in topo.raw
+    assert with_flow(t, {"capacity": 64}).raw["flow"] == {"mode": "reactive", "capacity": 64}
+    with pytest.raises(TopologyError, match="vm_flow_limit"):
+        with_flow(topo, {"vm_flow_limit": 0})

@@ -4,7 +4,6 @@ order through real socketpairs, the proactive reverse entry hit on sharded pipel
 per-worker channels."""
 import random
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from vrouter.core.pipeline import Pipeline, encap_prefix
 from vrouter.core.rps_route import Outbox, Router
 from vrouter.core.slowpath import SlowPath
 from vrouter.io import ipc
-from vrouter.processes.agent import Agent
 from vrouter.tools import bench_workers
 from vrouter.tools.benchlib import established
 
@@ -205,38 +203,27 @@ def test_proactive_reverse_entry_is_hit_on_the_punting_worker(mode):
 
 
 # ---------------------------------------------------------------- agent channels
-def test_agent_answers_each_worker_on_its_own_channel(tmp_path):
-    agent = Agent(str(tmp_path), "srv1")
-    agent.on_config(1, CONFIG)
-    listener = ipc.listen(ipc.agent_socket(tmp_path, "srv1"), socket.SOCK_SEQPACKET)
-    listener.setblocking(True)
-    listener.settimeout(5)
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    main_fwd, _ = listener.accept()
-    try:
-        workers = {w: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for w in (0, 1)}
-        socket.send_fds(main_fwd, [ipc.pack({"t": "channels", "workers": [0, 1]})],
-                        [b.fileno() for _a, b in workers.values()])
-        pipe = Pipeline(VrouterConfig.from_dict(CONFIG))
-        for w, (a, _b) in workers.items():
-            frame = _tap_frame("tr-red1", _ip(17, LOCAL, REMOTE, 4000 + w, 53))
-            assert pipe.from_vif("tr-red1", frame, 0.0) == []
-            (request,) = pipe.take_punts(0.0)
-            a.settimeout(5)
-            a.send(ipc.pack({"t": "punts", "punts": [[w, request]]}))
-            msg = ipc.unpack(a.recv(1 << 20))
-            assert msg["t"] == "decisions" and [pid for pid, _ in msg["decisions"]] == [w]
-            (_pid, decision), = msg["decisions"]
-            assert decision["forward"]["key"][3] == 4000 + w and decision["reverse"] is not None
-        assert agent.counters["decisions"] == 2
-        main_fwd.settimeout(0.2)
-        with pytest.raises(socket.timeout):      # nothing for the workers went to the main channel
-            while True:
-                assert ipc.unpack(main_fwd.recv(1 << 22))["t"] == "config"
-    finally:
-        agent.running = False
-        thread.join(5)
+def test_agent_answers_each_worker_on_its_own_channel(agent_channel):
+    agent, main_fwd = agent_channel(CONFIG)
+    workers = {w: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for w in (0, 1)}
+    socket.send_fds(main_fwd, [ipc.pack({"t": "channels", "workers": [0, 1]})],
+                    [b.fileno() for _a, b in workers.values()])
+    pipe = Pipeline(VrouterConfig.from_dict(CONFIG))
+    for w, (a, _b) in workers.items():
+        frame = _tap_frame("tr-red1", _ip(17, LOCAL, REMOTE, 4000 + w, 53))
+        assert pipe.from_vif("tr-red1", frame, 0.0) == []
+        (request,) = pipe.take_punts(0.0)
+        a.settimeout(5)
+        a.send(ipc.pack({"t": "punts", "punts": [[w, request]]}))
+        msg = ipc.unpack(a.recv(1 << 20))
+        assert msg["t"] == "decisions" and [pid for pid, _ in msg["decisions"]] == [w]
+        (_pid, decision), = msg["decisions"]
+        assert decision["forward"]["key"][3] == 4000 + w and decision["reverse"] is not None
+    assert agent.counters["decisions"] == 2
+    main_fwd.settimeout(0.2)
+    with pytest.raises(socket.timeout):      # nothing for the workers went to the main channel
+        while True:
+            assert ipc.unpack(main_fwd.recv(1 << 22))["t"] == "config"
 
 
 # ---------------------------------------------------------------- benchmark

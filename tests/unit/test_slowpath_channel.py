@@ -5,7 +5,6 @@ weight per loop round, what the agent counts, and fair TAP reads (socketpairs st
 import collections
 import selectors
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -228,33 +227,19 @@ def test_the_agent_never_blocks_its_answers_wait_until_the_forwarder_reads(shard
     assert [pid for pid, _ in shard.link.inbox] == ids
 
 
-def test_the_agent_loop_answers_a_batch_on_the_forwarders_channel(tmp_path):
-    agent = Agent(str(tmp_path), "srv1")
-    agent.on_config(1, CONFIG)
-    listener = ipc.listen(ipc.agent_socket(tmp_path, "srv1"), socket.SOCK_SEQPACKET)
-    listener.setblocking(True)
-    listener.settimeout(5)
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    conn, _ = listener.accept()
-    conn.settimeout(5)
-    try:
-        assert ipc.unpack(conn.recv(1 << 22))["t"] == "config"
-        link = Shard(tmp_path)        # a pipeline to make real requests with
-        link.dp.from_tap(RED, new_flows(10))
-        (msg,) = link.agent_reads()
-        conn.send(ipc.pack(msg))
-        reply = ipc.unpack(conn.recv(1 << 22))
-        assert reply["t"] == "decisions" and [pid for pid, _ in reply["decisions"]] == list(range(1, 11))
-        assert reply["agent"]["decisions"] == 10 and reply["agent"]["decision_batches"] == 1
-        conn.send(ipc.pack({"t": "reset"}))
-        assert ipc.unpack(conn.recv(1 << 22)) == {"t": "agent_stats", "agent": {}}
-        link.close()
-    finally:
-        agent.running = False
-        thread.join(5)
-        conn.close()
-        listener.close()
+def test_the_agent_loop_answers_a_batch_on_the_forwarders_channel(tmp_path, agent_channel):
+    _agent, conn = agent_channel(CONFIG)
+    assert ipc.unpack(conn.recv(1 << 22))["t"] == "config"
+    link = Shard(tmp_path)        # a pipeline to make real requests with
+    link.dp.from_tap(RED, new_flows(10))
+    (msg,) = link.agent_reads()
+    conn.send(ipc.pack(msg))
+    reply = ipc.unpack(conn.recv(1 << 22))
+    assert reply["t"] == "decisions" and [pid for pid, _ in reply["decisions"]] == list(range(1, 11))
+    assert reply["agent"]["decisions"] == 10 and reply["agent"]["decision_batches"] == 1
+    conn.send(ipc.pack({"t": "reset"}))
+    assert ipc.unpack(conn.recv(1 << 22)) == {"t": "agent_stats", "agent": {}}
+    link.close()
 
 
 # ---------------------------------------------------------------- fair TAP reads
