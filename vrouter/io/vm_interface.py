@@ -14,7 +14,6 @@ import subprocess
 from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.io import tap
 
-
 # Packets the VM's interface queues for the vrouter (its txqueuelen; the kernel's default is 1000).
 # A forwarder sharing two cores with the VMs' own programs is descheduled for tens of ms at times; a
 # VM sending 100k packets/s fills 1000 in 10 ms and drops whatever it sends next, its established
