@@ -101,7 +101,7 @@ def settle(tb: Testbed, servers: list[str]) -> None:
     """Wait until the vrouters' installs stop growing (late decisions), at most SETTLE s."""
     deadline, last = time.monotonic() + SETTLE, None
     while time.monotonic() < deadline:
-        now = [read_pressure(tb.path, s)[0].get("installs") for s in servers]
+        now = [read_pressure(tb.path, s).get("installs") for s in servers]
         if now == last:
             return
         last = now

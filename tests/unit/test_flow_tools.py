@@ -317,3 +317,17 @@ def test_window_and_generators_fit_the_table_and_the_rate():
 def test_bench_topology_raises_the_capacity():
     topo, capacity, source = bench_topology(1234)
     assert capacity == 1234 and topo.raw["flow"]["capacity"] == 1234 and source == "topology flow.capacity"
+
+
+def test_settle_waits_until_the_installs_stop_growing(monkeypatch):
+    answers = iter([{"installs": 5}, {"installs": 9}, {"installs": 9}, {"installs": 12}, {"installs": 12}])
+    asked = []
+
+    def read(rundir, server):
+        asked.append(server)
+        return next(answers)
+
+    monkeypatch.setattr(bench_flowsetup, "read_pressure", read)
+    monkeypatch.setattr(bench_flowsetup.time, "sleep", lambda s: None)
+    bench_flowsetup.settle(types.SimpleNamespace(path="/nonexistent"), ["srv1"])
+    assert asked == ["srv1"] * 3   # 5 -> 9 -> 9: settled at the first repeat
