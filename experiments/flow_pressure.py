@@ -12,7 +12,16 @@ blue1's queues and the victim's SYNs drop behind it even without a flood, and wh
 throughput is only the CPU the flood leaves on 2 cores), (b) a victim of the other network opening
 20 new TCP connections/s blue1 -> blue3 (success = connected within 1 s; first-reply latency =
 SYN -> SYN-ACK),
-(c) a ping in the flooder's own network, red1 -> red3 every 10 ms (losses). Every 0.5 s the flow
+(c) a ping in the flooder's own network from its neighbour red5 (added on srv1 for the run if the
+topology has none: --neighbour, --neighbour-address) to red3 every 10 ms (losses; the target). The
+flooder's own ping red1 -> red3 is reported too: it shares the flooding VM's interface, whose queue
+overflows when the flood outruns what the forwarder reads, so it measures the VM's own NIC rather
+than the vrouter's isolation. The flood generator runs
+at nice 19 (--flooder-nice): on a cloud host a VM's vCPUs are not the vrouter's cores (Tungsten
+Fabric's forwarding cores are dedicated), while here the generator, the forwarders, OVS and the
+victims share 2 cores, and a generator at the vrouter's priority takes the CPU the forwarder needs
+to read the other VMs' packets: at 10x (~140k flows/s offered) that cost the victim 2% of its SYNs
+and the ping 11 packets in one run, at nice 19 (see the results). Every 0.5 s the flow
 tables of srv1 and srv3 are sampled (introspection "pressure") with the forwarders' RSS.
 
 Protections "on" and "off", each on a fresh testbed whose topology carries the settings in its
@@ -44,6 +53,7 @@ phases.json, topology-<setting>.yaml, summary.json, config.yaml, provenance.json
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -60,12 +70,13 @@ from testbed.measure.pairs import vm_dict
 from testbed.measure.pressure import Sampler, TableReader
 from testbed.measure.results import ResultsRun, write_csv, write_json
 from testbed.measure.runners import finish_ping, start_ping
-from testbed.topology import Topology
+from testbed.topology import Topology, TopologyError, from_dict
 
 SETTINGS = ("off", "on", "default")
 ROLE_HELP = {"flooder": "VM that floods", "flood_dst": "VM the flood goes to (and the ping)",
              "victim": "VM of another network on the flooder's server: stream and new connections",
-             "victim_dst": "VM the victim's stream and connections go to"}
+             "victim_dst": "VM the victim's stream and connections go to",
+             "neighbour": "VM of the flooder's network and server that pings flood-dst (added if missing)"}
 PROBE_STEP = 0.25  # s between the capacity probe's counter reads
 
 
@@ -82,6 +93,7 @@ class Config:
     ping_interval: float = 0.01
     slowpath_rate: float | None = None   # flows/s; None: measured by the probe
     probe_rate: float = 40000.0
+    flooder_nice: int = 19          # the flood generator's nice value (0: the vrouter's own priority)
     probe_seconds: float = 2.0
     stream_bitrate: str = "50M"    # iperf3 -b: paced well below what the path carries (module docstring)
     settle: float = 0.5            # s between a phase's reset (once the slow paths are idle) and its start
@@ -89,6 +101,8 @@ class Config:
     flood_dst: str = "red3"
     victim: str = "blue1"
     victim_dst: str = "blue3"
+    neighbour: str = "red5"         # pings flood_dst: the flooder's network and server, its own NIC
+    neighbour_address: str = "192.168.1.15"     # used when the topology has no such VM
 
 
 QUICK = {"baseline": 1.5, "flood": 3.0, "tail": 0.5, "probe_seconds": 1.0}
@@ -110,6 +124,7 @@ class Roles:
     flood_dst: dict
     victim: dict
     victim_dst: dict
+    neighbour: dict
 
     @property
     def servers(self) -> list[str]:
@@ -117,12 +132,31 @@ class Roles:
                        self.victim_dst["server"]})
 
 
+def with_neighbour(topology: Topology, cfg: Config) -> Topology:
+    """The topology with the neighbour VM (the flooder's network and server, --neighbour-address)
+    added if it has none of that name."""
+    if any(vm.name == cfg.neighbour for vm in topology.vms):
+        return topology
+    flooder = next((vm_dict(vm) for vm in topology.vms if vm.name == cfg.flooder), None)
+    if flooder is None:
+        raise ExperimentError(f"{topology.source}: no VM {cfg.flooder!r} (see --flooder, --victim)")
+    doc = copy.deepcopy(topology.raw)
+    doc["vms"] = [*(doc.get("vms") or []), {"name": cfg.neighbour, "network": flooder["network"],
+                                             "server": flooder["server"], "address": cfg.neighbour_address}]
+    try:
+        return from_dict(doc, source=f"{topology.source} + VM {cfg.neighbour}", default_name=topology.name)
+    except TopologyError as exc:
+        raise ExperimentError(f"adding the neighbour VM {cfg.neighbour}: {str(exc).splitlines()[0]}") from None
+
+
 def pick_roles(topology: Topology, cfg: Config) -> Roles:
     vms = {vm.name: vm_dict(vm) for vm in topology.vms}
-    for name in (cfg.flooder, cfg.flood_dst, cfg.victim, cfg.victim_dst):
+    for name in (cfg.flooder, cfg.flood_dst, cfg.victim, cfg.victim_dst, cfg.neighbour):
         if name not in vms:
             raise ExperimentError(f"{topology.source}: no VM {name!r} (see --flooder, --victim)")
-    r = Roles(vms[cfg.flooder], vms[cfg.flood_dst], vms[cfg.victim], vms[cfg.victim_dst])
+    r = Roles(vms[cfg.flooder], vms[cfg.flood_dst], vms[cfg.victim], vms[cfg.victim_dst], vms[cfg.neighbour])
+    if r.neighbour["network"] != r.flooder["network"] or r.neighbour["server"] != r.flooder["server"]:
+        raise ExperimentError(f"the neighbour {cfg.neighbour} must be in the flooder's network and on its server")
     if r.flooder["server"] != r.victim["server"]:
         raise ExperimentError(f"the flooder {cfg.flooder} and the victim {cfg.victim} must share a server")
     if r.flooder["network"] == r.victim["network"]:
@@ -141,7 +175,7 @@ def probe_capacity(bed: FlowBed, roles: Roles, cfg: Config, progress: Progress) 
     bed.reset(roles.servers)
     time.sleep(0.3)
     gen = loadrun.flood(bed.host(roles.flooder["name"]), roles.flood_dst["address"], cfg.probe_rate,
-                        cfg.probe_seconds)
+                        cfg.probe_seconds, nice=cfg.flooder_nice)
     samples = []
     while gen.proc.poll() is None:
         row = reader.read()
@@ -171,14 +205,17 @@ def run_phase(bed: FlowBed, roles: Roles, cfg: Config, setting: str, multiple: f
     stream = loadrun.Stream(victim, victim_dst, roles.victim_dst["address"], total, bitrate=cfg.stream_bitrate)
     conns = loadrun.connect(victim, roles.victim_dst["address"], cfg.victim_rate, total, timeout=cfg.connect_timeout)
     t_ping = time.monotonic()
-    ping = start_ping(bed.host(roles.flooder["name"]), roles.flood_dst["address"],
-                      round(total / cfg.ping_interval), cfg.ping_interval)
+    count = round(total / cfg.ping_interval)
+    ping = start_ping(bed.host(roles.neighbour["name"]), roles.flood_dst["address"], count, cfg.ping_interval)
+    own_ping = start_ping(bed.host(roles.flooder["name"]), roles.flood_dst["address"], count, cfg.ping_interval)
     time.sleep(max(0.0, t0 + cfg.baseline - time.monotonic()))
-    flood = loadrun.flood(bed.host(roles.flooder["name"]), roles.flood_dst["address"], rate, cfg.flood)
+    flood = loadrun.flood(bed.host(roles.flooder["name"]), roles.flood_dst["address"], rate, cfg.flood,
+                          nice=cfg.flooder_nice)
     flood_final = flood.wait(cfg.flood + 60)
     victim_final = conns.wait(total + 60)
     intervals, stream_info = stream.result()
     pinged = finish_ping(ping)
+    own = finish_ping(own_ping)
     label.update(setting="", multiple=0)
     phase = {"setting": setting, "multiple": multiple, "offered_rate": rate, "t0": t0,
              "flood_t0": flood_final["t0"], "flood_t1": flood_final["t1"], "t_end": time.monotonic(),
@@ -186,12 +223,14 @@ def run_phase(bed: FlowBed, roles: Roles, cfg: Config, setting: str, multiple: f
              "ping": {**{k: pinged[k] for k in ("sent", "received", "lost", "loss_percent")}, "t0": t_ping,
                       "interval": cfg.ping_interval,
                       "lost_seqs": sorted(set(range(1, pinged["sent"] + 1)) - set(pinged["replied_seqs"]))},
+             "own_ping": {k: own[k] for k in ("sent", "received", "lost", "loss_percent")},
              "connections": loadrun.connections(conns.records), "intervals": intervals}
     f = report.phase_figures(phase, [])
     progress(f"  {setting} {multiple:g}x ({rate:.0f} flows/s offered, {flood_final['rate']:.0f}/s sent, "
              f"{flood_final['tx_dropped']} dropped at the VM): victim {report.pct(f['victim_success'])} ok, "
              f"stream {report.ratio_text(f['stream_ratio'])} of unflooded, longest stall "
-             f"{f['longest_stall_s']:.1f} s, ping lost {pinged['lost']}/{pinged['sent']}")
+             f"{f['longest_stall_s']:.1f} s, ping lost {pinged['lost']}/{pinged['sent']} (the flooder's own: "
+             f"{own['lost']}/{own['sent']})")
     return phase
 
 
@@ -226,7 +265,7 @@ def run_setting(topology: Topology, roles: Roles, cfg: Config, setting: str, pre
 def run(topology_path: Path, cfg: Config, prefix: str, run_root: str | None, outroot: Path,
         progress: Progress) -> tuple[Path, dict]:
     results = ResultsRun("flow_pressure", outroot)
-    topology = load_topology(topology_path)
+    topology = with_neighbour(load_topology(topology_path), cfg)
     roles = pick_roles(topology, cfg)
     capacity = None
     phases: list[dict] = []
@@ -285,10 +324,14 @@ def parser() -> argparse.ArgumentParser:
                     help="slow-path capacity in flows/s instead of measuring it with a probe flood")
     ap.add_argument("--flood-seconds", type=float, default=None, help=f"flood per phase (default {d.flood:g})")
     ap.add_argument("--baseline-seconds", type=float, default=None, help=f"unflooded start (default {d.baseline:g})")
+    ap.add_argument("--flooder-nice", type=int, default=d.flooder_nice,
+                    help=f"nice value of the flood generator (default {d.flooder_nice}; 0: the vrouter's priority)")
     ap.add_argument("--victim-rate", type=float, default=d.victim_rate, help="victim connections/s (default 20)")
     ap.add_argument("--stream-bitrate", default=d.stream_bitrate,
                     help=f"iperf3 -b of the established stream (default {d.stream_bitrate}; 0 = unpaced)")
-    for role in ("flooder", "flood_dst", "victim", "victim_dst"):
+    ap.add_argument("--neighbour-address", default=d.neighbour_address,
+                    help=f"address of the neighbour VM when the topology has none (default {d.neighbour_address})")
+    for role in ("flooder", "flood_dst", "victim", "victim_dst", "neighbour"):
         default = getattr(d, role)
         ap.add_argument(f"--{role.replace('_', '-')}", default=default, help=f"{ROLE_HELP[role]} (default {default})")
     add_run_arguments(ap, "flow_pressure", prefix="fp")
@@ -298,7 +341,9 @@ def parser() -> argparse.ArgumentParser:
 def config_from(args: argparse.Namespace) -> tuple[Config, str | None]:
     cfg = Config(settings=args.settings, multiples=args.multiples, capacity=args.capacity,
                  slowpath_rate=args.slowpath_rate, victim_rate=args.victim_rate, stream_bitrate=args.stream_bitrate,
-                 flooder=args.flooder, flood_dst=args.flood_dst, victim=args.victim, victim_dst=args.victim_dst)
+                 flooder_nice=args.flooder_nice, flooder=args.flooder, flood_dst=args.flood_dst,
+                 victim=args.victim, victim_dst=args.victim_dst, neighbour=args.neighbour,
+                 neighbour_address=args.neighbour_address)
     if args.quick:
         cfg = replace(cfg, **QUICK)
     if args.flood_seconds is not None:
@@ -308,6 +353,8 @@ def config_from(args: argparse.Namespace) -> tuple[Config, str | None]:
     invalid = None
     if cfg.capacity < 16:
         invalid = "--capacity must be at least 16"
+    elif not 0 <= cfg.flooder_nice <= 19:
+        invalid = "--flooder-nice must be 0..19"
     elif cfg.slowpath_rate is not None and cfg.slowpath_rate <= 0:
         invalid = "--slowpath-rate must be > 0"
     elif cfg.flood <= 0 or cfg.baseline < 1.0:

@@ -135,6 +135,7 @@ def phase_figures(phase: dict, rows: Sequence[dict]) -> dict[str, Any]:
         "stream_side": phase["stream"].get("side"),
         "ping_sent": phase["ping"]["sent"], "ping_lost": phase["ping"]["lost"],
         **{f"ping_lost_{w}": n for w, n in ping_losses_by_window(phase).items()},
+        "flooder_ping_lost": (phase.get("own_ping") or {}).get("lost"),
         "peak_entries": _peak(flood_rows, "entries"), "peak_held": _peak(flood_rows, "held"),
         "peak_unreplied": _peak(flood_rows, "unreplied"),
         "evictions": _peak(during, "evictions"), "unreplied_aged": _peak(during, "unreplied_aged"),

@@ -37,9 +37,10 @@ class LoadProcess:
     """One `python -m testbed.measure.load COMMAND` in a host; a thread reads its JSON lines, so a
     long run never blocks on a full pipe."""
 
-    def __init__(self, host: Host, command: str, options: dict[str, Any]) -> None:
+    def __init__(self, host: Host, command: str, options: dict[str, Any], nice: int = 0) -> None:
         self.command = command
-        argv = [*LOAD, command]
+        # nice > 0: the generator yields the CPU to the vrouter (a VM's cores are not the vrouter's).
+        argv = [*(["nice", "-n", str(nice)] if nice else []), *LOAD, command]
         for key, value in options.items():
             if value is True:
                 argv.append(f"--{key.replace('_', '-')}")
@@ -112,8 +113,8 @@ def serve(host: Host, port: int = SERVE_PORT, **options: Any) -> LoadProcess:
     return p
 
 
-def flood(host: Host, dst: str, rate: float, seconds: float, **options: Any) -> LoadProcess:
-    return LoadProcess(host, "flood", {"dst": dst, "rate": rate, "seconds": seconds, **options})
+def flood(host: Host, dst: str, rate: float, seconds: float, nice: int = 0, **options: Any) -> LoadProcess:
+    return LoadProcess(host, "flood", {"dst": dst, "rate": rate, "seconds": seconds, **options}, nice=nice)
 
 
 def connect(host: Host, dst: str, rate: float, seconds: float, port: int = SERVE_PORT, timeout: float = 1.0,

@@ -27,16 +27,23 @@ def test_protections_off_sets_every_limit_to_the_capacity_and_ages_unreplied_lik
 
 
 def test_roles_of_the_default_topology_and_what_is_refused():
-    roles = flow_pressure.pick_roles(TOPOLOGY, flow_pressure.Config())
-    assert roles.flooder["server"] == roles.victim["server"] == "srv1"
-    assert roles.flooder["network"] == "red" and roles.victim["network"] == "blue"
-    assert roles.servers == ["srv1", "srv3"]
+    cfg = flow_pressure.Config()
+    topo = flow_pressure.with_neighbour(TOPOLOGY, cfg)
+    roles = flow_pressure.pick_roles(topo, cfg)
+    assert roles.flooder["server"] == roles.victim["server"] == roles.neighbour["server"] == "srv1"
+    assert roles.flooder["network"] == roles.neighbour["network"] == "red" and roles.victim["network"] == "blue"
+    assert roles.neighbour["address"] == "192.168.1.15" and roles.servers == ["srv1", "srv3"]
+    assert flow_pressure.with_neighbour(topo, cfg) is topo          # added once
     with pytest.raises(ExperimentError, match="another network"):
-        flow_pressure.pick_roles(TOPOLOGY, flow_pressure.Config(victim="red1", victim_dst="red3"))
+        flow_pressure.pick_roles(topo, flow_pressure.Config(victim="red1", victim_dst="red3"))
     with pytest.raises(ExperimentError, match="share a server"):
-        flow_pressure.pick_roles(TOPOLOGY, flow_pressure.Config(victim="blue2", victim_dst="blue3"))
+        flow_pressure.pick_roles(topo, flow_pressure.Config(victim="blue2", victim_dst="blue3"))
     with pytest.raises(ExperimentError, match="no VM 'nope'"):
-        flow_pressure.pick_roles(TOPOLOGY, flow_pressure.Config(flooder="nope"))
+        flow_pressure.pick_roles(topo, flow_pressure.Config(flooder="nope"))
+    with pytest.raises(ExperimentError, match="flooder's network and on its server"):
+        flow_pressure.pick_roles(topo, flow_pressure.Config(neighbour="red2"))
+    with pytest.raises(ExperimentError, match="adding the neighbour VM red5"):
+        flow_pressure.with_neighbour(TOPOLOGY, flow_pressure.Config(neighbour_address="192.168.1.11"))
 
 
 def test_quick_and_the_argument_checks():
