@@ -202,27 +202,17 @@ def run(topology_path: Path, cfg: Config, prefix: str, run_root: str | None, out
     return outdir, summary
 
 
-def _floats(text: str, allow_zero: bool) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text}") from None
-    if not values or any(v < 0 or (v == 0 and not allow_zero) for v in values):
-        raise argparse.ArgumentTypeError(f"expected {'non-negative' if allow_zero else 'positive'} numbers: {text}")
-    return values
-
-
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m experiments.capacity", description=__doc__.split("\n")[0],
                                  epilog="Capacity, the token bucket and the targets: the module docstring and "
                                         "README.md (\"The flow table under pressure\").")
     d = Config()
     ap.add_argument("--quick", action="store_true", help="1.5 s per offered rate, rates rising by 1.35x")
-    ap.add_argument("--caps", type=lambda t: _floats(t, True), default=d.caps,
+    ap.add_argument("--caps", type=lambda t: common.numbers(t, allow_zero=True), default=d.caps,
                     help="decisions/s per vrouter (setup_rate); 0 = no cap (default 250,500,1000,0)")
     ap.add_argument("--seconds", type=float, default=None, help=f"per offered rate (default {d.seconds:g})")
     ap.add_argument("--step", type=float, default=None, help=f"offered rates rise by this factor (default {d.step})")
-    ap.add_argument("--rates", type=lambda t: _floats(t, False), default=None,
+    ap.add_argument("--rates", type=common.numbers, default=None,
                     help="offered connections/s of every sweep (instead of the rising rates)")
     ap.add_argument("--max-rate", type=float, default=d.max_rate, help=f"highest offered rate (default {d.max_rate:g})")
     ap.add_argument("--burst-tokens", type=int, default=None, help="token bucket size (default cap/20, at least 4)")
@@ -254,10 +244,7 @@ def config_from(args: argparse.Namespace) -> tuple[Config, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    cfg, invalid = config_from(args)
-    return common.run_cli(args, lambda topology, progress: run(
-        topology, cfg, args.prefix, args.run_root, Path(args.out), progress), report.summary_lines, invalid)
+    return common.main(parser(), config_from, run, report.summary_lines, argv)
 
 
 if __name__ == "__main__":

@@ -100,3 +100,25 @@ def run_cli(args: argparse.Namespace, run: Callable[[Path, Progress], tuple[Path
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def numbers(text: str, allow_zero: bool = False) -> tuple[float, ...]:
+    """An argparse type: comma-separated positive (or, with `allow_zero`, non-negative) numbers."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text}") from None
+    if not values or any(v < 0 or (v == 0 and not allow_zero) for v in values):
+        raise argparse.ArgumentTypeError(f"expected {'non-negative' if allow_zero else 'positive'} numbers: {text}")
+    return values
+
+
+def main(ap: argparse.ArgumentParser, config_from: Callable[[argparse.Namespace], tuple[Any, str | None]],
+         run: Callable[..., tuple[Path, dict]], summary_lines: Callable[[dict], Iterable[str]],
+         argv: list[str] | None = None) -> int:
+    """The main() of an experiment whose `config_from(args)` gives (config, complaint or None) and
+    whose `run(topology_path, config, prefix, run_root, outroot, progress)` gives (outdir, summary)."""
+    args = ap.parse_args(argv)
+    cfg, invalid = config_from(args)
+    return run_cli(args, lambda topology, progress: run(
+        topology, cfg, args.prefix, args.run_root, Path(args.out), progress), summary_lines, invalid)

@@ -293,16 +293,6 @@ def run(topology_path: Path, cfg: Config, prefix: str, run_root: str | None, out
     return outdir, summary
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers: {text}")
-    return values
-
-
 def _settings(text: str) -> tuple[str, ...]:
     values = tuple(x.strip() for x in text.split(",") if x.strip())
     bad = [v for v in values if v not in SETTINGS]
@@ -317,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
     d = Config()
     ap.add_argument("--quick", action="store_true", help="short phases (1.5 s + 3 s flood + 0.5 s)")
     ap.add_argument("--settings", type=_settings, default=d.settings, help="protections, in order (default off,on)")
-    ap.add_argument("--multiples", type=_floats, default=d.multiples,
+    ap.add_argument("--multiples", type=common.numbers, default=d.multiples,
                     help="flood rates as multiples of the slow-path capacity (default 1,3,10)")
     ap.add_argument("--capacity", type=int, default=d.capacity, help=f"flow table entries (default {d.capacity})")
     ap.add_argument("--slowpath-rate", type=float, default=None,
@@ -365,10 +355,7 @@ def config_from(args: argparse.Namespace) -> tuple[Config, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    cfg, invalid = config_from(args)
-    return common.run_cli(args, lambda topology, progress: run(
-        topology, cfg, args.prefix, args.run_root, Path(args.out), progress), report.summary_lines, invalid)
+    return common.main(parser(), config_from, run, report.summary_lines, argv)
 
 
 if __name__ == "__main__":

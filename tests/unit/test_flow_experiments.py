@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from experiments import capacity, flow_pressure, flowbed
+from experiments import capacity, common, flow_pressure, flowbed
 from experiments import capacity_report as crep
 from experiments import flow_pressure_report as frep
 from experiments.common import ExperimentError
@@ -55,7 +55,7 @@ def test_quick_and_the_argument_checks():
     with pytest.raises(argparse.ArgumentTypeError):
         flow_pressure._settings("on,sideways")
     with pytest.raises(argparse.ArgumentTypeError):
-        flow_pressure._floats("1,-3")
+        common.numbers("1,-3")
 
 
 # --- flow_pressure: figures, targets, summary ------------------------------------------------------
