@@ -160,6 +160,10 @@ def test_datapath_sends_the_setup_queues_punts_after_batches_decisions_and_agein
     link.inbox.append([pid, SlowPath(cfg).decide(request, 0.0)])
     dp.service()
     assert len(dp.sender.sent) == 1 and pid not in link.sent and read() == []
+    assert dp.punt_wait() == pytest.approx(1.0)     # the holder sleeps until the next token
+    link.window = len(link.sent)        # a full window: decisions coming back wake the holder, no timer
+    assert dp.punt_wait() is None
+    link.window = 1024
     now[0] = 1.5
     dp.expire(now[0])                   # the bucket refilled: the next punt goes out without new input
     assert [r["sport"] for _, r in read()] == [2]

@@ -327,8 +327,10 @@ class Datapath:
     def punt_wait(self) -> float | None:
         """How long the holder may sleep before `flush_punts` has work (None: as long as it likes);
         with flow.setup_rate the queue then drains at the bucket's rate even when no packet comes."""
-        pipe = self.pipeline
-        return None if pipe is None or self.link.writer is None else pipe.punt_wait(self.clock())
+        pipe, link = self.pipeline, self.link
+        if pipe is None or link.writer is None or link.writer.pending or len(link.sent) >= link.window:
+            return None     # a socket event wakes the holder: the channel writable, decisions back
+        return pipe.punt_wait(self.clock())
 
     def service(self, budget: int = DECISION_WEIGHT) -> bool:
         """Once per loop round: install up to `budget` received decisions (releasing their held
