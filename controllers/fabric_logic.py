@@ -80,15 +80,20 @@ class Group:
 
 
 # RFC 2992 style hash-threshold input: the 5-tuple. UDP ports matter: overlay tunnels (MPLSoUDP,
-# VXLAN) carry their per-flow entropy in the outer UDP source port. OVS's default select-group
-# hash for OpenFlow 1.3 ignores UDP ports, hence OVS's selection_method=hash with explicit fields.
-HASH_FIELDS = ("ip_src", "ip_dst", "nw_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst")
+# VXLAN) carry their per-flow entropy in the outer UDP source port, and OVS's default select-group
+# hash for OpenFlow 1.3 ignores them (measured: 16 UDP streams all took one spine). The hash is the
+# datapath's (selection_method=dp_hash, algorithm 0 = the IP 5-tuple, ports included), not
+# selection_method=hash with fields: that one hashes in the slow path, so every megaflow must match
+# the 5-tuple exactly and each new tunnel source port is an upcall; a vrouter releasing a burst of
+# new flows (issue 11: ~2,000 at a flood's onset) then cost as many upcalls in the leaf's one
+# ovs-vswitchd thread, whose ports overflowed and dropped a neighbour's pings. With dp_hash the
+# megaflows match the hash's low bits, a handful per group (10-26 upcalls per onset, measured).
+SELECTION = "selection_method=dp_hash,selection_method_param=0"
 
 
 def group_spec(group: Group) -> str:
     """The group in ovs-ofctl (OpenFlow 1.5) syntax, as one `add_or_mod` line of an add-groups file."""
-    spec = (f"add_or_mod group_id={group.group_id},type=select,selection_method=hash,"
-            f"fields({','.join(HASH_FIELDS)})")
+    spec = f"add_or_mod group_id={group.group_id},type=select,{SELECTION}"
     for i, b in enumerate(group.buckets):
         spec += f",bucket=bucket_id:{i},watch_port:{b.watch_port},actions=output:{b.out_port}"
     return spec

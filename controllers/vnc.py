@@ -6,8 +6,9 @@ Programming is hitless so the controller can restart while the fabric runs: flow
 (OVS replaces an identical match in place) and groups are modified-or-created in place.
 
 Select groups go through `ovs-ofctl -O OpenFlow15` on the bridge's local management socket: the
-5-tuple hash including UDP ports needs OVS's selection_method=hash extension, which OpenFlow 1.3
-group mods (all os-ken speaks to us here) cannot carry. Groups are written before the flows that
+datapath's 5-tuple hash including UDP ports needs OVS's selection_method=dp_hash extension
+(controllers/fabric_logic.py SELECTION says why), which OpenFlow 1.3 group mods (all os-ken
+speaks to us here) cannot carry. Groups are written before the flows that
 point at them, synchronously, so a flow never refers to a missing group.
 """
 from __future__ import annotations
