@@ -65,7 +65,7 @@ from experiments import common
 from experiments import flow_pressure_report as report
 from experiments.common import ExperimentError, Progress, add_run_arguments, load_topology
 from experiments.flowbed import FlowBed, flow_testbed
-from testbed.measure import loadrun
+from testbed.measure import drops, loadrun
 from testbed.measure.pairs import vm_dict
 from testbed.measure.pressure import Sampler, TableReader
 from testbed.measure.results import ResultsRun, write_csv, write_json
@@ -201,6 +201,9 @@ def run_phase(bed: FlowBed, roles: Roles, cfg: Config, setting: str, multiple: f
     total = cfg.baseline + cfg.flood + cfg.tail
     victim, victim_dst = bed.host(roles.victim["name"]), bed.host(roles.victim_dst["name"])
     label.update(setting=setting, multiple=multiple)
+    vms = [roles.neighbour["name"], roles.flood_dst["name"], roles.flooder["name"], roles.victim["name"],
+           roles.victim_dst["name"]]
+    before = drops.snapshot(bed.tb, vms, roles.servers)
     t0 = time.monotonic()
     stream = loadrun.Stream(victim, victim_dst, roles.victim_dst["address"], total, bitrate=cfg.stream_bitrate)
     conns = loadrun.connect(victim, roles.victim_dst["address"], cfg.victim_rate, total, timeout=cfg.connect_timeout)
@@ -216,6 +219,7 @@ def run_phase(bed: FlowBed, roles: Roles, cfg: Config, setting: str, multiple: f
     intervals, stream_info = stream.result()
     pinged = finish_ping(ping)
     own = finish_ping(own_ping)
+    lost_where = drops.delta(before, drops.snapshot(bed.tb, vms, roles.servers))
     label.update(setting="", multiple=0)
     phase = {"setting": setting, "multiple": multiple, "offered_rate": rate, "t0": t0,
              "flood_t0": flood_final["t0"], "flood_t1": flood_final["t1"], "t_end": time.monotonic(),
@@ -224,13 +228,14 @@ def run_phase(bed: FlowBed, roles: Roles, cfg: Config, setting: str, multiple: f
                       "interval": cfg.ping_interval,
                       "lost_seqs": sorted(set(range(1, pinged["sent"] + 1)) - set(pinged["replied_seqs"]))},
              "own_ping": {k: own[k] for k in ("sent", "received", "lost", "loss_percent")},
-             "connections": loadrun.connections(conns.records), "intervals": intervals}
+             "connections": loadrun.connections(conns.records), "intervals": intervals, "drops": lost_where}
     f = report.phase_figures(phase, [])
     progress(f"  {setting} {multiple:g}x ({rate:.0f} flows/s offered, {flood_final['rate']:.0f}/s sent, "
              f"{flood_final['tx_dropped']} dropped at the VM): victim {report.pct(f['victim_success'])} ok, "
              f"stream {report.ratio_text(f['stream_ratio'])} of unflooded, longest stall "
              f"{f['longest_stall_s']:.1f} s, ping lost {pinged['lost']}/{pinged['sent']} (the flooder's own: "
              f"{own['lost']}/{own['sent']})")
+    progress(f"    drops: {drops.summary_line(lost_where)}")
     return phase
 
 

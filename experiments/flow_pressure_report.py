@@ -136,6 +136,10 @@ def phase_figures(phase: dict, rows: Sequence[dict]) -> dict[str, Any]:
         "ping_sent": phase["ping"]["sent"], "ping_lost": phase["ping"]["lost"],
         **{f"ping_lost_{w}": n for w, n in ping_losses_by_window(phase).items()},
         "flooder_ping_lost": (phase.get("own_ping") or {}).get("lost"),
+        # where the phase's packets were dropped (testbed/measure/drops.py): every counter that grew
+        "fabric_lost": (phase.get("drops") or {}).get("fabric_lost"),
+        "fabric_upcalls": (phase.get("drops") or {}).get("upcalls"),
+        "drops": (phase.get("drops") or {}).get("drops"),
         "peak_entries": _peak(flood_rows, "entries"), "peak_held": _peak(flood_rows, "held"),
         "peak_unreplied": _peak(flood_rows, "unreplied"),
         "evictions": _peak(during, "evictions"), "unreplied_aged": _peak(during, "unreplied_aged"),

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed import REPO, cleanup, fabric, namespaces
+from testbed import REPO, cleanup, fabric, namespaces, port_buffers
 from testbed.network import build, wait_programmed
 from testbed.rundir import RunDir, process_record
 from testbed.supervisor import Supervisor
@@ -158,6 +158,7 @@ class Testbed:
             t2 = time.monotonic()
             wait_programmed(self.desc, progress=self.progress)
             self.timings["programmed"] = time.monotonic() - t2
+            self._deepen_port_buffers()
             t3 = time.monotonic()
             self._run_up_hooks()
             self.timings["hooks"] = time.monotonic() - t3
@@ -181,6 +182,17 @@ class Testbed:
                 self.rundir.record_pid(f"node-{node.name}", node.pid, role="node")
         for host in self.net.hosts:
             namespaces.hold(self.rundir, host.name, host.pid)
+
+    def _deepen_port_buffers(self) -> None:
+        """Switch ports that absorb bursts, as a hardware leaf's do (testbed/port_buffers.py)."""
+        done, why = port_buffers.deepen(self.prefix)
+        mb = port_buffers.PORT_RCVBUF >> 20
+        if why or not done:
+            self.progress(f"switch port buffers left at the system default ({why or 'no port sockets found'}): "
+                          f"bursts may drop packets in the fabric")
+        else:
+            self.progress(f"{done} switch port buffers deepened to {mb} MB")
+        self.rundir.write_state(port_buffers={"deepened": done, "bytes": port_buffers.PORT_RCVBUF, "error": why})
 
     def _run_up_hooks(self) -> None:
         if self._hooks is None:
