@@ -20,8 +20,11 @@ than the vrouter's isolation. The flood generator runs
 at nice 19 (--flooder-nice): on a cloud host a VM's vCPUs are not the vrouter's cores (Tungsten
 Fabric's forwarding cores are dedicated), while here the generator, the forwarders, OVS and the
 victims share 2 cores, and a generator at the vrouter's priority takes the CPU the forwarder needs
-to read the other VMs' packets: at 10x (~140k flows/s offered) that cost the victim 2% of its SYNs
-and the ping 11 packets in one run, at nice 19 (see the results). Every 0.5 s the flow
+to read the other VMs' packets. Per phase every layer's drop counters are read before and after
+(testbed/measure/drops.py: VM and server interfaces, IP/UDP, the vrouters' drop reasons, OVS's
+ports, packet sockets and upcalls) so that a lost ping is attributed: the losses of the first runs
+(1-6 per phase) were OVS's, its port sockets overflowing on bursts from the flooder's server
+(testbed/port_buffers.py), not the vrouter's. Every 0.5 s the flow
 tables of srv1 and srv3 are sampled (introspection "pressure") with the forwarders' RSS.
 
 Protections "on" and "off", each on a fresh testbed whose topology carries the settings in its
