@@ -1,8 +1,9 @@
 """The process behind `testbed up`: holds the Mininet network and answers on `<rundir>/control.sock`.
 
 `testbed up` starts `python -m testbed.daemon ...` in its own session and returns once state.json
-says "up". Requests are one JSON line each: {"op": "status" | "stop" | "controller-restart" |
-"cmd" (host, cmd) | "cli"}; "cli" turns the connection into a relay of Mininet's CLI.
+says "up". Requests are one JSON line each: {"op": "status" | "stop" | "controller-restart" | "cli"}; "cli"
+turns the connection into a relay of Mininet's CLI. `testbed exec` needs no request: it enters the
+host's namespace itself (testbed/cmd_fabric.py).
 """
 from __future__ import annotations
 
@@ -100,10 +101,6 @@ class Daemon:
             with self.mn_lock:
                 pid = self.tb.restart_controller()
             return {"ok": True, "pid": pid}
-        if op == "cmd":
-            with self.mn_lock:
-                out = self.tb.host(req["host"]).cmd(req["cmd"])
-            return {"ok": True, "output": out}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def _cli(self, fin, fout) -> None:
