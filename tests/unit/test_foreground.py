@@ -27,14 +27,15 @@ COUNTER = ("import signal, sys, time\n"
            "print('signals', n[0], flush=True)\n")
 
 
-def runner(argv: list[str]) -> list[str]:
+def runner(argv: list[str], shared_group=None) -> list[str]:
     """A Python process that runs argv with foreground.run and exits with its status."""
-    return [sys.executable, "-c", f"import sys; from testbed import foreground; sys.exit(foreground.run({argv!r}))"]
+    return [sys.executable, "-c", "import sys; from testbed import foreground; "
+                                  f"sys.exit(foreground.run({argv!r}, shared_group={shared_group!r}))"]
 
 
-def spawn_detached(argv, **kw) -> subprocess.Popen:
+def spawn_detached(argv, shared_group=None, **kw) -> subprocess.Popen:
     # A session of its own: no controlling terminal, whatever runs the tests.
-    return subprocess.Popen(runner(argv), start_new_session=True, cwd=REPO, **kw)
+    return subprocess.Popen(runner(argv, shared_group), start_new_session=True, cwd=REPO, **kw)
 
 
 def wait_for_child(pid: int, name: str) -> list[psutil.Process]:
@@ -77,8 +78,10 @@ def test_signals_are_unblocked_for_the_command_and_after_it():
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
 
 
-def test_output_arrives_while_the_command_runs_and_sigint_ends_all_of_it():
-    p = spawn_detached(["sh", "-c", "echo started; sleep 600; echo not reached"], stdout=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("shared", [None, True])  # None: no terminal, so a group of its own
+def test_output_arrives_while_the_command_runs_and_sigint_ends_all_of_it(shared):
+    p = spawn_detached(["sh", "-c", "echo started; sleep 600; echo not reached"], shared,
+                       stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline() == "started\n"
         assert p.poll() is None
