@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed import DEFAULT_TOPOLOGY, REPO, cleanup, generator
+from testbed import DEFAULT_TOPOLOGY, REPO, cleanup, fabric, foreground, generator, namespaces
 from testbed.commands import CommandError, command, group, run_arguments
 from testbed.daemon import relay_cli, request
 from testbed.fabric import FabricError, check_prefix
@@ -29,11 +29,17 @@ def _prefix(args) -> str:
 running = cleanup.is_running
 
 
-def _daemon_rundir(args) -> RunDir:
+def _running_rundir(args, hint: str = "") -> RunDir:
+    """The run dir of the testbed --prefix names, if it runs (started by `testbed up` or in-process)."""
     rundir = RunDir(args.run_root, _prefix(args))
     if not running(rundir):
         raise CommandError(f"no testbed with prefix {args.prefix!r} is running "
-                           f"(run dirs under {rundir.root}); start one with 'sudo testbed up'")
+                           f"(run dirs under {rundir.root}); start one with 'sudo testbed up'{hint}")
+    return rundir
+
+
+def _daemon_rundir(args) -> RunDir:
+    rundir = _running_rundir(args)
     if rundir.read_state().get("mode") != "daemon":
         raise CommandError(f"testbed {args.prefix!r} is run in-process by pid "
                            f"{rundir.read_state()['owner']['pid']}, not by 'testbed up'")
@@ -189,22 +195,73 @@ def cli(args) -> int:
     return 0
 
 
+EXEC_HELP = """\
+HOST is a server (srv1) or a VM (red1) of the running testbed: any of its hosts with a network
+namespace, VMs added by 'testbed net add-vm' included. Everything after HOST is the command line
+(a leading '--' is dropped), run by bash in HOST's network namespace with this command's
+environment and working directory; so --prefix and --run-root go before HOST. Output streams as
+it comes, stdin is passed on, Ctrl-C (or SIGINT/SIGTERM sent to this command) reaches the command,
+and its exit status is this command's (127: not found, 128+N: ended by signal N).
+A program left running in the background keeps the output open: redirect it (>/dev/null 2>&1 &).
+
+examples:
+  sudo testbed exec srv1 ping -c1 10.0.2.1
+  sudo testbed exec --prefix vt2 red1 'ip -br addr; ping -c3 192.168.1.12'
+"""
+
+
 def _exec_args(p):
-    p.add_argument("host", help="server name, e.g. srv1")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, help="shell command to run in the host")
+    p.add_argument("host", metavar="HOST", help="a server or a VM of the testbed, e.g. srv1, red1")
+    p.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER,
+                   help="command line to run in HOST (with its arguments)")
     run_arguments(p)
+    p.epilog = EXEC_HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-@command("exec", help="run a shell command in a server of the running testbed", root=True,
-         arguments=_exec_args)
+def exec_target(host: str, found: dict[str, Path], servers: list[str], prefix: str) -> Path:
+    """The namespace to enter for `host`; a CommandError naming the hosts there are if none."""
+    if host in found:
+        return found[host]
+    if host in servers:
+        raise CommandError(f"server {host!r} of testbed {prefix!r} has no namespace handle "
+                           f"(is the testbed stopping?)")
+    vms = sorted(set(found) - set(servers))
+    raise CommandError(f"unknown host {host!r} in testbed {prefix!r}: servers {' '.join(servers) or '-'}; "
+                       f"VMs {' '.join(vms) or '-'}", 2)
+
+
+def exec_argv(handle: Path, host: str, cmdline: str) -> list[str]:
+    # bash, as Mininet's host shells were (bash-isms keep working); $0 names the host in its errors.
+    return ["nsenter", f"--net={handle}", "--", "bash", "-c", cmdline, host]
+
+
+@command("exec", help="run a command in a server or VM of the running testbed (streams, passes Ctrl-C, "
+                      "returns its exit status)", root=True, arguments=_exec_args)
 def exec_(args) -> int:
-    if not args.cmd:
+    cmdline = " ".join(args.cmd)
+    if not cmdline.strip():
         raise CommandError("give a command to run, e.g. 'testbed exec srv1 ping -c1 10.0.2.1'", 2)
-    reply = request(_daemon_rundir(args), "cmd", host=args.host, cmd=" ".join(args.cmd))
-    if not reply.get("ok"):
-        raise CommandError(reply.get("error", "failed"))
-    sys.stdout.write(reply["output"])
-    return 0
+    misplaced = [a for a in args.cmd if a.split("=")[0] in ("--prefix", "--run-root")]
+    hint = " (options go before HOST: everything after it is the command)" if misplaced else ""
+    rundir = _running_rundir(args, hint)
+    if rundir.read_state().get("state") != "up":
+        raise CommandError(f"testbed {args.prefix!r} is still starting: try again once 'testbed up' returned")
+    # No daemon round trip: the command runs as our child in the host's namespace (bind-mounted
+    # by the testbed, testbed/namespaces.py), so no timeout applies and no lock is held meanwhile.
+    try:
+        servers = [s["name"] for s in fabric.read(rundir.fabric_file)["servers"]]
+    except (OSError, ValueError, KeyError):
+        servers = []  # only tells servers from VMs in the error for an unknown host
+    handle = exec_target(args.host, namespaces.by_host(rundir), servers, rundir.prefix)
+    try:
+        status = foreground.run(exec_argv(handle, args.host, cmdline))
+    except OSError as exc:
+        raise CommandError(f"cannot run nsenter (util-linux): {exc.strerror}") from None
+    if not running(rundir):
+        print(f"error: testbed {rundir.prefix!r} went down while the command ran (its status: {status})",
+              file=sys.stderr)
+    return status
 
 
 group("controller", "manage the controller of a running testbed")

@@ -1,8 +1,9 @@
 """The process behind `testbed up`: holds the Mininet network and answers on `<rundir>/control.sock`.
 
 `testbed up` starts `python -m testbed.daemon ...` in its own session and returns once state.json
-says "up". Requests are one JSON line each: {"op": "status" | "stop" | "controller-restart" |
-"cmd" (host, cmd) | "cli"}; "cli" turns the connection into a relay of Mininet's CLI.
+says "up". Requests are one JSON line each: {"op": "status" | "stop" | "controller-restart" | "cli"}; "cli"
+turns the connection into a relay of Mininet's CLI. `testbed exec` needs no request: it enters the
+host's namespace itself (testbed/cmd_fabric.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import threading
 import time
 import traceback
 
+from testbed.commands import CommandError
 from testbed.rundir import RunDir
 from testbed.runner import Testbed
 from testbed.topology import load
@@ -99,10 +101,6 @@ class Daemon:
             with self.mn_lock:
                 pid = self.tb.restart_controller()
             return {"ok": True, "pid": pid}
-        if op == "cmd":
-            with self.mn_lock:
-                out = self.tb.host(req["host"]).cmd(req["cmd"])
-            return {"ok": True, "output": out}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def _cli(self, fin, fout) -> None:
@@ -178,24 +176,48 @@ def main(argv=None) -> int:
 
 # --- client side ------------------------------------------------------------------------------
 
-def request(rundir: RunDir, op: str, timeout: float = 60.0, **fields) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
+REQUEST_TIMEOUT = 60.0  # s for one answer; the slowest op, controller-restart, waits at most 30 s
+
+
+def _connect(rundir: RunDir, timeout: float | None) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
         s.connect(str(rundir.control_socket))
-        s.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
+    except OSError as exc:
+        s.close()
+        raise CommandError(f"the daemon of testbed {rundir.prefix!r} is not answering on "
+                           f"{rundir.control_socket}: {exc.strerror or exc} (log: {rundir.log('daemon')})") from None
+    return s
+
+
+def request(rundir: RunDir, op: str, timeout: float = REQUEST_TIMEOUT, **fields) -> dict:
+    """One request to the daemon and its answer; a CommandError (one line) if there is none."""
+    with _connect(rundir, timeout) as s:
         data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
+        try:
+            s.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            raise CommandError(f"no answer to {op!r} from the daemon of testbed {rundir.prefix!r} within "
+                               f"{timeout:g} s (log: {rundir.log('daemon')})") from None
+        except OSError as exc:
+            raise CommandError(f"lost the daemon of testbed {rundir.prefix!r} during {op!r}: "
+                               f"{exc.strerror or exc}") from None
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise CommandError(f"the daemon of testbed {rundir.prefix!r} ended the connection without "
+                           f"answering {op!r} (log: {rundir.log('daemon')})") from None
 
 
 def relay_cli(rundir: RunDir) -> None:
     """Connect this terminal to the daemon's Mininet CLI until EOF (Ctrl-D) or `exit`."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(str(rundir.control_socket))
+    s = _connect(rundir, None)
     s.sendall(b'{"op": "cli"}\n')
 
     # Mininet forwards input typed while a command runs to that command as keystrokes, so a

@@ -99,6 +99,14 @@ def handles(rundir: RunDir) -> dict[str, Path]:
     return {p.name: p for p in sorted(folder.iterdir()) if _mounted(p)}
 
 
+def by_host(rundir: RunDir) -> dict[str, Path]:
+    """{host name: namespace} of a run, for entering one: its Mininet hosts' handles (servers and
+    VMs) and the `ip netns` namespaces of VMs added by `testbed net add-vm` (`<prefix>-red4` is red4)."""
+    found = {name[len(rundir.prefix) + 1:]: path for name, path in named(rundir.prefix).items()}
+    found.update(handles(rundir))
+    return found
+
+
 def named(prefix: str) -> dict[str, Path]:
     """{name: path} of the `ip netns` namespaces with our prefix."""
     if not NAMED_NETNS.is_dir():

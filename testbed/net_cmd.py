@@ -8,8 +8,8 @@
     testbed net flow-limit --default-vm 16384       (--default-network N: the limit of those without their own)
 
 A VM added from this command gets a named network namespace `<prefix>-<vm>` (the Mininet network
-lives in the testbed daemon): `ip netns exec vt-red4 ping 192.168.1.11`. VMs added in-process
-(`testbed.overlay.add_vm(tb, ...)`) become Mininet hosts.
+lives in the testbed daemon): `testbed exec red4 ping 192.168.1.11` (or `ip netns exec vt-red4 ...`).
+VMs added in-process (`testbed.overlay.add_vm(tb, ...)`) become Mininet hosts.
 """
 from __future__ import annotations
 

@@ -55,7 +55,9 @@ def start_daemons_in(opts, pidfile_dir, host: str) -> list[psutil.Process]:
     """Start both daemons in testbed host `host` with `testbed exec`; returns them, running."""
     procs = []
     for cmd, pidfile in daemon_commands(pidfile_dir, host).values():
-        r = run_cli("exec", *opts, host, cmd)  # one shell command line, as users type it
+        # One shell command line, as users type it. Its output goes nowhere: `testbed exec` hands
+        # the command our stdout, and a daemon that keeps it would hold run_cli until it exits.
+        r = run_cli("exec", *opts, host, f"{cmd} </dev/null >/dev/null 2>&1")
         assert r.returncode == 0, r.stdout + r.stderr
         procs.append(read_pid(pidfile))
     own = os.stat("/proc/self/ns/net").st_ino

@@ -93,3 +93,20 @@ def test_holding_again_is_idempotent_and_an_unheld_handle_finds_nothing(rundir, 
     assert a == b and namespaces.release_all(rundir) == 1
     assert namespaces.end_processes([a]) == 0  # released: its identity is no longer trusted
     assert proc.poll() is None
+
+
+def test_by_host_names_held_hosts_and_add_vm_namespaces_without_the_prefix(rundir, reaped, tmp_path, monkeypatch):
+    server, added = in_new_netns("sleep", "600"), in_new_netns("sleep", "600")
+    reaped += [server, added]
+    ns_of(server.pid), ns_of(added.pid)
+    # `ip netns add ut-red9` in a /run/netns of the test's own: a held namespace named with the prefix.
+    named = RunDir(tmp_path / "named", "x")
+    monkeypatch.setattr(namespaces, "NAMED_NETNS", namespaces.handles_dir(named))
+    try:
+        namespaces.hold(named, f"{rundir.prefix}-red9", added.pid)
+        namespaces.hold(named, "other-red8", added.pid)  # another testbed's
+        handle = namespaces.hold(rundir, "srv1", server.pid)
+        assert namespaces.by_host(rundir) == {"srv1": handle,
+                                              "red9": namespaces.handles_dir(named) / f"{rundir.prefix}-red9"}
+    finally:
+        namespaces.release_all(named)
