@@ -2,7 +2,8 @@
 
 `testbed up` starts `python -m testbed.daemon ...` in its own session and returns once state.json
 says "up". Requests are one JSON line each: {"op": "status" | "stop" | "controller-restart" |
-"cmd" (host, cmd) | "cli"}; "cli" turns the connection into a relay of Mininet's CLI.
+"restart" (name: a supervised process, for `testbed fault ... restart`) | "cmd" (host, cmd) | "cli"};
+"cli" turns the connection into a relay of Mininet's CLI.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import threading
 import time
 import traceback
 
+# Module, not names: testbed.faults imports this module for its client side (request).
+from testbed import faults
 from testbed.rundir import RunDir
 from testbed.runner import Testbed
 from testbed.topology import load
@@ -98,6 +101,13 @@ class Daemon:
         if op == "controller-restart":
             with self.mn_lock:
                 pid = self.tb.restart_controller()
+            return {"ok": True, "pid": pid}
+        if op == "restart":
+            try:
+                with self.mn_lock:
+                    pid = faults.restart_in_daemon(self.tb, req["name"])
+            except faults.FaultError as exc:
+                return {"ok": False, "error": str(exc)}
             return {"ok": True, "pid": pid}
         if op == "cmd":
             with self.mn_lock:
