@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 
-# Module, not names: testbed.faults imports this module for its client side (request).
-from testbed import faults
+from testbed import overlay
 from testbed.rundir import RunDir
 from testbed.runner import Testbed
 from testbed.topology import load
@@ -31,6 +31,9 @@ class Daemon:
         self.done = threading.Event()
         self.mn_lock = threading.Lock()  # Mininet objects are not thread-safe
         self.sock = None
+        # Restarts run on this long-lived thread, not on a request's: a vrouter process dies with
+        # the thread that started it (PR_SET_PDEATHSIG), and request threads end with the request.
+        self.spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restart")
 
     def serve(self) -> None:
         path = str(self.rundir.control_socket)
@@ -105,8 +108,8 @@ class Daemon:
         if op == "restart":
             try:
                 with self.mn_lock:
-                    pid = faults.restart_in_daemon(self.tb, req["name"])
-            except faults.FaultError as exc:
+                    pid = self.spawner.submit(overlay.restart_process, self.tb, req["name"]).result()
+            except overlay.OverlayError as exc:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "pid": pid}
         if op == "cmd":

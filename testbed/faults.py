@@ -30,15 +30,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-# Module, not names: the daemon imports this module too (its op "restart"), and whichever of the two
-# is imported first finds the other half-initialized.
 from testbed import cleanup, daemon, fabric, namespaces, overlay, proctree
 from testbed.fault_logic import (
     FaultError,
@@ -65,7 +62,7 @@ from testbed.fault_logic import current as current_state
 from testbed.rundir import RunDir, live_process, write_json
 from testbed.runner import CONTROLLER, on_down
 
-__all__ = ["Faults", "FaultError", "FaultInputError", "restart_supervised"]
+__all__ = ["Faults", "FaultError", "FaultInputError"]
 
 LOG_FILE = "faults.jsonl"
 STATE_FILE = "faults.json"
@@ -76,8 +73,10 @@ POLL = 0.05
 
 def process_name(role: str, server: str | None) -> str:
     """The supervisor's name of (role, server) as fault_logic.check_process returns it."""
-    if role == "controller" or server is None:
+    if role == "controller":
         return CONTROLLER
+    if server is None:
+        raise FaultInputError(f"which server's {role}?")
     return overlay.forwarder_name(server) if role == "forwarder" else overlay.agent_name(server)
 
 
@@ -98,22 +97,6 @@ class Shell:
         if check and r.returncode != 0:
             raise FaultError(f"{' '.join(argv)}: {(r.stderr or r.stdout).strip() or f'exit {r.returncode}'}")
         return r
-
-
-def restart_supervised(tb, name: str) -> int:
-    """A clean restart by the testbed's own supervisor, without its back-off; returns the new PID
-    once the program is ready (controller listening, forwarder serving its VMs). Called by the daemon
-    (op "restart") and by Faults.for_testbed. The caller's thread becomes the parent thread of the new
-    process, and vrouter processes die with it (PR_SET_PDEATHSIG): call from a long-lived thread."""
-    if name == CONTROLLER:
-        return tb.restart_controller()
-    if tb.supervisor is None or name not in tb.supervisor.children:
-        raise FaultError(f"no supervised process {name!r} in testbed {tb.prefix!r}")
-    pid = tb.supervisor.restart(name).pid
-    for server in overlay.servers(tb):
-        if name == overlay.forwarder_name(server):
-            overlay.wait_vifs(tb, {server}, overlay.VIFS_WAIT)
-    return pid
 
 
 class Faults:
@@ -143,8 +126,13 @@ class Faults:
     @classmethod
     def for_testbed(cls, tb) -> Faults:
         """For the process that runs `tb` itself (experiments): restarts go straight to its
-        supervisor (restart_supervised, so call them from the main thread)."""
-        return cls(tb.rundir, restarter=lambda name: restart_supervised(tb, name))
+        supervisor (overlay.restart_process: call them from the main thread)."""
+        def restarter(name: str) -> int:
+            try:
+                return overlay.restart_process(tb, name)
+            except overlay.OverlayError as exc:
+                raise FaultError(str(exc)) from None
+        return cls(tb.rundir, restarter=restarter)
 
     @property
     def desc(self) -> dict:
@@ -329,8 +317,12 @@ class Faults:
         rec = self._record(name)
         proc = live_process(rec) if rec else None
         if proc is None:
-            why = ("the supervisor may be restarting it" if rec else
-                   "no PID record: the topology may have no overlay")
+            if rec:
+                why = "its recorded PID has ended: the supervisor may be restarting it"
+            elif name == CONTROLLER:
+                why = "no PID record"
+            else:
+                why = "no PID record: a topology without an overlay has no vrouters"
             raise FaultError(f"{name} is not running in testbed {self.rundir.prefix!r} ({why}; "
                              f"'testbed status --prefix {self.rundir.prefix}')")
         return proc
@@ -520,15 +512,6 @@ def _wait_listening(port: int, deadline: float) -> None:
                 return
         time.sleep(0.1)
     raise FaultError(f"controller not listening on 127.0.0.1:{port} after the restart")
-
-
-# The daemon's restarts run here: a vrouter process dies with the thread that started it
-# (PR_SET_PDEATHSIG), and the daemon's request threads end with each request.
-_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fault-restart")
-
-
-def restart_in_daemon(tb, name: str, timeout: float = RESTART_TIMEOUT + 5) -> int:
-    return _SPAWNER.submit(restart_supervised, tb, name).result(timeout)
 
 
 @on_down

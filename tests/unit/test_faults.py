@@ -3,17 +3,18 @@ commands and their loss filter, the recorded state and what `clear` undoes (test
 and testbed/faults.py with its shell faked and a real `sleep` as the paused process: the state file
 and the log as a new process reads them."""
 import json
+import os
 import subprocess
 import time
 
 import psutil
 import pytest
 
+from testbed import cli, generator
 from testbed import fault_logic as fl
-from testbed import generator
 from testbed.fabric import describe
 from testbed.faults import Faults
-from testbed.rundir import RunDir
+from testbed.rundir import RunDir, process_record
 from testbed.topology import from_dict
 
 
@@ -324,3 +325,67 @@ def test_a_paused_process_that_died_is_no_longer_listed(bed):
     sleeper.kill()
     sleeper.wait()
     assert f.active()["paused"] == {}
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_up(tmp_path, desc, monkeypatch):
+    """A run dir that looks like a running testbed (owned by this process), no root needed."""
+    monkeypatch.setattr(cli, "require_testbed_host", lambda: None)
+    rundir = RunDir(tmp_path, "hf")
+    rundir.create()
+    rundir.fabric_file.write_text(json.dumps(desc))
+    rundir.write_state(state="up", owner=process_record(os.getpid()), started=1.0, mode="inprocess")
+    return ["--prefix", "hf", "--run-root", str(tmp_path)]
+
+
+def run_cli(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["link", "leaf1-spine9", "down"], 2, "error: unknown link 'leaf1-spine9': the links are leaf1-spine1, "),
+    (["impair", "srv1-leaf1", "--loss", "120%"], 2, "error: loss '120%': not between 0% and 100%"),
+    (["impair", "srv1-leaf1", "--delay", "ten"], 2, "error: delay 'ten': give a time such as 10ms"),
+    (["impair", "srv1-leaf1"], 2, "error: give --delay, --jitter, --loss, --rate"),
+    (["impair", "srv1-leaf1", "clear", "--loss", "1%"], 2, "error: 'clear' takes no values (--loss)"),
+    (["impair", "srv1-leaf1", "--loss", "1%", "--from", "spine1"], 2, "error: 'spine1' is not an end of link"),
+    (["agent", "srv9", "kill"], 2, "error: unknown server 'srv9': the servers are srv1, srv2, srv3, srv4"),
+    (["controller", "pause"], 1, "error: controller is not running in testbed 'hf'"),
+])
+def test_command_line_errors_are_one_line(fake_up, capsys, argv, code, message):
+    rc, out, err = run_cli(capsys, "fault", *argv, *fake_up)
+    assert rc == code and err.startswith(message) and err.count("\n") == 1, err
+    assert out == ""
+
+
+def test_list_and_clear_on_a_quiet_testbed(fake_up, capsys):
+    rc, out, _ = run_cli(capsys, "fault", "list", *fake_up)
+    assert rc == 0 and out.startswith("no faults active in testbed 'hf'")
+    rc, out, _ = run_cli(capsys, "fault", "list", "--json", *fake_up)
+    assert rc == 0 and json.loads(out) == {"run": 1.0, "links": {}, "impairments": {}, "paused": {}}
+    rc, out, _ = run_cli(capsys, "fault", "clear", *fake_up)
+    assert rc == 0 and out == "nothing to clear\n"
+
+
+def test_no_testbed_running_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "require_testbed_host", lambda: None)
+    rc, out, err = run_cli(capsys, "fault", "list", "--prefix", "zz", "--run-root", str(tmp_path))
+    assert rc == 1 and err == (f"error: no testbed with prefix 'zz' is running (run dirs under {tmp_path}); "
+                               f"start one with 'sudo testbed up'\n")
+
+
+@pytest.mark.parametrize("sub, words", [("link", ["down", "up", "either order"]),
+                                        ("impair", ["--delay", "--jitter", "--loss", "--rate", "--limit", "--from",
+                                                    "clear"]),
+                                        ("controller", ["pause", "resume", "kill", "restart"]),
+                                        ("agent", ["server", "pause"]), ("forwarder", ["server", "restart"]),
+                                        ("list", ["--json"]), ("clear", ["--prefix"])])
+def test_help_shows_what_each_command_takes(capsys, sub, words):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fault", sub, "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and all(w in out for w in words), out
