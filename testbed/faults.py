@@ -186,7 +186,7 @@ class Faults:
         wall, mono = t0
         took = time.monotonic() - mono if elapsed is None else elapsed
         rec = {"wall": wall, "monotonic": mono, "elapsed": round(took, 6),
-               "action": action, "target": target, "ok": "error" not in detail, **detail}
+               "action": action, "target": target, "ok": "error" not in detail, "run": self._run_id(), **detail}
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         return rec

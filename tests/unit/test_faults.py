@@ -288,7 +288,7 @@ def test_faults_are_recorded_for_a_new_process_and_cleared_in_order(bed):
     log = [json.loads(line) for line in (rundir.path / "faults.jsonl").read_text().splitlines()]
     assert [r["action"] for r in log] == ["link-down", "impair", "pause", "clear", "clear"]
     assert all(r["ok"] and r["wall"] > 1e9 and 0 < r["monotonic"] <= time.monotonic() and r["elapsed"] >= 0
-               for r in log)
+               and r["run"] == 123.0 for r in log)
     assert log == Faults(rundir).events()
 
 
