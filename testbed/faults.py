@@ -275,16 +275,18 @@ class Faults:
         pairs = directions(lk, sender)
         with self._locked() as state:
             t0 = self._now()
-            done = []
+            touched = []
             try:
                 for src, _dst in pairs:
+                    touched.append(src)
                     self._apply(src.intf, src.server, spec)
-                    done.append(src)
             except FaultError as exc:
-                for src in done:
+                # No half-applied impairment: the directions touched are left with none (what they
+                # had before went with tc_clear), those not reached keep theirs.
+                for src in touched:
                     self.shell.run(tc_clear(src.intf), src.server, check=False)
-                # Whatever these directions had before is gone too (tc_clear ran first).
-                self._save(with_impairment(state, lk, sender, None, t0[0]))
+                    state = with_impairment(state, lk, src.node, None, t0[0])
+                self._save(state)
                 return self._fail("impair", lk.name, t0, exc, netem=needs_netem(spec))
             self._save(with_impairment(state, lk, sender, spec, t0[0]))
             return self._log("impair", lk.name, t0, spec=spec.to_dict(), summary=str(spec),
@@ -348,8 +350,9 @@ class Faults:
         sent = []
         for p in procs:
             try:
+                created = p.create_time()  # before: a SIGKILLed process has none to read
                 p.send_signal(sig)  # psutil refuses a PID whose start time changed
-                sent.append({"pid": p.pid, "create_time": p.create_time()})
+                sent.append({"pid": p.pid, "create_time": created})
             except psutil.Error:
                 continue
         return sent

@@ -294,16 +294,18 @@ def test_faults_are_recorded_for_a_new_process_and_cleared_in_order(bed):
 
 def test_a_failed_impairment_is_logged_undone_and_not_recorded(bed):
     rundir, _ = bed
+    Faults(rundir, shell=FakeShell()).impair("leaf1-spine1", loss="5%")
     shell = FakeShell(fail_on="netem", stderr="Error: Specified qdisc kind is unknown.")
     f = Faults(rundir, shell=shell)
     with pytest.raises(fl.FaultError, match="no netem qdisc"):
         f.impair("leaf1-spine1", delay="10ms")
-    # The first end failed: its root qdisc is removed again, the other end never touched.
-    assert [c for _, c in shell.calls if c.startswith("tc qdisc del")] == ["tc qdisc del dev hf-l1p1 root"] * 2
+    # The first end failed: its root qdisc is removed again; the other end, never reached, keeps
+    # the loss it had.
+    assert [c for _, c in shell.calls if c.startswith("tc qdisc del")] == ["tc qdisc del dev hf-l1p1 root"] * 3
     assert not any("hf-s1p1" in c for _, c in shell.calls)
-    assert f.summary() == []
-    (rec,) = f.events()
-    assert rec["action"] == "impair" and not rec["ok"] and "no netem" in rec["error"]
+    assert f.summary() == ["impair leaf1-spine1 spine1->leaf1: loss 5% (egress of hf-s1p1)"]
+    ok, failed = f.events()
+    assert ok["ok"] and failed["action"] == "impair" and not failed["ok"] and "no netem" in failed["error"]
 
 
 def test_a_process_without_a_live_record_is_a_one_line_error(bed):
