@@ -1,9 +1,10 @@
 """The process behind `testbed up`: holds the Mininet network and answers on `<rundir>/control.sock`.
 
 `testbed up` starts `python -m testbed.daemon ...` in its own session and returns once state.json
-says "up". Requests are one JSON line each: {"op": "status" | "stop" | "controller-restart" | "cli"}; "cli"
-turns the connection into a relay of Mininet's CLI. `testbed exec` needs no request: it enters the
-host's namespace itself (testbed/cmd_fabric.py).
+says "up". Requests are one JSON line each: {"op": "status" | "stop" | "controller-restart" |
+"restart" (name: a supervised process, for `testbed fault ... restart`) | "cli"}; "cli" turns the
+connection into a relay of Mininet's CLI. `testbed exec` needs no request: it enters the host's
+namespace itself (testbed/cmd_fabric.py).
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 
+from testbed import overlay
 from testbed.commands import CommandError
 from testbed.rundir import RunDir
 from testbed.runner import Testbed
@@ -30,6 +33,9 @@ class Daemon:
         self.done = threading.Event()
         self.mn_lock = threading.Lock()  # Mininet objects are not thread-safe
         self.sock = None
+        # Restarts run on this long-lived thread, not on a request's: a vrouter process dies with
+        # the thread that started it (PR_SET_PDEATHSIG), and request threads end with the request.
+        self.spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restart")
 
     def serve(self) -> None:
         path = str(self.rundir.control_socket)
@@ -100,6 +106,13 @@ class Daemon:
         if op == "controller-restart":
             with self.mn_lock:
                 pid = self.tb.restart_controller()
+            return {"ok": True, "pid": pid}
+        if op == "restart":
+            try:
+                with self.mn_lock:
+                    pid = self.spawner.submit(overlay.restart_process, self.tb, req["name"]).result()
+            except overlay.OverlayError as exc:
+                return {"ok": False, "error": str(exc)}
             return {"ok": True, "pid": pid}
         return {"ok": False, "error": f"unknown op {op!r}"}
 

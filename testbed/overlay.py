@@ -17,7 +17,7 @@ import time
 
 from testbed import REPO, namespaces, vr
 from testbed.commands import CommandError
-from testbed.runner import on_down, on_up
+from testbed.runner import CONTROLLER, on_down, on_up
 from vrouter.io import introspect, ipc
 from vrouter.io.control import AdminClient, VncError, VncUnavailable
 
@@ -127,6 +127,23 @@ def restart_forwarder(tb, server: str, steering: dict | None) -> None:
     tb.supervisor.stop(forwarder_name(server))
     _start_in_server(tb, server, forwarder_name(server), forwarder_argv(tb, server))
     wait_vifs(tb, {server}, VIFS_WAIT)
+
+
+def restart_process(tb, name: str) -> int:
+    """Restart a supervised process of the testbed at once (no back-off) and return its new PID
+    once it is ready: the controller listening, a forwarder serving its VMs (`testbed fault ...
+    restart`, through the daemon or testbed.faults.Faults.for_testbed). The calling thread becomes
+    the new process's parent thread, and vrouter processes die with it (PR_SET_PDEATHSIG): call
+    from a thread that lives as long as the testbed."""
+    if name == CONTROLLER:
+        return tb.restart_controller()
+    if tb.supervisor is None or name not in tb.supervisor.children:
+        raise OverlayError(f"no supervised process {name!r} in testbed {tb.prefix!r}")
+    pid = tb.supervisor.restart(name).pid
+    for server in servers(tb):
+        if name == forwarder_name(server):
+            wait_vifs(tb, {server}, VIFS_WAIT)
+    return pid
 
 
 def add_vm_host(tb, name: str):

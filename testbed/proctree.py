@@ -45,7 +45,13 @@ def _signal_all(procs: list[psutil.Process], kill: bool) -> None:
     for proc in procs:
         try:
             # psutil refuses to signal a PID whose start time changed: a reused PID is never hit.
-            proc.kill() if kill else proc.terminate()
+            if kill:
+                proc.kill()
+            else:
+                proc.terminate()
+                # A stopped process (SIGSTOP: `testbed fault ... pause`) keeps SIGTERM pending until
+                # it runs again; SIGCONT lets it act on it now instead of waiting out the grace period.
+                proc.resume()
         except psutil.Error:
             pass
 

@@ -6,7 +6,8 @@
 Several testbeds may run at once if their prefixes differ (each gets its own controller port,
 run directory and interface/bridge names); one prefix is one testbed.
 Overlay code adds steps with `@on_up` / `@on_down` (called with the Testbed) in a module listed
-in PLUGINS; they run after the fabric is programmed and before it is torn down.
+in PLUGINS; they run after the fabric is programmed and before it is torn down (on_down hooks in
+the reverse order of their registration).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from testbed.supervisor import Supervisor
 from testbed.topology import Topology
 from vrouter.io.control import STATE_FILE
 
-PLUGINS = ("testbed.overlay",)
+# testbed.faults after testbed.overlay: its on_down hook (resume what a fault paused) must run first.
+PLUGINS = ("testbed.overlay", "testbed.faults")
 _HOOKS: dict[str, list] = {"up": [], "down": []}
 CONTROLLER = "controller"
 

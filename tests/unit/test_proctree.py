@@ -87,3 +87,21 @@ def test_a_set_of_processes_is_ended_once_each_and_never_the_caller():
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_a_stopped_process_ends_by_its_sigterm_not_by_sigkill():
+    # A process paused by a fault (SIGSTOP) must still stop cleanly: SIGTERM stays pending while it
+    # is stopped, so without a SIGCONT it would only die by SIGKILL after the grace period.
+    stopped = subprocess.Popen(["sleep", "600"])
+    try:
+        proc = psutil.Process(stopped.pid)
+        proc.suspend()
+        deadline = time.monotonic() + 5
+        while proc.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+            time.sleep(0.01)  # the signal is delivered asynchronously
+        assert proc.status() == psutil.STATUS_STOPPED
+        assert proctree.terminate([proc], grace=30.0) == 1
+        assert stopped.wait(5) == -15
+    finally:
+        stopped.kill()
+        stopped.wait()
