@@ -391,7 +391,7 @@ class Faults:
 
     def kill(self, role: str, server: str | None = None, wait: float = 0.0) -> dict:
         """SIGKILL the process and its descendants, as a crash; the supervisor starts it again after
-        its back-off (0.5 s, doubling while it keeps dying within 30 s of a start). wait > 0: return
+        its back-off (0.05 s, doubling while it keeps dying within 30 s of a start). wait > 0: return
         once the new PID runs (new_pid None if not within `wait` s)."""
         name = self._name(role, server)
         with self._locked() as state:

@@ -106,19 +106,28 @@ def ping_rtts_from_output(text: str) -> list[float]:
     return [float(x) * 1000 for x in re.findall(r"time=([\d.]+) ms", text)]
 
 
-def start_ping(host: Host, ip: str, count: int, interval: float = 0.01) -> subprocess.Popen:
-    """Background ping in a host; collect with finish_ping()."""
-    return host.popen(["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", ip],
-                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_ping(host: Host, ip: str, count: int, interval: float = 0.01, timestamps: bool = False) -> subprocess.Popen:
+    """Background ping in a host; collect with finish_ping(). `timestamps`: each reply with its
+    receive time (ping -D, wall clock), for finish_ping's "replies"."""
+    argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", *(["-D"] if timestamps else []), ip]
+    return host.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish_ping(proc: subprocess.Popen) -> dict[str, Any]:
-    """Wait for a start_ping() and count: sent, received, lost, loss_percent, replied_seqs."""
-    out, _ = proc.communicate(timeout=120)
+def ping_replies_from_output(text: str) -> list[tuple[int, float, float]]:
+    """(seq, receive time as time.time(), RTT in ms) of every reply `ping -D` printed."""
+    return [(int(seq), float(wall), float(rtt)) for wall, seq, rtt in
+            re.findall(r"^\[(\d+\.\d+)\].*?icmp_seq=(\d+) .*?time=([\d.]+) ms", text, re.M)]
+
+
+def finish_ping(proc: subprocess.Popen, timeout: float = 120) -> dict[str, Any]:
+    """Wait for a start_ping() and count: sent, received, lost, loss_percent, replied_seqs, and
+    replies (ping_replies_from_output: empty without `timestamps`)."""
+    out, _ = proc.communicate(timeout=timeout)
     sent, received = ping_loss_from_output(out)
     seqs = [int(m) for m in re.findall(r"icmp_seq=(\d+)", out)]
     return {"sent": sent, "received": received, "lost": sent - received,
-            "loss_percent": 100.0 * (sent - received) / sent if sent else 0.0, "replied_seqs": seqs}
+            "loss_percent": 100.0 * (sent - received) / sent if sent else 0.0, "replied_seqs": seqs,
+            "replies": ping_replies_from_output(out)}
 
 
 def ping_median_us(host: Host, dst: str, count: int = 50, interval: float = 0.02) -> float | None:
