@@ -116,6 +116,8 @@ def phase_figures(phase: dict[str, Any]) -> dict[str, Any]:
         "recovery_s": round(recovery, 3),
         "rtt_ms_median": _median([p.rtt_ms for p in pings if p.rtt_ms is not None]),
         "connections": len(conns), "connections_failed": len(failed),
+        "connect_timeout_s": phase.get("connect_timeout"),
+        "connections_slow": sum(1 for c in conns if c.ok and (c.latency_us or 0) > 1_000_000),
         "connections_failed_before_fault": len(failed_before),
         "connect_fail_span_s": round(max(c.t for c in failed) - min(c.t for c in failed), 3) if failed else 0.0,
         "stream_survived": bool(intervals) and not stream.get("error") and
@@ -200,8 +202,13 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         for t in f["targets"]:
             lines.append(f"target {name}: {t['figure']} {_fmt(t['value'])} ({t['target']}): "
                          f"{'met' if t['met'] else 'NOT met'}")
-    if summary.get("loss_throughput_ratio") is not None:
-        lines.append(f"1% loss: stream throughput {summary['loss_throughput_ratio']:.2f} x its lossless start")
+    loss = summary["faults"].get("loss")
+    if loss:
+        ratio = summary.get("loss_throughput_ratio")
+        lines.append(f"loss: stream throughput {_fmt(ratio and round(ratio, 2))} x its lossless start, "
+                     f"{loss['stream_retransmits'] or 0} retransmits; {loss['connections_slow']} connections took "
+                     f"> 1 s (a SYN retransmitted), {loss['connections_failed']} none within "
+                     f"{_fmt(loss['connect_timeout_s'])} s")
     return lines
 
 
