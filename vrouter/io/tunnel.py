@@ -101,6 +101,24 @@ class EntropySender:
         self.counters[_TX_COUNTER[encap]] += 1
         return True
 
+    def send_probe(self, peer: str, encap: str, sport: int, payload: bytes) -> bool:
+        """A path message (vrouter/core/paths.py) from source port `sport`: sent like a flow's single
+        packet (the port's pooled socket, else the raw UDP socket), counted apart (`tx_path_probes`)
+        so that the tunnel counters stay the VMs' traffic."""
+        dport = UDP_PORTS[encap]
+        try:
+            if sport in self._pool or self._raw_udp is None:
+                self._sender(encap, sport).sendto(payload, (peer, dport))
+            else:
+                self._raw_udp.sendmsg((_UDP_HEADER(sport, dport, 8 + len(payload), 0), payload), (), 0, (peer, 0))
+        except OSError as exc:
+            if exc.errno in self.SEND_ERRORS:
+                self.counters["tx_path_probe_errors"] += 1
+                return False
+            raise
+        self.counters["tx_path_probes"] += 1
+        return True
+
     def send_gso(self, peer: str, encap: str, sport: int, buffer, chunk: int, n: int) -> int:
         """Send `n` tunnel packets of `chunk` bytes (the last may be shorter) laid out in `buffer`
         by `gso.segment`; returns the number of send calls. UDP: one UDP_SEGMENT sendmsg per slice
