@@ -4,7 +4,8 @@ Receive: one UDP socket per UDP encapsulation and one raw GRE socket; every pack
 its outer source address, because the core drops tunnel packets from hosts that are not fabric peers.
 
 Send with an entropy source port: the core picks `sport` from the inner flow hash so that the fabric's
-ECMP spreads overlay flows. We send from a real UDP socket bound to that source port, kept in a small
+ECMP spreads overlay flows (the port of the flow's path slot, vrouter/core/paths.py; `send_probe` sends
+that module's probes from the slots' ports). We send from a real UDP socket bound to that source port, kept in a small
 LRU pool. Chosen over a raw IP_HDRINCL socket because the kernel keeps doing routing, ARP, the UDP
 checksum and fragmentation for us, and because UDP_SEGMENT (GSO) only exists on real UDP sockets
 (sends are batched with it, see below). Measured on this machine (100 B datagrams over loopback in a
