@@ -215,8 +215,9 @@ def test_messages_round_trip_and_bad_ones_are_counted():
     paths.receive(B, ENCAP, payload[:20], 0.0)
     paths.receive(B, ENCAP, payload[:-1], 0.0)
     assert paths.counters["malformed"] == 2 and paths.counters["messages_received"] == 0
-    with pytest.raises(ValueError):
-        Paths(0)
+    for k in (0, 1, 65):
+        with pytest.raises(ValueError):
+            Paths(k)
 
 
 # ---------------------------------------------------------------- in the pipeline
@@ -291,3 +292,44 @@ def test_without_paths_or_udp_every_flow_keeps_its_own_entropy_port():
         assert len(seen) > 30
         if paths is not None:
             assert paths.paths == {} and paths.due() is None      # MPLSoGRE: nothing to probe
+
+
+def test_a_slot_goes_home_once_its_own_port_is_answered_again_and_the_spread_comes_back():
+    bed = Bed()
+    bed.step(3)
+    homes = [s.own for s in bed.path().slots]
+    bed.dead.add((A, B, 1))
+    bed.step(10)
+    p = bed.path()
+    away = [s for s in p.slots if s.own != s.home]
+    assert away and all(s.alive for s in p.slots) and all(spine(A, B, s.home) == 1 for s in away)
+    sent = bed.a.counters["probes_sent"]
+    bed.step()
+    assert bed.a.counters["probes_sent"] - sent == SLOTS + len(away)    # each away slot also probes home
+    bed.a.take_events()
+    bed.dead.clear()
+    bed.step(DEAD_AFTER - 1)
+    assert [s.own for s in p.slots] != homes, "home after fewer than N answered rounds"
+    bed.step(2)
+    assert [s.own for s in p.slots] == homes and [s.port for s in p.slots] == homes
+    assert {(e["event"], e["port"]) for e in bed.a.take_events()} == {("alive", s.home) for s in away}
+    assert bed.a.counters["homecomings"] == len(away)
+    sent = bed.a.counters["probes_sent"]
+    bed.step()
+    assert bed.a.counters["probes_sent"] - sent == SLOTS                # nobody away: no extra probes
+
+
+def test_a_home_that_answers_once_and_dies_again_is_not_taken():
+    bed = Bed()
+    bed.step(3)
+    bed.dead.add((A, B, 1))
+    bed.step(10)
+    p = bed.path()
+    away = [s for s in p.slots if s.own != s.home]
+    assert away
+    bed.dead.clear()
+    bed.step()              # one answered round of the homes...
+    bed.dead.add((A, B, 1))
+    bed.step(10)            # ...then dead again: the slots stay where they get through
+    assert all(s.own != s.home and s.alive for s in away) and bed.every_flow_passes()
+    assert bed.a.counters["homecomings"] == 0

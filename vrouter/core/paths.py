@@ -52,14 +52,18 @@ entry points at its slot (`FlowEntry.path`), and the hit path reads ``slot.port`
 flows is one assignment whatever their number. Meanwhile the dead slot is probed from a fresh random
 port every round (never a port of another slot or one found dead recently); the first such port that
 is acknowledged becomes the slot's, and its flows move back to it (the spread over the spines comes
-back). Each vrouter repairs the direction it sends: entries toward a VM have no slot.
+back). A slot away from the port it was made with (its home: dead, or alive on a re-rolled port)
+also probes its home every round, as slot K + index, and goes back once home is answered N rounds in
+a row: when the link returns the flows hash as before the failure, instead of staying piled on the
+spines that survived it. Each vrouter repairs the direction it sends: entries toward a VM have no slot.
 
 MPLSoGRE has no UDP header: its outer 5-tuple is the same for every flow between two vrouters, the
 fabric sends all of them over one spine, and nothing the vrouter can change moves them; only the
 controller can repair those paths. Such entries get a fixed port (unused on the wire) and no probes.
 
 Costs: nothing per packet beyond the hit path's ``e.path.port`` (one attribute); per round K messages
-of 8 + 19 + 5K bytes (67 B for K = 8) per active path and direction; a remap touches the slots only.
+of 8 + 19 + 5K bytes (67 B for K = 8) per active path and direction, one more per slot away from
+home (the acknowledgement then grows by 5 B per such slot); a remap touches the slots only.
 Pure: the shell gives the clock (``now`` arguments) and the random seed, sends what ``round`` returns
 and hands over what arrives (``receive``); ``take_events`` gives the deaths and revivals to report.
 """
@@ -71,7 +75,8 @@ from typing import Any, Final, Protocol
 from .flowkey import ENTROPY_BASE, ENTROPY_SPAN
 
 SLOTS: Final = 8            # path slots per (peer, encapsulation): K
-MAX_SLOTS: Final = 64       # a slot number is one byte on the wire; more would cost probes for no spread
+MIN_SLOTS: Final = 2        # one slot could never die (never every slot): nothing to move its flows to
+MAX_SLOTS: Final = 64       # more would cost probes for no spread (slot numbers and home probes fit a byte)
 INTERVAL: Final = 0.1       # seconds between two probe rounds
 DEAD_AFTER: Final = 3       # consecutive unanswered probes that make a slot dead: N
 ANSWER_FOR: Final = 1.0     # seconds a peer's wanting message keeps us answering it
@@ -112,19 +117,24 @@ class Fixed:
 
 class Slot:
     """One path slot. ``port`` is what its flows use (its own port while alive, a live slot's while
-    dead); ``own`` is the port it is probed from (re-rolled every round while dead)."""
-    __slots__ = ("index", "port", "flows", "own", "alive", "since", "acked", "tried", "sent", "answered",
-                 "died", "revived")
+    dead); ``own`` is the port it is probed from (re-rolled every round while dead); ``home`` the
+    port it was made with, probed as well (as slot K + index) while the slot is away from it."""
+    __slots__ = ("index", "port", "flows", "own", "home", "alive", "since", "acked", "tried", "hsince",
+                 "hfirst", "hacked", "sent", "answered", "died", "revived")
 
     def __init__(self, index: int, port: int) -> None:
         self.index = index
-        self.port = self.own = port
+        self.port = self.own = self.home = port
         self.flows = 0
         self.alive = True
         self.since = 1              # first round probed from ``own`` (acknowledgements before it are not its)
         self.acked = 0              # highest round acknowledged on ``own``
         self.tried: dict[int, int] = {}     # dead: round -> the port it was probed from
+        self.hsince = self.hfirst = self.hacked = 0     # away: first round home was probed, acknowledged, last
         self.sent = self.answered = self.died = self.revived = 0
+
+    def away(self) -> bool:
+        return not self.alive or self.own != self.home
 
     def base(self) -> int:
         """The last round that counts as answered for the current port."""
@@ -193,8 +203,8 @@ class Paths:
 
     def __init__(self, slots: int = SLOTS, seed: int = 0, *, interval: float = INTERVAL,
                  dead_after: int = DEAD_AFTER, answer_for: float = ANSWER_FOR) -> None:
-        if not 1 <= slots <= MAX_SLOTS:
-            raise ValueError(f"path slots must be 1..{MAX_SLOTS}, got {slots}")
+        if not MIN_SLOTS <= slots <= MAX_SLOTS:
+            raise ValueError(f"path slots must be {MIN_SLOTS}..{MAX_SLOTS}, got {slots}")
         self.k = slots
         self.interval, self.dead_after, self.answer_for = interval, dead_after, answer_for
         self._rng = seed & _MASK64
@@ -205,7 +215,7 @@ class Paths:
         self._last_round = float("-inf")
         self._busy = False          # some path may be active: rounds are due
         self.counters = dict.fromkeys(("rounds", "probes_sent", "messages_received", "malformed", "deaths",
-                                       "revivals", "rerolls", "flows_moved", "events"), 0)
+                                       "revivals", "homecomings", "rerolls", "flows_moved", "events"), 0)
 
     # ---------------------------------------------------------------- flows
     def acquire(self, peer: str, encap: str, flow_hash: int) -> Slot:
@@ -265,6 +275,10 @@ class Paths:
                 s.sent += 1
                 out.append((p.peer, p.encap, s.own, encode(p.encap, flags, self.k, s.index, self.nonce, seq,
                                                            p.peer_nonce, p.quiet, tail, n)))
+                if s.away():        # is the way home back? (the peer acknowledges it like any slot)
+                    s.hsince = s.hsince or seq
+                    out.append((p.peer, p.encap, s.home, encode(p.encap, flags, self.k, self.k + s.index,
+                                                                 self.nonce, seq, p.peer_nonce, p.quiet, tail, n)))
         self._busy = busy
         self.counters["rounds"] += 1
         self.counters["probes_sent"] += len(out)
@@ -300,12 +314,26 @@ class Paths:
             self._evidence(p, acks, quiet, now)
 
     def _evidence(self, p: Path, acks: list[tuple[int, int]], quiet: int, now: float) -> None:
-        """What the peer's acknowledgements say about our slots: answered, revived, dead."""
-        horizon, changed = p.horizon, False
+        """What the peer's acknowledgements say about our slots: answered, revived, home again, dead."""
+        changed = self._acknowledged(p, acks, now)
+        changed = self._homecomings(p, now) or changed
+        if self._deaths(p, quiet, now) or changed:
+            self._remap(p)
+
+    def _acknowledged(self, p: Path, acks: list[tuple[int, int]], now: float) -> bool:
+        """Answered rounds per slot and home port; a dead slot whose re-rolled port got through revives."""
+        horizon, revived = p.horizon, False
+        k = self.k
         for i, a in acks:
-            if i >= self.k or a > p.seq:
+            if i >= 2 * k or a > p.seq:
                 continue            # not a slot or a round of ours
             horizon = max(horizon, a)
+            if i >= k:              # a slot's home port, probed while the slot is away
+                s = p.slots[i - k]
+                if s.hsince and a >= s.hsince and a > s.hacked:
+                    s.hfirst = s.hfirst or a
+                    s.hacked = a
+                continue
             s = p.slots[i]
             if s.alive:
                 base = s.base()
@@ -314,20 +342,35 @@ class Paths:
                     s.acked = a
             elif a in s.tried:
                 self._revive(p, s, s.tried[a], now)
-                changed = True
+                revived = True
         p.horizon = horizon
+        return revived
+
+    def _homecomings(self, p: Path, now: float) -> bool:
+        """Slots away from home go back once their home port is answered for N rounds in a row."""
+        n, moved = self.dead_after, False
+        for s in p.slots:
+            if s.hfirst:
+                if p.horizon - s.hacked >= n:
+                    s.hfirst = 0                    # home lost again: its good streak starts over
+                elif s.hacked - s.hfirst >= n - 1:
+                    self._home(p, s, now)
+                    moved = True
+        return moved
+
+    def _deaths(self, p: Path, quiet: int, now: float) -> bool:
+        """Slots N rounds behind the horizon, or all unanswered while the peer heard nothing: dead."""
         n = self.dead_after
         dying = [s for s in p.slots if s.alive and
-                 (horizon - s.base() >= n or (quiet >= n and p.seq - s.base() >= n))]
-        if dying:
-            if len(dying) == sum(s.alive for s in p.slots):
-                # Never every slot: the one answered last stays (it may be all there is).
-                dying.remove(max(dying, key=lambda s: (s.base(), -s.index)))
-            for s in dying:
-                self._kill(p, s, now)
-            changed = changed or bool(dying)
-        if changed:
-            self._remap(p)
+                 (p.horizon - s.base() >= n or (quiet >= n and p.seq - s.base() >= n))]
+        if not dying:
+            return False
+        if len(dying) == sum(s.alive for s in p.slots):
+            # Never every slot: the one answered last stays (it may be all there is).
+            dying.remove(max(dying, key=lambda s: (s.base(), -s.index)))
+        for s in dying:
+            self._kill(p, s, now)
+        return bool(dying)
 
     def _kill(self, p: Path, s: Slot, now: float) -> None:
         s.alive = False
@@ -348,6 +391,19 @@ class Paths:
         s.tried = {}
         self.counters["revivals"] += 1
         self._event("alive", p, s, port, now)
+
+    def _home(self, p: Path, s: Slot, now: float) -> None:
+        if not s.alive:
+            s.revived += 1
+            self.counters["revivals"] += 1
+        s.alive = True
+        s.own = s.home
+        s.since, s.acked = p.seq + 1, p.seq
+        s.tried = {}
+        s.hsince = s.hfirst = s.hacked = 0
+        p.bad.pop(s.home, None)
+        self.counters["homecomings"] += 1
+        self._event("alive", p, s, s.home, now)
 
     def _remap(self, p: Path) -> None:
         """Every slot's flows onto a port that gets through: their own if alive, else the next live slot's."""
@@ -383,7 +439,8 @@ class Paths:
                 "heard_ago": None if p.heard_at is None else round(now - p.heard_at, 3),
                 "messages_received": p.received, "flows": p.flows(), "flows_moved": p.moved,
                 "dead": sum(not s.alive for s in p.slots),
-                "slots": [{"slot": s.index, "port": s.port, "probe_port": s.own, "alive": s.alive, "flows": s.flows,
+                "slots": [{"slot": s.index, "port": s.port, "probe_port": s.own, "home": s.home, "alive": s.alive,
+                           "flows": s.flows,
                            "sent": s.sent, "answered": s.answered,
                            "misses": max(0, p.horizon - s.base()) if s.alive else None,
                            "died": s.died, "revived": s.revived} for s in p.slots]})

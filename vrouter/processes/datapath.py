@@ -390,11 +390,13 @@ class Datapath:
     def probe(self) -> None:
         """One probe round: every active path's slot messages, then the path events for the agent."""
         paths = self.pipeline.paths if self.pipeline is not None else None
-        if paths is None or self.sender is None:
+        if paths is None:
             return
-        send = self.sender.send_probe
-        for peer, encap, sport, payload in paths.round(self.clock()):
-            send(peer, encap, sport, payload)
+        messages = paths.round(self.clock())    # a round even without a sender: it moves `due` on
+        if self.sender is not None:
+            send = self.sender.send_probe
+            for peer, encap, sport, payload in messages:
+                send(peer, encap, sport, payload)
         self._report(paths)
 
     def _report(self, paths: Paths) -> None:

@@ -29,7 +29,7 @@ import time
 
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.offload import Offloads, vm_mtu
-from vrouter.core.paths import MAX_SLOTS, SLOTS
+from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS, SLOTS
 from vrouter.io import ipc, tap, vm_interface
 from vrouter.io.introspect import summary
 from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
@@ -443,13 +443,13 @@ class Forwarder:
 
 
 def path_slots(text: str) -> int:
-    """argparse type for --path-slots: 0..MAX_SLOTS."""
+    """argparse type for --path-slots: 0 (off) or MIN_SLOTS..MAX_SLOTS."""
     try:
         k = int(text)
     except ValueError:
         k = -1
-    if not 0 <= k <= MAX_SLOTS:
-        raise argparse.ArgumentTypeError(f"give a whole number 0..{MAX_SLOTS}, not {text!r}")
+    if k != 0 and not MIN_SLOTS <= k <= MAX_SLOTS:
+        raise argparse.ArgumentTypeError(f"give 0 (off) or a whole number {MIN_SLOTS}..{MAX_SLOTS}, not {text!r}")
     return k
 
 
@@ -457,8 +457,8 @@ def main(argv=None):
     p = parser("python -m vrouter.forwarder", __doc__)
     add_switch_arguments(p)
     p.add_argument("--path-slots", type=path_slots, default=SLOTS, metavar="K",
-                   help=f"path repair: outer source ports probed per tunnel peer (default {SLOTS}; 0: off, every "
-                        f"flow keeps its own entropy port and nothing is probed)")
+                   help=f"path repair: outer source ports probed per tunnel peer, {MIN_SLOTS}..{MAX_SLOTS} (default "
+                        f"{SLOTS}; 0: off, every flow keeps its own entropy port and nothing is probed)")
     args = p.parse_args(argv)
     setup_logging(args, "forwarder")
     try:
