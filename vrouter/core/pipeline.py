@@ -35,7 +35,7 @@ from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, int_to_ip
 from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_FIN, TCP_RST, TCP_SYN, build_icmp
 from .config import VROUTER_MAC, Vif, VrouterConfig
 from .fib import Nexthop
-from .flowkey import ENTROPY_BASE, ENTROPY_SPAN, Extracted, FlowKey, extract, key_hash, reverse
+from .flowkey import Extracted, FlowKey, entropy_port, extract, key_hash, reverse
 from .flowtable import (
     DROP,
     HELD_FABRIC,
@@ -506,10 +506,9 @@ class Pipeline:
     def _port_cell(self, peer: str, encap: str, key: FlowKey) -> PortCell:
         """Where a tunnel entry's outer source port comes from: a path slot (chosen by the flow's hash,
         repaired when its path dies), or, without path repair or a UDP port, the flow's own entropy port."""
-        h = key_hash(*key)
         if self.paths is not None and encap in PROBED:
-            return self.paths.acquire(peer, encap, h)
-        port = ENTROPY_BASE + h % ENTROPY_SPAN
+            return self.paths.acquire(peer, encap, key_hash(*key))
+        port = entropy_port(key)
         cell = self._fixed.get(port)
         if cell is None:
             cell = self._fixed[port] = Fixed(port)

@@ -23,9 +23,9 @@ Protocol (msgpack maps on the stream socket `<rundir>/vr/<server>/introspect.soc
                             decision_batches, decisions_waiting, punts_lost, punts_undecided,
                             punts_unanswered, agent_connected)
     paths     -             path repair (vrouter/core/paths.py): {"enabled", "slots", "interval", "dead_after",
-                            counters (rounds, probes_sent, messages_received, deaths, revivals, rerolls,
-                            flows_moved, ...), "paths": per (peer, encap) its slots (port its flows use,
-                            probe_port, alive, flows, sent, answered, misses, died, revived) and totals,
+                            counters (rounds, probes_sent, messages_received, deaths, revivals, homecomings,
+                            rerolls, flows_moved, ...), "paths": per (peer, encap) its slots (port its flows
+                            use, probe_port, home, alive, flows, sent, answered, misses, died, revived) and totals,
                             "reports_waiting" / "reports_sent" / "reports_dropped" (events for the VNC)}
 `stats` also has "gro" (deliveries, segments, segments_per_delivery, merged_*, histogram of segments
 per delivery, flush reasons), "gso" (UDP_SEGMENT sends, segments, segments_per_send, fallback) and
