@@ -30,6 +30,10 @@ one return port but the acknowledgement in every message the answerer sends, fro
 own slot ports: a dead return path costs the answerer some of its messages, each of which carries
 the whole acknowledgement, so a live forward port never looks dead because of it (a failure toward
 the SENDER's leaf: the answerer repairs its own dead slots as the sender's acknowledgements tell it).
+An acknowledgement names slot and round, not the port: the prober knows which port each round of a
+slot left from (a dead slot's re-rolled ports are kept by round), so it identifies the probe exactly;
+each vrouter's random ``nonce`` tags what it sends and what it acknowledges, so answers meant for a
+restarted forwarder's earlier self are ignored.
 A message is a tunnel packet the receiving vrouter recognises before any routing instance
 (``PREFIX``): MPLSoUDP with the reserved label 13 (GAL, RFC 5586) and an associated-channel header of
 experimental channel type 0xFFF8; VXLAN with the I and O (OAM, as in VXLAN-GPE) flags and VNI 0,
