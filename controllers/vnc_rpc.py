@@ -11,9 +11,15 @@ Threads, not os-ken's hub: one accept thread, and per connection a reader (decod
 runs them under the model lock) and a writer (drains the connection's outgoing queue). Responses
 and pushes are queued while the model lock is held, so every agent sees configs in generation
 order even when an admin change races a register.
+
+Path reports (``path_report``): a vrouter that repaired a path by itself (vrouter/core/paths.py: an
+outer source port toward a peer died, its flows moved) says so; the server keeps per server the
+most recent events and the slots whose last word was "dead" (``path_reports``), and logs each. They
+are run-time state, not configuration: not persisted, gone with a controller restart.
 """
 from __future__ import annotations
 
+import collections
 import inspect
 import json
 import logging
@@ -35,6 +41,8 @@ from vrouter.io.control import (
     GET_CONFIG,
     HEARTBEAT,
     LIST_AGENTS,
+    PATH_REPORT,
+    PATH_REPORTS,
     PROTOCOL_VERSION,
     REGISTER,
     REMOVE_VM,
@@ -47,6 +55,8 @@ from vrouter.io.control import (
 )
 
 _ACCEPT_POLL = 0.2
+PATH_EVENTS_KEPT = 256      # per server: the most recent path events
+PATH_IDS_KEPT = 4096        # per server: event ids already recorded (a report sent twice counts once)
 
 log = logging.getLogger("vnc.rpc")
 
@@ -156,6 +166,7 @@ class VncServer:
         self._accepter = None
         self._stopping = threading.Event()
         self._conn_numbers = 0
+        self._paths = {}    # server -> _PathLog
 
     # ---- life cycle
     def start(self):
@@ -321,6 +332,13 @@ class VncServer:
             } for c in self._conns if c.agent_server is not None),
                 key=lambda a: (a["server"], a["pid"] or 0))
 
+    def path_reports(self, server=None):
+        with self._lock:
+            if server is not None and server not in self.model.servers():
+                raise VncError(f"unknown server {server!r}")
+            names = [server] if server is not None else sorted(self._paths)
+            return {n: self._paths[n].describe() if n in self._paths else _PathLog().describe() for n in names}
+
     def dump(self):
         with self._lock:
             out = self.model.dump()
@@ -381,6 +399,24 @@ class VncServer:
         return {"epoch": self.epoch, "generation": self.model.generation,
                 "server_generation": self.model.changed_at(server)}
 
+    def _rpc_path_report(self, conn, server, events):
+        if conn.agent_server != server:
+            raise VncError(f"path report for {server!r} on a connection not registered for it")
+        if not isinstance(events, list):
+            raise VncError("path_report: events must be an array")
+        log_ = self._paths.setdefault(server, _PathLog())
+        recorded = 0
+        for ev in events:
+            if isinstance(ev, dict) and log_.add(ev):
+                recorded += 1
+                log.info("vrouter %s: path via source port %s to %s (%s, slot %s) %s, %s flows", server,
+                         ev.get("port"), ev.get("peer"), ev.get("encap"), ev.get("slot"), ev.get("event"),
+                         ev.get("flows"))
+        return {"recorded": recorded}
+
+    def _rpc_path_reports(self, conn, server=None):
+        return self.path_reports(server)
+
     def _rpc_add_vm(self, conn, name, network, server, address, mac=None):
         return self.add_vm(name, network, server, address, mac)
 
@@ -404,10 +440,38 @@ class VncServer:
 
     _HANDLERS = {
         REGISTER: _rpc_register, GET_CONFIG: _rpc_get_config, HEARTBEAT: _rpc_heartbeat,
+        PATH_REPORT: _rpc_path_report, PATH_REPORTS: _rpc_path_reports,
         ADD_VM: _rpc_add_vm, REMOVE_VM: _rpc_remove_vm, SET_POLICY: _rpc_set_policy,
         SET_FLOW_MODE: _rpc_set_flow_mode, SET_FLOW_LIMIT: _rpc_set_flow_limit,
         LIST_AGENTS: _rpc_list_agents, DUMP: _rpc_dump,
     }
+
+
+class _PathLog:
+    """One server's path reports: recent events, the slots last reported dead, ids seen."""
+
+    def __init__(self):
+        self.events = collections.deque(maxlen=PATH_EVENTS_KEPT)
+        self.last = {}      # (peer, encap, slot) -> its last event
+        self.ids = collections.OrderedDict()
+        self.received = 0
+
+    def add(self, ev) -> bool:
+        """Record one event; False for one recorded already (same id)."""
+        eid = ev.get("id")
+        if eid in self.ids:
+            return False
+        self.ids[eid] = None
+        if len(self.ids) > PATH_IDS_KEPT:
+            self.ids.popitem(last=False)
+        self.events.append(ev)
+        self.last[(ev.get("peer"), ev.get("encap"), ev.get("slot"))] = ev
+        self.received += 1
+        return True
+
+    def describe(self):
+        dead = [ev for _k, ev in sorted(self.last.items(), key=lambda kv: str(kv[0])) if ev.get("event") == "dead"]
+        return {"events": list(self.events), "dead": dead, "received": self.received}
 
 
 def start_vnc_server(topology_path, socket_path, prefix="vt", state_path=None, flow=None):

@@ -6,6 +6,7 @@
     testbed net mode reactive
     testbed net flow-limit --vm red1 5000           (--network red 20000; default: back to the default)
     testbed net flow-limit --default-vm 16384       (--default-network N: the limit of those without their own)
+    testbed net paths [--server srv1] [--json]      what the vrouters reported of the paths they repaired
 
 A VM added from this command gets a named network namespace `<prefix>-<vm>` (the Mininet network
 lives in the testbed daemon): `testbed exec red4 ping 192.168.1.11` (or `ip netns exec vt-red4 ...`).
@@ -13,6 +14,7 @@ VMs added in-process (`testbed.overlay.add_vm(tb, ...)`) become Mininet hosts.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -24,7 +26,7 @@ from testbed.vr import rundir_path
 from vrouter.io import introspect, ipc
 from vrouter.io.control import AdminClient, VncError
 
-group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit")
+group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit; the VNC's path reports")
 
 
 def _admin(rundir):
@@ -204,4 +206,38 @@ def flow_limit_command(args) -> int:
     print(f"flow limit of {what}: {'the default' if limit is None else f'{limit} entries'} "
           f"(generation {result.get('generation', '?')}, servers updated: "
           f"{', '.join(result.get('servers') or []) or 'none'})")
+    return 0
+
+
+def _paths_args(p):
+    p.add_argument("--server", help="one server's reports (default: every server that sent some)")
+    p.add_argument("--json", action="store_true", help="the VNC's record as JSON")
+    run_arguments(p)
+
+
+def format_path_reports(reports: dict) -> str:
+    """The VNC's record of path repairs: per server the slots still reported dead, then recent events."""
+    if not reports:
+        return "no path reports\n"
+    lines = []
+    for server, r in sorted(reports.items()):
+        lines.append(f"{server}: {r['received']} events, {len(r['dead'])} paths reported dead")
+        for ev in r["dead"]:
+            lines.append(f"  dead: source port {ev.get('port')} to {ev.get('peer')} ({ev.get('encap')}, slot "
+                         f"{ev.get('slot')}), {ev.get('flows')} flows moved")
+        for ev in r["events"][-10:]:
+            when = time.strftime("%H:%M:%S", time.localtime(ev.get("time", 0)))
+            lines.append(f"  {when} {ev.get('event'):<5} port {ev.get('port')} to {ev.get('peer')} "
+                         f"({ev.get('encap')}, slot {ev.get('slot')}, {ev.get('flows')} flows)")
+    return "\n".join(lines) + "\n"
+
+
+@command("net paths", help="path repairs the vrouters reported to the VNC (outer source ports dead or alive "
+         "again toward a peer)", arguments=_paths_args)
+def paths_command(args) -> int:
+    reports = vnc_call(_rundir(args), "path_reports", args.server)
+    if args.json:
+        print(json.dumps(reports, indent=1, sort_keys=True))
+    else:
+        print(format_path_reports(reports), end="")
     return 0

@@ -8,6 +8,8 @@
     testbed vr srv1 nh --list        next hops
     testbed vr srv1 dropstats        named drop counters, with what each one means
     testbed vr srv1 stats            pipeline, forwarder, tunnel and agent counters
+    testbed vr srv1 paths            path repair: per tunnel peer the path slots, their ports, alive or
+                                     dead, probes sent and answered, flows moved
     testbed vr srv1 reset            flush the flow table and zero the counters (experiments)
 Add --json for the raw data (`flow -r --json`: one JSON object per line and sample). Inside
 Mininet's CLI: `vr srv1 flow -l`.
@@ -32,10 +34,11 @@ TOOLS = {
     ("nh", "--list"): ("nexthops", tables.format_nexthops), ("nh", "-l"): ("nexthops", tables.format_nexthops),
     ("dropstats",): ("dropstats", tables.format_dropstats),
     ("stats",): ("stats", tables.format_stats),
+    ("paths",): ("paths", tables.format_paths),
     ("reset",): ("reset", lambda r: "flow table flushed, counters zeroed\n"),
 }
 RATE_USAGE = "flow -r [--count N] [--interval S]"
-USAGE = f"flow -l | {RATE_USAGE} | vif --list | rt --dump VRF | nh --list | dropstats | stats | reset"
+USAGE = f"flow -l | {RATE_USAGE} | vif --list | rt --dump VRF | nh --list | dropstats | stats | paths | reset"
 PRESSURE_OP = "pressure"
 
 

@@ -91,6 +91,13 @@ def decode(pcap):
     return list(rdpcap(str(pcap)))
 
 
+def is_path_message(p) -> bool:
+    """Path repair's probes and answers (vrouter/core/paths.py): MPLS label 13 (GAL) or VXLAN VNI 0."""
+    if p.haslayer(scapy.contrib.mpls.MPLS):
+        return p[scapy.contrib.mpls.MPLS].label == 13
+    return p.haslayer(scapy.layers.vxlan.VXLAN) and p[scapy.layers.vxlan.VXLAN].vni == 0
+
+
 UDP_SERVER = ("import socket,sys;s=socket.socket(2,2);s.bind(('0.0.0.0',int(sys.argv[1])));s.settimeout(15)\n"
               "for _ in range(int(sys.argv[2])):\n"
               " d,a=s.recvfrom(2048);s.sendto(d,a)\n")

@@ -8,7 +8,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import GRE
 from scapy.layers.vxlan import VXLAN
 
-from overlay_helpers import bring_up, decode, needs_root, ping, tcp_transfers
+from overlay_helpers import bring_up, decode, is_path_message, needs_root, ping, tcp_transfers
 from testbed.capture import Capture, fabric_interfaces
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -34,11 +34,14 @@ def test_ping_tcp_and_capture(tb, tmp_path):
         files = cap.stop()
     pkts = decode(files["srv3-leaf2"])
     if tb.encap == "vxlan":
-        tunnel = [p for p in pkts if p.haslayer(VXLAN)]
+        tunnel = [p for p in pkts if p.haslayer(VXLAN) and not is_path_message(p)]
         assert {p[VXLAN].vni for p in tunnel} == {100, 200}
+        probes = [p for p in pkts if is_path_message(p)]        # path repair (VNI 0, flags I + O)
+        assert probes and {int(p[VXLAN].flags) for p in probes} == {0x09}
         inner_tcp = [p for p in tunnel if p[VXLAN].vni == 100 and p.haslayer(TCP)]
     else:
         tunnel = [p for p in pkts if p.haslayer(GRE)]
+        assert not any(is_path_message(p) for p in tunnel), "MPLSoGRE has no source port to probe"
         assert {p[GRE].proto for p in tunnel} == {0x8847}
         assert {p[MPLS].label for p in tunnel} == {100, 200}
         inner_tcp = [p for p in tunnel if p[MPLS].label == 100 and p.haslayer(TCP)]

@@ -78,10 +78,15 @@ class FakeTunnels:
     def __init__(self):
         self.sent = []       # (peer, encap, sport, bytes)
         self.gso = []        # (peer, encap, sport, bytes, chunk, n)
+        self.probes = []     # (peer, encap, sport, bytes): path repair's messages
         self.counters = {}
 
     def send(self, peer, encap, sport, payload):
         self.sent.append((peer, encap, sport, bytes(payload)))
+        return True
+
+    def send_probe(self, peer, encap, sport, payload):
+        self.probes.append((peer, encap, sport, bytes(payload)))
         return True
 
     def send_gso(self, peer, encap, sport, buffer, chunk, n):

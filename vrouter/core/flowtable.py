@@ -32,6 +32,7 @@ from .codec.ipv4 import int_to_ip
 from .codec.l4 import TCP_ACK, TCP_FIN, TCP_SYN
 from .fib import Nexthop
 from .flowkey import FlowKey
+from .paths import PortCell
 
 # Entry kinds. HOLD is 0 so that ``if entry.kind`` tells a decided entry from a held one.
 HOLD, TO_VIF, TO_TUNNEL, DROP = 0, 1, 2, 3
@@ -55,12 +56,13 @@ Headers: TypeAlias = bytes     # (FlowEntry has a ``bytes`` counter: inside it t
 
 class FlowEntry:
     """Everything the hit path needs is cached here when the decision is installed."""
-    __slots__ = ("key", "kind", "reason", "drop", "vif", "peer", "encap", "sport", "prefix", "reverse",
+    __slots__ = ("key", "kind", "reason", "drop", "vif", "peer", "encap", "path", "prefix", "reverse",
                  "packets", "bytes", "tcp", "fin_seq", "created", "last_used", "held", "role", "nexthop",
                  "rule", "owner", "net", "charge", "tw", "wscale")
     # The decision sets vif (TO_VIF), peer and encap (TO_TUNNEL), reason and drop (DROP); they are None
     # otherwise, but typed as set because the hit path reads each only for its kind. prefix: the bytes
-    # that go before the inner IPv4 packet.
+    # that go before the inner IPv4 packet. path: where a tunnel entry's outer source port is read
+    # (core/paths.py: its path slot, moved to a live port when its path dies, or its fixed entropy port).
     key: FlowKey
     kind: int
     reason: str
@@ -68,7 +70,7 @@ class FlowEntry:
     vif: str
     peer: str
     encap: str
-    sport: int
+    path: PortCell
     prefix: bytes
     reverse: FlowEntry | None
     packets: int
@@ -96,8 +98,8 @@ class FlowEntry:
         self.key = key
         self.kind = HOLD
         self.reason = self.drop = self.vif = self.peer = self.encap = self.reverse = None  # type: ignore[assignment]
+        self.path = None  # type: ignore[assignment]
         self.nexthop = self.rule = None
-        self.sport = 0
         self.prefix = b""
         self.packets = self.bytes = self.tcp = 0
         self.fin_seq = -1     # sequence number that acknowledges this direction's FIN
@@ -132,7 +134,7 @@ class FlowEntry:
             "action": KIND_NAMES[self.kind], "reason": self.reason, "nexthop": self.nexthop, "rule": self.rule,
             "has_reverse": self.reverse is not None, "packets": self.packets, "bytes": self.bytes,
             "tcp_state": self.tcp_state(), "idle": round(now - self.last_used, 6), "held": len(self.held),
-            "entropy_sport": self.sport or None, "owner": self.owner.name,
+            "entropy_sport": self.path.port if self.path is not None else None, "owner": self.owner.name,
         }
 
 
@@ -215,6 +217,9 @@ class FlowTable:
             if e is not None and entries.get(e.key) is e:
                 del entries[e.key]
                 self.unreplied.pop(e.key, None)
+                if e.path is not None:      # its path slot counts one flow less
+                    e.path.flows -= 1
+                    e.path = None  # type: ignore[assignment]
                 if not e.kind:
                     self.decided(e)
                 self.uncharge(e, e.charge)

@@ -35,7 +35,7 @@ from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, int_to_ip
 from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_FIN, TCP_RST, TCP_SYN, build_icmp
 from .config import VROUTER_MAC, Vif, VrouterConfig
 from .fib import Nexthop
-from .flowkey import Extracted, FlowKey, entropy_port, extract, reverse
+from .flowkey import Extracted, FlowKey, entropy_port, extract, key_hash, reverse
 from .flowtable import (
     DROP,
     HELD_FABRIC,
@@ -48,6 +48,7 @@ from .flowtable import (
     FlowTable,
     Held,
 )
+from .paths import PROBED, Fixed, Paths, PortCell, is_message
 from .slowpath import NEXTHOP_DROPS, Decision, EntrySpec, SlowPath
 from .vrf import build_instances
 
@@ -86,7 +87,11 @@ class _VifState:
 
 
 class Pipeline:
-    def __init__(self, config: VrouterConfig) -> None:
+    def __init__(self, config: VrouterConfig, paths: Paths | None = None) -> None:
+        """``paths``: the path slots tunnel entries take their outer source port from (path repair,
+        core/paths.py); None: every flow keeps its own entropy port and path messages are ignored."""
+        self.paths = paths
+        self._fixed: dict[int, Fixed] = {}      # entropy port -> its cell (no repair), shared by its flows
         self.table = FlowTable(config.flow.capacity)
         self._flows = self.table.entries
         self._admission = Admission(self.table, config.flow)
@@ -99,7 +104,7 @@ class Pipeline:
         self._count = dict.fromkeys(("misses", "punts", "held", "installs", "entries_installed",
                                      "reverse_not_installed", "late_decisions", "aged", "unreplied_aged",
                                      "tcp_teardowns", "tcp_rst_out_of_window", "arp_replies",
-                                     "icmp_replies"), 0)
+                                     "icmp_replies", "path_messages", "path_messages_ignored"), 0)
         self._evaluator = SlowPath(config)
         self.config = config
         self.apply_config(config)
@@ -206,7 +211,7 @@ class Pipeline:
         else:
             out = e.prefix + buf[off:off + tlen]
         if kind == TO_TUNNEL:
-            return [ToTunnel(e.peer, e.encap, e.sport, out)]
+            return [ToTunnel(e.peer, e.encap, e.path.port, out)]
         return [ToVif(e.vif, out)]
 
     def _first_packet(self, e: FlowEntry, buf: bytes, l4: int) -> None:
@@ -241,6 +246,13 @@ class Pipeline:
                             ("vif", vif.name))
 
     def _fabric_slow(self, outer_src: str, encap: str, payload: bytes, now: float) -> list[Action]:
+        if is_message(encap, payload):      # path repair's probes and answers: before any routing instance
+            if self.paths is None:
+                self._count["path_messages_ignored"] += 1
+            else:
+                self._count["path_messages"] += 1
+                self.paths.receive(outer_src, encap, payload, now)
+            return []
         try:
             if encap == "vxlan":
                 vni = vxlan.parse(payload, 0)
@@ -461,6 +473,9 @@ class Pipeline:
         self._count["entries_installed"] += 1
 
     def _set_action(self, e: FlowEntry, spec: EntrySpec) -> None:
+        if e.path is not None:              # re-evaluated: its path (if still a tunnel) is taken again below
+            e.path.flows -= 1
+            e.path = None  # type: ignore[assignment]  # set again for a tunnel entry
         e.nexthop, e.rule = spec.get("nexthop"), spec.get("rule")
         reason = None
         if spec["action"] != "forward":
@@ -472,7 +487,7 @@ class Pipeline:
                 e.kind, e.vif, e.prefix = TO_VIF, nh["vif"], self._vifs[nh["vif"]].eth
             elif kind == "tunnel":
                 e.kind, e.peer, e.encap = TO_TUNNEL, nh["peer"], nh["encap"]
-                e.sport = e.sport or entropy_port(e.key)
+                e.path = self._port_cell(nh["peer"], nh["encap"], e.key)
                 pkey = (nh["encap"], nh["label"], nh.get("mac"))
                 prefix = self._prefixes.get(pkey)
                 if prefix is None:          # one per tunnel next hop of the config: built once
@@ -487,6 +502,18 @@ class Pipeline:
             e.kind, e.reason, e.drop = DROP, reason, self._drop_actions[reason]
         else:
             e.reason = e.drop = None  # type: ignore[assignment]  # not a DROP entry (any more)
+
+    def _port_cell(self, peer: str, encap: str, key: FlowKey) -> PortCell:
+        """Where a tunnel entry's outer source port comes from: a path slot (chosen by the flow's hash,
+        repaired when its path dies), or, without path repair or a UDP port, the flow's own entropy port."""
+        if self.paths is not None and encap in PROBED:
+            return self.paths.acquire(peer, encap, key_hash(*key))
+        port = entropy_port(key)
+        cell = self._fixed.get(port)
+        if cell is None:
+            cell = self._fixed[port] = Fixed(port)
+        cell.flows += 1
+        return cell
 
     # ---------------------------------------------------------------- housekeeping and introspection
     def expire(self, now: float) -> int:

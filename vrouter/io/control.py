@@ -27,7 +27,8 @@ SUN_PATH_MAX = 107  # bytes of a pathname unix socket address (sun_path minus th
 REGISTER = "register"
 GET_CONFIG = "get_config"
 HEARTBEAT = "heartbeat"
-AGENT_METHODS = (REGISTER, GET_CONFIG, HEARTBEAT)
+PATH_REPORT = "path_report"     # a vrouter repaired a path itself (vrouter/core/paths.py): dead/alive events
+AGENT_METHODS = (REGISTER, GET_CONFIG, HEARTBEAT, PATH_REPORT)
 # Admin requests (CLI, experiments).
 ADD_VM = "add_vm"
 REMOVE_VM = "remove_vm"
@@ -36,7 +37,8 @@ SET_FLOW_MODE = "set_flow_mode"
 SET_FLOW_LIMIT = "set_flow_limit"
 LIST_AGENTS = "list_agents"
 DUMP = "dump"
-ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, SET_FLOW_LIMIT, LIST_AGENTS, DUMP)
+PATH_REPORTS = "path_reports"
+ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, SET_FLOW_LIMIT, LIST_AGENTS, DUMP, PATH_REPORTS)
 # Controller -> agent notification: ``[generation, config]`` of that agent's server.
 CONFIG = "config"
 
@@ -60,6 +62,25 @@ class HeartbeatReply(TypedDict):
     epoch: str
     generation: int
     server_generation: int
+
+
+class PathEvent(TypedDict):
+    """One path repair event of a vrouter, as the agent reports it (``path_report``) and the VNC keeps it."""
+    id: str             # unique per vrouter incarnation: a report sent twice is recorded once
+    event: str          # "dead" | "alive"
+    peer: str           # the tunnel peer's underlay address
+    encap: str
+    slot: int
+    port: int           # the outer source port that died (dead) or that gets through again (alive)
+    flows: int          # flow entries on the slot when it happened
+    time: float         # wall clock (the vrouter's)
+
+
+class PathReports(TypedDict):
+    """What the VNC recorded of one server's path reports (``path_reports``)."""
+    events: list[PathEvent]     # the most recent, oldest first
+    dead: list[PathEvent]       # per (peer, encap, slot) whose last event is "dead": that event
+    received: int               # events recorded (duplicates not counted)
 
 
 class ChangeReply(TypedDict):
@@ -177,6 +198,10 @@ class AdminClient:
 
     def dump(self) -> dict[str, Any]:
         return cast("dict[str, Any]", self.call(DUMP))
+
+    def path_reports(self, server: str | None = None) -> dict[str, PathReports]:
+        """{server: what the VNC recorded of its path reports}; one server, or all (None)."""
+        return cast("dict[str, PathReports]", self.call(PATH_REPORTS, server))
 
     def get_config(self, server: str) -> ConfigReply:
         return cast("ConfigReply", self.call(GET_CONFIG, server))

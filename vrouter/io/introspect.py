@@ -22,6 +22,11 @@ Protocol (msgpack maps on the stream socket `<rundir>/vr/<server>/introspect.soc
                             largest_batch, sends_blocked, queued, in_flight, window, window_full,
                             decision_batches, decisions_waiting, punts_lost, punts_undecided,
                             punts_unanswered, agent_connected)
+    paths     -             path repair (vrouter/core/paths.py): {"enabled", "slots", "interval", "dead_after",
+                            counters (rounds, probes_sent, messages_received, deaths, revivals, homecomings,
+                            rerolls, flows_moved, ...), "paths": per (peer, encap) its slots (port its flows
+                            use, probe_port, home, alive, flows, sent, answered, misses, died, revived) and totals,
+                            "reports_waiting" / "reports_sent" / "reports_dropped" (events for the VNC)}
 `stats` also has "gro" (deliveries, segments, segments_per_delivery, merged_*, histogram of segments
 per delivery, flush reasons), "gso" (UDP_SEGMENT sends, segments, segments_per_send, fallback) and
 "vm_mtu" (vrouter/core/offload.py).
@@ -35,7 +40,7 @@ from vrouter.io import ipc
 
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set",
-       "pressure")
+       "pressure", "paths")
 
 
 class IntrospectError(Exception):

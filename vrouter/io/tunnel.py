@@ -4,7 +4,8 @@ Receive: one UDP socket per UDP encapsulation and one raw GRE socket; every pack
 its outer source address, because the core drops tunnel packets from hosts that are not fabric peers.
 
 Send with an entropy source port: the core picks `sport` from the inner flow hash so that the fabric's
-ECMP spreads overlay flows. We send from a real UDP socket bound to that source port, kept in a small
+ECMP spreads overlay flows (the port of the flow's path slot, vrouter/core/paths.py; `send_probe` sends
+that module's probes from the slots' ports). We send from a real UDP socket bound to that source port, kept in a small
 LRU pool. Chosen over a raw IP_HDRINCL socket because the kernel keeps doing routing, ARP, the UDP
 checksum and fragmentation for us, and because UDP_SEGMENT (GSO) only exists on real UDP sockets
 (sends are batched with it, see below). Measured on this machine (100 B datagrams over loopback in a
@@ -99,6 +100,24 @@ class EntropySender:
                 return False
             raise
         self.counters[_TX_COUNTER[encap]] += 1
+        return True
+
+    def send_probe(self, peer: str, encap: str, sport: int, payload: bytes) -> bool:
+        """A path message (vrouter/core/paths.py) from source port `sport`: sent like a flow's single
+        packet (the port's pooled socket, else the raw UDP socket), counted apart (`tx_path_probes`)
+        so that the tunnel counters stay the VMs' traffic."""
+        dport = UDP_PORTS[encap]
+        try:
+            if sport in self._pool or self._raw_udp is None:
+                self._sender(encap, sport).sendto(payload, (peer, dport))
+            else:
+                self._raw_udp.sendmsg((_UDP_HEADER(sport, dport, 8 + len(payload), 0), payload), (), 0, (peer, 0))
+        except OSError as exc:
+            if exc.errno in self.SEND_ERRORS:
+                self.counters["tx_path_probe_errors"] += 1
+                return False
+            raise
+        self.counters["tx_path_probes"] += 1
         return True
 
     def send_gso(self, peer: str, encap: str, sport: int, buffer, chunk: int, n: int) -> int:

@@ -11,9 +11,17 @@ caller goes on forwarding with it) while it reconnects with back-off and resyncs
 ``on_config`` is called only when the configuration's content changes: after a controller
 restart (new epoch, possibly a reset generation) the agent re-registers and compares content,
 so an unchanged overlay does not disturb the flow tables.
+
+``report_paths(events)`` (from the agent's thread, never blocking it) queues path repair events
+(vrouter/core/paths.py) and wakes the session, which sends them (``path_report``) at once when the
+controller is there and after the next successful register when it is not: a paused or absent
+controller costs the data path nothing. The queue keeps the newest ``REPORT_QUEUE`` events
+(``reports_dropped`` counts the rest); the VNC records an event once even if a report whose answer
+was lost is sent again.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import select
@@ -29,6 +37,7 @@ from vrouter.io.control import (
     CONFIG,
     GET_CONFIG,
     HEARTBEAT,
+    PATH_REPORT,
     PROTOCOL_VERSION,
     REGISTER,
     BlockingSocket,
@@ -39,6 +48,7 @@ from vrouter.io.control import (
 )
 
 log = logging.getLogger("vrouter.io.vnc_client")
+REPORT_QUEUE = 1024     # path events waiting for the controller; older ones are dropped (counted)
 
 
 class VncClient:
@@ -70,11 +80,15 @@ class VncClient:
         self.reconnects = 0
         self.configs_applied = 0
         self.heartbeats = 0
+        self.reports_sent = self.reports_dropped = 0
+        self._reports: collections.deque[dict[str, Any]] = collections.deque()
+        self._reports_lock = threading.Lock()
         self.last_error: str | None = None
         self._connected = threading.Event()
         self._have_config = threading.Condition()
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)    # a wake-up never blocks the caller (a full pipe wakes too)
         self._ack_due = False
         self._sessions = 0
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -98,6 +112,23 @@ class VncClient:
                 os.close(fd)
             except OSError:
                 pass
+
+    def report_paths(self, events: list[dict[str, Any]]) -> None:
+        """Queue path repair events for the controller (any thread; returns at once)."""
+        with self._reports_lock:
+            self._reports.extend(events)
+            over = len(self._reports) - REPORT_QUEUE
+            for _ in range(max(0, over)):
+                self._reports.popleft()
+            self.reports_dropped += max(0, over)
+        try:
+            os.write(self._wake_w, b"r")
+        except (BlockingIOError, OSError):
+            pass
+
+    @property
+    def reports_waiting(self) -> int:
+        return len(self._reports)
 
     @property
     def connected(self) -> bool:
@@ -164,16 +195,32 @@ class VncClient:
         next_beat = 0.0
         watched: list[socket.socket | int] = [sock, self._wake_r]
         while not self._stop.is_set():
+            self._send_reports(ep)
             now = time.monotonic()
             if self._ack_due or now >= next_beat:
                 self._heartbeat(ep)
                 next_beat = now + self.heartbeat_interval
                 continue
             readable, _, _ = select.select(watched, [], [], next_beat - now)
+            if self._wake_r in readable:
+                os.read(self._wake_r, 4096)
             if sock in readable:
                 if not ep.receive_messages():
                     raise EOFError("controller closed the connection")
                 self._drain(ep)
+
+    def _send_reports(self, ep: Any) -> None:
+        """What ``report_paths`` queued, in one request; it leaves the queue only once the controller
+        answered (a lost session sends it again in the next; the VNC drops the duplicates by id)."""
+        with self._reports_lock:
+            batch = list(self._reports)
+        if not batch:
+            return
+        self._call(ep, PATH_REPORT, [self.server, batch])
+        sent = {id(e) for e in batch}      # the queue may have dropped some of them meanwhile
+        with self._reports_lock:
+            self._reports = collections.deque(e for e in self._reports if id(e) not in sent)
+        self.reports_sent += len(batch)
 
     def _heartbeat(self, ep: Any) -> None:
         self._ack_due = False

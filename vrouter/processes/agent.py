@@ -7,7 +7,9 @@ packet of every new flow, the agent runs `SlowPath.decide` (route lookup and pol
 and, in proactive mode, the reverse direction) and sends the decision back. It gets its configuration
 from the VNC (`vrouter.io.vnc_client.VncClient`) and passes every new configuration on to the forwarder;
 while the VNC is down it keeps deciding with the last configuration. `--config FILE` (YAML or JSON in
-the vrouter config format) runs without a controller.
+the vrouter config format) runs without a controller. Path repair events of the forwarder
+(`{"t": "paths"}`: a path to a peer died or came back, vrouter/core/paths.py) go on to the VNC
+(`VncClient.report_paths`, queued there while the VNC is away); without a VNC they are counted only.
 """
 from __future__ import annotations
 
@@ -79,6 +81,7 @@ class Agent:
         self._config_lock = threading.Lock()
         self._buf = bytearray(ipc.SEQPACKET_MAX)
         self.message_max = ipc.SEQPACKET_MAX     # decision batches larger than this are split
+        self.report_paths = None                 # events -> the VNC (VncClient.report_paths), if there is one
         self.running = True
 
     # --- configuration (called by the VNC client thread or at start-up) ------------------------
@@ -190,6 +193,8 @@ class Agent:
                 os.close(fd)
             if kind == "punts":
                 punts += msg["punts"]
+            elif kind == "paths":
+                self._paths(msg.get("events") or [])
             elif kind == "reset":
                 self._answer(punts, main)
                 punts = []
@@ -199,6 +204,14 @@ class Agent:
                 log.warning("ignoring forwarder message of unknown type %r", kind)
         self._answer(punts, main)
         return True
+
+    def _paths(self, events: list) -> None:
+        """The forwarder repaired paths (or saw them come back): tell the VNC, never waiting for it."""
+        self.counters["path_events"] += len(events)
+        if self.report_paths is None:
+            self.counters["path_events_unreported"] += len(events)
+            return
+        self.report_paths(events)
 
     # --- multi-core forwarders (vrouter.processes.dispatcher): one channel per worker --------------------
     def _open_channels(self, sel, msg, fds):
@@ -294,7 +307,9 @@ def main(argv=None):
             return 1
     else:
         sock = args.vnc or f"{args.rundir}/vnc.sock"
-        client = VncClient(sock, args.server, agent.on_config, stats=agent.stats).start()
+        client = VncClient(sock, args.server, agent.on_config, stats=agent.stats)
+        agent.report_paths = client.report_paths
+        client.start()
 
     try:
         serve(agent)

@@ -13,6 +13,11 @@ tunnel reads are merged by `vrouter.core.gro.Gro` over the whole drain (NAPI's e
 written to the VM as one super-packet. Packets held during a slow-path round trip lose their virtio
 header in the core; `_execute_released` derives it again from the frame (the core keeps none).
 
+Path repair (vrouter/core/paths.py, docs/vrouter.md "Path repair"): with `path_slots` > 0 the pipeline's
+tunnel entries take their outer source port from path slots; `probe` runs a round when `paths_wait`
+says it is due (the holder's loop asks), sends its messages through the sender, and hands the
+deaths and revivals of paths to the agent (`{"t": "paths"}`), which reports them to the VNC.
+
 The slow path (docs/vrouter.md, "The slow-path channel"): a miss leaves its punt request in the
 core's setup queue; after each batch of input the datapath hands the agent, in one message, what
 the queue lets go (`flush_punts`), and `service` installs the decisions that came back, a bounded
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -31,15 +38,18 @@ from vrouter.core.codec import virtio
 from vrouter.core.config import VrouterConfig
 from vrouter.core.gro import vnet_for_frame
 from vrouter.core.offload import Offloads, vm_mtu
+from vrouter.core.paths import Paths
 from vrouter.core.pipeline import Pipeline
 from vrouter.io import ipc, tap
 
+log = logging.getLogger("datapath")
 PLAIN = virtio.PLAIN
 VNET_LEN = virtio.HDR_LEN
 EXPIRE_EVERY = 1.0      # seconds between two ageing scans of the flow table
 PUNT_WINDOW = 1024      # punts taken and not decided yet; more wait in the core's setup queue
 DECISION_WEIGHT = 64    # decisions installed per loop round (NAPI's weight): the inputs get their turn
 UNANSWERED_AFTER = 10.0     # seconds: a punt still undecided then was lost by the agent, it leaves the window
+REPORTS_KEPT = 256      # path events waiting for the agent channel; older ones are dropped (counted)
 
 
 class VifPort:
@@ -229,9 +239,19 @@ class AgentLink:
             self.writer.blocked = 0
 
 
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(8), "big")
+
+
 class Datapath:
-    def __init__(self, link: AgentLink, offloads: Offloads, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, link: AgentLink, offloads: Offloads, *, clock: Callable[[], float] = time.monotonic,
+                 path_slots: int = 0, seed: Callable[[], int] = random_seed):
+        """`path_slots`: K path slots per tunnel peer (path repair); 0: per-flow entropy ports, no probes
+        (multi-core workers: each is its own sender, and one vrouter must speak with one voice)."""
         self.link = link
+        self.path_slots = path_slots
+        self.seed = seed
+        self.path_reports: collections.deque = collections.deque(maxlen=REPORTS_KEPT)
         self.counters = link.counters
         self.offloads = offloads
         self.clock = clock
@@ -244,7 +264,7 @@ class Datapath:
     def configure(self, config: VrouterConfig) -> None:
         """Take a new configuration; the flow table survives it (the pipeline re-evaluates it)."""
         if self.pipeline is None:
-            self.pipeline = Pipeline(config)
+            self.pipeline = Pipeline(config, self._new_paths())
         else:
             self.pipeline.apply_config(config)
         self.config = config
@@ -253,7 +273,8 @@ class Datapath:
     def reset(self) -> None:
         """Fresh pipeline with the same config: empty flow table, zeroed drop counters and stats."""
         if self.config is not None:
-            self.pipeline = Pipeline(self.config)
+            self.pipeline = Pipeline(self.config, self._new_paths())
+        self.path_reports.clear()
         self.counters.clear()
         self.offloads.reset()
         if self.sender is not None:
@@ -262,9 +283,14 @@ class Datapath:
         for port in self.vifs.values():
             port.counters.clear()
 
+    def _new_paths(self) -> Paths | None:
+        return Paths(self.path_slots, seed=self.seed()) if self.path_slots else None
+
     def expire(self, now: float) -> None:
         if self.pipeline is not None:
             self.counters["expired"] += self.pipeline.expire(now)
+            if self.pipeline.paths is not None:
+                self._report(self.pipeline.paths)   # also what waited for an agent to connect
         self.link.prune()
         self.flush_punts()  # with flow.setup_rate: what the bucket held back since the last batch
 
@@ -353,6 +379,52 @@ class Datapath:
         self.counters["decisions"] += n
         self.flush_punts()
         return bool(inbox)
+
+    # --- path repair ---------------------------------------------------------------------------
+    def paths_wait(self) -> float | None:
+        """Seconds until the next probe round is due (0: now), None while no path is active."""
+        paths = self.pipeline.paths if self.pipeline is not None else None
+        due = paths.due() if paths is not None else None
+        return None if due is None else max(0.0, due - self.clock())
+
+    def probe(self) -> None:
+        """One probe round: every active path's slot messages, then the path events for the agent."""
+        paths = self.pipeline.paths if self.pipeline is not None else None
+        if paths is None:
+            return
+        messages = paths.round(self.clock())    # a round even without a sender: it moves `due` on
+        if self.sender is not None:
+            send = self.sender.send_probe
+            for peer, encap, sport, payload in messages:
+                send(peer, encap, sport, payload)
+        self._report(paths)
+
+    def _report(self, paths: Paths) -> None:
+        """Path deaths and revivals to the log and, through the agent, to the VNC; while no agent is
+        connected they wait here (the newest REPORTS_KEPT), never in the packet path."""
+        events = paths.take_events()
+        if events:
+            now, wall = self.clock(), time.time()
+            for ev in events:
+                ev["time"] = round(wall - (now - ev.pop("at")), 3)
+                log.warning("path via source port %d to %s (%s, slot %d) %s, %d flows", ev["port"], ev["peer"],
+                            ev["encap"], ev["slot"], ev["event"], ev["flows"])
+            dropped = max(0, len(self.path_reports) + len(events) - REPORTS_KEPT)
+            self.counters["path_reports_dropped"] += dropped
+            self.path_reports.extend(events)
+        if self.path_reports and self.link.writer is not None:
+            self.counters["path_reports"] += len(self.path_reports)
+            self.link.send_message({"t": "paths", "events": list(self.path_reports)})
+            self.path_reports.clear()
+
+    def paths_view(self) -> dict:
+        """The `paths` introspection op: every path's slots, ports, health and counters."""
+        paths = self.pipeline.paths if self.pipeline is not None else None
+        if paths is None:
+            return {"enabled": False, "slots": 0, "paths": [],
+                    "why": "path repair is off (--path-slots 0)" if self.pipeline is not None else "no configuration"}
+        return {"enabled": True, **paths.describe(self.clock()), "reports_waiting": len(self.path_reports),
+                "reports_sent": self.counters["path_reports"], "reports_dropped": self.counters["path_reports_dropped"]}
 
     # --- actions -------------------------------------------------------------------------------
     def _execute(self, actions, vnet: bytes = PLAIN, mss: int = 0) -> None:

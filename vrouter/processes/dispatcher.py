@@ -211,6 +211,17 @@ class WorkerPool:
     def punt_wait(self) -> float | None:
         return None
 
+    def probe_wait(self) -> float | None:
+        """No path repair in a multi-core vrouter (its workers send with per-flow entropy ports)."""
+        return None
+
+    def probe(self) -> None:
+        pass
+
+    def paths(self) -> dict:
+        return {"enabled": False, "slots": 0, "paths": [],
+                "why": "multi-core vrouters do not run path repair (docs/vrouter.md, \"Path repair\")"}
+
     def service(self) -> bool:
         inbox = self.shell.agent.inbox
         if inbox:
@@ -402,7 +413,7 @@ def main(argv=None):
     children = Children(mc, gro=args.gro, gso=args.gso).spawn()
     try:
         fwd = Forwarder(args.rundir, args.server, functools.partial(WorkerPool, mc=mc, children=children),
-                        gro=args.gro, gso=args.gso)
+                        gro=args.gro, gso=args.gso, path_slots=0)
     except (ipc.IpcError, OSError) as exc:
         children.stop()
         print(f"error: {exc}", file=sys.stderr)

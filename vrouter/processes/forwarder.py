@@ -1,6 +1,6 @@
 """The forwarding process of one server's vrouter: the shell around the per-packet path.
 
-    python -m vrouter.forwarder --rundir RUNDIR --server srv1 [--gro on|off] [--gso on|off]
+    python -m vrouter.forwarder --rundir RUNDIR --server srv1 [--gro on|off] [--gso on|off] [--path-slots K]
 
 Runs in the server's network namespace. One selector loop over: the VMs' TAPs, the fabric sockets,
 the agent channel (punts out, decisions and config pushes in) and the introspection socket.
@@ -13,10 +13,12 @@ configuration, the VM interfaces (attach, MTU, re-attach) and the fabric receive
 done with packets is its `engine`'s: `InProcess` runs the one `Datapath` here (the single
 forwarder); `vrouter.processes.dispatcher.WorkerPool` steers them to worker processes. Offloads
 (TAP vnet header + TSO, UDP_GRO reads, UDP_SEGMENT sends, the GRO/GSO switches): see
-vrouter/core/offload.py and docs/vrouter.md.
+vrouter/core/offload.py and docs/vrouter.md. Path repair (`--path-slots`, vrouter/core/paths.py): the
+loop runs a probe round whenever the engine says one is due.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import logging
 import os
@@ -27,6 +29,7 @@ import time
 
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.offload import Offloads, vm_mtu
+from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS, SLOTS
 from vrouter.io import ipc, tap, vm_interface
 from vrouter.io.introspect import summary
 from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
@@ -46,7 +49,7 @@ class InProcess:
     reads_fabric = True
 
     def __init__(self, shell: Forwarder):
-        self.datapath = Datapath(shell.agent, shell.offloads, clock=shell.clock)
+        self.datapath = Datapath(shell.agent, shell.offloads, clock=shell.clock, path_slots=shell.path_slots)
 
     @property
     def configured(self) -> bool:
@@ -67,6 +70,12 @@ class InProcess:
 
     def punt_wait(self) -> float | None:
         return self.datapath.punt_wait()
+
+    def probe_wait(self) -> float | None:
+        return self.datapath.paths_wait()
+
+    def probe(self) -> None:
+        self.datapath.probe()
 
     def on_tap(self, name: str, frames: list[bytes]) -> None:
         if self.datapath.pipeline is not None:
@@ -115,6 +124,9 @@ class InProcess:
     def pressure(self) -> dict:
         return self.datapath.pressure()
 
+    def paths(self) -> dict:
+        return self.datapath.paths_view()
+
     def stats(self) -> dict:
         s = self.datapath.stats()
         s["slowpath_rtt_us"] = summary(s.pop("rtts"))
@@ -123,10 +135,12 @@ class InProcess:
 
 class Forwarder:
     def __init__(self, rundir: str, server: str, engine=InProcess, *, clock=time.monotonic,
-                 gro: bool = True, gso: bool = True):
+                 gro: bool = True, gso: bool = True, path_slots: int = SLOTS):
         """`engine(shell)` makes what handles the packets (`InProcess`, or the dispatcher's
-        `WorkerPool`), given this shell once its sockets, counters and offload switches exist."""
+        `WorkerPool`), given this shell once its sockets, counters and offload switches exist.
+        `path_slots`: path repair's K (0: off), for an engine that runs it (`InProcess`)."""
         self.rundir = rundir
+        self.path_slots = path_slots
         self.server = server
         self.clock = clock
         self.sel = selectors.DefaultSelector()
@@ -182,9 +196,14 @@ class Forwarder:
             wait = self.engine.punt_wait()
             if wait is not None:
                 timeout = min(timeout, wait)
+            probe = self.engine.probe_wait()
+            if probe is not None:
+                timeout = min(timeout, probe)
             busy = self.poll(timeout)
             if wait is not None:
                 self.engine.flush_punts()
+            if probe is not None and self.engine.probe_wait() == 0.0:
+                self.engine.probe()
             now = self.clock()
             if now >= next_tick:
                 self.running = self.engine.tick(now) and self.running
@@ -423,13 +442,27 @@ class Forwarder:
             os.close(port.fd)
 
 
+def path_slots(text: str) -> int:
+    """argparse type for --path-slots: 0 (off) or MIN_SLOTS..MAX_SLOTS."""
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if k != 0 and not MIN_SLOTS <= k <= MAX_SLOTS:
+        raise argparse.ArgumentTypeError(f"give 0 (off) or a whole number {MIN_SLOTS}..{MAX_SLOTS}, not {text!r}")
+    return k
+
+
 def main(argv=None):
     p = parser("python -m vrouter.forwarder", __doc__)
     add_switch_arguments(p)
+    p.add_argument("--path-slots", type=path_slots, default=SLOTS, metavar="K",
+                   help=f"path repair: outer source ports probed per tunnel peer, {MIN_SLOTS}..{MAX_SLOTS} (default "
+                        f"{SLOTS}; 0: off, every flow keeps its own entropy port and nothing is probed)")
     args = p.parse_args(argv)
     setup_logging(args, "forwarder")
     try:
-        fwd = Forwarder(args.rundir, args.server, gro=args.gro, gso=args.gso)
+        fwd = Forwarder(args.rundir, args.server, gro=args.gro, gso=args.gso, path_slots=args.path_slots)
     except (ipc.IpcError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

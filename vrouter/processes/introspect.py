@@ -60,6 +60,10 @@ class Introspector:
         and successive "installs" a client derives setup rates)."""
         return {**self._engine().pressure(), "uptime": round(self.fwd.clock() - self.fwd.started, 3)}
 
+    def _paths(self, req):
+        """Path repair: every tunnel peer's path slots, their ports and health (core/paths.py)."""
+        return self._engine().paths()
+
     def _stats(self, req):
         f = self.fwd
         return {"server": f.server, "generation": f.generation,

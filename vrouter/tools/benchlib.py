@@ -11,6 +11,7 @@ import time
 
 from vrouter.core.codec import ethernet, ipv4, l4
 from vrouter.core.config import VROUTER_MAC, VrouterConfig
+from vrouter.core.paths import SLOTS, Paths
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
 
@@ -83,9 +84,10 @@ def vm_frame(remote: int, sport: int, size: int) -> bytes:
 
 def established(encap: str, flows: int, size: int) -> tuple[Pipeline, list, list]:
     """A pipeline with ``flows`` established TCP flows, and their packets for both directions:
-    VM frames (towards the fabric) and tunnel payloads from the peer (towards the VM)."""
+    VM frames (towards the fabric) and tunnel payloads from the peer (towards the VM). With path
+    repair's slots, as the forwarder runs by default (core/paths.py)."""
     cfg = policed_config(encap, capacity=4 * flows + 16)
-    pipe, slow = Pipeline(cfg), SlowPath(cfg)
+    pipe, slow = Pipeline(cfg, Paths(SLOTS, seed=1)), SlowPath(cfg)
     to_fabric, to_vm = [], []
     for i in range(flows):
         frame = vm_frame(REMOTE_BASE + 1 + i % 60000, 10000 + i, size)

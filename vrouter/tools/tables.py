@@ -220,3 +220,34 @@ def format_flow_rate(server: str, cur: dict, rates: dict, prev: dict | None = No
     lines += _owner_rows("VM (owner)", cur.get("vms") or {}, prev.get("vms") or {}, True)
     lines += _owner_rows("network", cur.get("networks") or {}, prev.get("networks") or {}, False)
     return "\n".join(lines) + "\n"
+
+
+def format_paths(view: dict) -> str:
+    """`vr SERVER paths`: path repair's slots per tunnel peer (the `paths` introspection op)."""
+    if not view.get("enabled"):
+        return f"Path repair off: {view.get('why', 'not running')}\n"
+    lines = [f"Path repair: {view['slots']} slots per peer, a probe round every {view['interval'] * 1000:.0f} ms, "
+             f"dead after {view['dead_after']} unanswered",
+             f"rounds {view['rounds']}, probes sent {view['probes_sent']}, messages received "
+             f"{view['messages_received']}, deaths {view['deaths']}, revivals {view['revivals']} (back home "
+             f"{view.get('homecomings', 0)}), re-rolls {view['rerolls']}, flows moved {view['flows_moved']}; "
+             f"reports to the VNC: sent "
+             f"{view.get('reports_sent', 0)}, waiting {view.get('reports_waiting', 0)}, dropped "
+             f"{view.get('reports_dropped', 0)}"]
+    if not view["paths"]:
+        lines.append("no tunnel peer in use")
+    for p in view["paths"]:
+        state = "probing (flows)" if p["wants"] else "answering" if p["answering"] else "idle"
+        heard = "never" if p["heard_ago"] is None else f"{p['heard_ago']:.1f}s ago"
+        lines += ["", f"Peer {p['peer']} {p['encap']}: {state}, {p['flows']} flows, {p['dead']} dead slots, "
+                      f"{p['flows_moved']} flows moved, round {p['round']} (acknowledged {p['acknowledged']}), "
+                      f"heard {heard}",
+                  f"  {'Slot':>4} {'Port':>6} {'Probe':>6} {'Home':>6} {'State':<6} {'Flows':>6} {'Sent':>7} "
+                  f"{'Answered':>9} {'Misses':>6} {'Died':>5} {'Revived':>7}"]
+        for s in p["slots"]:
+            misses = "-" if s["misses"] is None else str(s["misses"])
+            lines.append(f"  {s['slot']:>4} {s['port']:>6} {s['probe_port']:>6} {s.get('home', '-'):>6} "
+                         f"{'alive' if s['alive'] else 'DEAD':<6} "
+                         f"{s['flows']:>6} {s['sent']:>7} {s['answered']:>9} {misses:>6} {s['died']:>5} "
+                         f"{s['revived']:>7}")
+    return "\n".join(lines) + "\n"
