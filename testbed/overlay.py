@@ -155,12 +155,12 @@ def restart_server(tb, server: str, timeout: float = VIFS_WAIT) -> None:
     re-attaches them. The new agent takes its configuration from the VNC, or, if the VNC does not
     answer (a controller outage), from the one it cached (vrouter/processes/agent.py). Returns once
     the forwarder serves the VMs of that configuration."""
-    for name in (agent_name(server), forwarder_name(server)):
-        try:
-            tb.supervisor.stop(name)
-        except KeyError:
-            pass
+    vrouter = has_overlay(tb.topology)
+    for name in (agent_name(server), forwarder_name(server)) if vrouter else ():
+        tb.supervisor.stop(name)
     tb.host(server).cmd("ip neigh flush all")
+    if not vrouter:
+        return
     start_vrouter(tb, server)
     deadline = time.monotonic() + timeout
     while True:
