@@ -3,31 +3,46 @@
 The os-ken app (controllers/vnc.py) only translates these plain values into OpenFlow 1.3 messages,
 so every forwarding decision is unit-tested without a switch (the faucet valve/fake-table split).
 
-Forwarding: servers share one underlay subnet; the controller answers their ARP with the real
-target MAC (proxy ARP), so switches route on the IPv4 destination alone and never rewrite MACs.
+Forwarding: servers share one underlay subnet; the leaves answer their ARP with the real target
+MAC (proxy ARP), so switches route on the IPv4 destination alone and never rewrite MACs.
 - leaf:  local server /32 -> its port; remote server /32 -> select group of the destination leaf.
 - spine: server /32 -> the port towards that server's leaf.
 The select group of destination leaf D on leaf L has one bucket per spine S whose links L-S and
 S-D are both up. A bucket's watch_port lets OVS drop the local half at once; the remote half
 (S-D) is only known to the controller, which rewrites the group on port status.
+
+ARP is answered by the leaf itself, one responder flow per server address (as a real L3 leaf answers
+locally, and as OpenStack Neutron's OVS agent does): the switch turns the request into the reply and
+sends it back out of the port it came in on. So the data plane needs no running controller: servers
+whose neighbour entries expire re-resolve them from the leaf while the controller is down (when the
+controller answered ARP, an overlay ping stopped 30-35 s into a controller pause). ARP the fabric has
+no answer for (an address no server has, a server asking about its own address, replies) is dropped
+in the leaf: the controller had nothing to answer either, and a packet-in per such frame would only
+load it.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import TypeAlias, TypedDict
 
 COOKIE = 0x7674_0000_0000_0001
 ETH_IPV4 = 0x0800
 ETH_ARP = 0x0806
-PRIO_ARP = 300
+ARP_REQUEST = 1
+ARP_REPLY = 2
+PRIO_ARP_SELF = 320    # a server asking about its own address (gratuitous ARP, probes): no answer
+PRIO_ARP_ANSWER = 310  # a request for a server's address: answered by the leaf
+PRIO_ARP = 300         # every other ARP frame: dropped (the match of the old to-controller flow, so
+                       # a leaf programmed by an older controller gets it replaced in place)
 PRIO_LOCAL = 200
 PRIO_REMOTE = 100
 PRIO_MISS = 0
 
-# ("output", port) | ("group", id) | ("controller",)
-FlowAction: TypeAlias = tuple[str] | tuple[str, int]
 MatchValue: TypeAlias = int | str
+# ("output", port) | ("group", id) | ("in_port",): out of the port the packet came in on
+# | ("move", src field, dst field): copy a whole field | ("set", field, value)
+# Field names are os-ken's OXM keyword names, as in Flow.match.
+FlowAction: TypeAlias = tuple[str] | tuple[str, int] | tuple[str, str, MatchValue]
 
 
 # The parts of the fabric description (testbed/fabric.py `describe`, the controller's JSON file) that
@@ -103,13 +118,23 @@ def _flow(priority: int, actions: tuple[FlowAction, ...], **match: MatchValue) -
     return Flow(priority, tuple(sorted(match.items())), actions)
 
 
+def arp_answer(ip: str, mac: str) -> tuple[FlowAction, ...]:
+    """Turn an ARP request for `ip` into the reply `ip is at mac`, back to the asker (Neutron's
+    ARP responder): Ethernet to the sender from `mac`, op reply, the sender's addresses become the
+    target's, `mac`/`ip` the sender's."""
+    return (("move", "eth_src", "eth_dst"), ("set", "eth_src", mac),
+            ("set", "arp_op", ARP_REPLY),
+            ("move", "arp_sha", "arp_tha"), ("set", "arp_sha", mac),
+            ("move", "arp_spa", "arp_tpa"), ("set", "arp_spa", ip),
+            ("in_port",))
+
+
 class FabricLogic:
     """Holds the fabric description and the last known state of every switch port."""
 
     def __init__(self, fabric: Fabric) -> None:
         self.by_dpid = {sw["dpid"]: sw for sw in fabric["switches"]}
         self.servers = fabric["servers"]
-        self.server_by_ip = {s["ip"]: s for s in self.servers}
         self.leaves = [sw for sw in fabric["switches"] if sw["role"] == "leaf"]
         self.spines = [sw for sw in fabric["switches"] if sw["role"] == "spine"]
         self.group_of_leaf = {leaf["name"]: i for i, leaf in enumerate(self.leaves, 1)}
@@ -146,9 +171,13 @@ class FabricLogic:
         sw = self.by_dpid[dpid]
         out = [_flow(PRIO_MISS, ())]
         if sw["role"] == "leaf":
-            out.append(_flow(PRIO_ARP, (("controller",),), eth_type=ETH_ARP))
+            out.append(_flow(PRIO_ARP, (), eth_type=ETH_ARP))
             for srv in self.servers:
+                out.append(_flow(PRIO_ARP_ANSWER, arp_answer(srv["ip"], srv["mac"]), eth_type=ETH_ARP,
+                                 arp_op=ARP_REQUEST, arp_tpa=srv["ip"]))
                 if srv["leaf"] == sw["name"]:
+                    out.append(_flow(PRIO_ARP_SELF, (), eth_type=ETH_ARP, in_port=srv["leaf_port"],
+                                     arp_tpa=srv["ip"]))
                     out.append(_flow(PRIO_LOCAL, (("output", srv["leaf_port"]),),
                                      eth_type=ETH_IPV4, ipv4_dst=srv["ip"]))
                 else:
@@ -176,28 +205,3 @@ class FabricLogic:
                     buckets.append(Bucket(port, port))
             out.append(Group(self.group_of_leaf[dst["name"]], tuple(buckets)))
         return out
-
-    # --- ARP ----------------------------------------------------------------------------------
-    def arp_reply(self, frame: bytes) -> bytes | None:
-        """Proxy-ARP answer (with the real target MAC) for a server's request about another server."""
-        if len(frame) < 42:
-            return None
-        dst, src, ethertype = struct.unpack_from("!6s6sH", frame, 0)
-        if ethertype != ETH_ARP:
-            return None
-        htype, ptype, hlen, plen, op = struct.unpack_from("!HHBBH", frame, 14)
-        if (htype, ptype, hlen, plen, op) != (1, ETH_IPV4, 6, 4, 1):
-            return None
-        sha, spa, _tha, tpa = struct.unpack_from("!6s4s6s4s", frame, 22)
-        sender_ip, target_ip = _ip(spa), _ip(tpa)
-        target = self.server_by_ip.get(target_ip)
-        if target is None or sender_ip == target_ip or sender_ip not in self.server_by_ip:
-            return None
-        tmac = bytes.fromhex(target["mac"].replace(":", ""))
-        return (struct.pack("!6s6sH", src, tmac, ETH_ARP)
-                + struct.pack("!HHBBH", 1, ETH_IPV4, 6, 4, 2)
-                + struct.pack("!6s4s6s4s", tmac, tpa, sha, spa))
-
-
-def _ip(b: bytes) -> str:
-    return ".".join(str(x) for x in b)

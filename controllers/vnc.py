@@ -2,6 +2,8 @@
 
 All decisions live in controllers/fabric_logic.py; this module only turns them into messages,
 feeds port events back in, and hosts the VNC control channel (controllers/vnc_rpc.py) if asked.
+No flow sends packets to the controller (the leaves answer ARP themselves), so there is no
+packet-in handler: the fabric forwards and resolves with the controller stopped.
 Programming is hitless so the controller can restart while the fabric runs: flows are ADDed
 (OVS replaces an identical match in place) and groups are modified-or-created in place.
 
@@ -43,21 +45,34 @@ def write_groups(bridge: str, groups) -> None:
         LOG.error("writing %d groups on %s failed: %s", len(groups), bridge, r.stderr.strip())
 
 
+# Widths of the fields FabricLogic moves whole (an NXM move copies a bit range).
+FIELD_BITS = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48, "arp_spa": 32, "arp_tpa": 32}
+
+
+def to_action(ofp, parser, a):
+    """One FabricLogic action -> an os-ken OpenFlow 1.3 action (moves: Nicira's reg_move)."""
+    kind = a[0]
+    if kind == "output":
+        return parser.OFPActionOutput(a[1])
+    if kind == "group":
+        return parser.OFPActionGroup(a[1])
+    if kind == "in_port":
+        return parser.OFPActionOutput(ofp.OFPP_IN_PORT)
+    if kind == "set":
+        return parser.OFPActionSetField(**{a[1]: a[2]})
+    if kind == "move":
+        if FIELD_BITS[a[1]] != FIELD_BITS[a[2]]:
+            raise ValueError(f"cannot move {a[1]} into {a[2]}: widths differ")
+        return parser.NXActionRegMove(src_field=a[1], dst_field=a[2], n_bits=FIELD_BITS[a[1]])
+    raise ValueError(f"unknown action {a!r}")
+
+
 def to_messages(dp, flows):
     """FabricLogic flows -> os-ken OpenFlow 1.3 flow mods for one datapath."""
     ofp, parser = dp.ofproto, dp.ofproto_parser
     msgs = []
     for f in flows:
-        actions = []
-        for a in f.actions:
-            if a[0] == "output":
-                actions.append(parser.OFPActionOutput(a[1]))
-            elif a[0] == "group":
-                actions.append(parser.OFPActionGroup(a[1]))
-            elif a[0] == "controller":
-                actions.append(parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER))
-            else:
-                raise ValueError(f"unknown action {a!r}")
+        actions = [to_action(ofp, parser, a) for a in f.actions]
         inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
         msgs.append(parser.OFPFlowMod(dp, cookie=COOKIE, table_id=0, command=ofp.OFPFC_ADD,
                                       priority=f.priority, match=parser.OFPMatch(**f.match_dict),
@@ -157,14 +172,3 @@ class Vnc(app_manager.OSKenApp):
     def error(self, ev):
         msg = ev.msg
         LOG.error("switch %016x rejected a message: type %d code %d", msg.datapath.id, msg.type, msg.code)
-
-    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
-    def packet_in(self, ev):
-        msg = ev.msg
-        dp = msg.datapath
-        reply = self.logic.arp_reply(bytes(msg.data))
-        if reply is None:
-            return
-        ofp, parser = dp.ofproto, dp.ofproto_parser
-        dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-                                        actions=[parser.OFPActionOutput(msg.match["in_port"])], data=reply))

@@ -1,4 +1,5 @@
-"""Fabric subcommands: validate, gen, up, down, status, cli, exec, clean, controller restart."""
+"""Fabric subcommands: validate, gen, up, down, status, cli, exec, clean, controller restart,
+server restart."""
 from __future__ import annotations
 
 import argparse
@@ -274,6 +275,24 @@ def controller_restart(args) -> int:
     if not reply.get("ok"):
         raise CommandError(reply.get("error", "failed"))
     print(f"controller restarted: pid {reply['pid']}")
+    return 0
+
+
+group("server", "manage the servers of a running testbed")
+
+
+def _server_args(p):
+    p.add_argument("server", help="server name, e.g. srv2")
+    run_arguments(p)
+
+
+@command("server restart", help="restart a server as a reboot would: neighbour table flushed, vrouter "
+         "restarted from nothing (works while the controller is down)", root=True, arguments=_server_args)
+def server_restart(args) -> int:
+    reply = request(_daemon_rundir(args), "server-restart", timeout=120.0, server=args.server)
+    if not reply.get("ok"):
+        raise CommandError(reply.get("error", "failed"), reply.get("code", 1))
+    print(f"server {args.server} restarted")
     return 0
 
 

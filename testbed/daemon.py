@@ -2,9 +2,9 @@
 
 `testbed up` starts `python -m testbed.daemon ...` in its own session and returns once state.json
 says "up". Requests are one JSON line each: {"op": "status" | "stop" | "controller-restart" |
-"restart" (name: a supervised process, for `testbed fault ... restart`) | "cli"}; "cli" turns the
-connection into a relay of Mininet's CLI. `testbed exec` needs no request: it enters the host's
-namespace itself (testbed/cmd_fabric.py).
+"restart" (name: a supervised process, for `testbed fault ... restart`) | "server-restart" (server) |
+"cli"}; "cli" turns the connection into a relay of Mininet's CLI. `testbed exec` needs no request:
+it enters the host's namespace itself (testbed/cmd_fabric.py).
 """
 from __future__ import annotations
 
@@ -114,6 +114,17 @@ class Daemon:
             except overlay.OverlayError as exc:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "pid": pid}
+        if op == "server-restart":
+            names = [s["name"] for s in self.tb.desc["servers"]]
+            if req.get("server") not in names:
+                return {"ok": False, "code": 2,
+                        "error": f"unknown server {req.get('server')!r} (known: {', '.join(names)})"}
+            try:
+                with self.mn_lock:  # on the spawner thread: the new vrouter processes outlive this request
+                    self.spawner.submit(overlay.restart_server, self.tb, req["server"]).result()
+            except overlay.OverlayError as exc:
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def _cli(self, fin, fout) -> None:

@@ -66,6 +66,8 @@ def start(tb) -> None:
     with admin(tb) as vnc:
         vms = vnc.dump()["vms"]
     tb.progress(f"overlay: {len(vms)} VMs on {len(servers(tb))} vrouters")
+    for server in servers(tb):  # a new run's agents start from the VNC, not from an earlier run's cache
+        ipc.config_cache(tb.path, server).unlink(missing_ok=True)
     hosts = {vm["name"]: add_vm_host(tb, vm["name"]) for vm in vms}
     ipc.update_vm_namespaces(tb.path, {vm["tap"]: {"vm": vm["name"], "netns": hosts[vm["name"]].pid}
                                        for vm in vms})
@@ -144,6 +146,37 @@ def restart_process(tb, name: str) -> int:
         if name == forwarder_name(server):
             wait_vifs(tb, {server}, VIFS_WAIT)
     return pid
+
+
+def restart_server(tb, server: str, timeout: float = VIFS_WAIT) -> None:
+    """Restart a server as a reboot would, as far as the testbed is concerned: its kernel forgets
+    its neighbours (ARP entries) and its vrouter starts from nothing (forwarder and agent restarted,
+    flow tables empty). The VMs do not reboot: their TAPs are persistent and the new forwarder
+    re-attaches them. The new agent takes its configuration from the VNC, or, if the VNC does not
+    answer (a controller outage), from the one it cached (vrouter/processes/agent.py). Returns once
+    the forwarder serves the VMs of that configuration."""
+    vrouter = has_overlay(tb.topology)
+    for name in (agent_name(server), forwarder_name(server)) if vrouter else ():
+        tb.supervisor.stop(name)
+    tb.host(server).cmd("ip neigh flush all")
+    if not vrouter:
+        return
+    start_vrouter(tb, server)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            config = introspect.query(tb.path, server, "config", timeout=2.0)["config"]
+        except introspect.IntrospectError:
+            config = None
+        if config is not None:
+            break
+        if time.monotonic() > deadline:
+            raise OverlayError(f"the restarted vrouter of {server} has no configuration after {timeout:.0f} s "
+                               f"(logs: {tb.rundir.logs}/vr-{server}-*.log)")
+        time.sleep(0.2)
+    taps = {v["name"] for v in config.get("vifs", [])}
+    if taps:
+        wait_vifs(tb, {server}, max(1.0, deadline - time.monotonic()), want={server: taps})
 
 
 def add_vm_host(tb, name: str):

@@ -58,7 +58,7 @@ def test_all_pairs_of_servers_reach_each_other(tb):
             if a is b:
                 continue
             out = ""
-            for _ in range(3):  # first packet waits for the controller's ARP answer
+            for _ in range(3):  # a first packet waits for the ARP answer (from the leaf)
                 out = tb.host(a["name"]).cmd(f"ping -n -c1 -W2 {b['ip']}")
                 if " 0% packet loss" in out:
                     break

@@ -119,6 +119,28 @@ def assert_nothing_left(prefix, records):
     assert alive == [], alive
 
 
+def vrouter_of(opts, server):
+    """{process name: pid} of a server's running vrouter, from `testbed status --json`."""
+    (entry,) = json.loads(run_cli("status", "--json", *opts).stdout)
+    return {p["name"]: p["pid"] for p in entry["processes"] if p["name"].startswith(f"vr-{server}-") and p["alive"]}
+
+
+def assert_server_restart(opts):
+    """`testbed server restart`: the server's neighbour table flushed, its vrouter restarted; it is
+    reachable again."""
+    r = run_cli("server", "restart", *opts, "srv4")
+    assert r.returncode == 0 and r.stdout == "server srv4 restarted\n", r.stdout + r.stderr
+    assert "10.0.1.1" not in run_cli("exec", *opts, "srv4", "ip", "neigh", "show").stdout
+    vrouter = vrouter_of(opts, "srv4")
+    r = run_cli("exec", *opts, "srv1", "ping", "-n", "-c1", "-W2", "10.0.2.2")
+    assert " 0% packet loss" in r.stdout
+    r = run_cli("exec", *opts, "red1", "ping", "-n", "-c2", "-W2", "192.168.1.14")  # through srv4's vrouter
+    assert " 0% packet loss" in r.stdout
+    assert vrouter_of(opts, "srv4") == vrouter  # the same processes: they outlived the daemon's request
+    r = run_cli("server", "restart", *opts, "nosuch")
+    assert r.returncode == 2 and r.stderr == "error: unknown server 'nosuch' (known: srv1, srv2, srv3, srv4)\n"
+
+
 def test_up_status_exec_cli_restart_down(run_root, new_prefix, bystanders, tmp_path):
     prefix = new_prefix("l")
     opts = ["--prefix", prefix, "--run-root", str(run_root)]
@@ -158,6 +180,7 @@ def test_up_status_exec_cli_restart_down(run_root, new_prefix, bystanders, tmp_p
         assert r.returncode == 0 and "controller restarted" in r.stdout
         r = run_cli("exec", *opts, "srv4", "ping", "-n", "-c1", "-W2", "10.0.1.1")
         assert " 0% packet loss" in r.stdout
+        assert_server_restart(opts)
         records = recorded(rundir) + [rundir.read_state()["owner"]]
         daemons = start_daemons_in(opts, tmp_path, "red3") + start_daemons_in(opts, tmp_path, "srv1")
     finally:

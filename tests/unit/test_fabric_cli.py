@@ -13,7 +13,8 @@ def run(capsys, *argv):
     return rc, out, err
 
 
-@pytest.mark.parametrize("argv", [["up"], ["down"], ["clean"], ["cli"], ["bench", "fabric"]])
+@pytest.mark.parametrize("argv", [["up"], ["down"], ["clean"], ["cli"], ["bench", "fabric"],
+                                  ["server", "restart", "srv1"]])
 def test_commands_that_build_namespaces_refuse_non_root_in_one_line(monkeypatch, capsys, argv):
     monkeypatch.setattr(checks.os, "geteuid", lambda: 1000)
     rc, out, err = run(capsys, *argv)

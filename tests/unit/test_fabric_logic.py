@@ -3,7 +3,7 @@ import struct
 import zlib
 
 import pytest
-from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+from os_ken.ofproto import ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
 
 from controllers.fabric_logic import Bucket, FabricLogic, Group, group_spec
 from controllers.vnc import to_messages
@@ -33,6 +33,21 @@ class FakeFabric:
     def port_live(self, sw, port):
         info = sw["ports"][str(port)]
         return info["kind"] == "server" or frozenset((sw["name"], info["peer"])) not in self.cut
+
+    def arp(self, leaf, frame):
+        """Runs an ARP frame (a dict of OXM fields) through a leaf's flows: (out port, frame) or None."""
+        entry = next(f for f in self.flows[leaf["dpid"]] if all(frame.get(k) == v for k, v in f.match))
+        frame, out = dict(frame), None
+        for action in entry.actions:
+            if action[0] == "move":
+                frame[action[2]] = frame[action[1]]
+            elif action[0] == "set":
+                frame[action[1]] = action[2]
+            elif action[0] == "in_port":
+                out = frame["in_port"]
+            else:
+                raise AssertionError(f"an ARP flow does {action!r}")
+        return None if out is None else (out, frame)
 
     def send(self, src, dst_ip, proto=6, sport=1234, dport=80):
         """Returns (delivered-to server name or None, list of switch names traversed)."""
@@ -159,32 +174,62 @@ def test_set_port_reports_change_once_and_ignores_unknown_ports():
     assert logic.set_port(0xdead, 1, False) is False
 
 
-def arp_request(sha, spa, tpa):
-    mac = bytes.fromhex(sha.replace(":", ""))
-    return (b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
-            + mac + bytes(map(int, spa.split("."))) + b"\x00" * 6 + bytes(map(int, tpa.split("."))))
+def arp_request(fake, src, tpa, spa=None, eth_dst="ff:ff:ff:ff:ff:ff", op=1):
+    """An ARP frame from server `src` as the fields a leaf matches and rewrites (OXM names)."""
+    srv = next(s for s in fake.desc["servers"] if s["name"] == src)
+    return {"in_port": srv["leaf_port"], "eth_type": 0x0806, "eth_src": srv["mac"], "eth_dst": eth_dst,
+            "arp_op": op, "arp_sha": srv["mac"], "arp_spa": srv["ip"] if spa is None else spa,
+            "arp_tha": "00:00:00:00:00:00", "arp_tpa": tpa}
 
 
-def test_arp_reply_carries_the_real_target_mac():
+def leaf_of(fake, src):
+    return fake.by_name[next(s for s in fake.desc["servers"] if s["name"] == src)["leaf"]]
+
+
+def test_every_server_gets_the_real_mac_of_every_other_from_its_leaf():
+    desc, logic, fake = make(2, 3, 2)
+    for a in desc["servers"]:
+        for b in desc["servers"]:
+            if a is b:
+                continue
+            req = arp_request(fake, a["name"], b["ip"])
+            port, reply = fake.arp(leaf_of(fake, a["name"]), req)
+            assert port == a["leaf_port"], (a["name"], b["name"])  # back out of the asker's port
+            assert reply == {**req, "eth_src": b["mac"], "eth_dst": a["mac"], "arp_op": 2,
+                             "arp_sha": b["mac"], "arp_spa": b["ip"], "arp_tha": a["mac"], "arp_tpa": a["ip"]}
+
+
+def test_a_unicast_probe_of_a_known_neighbour_is_answered_too():
+    # Linux re-confirms a stale entry with requests sent to the cached MAC (ucast_probes) first.
     desc, logic, fake = make()
-    req = arp_request("02:00:0a:00:01:01", "10.0.1.1", "10.0.2.1")
-    reply = logic.arp_reply(req)
-    assert reply[:6] == bytes.fromhex("02000a000101")
-    assert reply[6:12] == bytes.fromhex("02000a000201")
-    op, sha, spa, tha, tpa = struct.unpack_from("!H6s4s6s4s", reply, 20)
-    assert op == 2 and sha == bytes.fromhex("02000a000201") and spa == bytes([10, 0, 2, 1])
-    assert tha == bytes.fromhex("02000a000101") and tpa == bytes([10, 0, 1, 1])
+    req = arp_request(fake, "srv1", "10.0.2.1", eth_dst="02:00:0a:00:02:01")
+    port, reply = fake.arp(leaf_of(fake, "srv1"), req)
+    assert port == req["in_port"] and reply["arp_op"] == 2 and reply["arp_sha"] == "02:00:0a:00:02:01"
+    assert reply["eth_dst"] == "02:00:0a:00:01:01"
 
 
-@pytest.mark.parametrize("frame", [
-    arp_request("02:00:0a:00:01:01", "10.0.1.1", "10.0.9.9"),   # unknown target
-    arp_request("02:00:0a:00:01:01", "10.0.1.1", "10.0.1.1"),   # gratuitous
-    arp_request("02:00:0a:00:01:01", "192.0.2.1", "10.0.2.1"),  # sender outside the fabric
-    b"\x00" * 20,                                              # truncated
+@pytest.mark.parametrize("src, kw", [
+    ("srv1", {"tpa": "10.0.9.9"}),                        # no server has it
+    ("srv1", {"tpa": "10.0.1.1"}),                        # gratuitous: about itself
+    ("srv1", {"tpa": "10.0.1.1", "spa": "0.0.0.0"}),      # address conflict probe
+    ("srv3", {"tpa": "10.0.1.1", "op": 2}),               # a reply, not a request
 ])
-def test_arp_reply_ignores_what_it_should_not_answer(frame):
+def test_arp_the_fabric_cannot_answer_is_dropped_in_the_leaf(src, kw):
     desc, logic, fake = make()
-    assert logic.arp_reply(frame) is None
+    assert fake.arp(leaf_of(fake, src), arp_request(fake, src, **kw)) is None
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (2, 8, 4), (1, 3, 2)])
+def test_no_entry_needs_the_controller(shape):
+    """Nothing is sent to the controller: the data plane works with the controller stopped."""
+    desc, logic, fake = make(*shape)
+    for dpid in fake.sw:
+        for f in logic.flows(dpid):
+            assert all(a[0] != "controller" for a in f.actions), f
+    for leaf in logic.leaves:
+        answered = {f.match_dict["arp_tpa"] for f in logic.flows(leaf["dpid"]) if f.actions
+                    and f.match_dict.get("arp_op") == 1}
+        assert answered == {s["ip"] for s in desc["servers"]}
 
 
 def test_fabric_description_ports_and_names():
@@ -229,7 +274,23 @@ def test_adapter_turns_flows_into_encodable_openflow13_messages():
         m.serialize()  # raises if a field cannot be encoded
         assert m.priority == f.priority and m.cookie != 0
         assert dict(m.match.items()) == f.match_dict
-    arp = next(m for m, f in zip(msgs, flows, strict=True) if f.match_dict.get("eth_type") == 0x0806)
-    assert arp.instructions[0].actions[0].port == ofproto_v1_3.OFPP_CONTROLLER
     miss = next(m for m, f in zip(msgs, flows, strict=True) if f.priority == 0)
     assert miss.instructions == []
+    # the ARP responder as the switch will read it: decode what was encoded
+    flow, msg = next((f, m) for m, f in zip(msgs, flows, strict=True)
+                     if f.match_dict.get("arp_tpa") == "10.0.2.1" and f.actions)
+    back = ofproto_parser.msg(dp, ofproto_v1_3.OFP_VERSION, msg.msg_type, msg.msg_len, msg.xid, bytes(msg.buf))
+    acts = back.instructions[0].actions
+    got = []
+    for a in acts:
+        if isinstance(a, ofproto_v1_3_parser.NXActionRegMove):
+            got.append(("move", a.src_field, a.dst_field, a.n_bits))
+        elif isinstance(a, ofproto_v1_3_parser.OFPActionSetField):
+            got.append(("set", a.key, a.value))
+        else:
+            got.append(("output", a.port))
+    assert got == [("move", "eth_src", "eth_dst", 48), ("set", "eth_src", "02:00:0a:00:02:01"),
+                   ("set", "arp_op", 2), ("move", "arp_sha", "arp_tha", 48),
+                   ("set", "arp_sha", "02:00:0a:00:02:01"), ("move", "arp_spa", "arp_tpa", 32),
+                   ("set", "arp_spa", "10.0.2.1"), ("output", ofproto_v1_3.OFPP_IN_PORT)]
+    assert dict(back.match.items()) == {"eth_type": 0x0806, "arp_op": 1, "arp_tpa": "10.0.2.1"}

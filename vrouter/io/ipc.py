@@ -4,6 +4,8 @@
                                         One msgpack map per datagram (SEQPACKET keeps boundaries).
   <rundir>/vr/<server>/introspect.sock  SOCK_STREAM, forwarder listens; request/reply msgpack maps
                                         on a stream (replies such as `flow -l` can be large).
+  <rundir>/vr/<server>/agent-config.json  the agent's last configuration from the VNC (JSON), which a
+                                        restarted agent starts from if the VNC does not answer.
   <rundir>/overlay/vms.json             which network namespace each VM interface (TAP) belongs in.
 """
 from __future__ import annotations
@@ -37,6 +39,10 @@ def agent_socket(rundir, server) -> Path:
 
 def introspect_socket(rundir, server) -> Path:
     return _checked(server_dir(rundir, server) / "introspect.sock")
+
+
+def config_cache(rundir, server) -> Path:
+    return server_dir(rundir, server) / "agent-config.json"
 
 
 def vm_namespaces_file(rundir) -> Path:

@@ -6,10 +6,14 @@ As in the patent, the agent is separate from the forwarding plane: the forwarder
 packet of every new flow, the agent runs `SlowPath.decide` (route lookup and policy, for the forward
 and, in proactive mode, the reverse direction) and sends the decision back. It gets its configuration
 from the VNC (`vrouter.io.vnc_client.VncClient`) and passes every new configuration on to the forwarder;
-while the VNC is down it keeps deciding with the last configuration. `--config FILE` (YAML or JSON in
-the vrouter config format) runs without a controller. Path repair events of the forwarder
-(`{"t": "paths"}`: a path to a peer died or came back, vrouter/core/paths.py) go on to the VNC
-(`VncClient.report_paths`, queued there while the VNC is away); without a VNC they are counted only.
+while the VNC is down it keeps deciding with the last configuration (Tungsten Fabric's headless mode).
+It also keeps that configuration on disk (`<rundir>/vr/<server>/agent-config.json`): an agent that
+starts while the VNC does not answer (a server rebooted during a controller outage) starts from it
+after CACHE_FALLBACK seconds, and the VNC's configuration replaces it once the VNC answers.
+`--config FILE` (YAML or JSON in the vrouter config format) runs without a controller. Path repair
+events of the forwarder (`{"t": "paths"}`: a path to a peer died or came back, vrouter/core/paths.py)
+go on to the VNC (`VncClient.report_paths`, queued there while the VNC is away); without a VNC they
+are counted only.
 """
 from __future__ import annotations
 
@@ -33,6 +37,10 @@ from vrouter.processes.launch import parser, serve, setup_logging
 
 log = logging.getLogger("agent")
 RECONNECT_DELAY = 0.2
+# A live VNC registers an agent in milliseconds; a stopped one (SIGSTOP, or a host too busy to run
+# it) leaves the agent's register unanswered until the client's 3 s timeout, and a starting agent
+# serves nothing meanwhile.
+CACHE_FALLBACK = 2.0
 READ_MAX = 256      # messages read from one channel per round: everything waiting, the window bounds it
 MAX_FDS = 64        # worker channels one message may pass
 
@@ -67,10 +75,11 @@ class Peer:
 
 
 class Agent:
-    def __init__(self, rundir: str, server: str, *, clock=time.monotonic):
+    def __init__(self, rundir: str, server: str, *, clock=time.monotonic, cache=None):
         self.rundir = rundir
         self.server = server
         self.clock = clock
+        self.cache = cache                       # Path of the cached configuration, or None: no cache
         self.slowpath = None
         self.generation = None
         self.config_dict = None
@@ -86,21 +95,59 @@ class Agent:
 
     # --- configuration (called by the VNC client thread or at start-up) ------------------------
     def on_config(self, generation, config_dict):
+        """A configuration from the VNC (or the --config file): applied, passed on, cached."""
+        if self._apply(generation, config_dict, source="vnc"):
+            self._save_cache(generation, config_dict)
+
+    def use_cached_config(self) -> bool:
+        """Start from the cached configuration if nothing newer came meanwhile; False if none."""
+        if self.cache is None:
+            return False
+        try:
+            cached = json.loads(self.cache.read_text())
+            generation, config_dict = cached["generation"], cached["config"]
+        except FileNotFoundError:
+            log.warning("the VNC does not answer and there is no cached configuration (%s): "
+                        "deciding nothing until the VNC answers", self.cache)
+            return False
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the cached configuration %s: %s", self.cache, exc)
+            return False
+        return self._apply(generation, config_dict, source="cache")
+
+    def _apply(self, generation, config_dict, source):
         try:
             config = VrouterConfig.from_dict(config_dict)
         except ConfigError as exc:
             log.error("rejected config generation %s: %s", generation, exc)
             self.counters["config_rejected"] += 1
-            return
+            return False
         with self._config_lock:
+            if source == "cache" and self.slowpath is not None:
+                return False             # the VNC answered after all: its configuration stays
             if self.slowpath is None:
                 self.slowpath = SlowPath(config)
             else:
                 self.slowpath.apply_config(config)
             self.generation, self.config_dict = generation, config_dict
-        self.counters["configs"] += 1
-        log.info("config generation %s: %d vifs, mode %s", generation, len(config.vifs), config.flow.mode)
+        self.counters["configs" if source == "vnc" else "configs_from_cache"] += 1
+        log.info("config generation %s%s: %d vifs, mode %s", generation,
+                 " (cached: the VNC does not answer)" if source == "cache" else "",
+                 len(config.vifs), config.flow.mode)
         self._push_config()
+        return True
+
+    def _save_cache(self, generation, config_dict):
+        """Atomically (rename), so a restarted agent reads the old file or the new one."""
+        if self.cache is None:
+            return
+        tmp = self.cache.with_name(f"{self.cache.name}.tmp{os.getpid()}")
+        try:
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"generation": generation, "config": config_dict}))
+            tmp.replace(self.cache)
+        except (OSError, TypeError, ValueError) as exc:
+            log.warning("cannot cache the configuration in %s: %s", self.cache, exc)
 
     def _push_config(self):
         with self._config_lock:
@@ -289,12 +336,14 @@ def load_config_file(path: str) -> dict:
 def main(argv=None):
     p = parser("python -m vrouter.agent", __doc__)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--vnc", help="the VNC's control socket (default <rundir>/vnc.sock)", nargs="?",
+    src.add_argument("--vnc", help="the VNC's control socket (default <rundir>/vnc.sock); the last "
+                     "configuration is cached in <rundir>/vr/<server>/agent-config.json", nargs="?",
                      const="", default=None)
     src.add_argument("--config", help="static vrouter config file (YAML/JSON), no controller")
     args = p.parse_args(argv)
     setup_logging(args, "agent")
-    agent = Agent(args.rundir, args.server)
+    cache = None if args.config else ipc.config_cache(args.rundir, args.server)
+    agent = Agent(args.rundir, args.server, cache=cache)
     client = None
     if args.config:
         try:
@@ -310,6 +359,8 @@ def main(argv=None):
         client = VncClient(sock, args.server, agent.on_config, stats=agent.stats)
         agent.report_paths = client.report_paths
         client.start()
+        if not client.wait_for(lambda _config: True, CACHE_FALLBACK):
+            agent.use_cached_config()
 
     try:
         serve(agent)
