@@ -12,7 +12,8 @@ Per fault: --baseline s of the mix, the fault, held for its time, undone, and --
 faults (testbed/faults.py, the API behind `testbed fault`; its log gives the times they were
 injected and undone on the harness's clock):
   spine-link             the link from the spine the ping hashes over to the destination leaf goes
-                         down (found first by the spines' port counters during 1 s of ping alone):
+                         down (found by the spines' port counters during the ping's first second,
+                         before the stream and the connections start):
                          the source leaf cannot see it, the controller repairs its group on port
                          status, the vrouter's path probes repair it too (vrouter/core/paths.py)
   leaf-uplink            the source leaf's uplink to that spine: the leaf's bucket watch_port drops
@@ -71,7 +72,7 @@ PRIMARY = {"spine-link": "link-down", "leaf-uplink": "link-down", "controller+sp
            "controller": "pause", "agent-kill": "kill", "forwarder-kill": "kill", "loss": "impair"}
 UNDO_ACTIONS = ("link-up", "unimpair", "resume")  # testbed/faults.py's log actions
 SETTLE = 2.0          # between faults: the fabric and the vrouters back to normal
-PROBE_PINGS = 100     # pings alone, to find the spine the ping hashes over
+PROBE_SECONDS = 1.0   # the ping alone, to find the spine it hashes over
 
 
 @dataclass(frozen=True)
@@ -144,11 +145,13 @@ def busiest_spine(before: dict, after: dict, key: str) -> str:
     return max(before, key=lambda s: after[s].get(key, 0) - before[s].get(key, 0))
 
 
-def ping_spine(tb: Testbed, roles: Roles) -> str:
-    """The spine the ping red1 -> red3 hashes over now: PROBE_PINGS pings alone, the spine whose port
-    toward the destination leaf sent the most packets."""
+def ping_spine(tb: Testbed, roles: Roles, seconds: float) -> str:
+    """The spine the running ping hashes over: over `seconds` of it alone (before the stream and the
+    connections start), the spine whose port toward the destination leaf sent the most packets. It
+    must be the measured ping's own flow: another ping (another ICMP id) may take another path slot
+    and so another spine."""
     before = spine_tx(tb, roles.dst_leaf)
-    tb.host(roles.ping_src["name"]).cmd(f"ping -n -q -c {PROBE_PINGS} -i 0.005 -W 1 {roles.ping_dst['address']}")
+    time.sleep(seconds)
     return busiest_spine(before, spine_tx(tb, roles.dst_leaf), "tx_packets")
 
 
@@ -156,22 +159,29 @@ def ping_spine(tb: Testbed, roles: Roles) -> str:
 class Phase:
     """The traffic mix over one fault; `inject()` does the fault (and its undo) in the middle."""
 
-    def __init__(self, tb: Testbed, faults: Faults, roles: Roles, cfg: Config, name: str, hold: float) -> None:
+    def __init__(self, tb: Testbed, faults: Faults, roles: Roles, cfg: Config, name: str, hold: float,
+                 find_spine: bool = False) -> None:
         self.tb, self.faults, self.roles, self.cfg, self.name, self.hold = tb, faults, roles, cfg, name, hold
         self.total = cfg.baseline + hold + cfg.after
         self.target: str | None = None
+        self.find_spine = find_spine
+        self.spine: str | None = None
 
     def run(self, inject: Any, progress: Progress) -> dict[str, Any]:
         cfg, roles = self.cfg, self.roles
         src, sdst = self.tb.host(roles.stream_src["name"]), self.tb.host(roles.stream_dst["name"])
         first_event = len(self.faults.events())
         offset = time.time() - time.monotonic()
+        probe = PROBE_SECONDS if self.find_spine else 0.0
+        ping = start_ping(self.tb.host(roles.ping_src["name"]), roles.ping_dst["address"],
+                          round((probe + self.total) / cfg.ping_interval), cfg.ping_interval, timestamps=True)
+        if self.find_spine:
+            time.sleep(0.2)  # its first packets set up its flow
+            self.spine = ping_spine(self.tb, roles, probe - 0.2)
         t0 = time.monotonic()
         stream = loadrun.Stream(src, sdst, roles.stream_dst["address"], self.total, bitrate=cfg.stream_bitrate)
         timeout = cfg.loss_connect_timeout if self.name == "loss" else cfg.connect_timeout
         conns = loadrun.connect(src, roles.stream_dst["address"], cfg.connect_rate, self.total, timeout=timeout)
-        ping = start_ping(self.tb.host(roles.ping_src["name"]), roles.ping_dst["address"],
-                          round(self.total / cfg.ping_interval), cfg.ping_interval, timestamps=True)
         try:
             time.sleep(max(0.0, t0 + cfg.baseline - time.monotonic()))
             inject(self)
@@ -213,7 +223,7 @@ class Phase:
 
 
 def _spine_link(phase: Phase, controller_paused: bool) -> None:
-    spine = phase.spine  # type: ignore[attr-defined]
+    spine = phase.spine
     link = f"{spine}-{phase.roles.dst_leaf}"
     phase.target = link + (" (controller paused)" if controller_paused else "")
     if controller_paused:
@@ -227,7 +237,7 @@ def _spine_link(phase: Phase, controller_paused: bool) -> None:
 
 
 def _leaf_uplink(phase: Phase) -> None:
-    link = f"{phase.roles.src_leaf}-{phase.spine}"  # type: ignore[attr-defined]
+    link = f"{phase.roles.src_leaf}-{phase.spine}"
     phase.target = link
     phase.faults.link_down(link)
     time.sleep(phase.hold)
@@ -264,9 +274,8 @@ def run_fault(tb: Testbed, faults: Faults, roles: Roles, cfg: Config, name: str,
     hold = {"controller": cfg.controller_seconds, "loss": cfg.loss_seconds}.get(name, cfg.hold)
     if name in ("agent-kill", "forwarder-kill"):
         hold = cfg.hold  # observed this long after the kill
-    phase = Phase(tb, faults, roles, cfg, name, hold)
-    if name in ("spine-link", "leaf-uplink", "controller+spine-link"):
-        phase.spine = ping_spine(tb, roles)  # type: ignore[attr-defined]
+    phase = Phase(tb, faults, roles, cfg, name, hold,
+                  find_spine=name in ("spine-link", "leaf-uplink", "controller+spine-link"))
     inject = {"spine-link": lambda p: _spine_link(p, False), "leaf-uplink": _leaf_uplink,
               "controller": _controller, "controller+spine-link": lambda p: _spine_link(p, True),
               "agent-kill": _kill("agent"), "forwarder-kill": _kill("forwarder"), "loss": _loss}[name]
