@@ -152,7 +152,8 @@ def restarted_server_is_reachable(tb):
     """srv4 restarted: neighbours forgotten, vrouter started from nothing; its agent cannot reach
     the VNC and starts from its cached configuration."""
     overlay.restart_server(tb, "srv4")
-    assert tb.server_info("srv2")["ip"] not in neighbours(tb, "srv4")
+    # forgotten: path-repair probes and peers' ARP may re-create entries at once, but never a static one
+    assert neighbours(tb, "srv4").get(tb.server_info("srv2")["ip"], ("NONE",))[0] != "PERMANENT"
     assert ping(tb, "red1", VM_IP["red4"]) == 3 and ping(tb, "blue2", VM_IP["blue4"]) == 3
     assert ping(tb, "red4", VM_IP["red2"]) == 3
     assert resolved(tb, "srv4", "srv2")
