@@ -271,9 +271,8 @@ def _loss(phase: Phase) -> None:
 
 
 def run_fault(tb: Testbed, faults: Faults, roles: Roles, cfg: Config, name: str, progress: Progress) -> dict:
+    # a link down this long, or a killed process observed this long after the kill
     hold = {"controller": cfg.controller_seconds, "loss": cfg.loss_seconds}.get(name, cfg.hold)
-    if name in ("agent-kill", "forwarder-kill"):
-        hold = cfg.hold  # observed this long after the kill
     phase = Phase(tb, faults, roles, cfg, name, hold,
                   find_spine=name in ("spine-link", "leaf-uplink", "controller+spine-link"))
     inject = {"spine-link": lambda p: _spine_link(p, False), "leaf-uplink": _leaf_uplink,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import fcntl
 import json
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from testbed import cleanup, daemon, fabric, namespaces, overlay, proctree
+from testbed import cleanup, daemon, fabric, namespaces, overlay, proctree, runner
 from testbed.fault_logic import (
     FaultError,
     FaultInputError,
@@ -509,10 +508,8 @@ class Faults:
 
 def _wait_listening(port: int, deadline: float) -> None:
     while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if runner.listening(port):
+            return
         time.sleep(0.1)
     raise FaultError(f"controller not listening on 127.0.0.1:{port} after the restart")
 

@@ -61,6 +61,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    """Does something accept TCP connections on 127.0.0.1:port (the controller's OpenFlow port)?"""
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -68,10 +75,8 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float, log: Path)
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
             raise TestbedError(f"controller exited with {proc.returncode}: {' '.join(tail) or 'no output'} "
                                f"(log: {log})")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if listening(port):
+            return
         time.sleep(0.1)
     raise TestbedError(f"controller not listening on 127.0.0.1:{port} after {timeout:.0f} s (log: {log})")
 
