@@ -2,7 +2,20 @@
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 
-from core_helpers import VM1, VM1_MAC, VM2, VM3, VM3_MAC, Pair, icmp_frame, punted, server, tcp_frame, udp_frame
+from core_helpers import (
+    VM1,
+    VM1_MAC,
+    VM2,
+    VM2_MAC,
+    VM3,
+    VM3_MAC,
+    Pair,
+    icmp_frame,
+    punted,
+    server,
+    tcp_frame,
+    udp_frame,
+)
 from vrouter.core.actions import Drop, ToTunnel
 from vrouter.core.codec import ethernet, ipv4, mpls, outer, vxlan
 from vrouter.core.codec.ipv4 import ip_to_int
@@ -190,3 +203,36 @@ def test_from_fabric_frame_decides_side_by_outer_header():
     other = outer.build_fabric_frame(b"\x02" * 6, b"\x04" * 6, ip_to_int("10.0.2.1"), ip_to_int("10.0.3.1"),
                                      tun.encap, tun.sport, tun.payload)
     assert p.pipe["srv1"].from_fabric_frame(other, 0.0) == [Drop("wrong_destination")]
+
+
+def test_ping_of_an_established_flow_takes_the_hit_path_both_ways_with_the_slow_paths_result():
+    """ICMP echoes are keyed by their id (flowkey.extract); once the pair exists they are hits like
+    TCP and UDP (issue 13: a ping's pipeline leg), with exactly what the slow parser would return."""
+    pair = Pair()
+    first = icmp_frame(VM1, VM2, ident=41, seq=1)
+    (delivered,) = pair.send("srv1", "tr-red1", first)
+    assert Ether(delivered.frame)[ICMP].id == 41
+    src, dst = pair.pipe["srv1"], pair.pipe["srv2"]
+    request = icmp_frame(VM1, VM2, ident=41, seq=2)
+    slow_out = src._vif_slow(src._vifs["tr-red1"], request, 0.0)     # the reference: the slow parser
+    hits = src.hits
+    src._vif_slow = dst._fabric_slow = None                           # any slow parse now fails loudly
+    (tunnel,) = src.from_vif("tr-red1", request, 0.0)
+    assert src.hits == hits + 1 and [tunnel] == slow_out
+    (to_vm,) = dst.from_fabric(pair.address["srv1"], tunnel.encap, tunnel.payload, 0.0)
+    s = Ether(to_vm.frame)
+    assert (s[IP].src, s[IP].dst, s[ICMP].type, s[ICMP].id, s[ICMP].seq, s[IP].ttl) == (VM1, VM2, 8, 41, 2, 63)
+    reply = icmp_frame(VM2, VM1, ident=41, seq=2, type_=0, src_mac=VM2_MAC)
+    (back,) = dst.from_vif(to_vm.vif, reply, 0.0)
+    (home,) = src.from_fabric(pair.address["srv2"], back.encap, back.payload, 0.0)
+    assert home.vif == "tr-red1" and Ether(home.frame)[ICMP].type == 0
+
+
+def test_other_icmp_is_not_taken_for_an_echo_on_the_hit_path():
+    pair = Pair()
+    pair.send("srv1", "tr-red1", icmp_frame(VM1, VM2, ident=41, seq=1))
+    src = pair.pipe["srv1"]
+    hits = src.hits
+    # Type 3 (unreachable) with an id field that happens to equal the echo's: never the echo's entry.
+    src.from_vif("tr-red1", icmp_frame(VM1, VM2, ident=41, seq=1, type_=3), 0.0)
+    assert src.hits == hits

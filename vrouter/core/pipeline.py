@@ -4,7 +4,8 @@ Hit path (what the per-core forwarder runs for almost every packet): one ``struc
 the outer label/VNI plus the inner 5-tuple, one dict lookup, a TTL rewrite with an incremental
 checksum, one bytes join with the encapsulation cached in the flow entry, one action; for TCP also
 a copy of the segment's headers into the entry (tcpstate.py checks a later RST against them).
-Anything unusual (IP options, fragments, ICMP, ARP, held flows, misses, bad input) falls through to
+ICMP echoes (pings) of established flows take it too: their key has the echo id where ports are.
+Anything unusual (IP options, fragments, other ICMP, ARP, held flows, misses, bad input) falls through to
 the slow parser, which validates everything and turns every problem into a named, counted drop.
 
 TTL: the vrouter that receives a packet from a VM is the routing hop and decrements the inner TTL;
@@ -57,6 +58,9 @@ _FROM_VIF = struct.Struct("!12xHBxHxxHBBHIIHH").unpack_from          # Ethernet 
 _FROM_MPLSOUDP = struct.Struct("!IBxHxxHBBHIIHH").unpack_from         # label + IPv4 + ports
 _FROM_MPLSOGRE = struct.Struct("!IIBxHxxHBBHIIHH").unpack_from        # GRE + label + IPv4 + ports
 _FROM_VXLAN = struct.Struct("!II12xHBxHxxHBBHIIHH").unpack_from       # VXLAN + Ethernet + IPv4 + ports
+# The first 16 bits of an ICMP echo request / reply (type, code 0), where TCP and UDP have their source
+# port: pings take the hit path too (their flows are keyed by the echo id, flowkey.extract).
+_ECHO_WORDS = frozenset((ICMP_ECHO_REQUEST << 8, ICMP_ECHO_REPLY << 8))
 _TTL_PROTO_CSUM = struct.Struct("!BBH").pack
 _JOIN = b"".join
 _TCP_UNUSUAL = TCP_FIN | TCP_RST | TCP_PEER_FIN     # a segment tcpstate.segment must see (one global)
@@ -144,10 +148,16 @@ class Pipeline:
             et, vihl, tlen, fw, ttl, proto, csum, src, dst, sp, dp = _FROM_VIF(frame)
         except _STRUCT_ERROR:
             return self._vif_slow(vif, frame, now)
-        if et == 0x0800 and vihl == 0x45 and not fw & 0x3FFF and (proto == 6 or proto == 17) and src == vif.ip:
-            e = self._flows.get((vif.vrf, proto, src, dst, sp, dp))
-            if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - 14:
-                return self._hit(e, frame, 14, tlen, ttl, proto, csum, False, now, 34 if proto == 6 else 0)
+        if et == 0x0800 and vihl == 0x45 and not fw & 0x3FFF and src == vif.ip:
+            if proto == 6 or proto == 17:
+                e = self._flows.get((vif.vrf, proto, src, dst, sp, dp))
+                if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - 14:
+                    return self._hit(e, frame, 14, tlen, ttl, proto, csum, False, now, 34 if proto == 6 else 0)
+            elif proto == 1 and sp in _ECHO_WORDS and 28 <= tlen <= len(frame) - 14:
+                ident = frame[38] << 8 | frame[39]      # an echo is keyed by its id as both ports
+                e = self._flows.get((vif.vrf, 1, src, dst, ident, ident))
+                if e is not None and e.kind:
+                    return self._hit(e, frame, 14, tlen, ttl, proto, csum, False, now, 0)
         return self._vif_slow(vif, frame, now)
 
     def from_fabric(self, outer_src: str, encap: str, payload: bytes, now: float) -> list[Action]:
@@ -174,10 +184,16 @@ class Pipeline:
                 return self._drop("unknown_encap")
         except _STRUCT_ERROR:
             return self._fabric_slow(outer_src, encap, payload, now)
-        if ok and vrf is not None and vihl == 0x45 and not fw & 0x3FFF and (proto == 6 or proto == 17):
-            e = self._flows.get((vrf, proto, src, dst, sp, dp))
-            if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(payload) - off:
-                return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, off + 20 if proto == 6 else 0)
+        if ok and vrf is not None and vihl == 0x45 and not fw & 0x3FFF:
+            if proto == 6 or proto == 17:
+                e = self._flows.get((vrf, proto, src, dst, sp, dp))
+                if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(payload) - off:
+                    return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, off + 20 if proto == 6 else 0)
+            elif proto == 1 and sp in _ECHO_WORDS and 28 <= tlen <= len(payload) - off:
+                ident = payload[off + 24] << 8 | payload[off + 25]
+                e = self._flows.get((vrf, 1, src, dst, ident, ident))
+                if e is not None and e.kind:
+                    return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, 0)
         return self._fabric_slow(outer_src, encap, payload, now)
 
     def _hit(self, e: FlowEntry, buf: bytes, off: int, tlen: int, ttl: int, proto: int, csum: int, fabric: bool,
