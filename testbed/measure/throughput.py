@@ -67,12 +67,12 @@ def offload_stats(tb: Testbed, server: str) -> dict[str, Any]:
 
 
 def costed_iperf3(tb: Testbed, pair: VmPair, client: Host, server: Host, dst: str, mode: str, streams: int,
-                  seconds: float, port: int = IPERF3_PORT) -> dict[str, Any]:
+                  seconds: float, port: int = IPERF3_PORT, extra: str = "") -> dict[str, Any]:
     """One iperf3 run client -> server (`dst`) with the CPU seconds of `pair`'s vrouters meanwhile:
     {mode, streams, seconds, gbps, retransmits, vrouter_cpu_s, cpu_s_per_gb}."""
     pids = vrouter_pids(tb, pair.servers)
     cpu0 = cpu_seconds(pids)
-    r = iperf3(client, server, dst, seconds=seconds, parallel=streams, port=port)
+    r = iperf3(client, server, dst, seconds=seconds, parallel=streams, port=port, extra=extra)
     cpu = cpu_seconds(pids) - cpu0
     gbytes = r["bits_per_second"] * r["seconds"] / 8 / 1e9
     return {"mode": mode, "streams": streams, "seconds": seconds, "gbps": r["bits_per_second"] / 1e9,
@@ -80,14 +80,14 @@ def costed_iperf3(tb: Testbed, pair: VmPair, client: Host, server: Host, dst: st
             "cpu_s_per_gb": cpu / gbytes if gbytes else None}
 
 
-def overlay_run(tb: Testbed, pair: VmPair, on: bool, streams: int, seconds: float) -> dict[str, Any]:
+def overlay_run(tb: Testbed, pair: VmPair, on: bool, streams: int, seconds: float, extra: str = "") -> dict[str, Any]:
     """(c) or (d) of the bench: switch both vrouters, zero their stats, iperf3 VM to VM, add the
     GRO/GSO figures (mode "overlay_on" or "overlay_off")."""
     set_offloads(tb, pair.servers, on)
     reset_stats(tb, pair.servers)
     time.sleep(OFFLOAD_SETTLE)
     r = costed_iperf3(tb, pair, tb.host(pair.client_vm.name), tb.host(pair.server_vm.name), pair.server_vm.address,
-                      "overlay_on" if on else "overlay_off", streams, seconds)
+                      "overlay_on" if on else "overlay_off", streams, seconds, extra=extra)
     rx, tx = offload_stats(tb, pair.server), offload_stats(tb, pair.client)
     r.update(gro_segments_per_delivery=rx["gro"]["segments_per_delivery"],
              gro_segments_per_merge=rx["gro"]["segments_per_merge"],

@@ -9,10 +9,11 @@ import psutil
 import pytest
 from scapy.all import ICMP, raw
 
-from testbed import hop_floor
+from testbed import fabric_tso, hop_floor
 from testbed.bench_throughput import report_lines, summarize
 from testbed.measure.throughput import vrouter_pids
 from testbed.overlay import forwarder_name
+from vrouter.core.latency import LEGS, SEND_CALLS
 
 
 def _run(mode, streams, gbps, **extra):
@@ -36,11 +37,18 @@ def test_ratios_and_targets():
     r.update(summarize(r))
     q = r["ratios"]["1"]
     assert (round(q["c_over_a"], 2), round(q["d_over_a"], 2), round(q["d_over_b"], 2)) == (0.6, 1.04, 1.3)
-    assert r["targets_met"] == {"d_over_a >= 0.9": True, "d_over_b >= 1.3": True,
-                                "GRO segments per merge >= 8": True, "RTT overhead <= 150 us": True}
-    r = _result(overlay_on=0.4, overhead=900.0)
+    met = r["targets_met"]
+    assert met["RTT overhead <= 480 us"] and met["RTT overhead <= 300 us (stretch)"]
+    assert met["(d) >= 1.0 x kernel VXLAN, 1 and 8 streams"]
+    assert met["(d) >= 0.9 x underlay, 1 and 8 streams (the physical limit)"]
+    assert not met["vrouter CPU <= 8 s per GB, GRO/GSO on"]          # 10 s/GB in _run
+    assert met["GRO segments per merge >= 8"]
+    r = _result(overlay_on=0.38, overhead=400.0)
     r.update(summarize(r))
-    assert r["targets_met"]["d_over_a >= 0.9"] is False and r["targets_met"]["RTT overhead <= 150 us"] is False
+    met = r["targets_met"]
+    assert met["RTT overhead <= 480 us"] and not met["RTT overhead <= 300 us (stretch)"]
+    assert not met["(d) >= 1.0 x kernel VXLAN, 1 and 8 streams"]
+    assert not met["(d) >= 0.9 x underlay, 1 and 8 streams (the physical limit)"]
 
 
 def test_report_names_the_hop_floor_and_the_kernel_rtt():
@@ -50,7 +58,24 @@ def test_report_names_the_hop_floor_and_the_kernel_rtt():
     assert "kernel VXLAN: 540 us, overhead 40 us" in text
     assert "one idle Python process hop here: 120 us" in text
     assert "floor 480 us, ours 225 us per hop" in text
-    assert "target RTT overhead <= 150 us: NOT met" in text
+    assert "target RTT overhead <= 480 us: NOT met" in text
+    assert "round-trip breakdown: not measured (no complete round trip was stamped)" in text
+    assert "fabric setting: OVS userspace TSO off" in text
+
+
+def test_report_prints_the_breakdown_and_the_tso_leg():
+    r = _result(overhead=900.0)
+    legs = {leg: 10.0 for leg in LEGS + SEND_CALLS}
+    legs["send_fabric_out"] = legs["send_fabric_back"] = 300.0
+    r["breakdown"] = {"round_trips": 49, "legs_us": legs, "sum_us": 740.0, "vrouter_us": 140.0}
+    r["fabric_tso"] = {"runs": [{"mode": "underlay", "streams": 1, "gbps": 6.8},
+                                {"mode": "kernel_vxlan", "streams": 1, "gbps": None, "error": "iperf3: timed out"}],
+                       "rtt_us": {"underlay_median": 800.0}}
+    r.update(summarize(r))
+    text = "\n".join(report_lines(r))
+    assert "round-trip breakdown (median us over 49 stamped pings" in text
+    assert "sum 740 us: vrouters and VMs 140, send + fabric 600 (the underlay's whole RTT: 500)" in text
+    assert "6.800 Gbit/s" in text and "not carried (iperf3: timed out)" in text
 
 
 def test_icmp_echo_request_matches_scapy():
@@ -86,3 +111,15 @@ def test_vrouter_pids_include_forked_workers():
             child.kill()
         parent.kill()
         parent.wait()
+
+
+def test_fabric_tso_switch_refuses_while_ovs_serves_bridges(monkeypatch):
+    calls = []
+
+    def vsctl(*args):
+        calls.append(args)
+        return SimpleNamespace(returncode=0, stdout="vtt-l1\nvtt-s1\n" if args == ("list-br",) else "", stderr="")
+    monkeypatch.setattr(fabric_tso, "_vsctl", vsctl)
+    with pytest.raises(fabric_tso.FabricTsoError, match="vtt-l1, vtt-s1.*stop those testbeds"):
+        fabric_tso.switch(True)
+    assert calls == [("list-br",)]          # nothing was set, nothing restarted

@@ -99,5 +99,8 @@ def test_set_request_checks_its_arguments():
     assert intro.handle({"op": "set", "gro": False}) == {"ok": True, "result": {"gro": False, "gso": True}}
     assert fwd.calls == [{"gro": False}]
     assert intro.handle({"op": "set", "gso": 1})["error"] == "set: gso must be true or false, got 1"
-    assert intro.handle({"op": "set"})["error"] == "set: give gro and/or gso (true or false)"
+    assert intro.handle({"op": "set"})["error"] == \
+        "set: give gro and/or gso (true or false), or spin_us (microseconds)"
+    assert intro.handle({"op": "set", "spin_us": -5})["error"] == "set: spin_us must be 0..10000 microseconds, got -5"
+    assert intro.handle({"op": "set", "spin_us": True})["error"].startswith("set: spin_us must be")
     assert fwd.calls == [{"gro": False}]

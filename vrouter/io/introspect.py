@@ -40,7 +40,7 @@ from vrouter.io import ipc
 
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set",
-       "pressure", "paths")
+       "pressure", "paths", "stamp")
 
 
 class IntrospectError(Exception):

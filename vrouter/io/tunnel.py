@@ -50,6 +50,10 @@ UDP_GRO = 104
 GRO_FLUSH_TIMEOUT_NS = 20_000
 _CMSG_INT = socket.CMSG_SPACE(4)
 _INT = struct.Struct("=i")
+# Latency stamps (vrouter/core/latency.py): the kernel's receive time of every read, SO_TIMESTAMPNS.
+SO_TIMESTAMPNS = 35
+_CMSG_STAMPED = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(16)
+_TIMESPEC = struct.Struct("=qq")
 _SEG = struct.Struct("=H")
 _UDP_HEADER = struct.Struct("!HHHH").pack      # source port, destination port, length, checksum
 SO_ATTACH_FILTER = 26
@@ -235,13 +239,18 @@ def open_rx(*, reuseport: bool = False, gre: bool = True, rcvbuf: int = 4 << 20,
     return out
 
 
-def read_gro(sock: socket.socket, encap: str, counters, max_reads: int = 64, ports: bool = False) -> list[tuple]:
+def read_gro(sock: socket.socket, encap: str, counters, max_reads: int = 64, ports: bool = False,
+             stamps: list | None = None) -> list[tuple]:
     """Drain up to `max_reads` reads of receive socket `sock` (of `encap`): [(outer_src, encap, data,
     seg_size)], with the outer source port appended if `ports` (the multi-core dispatcher's outer hash).
 
     `data` holds one or more tunnel payloads of `seg_size` bytes (the last may be shorter);
-    seg_size 0 means one payload (no coalescing, or a raw MPLSoGRE read).
+    seg_size 0 means one payload (no coalescing, or a raw MPLSoGRE read). With `stamps` (a list;
+    the socket has SO_TIMESTAMPNS, see `set_stamping`) the kernel's receive time of each read, in ns,
+    is appended to it (0 if the kernel gave none).
     """
+    if stamps is not None:
+        return _read_stamped(sock, encap, counters, max_reads, ports, stamps)
     out = []
     gre = encap == "mplsogre"
     for _ in range(max_reads):
@@ -267,6 +276,44 @@ def read_gro(sock: socket.socket, encap: str, counters, max_reads: int = 64, por
         out.append((src, encap, data, seg, port) if ports else (src, encap, data, seg))
     counters[f"rx_reads_{encap}"] += len(out)
     return out
+
+
+def _read_stamped(sock, encap, counters, max_reads, ports, stamps) -> list[tuple]:
+    """`read_gro` that also takes every read's kernel timestamp (slower: for latency stamping only)."""
+    out = []
+    gre = encap == "mplsogre"
+    for _ in range(max_reads):
+        try:
+            data, anc, _flags, (src, port) = sock.recvmsg(65535, _CMSG_STAMPED)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                counters["rx_icmp_errors"] += 1
+                continue
+            raise
+        seg = t = 0
+        for level, kind, value in anc:
+            if level == SOL_UDP and kind == UDP_GRO:
+                seg = _INT.unpack(value[:4])[0]
+            elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack(value[:16])
+                t = sec * 1_000_000_000 + nsec
+        if gre:
+            if len(data) < 20:
+                counters["rx_runts"] += 1
+                continue
+            data = data[(data[0] & 0x0F) * 4:]
+        out.append((src, encap, data, seg, port) if ports else (src, encap, data, seg))
+        stamps.append(t)
+    counters[f"rx_reads_{encap}"] += len(out)
+    return out
+
+
+def set_stamping(rx, on: bool) -> None:
+    """SO_TIMESTAMPNS on or off on receive sockets (the kernel's receive time comes with each read)."""
+    for s in rx:
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1 if on else 0)
 
 
 def set_udp_gro(rx: dict, on: bool) -> None:
@@ -308,9 +355,13 @@ class Tunnels(EntropySender):
         self._raw_udp = None
 
     # --- receive -------------------------------------------------------------------------------
-    def receive_gro(self, sock: socket.socket, max_reads: int = 64, ports: bool = False) -> list[tuple]:
+    def receive_gro(self, sock: socket.socket, max_reads: int = 64, ports: bool = False,
+                    stamps: list | None = None) -> list[tuple]:
         """`read_gro` of one of this server's receive sockets."""
-        return read_gro(sock, self._rx[sock], self.counters, max_reads, ports)
+        return read_gro(sock, self._rx[sock], self.counters, max_reads, ports, stamps)
+
+    def set_stamping(self, on: bool) -> None:
+        set_stamping(self._rx, on)
 
     def receive(self, sock: socket.socket, max_packets: int = 64) -> list[tuple[str, str, bytes]]:
         """Drain `sock`: [(outer_src, encap, payload)], one entry per tunnel packet (GRO reads split)."""

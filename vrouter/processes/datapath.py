@@ -33,6 +33,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from vrouter.core import gso, latency
 from vrouter.core.actions import ToTunnel, ToVif
 from vrouter.core.codec import virtio
 from vrouter.core.config import VrouterConfig
@@ -50,6 +51,7 @@ PUNT_WINDOW = 1024      # punts taken and not decided yet; more wait in the core
 DECISION_WEIGHT = 64    # decisions installed per loop round (NAPI's weight): the inputs get their turn
 UNANSWERED_AFTER = 10.0     # seconds: a punt still undecided then was lost by the agent, it leaves the window
 REPORTS_KEPT = 256      # path events waiting for the agent channel; older ones are dropped (counted)
+STAMPS_KEPT = 4096      # latency stamps kept while stamping is on (the newest)
 
 
 class VifPort:
@@ -239,6 +241,12 @@ class AgentLink:
             self.writer.blocked = 0
 
 
+def _lone_icmp(encap: str, data: bytes) -> bool:
+    """The tunnel payload carries an IPv4 ICMP packet (which GRO never merges, as Linux's does not)."""
+    p = gso.PREFIX_LEN.get(encap)
+    return p is not None and len(data) > p + 20 and data[p + 9] == 1 and data[p] >> 4 == 4
+
+
 def random_seed() -> int:
     return int.from_bytes(os.urandom(8), "big")
 
@@ -259,6 +267,10 @@ class Datapath:
         self.pipeline: Pipeline | None = None
         self.sender = None                  # Tunnels | rps_kernel.Sender: send, send_gso, counters
         self.vifs: dict[str, VifPort] = {}
+        # Latency stamps of ICMP echoes while `stamp on` (vrouter/core/latency.py), else None: the
+        # per-packet loops are the plain ones unless stamping is on.
+        self.stamps: collections.deque | None = None
+        self.woke_ns = 0                    # while stamping: when the holder's epoll wait last returned
 
     # --- configuration -------------------------------------------------------------------------
     def configure(self, config: VrouterConfig) -> None:
@@ -303,6 +315,9 @@ class Datapath:
         now = self.clock()
         c["rx_packets"] += len(frames)
         c["rx_bytes"] += sum(map(len, frames)) - VNET_LEN * len(frames)
+        if self.stamps is not None:
+            self._from_tap_stamped(name, frames, c, now)
+            return
         from_vif = self.pipeline.from_vif
         execute = self._execute
         for raw in frames:
@@ -316,14 +331,26 @@ class Datapath:
             execute(from_vif(name, raw[VNET_LEN:], now), vnet, mss)
         self.flush_punts()
 
-    def from_reads(self, reads: list[tuple]) -> None:
-        """GRO and delivery of one drain of `read_gro` reads: (outer src, encap, data, segment size)."""
+    def from_reads(self, reads: list[tuple], kernel_ns: list[int] | None = None) -> None:
+        """GRO and delivery of one drain of `read_gro` reads: (outer src, encap, data, segment size);
+        `kernel_ns`: the reads' kernel receive times, while stamping."""
         now = self.clock()
+        if self.stamps is not None:
+            self._from_reads_stamped(reads, kernel_ns or [], now)
+            return
         g = self.offloads.gro
         # Merges are per outer source: a delivery does not carry it, and the core checks it
         # against the fabric peers. MPLSoGRE reads are one packet each (raw socket, no UDP_GRO).
         # Merge across the whole drain, not only within one coalesced read: when the kernel did not
         # coalesce, a backlog of single datagrams still merges here.
+        if len(reads) == 1 and not reads[0][3] and _lone_icmp(reads[0][1], reads[0][2]):
+            # A lone ICMP datagram (a ping): nothing to merge and no partial checksum to flag, so
+            # it skips the GRO engine (its dispatch is a third of a cold ping's pipeline leg here).
+            src, encap, data, _ = reads[0]
+            self.offloads.hist[1] += 1
+            self._execute(self.pipeline.from_fabric(src, encap, data, now))
+            self.flush_punts()
+            return
         src = reads[0][0]
         encap = reads[0][1]
         for s, _, data, seg in reads:
@@ -341,6 +368,64 @@ class Datapath:
         for payload, nsegs, gso_size, vnet in deliveries:
             hist[nsegs] += 1
             execute(from_fabric(src, encap, payload, now), vnet, gso_size)
+
+    # --- latency stamps (issue 13: where a round trip spends its time) ------------------------
+    def set_stamping(self, on: bool) -> None:
+        self.stamps = collections.deque(maxlen=STAMPS_KEPT) if on else None
+
+    def take_stamps(self) -> list[tuple]:
+        """The stamps taken since the last call: (ingress, icmp type, id, seq, t_in, t_woke, t_read, t_pipe,
+        t_sent)."""
+        out = list(self.stamps or ())
+        if self.stamps:
+            self.stamps.clear()
+        return out
+
+    def _from_tap_stamped(self, name: str, frames: list[bytes], c, now: float) -> None:
+        """`from_tap` with a stamp per ICMP echo; the read returned just before this was called."""
+        t_read = time.time_ns()
+        from_vif, execute, stamps, clock = self.pipeline.from_vif, self._execute, self.stamps, time.time_ns
+        for raw in frames:
+            vnet = raw[:VNET_LEN]
+            mss = 0
+            if vnet != PLAIN:
+                h = virtio.parse(vnet)
+                if h.is_tcpv4_gso:
+                    c["rx_super_frames"] += 1
+                    mss = h.gso_size
+            actions = from_vif(name, raw[VNET_LEN:], now)
+            t_pipe = clock()
+            execute(actions, vnet, mss)
+            t_sent = clock()
+            e = latency.echo(raw, VNET_LEN + 14)
+            if e is not None:
+                t_in = latency.ping_sent_ns(raw, e[3], t_read) if e[0] == latency.ICMP_ECHO else 0
+                stamps.append(("vif", e[0], e[1], e[2], t_in, self.woke_ns, t_read, t_pipe, t_sent))
+        self.flush_punts()
+
+    def _from_reads_stamped(self, reads: list[tuple], kernel_ns: list[int], now: float) -> None:
+        """`from_reads` with a stamp per ICMP echo. Merges never hold an echo, so each delivery is
+        stamped with the earliest kernel receive time of its drain (a ping's drain is one read)."""
+        t_read = time.time_ns()
+        t_in = min((t for t in kernel_ns if t), default=0)
+        g, stamps, clock = self.offloads.gro, self.stamps, time.time_ns
+        from_fabric, execute, hist = self.pipeline.from_fabric, self._execute, self.offloads.hist
+        for src, encap, data, seg in reads:
+            if not seg and _lone_icmp(encap, data):     # as from_reads: no GRO for a lone ICMP datagram
+                deliveries = [(data, 1, 0, PLAIN)]
+            else:
+                g.add_batch(encap, data, seg, now)
+                deliveries = g.flush()
+            for payload, nsegs, gso_size, vnet in deliveries:
+                hist[nsegs] += 1
+                actions = from_fabric(src, encap, payload, now)
+                t_pipe = clock()
+                execute(actions, vnet, gso_size)
+                t_sent = clock()
+                e = latency.echo(payload, gso.PREFIX_LEN.get(encap, 0))
+                if e is not None:
+                    stamps.append(("fabric", e[0], e[1], e[2], t_in, self.woke_ns, t_read, t_pipe, t_sent))
+        self.flush_punts()
 
     # --- the slow path -------------------------------------------------------------------------
     def flush_punts(self) -> None:

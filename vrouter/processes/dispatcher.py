@@ -166,6 +166,8 @@ class WorkerPool:
     workers' datapaths (rps, extended) or read by the workers themselves (kernel); configuration,
     VIF fds, agent channels and introspection queries go to every worker."""
 
+    stamping = False        # latency stamps are the single forwarder's (vrouter/core/latency.py)
+
     def __init__(self, shell: Forwarder, mc: MulticoreConfig, children: Children):
         self.shell, self.mc, self.children = shell, mc, children
         self.kernel = mc.mode == "kernel"

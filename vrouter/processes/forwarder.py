@@ -30,8 +30,10 @@ import time
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.offload import Offloads, vm_mtu
 from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS, SLOTS
+from vrouter.core.spin import Spin
 from vrouter.io import ipc, tap, vm_interface
 from vrouter.io.introspect import summary
+from vrouter.io.poller import Poller
 from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
 from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort
 from vrouter.processes.introspect import Introspector
@@ -39,12 +41,16 @@ from vrouter.processes.launch import add_switch_arguments, parser, serve, setup_
 
 log = logging.getLogger("forwarder")
 PENDING_RETRY = 0.5
+FABRIC_WEIGHT = 64      # reads per fabric socket per loop round
+SPIN_US = 0.0           # the default spin after a round with input (off: docs/vrouter.md "Latency" says why)
+SPIN_BUDGET = 0.1       # at most this share of each second spinning
 
 
 class InProcess:
     """The single forwarder's engine: the per-packet path runs here, on the shell's sockets."""
 
     tap_queues = 1          # fds per VM TAP
+    stamping = False        # latency stamps on (set_stamping): the loop notes when its wait returns
     reads_taps = True       # the shell's selector watches the TAPs and the fabric sockets
     reads_fabric = True
 
@@ -82,11 +88,31 @@ class InProcess:
             self.datapath.from_tap(name, frames)
 
     def on_fabric(self, tunnels: Tunnels, sock: socket.socket) -> None:
-        reads = tunnels.receive_gro(sock)
-        if self.datapath.pipeline is None:
-            self.datapath.counters["fabric_rx_unconfigured"] += len(reads)
-        elif reads:
-            self.datapath.from_reads(reads)
+        # The first read is forwarded before the drain of the rest, as a TAP's first frame is
+        # (Forwarder._on_tap): a lone packet does not wait for the read that finds the socket empty.
+        dp = self.datapath
+        for budget in (1, FABRIC_WEIGHT - 1):
+            kernel_ns = [] if dp.stamps is not None else None
+            reads = tunnels.receive_gro(sock, budget, stamps=kernel_ns)
+            if not reads:
+                return
+            if dp.pipeline is None:
+                dp.counters["fabric_rx_unconfigured"] += len(reads)
+            else:
+                dp.from_reads(reads, kernel_ns)
+            if len(reads) < budget:
+                return
+
+    def set_stamping(self, on: bool, tunnels: Tunnels | None) -> None:
+        """Latency stamps of ICMP echoes on or off (vrouter/core/latency.py), with the kernel's receive
+        timestamps on the fabric sockets."""
+        self.datapath.set_stamping(on)
+        self.stamping = on
+        if tunnels is not None:
+            tunnels.set_stamping(on)
+
+    def take_stamps(self) -> list[tuple]:
+        return self.datapath.take_stamps()
 
     def vif_up(self, name: str, port: VifPort, entry: dict) -> None:
         self.datapath.vifs[name] = port
@@ -135,7 +161,8 @@ class InProcess:
 
 class Forwarder:
     def __init__(self, rundir: str, server: str, engine=InProcess, *, clock=time.monotonic,
-                 gro: bool = True, gso: bool = True, path_slots: int = SLOTS):
+                 gro: bool = True, gso: bool = True, path_slots: int = SLOTS, spin_us: float = SPIN_US,
+                 spin_budget: float = SPIN_BUDGET):
         """`engine(shell)` makes what handles the packets (`InProcess`, or the dispatcher's
         `WorkerPool`), given this shell once its sockets, counters and offload switches exist.
         `path_slots`: path repair's K (0: off), for an engine that runs it (`InProcess`)."""
@@ -143,7 +170,7 @@ class Forwarder:
         self.path_slots = path_slots
         self.server = server
         self.clock = clock
-        self.sel = selectors.DefaultSelector()
+        self.sel = Poller()     # epoll without selectors' per-event cost (vrouter/io/poller.py)
         self.counters: collections.Counter = collections.Counter()
         self.started = clock()                   # `pressure` reports the uptime
         self.agent = AgentLink(self.counters, lambda conn, why: self._drop_conn(conn, "agent", why),
@@ -157,8 +184,12 @@ class Forwarder:
         self.vifs: dict[str, VifPort] = {}
         self.pending: dict[str, str] = {}        # vif name -> why it is not attached yet
         self.running = True
+        self.spin = Spin(spin_us, spin_budget)
+        self._had_events = False                 # the last loop round had input (a spin may follow)
         self.engine = engine(self)
         self.introspector = Introspector(self)
+        self._handlers = {kind: getattr(self, f"_on_{kind}")
+                          for kind in ("agent_listen", "intro_listen", "agent", "intro", "tap", "fabric")}
         self._listen()
 
     # --- sockets -------------------------------------------------------------------------------
@@ -199,7 +230,10 @@ class Forwarder:
             probe = self.engine.probe_wait()
             if probe is not None:
                 timeout = min(timeout, probe)
-            busy = self.poll(timeout)
+            if self._had_events and self.spin.enabled:
+                busy = self._spin_then_poll(timeout)
+            else:
+                busy = self.poll(timeout)
             if wait is not None:
                 self.engine.flush_punts()
             if probe is not None and self.engine.probe_wait() == 0.0:
@@ -219,10 +253,15 @@ class Forwarder:
         fabric socket for at most 64 reads (a VM that floods gets its weight per round like every
         other VM; epoll hands back a socket still ready at the end of its list, so the order
         rotates), then up to DECISION_WEIGHT decisions. True if work was left for the next round."""
-        for key, _ in self.sel.select(timeout):
+        events = self.sel.select(timeout)
+        self._had_events = bool(events)
+        if self.engine.stamping:
+            self.engine.datapath.woke_ns = time.time_ns()
+        handlers = self._handlers
+        for key, _ in events:
             kind, obj = key.data
             try:
-                getattr(self, f"_on_{kind}")(key.fileobj, obj)
+                handlers[kind](key.fileobj, obj)
             except (ConnectionError, OSError) as exc:
                 if kind in ("agent", "intro"):
                     self._drop_conn(key.fileobj, kind, exc)
@@ -231,6 +270,23 @@ class Forwarder:
                 else:
                     raise
         return self.engine.service()
+
+    def _spin_then_poll(self, timeout: float) -> bool:
+        """The bounded adaptive spin (vrouter/core/spin.py): poll without blocking until input comes
+        or the spin window ends, then, if none came, wait as `poll` would for what is left."""
+        start = self.clock()
+        until = self.spin.deadline(start)
+        if until is None or timeout == 0.0:
+            return self.poll(timeout)
+        while True:
+            busy = self.poll(0.0)
+            now = self.clock()
+            if self._had_events or busy or now >= until:
+                break
+        self.spin.spent(now - start, self._had_events)
+        if self._had_events or busy:
+            return busy
+        return self.poll(max(0.0, timeout - (now - start)))
 
     def close(self):
         self.engine.close()
@@ -309,12 +365,26 @@ class Forwarder:
 
     def _on_tap(self, fd, name):
         if name in self.vifs:
-            self.engine.on_tap(name, tap.read_frames(fd, tap.VIF_WEIGHT))
+            # The first frame is forwarded before the reads that drain the queue: a ping (one frame
+            # per wake-up) does not wait for the read that finds the queue empty. Measured here by
+            # the latency stamps: that read and the batch around it were 50-90 us of a hop after 20 ms
+            # of sleep (vrouter/core/latency.py, docs/vrouter.md "Latency").
+            first = tap.read_frames(fd, 1)
+            if first:
+                self.engine.on_tap(name, first)
+                rest = tap.read_frames(fd, tap.VIF_WEIGHT - 1)
+                if rest:
+                    self.engine.on_tap(name, rest)
 
     def _on_fabric(self, sock, _):
         self.engine.on_fabric(self.tunnels, sock)
 
     # --- run-time switches ---------------------------------------------------------------------
+    def set_spin(self, spin_us: float) -> dict:
+        """The spin window at run time (vrouter/core/spin.py), same budget."""
+        self.spin = Spin(spin_us, self.spin.budget)
+        return self.spin.stats()
+
     def set_offloads(self, gro=None, gso=None) -> dict:
         """Flip the GRO and/or GSO switch at run time (see vrouter/core/offload.py); returns both."""
         off = self.offloads
@@ -453,16 +523,32 @@ def path_slots(text: str) -> int:
     return k
 
 
+def spin_us(text: str) -> float:
+    """argparse type for --spin-us: 0 (off) to 10,000 microseconds."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 10_000:
+        raise argparse.ArgumentTypeError(f"give microseconds 0..10000, not {text!r}")
+    return v
+
+
 def main(argv=None):
     p = parser("python -m vrouter.forwarder", __doc__)
     add_switch_arguments(p)
     p.add_argument("--path-slots", type=path_slots, default=SLOTS, metavar="K",
                    help=f"path repair: outer source ports probed per tunnel peer, {MIN_SLOTS}..{MAX_SLOTS} (default "
                         f"{SLOTS}; 0: off, every flow keeps its own entropy port and nothing is probed)")
+    p.add_argument("--spin-us", type=spin_us, default=SPIN_US, metavar="US",
+                   help="after a loop round with input, poll this many microseconds more before sleeping, "
+                        f"at most {SPIN_BUDGET:.0%} of each second (default {SPIN_US:g}: off; docs/vrouter.md "
+                        "'Latency' has the trade-off)")
     args = p.parse_args(argv)
     setup_logging(args, "forwarder")
     try:
-        fwd = Forwarder(args.rundir, args.server, gro=args.gro, gso=args.gso, path_slots=args.path_slots)
+        fwd = Forwarder(args.rundir, args.server, gro=args.gro, gso=args.gso, path_slots=args.path_slots,
+                        spin_us=args.spin_us)
     except (ipc.IpcError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

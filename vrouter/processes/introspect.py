@@ -64,19 +64,39 @@ class Introspector:
         """Path repair: every tunnel peer's path slots, their ports and health (core/paths.py)."""
         return self._engine().paths()
 
+    def _stamp(self, req):
+        """Latency stamps of ICMP echoes (vrouter/core/latency.py): {"on": true|false} switches them,
+        {"take": true} returns (and forgets) those taken so far. Single forwarder only."""
+        engine = self._engine()
+        if not hasattr(engine, "set_stamping"):
+            raise IntrospectError(f"vrouter {self.fwd.server}: latency stamps need the single forwarder "
+                                  "(this one runs worker processes)")
+        if "on" in req and not isinstance(req["on"], bool):
+            raise IntrospectError(f"stamp: on must be true or false, got {req['on']!r}")
+        taken = engine.take_stamps() if req.get("take") else []     # before switching: off forgets them
+        if "on" in req:
+            engine.set_stamping(req["on"], self.fwd.tunnels)
+        return {"stamps": taken, "on": engine.datapath.stamps is not None}
+
     def _stats(self, req):
         f = self.fwd
         return {"server": f.server, "generation": f.generation,
-                "mode": f.config.flow.mode if f.config else None, **f.engine.stats()}
+                "mode": f.config.flow.mode if f.config else None, "spin": f.spin.stats(), **f.engine.stats()}
 
     def _set(self, req):
         args = {k: req[k] for k in ("gro", "gso") if k in req}
-        if not args:
-            raise IntrospectError("set: give gro and/or gso (true or false)")
+        if not args and "spin_us" not in req:
+            raise IntrospectError("set: give gro and/or gso (true or false), or spin_us (microseconds)")
         for k, v in args.items():
             if not isinstance(v, bool):
                 raise IntrospectError(f"set: {k} must be true or false, got {v!r}")
-        return self.fwd.set_offloads(**args)
+        out = self.fwd.set_offloads(**args) if args else {}
+        if "spin_us" in req:
+            v = req["spin_us"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10_000:
+                raise IntrospectError(f"set: spin_us must be 0..10000 microseconds, got {v!r}")
+            out["spin"] = self.fwd.set_spin(v)
+        return out
 
     def _config(self, req):
         return {"generation": self.fwd.generation, "config": self.fwd.config_dict}

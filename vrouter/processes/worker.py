@@ -30,6 +30,7 @@ from vrouter.core import rps_channel
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.offload import Offloads
 from vrouter.io import ipc, rps_kernel, tap, tunnel
+from vrouter.io.poller import Poller
 from vrouter.processes.datapath import EXPIRE_EVERY, VNET_LEN, AgentLink, Datapath, VifPort
 from vrouter.processes.launch import tune_gc
 
@@ -55,7 +56,7 @@ class Worker:
     def __init__(self, cpu: int, ctrl: socket.socket, inputs: list, kernel: bool, first: bool,
                  clock=time.monotonic, gro: bool = True, gso: bool = True):
         self.cpu, self.ctrl, self.kernel, self.first, self.clock = cpu, ctrl, kernel, first, clock
-        self.sel = selectors.DefaultSelector()
+        self.sel = Poller()     # epoll without selectors' per-event cost (vrouter/io/poller.py)
         self.counters: collections.Counter = collections.Counter()
         self.agent = AgentLink(self.counters, lambda _sock, why: self._drop_agent(why), self._agent_interest)
         self.datapath = Datapath(self.agent, Offloads(gro, gso), clock=clock)
