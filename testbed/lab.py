@@ -172,12 +172,13 @@ def load_lab(lab_dir: Path) -> Lab:
     if not MINUTES[0] <= minutes <= MINUTES[1]:
         problems.append(f"{where}: minutes: {minutes} is not within {MINUTES[0]}-{MINUTES[1]}")
     topology = _topology(d.get("testbed", "none"), lab_dir, problems, where)
+    none = d.get("testbed", "none") in NO_TESTBED
     setup = d.get("setup", [])
     if any(not isinstance(s, str) or not s.strip() for s in setup):
         problems.append(f"{where}: setup: expected testbed command lines such as 'net mode reactive'")
-    if setup and topology is None:
+    if setup and none:
         problems.append(f"{where}: setup: commands need a testbed (testbed: none)")
-    if d.get("check_uses_testbed") and topology is None:
+    if d.get("check_uses_testbed") and none:
         problems.append(f"{where}: check_uses_testbed: the check grades a testbed, but the lab has none")
     files = _files(d.get("student_files", []), lab_dir, problems, where)
     for name in ("README.md", "check.py"):
@@ -189,8 +190,9 @@ def load_lab(lab_dir: Path) -> Lab:
                tuple(setup), files, d.get("check_uses_testbed", False))
 
 
-def load_labs(root: Path = LABS_DIR) -> list[Lab]:
-    """Every lab under ``root``, by number; LabFileError with the problems of all of them."""
+def load_labs(root: Path | None = None) -> list[Lab]:
+    """Every lab under ``root`` (default labs/), by number; LabFileError with the problems of all of them."""
+    root = LABS_DIR if root is None else root
     labs, problems = [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit()):
         try:
@@ -396,17 +398,28 @@ def check_functions(lab: Lab) -> tuple[list[tuple[str, Callable[[Context], Any]]
 
 
 def _notes(exc: BaseException) -> str:
-    """Hypothesis adds the falsifying example as a note to the exception."""
-    notes = [n for n in getattr(exc, "__notes__", ()) if "Falsifying" in n or "example" in n.lower()]
-    return (" (" + "; ".join(n.strip() for n in notes) + ")") if notes else ""
+    """' (smallest failing case: f(x=5))': hypothesis adds its shrunk example to the exception as a
+    note ('Failing test case: f(\n    x=5,\n)'), which a finding shows on one line."""
+    for note in getattr(exc, "__notes__", ()):
+        head, sep, case = note.partition(":")
+        if sep and head.strip() in ("Failing test case", "Falsifying example"):
+            case = re.sub(r",?\s*\)$", ")", re.sub(r"\(\s+", "(", " ".join(case.split())))
+            return f" (smallest failing case: {case})"
+    return ""
 
 
 def _findings(fn: Callable[[Context], Any], ctx: Context) -> list[Finding]:
     """Run one check: returned findings, or a Wrong / AssertionError / error of the student's code."""
     try:
-        out = fn(ctx)
-    except Wrong as exc:
-        return [Finding(str(exc) + _notes(exc), exc.where)]
+        try:
+            out = fn(ctx)
+        except BaseExceptionGroup as group:   # hypothesis's "found N distinct failures": the first
+            first = group.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+    except Wrong as exc:               # says which case it is (a property's own message names it)
+        return [Finding(str(exc), exc.where)]
     except AssertionError as exc:
         return [Finding((str(exc) or "an assertion of the check failed") + _notes(exc))]
     except Exception as exc:

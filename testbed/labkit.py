@@ -25,9 +25,10 @@ __all__ = ["PROPERTY", "Drop", "Pair", "SRV1", "SRV2", "ToTunnel", "ToVif", "VM1
            "VM2_MAC", "Wrong", "flow_text", "icmp_frame", "server_config", "tcp_frame", "udp_frame"]
 
 # Deterministic (a check gives the same verdict twice), no example database left in the student's
-# folder, no deadline (a laptop VM is slow), few enough examples for a check in about a second.
+# folder, no deadline (a laptop VM is slow), few enough examples for a check in about a second, and
+# one failure at a time (the smallest; the student fixes it and checks again).
 PROPERTY = settings(max_examples=150, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck), print_blob=False)
+                    suppress_health_check=list(HealthCheck), print_blob=False, report_multiple_bugs=False)
 
 SRV1, SRV2 = "10.0.1.1", "10.0.2.1"
 VM1, VM2 = "192.168.1.11", "192.168.1.12"

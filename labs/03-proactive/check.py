@@ -102,14 +102,17 @@ def check_reverse_entry(ctx):
         if rev is None:
             raise Wrong(f"proactive decision for {flow_text(key)} has no reverse entry: the reply's first "
                         "packet will miss the flow table and punt again", WHERE_REVERSE)
-        if rev == out["forward"] and want != key:
-            raise Wrong(f"proactive decision for {flow_text(key)}: the reverse entry is a copy of the forward "
-                        f"one; it must be evaluate() of the reply's key {want} (its own route and policy)",
-                        WHERE_REVERSE)
-        if not isinstance(rev, dict) or rev.get("key") != want:
-            raise Wrong(f"proactive decision for {flow_text(key)}: reverse entry key "
-                        f"{rev.get('key') if isinstance(rev, dict) else rev!r}; the reply carries {want} "
-                        f"({flow_text(want)})", WHERE_REVERSE)
+        rkey = rev.get("key") if isinstance(rev, dict) else rev
+        if rkey != want:
+            if rkey == list(student.mirror(list(key))):
+                raise Wrong(f"proactive decision for {flow_text(key)}: reverse entry key {rkey}, which is what "
+                            f"your mirror() gives; the reply carries {want} ({flow_text(want)})", WHERE_MIRROR)
+            if rev == out["forward"]:
+                raise Wrong(f"proactive decision for {flow_text(key)}: the reverse entry is a copy of the forward "
+                            f"one; it must be evaluate() of the reply's key {want} (its own route and policy)",
+                            WHERE_REVERSE)
+            raise Wrong(f"proactive decision for {flow_text(key)}: reverse entry key {rkey!r}; the reply carries "
+                        f"{want} ({flow_text(want)})", WHERE_REVERSE)
         if rev != _evaluate(*want):
             raise Wrong(f"proactive decision for {flow_text(key)}: reverse entry {rev!r} is not "
                         f"evaluate({want}): take the verdict evaluate() gives the reply's key", WHERE_REVERSE)
