@@ -76,6 +76,8 @@ def run(argv: list[str], rundir: Path, out=sys.stdout) -> int:
         return watch(rundir, server, count, interval, as_json, out)
     if rest[:2] == ("rt", "--dump") and len(rest) == 3:
         op, fmt, args = "routes", tables.format_routes, {"vrf": rest[2]}
+    elif rest == ("offload",):          # `set` wants something to set: the switches are in `stats`
+        op, fmt = "stats", lambda r: _format_offloads({k: r[k]["enabled"] for k in ("gro", "gso")})
     elif rest[:1] == ("offload",):
         op, fmt, args = "set", _format_offloads, offload_args(list(rest[1:]))
     elif rest in TOOLS:
@@ -92,7 +94,7 @@ def run(argv: list[str], rundir: Path, out=sys.stdout) -> int:
 
 def offload_args(words: list[str]) -> dict[str, bool]:
     """`gro off gso on` -> {"gro": False, "gso": True} (the introspection op `set`)."""
-    if len(words) % 2 or any(w not in ("gro", "gso") for w in words[::2]) or \
+    if not words or len(words) % 2 or any(w not in ("gro", "gso") for w in words[::2]) or \
             any(w not in ("on", "off") for w in words[1::2]):
         raise CommandError(f"usage: vr SERVER {OFFLOAD_USAGE}", code=2)
     return {name: state == "on" for name, state in zip(words[::2], words[1::2], strict=True)}
