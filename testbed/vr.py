@@ -11,6 +11,8 @@
     testbed vr srv1 paths            path repair: per tunnel peer the path slots, their ports, alive or
                                      dead, probes sent and answered, flows moved
     testbed vr srv1 reset            flush the flow table and zero the counters (experiments)
+    testbed vr srv1 offload [gro on|off] [gso on|off]
+                                     switch GRO / GSO at run time (none given: show both)
 Add --json for the raw data (`flow -r --json`: one JSON object per line and sample). Inside
 Mininet's CLI: `vr srv1 flow -l`.
 """
@@ -38,7 +40,9 @@ TOOLS = {
     ("reset",): ("reset", lambda r: "flow table flushed, counters zeroed\n"),
 }
 RATE_USAGE = "flow -r [--count N] [--interval S]"
-USAGE = f"flow -l | {RATE_USAGE} | vif --list | rt --dump VRF | nh --list | dropstats | stats | paths | reset"
+OFFLOAD_USAGE = "offload [gro on|off] [gso on|off]"
+USAGE = (f"flow -l | {RATE_USAGE} | vif --list | rt --dump VRF | nh --list | dropstats | stats | paths | reset | "
+         f"{OFFLOAD_USAGE}")
 PRESSURE_OP = "pressure"
 
 
@@ -72,6 +76,10 @@ def run(argv: list[str], rundir: Path, out=sys.stdout) -> int:
         return watch(rundir, server, count, interval, as_json, out)
     if rest[:2] == ("rt", "--dump") and len(rest) == 3:
         op, fmt, args = "routes", tables.format_routes, {"vrf": rest[2]}
+    elif rest == ("offload",):          # `set` wants something to set: the switches are in `stats`
+        op, fmt = "stats", lambda r: _format_offloads({k: r[k]["enabled"] for k in ("gro", "gso")})
+    elif rest[:1] == ("offload",):
+        op, fmt, args = "set", _format_offloads, offload_args(list(rest[1:]))
     elif rest in TOOLS:
         op, fmt = TOOLS[rest]
     else:
@@ -82,6 +90,18 @@ def run(argv: list[str], rundir: Path, out=sys.stdout) -> int:
         raise CommandError(f"{server}: {exc}") from None
     out.write(json.dumps(result, indent=1, sort_keys=True) + "\n" if as_json else fmt(result))
     return 0
+
+
+def offload_args(words: list[str]) -> dict[str, bool]:
+    """`gro off gso on` -> {"gro": False, "gso": True} (the introspection op `set`)."""
+    if not words or len(words) % 2 or any(w not in ("gro", "gso") for w in words[::2]) or \
+            any(w not in ("on", "off") for w in words[1::2]):
+        raise CommandError(f"usage: vr SERVER {OFFLOAD_USAGE}", code=2)
+    return {name: state == "on" for name, state in zip(words[::2], words[1::2], strict=True)}
+
+
+def _format_offloads(result: dict) -> str:
+    return f"gro {'on' if result['gro'] else 'off'}, gso {'on' if result['gso'] else 'off'}\n"
 
 
 def read_pressure(rundir: Path, server: str) -> dict:

@@ -116,6 +116,29 @@ def test_flow_rate_ends_quietly_on_ctrl_c_and_errors_in_one_line(monkeypatch, ru
         vr.run(["srv9", "flow", "-r"], rundir)
 
 
+def test_offload_switches_gro_and_gso_through_the_set_op(monkeypatch, rundir):
+    asked = []
+
+    def query(rundir, server, op, **args):
+        asked.append((server, op, args))
+        if op == "stats":
+            return {"gro": {"enabled": True, "segments": 0}, "gso": {"enabled": False}}
+        return {"gro": args.get("gro", True), "gso": args.get("gso", True)}
+    monkeypatch.setattr(introspect, "query", query)
+    out = io.StringIO()
+    assert vr.run(["srv3", "offload", "gro", "off"], rundir, out=out) == 0
+    assert asked == [("srv3", "set", {"gro": False})] and out.getvalue() == "gro off, gso on\n"
+    out = io.StringIO()
+    assert vr.run(["srv3", "offload"], rundir, out=out) == 0 and asked[-1] == ("srv3", "stats", {})
+    assert out.getvalue() == "gro on, gso off\n"
+    assert vr.run(["srv3", "offload", "gso", "off", "gro", "on"], rundir, out=io.StringIO()) == 0
+    assert asked[-1][2] == {"gso": False, "gro": True}
+    for bad in (["gro"], ["gro", "maybe"], ["tso", "on"]):
+        with pytest.raises(CommandError, match=r"usage: vr SERVER offload \[gro on\|off\]") as exc:
+            vr.run(["srv3", "offload", *bad], rundir)
+        assert exc.value.code == 2
+
+
 # ---------------------------------------------------------------- net flow-limit
 def test_flow_limit_syntax():
     parser = cli.build_parser()

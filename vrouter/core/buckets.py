@@ -11,10 +11,13 @@ and installs its own pair (the old one ages out). Hence the minimal movement: on
 over-quota worker must give up change owner, i.e. ``sum(max(0, old - new))`` over the workers.
 """
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+Apportion = Callable[[Mapping[int, float], int], dict[int, int]]
+Rebalance = Callable[[Sequence[int], Mapping[int, int]], list[int]]
 
 
-def _quotas(weights: Mapping[int, float], size: int) -> dict[int, int]:
+def apportion(weights: Mapping[int, float], size: int) -> dict[int, int]:
     """Largest-remainder apportionment of ``size`` buckets; ties go to the lower worker id."""
     total = sum(weights.values())
     exact = {w: size * wt / total for w, wt in weights.items()}
@@ -25,7 +28,7 @@ def _quotas(weights: Mapping[int, float], size: int) -> dict[int, int]:
     return counts
 
 
-def _interleave(counts: Mapping[int, int]) -> list[int]:
+def interleave(counts: Mapping[int, int]) -> list[int]:
     """Smooth weighted round robin: each worker appears counts[w] times, spread out, deterministic."""
     total = sum(counts.values())
     current = dict.fromkeys(counts, 0)
@@ -39,18 +42,40 @@ def _interleave(counts: Mapping[int, int]) -> list[int]:
     return order
 
 
+def rebalance(buckets: Sequence[int], quotas: Mapping[int, int]) -> list[int]:
+    """The new owner of every bucket: each worker ends with its quota, and only the buckets that
+    over-quota (or removed) workers must give up change owner, handed to the under-quota ones."""
+    kept = dict.fromkeys(quotas, 0)
+    free: list[int] = []
+    for i, owner in enumerate(buckets):
+        if kept.get(owner, 0) < quotas.get(owner, 0):
+            kept[owner] += 1
+        else:
+            free.append(i)
+    deficit = {w: quotas[w] - kept[w] for w in quotas if quotas[w] > kept[w]}
+    out = list(buckets)
+    for i, w in zip(free, interleave(deficit) if deficit else [], strict=False):
+        out[i] = w
+    return out
+
+
 def _check_worker(w: object) -> None:
     if isinstance(w, bool) or not isinstance(w, int) or w < 0:
         raise ValueError(f"worker id {w!r} is not a CPU number (an int >= 0)")
 
 
 class BucketTable:
-    """``lookup(hash) -> worker``; ``buckets`` is a list the steering objects read in place."""
+    """``lookup(hash) -> worker``; ``buckets`` is a list the steering objects read in place.
 
-    def __init__(self, weights: Mapping[int, float], size: int = 128, cpus: Iterable[int] | None = None) -> None:
+    ``apportion`` and ``rebalance`` are this module's unless given (lab 6 gives the student's: they
+    run when the table is built or updated, never per packet)."""
+
+    def __init__(self, weights: Mapping[int, float], size: int = 128, cpus: Iterable[int] | None = None,
+                 apportion: Apportion = apportion, rebalance: Rebalance = rebalance) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"buckets: {size!r} is not a positive number of buckets")
         self.size = size
+        self._apportion, self._rebalance = apportion, rebalance
         self.buckets: list[int] = []
         self.weights: dict[int, float] = {}
         self.cpus: frozenset[int] | None = None
@@ -75,22 +100,15 @@ class BucketTable:
         """Rebuild for new weights and/or CPU set (None keeps the current one); returns buckets moved."""
         weights = self.weights if weights is None else dict(weights)
         cpus = self.cpus if cpus is None else frozenset(cpus)
-        quotas = _quotas(self._effective(weights, cpus), self.size)
+        quotas = self._apportion(self._effective(weights, cpus), self.size)
         self.weights, self.cpus = weights, cpus
         if not self.buckets:
-            self.buckets[:] = _interleave(quotas)
+            self.buckets[:] = interleave(quotas)
             return 0
-        kept = dict.fromkeys(quotas, 0)
-        free: list[int] = []
-        for i, owner in enumerate(self.buckets):
-            if kept.get(owner, 0) < quotas.get(owner, 0):
-                kept[owner] += 1
-            else:
-                free.append(i)
-        deficit = {w: quotas[w] - kept[w] for w in quotas if quotas[w] > kept[w]}
-        for i, w in zip(free, _interleave(deficit) if deficit else [], strict=False):
-            self.buckets[i] = w
-        return len(free)
+        new = self._rebalance(self.buckets, quotas)
+        moved = sum(a != b for a, b in zip(self.buckets, new, strict=True))
+        self.buckets[:] = new
+        return moved
 
     def lookup(self, h: int) -> int:
         return self.buckets[h % self.size]

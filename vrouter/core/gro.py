@@ -27,10 +27,12 @@ NEEDS_CSUM + TCPV4 with gso_size = the first segment's data length, so the VM's 
 checksum and its stack sees one packet. A single packet whose TCP/UDP checksum field is partial (sent
 by a GSO vrouter, see vrouter/gso.py) gets NEEDS_CSUM with gso NONE; any other gets an all-zero
 header. With ``enabled=False`` (the switch for experiments) nothing merges but partial checksums are
-still flagged, which correctness needs.
+still flagged, which correctness needs. ``rule`` replaces the merge rules for segments that meet
+an open merge (lab 5 gives the student's; the forwarders never set it).
 """
 import struct
-from typing import Any, TypeAlias
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeAlias
 
 from .codec import virtio
 from .codec.buffer import Buffer
@@ -52,6 +54,50 @@ _MPLSOGRE = struct.Struct("!II" + _IPTCP).unpack_from
 _VXLAN = struct.Struct("!II12xH" + _IPTCP).unpack_from
 _PARTIAL_TCP = virtio.partial(_ETH + 20, virtio.TCP_CSUM_OFFSET)
 _PLAIN = virtio.PLAIN
+
+# A rule replacing the merge rules above for segments of an open merge (lab 5 injects the
+# student's): rule(merge, segment) -> (joins, reason). A segment that joins is delivered with the
+# merge at once for a reason of JOIN_REASONS (None: the merge stays open); one that does not join
+# delivers the open merge for a reason of SPLIT_REASONS, then starts a merge of its own or passes
+# alone. Unset (the forwarders), the rules are inline: one attribute test per such segment.
+JOIN_REASONS = (None, "psh", "fin", "short")
+SPLIT_REASONS = ("not_contiguous", "headers", "size", "other_packet")
+
+
+class Segment(NamedTuple):
+    """A segment offered to an open merge, as a rule sees it."""
+    seq: int
+    dlen: int                   # TCP data bytes
+    flags: int                  # TCP flags
+    ack: int
+    win: int
+    thl: int                    # TCP header length (20 + options)
+    tos: int
+    ttl: int
+    df: bool
+    ident: int                  # IPv4 id
+    opts: bytes                 # TCP options
+
+
+class MergeView(NamedTuple):
+    """An open merge, as a rule sees it (a copy: the rule cannot change it)."""
+    mss: int                    # the first segment's data length: the super-packet's gso_size
+    next_seq: int               # the sequence number the next segment must carry
+    ack: int
+    win: int
+    thl: int
+    tos: int
+    ttl: int
+    df: bool
+    last_id: int                # IPv4 id of the last segment that joined
+    opts: bytes
+    flags: int                  # the first segment's TCP flags
+    size: int                   # data bytes merged so far
+    limit: int                  # data bytes the super-packet may hold (IPv4 total length <= 65535)
+    n: int                      # segments merged so far
+
+
+Rule: TypeAlias = Callable[[MergeView, Segment], tuple[bool, str | None]]
 
 # (tunnel payload, segments it stands for, gso_size or 0, virtio_net_hdr for the ToVif frame)
 Delivery: TypeAlias = tuple[bytes, int, int, bytes]
@@ -95,9 +141,10 @@ class Gro:
     buffer (recv_into) while merges that hold it are open; :meth:`batch` flushes before returning.
     """
 
-    def __init__(self, enabled: bool = True, timeout: float = 0.0) -> None:
+    def __init__(self, enabled: bool = True, timeout: float = 0.0, rule: Rule | None = None) -> None:
         self.enabled = enabled
         self.timeout = timeout
+        self.rule = rule
         self._open: dict[_Key, _Merge] = {}
         self._ready: list[Delivery] = []
         self.segments = 0
@@ -159,23 +206,28 @@ class Gro:
         dlen = tlen - 20 - thl
         m = opened.get(key) if opened else None
         if m is not None:
-            if (seq == m.next_seq and 0 < dlen <= m.mss and flags & ~_ENDS == m.cmp and ack == m.ack
-                    and win == m.win and thl == m.thl and tos == m.tos and ttl == m.ttl and fw == m.fw
-                    and (ident == (m.last_id + 1) & 0xFFFF or (fw & _DF and ident == m.last_id))
-                    and (thl == 20 or mv[off + 40:off + 20 + thl] == m.opts)
-                    and m.size + dlen <= m.limit):
-                m.data.append(mv[off + 20 + thl:e])
-                m.size += dlen
-                m.n += 1
-                m.next_seq = (seq + dlen) & 0xFFFFFFFF
-                m.last_id = ident
-                if flags & _ENDS:
-                    m.ends = flags & _ENDS
-                    self._close(m, "psh" if flags & TCP_PSH else "fin")
-                elif dlen < m.mss:
-                    self._close(m, "short")
+            if self.rule is None:
+                if (seq == m.next_seq and 0 < dlen <= m.mss and flags & ~_ENDS == m.cmp and ack == m.ack
+                        and win == m.win and thl == m.thl and tos == m.tos and ttl == m.ttl and fw == m.fw
+                        and (ident == (m.last_id + 1) & 0xFFFF or (fw & _DF and ident == m.last_id))
+                        and (thl == 20 or mv[off + 40:off + 20 + thl] == m.opts)
+                        and m.size + dlen <= m.limit):
+                    # the same five lines as _join, inline: this runs for every merged segment
+                    m.data.append(mv[off + 20 + thl:e])
+                    m.size += dlen
+                    m.n += 1
+                    m.next_seq = (seq + dlen) & 0xFFFFFFFF
+                    m.last_id = ident
+                    if flags & _ENDS:
+                        m.ends = flags & _ENDS
+                        self._close(m, "psh" if flags & TCP_PSH else "fin")
+                    elif dlen < m.mss:
+                        self._close(m, "short")
+                    return
+                self._close(m, self._why(m, seq, dlen, flags))
+            elif self._ruled(m, Segment(seq, dlen, flags, ack, win, thl, tos, ttl, bool(fw & _DF), ident,
+                                        bytes(mv[off + 40:off + 20 + thl])), mv, off, e):
                 return
-            self._close(m, self._why(m, seq, dlen, flags))
         if dlen <= 0 or flags & _ALONE or not self.enabled or thl < 20:
             self._counts["single"] += 1
             self._ready.append((bytes(mv[s:e]), 1, 0,
@@ -188,6 +240,33 @@ class Gro:
         m.mss, m.next_seq, m.data, m.size, m.limit = dlen, (seq + dlen) & 0xFFFFFFFF, [], dlen, 65535 - 20 - thl
         m.ends, m.n, m.started, m.src, m.dst = 0, 1, now, src, dst
         opened[key] = m
+
+    def _ruled(self, m: _Merge, seg: "Segment", mv: memoryview, off: int, e: int) -> bool:
+        """The injected rule's verdict on a segment of an open merge; True if the segment joined it."""
+        assert self.rule is not None
+        joins, reason = self.rule(MergeView(m.mss, m.next_seq, m.ack, m.win, m.thl, m.tos, m.ttl, bool(m.fw & _DF),
+                                            m.last_id, m.opts, m.flags, m.size, m.limit, m.n), seg)
+        if reason not in (JOIN_REASONS if joins else SPLIT_REASONS):
+            raise ValueError(f"GRO rule returned ({joins!r}, {reason!r}): a segment that joins is delivered with "
+                             f"{' or '.join(map(repr, JOIN_REASONS))}; one that does not with one of "
+                             f"{', '.join(map(repr, SPLIT_REASONS))}")
+        if not joins:
+            assert reason is not None       # SPLIT_REASONS has no None
+            self._close(m, reason)
+            return False
+        self._join(m, mv[off + 20 + seg.thl:e], seg.dlen, seg.seq, seg.ident)
+        if reason is not None:
+            m.ends = seg.flags & _ENDS
+            self._close(m, reason)
+        return True
+
+    @staticmethod
+    def _join(m: _Merge, data: memoryview, dlen: int, seq: int, ident: int) -> None:
+        m.data.append(data)
+        m.size += dlen
+        m.n += 1
+        m.next_seq = (seq + dlen) & 0xFFFFFFFF
+        m.last_id = ident
 
     @staticmethod
     def _why(m: _Merge, seq: int, dlen: int, flags: int) -> str:

@@ -50,6 +50,11 @@ class SlowPath:
         rev = self.evaluate(vrf, proto, dst, src, dport, sport) if self.mode == "proactive" else None
         return {"vrf": vrf_id, "mode": self.mode, "forward": fwd, "reverse": rev}
 
+    def instance(self, vrf_id: int) -> RoutingInstance | None:
+        """The routing instance of a network id (None: no such network here); for code outside the
+        agent that evaluates flows as decide does (the labs' checks)."""
+        return self._vrfs.get(vrf_id)
+
     def evaluate(self, vrf: RoutingInstance | None, proto: int, src: int, dst: int, sport: int,
                  dport: int) -> EntrySpec:
         """Entry spec for one direction: route lookup on the destination, then the network's policy."""

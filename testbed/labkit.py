@@ -1,0 +1,117 @@
+"""What a lab's check.py builds on: the real vrouter core wired as the shells wire it, packet
+builders, hypothesis settings for property checks, and the handle of a running lab testbed.
+
+Code labs plug the student's function into the real core (a SlowPath whose decide is the
+student's, a Gro with the student's merge rule, a BucketTable with the student's apportionment), so
+a check reports what the vrouter would do with the student's code, not what a copy of it would.
+A check that grades a running testbed gets its handle as ``ctx.testbed`` (testbed/lab.py ``Testbed``).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+
+from testbed.lab import Wrong
+from vrouter.core.actions import Drop, ToTunnel, ToVif
+from vrouter.core.codec import ethernet, ipv4, l4
+from vrouter.core.codec.ipv4 import int_to_ip, ip_to_int
+from vrouter.core.config import VROUTER_MAC, VrouterConfig
+from vrouter.core.pipeline import Pipeline
+from vrouter.core.slowpath import SlowPath
+
+__all__ = ["PROPERTY", "Drop", "Pair", "SRV1", "SRV2", "ToTunnel", "ToVif", "VM1", "VM1_MAC", "VM2",
+           "VM2_MAC", "Wrong", "flow_text", "icmp_frame", "server_config", "tcp_frame", "udp_frame"]
+
+# Deterministic (a check gives the same verdict twice), no example database left in the student's
+# folder, no deadline (a laptop VM is slow), few enough examples for a check in about a second, and
+# one failure at a time (the smallest; the student fixes it and checks again).
+PROPERTY = settings(max_examples=150, deadline=None, database=None, derandomize=True,
+                    suppress_health_check=list(HealthCheck), print_blob=False, report_multiple_bugs=False)
+
+SRV1, SRV2 = "10.0.1.1", "10.0.2.1"
+VM1, VM2 = "192.168.1.11", "192.168.1.12"
+VM1_MAC, VM2_MAC = "02:00:00:00:01:0b", "02:00:00:00:01:0c"
+VIFS = {"srv1": ("tr-red1", VM1, VM1_MAC), "srv2": ("tr-red2", VM2, VM2_MAC)}
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
+
+
+def server_config(name: str, mode: str = "proactive", encap: str = "mplsoudp",
+                  policies: list[dict[str, Any]] | None = None) -> VrouterConfig:
+    """srv1 hosts red1 (VM1), srv2 hosts red2 (VM2): network red (id 100), 192.168.1.0/24."""
+    me, other = (SRV1, SRV2) if name == "srv1" else (SRV2, SRV1)
+    vif, ip, mac = VIFS[name]
+    remote = VM2 if name == "srv1" else VM1
+    return VrouterConfig.from_dict({
+        "server": name, "underlay_ip": me, "encapsulation": encap,
+        "networks": [{"name": "red", "id": 100, "subnets": ["192.168.1.0/24"], "gateway": "192.168.1.1"}],
+        "vifs": [{"name": vif, "network": "red", "mac": mac, "ip": ip}],
+        "routes": [{"network": "red", "prefix": remote + "/32",
+                    "nexthop": {"type": "tunnel", "peer": other, "label": 100, "encap": encap}}],
+        "peers": [other], "policies": copy.deepcopy(policies or []), "flow": {"mode": mode},
+    })
+
+
+class Pair:
+    """Two vrouters back to back (srv1 with red1, srv2 with red2), each with its agent's slow path,
+    wired as the shells wire them: a tunnel action crosses the fabric at once, the punts queued
+    meanwhile go to the agent, its decision is installed. ``slowpath`` builds each agent's SlowPath
+    from its config (the default: the real one), so a check can give it the student's decide."""
+
+    def __init__(self, mode: str = "proactive", encap: str = "mplsoudp",
+                 policies: list[dict[str, Any]] | None = None, slowpath: Any = SlowPath):
+        self.cfg = {n: server_config(n, mode, encap, policies) for n in ("srv1", "srv2")}
+        self.pipe = {n: Pipeline(c) for n, c in self.cfg.items()}
+        self.slow = {n: slowpath(c) for n, c in self.cfg.items()}
+        self.punts = {"srv1": 0, "srv2": 0}
+        self._server = {SRV1: "srv1", SRV2: "srv2"}
+        self._address = {"srv1": SRV1, "srv2": SRV2}
+
+    def run(self, srv: str, actions: list[Any], now: float) -> list[Any]:
+        """The terminal actions (ToVif / Drop) the given ones lead to, in order."""
+        out: list[Any] = []
+        for a in actions:
+            if isinstance(a, ToTunnel):
+                dst = self._server[a.peer]
+                out += self.run(dst, self.pipe[dst].from_fabric(self._address[srv], a.encap, a.payload, now), now)
+            else:
+                out.append(a)
+        for request in self.pipe[srv].take_punts(now):
+            self.punts[srv] += 1
+            decision = self.slow[srv].decide(request, now)
+            out += self.run(srv, self.pipe[srv].install(decision, now), now)
+        return out
+
+    def send(self, srv: str, frame: bytes, now: float = 0.0) -> list[Any]:
+        """A frame sent by the VM of ``srv``; the terminal actions it leads to."""
+        return self.run(srv, self.pipe[srv].from_vif(VIFS[srv][0], frame, now), now)
+
+    def flows(self, srv: str) -> list[dict[str, Any]]:
+        return self.pipe[srv].flows()
+
+
+def _eth(src_mac: str) -> bytes:
+    return ethernet.build(VROUTER_MAC, ethernet.mac_to_bytes(src_mac), ethernet.ETH_P_IP)
+
+
+def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: int, src_mac: str = VM1_MAC,
+              payload: bytes = b"", seq: int = 0, ack: int = 0) -> bytes:
+    seg = l4.build_tcp(ip_to_int(src), ip_to_int(dst), sport, dport, payload, seq=seq, ack=ack, flags=flags)
+    return _eth(src_mac) + ipv4.build(ip_to_int(src), ip_to_int(dst), ipv4.IPPROTO_TCP, seg)
+
+
+def udp_frame(src: str, dst: str, sport: int, dport: int, src_mac: str = VM1_MAC, payload: bytes = b"x") -> bytes:
+    seg = l4.build_udp(ip_to_int(src), ip_to_int(dst), sport, dport, payload)
+    return _eth(src_mac) + ipv4.build(ip_to_int(src), ip_to_int(dst), ipv4.IPPROTO_UDP, seg)
+
+
+def icmp_frame(src: str, dst: str, ident: int = 7, type_: int = 8, src_mac: str = VM1_MAC) -> bytes:
+    msg = l4.build_icmp(type_, 0, ident, 1, b"ping")
+    return _eth(src_mac) + ipv4.build(ip_to_int(src), ip_to_int(dst), ipv4.IPPROTO_ICMP, msg)
+
+
+def flow_text(key: list[int] | tuple[int, ...]) -> str:
+    """[6, src, dst, sport, dport] as 'tcp 192.168.1.11:40000 -> 192.168.1.12:80'."""
+    proto, src, dst, sport, dport = key
+    return f"{PROTO_NAMES.get(proto, proto)} {int_to_ip(src)}:{sport} -> {int_to_ip(dst)}:{dport}"
