@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from testbed import DEFAULT_TOPOLOGY, generator, measure
-from testbed.commands import command, group
+from testbed.commands import command, group, prefix_arg
 from testbed.measure import provenance
 from testbed.runner import Testbed
 from testbed.topology import Topology, from_dict, load
@@ -84,7 +84,8 @@ def report_lines(r: dict) -> list[str]:
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     p.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration (default 5)")
-    p.add_argument("--prefix", default="vtb", help="name prefix of the benchmark's testbeds (default vtb)")
+    p.add_argument("--prefix", type=prefix_arg, default="vtb",
+                   help="name prefix of the benchmark's testbeds (default vtb)")
     p.add_argument("--run-root", default=None)
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from testbed import DEFAULT_TOPOLOGY
-from testbed.commands import CommandError, command, group
+from testbed.commands import CommandError, command, group, prefix_arg
 from testbed.measure import flowsetup, loadrun, provenance
 from testbed.measure.pairs import PairError, VmPair, pick_pair, same_servers
 from testbed.measure.runners import wait_ping
@@ -211,7 +211,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="offer 2k, 10k, 40k flows/s with a 1.5 s window "
                                                         "(default 2k, 5k, 10k, 20k, 40k and 3 s)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
-    p.add_argument("--prefix", default="vtf", help="name prefix of the bench's testbed (default vtf)")
+    p.add_argument("--prefix", type=prefix_arg, default="vtf", help="name prefix of the bench's testbed (default vtf)")
     p.add_argument("--run-root", default=None)
 
 

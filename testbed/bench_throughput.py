@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from testbed import DEFAULT_TOPOLOGY, fabric_tso
-from testbed.commands import CommandError, command, group
+from testbed.commands import CommandError, command, group, prefix_arg
 from testbed.hop_floor import hop_floor_us
 from testbed.measure import provenance
 from testbed.measure.pairs import PairError, VmPair, pick_pair
@@ -321,7 +321,7 @@ def tso_lines(leg: dict | None) -> list[str]:
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="3 s per run instead of 10")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
-    p.add_argument("--prefix", default="vtt", help="name prefix of the bench's testbed (default vtt)")
+    p.add_argument("--prefix", type=prefix_arg, default="vtt", help="name prefix of the bench's testbed (default vtt)")
     p.add_argument("--run-root", default=None)
     p.add_argument("--fabric-tso", action="store_true",
                    help="also measure with OVS userspace TSO on (restarts ovs-vswitchd twice; refused while OVS "

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from testbed import DEFAULT_TOPOLOGY, REPO, cleanup, fabric, foreground, generator, namespaces
-from testbed.commands import CommandError, command, group, run_arguments
+from testbed.commands import CommandError, command, group, prefix_arg, run_arguments
 from testbed.daemon import relay_cli, request
 from testbed.fabric import FabricError, check_prefix
 from testbed.rundir import RunDir, live_process, run_dirs, run_root
@@ -297,7 +297,8 @@ def server_restart(args) -> int:
 
 
 def _clean_args(p):
-    p.add_argument("--prefix", help="only this prefix (default: every run dir under the run root, and 'vt')")
+    p.add_argument("--prefix", type=prefix_arg,
+                   help="only this prefix (default: every run dir under the run root, and 'vt')")
     p.add_argument("--run-root", default=None)
 
 

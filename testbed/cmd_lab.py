@@ -22,7 +22,7 @@ from testbed import cli
 from testbed.checks import require_testbed_host
 from testbed.cleanup import is_running
 from testbed.cmd_fabric import down, up
-from testbed.commands import CommandError, command, group
+from testbed.commands import CommandError, command, group, prefix_arg
 from testbed.lab import (
     WORK_ENV,
     Context,
@@ -111,7 +111,7 @@ def lab_list(args) -> int:
 
 def _start_arguments(p) -> None:
     _number_arguments(p)
-    p.add_argument("--prefix", default="vt",
+    p.add_argument("--prefix", default="vt", type=prefix_arg,
                    help="the prefix of the lab's testbed (default vt, so 'testbed vr ...' needs no --prefix)")
     p.add_argument("--run-root", default=None, help="where run directories live (default as 'testbed up')")
 

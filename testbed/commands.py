@@ -12,8 +12,11 @@ Modules named testbed/cmd_*.py and those in COMMAND_MODULES are imported by test
 """
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from testbed.fabric import FabricError, check_prefix
 
 # The other modules imported by testbed.cli: those that register commands, and testbed.overlay
 # (its testbed hooks and the `vr` command of Mininet's CLI).
@@ -45,9 +48,17 @@ def command(name: str, help: str, root: bool = False, arguments: Callable | None
     return deco
 
 
+def prefix_arg(text: str) -> str:
+    """argparse type of every --prefix: a bad one is a usage error, not a traceback from the fabric."""
+    try:
+        return check_prefix(text)
+    except FabricError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run_arguments(p) -> None:
     """--prefix and --run-root: which running testbed a command talks to."""
-    p.add_argument("--prefix", default="vt",
+    p.add_argument("--prefix", default="vt", type=prefix_arg,
                    help="name prefix of this testbed's bridges, links and run dir (default vt); "
                         "testbeds with different prefixes run side by side")
     p.add_argument("--run-root", default=None,

@@ -104,3 +104,14 @@ def test_registering_a_name_twice_is_refused():
     cli.load_command_modules()  # registers "validate" (passed only after another test had done it)
     with pytest.raises(ValueError, match="registered twice"):
         commands.command("validate", help="again")(lambda args: 0)
+
+
+@pytest.mark.parametrize("argv", [["bench", "throughput", "--prefix", "bB1"], ["bench", "flowsetup", "--prefix", "x_y"],
+                                  ["status", "--prefix", "X1"], ["clean", "--prefix", "toolong1"],
+                                  ["lab", "start", "3", "--prefix", "Q"]])
+def test_a_bad_prefix_is_a_usage_error_not_a_traceback(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --prefix: prefix" in err and "Traceback" not in err
