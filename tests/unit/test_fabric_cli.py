@@ -74,11 +74,6 @@ def test_gen_bad_parameters_is_a_one_line_error(capsys):
     assert rc == 2 and err == "error: leaves must be an integer in 1..255, got 0\n"
 
 
-def test_bad_prefix_is_a_one_line_error(capsys):
-    rc, out, err = run(capsys, "status", "--prefix", "Way-Too-Long")
-    assert rc == 2 and err.startswith("error: prefix 'Way-Too-Long'") and err.count("\n") == 1
-
-
 def test_status_without_runs(tmp_path, capsys):
     rc, out, err = run(capsys, "status", "--run-root", str(tmp_path))
     assert rc == 3 and "no testbed run dirs" in out
@@ -107,7 +102,7 @@ def test_registering_a_name_twice_is_refused():
 
 
 @pytest.mark.parametrize("argv", [["bench", "throughput", "--prefix", "bB1"], ["bench", "flowsetup", "--prefix", "x_y"],
-                                  ["status", "--prefix", "X1"], ["clean", "--prefix", "toolong1"],
+                                  ["status", "--prefix", "Way-Too-Long"], ["clean", "--prefix", "toolong1"],
                                   ["lab", "start", "3", "--prefix", "Q"]])
 def test_a_bad_prefix_is_a_usage_error_not_a_traceback(argv, capsys):
     with pytest.raises(SystemExit) as exc:
