@@ -195,14 +195,16 @@ def test_super_frame_crosses_two_vrouters_as_one_packet_each_way(encap, establis
     for group in gso.sends(parts, chunk):
         gro.add_batch(encap, b"".join(group), chunk)        # each send arrives as one coalesced read
     deliveries = gro.flush()
-    assert [(d[1], d[2]) for d in deliveries] == [(46, 1448)]
-    payload, _, _, vnet = deliveries[0]
-    out = s2.from_fabric("10.0.1.1", encap, payload, 1.0)
+    assert [(d[2], d[3]) for d in deliveries] == [(46, 1448)]
+    head, tail, _, _, vnet = deliveries[0]
+    out = s2.from_fabric("10.0.1.1", encap, head, 1.0, tail)
     if not established:
         out = pair.run("srv2", out, 1.0)
     (to_vm,) = out
     assert isinstance(to_vm, ToVif) and to_vm.vif == "tr-red2"
-    delivered = to_vm.frame
+    # Established: decided on the head, the data stays in the tail; a miss was held and released whole.
+    assert len(to_vm.tail) == (46 if established else 0)
+    delivered = to_vm.frame + b"".join(to_vm.tail)
     assert delivered[:14] == ethernet.mac_to_bytes("02:00:00:00:01:0c") + VROUTER_MAC + b"\x08\x00"
     sent_ip, got_ip = IP(frame[14:]), IP(delivered[14:])
     assert got_ip.ttl == sent_ip.ttl - 1 and got_ip.len == 65535
@@ -223,7 +225,7 @@ def test_single_packet_with_partial_checksum_travels_and_is_flagged():
     (tun,) = pair.pipe["srv1"].from_vif("tr-red1", frame, 1.0)
     assert gso.split_payload("mplsoudp", tun.payload, 1448)[2] == 1
     (d,) = Gro().batch("mplsoudp", tun.payload, 0)
-    assert d[1:] == (1, 0, virtio.partial(34, 16))
+    assert d[1:] == (None, 1, 0, virtio.partial(34, 16))
     (to_vm,) = pair.pipe["srv2"].from_fabric("10.0.1.1", "mplsoudp", d[0], 1.0)
-    completed = kernel_complete(to_vm.frame, d[3])
+    completed = kernel_complete(to_vm.frame, d[4])
     assert int.from_bytes(completed[50:52], "big") == scapy_l4_checksum(completed[14:])

@@ -3,6 +3,8 @@ and the punt request a new flow queues for the agent."""
 from dataclasses import dataclass
 from typing import TypedDict
 
+from .codec.buffer import Buffer
+
 
 class PuntRequest(TypedDict):
     """What the slow path needs to decide a new flow (plain values: it crosses to the agent by msgpack)."""
@@ -21,9 +23,15 @@ class PuntRequest(TypedDict):
 
 @dataclass(frozen=True, slots=True)
 class ToVif:
-    """Write ``frame`` (a whole Ethernet frame) to the TAP of VM interface ``vif``."""
+    """Write the Ethernet frame ``frame`` + ``tail`` to the TAP of VM interface ``vif``.
+
+    ``tail`` is empty but for a merged GRO delivery decided on its head (Pipeline.from_fabric): then
+    ``frame`` holds the Ethernet, IPv4 and TCP headers and ``tail`` the data, views of the receive
+    buffers, written in the same writev without a join; the frame is ``frame + b"".join(tail)``.
+    """
     vif: str
     frame: bytes
+    tail: tuple[Buffer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

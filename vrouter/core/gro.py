@@ -18,16 +18,21 @@ flow holds), at the end of the batch (:meth:`Gro.flush`), or after ``timeout`` w
 :meth:`Gro.flush_expired` for a forwarder that holds merges across reads. Flows may interleave in a
 batch; each keeps its own merge (output order changes only between flows).
 
-Each delivery is ``(payload, nsegs, gso_size, vnet_hdr)``: the tunnel payload for
-``Pipeline.from_fabric`` and the 10-byte virtio_net_hdr to write before the resulting ToVif frame
-(Ethernet header of 14 bytes + the inner IPv4 packet). A merged payload keeps the tunnel header,
-IPv4 header (total length and header checksum fixed) and TCP header of its first segment, with
-PSH/FIN OR-ed in from the last and the TCP checksum set to the pseudo-header sum; its vnet_hdr says
-NEEDS_CSUM + TCPV4 with gso_size = the first segment's data length, so the VM's kernel completes the
-checksum and its stack sees one packet. A single packet whose TCP/UDP checksum field is partial (sent
-by a GSO vrouter, see vrouter/gso.py) gets NEEDS_CSUM with gso NONE; any other gets an all-zero
-header. With ``enabled=False`` (the switch for experiments) nothing merges but partial checksums are
-still flagged, which correctness needs.
+Each delivery is ``(head, tail, nsegs, gso_size, vnet_hdr)``: the tunnel payload for
+``Pipeline.from_fabric(src, encap, head, now, tail)`` and the 10-byte virtio_net_hdr to write before
+the resulting ToVif frame (Ethernet header of 14 bytes + the inner IPv4 packet). A packet delivered
+alone is ``head`` (its bytes) with ``tail`` None. A merge is never joined here: ``head`` is the
+tunnel header, IPv4 header (total length and header checksum fixed) and TCP header of its first
+segment, with PSH/FIN OR-ed in from the last and the TCP checksum set to the pseudo-header sum, and
+``tail`` the data of every segment in order, views of the read buffers; the payload is
+``head + b"".join(tail)``. The pipeline decides a flow hit to a VM on the head alone and the shell
+writes head and tail in one writev, so 64 KB of data are copied by the kernel only; whatever needs
+the whole payload (a miss held for the slow path, a packet routed back into the fabric) joins it
+there. The vnet_hdr of a merge says NEEDS_CSUM + TCPV4 with gso_size = the first segment's data
+length, so the VM's kernel completes the checksum and its stack sees one packet. A single packet
+whose TCP/UDP checksum field is partial (sent by a GSO vrouter, see vrouter/gso.py) gets NEEDS_CSUM
+with gso NONE; any other gets an all-zero header. With ``enabled=False`` (the switch for
+experiments) nothing merges but partial checksums are still flagged, which correctness needs.
 """
 import struct
 from typing import Any, TypeAlias
@@ -53,8 +58,9 @@ _VXLAN = struct.Struct("!II12xH" + _IPTCP).unpack_from
 _PARTIAL_TCP = virtio.partial(_ETH + 20, virtio.TCP_CSUM_OFFSET)
 _PLAIN = virtio.PLAIN
 
-# (tunnel payload, segments it stands for, gso_size or 0, virtio_net_hdr for the ToVif frame)
-Delivery: TypeAlias = tuple[bytes, int, int, bytes]
+# (tunnel payload or its head, the data after the head or None, segments it stands for, gso_size or 0,
+#  virtio_net_hdr for the ToVif frame)
+Delivery: TypeAlias = tuple[bytes, tuple[memoryview, ...] | None, int, int, bytes]
 # (label or VNI word, inner source, inner destination, source port, destination port)
 _Key: TypeAlias = tuple[int, int, int, int, int]
 
@@ -77,7 +83,7 @@ class _Merge:
     opts: bytes
     mss: int
     next_seq: int
-    data: list[memoryview]      # the data of the segments after the first
+    data: list[memoryview]      # the data of every segment, the first's included
     size: int
     limit: int
     ends: int
@@ -91,8 +97,9 @@ class Gro:
     """GRO state of one forwarder: feed payloads with :meth:`add` / :meth:`add_batch`, collect
     deliveries with :meth:`flush` (end of batch), :meth:`flush_expired` or :meth:`take`.
 
-    Payload buffers are referenced, not copied, until their merge is delivered: do not reuse a
-    buffer (recv_into) while merges that hold it are open; :meth:`batch` flushes before returning.
+    Payload buffers are referenced, not copied, by open merges and by the tails of merged
+    deliveries: do not reuse a buffer (recv_into) until the deliveries made from it are consumed
+    (written or joined); fresh buffers (recvmsg returns new bytes) are always safe.
     """
 
     def __init__(self, enabled: bool = True, timeout: float = 0.0) -> None:
@@ -178,14 +185,15 @@ class Gro:
             self._close(m, self._why(m, seq, dlen, flags))
         if dlen <= 0 or flags & _ALONE or not self.enabled or thl < 20:
             self._counts["single"] += 1
-            self._ready.append((bytes(mv[s:e]), 1, 0,
+            self._ready.append((bytes(mv[s:e]), None, 1, 0,
                                 _PARTIAL_TCP if thl >= 20 and tc == pseudo_sum(src, dst, 6, tlen - 20) else _PLAIN))
             return
         m = _Merge()
         m.key, m.first, m.h, m.thl, m.flags, m.cmp = key, mv[s:e], h, thl, flags, flags & ~TCP_CWR
         m.ack, m.win, m.tos, m.ttl, m.fw, m.last_id = ack, win, tos, ttl, fw, ident
         m.opts = bytes(mv[off + 40:off + 20 + thl])
-        m.mss, m.next_seq, m.data, m.size, m.limit = dlen, (seq + dlen) & 0xFFFFFFFF, [], dlen, 65535 - 20 - thl
+        m.mss, m.next_seq, m.size, m.limit = dlen, (seq + dlen) & 0xFFFFFFFF, dlen, 65535 - 20 - thl
+        m.data = [mv[off + 20 + thl:e]]
         m.ends, m.n, m.started, m.src, m.dst = 0, 1, now, src, dst
         opened[key] = m
 
@@ -204,7 +212,7 @@ class Gro:
         self._counts["single"] += 1
         part = partial_offset(mv[s:e], h) if h is not None and e - s >= h + 20 else None
         vnet = _PLAIN if part is None else virtio.partial(_ETH + part[0], part[1])
-        self._ready.append((bytes(mv[s:e]), 1, 0, vnet))
+        self._ready.append((bytes(mv[s:e]), None, 1, 0, vnet))
 
     # ---------------------------------------------------------------- output
     def _close(self, m: _Merge, reason: str) -> None:
@@ -216,7 +224,7 @@ class Gro:
             o = m.h + 20
             tc = first[o + 16] << 8 | first[o + 17]
             partial = tc == pseudo_sum(m.src, m.dst, 6, len(first) - o)
-            self._ready.append((bytes(first), 1, 0, _PARTIAL_TCP if partial else _PLAIN))
+            self._ready.append((bytes(first), None, 1, 0, _PARTIAL_TCP if partial else _PLAIN))
             return
         self._counts["merged"] += 1
         self._counts["merged_segments"] += m.n
@@ -229,7 +237,7 @@ class Gro:
         head[o + 10:o + 12] = checksum(head[o:o + 20]).to_bytes(2, "big")
         head[o + 33] = m.flags | m.ends
         head[o + 36:o + 38] = pseudo_sum(m.src, m.dst, 6, tlen - 20).to_bytes(2, "big")
-        self._ready.append((b"".join([head, first[hl:], *m.data]), m.n, m.mss,
+        self._ready.append((bytes(head), tuple(m.data), m.n, m.mss,
                             virtio.tcpv4_gso(_ETH, 20, m.thl, m.mss, bool(m.flags & TCP_CWR))))
 
     def take(self) -> list[Delivery]:
@@ -292,5 +300,5 @@ def vnet_for_frame(frame: bytes, mtu: int = 1500) -> tuple[bytes, bytes]:
 
 
 def merge(encap: str, buf: Buffer, seg_size: int, gro: bool = True) -> list[Delivery]:
-    """Stateless GRO of one UDP_GRO read: a list of (payload, nsegs, gso_size, vnet_hdr)."""
+    """Stateless GRO of one UDP_GRO read: a list of (head, tail, nsegs, gso_size, vnet_hdr)."""
     return Gro(gro).batch(encap, buf, seg_size)

@@ -1,0 +1,172 @@
+"""Merged GRO deliveries through the pipeline unjoined (head + tail) against the same deliveries
+joined: the same actions, the same frame bytes once joined, the same flow entries (packets, bytes, TCP
+state, held packets) and counters, for a hit to a VM, a miss held for the slow path, a DROP entry, a
+transit packet sent back into the fabric and inputs that do not fit; and the datapath's one writev."""
+import collections
+import os
+import socket
+
+import pytest
+
+from core_helpers import SRV1, SRV2, VM1, VM2, server
+from offload_helpers import joined, prefix, tcp_ip
+from vrouter.core import gso
+from vrouter.core.actions import Drop, ToTunnel, ToVif
+from vrouter.core.codec.ipv4 import ip_to_int
+from vrouter.core.gro import Gro
+from vrouter.core.offload import Offloads
+from vrouter.core.pipeline import Pipeline
+from vrouter.core.slowpath import SlowPath
+from vrouter.io import tap
+from vrouter.processes.datapath import VNET_LEN, AgentLink, Datapath, VifPort
+
+MSS = 1400
+DENY_HTTP = [{"network": "red", "rules": [{"action": "deny", "protocol": "tcp", "dst_port": "80"}]}]
+OTHER = "192.168.1.50"       # a source no server hosts: srv1 routes its packets to VM2 back into the fabric
+
+
+def merged(nsegs=10, seq=1000, flags="A", encap="mplsoudp", src=VM1, dst=VM2):
+    """One GRO merge of a coalesced read of the stream src -> dst:80: (head, tail, nsegs, gso_size, vnet)."""
+    data = (bytes(range(256)) * (nsegs * MSS // 256 + 1))[:nsegs * MSS]
+    buf, chunk, n = gso.segment(prefix(encap), tcp_ip(data, seq=seq, flags=flags, src=src, dst=dst), MSS)
+    (d,) = Gro().batch(encap, buf, chunk)
+    assert d[1] is not None and d[2] == n == nsegs
+    return d
+
+
+def pipes(name="srv2", **kw):
+    """Two identical vrouters: one takes deliveries unjoined, the other joined."""
+    return Pipeline(server(name, **kw)), Pipeline(server(name, **kw))
+
+
+def establish(pipe, outer=SRV1, src=VM1, dst=VM2, name="srv2", **kw):
+    """The flow's first packet (a SYN from the fabric) missed, punted and decided."""
+    syn = prefix("mplsoudp") + tcp_ip(b"", seq=999, flags="S", src=src, dst=dst, partial=False)
+    assert pipe.from_fabric(outer, "mplsoudp", syn, 0.0) == []
+    (request,) = pipe.take_punts(0.0)
+    return pipe.install(SlowPath(server(name, **kw)).decide(request, 0.0), 0.0)
+
+
+def whole(actions):
+    """Actions with every ToVif's frame joined: what reaches the VM."""
+    return [ToVif(a.vif, a.frame + b"".join(a.tail)) if isinstance(a, ToVif) else a for a in actions]
+
+
+def state(pipe):
+    """Everything the pipeline keeps about its flows, comparable between two pipelines."""
+    entries = sorted(
+        (e.key, e.kind, e.reason, e.packets, e.bytes, e.tcp, e.fin_seq, e.last_used, e.wscale,
+         None if e.tw is None else bytes(e.tw),
+         [tuple(bytes(x) if isinstance(x, (bytes, bytearray, memoryview)) else x for x in h) for h in e.held])
+        for e in pipe.table.entries.values())
+    return entries, pipe.stats(), pipe.drop_stats()
+
+
+def both(new, old, d, now=1.0, outer=SRV1, encap="mplsoudp"):
+    """Deliver ``d`` to ``new`` unjoined and to ``old`` joined; return (new's actions, old's)."""
+    head, tail = d[0], d[1]
+    return (new.from_fabric(outer, encap, head, now, tail),
+            old.from_fabric(outer, encap, joined(d)[0], now))
+
+
+@pytest.mark.parametrize("encap", ["mplsoudp", "mplsogre", "vxlan"])
+def test_a_hit_to_a_vm_is_decided_on_the_head_and_carries_the_data_uncopied(encap):
+    new, old = pipes(encap=encap)
+    for p in (new, old):
+        establish(p, encap=encap)
+    for i, flags in enumerate(("A", "PA", "A", "FA")):      # FIN: the TCP state reads the head's flags
+        d = merged(seq=1000 + i * 10 * MSS, flags=flags, encap=encap)
+        a, b = both(new, old, d, now=1.0 + i, encap=encap)
+        (to_vm,) = a
+        assert isinstance(to_vm, ToVif) and to_vm.tail == d[1] and len(to_vm.frame) == 14 + 40
+        assert whole(a) == b and state(new) == state(old)
+    fwd = new.table.entries[(100, 6, ip_to_int(VM1), ip_to_int(VM2), 40000, 80)]
+    assert fwd.packets == 1 + 4 and fwd.bytes == 40 + 4 * (40 + 10 * MSS) and fwd.fin_seq >= 0
+
+
+def test_a_miss_is_held_whole_and_released_like_a_joined_one():
+    new, old = pipes()
+    d = merged()
+    a, b = both(new, old, d)
+    assert a == b == []
+    (held,) = next(e for e in new.table.entries.values() if e.held).held
+    assert held[3] == joined(d)[0]                         # the slow path keeps every byte
+    assert state(new) == state(old)
+    (ra,), (rb,) = new.take_punts(1.0), old.take_punts(1.0)
+    assert ra == rb
+    slow = SlowPath(server("srv2"))
+    released_new, released_old = new.install(slow.decide(ra, 1.0), 1.0), old.install(slow.decide(rb, 1.0), 1.0)
+    assert released_new == released_old and isinstance(released_new[0], ToVif) and released_new[0].tail == ()
+    assert state(new) == state(old)
+
+
+def test_a_drop_entry_drops_on_the_head_and_counts_like_a_joined_packet():
+    new, old = pipes(policies=DENY_HTTP)
+    for p in (new, old):
+        assert establish(p, policies=DENY_HTTP) == [Drop("policy_deny")]
+    a, b = both(new, old, merged())
+    assert a == b == [Drop("policy_deny")]
+    assert state(new) == state(old) and new.drop_stats()["policy_deny"] == 2
+
+
+def test_a_transit_packet_back_into_the_fabric_is_joined_and_rewritten_as_before():
+    new, old = pipes("srv1")
+    for p in (new, old):
+        establish(p, outer=SRV2, src=OTHER, name="srv1")
+    a, b = both(new, old, merged(src=OTHER), outer=SRV2)
+    (out,) = a
+    assert isinstance(out, ToTunnel) and out.peer == SRV2 and a == b
+    assert state(new) == state(old)
+
+
+def test_inputs_that_do_not_fit_take_the_joined_path():
+    new, old = pipes()
+    for p in (new, old):
+        establish(p)
+    d = merged()
+    short = (d[0], d[1][:-1], *d[2:])                      # IPv4 total length beyond the data
+    for case, outer in ((short, SRV1), (d, "10.9.9.9")):   # ... and an outer source that is no peer
+        a, b = both(new, old, case, outer=outer)
+        assert a == b and isinstance(a[0], Drop)
+    assert state(new) == state(old)
+    assert new.drop_stats()["invalid_source"] == 1
+
+
+# ---------------------------------------------------------------- the shell's write
+def test_the_datapath_writes_a_merge_as_one_frame_without_joining_it():
+    config = server("srv2")
+    dp = Datapath(AgentLink(collections.Counter(), lambda _s, _e: None), Offloads(), clock=lambda: 1.0)
+    dp.configure(config)
+    old = Pipeline(config)
+    for p in (dp.pipeline, old):
+        establish(p)
+    vm, tap_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tap_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    port = dp.vifs["tr-red2"] = VifPort(None, [tap_end.fileno()], None)
+    try:
+        data = bytes(range(256)) * 55
+        buf, chunk, _ = gso.segment(prefix("mplsoudp"), tcp_ip(data[:10 * MSS]), MSS)
+        dp.from_reads([(SRV1, "mplsoudp", buf, chunk)])
+        written = vm.recv(1 << 17)
+        (d,) = Gro().batch("mplsoudp", buf, chunk)
+        (expected,) = old.from_fabric(SRV1, "mplsoudp", joined(d)[0], 1.0)
+        assert written == d[4] + expected.frame
+        assert port.counters["tx_packets"] == 1 and port.counters["tx_bytes"] == len(written) - VNET_LEN
+        assert state(dp.pipeline) == state(old)
+    finally:
+        vm.close()
+        tap_end.close()
+
+
+def test_a_tail_longer_than_one_writev_takes_is_joined_first():
+    r, w = os.pipe()
+    try:
+        tail = tuple(memoryview(bytes([i % 256])) for i in range(tap.IOV_MAX + 10))
+        assert tap.write_vnet(w, b"v" * VNET_LEN, b"frame", tail)
+        assert tap.write_vnet(w, b"v" * VNET_LEN, b"frame", tail[:3])
+        got = os.read(r, 1 << 16)
+        assert got == b"v" * VNET_LEN + b"frame" + bytes(i % 256 for i in range(tap.IOV_MAX + 10)) + \
+            b"v" * VNET_LEN + b"frame" + bytes([0, 1, 2])
+    finally:
+        os.close(r)
+        os.close(w)
