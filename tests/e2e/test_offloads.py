@@ -139,10 +139,9 @@ def test_gso_send_arrives_as_one_gro_read_with_its_segment_size(nspair):  # noqa
     with tap.in_netns(b):
         rx = tunnel.Tunnels("10.99.0.2")
     try:
-        parts, chunk, n = gso.split_payload("mplsoudp", super_payload(20, 1400), 1400)
-        buf = b"".join(parts)
+        buf, chunk, n = gso.split_payload("mplsoudp", super_payload(20, 1400), 1400)
         with tap.in_netns(a):
-            assert tx.send_gso("10.99.0.2", "mplsoudp", 50001, parts, chunk, n) == 1
+            assert tx.send_gso("10.99.0.2", "mplsoudp", 50001, buf, chunk, n) == 1
         sock = next(s for s in rx.sockets() if s.getsockname()[1] == tunnel.MPLSOUDP_PORT)
         reads, deadline = [], time.monotonic() + 2
         while sum(len(r[2]) for r in reads) < len(buf) and time.monotonic() < deadline:

@@ -96,12 +96,6 @@ class FakeTunnels:
         self.probes.append((peer, encap, sport, bytes(payload)))
         return True
 
-    def send_gso(self, peer, encap, sport, parts, chunk, n):
-        self.gso.append((peer, encap, sport, b"".join(parts), chunk, n))
-        return len(gso.sends(parts, chunk))
-
-    def send_each(self, peer, encap, sport, parts):
-        """The fallback: one datagram per segment, recorded in `sent` like `send`'s."""
-        for i in range(0, len(parts), gso.PARTS):
-            self.send(peer, encap, sport, b"".join(parts[i:i + gso.PARTS]))
-        return len(parts) // gso.PARTS
+    def send_gso(self, peer, encap, sport, buffer, chunk, n):
+        self.gso.append((peer, encap, sport, bytes(buffer), chunk, n))
+        return len(gso.sends(buffer, chunk))

@@ -56,19 +56,7 @@ def test_packet_within_one_mss_is_unchanged():
     assert gso.segment(b"", ack, 1400)[2] == 1
 
 
-def test_cut_gives_header_and_data_buffers_per_segment_and_copies_no_data():
-    ip = tcp_ip(DATA, options=TS)
-    parts, chunk, n = gso.cut(prefix("vxlan"), ip, 1400)
-    assert len(parts) == gso.PARTS * n and (chunk, n) == (22 + 52 + 1400, 12)
-    heads, data = parts[0::2], parts[1::2]
-    assert all(len(h) == 22 + 52 for h in heads)
-    assert all(isinstance(d, memoryview) and d.obj is ip for d in data)      # views of the packet
-    assert [h + bytes(d) for h, d in zip(heads, data, strict=True)] == gso.segments(prefix("vxlan"), ip, 1400)
-    whole = tcp_ip(b"w" * 1000)
-    assert gso.cut(prefix("mplsoudp"), whole, 1400) == ([prefix("mplsoudp"), memoryview(whole)], 4 + len(whole), 1)
-
-
-def test_cut_puts_ip_options_between_the_ipv4_and_tcp_headers():
+def test_segments_put_ip_options_between_the_ipv4_and_tcp_headers():
     ip = bytearray(tcp_ip(DATA))
     alert = b"\x94\x04\x00\x00"                                          # router alert
     ip[20:20] = alert
@@ -83,25 +71,23 @@ def test_cut_puts_ip_options_between_the_ipv4_and_tcp_headers():
         assert bytes(IP(s[4:])[TCP].payload) == DATA[i * 1400:(i + 1) * 1400]
 
 
-def test_sends_respect_the_kernel_limits_and_cover_the_segments():
+def test_sends_respect_the_kernel_limits_and_cover_the_buffer():
     ip = tcp_ip(b"z" * (65535 - 52), options=TS)
-    parts, chunk, n = gso.cut(prefix("mplsoudp"), ip, 1448)
-    groups = gso.sends(parts, chunk)
-    assert n == 46 and len(groups) == 2
-    assert [p for g in groups for p in g] == parts                       # whole segments, in order
-    sizes = [sum(map(len, g)) for g in groups]
-    assert all(size <= gso.MAX_SEND_BYTES and size % chunk == 0 for size in sizes[:-1])
-    assert all(len(g) // gso.PARTS <= gso.MAX_SEGMENTS for g in groups)
-    small = gso.sends([b"h" * 10, b"d" * 90] * 500, 100, max_segments=64)
-    assert [len(g) // gso.PARTS for g in small] == [64] * 7 + [52]
-    assert gso.sends([b"a", b"bc"], 1400) == [[b"a", b"bc"]]
+    buf, chunk, n = gso.segment(prefix("mplsoudp"), ip, 1448)
+    parts = gso.sends(buf, chunk)
+    assert n == 46 and len(parts) == 2
+    assert b"".join(bytes(p) for p in parts) == buf
+    assert all(len(p) <= gso.MAX_SEND_BYTES and len(p) % chunk == 0 for p in parts[:-1])
+    small = gso.sends(b"a" * 100 * 500, 100, max_segments=64)
+    assert [len(p) for p in small] == [6400] * 7 + [5200]
+    assert gso.sends(b"abc", 1400) == [b"abc"]
 
 
 def test_split_payload_takes_the_pipeline_output_for_each_encap():
     ip = tcp_ip(DATA)
     for encap in ("mplsoudp", "mplsogre", "vxlan"):
-        parts, chunk, n = gso.split_payload(encap, prefix(encap) + ip, 1000)
-        assert (b"".join(parts), chunk, n) == gso.segment(prefix(encap), ip, 1000)
+        buf, chunk, n = gso.split_payload(encap, prefix(encap) + ip, 1000)
+        assert (buf, chunk, n) == gso.segment(prefix(encap), ip, 1000)
 
 
 def test_partial_offset_recognises_partial_tcp_and_udp_only():
@@ -189,11 +175,11 @@ def test_super_frame_crosses_two_vrouters_as_one_packet_each_way(encap, establis
         out = s1.install(pair.slow["srv1"].decide(request, 1.0), 1.0)
     (tun,) = out
     assert isinstance(tun, ToTunnel) and s1.stats()["hits"] == hits + 1
-    parts, chunk, n = gso.split_payload(encap, tun.payload, 1448)
+    buf, chunk, n = gso.split_payload(encap, tun.payload, 1448)
     assert n == 46
     gro = Gro()
-    for group in gso.sends(parts, chunk):
-        gro.add_batch(encap, b"".join(group), chunk)        # each send arrives as one coalesced read
+    for part in gso.sends(buf, chunk):
+        gro.add_batch(encap, part, chunk)
     deliveries = gro.flush()
     assert [(d[2], d[3]) for d in deliveries] == [(46, 1448)]
     head, tail, _, _, vnet = deliveries[0]

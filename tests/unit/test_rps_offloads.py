@@ -4,7 +4,6 @@ reads, a worker's GSO sends and GRO merges on its shard (flushed per batch), the
 counters summed over workers, and the workers' send errors judged like the forwarder's."""
 import errno
 import socket
-import struct
 from pathlib import Path
 
 import pytest
@@ -33,24 +32,14 @@ def super_tap_read(nsegs=10, seq=5000, flags="PA"):
     return virtio.tcpv4_gso(14, 20, 20, MSS) + ethernet.build(VROUTER_MAC, VM_MAC, ethernet.ETH_P_IP) + ip
 
 
-def _reply(nsegs, first=0):
-    return tcp_ip(bytes([7]) * (nsegs * MSS), src="192.168.1.12", dst="192.168.1.11", sport=80, dport=40000,
-                  seq=1000 + first * MSS, ident=1 + first)
-
-
 def coalesced_read(nsegs, first=0, encap="mplsoudp"):
     """What one UDP_GRO read returns for segments first..first+nsegs-1 of the reply flow: (buffer,
     segment size)."""
-    buf, chunk, n = gso.segment(prefix(encap), _reply(nsegs, first), MSS)
+    reply = tcp_ip(bytes([7]) * (nsegs * MSS), src="192.168.1.12", dst="192.168.1.11", sport=80, dport=40000,
+                   seq=1000 + first * MSS, ident=1 + first)
+    buf, chunk, n = gso.segment(prefix(encap), reply, MSS)
     assert n == nsegs
     return buf, chunk
-
-
-def cut_parts(nsegs, encap="mplsoudp"):
-    """The same segments as the GSO sender hands them to the tunnel layer: (parts, chunk)."""
-    parts, chunk, n = gso.cut(prefix(encap), _reply(nsegs), MSS)
-    assert n == nsegs
-    return parts, chunk
 
 
 # ---------------------------------------------------------------- records and batches
@@ -248,8 +237,8 @@ def test_worker_sender_counts_einval_like_the_forwarder_instead_of_raising():
     tunnel.EntropySender.__init__(s, "127.0.0.1", 4)
     s._sender = lambda encap, sport: _Refusing()
     assert s.send(PEER, "mplsoudp", 50000, b"x" * 100) is False
-    parts, chunk = cut_parts(4)
-    assert s.send_gso(PEER, "mplsoudp", 50000, parts, chunk, 4) == 1
+    buf, chunk = coalesced_read(4)
+    assert s.send_gso(PEER, "mplsoudp", 50000, buf, chunk, 4) == 1
     assert s.counters["tx_errors"] == 1 + 4        # packets lost: the datagram and the 4 segments
     assert s.counters["tx_mplsoudp"] == s.counters["tx_gso_sends"] == s.counters["tx_gso_segments"] == 0
 
@@ -276,10 +265,10 @@ def test_gso_send_counts_only_the_segments_the_kernel_took():
     tunnel.EntropySender.__init__(s, "127.0.0.1", 4)
     sock = _RefusingSecond()
     s._sender = lambda encap, sport: sock
-    parts, chunk = cut_parts(46)
-    per = len(gso.sends(parts, chunk)[0]) // gso.PARTS
+    buf, chunk = coalesced_read(46)
+    per = len(gso.sends(buf, chunk)[0]) // chunk
     assert 0 < per < 46
-    assert s.send_gso(PEER, "mplsoudp", 50000, parts, chunk, 46) == 2
+    assert s.send_gso(PEER, "mplsoudp", 50000, buf, chunk, 46) == 2
     assert s.counters["tx_mplsoudp"] == s.counters["tx_gso_segments"] == per
     assert s.counters["tx_gso_sends"] == 1 and s.counters["tx_errors"] == 46 - per
 
@@ -287,10 +276,8 @@ def test_gso_send_counts_only_the_segments_the_kernel_took():
 class _Recording:
     def __init__(self):
         self.sent = []
-        self.calls = []       # (buffers, cmsg) of every sendmsg, as given
 
-    def sendmsg(self, parts, cmsg, _flags, dst):
-        self.calls.append((list(parts), cmsg))
+    def sendmsg(self, parts, _cmsg, _flags, dst):
         self.sent.append((b"".join(bytes(p) for p in parts), dst))
 
     def sendto(self, data, dst):
@@ -315,52 +302,3 @@ def test_a_port_without_a_socket_sends_through_the_raw_socket_with_its_own_udp_h
     s._pool[50124] = bound                        # a port that has its socket
     assert s.send(PEER, "mplsoudp", 50124, b"q" * 10) is True
     assert bound.sent == [(b"q" * 10, (PEER, 6635))] and made == [50124] and len(raw.sent) == 1
-
-
-def _recording_sender():
-    s = rps_kernel.Sender.__new__(rps_kernel.Sender)
-    tunnel.EntropySender.__init__(s, "127.0.0.1", 4)
-    s._raw_udp = raw = _Recording()
-    s._gre = gre = _Recording()
-    bound = _Recording()
-    s._sender = lambda encap, sport: bound
-    return s, raw, gre, bound
-
-
-def test_gso_send_gathers_the_segment_buffers_in_one_sendmsg_per_group():
-    """No join in Python: each UDP_SEGMENT sendmsg gets the header and data buffers of its segments
-    as cut, and the kernel sees the same bytes a joined buffer gave it."""
-    s, raw, _gre, bound = _recording_sender()
-    parts, chunk = cut_parts(46)
-    assert s.send_gso(PEER, "mplsoudp", 50000, parts, chunk, 46) == 2
-    groups = gso.sends(parts, chunk)
-    assert [c[0] for c in bound.calls] == groups and all(p is q for c, g in zip(bound.calls, groups, strict=True)
-                                                         for p, q in zip(c[0], g, strict=True))
-    cmsg = [(tunnel.SOL_UDP, tunnel.UDP_SEGMENT, struct.pack("=H", chunk))]
-    assert [c[1] for c in bound.calls] == [cmsg if len(g) > gso.PARTS else () for g in groups]   # 45 + 1
-    assert b"".join(d for d, _ in bound.sent) == coalesced_read(46)[0] and raw.sent == []
-    assert s.counters["tx_gso_sends"] == 2 and s.counters["tx_mplsoudp"] == s.counters["tx_gso_segments"] == 46
-
-
-def test_the_fallback_sends_each_segment_from_its_buffers():
-    """MPLSoGRE (raw socket) and GSO off: one sendmsg per segment of that segment's buffers, from the
-    socket a single packet of the flow would use (a port without a socket: the raw UDP socket, behind
-    our UDP header)."""
-    segs = gso.segments(prefix("mplsoudp"), _reply(3), MSS)
-    for encap, sport, pooled in (("mplsogre", 50000, False), ("mplsoudp", 50001, True), ("mplsoudp", 50002, False)):
-        s, raw, gre, bound = _recording_sender()
-        if pooled:
-            s._pool[sport] = bound
-        parts, _ = cut_parts(3, encap)
-        assert s.send_each(PEER, encap, sport, parts) == 3
-        sock = gre if encap == "mplsogre" else bound if pooled else raw
-        assert [len(c[0]) for c in sock.calls] == [gso.PARTS + (sock is raw)] * 3
-        assert all(c[1] == () for c in sock.calls)
-        if sock is raw:
-            assert [d[8:] for d, _ in raw.sent] == segs and {dst for _, dst in raw.sent} == {(PEER, 0)}
-            assert [d[:2] for d, _ in raw.sent] == [sport.to_bytes(2, "big")] * 3 and s.counters["tx_unbound"] == 3
-        elif encap == "mplsogre":
-            assert [d[8:] for d, _ in gre.sent] == [x[4:] for x in segs] and {dst for _, dst in gre.sent} == {(PEER, 0)}
-        else:
-            assert [d for d, _ in bound.sent] == segs and s.counters["tx_unbound"] == 0
-        assert s.counters[f"tx_{encap}"] == 3 and s.counters["tx_errors"] == 0

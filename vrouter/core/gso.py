@@ -1,16 +1,14 @@
-"""GSO: cut a TCP/IPv4 super-packet into MSS-sized tunnel packets, as buffers for UDP_SEGMENT sends.
+"""GSO: cut a TCP/IPv4 super-packet into MSS-sized tunnel packets, laid out for one UDP_SEGMENT send.
 
 A VM's stack hands the vrouter a super-frame (virtio_net_hdr gso_type TCPV4, gso_size = MSS, up to
 64 KB) whose TCP checksum field holds only the pseudo-header sum (NEEDS_CSUM). The pipeline forwards
-it as one packet (one flow lookup); :func:`cut` then describes every segment as PARTS buffers: the
-tunnel prefix with the segment's own IPv4 and TCP headers (a few dozen bytes, built here), and a
-slice of the super-packet's data (a view, not a copy). All segments but the last have the same size,
-so the shell sends each group from :func:`sends` with one
-``sendmsg(parts, [(SOL_UDP, UDP_SEGMENT, chunk)])``: the kernel gathers the buffers (a scatter-gather
-list) and cuts the datagram at ``chunk`` bytes; the payload is copied once, by the kernel, never by
-Python (a join here cost a 64 KB copy per super-frame). Per segment, as Linux's tcp_gso_segment does:
-IPv4 total length, IP id (first id + i), header checksum, TCP sequence number; CWR only on the
-first segment, FIN and PSH only on the last.
+it as one packet (one flow lookup); :func:`segment` then writes every segment behind the same tunnel
+prefix, so all chunks but the last have the same size and the kernel can send the whole buffer with
+``sendmsg([buf], [(SOL_UDP, UDP_SEGMENT, chunk)])``. One joined buffer, not the segments' header and
+data buffers as a scatter-gather list: measured here, the kernel's copy from 92 small iovecs per
+super-frame (2 per segment) cost more than Python's join (docs/vrouter.md, "The offload path").
+Per segment, as Linux's tcp_gso_segment does: IPv4 total length, IP id (first id + i), header
+checksum, TCP sequence number; CWR only on the first segment, FIN and PSH only on the last.
 
 Partial-checksum invariant: the TCP checksum of every segment is left as the pseudo-header sum
 (partial). Computing it in Python would cost a pass over every payload byte; instead the receiving
@@ -95,15 +93,12 @@ def complete_checksum(buf: Buffer, ip_off: int = 0) -> bytes:
     return bytes(buf[:l4]) + bytes(seg) + bytes(buf[end:])
 
 
-PARTS = 2       # buffers per segment in a `cut`: (tunnel prefix + headers, data)
 _HEADS: dict[int, struct.Struct] = {}    # prefix length -> prefix + IPv4 (no options) + TCP header
 
 
-def cut(prefix: bytes, ip: Buffer, mss: int) -> tuple[list[Buffer], int, int]:
-    """The segments of the TCP/IPv4 packet ``ip``, each behind ``prefix``, as a flat list of PARTS
-    buffers per segment (headers, data); returns (parts, chunk, n): n segments of ``chunk`` bytes,
-    the last may be shorter. The data buffers are views of ``ip``: keep it unchanged until they are
-    sent. A packet whose data fits one MSS comes back unchanged as one segment ``[prefix, ip]``."""
+def _parts(prefix: bytes, ip: Buffer, mss: int) -> tuple[list[Buffer], int, int]:
+    """Flat list of [prefix + headers, data] * n for the segments of ``ip`` (one struct pack writes a
+    segment's prefix and headers); returns (parts, chunk, n)."""
     if mss <= 0:
         raise ValueError("mss must be positive")
     if len(ip) < 40:
@@ -159,35 +154,38 @@ def cut(prefix: bytes, ip: Buffer, mss: int) -> tuple[list[Buffer], int, int]:
 
 
 def segment(prefix: bytes, ip: Buffer, mss: int) -> tuple[bytes, int, int]:
-    """The segments of :func:`cut` joined into one buffer: (buffer, chunk, n), what a UDP_GRO read
-    of them returns at the receiver (tests and benchmarks build reads with it)."""
-    parts, chunk, n = cut(prefix, ip, mss)
+    """Segments of the TCP/IPv4 packet ``ip``, each behind ``prefix``, in one buffer.
+
+    Returns (buffer, chunk_size, n): n chunks of chunk_size bytes (the last may be shorter). A packet
+    whose data fits one MSS comes back unchanged as one chunk. Send with :func:`sends`.
+    """
+    parts, chunk, n = _parts(prefix, ip, mss)
     return b"".join(parts), chunk, n
 
 
 def segments(prefix: bytes, ip: Buffer, mss: int) -> list[bytes]:
-    """The segments of :func:`cut` as separate packets, each joined."""
-    parts, _, _ = cut(prefix, ip, mss)
-    return [b"".join(parts[i:i + PARTS]) for i in range(0, len(parts), PARTS)]
+    """The same segments as separate packets (tests; the MPLSoGRE fallback sends slices of
+    :func:`segment`'s buffer)."""
+    parts, _, _ = _parts(prefix, ip, mss)
+    return [b"".join(parts[i:i + 2]) for i in range(0, len(parts), 2)]
 
 
-def split_payload(encap: str, payload: Buffer, mss: int) -> tuple[list[Buffer], int, int]:
-    """:func:`cut` for a ToTunnel payload (tunnel prefix + inner IPv4 packet)."""
+def split_payload(encap: str, payload: Buffer, mss: int) -> tuple[bytes, int, int]:
+    """:func:`segment` for a ToTunnel payload (tunnel prefix + inner IPv4 packet)."""
     p = PREFIX_LEN[encap]
     mv = memoryview(payload)
-    return cut(bytes(mv[:p]), mv[p:], mss)
+    return segment(bytes(mv[:p]), mv[p:], mss)
 
 
-def sends(parts: list[Buffer], chunk: int, max_segments: int = MAX_SEGMENTS,
-          max_bytes: int = MAX_SEND_BYTES) -> list[list[Buffer]]:
-    """Groups of whole segments of a :func:`cut` (``parts``, segments of ``chunk`` bytes) that each
-    fit one UDP_SEGMENT sendmsg: at most ``max_segments`` segments and ``max_bytes`` bytes.
+def sends(buffer: Buffer, chunk: int, max_segments: int = MAX_SEGMENTS,
+          max_bytes: int = MAX_SEND_BYTES) -> list[Buffer]:
+    """Slices of ``buffer`` (whole chunks) that each fit one UDP_SEGMENT sendmsg.
 
-    A 64 KB super-frame with MSS 1448 becomes 46 segments of about 1.5 KB, more than one send may
-    carry (65507 bytes), hence usually two sends. A group of one segment can be sent without the cmsg.
-    At PARTS buffers per segment a group stays far below the kernel's IOV_MAX (1024) buffers.
+    A 64 KB super-frame with MSS 1448 becomes 46 chunks of about 1.5 KB, more than one send may carry
+    (65507 bytes), hence usually two sends. A slice of one chunk can be sent without the cmsg.
     """
-    per = max(1, min(max_segments, max_bytes // chunk)) * PARTS
-    if len(parts) <= per:
-        return [parts]
-    return [parts[o:o + per] for o in range(0, len(parts), per)]
+    per = max(1, min(max_segments, max_bytes // chunk)) * chunk
+    if len(buffer) <= per:
+        return [buffer]
+    mv = memoryview(buffer)
+    return [mv[o:o + per] for o in range(0, len(buffer), per)]

@@ -10,11 +10,10 @@ Switches, settable at run time (`python -m vrouter.processes.forwarder --gro off
   to the VM's TAP with a GSO virtio_net_hdr. Off: UDP_GRO is cleared on the sockets and the engine
   merges nothing, so every tunnel packet is one read, one `from_fabric`, one TAP write.
 - gso on: the VMs' TAPs advertise checksum offload and TSO, so VM kernels hand over 64 KB
-  super-frames, and `vrouter.core.gso` cuts each into tunnel packets (header and data buffers per
-  segment, no join) sent with UDP_SEGMENT (MPLSoGRE: one send per segment, the fallback). Off: the
-  TAPs withdraw those offloads, the VM's kernel segments and checksums itself, and every frame is one
-  packet and one send. A super-frame still in flight when the switch flips is cut in Python and sent
-  packet by packet.
+  super-frames, and `vrouter.core.gso` cuts each into a buffer of tunnel packets sent with UDP_SEGMENT
+  (MPLSoGRE: one send per segment, the fallback). Off: the TAPs withdraw those offloads, the VM's
+  kernel segments and checksums itself, and every frame is one packet and one send. A super-frame
+  still in flight when the switch flips is cut in Python and sent packet by packet.
 
 The TAP keeps its vnet header in both modes (one read/write path); with gso off its header is all
 zero on read, and frames written to the VM may still carry NEEDS_CSUM (the VM's kernel completes
@@ -42,9 +41,9 @@ HIST_BUCKETS = ((1, "1"), (2, "2-3"), (4, "4-7"), (8, "8-15"), (16, "16-31"), (3
 class TunnelSender(Protocol):
     """What `Offloads.send_split` needs of the shell's tunnel sockets (vrouter.io.tunnel.Tunnels)."""
 
-    def send_gso(self, peer: str, encap: str, sport: int, parts: list[Buffer], chunk: int, n: int) -> object: ...
+    def send(self, peer: str, encap: str, sport: int, payload: Buffer) -> object: ...
 
-    def send_each(self, peer: str, encap: str, sport: int, parts: list[Buffer]) -> object: ...
+    def send_gso(self, peer: str, encap: str, sport: int, buffer: bytes, chunk: int, n: int) -> object: ...
 
 
 def vm_mtu(config: VrouterConfig) -> int:
@@ -76,21 +75,23 @@ class Offloads:
 
     # --- send ------------------------------------------------------------------------------------
     def send_split(self, tunnels: TunnelSender, a: ToTunnel, mss: int) -> None:
-        """Send ToTunnel `a` whose inner packet is a TCP super-packet, cut at `mss` bytes of data: the
-        segments' buffers (`gso.cut`) go to the tunnel layer as they are, which gathers them per send."""
+        """Send ToTunnel `a` whose inner packet is a TCP super-packet, cut at `mss` bytes of data."""
         c = self.counters
         try:
-            parts, chunk, n = gso.split_payload(a.encap, a.payload, mss)
+            buf, chunk, n = gso.split_payload(a.encap, a.payload, mss)
         except (Malformed, ValueError):
             c["gso_malformed"] += 1
             return
         if n > 1 and self.gso_on and a.encap != "mplsogre":
-            tunnels.send_gso(a.peer, a.encap, a.sport, parts, chunk, n)
+            tunnels.send_gso(a.peer, a.encap, a.sport, buf, chunk, n)
             c["gso_super_frames"] += 1
             c["gso_segments"] += n
             return
         # The fallback: MPLSoGRE has no UDP_SEGMENT (raw IP socket), or GSO is switched off.
-        tunnels.send_each(a.peer, a.encap, a.sport, parts)
+        mv = memoryview(buf)
+        send = tunnels.send
+        for o in range(0, len(buf), chunk):
+            send(a.peer, a.encap, a.sport, mv[o:o + chunk])
         c["fallback_super_frames"] += 1
         c["fallback_segments"] += n
 

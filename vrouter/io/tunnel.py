@@ -24,11 +24,10 @@ coalesced (same outer 4-tuple: one inner flow, thanks to the entropy port) with 
 in a cmsg; `receive_gro` hands them on unsplit for `vrouter.core.gro`. The kernel only coalesces on a NIC
 that runs GRO: a veth does so only with `gro on` (it then uses NAPI) and, for packets from a sender
 with TSO (the OVS side of the link), `rx-udp-gro-forwarding on`: `enable_gro` sets both.
-Send: `send_gso` sends the equal-size tunnel packets of a `vrouter.core.gso.cut` (header and data
-buffers per segment) with one UDP_SEGMENT sendmsg of the buffers of at most 64 segments / 65,507
-bytes: the kernel gathers them, Python joins nothing. MPLSoGRE goes through a raw IP socket, which
-has no UDP_SEGMENT: its fallback (`send_each`, also GSO off's) is one sendmsg of a segment's buffers
-per segment, and receive is one read per packet (the forwarder merges those in Python with `Gro.add`).
+Send: `send_gso` sends a buffer of equal-size tunnel packets (`vrouter.core.gso`) with one UDP_SEGMENT
+sendmsg per slice of at most 64 segments / 65,507 bytes. MPLSoGRE goes through a raw IP socket,
+which has no UDP_SEGMENT: its fallback is one sendto per segment (`gso.segments`), and receive is one
+read per packet (the forwarder merges those in Python with `Gro.add`).
 """
 from __future__ import annotations
 
@@ -121,13 +120,12 @@ class EntropySender:
         self.counters["tx_path_probes"] += 1
         return True
 
-    def send_gso(self, peer: str, encap: str, sport: int, parts, chunk: int, n: int) -> int:
-        """Send the `n` tunnel packets of `chunk` bytes (the last may be shorter) that `gso.cut` laid
-        out as `parts` (PARTS buffers per segment); returns the number of send calls. UDP: one
-        UDP_SEGMENT sendmsg of the buffers of each group from `gso.sends`, so the kernel gathers
-        them and nothing is joined here. MPLSoGRE: not possible, the caller uses `send_each`."""
+    def send_gso(self, peer: str, encap: str, sport: int, buffer, chunk: int, n: int) -> int:
+        """Send `n` tunnel packets of `chunk` bytes (the last may be shorter) laid out in `buffer`
+        by `gso.segment`; returns the number of send calls. UDP: one UDP_SEGMENT sendmsg per slice
+        from `gso.sends`. MPLSoGRE: not possible, the caller uses `send` per segment instead."""
         if n == 1:
-            self.send_each(peer, encap, sport, parts)
+            self.send(peer, encap, sport, buffer)
             return 1
         try:
             sock = self._sender(encap, sport)
@@ -137,11 +135,14 @@ class EntropySender:
         cmsg = [(SOL_UDP, UDP_SEGMENT, _SEG.pack(chunk))]
         calls = sends = segments = 0
         c = self.counters
-        for group in gso.sends(parts, chunk):
+        for part in gso.sends(buffer, chunk):
             calls += 1
-            carried = len(group) // gso.PARTS
+            carried = -(-len(part) // chunk)
             try:
-                sock.sendmsg(group, cmsg if carried > 1 else (), 0, dst)
+                if len(part) <= chunk:
+                    sock.sendto(part, dst)
+                else:
+                    sock.sendmsg((part,), cmsg, 0, dst)
             except OSError as exc:
                 if exc.errno in self.SEND_ERRORS:
                     c["tx_errors"] += carried     # packets lost, as `send` counts them
@@ -149,47 +150,11 @@ class EntropySender:
                 raise
             sends += 1
             segments += carried
-        # Only what the kernel took was sent: a refused group's segments are tx_errors, not tx_<encap>.
+        # Only what the kernel took was sent: a refused slice's segments are tx_errors, not tx_<encap>.
         c[_TX_COUNTER[encap]] += segments
         c["tx_gso_sends"] += sends
         c["tx_gso_segments"] += segments
         return calls
-
-    def send_each(self, peer: str, encap: str, sport: int, parts) -> int:
-        """Send the segments of a `gso.cut` (`parts`, PARTS buffers per segment) one datagram each,
-        every one a sendmsg of its own buffers (no join), from the socket `send` would use: the
-        fallback where UDP_SEGMENT is not possible (MPLSoGRE's raw socket) or GSO is off. Returns the
-        number of segments the kernel took; refused ones are counted as `send` counts them."""
-        try:
-            dport = 0
-            if encap == "mplsogre":
-                sock, dst = self._gre, (peer, 0)
-            elif sport in self._pool or self._raw_udp is None:
-                sock, dst = self._sender(encap, sport), (peer, UDP_PORTS[encap])
-            else:
-                sock, dst, dport = self._raw_udp, (peer, 0), UDP_PORTS[encap]   # behind our UDP header, as `send`
-        except KeyError:
-            raise TunnelError(f"unknown encapsulation {encap!r} (known: {', '.join(ENCAPS)})") from None
-        k = gso.PARTS
-        sent = 0
-        c = self.counters
-        for i in range(0, len(parts), k):
-            seg = parts[i:i + k]
-            try:
-                if dport:
-                    sock.sendmsg([_UDP_HEADER(sport, dport, 8 + sum(map(len, seg)), 0), *seg], (), 0, dst)
-                else:
-                    sock.sendmsg(seg, (), 0, dst)
-            except OSError as exc:
-                if exc.errno in self.SEND_ERRORS:
-                    c["tx_errors"] += 1
-                    continue
-                raise
-            sent += 1
-        if dport:
-            c["tx_unbound"] += sent
-        c[_TX_COUNTER[encap]] += sent
-        return sent
 
     def _sender(self, encap: str, sport: int) -> socket.socket:
         s = self._pool.get(sport)
