@@ -3,8 +3,6 @@ and the punt request a new flow queues for the agent."""
 from dataclasses import dataclass
 from typing import TypedDict
 
-from .codec.buffer import Buffer
-
 
 class PuntRequest(TypedDict):
     """What the slow path needs to decide a new flow (plain values: it crosses to the agent by msgpack)."""
@@ -26,12 +24,12 @@ class ToVif:
     """Write the Ethernet frame ``frame`` + ``tail`` to the TAP of VM interface ``vif``.
 
     ``tail`` is empty but for a merged GRO delivery decided on its head (Pipeline.from_fabric): then
-    ``frame`` holds the Ethernet, IPv4 and TCP headers and ``tail`` the data, views of the receive
-    buffers, written in the same writev without a join; the frame is ``frame + b"".join(tail)``.
+    ``frame`` holds the Ethernet, IPv4 and TCP headers and ``tail`` the merge's data, written behind
+    them in the same writev rather than copied into one frame.
     """
     vif: str
     frame: bytes
-    tail: tuple[Buffer, ...] = ()
+    tail: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,18 +21,19 @@ batch; each keeps its own merge (output order changes only between flows).
 Each delivery is ``(head, tail, nsegs, gso_size, vnet_hdr)``: the tunnel payload for
 ``Pipeline.from_fabric(src, encap, head, now, tail)`` and the 10-byte virtio_net_hdr to write before
 the resulting ToVif frame (Ethernet header of 14 bytes + the inner IPv4 packet). A packet delivered
-alone is ``head`` (its bytes) with ``tail`` None. A merge is never joined here: ``head`` is the
-tunnel header, IPv4 header (total length and header checksum fixed) and TCP header of its first
-segment, with PSH/FIN OR-ed in from the last and the TCP checksum set to the pseudo-header sum, and
-``tail`` the data of every segment in order, views of the read buffers; the payload is
-``head + b"".join(tail)``. The pipeline decides a flow hit to a VM on the head alone and the shell
-writes head and tail in one writev, so 64 KB of data are copied by the kernel only; whatever needs
-the whole payload (a miss held for the slow path, a packet routed back into the fabric) joins it
-there. The vnet_hdr of a merge says NEEDS_CSUM + TCPV4 with gso_size = the first segment's data
-length, so the VM's kernel completes the checksum and its stack sees one packet. A single packet
-whose TCP/UDP checksum field is partial (sent by a GSO vrouter, see vrouter/gso.py) gets NEEDS_CSUM
-with gso NONE; any other gets an all-zero header. With ``enabled=False`` (the switch for
-experiments) nothing merges but partial checksums are still flagged, which correctness needs.
+alone is ``head`` (its bytes) with ``tail`` None. A merge is ``head``, the tunnel header, IPv4
+header (total length and header checksum fixed) and TCP header of its first segment, with PSH/FIN
+OR-ed in from the last and the TCP checksum set to the pseudo-header sum, and ``tail``, the data of
+every segment joined in order (payload = head + tail). Apart so that the pipeline decides a flow hit
+to a VM on the head and the shell writes the frame's headers and the tail in one writev: the data is
+copied once here and once by the kernel, where a joined payload was copied again by the pipeline
+(Ethernet header + packet). One join, not a view per segment: measured here, the kernel's copy from
+40 small iovecs cost more than the join saved (docs/vrouter.md, "The offload path"). The vnet_hdr
+of a merge says NEEDS_CSUM + TCPV4 with gso_size = the first segment's data length, so the VM's
+kernel completes the checksum and its stack sees one packet. A single packet whose TCP/UDP checksum
+field is partial (sent by a GSO vrouter, see vrouter/gso.py) gets NEEDS_CSUM with gso NONE; any
+other gets an all-zero header. With ``enabled=False`` (the switch for experiments) nothing merges
+but partial checksums are still flagged, which correctness needs.
 """
 import struct
 from typing import Any, TypeAlias
@@ -58,9 +59,9 @@ _VXLAN = struct.Struct("!II12xH" + _IPTCP).unpack_from
 _PARTIAL_TCP = virtio.partial(_ETH + 20, virtio.TCP_CSUM_OFFSET)
 _PLAIN = virtio.PLAIN
 
-# (tunnel payload or its head, the data after the head or None, segments it stands for, gso_size or 0,
+# (tunnel payload or a merge's headers, a merge's data or None, segments it stands for, gso_size or 0,
 #  virtio_net_hdr for the ToVif frame)
-Delivery: TypeAlias = tuple[bytes, tuple[memoryview, ...] | None, int, int, bytes]
+Delivery: TypeAlias = tuple[bytes, bytes | None, int, int, bytes]
 # (label or VNI word, inner source, inner destination, source port, destination port)
 _Key: TypeAlias = tuple[int, int, int, int, int]
 
@@ -97,9 +98,8 @@ class Gro:
     """GRO state of one forwarder: feed payloads with :meth:`add` / :meth:`add_batch`, collect
     deliveries with :meth:`flush` (end of batch), :meth:`flush_expired` or :meth:`take`.
 
-    Payload buffers are referenced, not copied, by open merges and by the tails of merged
-    deliveries: do not reuse a buffer (recv_into) until the deliveries made from it are consumed
-    (written or joined); fresh buffers (recvmsg returns new bytes) are always safe.
+    Payload buffers are referenced, not copied, until their merge is delivered: do not reuse a
+    buffer (recv_into) while merges that hold it are open; :meth:`batch` flushes before returning.
     """
 
     def __init__(self, enabled: bool = True, timeout: float = 0.0) -> None:
@@ -237,7 +237,7 @@ class Gro:
         head[o + 10:o + 12] = checksum(head[o:o + 20]).to_bytes(2, "big")
         head[o + 33] = m.flags | m.ends
         head[o + 36:o + 38] = pseudo_sum(m.src, m.dst, 6, tlen - 20).to_bytes(2, "big")
-        self._ready.append((bytes(head), tuple(m.data), m.n, m.mss,
+        self._ready.append((bytes(head), b"".join(m.data), m.n, m.mss,
                             virtio.tcpv4_gso(_ETH, 20, m.thl, m.mss, bool(m.flags & TCP_CWR))))
 
     def take(self) -> list[Delivery]:

@@ -7,10 +7,10 @@ a copy of the segment's headers into the entry (tcpstate.py checks a later RST a
 Anything unusual (IP options, fragments, ICMP, ARP, held flows, misses, bad input) falls through to
 the slow parser, which validates everything and turns every problem into a named, counted drop.
 
-Merged GRO deliveries reach ``from_fabric`` unjoined: the payload is their head (tunnel, IPv4 and TCP
-headers) and ``tail`` their data, views of the receive buffers. A hit on an entry to a VM, or a drop,
-needs only the head (stats and TCP state come from the headers and the IPv4 total length) and its
-ToVif carries the tail for the shell's one writev: no data is copied in Python. Anything else (a miss,
+Merged GRO deliveries reach ``from_fabric`` in two parts: the payload is their head (tunnel, IPv4 and
+TCP headers) and ``tail`` their data. A hit on an entry to a VM, or a drop, needs only the head (stats
+and TCP state come from the headers and the IPv4 total length) and its ToVif carries the tail for the
+shell's one writev: the 64 KB are not copied again. Anything else (a miss,
 whose held packet keeps every byte; an entry back into the fabric, whose TTL rewrite builds a new
 payload; bad input) joins the payload and takes the one-buffer path, which thus exists once. Only
 the flow entry knows which case it is, so the choice is made here; the shell writes what it is given.
@@ -38,7 +38,6 @@ from . import tcpstate
 from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif
 from .admission import Admission, Waiting
 from .codec import arp, ethernet, gre, ipv4, mpls, outer, vxlan
-from .codec.buffer import Buffer
 from .codec.errors import Malformed
 from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, int_to_ip
 from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_FIN, TCP_RST, TCP_SYN, build_icmp
@@ -160,7 +159,7 @@ class Pipeline:
         return self._vif_slow(vif, frame, now)
 
     def from_fabric(self, outer_src: str, encap: str, payload: bytes, now: float,
-                    tail: tuple[Buffer, ...] | None = None) -> list[Action]:
+                    tail: bytes | None = None) -> list[Action]:
         """A tunnel payload received from underlay address ``outer_src`` (see docs/vrouter-core-api.md);
         ``tail``: the data of a merged GRO delivery whose head ``payload`` is (module docstring)."""
         if outer_src not in self._peers:
@@ -185,19 +184,19 @@ class Pipeline:
                 return self._drop("unknown_encap")
         except _STRUCT_ERROR:
             return self._fabric_slow(outer_src, encap, payload, now) if tail is None else \
-                self.from_fabric(outer_src, encap, _JOIN((payload, *tail)), now)
+                self.from_fabric(outer_src, encap, payload + tail, now)
         if ok and vrf is not None and vihl == 0x45 and not fw & 0x3FFF and (proto == 6 or proto == 17):
             e = self._flows.get((vrf, proto, src, dst, sp, dp))
             if e is not None and e.kind and tail is None and (40 if proto == 6 else 28) <= tlen <= len(payload) - off:
                 return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, off + 20 if proto == 6 else 0)
             if e is not None and tail is not None and (e.kind == TO_VIF or e.kind == DROP) and proto == 6 \
-                    and len(payload) >= off + 40 and tlen == len(payload) - off + sum(map(len, tail)):
+                    and len(payload) >= off + 40 and tlen == len(payload) - off + len(tail):
                 # On the head: every field _hit reads lies in it, tlen is the whole packet's, and the
                 # ToVif frame it builds (Ethernet + payload[off:]) is completed by the tail.
                 (a,) = actions = self._hit(e, payload, off, tlen, ttl, 6, csum, True, now, off + 20)
                 return [ToVif(a.vif, a.frame, tail)] if type(a) is ToVif else actions
         return self._fabric_slow(outer_src, encap, payload, now) if tail is None else \
-            self.from_fabric(outer_src, encap, _JOIN((payload, *tail)), now)
+            self.from_fabric(outer_src, encap, payload + tail, now)
 
     def _hit(self, e: FlowEntry, buf: bytes, off: int, tlen: int, ttl: int, proto: int, csum: int, fabric: bool,
              now: float, l4: int) -> list[Action]:

@@ -28,8 +28,6 @@ READ_SIZE = 10 + 14 + 65535
 # Frames read from one TAP per loop round (NAPI's weight): a VM that floods gets this many per round
 # like every other VM, whatever its rate, so the others' packets never wait behind its backlog.
 VIF_WEIGHT = 64
-# Buffers one writev may gather (Linux: 1024).
-IOV_MAX = os.sysconf("SC_IOV_MAX")
 CLONE_NEWNET = 0x40000000
 IFNAMSIZ = 16
 
@@ -156,17 +154,11 @@ def write_frame(fd: int, frame: bytes) -> bool:
         raise
 
 
-def write_vnet(fd: int, vnet: bytes, frame, tail=()) -> bool:
+def write_vnet(fd: int, vnet: bytes, frame, tail=b"") -> bool:
     """Write one frame behind its virtio_net_hdr (a TAP opened with vnet_hdr=True); as write_frame.
-    `tail`: buffers that continue the frame (a merged GRO delivery's data, `ToVif.tail`), gathered
-    by the same writev, so the kernel's copy into the packet is the only one."""
+    `tail` continues the frame (a merged GRO delivery's data, `ToVif.tail`) in the same writev."""
     try:
-        if not tail:
-            os.writev(fd, (vnet, frame))
-        elif len(tail) <= IOV_MAX - 2:
-            os.writev(fd, (vnet, frame, *tail))
-        else:       # more buffers than one writev takes (a merge of tiny segments): join them
-            os.writev(fd, (vnet, frame, b"".join(tail)))
+        os.writev(fd, (vnet, frame, tail) if tail else (vnet, frame))
         return True
     except OSError as exc:
         # EINVAL: the kernel refused the header (e.g. a GSO frame it cannot take); lost like a bad frame

@@ -10,11 +10,10 @@ a `Tunnels` or a worker's `rps_kernel.Sender`) and the VIFs it writes (`vifs`).
 Offloads (docs/vrouter.md, "The offload path"): every TAP frame carries its virtio_net_hdr; a TSO
 super-frame goes through the pipeline once and is cut at its MSS on the way out (one UDP GSO send),
 tunnel reads are merged by `vrouter.core.gro.Gro` over the whole drain (NAPI's end of batch) and
-written to the VM as one super-packet. Neither direction joins a super-packet's data in Python: GSO
-sends the segments' header and data buffers with sendmsg, and a merge that hits its flow entry is
-written as one writev of the virtio header, the frame's headers and the segments' data
-(`ToVif.tail`). Packets held during a slow-path round trip lose their virtio header in the core;
-`_execute_released` derives it again from the frame (the core keeps none).
+written to the VM as one super-packet: a merge that hits its flow entry is one writev of the virtio
+header, the frame's headers and the merge's data (`ToVif.tail`), not copied into one frame first.
+Packets held during a slow-path round trip lose their virtio header in the core; `_execute_released`
+derives it again from the frame (the core keeps none).
 
 Path repair (vrouter/core/paths.py, docs/vrouter.md "Path repair"): with `path_slots` > 0 the pipeline's
 tunnel entries take their outer source port from path slots; `probe` runs a round when `paths_wait`
@@ -443,10 +442,10 @@ class Datapath:
                     self.sender.send(action.peer, action.encap, action.sport, action.payload)
             elif t is ToVif:
                 port = self.vifs.get(action.vif)
-                tail = action.tail      # a merged delivery's data, written behind the headers unjoined
+                tail = action.tail      # a merged delivery's data, written behind the frame's headers
                 if port is not None and tap.write_vnet(port.fd, vnet, action.frame, tail):
                     port.counters["tx_packets"] += 1
-                    port.counters["tx_bytes"] += len(action.frame) + (sum(map(len, tail)) if tail else 0)
+                    port.counters["tx_bytes"] += len(action.frame) + len(tail)
                 else:
                     self.counters["vif_tx_errors"] += 1
             # Drop: nothing to do, the pipeline counted it (dropstats). A miss's punt request waits in
