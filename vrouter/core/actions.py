@@ -21,15 +21,20 @@ class PuntRequest(TypedDict):
 
 @dataclass(frozen=True, slots=True)
 class ToVif:
-    """Write the Ethernet frame ``frame`` + ``tail`` to the TAP of VM interface ``vif``.
-
-    ``tail`` is empty but for a merged GRO delivery decided on its head (Pipeline.from_fabric): then
-    ``frame`` holds the Ethernet, IPv4 and TCP headers and ``tail`` the merge's data, written behind
-    them in the same writev rather than copied into one frame.
-    """
+    """Write ``frame`` (a whole Ethernet frame) to the TAP of VM interface ``vif``."""
     vif: str
     frame: bytes
-    tail: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ToVifParts:
+    """Write the Ethernet frame ``frame + tail`` to the TAP of VM interface ``vif``: a merged GRO
+    delivery decided on its head (``Pipeline.from_fabric`` with a tail), ``frame`` its Ethernet, IPv4
+    and TCP headers and ``tail`` its data, written behind them in one writev rather than copied into
+    one frame. A type of its own because a third field made every ToVif 60 ns slower to build."""
+    vif: str
+    frame: bytes
+    tail: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,4 +59,4 @@ class Drop:
 
 # A new flow's punt is not an action: its request waits in the pipeline's setup queue
 # (Pipeline.take_punts), so the shell sends punts when its channel can carry them.
-Action = ToVif | ToTunnel | Drop
+Action = ToVif | ToVifParts | ToTunnel | Drop

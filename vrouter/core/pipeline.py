@@ -10,7 +10,7 @@ the slow parser, which validates everything and turns every problem into a named
 Merged GRO deliveries reach ``from_fabric`` in two parts: the payload is their head (tunnel, IPv4 and
 TCP headers) and ``tail`` their data. A hit on an entry to a VM, or a drop, needs only the head (stats
 and TCP state come from the headers and the IPv4 total length) and its ToVif carries the tail for the
-shell's one writev: the 64 KB are not copied again. Anything else (a miss,
+shell's one writev (ToVifParts): the 64 KB are not copied again. Anything else (a miss,
 whose held packet keeps every byte; an entry back into the fabric, whose TTL rewrite builds a new
 payload; bad input) joins the payload and takes the one-buffer path, which thus exists once. Only
 the flow entry knows which case it is, so the choice is made here; the shell writes what it is given.
@@ -35,7 +35,7 @@ from typing import Any
 
 from . import drops as _drops
 from . import tcpstate
-from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif
+from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif, ToVifParts
 from .admission import Admission, Waiting
 from .codec import arp, ethernet, gre, ipv4, mpls, outer, vxlan
 from .codec.errors import Malformed
@@ -194,7 +194,7 @@ class Pipeline:
                 # On the head: every field _hit reads lies in it, tlen is the whole packet's, and the
                 # ToVif frame it builds (Ethernet + payload[off:]) is completed by the tail.
                 (a,) = actions = self._hit(e, payload, off, tlen, ttl, 6, csum, True, now, off + 20)
-                return [ToVif(a.vif, a.frame, tail)] if type(a) is ToVif else actions
+                return [ToVifParts(a.vif, a.frame, tail)] if type(a) is ToVif else actions
         return self._fabric_slow(outer_src, encap, payload, now) if tail is None else \
             self.from_fabric(outer_src, encap, payload + tail, now)
 

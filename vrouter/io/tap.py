@@ -156,7 +156,7 @@ def write_frame(fd: int, frame: bytes) -> bool:
 
 def write_vnet(fd: int, vnet: bytes, frame, tail=b"") -> bool:
     """Write one frame behind its virtio_net_hdr (a TAP opened with vnet_hdr=True); as write_frame.
-    `tail` continues the frame (a merged GRO delivery's data, `ToVif.tail`) in the same writev."""
+    `tail` continues the frame (a merged GRO delivery's data, `ToVifParts.tail`) in the same writev."""
     try:
         os.writev(fd, (vnet, frame, tail) if tail else (vnet, frame))
         return True

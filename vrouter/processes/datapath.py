@@ -11,7 +11,7 @@ Offloads (docs/vrouter.md, "The offload path"): every TAP frame carries its virt
 super-frame goes through the pipeline once and is cut at its MSS on the way out (one UDP GSO send),
 tunnel reads are merged by `vrouter.core.gro.Gro` over the whole drain (NAPI's end of batch) and
 written to the VM as one super-packet: a merge that hits its flow entry is one writev of the virtio
-header, the frame's headers and the merge's data (`ToVif.tail`), not copied into one frame first.
+header, the frame's headers and the merge's data (`ToVifParts`), not copied into one frame first.
 Packets held during a slow-path round trip lose their virtio header in the core; `_execute_released`
 derives it again from the frame (the core keeps none).
 
@@ -35,7 +35,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from vrouter.core.actions import ToTunnel, ToVif
+from vrouter.core.actions import ToTunnel, ToVif, ToVifParts
 from vrouter.core.codec import virtio
 from vrouter.core.config import VrouterConfig
 from vrouter.core.gro import vnet_for_frame
@@ -440,9 +440,9 @@ class Datapath:
                     self.offloads.send_split(self.sender, action, mss)
                 else:
                     self.sender.send(action.peer, action.encap, action.sport, action.payload)
-            elif t is ToVif:
+            elif t is ToVif or t is ToVifParts:
                 port = self.vifs.get(action.vif)
-                tail = action.tail      # a merged delivery's data, written behind the frame's headers
+                tail = action.tail if t is ToVifParts else b""      # a merge's data, behind its headers
                 if port is not None and tap.write_vnet(port.fd, vnet, action.frame, tail):
                     port.counters["tx_packets"] += 1
                     port.counters["tx_bytes"] += len(action.frame) + len(tail)

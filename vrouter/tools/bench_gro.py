@@ -4,8 +4,8 @@ Receive: UDP_GRO reads of 40 x 1400 B MPLSoUDP segments (one TCP flow, as one GS
 arrives) merged into one super-packet, alone and followed by ``Pipeline.from_fabric`` (one flow
 lookup per super-packet); and with GRO switched off (every segment alone, partial checksums
 flagged) followed by one ``from_fabric`` per segment. Send: a 64 KB TCP super-frame (MSS 1448)
-through ``Pipeline.from_vif``, cut into segment buffers and grouped for UDP_SEGMENT sends. The shell's
-copies and system calls around these are `bench_bulk`'s. Figures are segments/s per core,
+through ``Pipeline.from_vif`` and cut into one UDP_SEGMENT buffer. The shell's copies and system
+calls around these are `bench_bulk`'s. Figures are segments/s per core,
 best of several runs; the brief's reference is 4.3 us per segment for GRO read -> per-segment
 Python -> GSO send.
 """
@@ -54,7 +54,7 @@ def _check_setup(on: Gro, buf, chunk: int, from_fabric) -> None:
     if len(on.batch("mplsoudp", buf, chunk)) != 1:
         raise RuntimeError("benchmark batch did not merge into one super-packet")
     (d,) = on.batch("mplsoudp", buf, chunk)
-    if from_fabric("10.0.2.1", "mplsoudp", d[0], 1.0, d[1])[0].__class__.__name__ != "ToVif":
+    if from_fabric("10.0.2.1", "mplsoudp", d[0], 1.0, d[1])[0].__class__.__name__ != "ToVifParts":
         raise RuntimeError("benchmark super-packet did not hit its flow entry")
 
 
