@@ -4,17 +4,21 @@ TCP state, held packets) and counters.
 
 - Merged GRO deliveries as head + tail against the joined payload: a hit to a VM, a miss held for
   the slow path, a DROP entry, a transit packet sent back into the fabric, inputs that do not fit,
-  and the datapath's one writev."""
+  and the datapath's one writev.
+- TAP reads routed in place behind their virtio_net_hdr (``from_vif(..., at)``) against the frame
+  cut out: a hit to the fabric, a hit to a local VM, a miss, and the datapath's send."""
 import collections
 import socket
 
 import pytest
 
-from core_helpers import SRV1, SRV2, VM1, VM2, server
-from offload_helpers import joined, prefix, tcp_ip
+from core_helpers import SRV1, SRV2, VM1, VM2, VM3, server, tcp_frame
+from offload_helpers import FakeTunnels, joined, prefix, tcp_ip
 from vrouter.core import gso
 from vrouter.core.actions import Drop, ToTunnel, ToVif, ToVifParts
+from vrouter.core.codec import virtio
 from vrouter.core.codec.ipv4 import ip_to_int
+from vrouter.core.codec.l4 import TCP_ACK, TCP_SYN
 from vrouter.core.gro import Gro
 from vrouter.core.offload import Offloads
 from vrouter.core.pipeline import Pipeline
@@ -158,3 +162,51 @@ def test_the_datapath_writes_a_merge_as_one_frame_without_joining_it():
         vm.close()
         tap_end.close()
 
+
+# ---------------------------------------------------------------- TAP reads in place
+def tap_read(frame, mss=0):
+    """A TAP read: virtio_net_hdr (TCPV4 with gso_size ``mss`` if given) + the frame."""
+    return (virtio.tcpv4_gso(14, 20, 20, mss) if mss else virtio.PLAIN) + frame
+
+
+def test_a_tap_read_is_routed_in_place_like_the_frame_cut_out():
+    """To the fabric and to a local VM, each flow's first packet missing and the next one hitting,
+    and a frame too short to parse: the same actions and entries as for the frame alone."""
+    new, old = pipes("srv1")
+    slow = SlowPath(server("srv1"))
+    data = bytes(range(256)) * 200
+    frames = [tcp_frame(VM1, VM2, 40000, 80, TCP_SYN), tcp_frame(VM1, VM2, 40000, 80, TCP_ACK, payload=data, seq=1),
+              tcp_frame(VM1, VM3, 40001, 80, TCP_SYN), tcp_frame(VM1, VM3, 40001, 80, TCP_ACK, payload=data, seq=1),
+              b"short"]
+    kinds = []
+    for frame in frames:
+        a = new.from_vif("tr-red1", tap_read(frame), 1.0, VNET_LEN)
+        b = old.from_vif("tr-red1", frame, 1.0)
+        for p, acts in ((new, a), (old, b)):
+            for request in p.take_punts(1.0):          # a miss: held, decided, released as a plain frame
+                acts += p.install(slow.decide(request, 1.0), 1.0)
+        assert a == b, frame[:60]
+        assert state(new) == state(old)
+        kinds.append(type(a[0]).__name__)
+    assert kinds == ["ToTunnel", "ToTunnel", "ToVif", "ToVif", "Drop"]
+
+
+def test_the_datapath_sends_a_super_frame_read_in_place():
+    config = server("srv1")
+    dp = Datapath(AgentLink(collections.Counter(), lambda _s, _e: None), Offloads(), clock=lambda: 1.0)
+    dp.configure(config)
+    dp.sender = FakeTunnels()
+    old = Pipeline(config)
+    syn = tcp_frame(VM1, VM2, 40000, 80, TCP_SYN)
+    for p in (dp.pipeline, old):
+        assert p.from_vif("tr-red1", syn, 0.0) == []
+        (request,) = p.take_punts(0.0)
+        p.install(SlowPath(config).decide(request, 0.0), 0.0)
+    dp.sender.sent.clear()
+    big = tcp_frame(VM1, VM2, 40000, 80, TCP_ACK, payload=bytes(range(256)) * 40, seq=1)
+    dp.from_tap("tr-red1", [tap_read(big, MSS)])
+    (tun,) = old.from_vif("tr-red1", big, 1.0)
+    (peer, encap, sport, buf, chunk, n), = dp.sender.gso
+    assert (peer, encap, sport) == (tun.peer, tun.encap, tun.sport)
+    assert (buf, chunk, n) == gso.split_payload(encap, tun.payload, MSS)
+    assert state(dp.pipeline) == state(old)

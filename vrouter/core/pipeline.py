@@ -143,20 +143,23 @@ class Pipeline:
                 self._set_action(e, self._evaluator.evaluate(vrf, *e.key[1:]))
 
     # ---------------------------------------------------------------- hit paths
-    def from_vif(self, vif_name: str, frame: bytes, now: float) -> list[Action]:
-        """An Ethernet frame read from the TAP of VM interface ``vif_name``."""
+    def from_vif(self, vif_name: str, frame: bytes, now: float, at: int = 0) -> list[Action]:
+        """An Ethernet frame read from the TAP of VM interface ``vif_name``, starting at ``at`` in
+        ``frame``: the shell's TAP read keeps its virtio_net_hdr in front, the hit path reads the
+        frame in place and only the slow path copies it out (a 64 KB copy per super-frame less)."""
         vif = self._vifs.get(vif_name)
         if vif is None:
             return self._drop("invalid_vif")
         try:
-            et, vihl, tlen, fw, ttl, proto, csum, src, dst, sp, dp = _FROM_VIF(frame)
+            et, vihl, tlen, fw, ttl, proto, csum, src, dst, sp, dp = _FROM_VIF(frame, at)
         except _STRUCT_ERROR:
-            return self._vif_slow(vif, frame, now)
+            return self._vif_slow(vif, frame[at:], now)
         if et == 0x0800 and vihl == 0x45 and not fw & 0x3FFF and (proto == 6 or proto == 17) and src == vif.ip:
             e = self._flows.get((vif.vrf, proto, src, dst, sp, dp))
-            if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - 14:
-                return self._hit(e, frame, 14, tlen, ttl, proto, csum, False, now, 34 if proto == 6 else 0)
-        return self._vif_slow(vif, frame, now)
+            off = at + 14
+            if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - off:
+                return self._hit(e, frame, off, tlen, ttl, proto, csum, False, now, off + 20 if proto == 6 else 0)
+        return self._vif_slow(vif, frame[at:] if at else frame, now)
 
     def from_fabric(self, outer_src: str, encap: str, payload: bytes, now: float,
                     tail: bytes | None = None) -> list[Action]:

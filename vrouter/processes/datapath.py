@@ -315,7 +315,7 @@ class Datapath:
                 if h.is_tcpv4_gso:
                     c["rx_super_frames"] += 1
                     mss = h.gso_size
-            execute(from_vif(name, raw[VNET_LEN:], now), vnet, mss)
+            execute(from_vif(name, raw, now, VNET_LEN), vnet, mss)
         self.flush_punts()
 
     def from_reads(self, reads: list[tuple]) -> None:
