@@ -165,8 +165,9 @@ def send_rows(rounds: int, repeats: int) -> list[dict]:
 
         def send():
             from_tap(VIF, frames)
-        return [_row("send: TAP super-frame -> from_vif -> GSO sendmsg loopback", send, 65535 - 40,
-                     rounds, repeats)]
+        row = _row("send: TAP super-frame -> from_vif -> GSO sendmsg loopback", send, 65535 - 40, rounds, repeats)
+        row["sink_bound"] = sink is not None
+        return [row]
     finally:
         sender.close()
         if sink is not None:
@@ -184,6 +185,8 @@ def report(res: dict, out=print) -> None:
     for r in res["rows"]:
         out(f"  {r['name']:<60}{r['us_per_super_frame']:>9.2f}{r['wall_us_per_super_frame']:>9.2f}"
             f"{r['cpu_s_per_gb']:>10.3f}")
+        if r.get("sink_bound") is False:
+            out(f"    ({PEER}:{UDP_PORTS['mplsoudp']} was taken: the kernel answered port unreachable instead)")
 
 
 def main(argv=None) -> int:
