@@ -9,11 +9,11 @@ the slow parser, which validates everything and turns every problem into a named
 
 Merged GRO deliveries reach ``from_fabric`` in two parts: the payload is their head (tunnel, IPv4 and
 TCP headers) and ``tail`` their data. A hit on an entry to a VM, or a drop, needs only the head (stats
-and TCP state come from the headers and the IPv4 total length) and its ToVif carries the tail for the
-shell's one writev (ToVifParts): the 64 KB are not copied again. Anything else (a miss,
-whose held packet keeps every byte; an entry back into the fabric, whose TTL rewrite builds a new
-payload; bad input) joins the payload and takes the one-buffer path, which thus exists once. Only
-the flow entry knows which case it is, so the choice is made here; the shell writes what it is given.
+and TCP state come from the headers and the IPv4 total length); the hit returns a ToVifParts, whose
+tail the shell writes behind the frame's headers in one writev: the 64 KB are not copied again.
+Anything else (a miss, whose held packet keeps every byte; an entry back into the fabric, whose TTL
+rewrite builds a new payload; bad input) joins the payload and takes the one-buffer path, which thus
+exists once. Only the flow entry knows which case it is, so the choice is made here.
 
 TTL: the vrouter that receives a packet from a VM is the routing hop and decrements the inner TTL;
 a vrouter that receives it from the fabric and delivers it to a VM does not (one hop per overlay
