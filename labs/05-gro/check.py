@@ -50,7 +50,8 @@ def run(gro, payloads):
 
 
 def _describe(deliveries, flushes):
-    return f"{[n for _, n, _, _ in deliveries]} segments per delivery, flushes {flushes}"
+    # a delivery is (head, tail, segments, gso_size, vnet_hdr): vrouter/core/gro.py
+    return f"{[d[2] for d in deliveries]} segments per delivery, flushes {flushes}"
 
 
 def compare(student, what, payloads, todo):
@@ -62,7 +63,7 @@ def compare(student, what, payloads, todo):
         raise Wrong(f"{what}: your rule let a merge grow beyond 65,535 bytes of IPv4 packet (the total length "
                     "field overflowed while the super-packet was written)", WHERE[3]) from None
     if got != want:
-        same_shape = [n for _, n, _, _ in got[0]] == [n for _, n, _, _ in want[0]] and got[1] == want[1]
+        same_shape = [d[2] for d in got[0]] == [d[2] for d in want[0]] and got[1] == want[1]
         detail = " (the same shape, other bytes)" if same_shape else ""
         raise Wrong(f"{what}: your rule gives {_describe(*got)}; Linux GRO gives {_describe(*want)}{detail}",
                     WHERE[todo])

@@ -64,6 +64,13 @@ def kernel_complete(frame: bytes, vnet: bytes) -> bytes:
     return frame[:at] + ipv4.checksum(frame[h.csum_start:]).to_bytes(2, "big") + frame[at + 2:]
 
 
+def joined(delivery):
+    """A GRO delivery (head, tail, nsegs, gso_size, vnet_hdr) as (whole payload, nsegs, gso_size,
+    vnet_hdr), what the tests compare."""
+    head, tail, nsegs, gso_size, vnet = delivery
+    return (head if tail is None else head + tail), nsegs, gso_size, vnet
+
+
 def ip_parts(ip: bytes):
     """(IPv4 header, TCP header, data) of a packet."""
     ihl = (ip[0] & 15) * 4

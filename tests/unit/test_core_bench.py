@@ -19,6 +19,10 @@ def test_quick_bench_prints_a_table_and_a_json_last_line():
     assert {(r["direction"], r["size"]) for r in res["rows"] if r["encap"] == "mplsoudp"} == \
         {("vm->fabric", 64), ("fabric->vm", 64), ("vm->fabric", 1400), ("fabric->vm", 1400)}
     assert any("x target" in line for line in lines[:-1])
+    bulk = res["bulk"]["rows"]          # the bulk path through the shell: receive twice, send once
+    assert [r["name"].split(":")[0] for r in bulk] == ["receive", "receive", "send"]
+    assert all(r["us_per_super_frame"] > 0 and r["cpu_s_per_gb"] > 0 for r in bulk)
+    assert any("bulk path through the shell" in line for line in lines[:-1])
 
 
 def test_fast_path_measures_only_flow_hits():

@@ -7,11 +7,11 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 
 from core_helpers import Pair
-from offload_helpers import ip_parts, kernel_complete, prefix, scapy_l4_checksum, tcp_ip, udp_ip
+from offload_helpers import ip_parts, joined, kernel_complete, prefix, scapy_l4_checksum, tcp_ip, udp_ip
 from vrouter.core import gro as gro_mod
 from vrouter.core import gso
 from vrouter.core.codec import ipv4, virtio
-from vrouter.core.gro import Gro, merge, vnet_for_frame
+from vrouter.core.gro import Gro, vnet_for_frame
 from vrouter.tools import bench_gro
 
 TS = [("NOP", None), ("NOP", None), ("Timestamp", (5, 6))]
@@ -23,11 +23,16 @@ def stream(n, size=1400, seq=1000, ident=1, encap="mplsoudp", label=100, **kw):
             for i in range(n)]
 
 
+def merge(*args, **kw):
+    """`gro.merge`, every delivery joined (see offload_helpers.joined)."""
+    return [joined(d) for d in gro_mod.merge(*args, **kw)]
+
+
 def feed(payloads, encap="mplsoudp", g=None):
     g = g or Gro()
     for p in payloads:
         g.add(encap, p)
-    return g.flush(), g
+    return [joined(d) for d in g.flush()], g
 
 
 def shape(deliveries):
@@ -51,6 +56,18 @@ def test_udp_gro_read_of_40_segments_is_one_super_packet():
     assert (h.flags, h.gso_type, h.hdr_len, h.gso_size, h.csum_start, h.csum_offset) == (1, 1, 54, 1400, 34, 16)
     frame = b"\0" * 14 + payload[4:]
     assert int.from_bytes(kernel_complete(frame, vnet)[50:52], "big") == scapy_l4_checksum(payload[4:])
+
+
+def test_a_merge_is_delivered_as_its_headers_and_its_data():
+    """The head is the tunnel and inner headers (44 bytes with MPLSoUDP), the tail every segment's
+    data; a packet delivered alone is its own bytes with no tail."""
+    segs = stream(5)
+    buf = b"".join(segs) + stream(1, seq=99999)[0]
+    (m, single) = gro_mod.merge("mplsoudp", buf, len(segs[0]))
+    head, tail, n, gso_size, _ = m
+    assert (len(head), n, gso_size) == (4 + 40, 5, 1400)
+    assert tail == b"".join(data_of(s) for s in segs)
+    assert single[1] is None and single[0] == buf[5 * len(segs[0]):]
 
 
 def test_gso_then_gro_gives_back_the_super_packet_for_every_encap():
@@ -189,7 +206,7 @@ def test_hold_across_reads_until_the_timeout():
     assert g.flush_expired(10.25) == [] and g.next_deadline() == 10.5
     g.add("mplsoudp", segs[2], now=10.375)
     (d,) = g.flush_expired(10.5)
-    assert d[1] == 3 and g.next_deadline() is None and g.stats()["flush"]["timeout"] == 1
+    assert d[2] == 3 and g.next_deadline() is None and g.stats()["flush"]["timeout"] == 1
 
 
 def test_stats_count_deliveries_and_segments_per_merge():
@@ -247,7 +264,7 @@ def test_merges_are_exact_in_order_concatenations_of_mergeable_segments(mixed, u
     else:
         for p in mixed:
             g.add("mplsoudp", p)
-    out = g.flush()
+    out = [joined(d) for d in g.flush()]
     event(f"largest merge {min(max(d[1] for d in out), 5)}")
     assert sum(d[1] for d in out) == len(mixed)
     pending = {}
@@ -283,7 +300,7 @@ def test_arbitrary_bytes_never_raise(junk, encap, seg):
     g.add_batch(encap, junk, seg)
     g.add(encap, prefix(encap) + junk)
     out = g.flush()
-    assert sum(d[1] for d in out) == g.stats()["segments"]
+    assert sum(d[2] for d in out) == g.stats()["segments"]
 
 
 def test_reasons_are_the_documented_ones():
@@ -305,7 +322,7 @@ def test_bench_reports_gro_and_gso_rows_and_json_figures():
 def test_held_super_packet_released_by_install_gets_a_header_from_the_frame_alone():
     pair = Pair()
     original = tcp_ip(bytes(range(256)) * 100, options=TS, src="192.168.1.11", dst="192.168.1.12")
-    (d,) = merge("mplsoudp", *gso.segment(prefix("mplsoudp"), original, 1448)[:2])
+    (d,) = merge("mplsoudp", *gso.segment(prefix("mplsoudp"), original, 1448)[:2])   # joined: held whole
     assert pair.pipe["srv2"].from_fabric("10.0.1.1", "mplsoudp", d[0], 1.0) == []
     (request,) = pair.pipe["srv2"].take_punts(1.0)
     (to_vm,) = pair.pipe["srv2"].install(pair.slow["srv2"].decide(request, 1.0), 1.0)

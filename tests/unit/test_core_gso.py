@@ -8,7 +8,7 @@ from scapy.layers.inet import IP, TCP
 from core_helpers import VM1, VM2, Pair, tcp_frame
 from offload_helpers import ip_parts, kernel_complete, prefix, scapy_l4_checksum, tcp_ip, udp_ip
 from vrouter.core import gso
-from vrouter.core.actions import ToTunnel, ToVif
+from vrouter.core.actions import ToTunnel, ToVif, ToVifParts
 from vrouter.core.codec import ethernet, ipv4, virtio
 from vrouter.core.codec.errors import Malformed
 from vrouter.core.codec.l4 import TCP_ACK, TCP_SYN
@@ -54,6 +54,21 @@ def test_packet_within_one_mss_is_unchanged():
     assert gso.segments(prefix("mplsogre"), ip, 1400) == [prefix("mplsogre") + ip]
     ack = tcp_ip(b"")
     assert gso.segment(b"", ack, 1400)[2] == 1
+
+
+def test_segments_put_ip_options_between_the_ipv4_and_tcp_headers():
+    ip = bytearray(tcp_ip(DATA))
+    alert = b"\x94\x04\x00\x00"                                          # router alert
+    ip[20:20] = alert
+    ip[0] = 0x46
+    ip[2:4] = (len(ip)).to_bytes(2, "big")
+    ip[10:12] = b"\0\0"
+    ip[10:12] = ipv4.checksum(ip[:24]).to_bytes(2, "big")
+    segs = gso.segments(prefix("mplsoudp"), bytes(ip), 1400)
+    assert len(segs) == 12
+    for i, s in enumerate(segs):
+        assert s[4] == 0x46 and s[4 + 20:4 + 24] == alert and ipv4.checksum(s[4:4 + 24]) == 0
+        assert bytes(IP(s[4:])[TCP].payload) == DATA[i * 1400:(i + 1) * 1400]
 
 
 def test_sends_respect_the_kernel_limits_and_cover_the_buffer():
@@ -166,14 +181,15 @@ def test_super_frame_crosses_two_vrouters_as_one_packet_each_way(encap, establis
     for part in gso.sends(buf, chunk):
         gro.add_batch(encap, part, chunk)
     deliveries = gro.flush()
-    assert [(d[1], d[2]) for d in deliveries] == [(46, 1448)]
-    payload, _, _, vnet = deliveries[0]
-    out = s2.from_fabric("10.0.1.1", encap, payload, 1.0)
+    assert [(d[2], d[3]) for d in deliveries] == [(46, 1448)]
+    head, tail, _, _, vnet = deliveries[0]
+    out = s2.from_fabric("10.0.1.1", encap, head, 1.0, tail)
     if not established:
         out = pair.run("srv2", out, 1.0)
     (to_vm,) = out
-    assert isinstance(to_vm, ToVif) and to_vm.vif == "tr-red2"
-    delivered = to_vm.frame
+    # Established: decided on the head, the data stays in the tail; a miss was held and released whole.
+    assert type(to_vm) is (ToVifParts if established else ToVif) and to_vm.vif == "tr-red2"
+    delivered = to_vm.frame + to_vm.tail if established else to_vm.frame
     assert delivered[:14] == ethernet.mac_to_bytes("02:00:00:00:01:0c") + VROUTER_MAC + b"\x08\x00"
     sent_ip, got_ip = IP(frame[14:]), IP(delivered[14:])
     assert got_ip.ttl == sent_ip.ttl - 1 and got_ip.len == 65535
@@ -194,7 +210,7 @@ def test_single_packet_with_partial_checksum_travels_and_is_flagged():
     (tun,) = pair.pipe["srv1"].from_vif("tr-red1", frame, 1.0)
     assert gso.split_payload("mplsoudp", tun.payload, 1448)[2] == 1
     (d,) = Gro().batch("mplsoudp", tun.payload, 0)
-    assert d[1:] == (1, 0, virtio.partial(34, 16))
+    assert d[1:] == (None, 1, 0, virtio.partial(34, 16))
     (to_vm,) = pair.pipe["srv2"].from_fabric("10.0.1.1", "mplsoudp", d[0], 1.0)
-    completed = kernel_complete(to_vm.frame, d[3])
+    completed = kernel_complete(to_vm.frame, d[4])
     assert int.from_bytes(completed[50:52], "big") == scapy_l4_checksum(completed[14:])

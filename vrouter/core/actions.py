@@ -27,6 +27,17 @@ class ToVif:
 
 
 @dataclass(frozen=True, slots=True)
+class ToVifParts:
+    """Write the Ethernet frame ``frame + tail`` to the TAP of VM interface ``vif``: a merged GRO
+    delivery decided on its head (``Pipeline.from_fabric`` with a tail), ``frame`` its Ethernet, IPv4
+    and TCP headers and ``tail`` its data, written behind them in one writev rather than copied into
+    one frame. A type of its own because a third field made every ToVif 60 ns slower to build."""
+    vif: str
+    frame: bytes
+    tail: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ToTunnel:
     """Send ``payload`` to the underlay address ``peer``.
 
@@ -48,4 +59,4 @@ class Drop:
 
 # A new flow's punt is not an action: its request waits in the pipeline's setup queue
 # (Pipeline.take_punts), so the shell sends punts when its channel can carry them.
-Action = ToVif | ToTunnel | Drop
+Action = ToVif | ToVifParts | ToTunnel | Drop

@@ -18,17 +18,23 @@ flow holds), at the end of the batch (:meth:`Gro.flush`), or after ``timeout`` w
 :meth:`Gro.flush_expired` for a forwarder that holds merges across reads. Flows may interleave in a
 batch; each keeps its own merge (output order changes only between flows).
 
-Each delivery is ``(payload, nsegs, gso_size, vnet_hdr)``: the tunnel payload for
-``Pipeline.from_fabric`` and the 10-byte virtio_net_hdr to write before the resulting ToVif frame
-(Ethernet header of 14 bytes + the inner IPv4 packet). A merged payload keeps the tunnel header,
-IPv4 header (total length and header checksum fixed) and TCP header of its first segment, with
-PSH/FIN OR-ed in from the last and the TCP checksum set to the pseudo-header sum; its vnet_hdr says
-NEEDS_CSUM + TCPV4 with gso_size = the first segment's data length, so the VM's kernel completes the
-checksum and its stack sees one packet. A single packet whose TCP/UDP checksum field is partial (sent
-by a GSO vrouter, see vrouter/gso.py) gets NEEDS_CSUM with gso NONE; any other gets an all-zero
-header. With ``enabled=False`` (the switch for experiments) nothing merges but partial checksums are
-still flagged, which correctness needs. ``rule`` replaces the merge rules for segments that meet
-an open merge (lab 5 gives the student's; the forwarders never set it).
+Each delivery is ``(head, tail, nsegs, gso_size, vnet_hdr)``: the tunnel payload for
+``Pipeline.from_fabric(src, encap, head, now, tail)`` and the 10-byte virtio_net_hdr to write before
+the resulting ToVif frame (Ethernet header of 14 bytes + the inner IPv4 packet). A packet delivered
+alone is ``head`` (its bytes) with ``tail`` None. A merge is ``head``, the tunnel header, IPv4
+header (total length and header checksum fixed) and TCP header of its first segment, with PSH/FIN
+OR-ed in from the last and the TCP checksum set to the pseudo-header sum, and ``tail``, the data of
+every segment joined in order (payload = head + tail). Apart so that the pipeline decides a flow hit
+to a VM on the head and the shell writes the frame's headers and the tail in one writev: the data is
+copied once here and once by the kernel, where a joined payload was copied again by the pipeline
+(Ethernet header + packet). One join, not a view per segment: measured here, the kernel's copy from
+40 small iovecs cost more than the join saved (docs/vrouter.md, "The offload path"). The vnet_hdr
+of a merge says NEEDS_CSUM + TCPV4 with gso_size = the first segment's data length, so the VM's
+kernel completes the checksum and its stack sees one packet. A single packet whose TCP/UDP checksum
+field is partial (sent by a GSO vrouter, see vrouter/gso.py) gets NEEDS_CSUM with gso NONE; any
+other gets an all-zero header. With ``enabled=False`` (the switch for experiments) nothing merges
+but partial checksums are still flagged, which correctness needs. ``rule`` replaces the merge rules
+for segments that meet an open merge (lab 5 gives the student's; the forwarders never set it).
 """
 import struct
 from collections.abc import Callable
@@ -99,8 +105,9 @@ class MergeView(NamedTuple):
 
 Rule: TypeAlias = Callable[[MergeView, Segment], tuple[bool, str | None]]
 
-# (tunnel payload, segments it stands for, gso_size or 0, virtio_net_hdr for the ToVif frame)
-Delivery: TypeAlias = tuple[bytes, int, int, bytes]
+# (tunnel payload or a merge's headers, a merge's data or None, segments it stands for, gso_size or 0,
+#  virtio_net_hdr for the ToVif frame)
+Delivery: TypeAlias = tuple[bytes, bytes | None, int, int, bytes]
 # (label or VNI word, inner source, inner destination, source port, destination port)
 _Key: TypeAlias = tuple[int, int, int, int, int]
 
@@ -123,7 +130,7 @@ class _Merge:
     opts: bytes
     mss: int
     next_seq: int
-    data: list[memoryview]      # the data of the segments after the first
+    data: list[memoryview]      # the data of every segment, the first's included
     size: int
     limit: int
     ends: int
@@ -230,14 +237,15 @@ class Gro:
                 return
         if dlen <= 0 or flags & _ALONE or not self.enabled or thl < 20:
             self._counts["single"] += 1
-            self._ready.append((bytes(mv[s:e]), 1, 0,
+            self._ready.append((bytes(mv[s:e]), None, 1, 0,
                                 _PARTIAL_TCP if thl >= 20 and tc == pseudo_sum(src, dst, 6, tlen - 20) else _PLAIN))
             return
         m = _Merge()
         m.key, m.first, m.h, m.thl, m.flags, m.cmp = key, mv[s:e], h, thl, flags, flags & ~TCP_CWR
         m.ack, m.win, m.tos, m.ttl, m.fw, m.last_id = ack, win, tos, ttl, fw, ident
         m.opts = bytes(mv[off + 40:off + 20 + thl])
-        m.mss, m.next_seq, m.data, m.size, m.limit = dlen, (seq + dlen) & 0xFFFFFFFF, [], dlen, 65535 - 20 - thl
+        m.mss, m.next_seq, m.size, m.limit = dlen, (seq + dlen) & 0xFFFFFFFF, dlen, 65535 - 20 - thl
+        m.data = [mv[off + 20 + thl:e]]
         m.ends, m.n, m.started, m.src, m.dst = 0, 1, now, src, dst
         opened[key] = m
 
@@ -283,7 +291,7 @@ class Gro:
         self._counts["single"] += 1
         part = partial_offset(mv[s:e], h) if h is not None and e - s >= h + 20 else None
         vnet = _PLAIN if part is None else virtio.partial(_ETH + part[0], part[1])
-        self._ready.append((bytes(mv[s:e]), 1, 0, vnet))
+        self._ready.append((bytes(mv[s:e]), None, 1, 0, vnet))
 
     # ---------------------------------------------------------------- output
     def _close(self, m: _Merge, reason: str) -> None:
@@ -295,7 +303,7 @@ class Gro:
             o = m.h + 20
             tc = first[o + 16] << 8 | first[o + 17]
             partial = tc == pseudo_sum(m.src, m.dst, 6, len(first) - o)
-            self._ready.append((bytes(first), 1, 0, _PARTIAL_TCP if partial else _PLAIN))
+            self._ready.append((bytes(first), None, 1, 0, _PARTIAL_TCP if partial else _PLAIN))
             return
         self._counts["merged"] += 1
         self._counts["merged_segments"] += m.n
@@ -308,7 +316,7 @@ class Gro:
         head[o + 10:o + 12] = checksum(head[o:o + 20]).to_bytes(2, "big")
         head[o + 33] = m.flags | m.ends
         head[o + 36:o + 38] = pseudo_sum(m.src, m.dst, 6, tlen - 20).to_bytes(2, "big")
-        self._ready.append((b"".join([head, first[hl:], *m.data]), m.n, m.mss,
+        self._ready.append((bytes(head), b"".join(m.data), m.n, m.mss,
                             virtio.tcpv4_gso(_ETH, 20, m.thl, m.mss, bool(m.flags & TCP_CWR))))
 
     def take(self) -> list[Delivery]:
@@ -371,5 +379,5 @@ def vnet_for_frame(frame: bytes, mtu: int = 1500) -> tuple[bytes, bytes]:
 
 
 def merge(encap: str, buf: Buffer, seg_size: int, gro: bool = True) -> list[Delivery]:
-    """Stateless GRO of one UDP_GRO read: a list of (payload, nsegs, gso_size, vnet_hdr)."""
+    """Stateless GRO of one UDP_GRO read: a list of (head, tail, nsegs, gso_size, vnet_hdr)."""
     return Gro(gro).batch(encap, buf, seg_size)

@@ -8,15 +8,18 @@ ICMP echoes (pings) of established flows take it too: their key has the echo id 
 Anything unusual (IP options, fragments, other ICMP, ARP, held flows, misses, bad input) falls through to
 the slow parser, which validates everything and turns every problem into a named, counted drop.
 
-TTL: the vrouter that receives a packet from a VM is the routing hop and decrements the inner TTL;
-a vrouter that receives it from the fabric and delivers it to a VM does not (one hop per overlay
-path, as the VM sees its gateway once). A packet from the fabric routed back into the fabric is
-decremented too, so a routing loop between vrouters ends.
+Merged GRO deliveries come as a head (tunnel, IPv4, TCP headers) and a ``tail`` (their data): a hit
+on an entry to a VM, or a drop, is decided on the head and returns a ToVifParts that the shell writes
+in one writev; anything else (a miss, whose held packet keeps every byte, transit, bad input) joins
+them and takes the one-buffer path. Only the flow entry knows which, so the choice is made here.
 
-IP fragments: the first fragment carries the ports and is keyed like any packet; the vrouter then
-remembers (vrf, proto, src, dst, IP id) -> ports in a bounded fragment table so later fragments of
-the datagram use the same flow entry. A non-first fragment whose head was not seen is dropped
-(``fragment_no_head``); the last fragment (MF clear) forgets the datagram.
+TTL: the vrouter that receives a packet from a VM is the routing hop and decrements the inner TTL;
+one that delivers it from the fabric to a VM does not (the VM sees its gateway once); one that routes
+it from the fabric back into the fabric does, so a routing loop between vrouters ends.
+
+IP fragments: the first fragment carries the ports and is keyed like any packet; (vrf, proto, src,
+dst, IP id) -> ports is then kept in a bounded table for the later fragments; a non-first fragment
+whose head was not seen is dropped (``fragment_no_head``); the last one (MF clear) forgets it.
 
 A miss admits the new flow (``admission.py``: per-VM and per-network limits, held limits; the
 table makes room by evicting its oldest unreplied pair), creates the HOLD entry and queues the punt
@@ -27,13 +30,13 @@ import struct
 from typing import Any
 
 from . import drops as _drops
-from . import tcpstate
-from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif
+from . import local, tcpstate
+from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif, ToVifParts
 from .admission import Admission, Waiting
-from .codec import arp, ethernet, gre, ipv4, mpls, outer, vxlan
+from .codec import ethernet, gre, mpls, outer, vxlan
 from .codec.errors import Malformed
-from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, int_to_ip
-from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_FIN, TCP_RST, TCP_SYN, build_icmp
+from .codec.ipv4 import FLAG_MF, int_to_ip
+from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_FIN, TCP_RST, TCP_SYN
 from .config import VROUTER_MAC, Vif, VrouterConfig
 from .fib import Nexthop
 from .flowkey import Extracted, FlowKey, entropy_port, extract, key_hash, reverse
@@ -58,8 +61,7 @@ _FROM_VIF = struct.Struct("!12xHBxHxxHBBHIIHH").unpack_from          # Ethernet 
 _FROM_MPLSOUDP = struct.Struct("!IBxHxxHBBHIIHH").unpack_from         # label + IPv4 + ports
 _FROM_MPLSOGRE = struct.Struct("!IIBxHxxHBBHIIHH").unpack_from        # GRE + label + IPv4 + ports
 _FROM_VXLAN = struct.Struct("!II12xHBxHxxHBBHIIHH").unpack_from       # VXLAN + Ethernet + IPv4 + ports
-# The first 16 bits of an ICMP echo request / reply (type, code 0), where TCP and UDP have their source
-# port: pings take the hit path too (their flows are keyed by the echo id, flowkey.extract).
+# An ICMP echo request's / reply's first 16 bits (type, code 0), where TCP and UDP have the source port.
 _ECHO_WORDS = frozenset((ICMP_ECHO_REQUEST << 8, ICMP_ECHO_REPLY << 8))
 _TTL_PROTO_CSUM = struct.Struct("!BBH").pack
 _JOIN = b"".join
@@ -139,29 +141,34 @@ class Pipeline:
                 self._set_action(e, self._evaluator.evaluate(vrf, *e.key[1:]))
 
     # ---------------------------------------------------------------- hit paths
-    def from_vif(self, vif_name: str, frame: bytes, now: float) -> list[Action]:
-        """An Ethernet frame read from the TAP of VM interface ``vif_name``."""
+    def from_vif(self, vif_name: str, frame: bytes, now: float, at: int = 0) -> list[Action]:
+        """An Ethernet frame read from the TAP of VM interface ``vif_name``, starting at ``at`` in
+        ``frame``: the shell's TAP read keeps its virtio_net_hdr in front, the hit path reads the
+        frame in place and only the slow path copies it out (a 64 KB copy per super-frame less)."""
         vif = self._vifs.get(vif_name)
         if vif is None:
             return self._drop("invalid_vif")
         try:
-            et, vihl, tlen, fw, ttl, proto, csum, src, dst, sp, dp = _FROM_VIF(frame)
+            et, vihl, tlen, fw, ttl, proto, csum, src, dst, sp, dp = _FROM_VIF(frame, at)
         except _STRUCT_ERROR:
-            return self._vif_slow(vif, frame, now)
+            return self._vif_slow(vif, frame[at:], now)
         if et == 0x0800 and vihl == 0x45 and not fw & 0x3FFF and src == vif.ip:
+            off = at + 14
             if proto == 6 or proto == 17:
                 e = self._flows.get((vif.vrf, proto, src, dst, sp, dp))
-                if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - 14:
-                    return self._hit(e, frame, 14, tlen, ttl, proto, csum, False, now, 34 if proto == 6 else 0)
-            elif proto == 1 and sp in _ECHO_WORDS and 28 <= tlen <= len(frame) - 14:
-                ident = frame[38] << 8 | frame[39]      # an echo is keyed by its id as both ports
+                if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - off:
+                    return self._hit(e, frame, off, tlen, ttl, proto, csum, False, now, off + 20 if proto == 6 else 0)
+            elif proto == 1 and sp in _ECHO_WORDS and 28 <= tlen <= len(frame) - off:
+                ident = frame[off + 24] << 8 | frame[off + 25]      # an echo is keyed by its id as both ports
                 e = self._flows.get((vif.vrf, 1, src, dst, ident, ident))
                 if e is not None and e.kind:
-                    return self._hit(e, frame, 14, tlen, ttl, proto, csum, False, now, 0)
-        return self._vif_slow(vif, frame, now)
+                    return self._hit(e, frame, off, tlen, ttl, proto, csum, False, now, 0)
+        return self._vif_slow(vif, frame[at:] if at else frame, now)
 
-    def from_fabric(self, outer_src: str, encap: str, payload: bytes, now: float) -> list[Action]:
-        """A tunnel payload received from underlay address ``outer_src`` (see docs/vrouter-core-api.md)."""
+    def from_fabric(self, outer_src: str, encap: str, payload: bytes, now: float,
+                    tail: bytes | None = None) -> list[Action]:
+        """A tunnel payload received from underlay address ``outer_src`` (see docs/vrouter-core-api.md);
+        ``tail``: the data of a merged GRO delivery whose head ``payload`` is (module docstring)."""
         if outer_src not in self._peers:
             return self._drop("invalid_source")
         try:
@@ -183,18 +190,27 @@ class Pipeline:
             else:
                 return self._drop("unknown_encap")
         except _STRUCT_ERROR:
-            return self._fabric_slow(outer_src, encap, payload, now)
+            return self._fabric_slow(outer_src, encap, payload, now) if tail is None else \
+                self.from_fabric(outer_src, encap, payload + tail, now)
         if ok and vrf is not None and vihl == 0x45 and not fw & 0x3FFF:
             if proto == 6 or proto == 17:
                 e = self._flows.get((vrf, proto, src, dst, sp, dp))
-                if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(payload) - off:
+                if e is not None and e.kind and tail is None and \
+                        (40 if proto == 6 else 28) <= tlen <= len(payload) - off:
                     return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, off + 20 if proto == 6 else 0)
-            elif proto == 1 and sp in _ECHO_WORDS and 28 <= tlen <= len(payload) - off:
+                if e is not None and tail is not None and (e.kind == TO_VIF or e.kind == DROP) and proto == 6 \
+                        and len(payload) >= off + 40 and tlen == len(payload) - off + len(tail):
+                    # On the head: every field _hit reads lies in it, tlen is the whole packet's, and the
+                    # ToVif frame it builds (Ethernet + payload[off:]) is completed by the tail.
+                    (a,) = actions = self._hit(e, payload, off, tlen, ttl, 6, csum, True, now, off + 20)
+                    return [ToVifParts(a.vif, a.frame, tail)] if type(a) is ToVif else actions
+            elif proto == 1 and tail is None and sp in _ECHO_WORDS and 28 <= tlen <= len(payload) - off:
                 ident = payload[off + 24] << 8 | payload[off + 25]
                 e = self._flows.get((vrf, 1, src, dst, ident, ident))
                 if e is not None and e.kind:
                     return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, 0)
-        return self._fabric_slow(outer_src, encap, payload, now)
+        return self._fabric_slow(outer_src, encap, payload, now) if tail is None else \
+            self.from_fabric(outer_src, encap, payload + tail, now)
 
     def _hit(self, e: FlowEntry, buf: bytes, off: int, tlen: int, ttl: int, proto: int, csum: int, fabric: bool,
              now: float, l4: int) -> list[Action]:
@@ -388,31 +404,20 @@ class Pipeline:
             del self._frags[fkey]
         return known[0], known[1]
 
-    # ---------------------------------------------------------------- local answers
+    # ---------------------------------------------------------------- local answers (core/local.py)
     def _arp(self, vif: _VifState, frame: bytes) -> list[Action]:
-        try:
-            req = arp.parse(frame, 14)
-        except Malformed:
-            return self._drop("malformed")
-        if req.op != arp.ARP_REQUEST or req.tpa == vif.ip or req.tpa == req.spa:
-            return self._drop("arp_ignored")
-        if self._vrfs[vif.vrf].fib.lookup(req.tpa) is None:
-            return self._drop("no_route")
+        reply = local.arp_reply(frame, vif.ip, self._vrfs[vif.vrf].fib)
+        if isinstance(reply, str):
+            return self._drop(reply)
         self._count["arp_replies"] += 1
-        reply = ethernet.build(req.sha, VROUTER_MAC, ethernet.ETH_P_ARP) + \
-            arp.build(arp.ARP_REPLY, VROUTER_MAC, req.tpa, req.sha, req.spa)
         return [ToVif(vif.name, reply)]
 
     def _receive(self, vif: _VifState, frame: bytes, pkt: Extracted) -> list[Action]:
-        proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, icmp_type = pkt
-        if proto != IPPROTO_ICMP or icmp_type != ICMP_ECHO_REQUEST or fw & (FLAG_MF | 0x1FFF):
-            return self._drop("receive_unsupported")
-        start = 14 + ihl
-        seq = frame[start + 6] << 8 | frame[start + 7]
-        icmp = build_icmp(ICMP_ECHO_REPLY, 0, sport, seq, bytes(frame[start + 8:14 + tlen]))
-        reply = ipv4.build(dst, src, IPPROTO_ICMP, icmp, ttl=64, ident=ident)
+        reply = local.echo_reply(frame, pkt, vif.eth)
+        if isinstance(reply, str):
+            return self._drop(reply)
         self._count["icmp_replies"] += 1
-        return [ToVif(vif.name, vif.eth + reply)]
+        return [ToVif(vif.name, reply)]
 
     # ---------------------------------------------------------------- decisions from the agent
     def install(self, decision: Decision, now: float) -> list[Action]:

@@ -154,10 +154,11 @@ def write_frame(fd: int, frame: bytes) -> bool:
         raise
 
 
-def write_vnet(fd: int, vnet: bytes, frame) -> bool:
-    """Write one frame behind its virtio_net_hdr (a TAP opened with vnet_hdr=True); as write_frame."""
+def write_vnet(fd: int, vnet: bytes, frame, tail=b"") -> bool:
+    """Write one frame behind its virtio_net_hdr (a TAP opened with vnet_hdr=True); as write_frame.
+    `tail` continues the frame (a merged GRO delivery's data, `ToVifParts.tail`) in the same writev."""
     try:
-        os.writev(fd, (vnet, frame))
+        os.writev(fd, (vnet, frame, tail) if tail else (vnet, frame))
         return True
     except OSError as exc:
         # EINVAL: the kernel refused the header (e.g. a GSO frame it cannot take); lost like a bad frame

@@ -25,9 +25,10 @@ in a cmsg; `receive_gro` hands them on unsplit for `vrouter.core.gro`. The kerne
 that runs GRO: a veth does so only with `gro on` (it then uses NAPI) and, for packets from a sender
 with TSO (the OVS side of the link), `rx-udp-gro-forwarding on`: `enable_gro` sets both.
 Send: `send_gso` sends a buffer of equal-size tunnel packets (`vrouter.core.gso`) with one UDP_SEGMENT
-sendmsg per slice of at most 64 segments / 65,507 bytes. MPLSoGRE goes through a raw IP socket,
-which has no UDP_SEGMENT: its fallback is one sendto per segment (`gso.segments`), and receive is one
-read per packet (the forwarder merges those in Python with `Gro.add`).
+sendmsg per slice of at most 64 segments / 65,507 bytes (one buffer, not the segments' parts: the
+kernel's copy from many small iovecs measured slower than the join). MPLSoGRE goes through a raw IP
+socket, which has no UDP_SEGMENT: its fallback is one sendto per segment (slices of the same buffer),
+and receive is one read per packet (the forwarder merges those in Python with `Gro.add`).
 """
 from __future__ import annotations
 

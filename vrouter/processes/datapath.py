@@ -10,8 +10,10 @@ a `Tunnels` or a worker's `rps_kernel.Sender`) and the VIFs it writes (`vifs`).
 Offloads (docs/vrouter.md, "The offload path"): every TAP frame carries its virtio_net_hdr; a TSO
 super-frame goes through the pipeline once and is cut at its MSS on the way out (one UDP GSO send),
 tunnel reads are merged by `vrouter.core.gro.Gro` over the whole drain (NAPI's end of batch) and
-written to the VM as one super-packet. Packets held during a slow-path round trip lose their virtio
-header in the core; `_execute_released` derives it again from the frame (the core keeps none).
+written to the VM as one super-packet: a merge that hits its flow entry is one writev of the virtio
+header, the frame's headers and the merge's data (`ToVifParts`), not copied into one frame first.
+Packets held during a slow-path round trip lose their virtio header in the core; `_execute_released`
+derives it again from the frame (the core keeps none).
 
 Path repair (vrouter/core/paths.py, docs/vrouter.md "Path repair"): with `path_slots` > 0 the pipeline's
 tunnel entries take their outer source port from path slots; `probe` runs a round when `paths_wait`
@@ -34,7 +36,7 @@ import time
 from collections.abc import Callable
 
 from vrouter.core import gso, latency
-from vrouter.core.actions import ToTunnel, ToVif
+from vrouter.core.actions import ToTunnel, ToVif, ToVifParts
 from vrouter.core.codec import virtio
 from vrouter.core.config import VrouterConfig
 from vrouter.core.gro import vnet_for_frame
@@ -328,7 +330,7 @@ class Datapath:
                 if h.is_tcpv4_gso:
                     c["rx_super_frames"] += 1
                     mss = h.gso_size
-            execute(from_vif(name, raw[VNET_LEN:], now), vnet, mss)
+            execute(from_vif(name, raw, now, VNET_LEN), vnet, mss)
         self.flush_punts()
 
     def from_reads(self, reads: list[tuple], kernel_ns: list[int] | None = None) -> None:
@@ -365,9 +367,9 @@ class Datapath:
         from_fabric = self.pipeline.from_fabric
         hist = self.offloads.hist
         execute = self._execute
-        for payload, nsegs, gso_size, vnet in deliveries:
+        for head, tail, nsegs, gso_size, vnet in deliveries:
             hist[nsegs] += 1
-            execute(from_fabric(src, encap, payload, now), vnet, gso_size)
+            execute(from_fabric(src, encap, head, now, tail), vnet, gso_size)
 
     # --- latency stamps (issue 13: where a round trip spends its time) ------------------------
     def set_stamping(self, on: bool) -> None:
@@ -412,13 +414,13 @@ class Datapath:
         from_fabric, execute, hist = self.pipeline.from_fabric, self._execute, self.offloads.hist
         for src, encap, data, seg in reads:
             if not seg and _lone_icmp(encap, data):     # as from_reads: no GRO for a lone ICMP datagram
-                deliveries = [(data, 1, 0, PLAIN)]
+                deliveries = [(data, None, 1, 0, PLAIN)]
             else:
                 g.add_batch(encap, data, seg, now)
                 deliveries = g.flush()
-            for payload, nsegs, gso_size, vnet in deliveries:
+            for payload, tail, nsegs, gso_size, vnet in deliveries:
                 hist[nsegs] += 1
-                actions = from_fabric(src, encap, payload, now)
+                actions = from_fabric(src, encap, payload, now, tail)
                 t_pipe = clock()
                 execute(actions, vnet, gso_size)
                 t_sent = clock()
@@ -523,11 +525,12 @@ class Datapath:
                     self.offloads.send_split(self.sender, action, mss)
                 else:
                     self.sender.send(action.peer, action.encap, action.sport, action.payload)
-            elif t is ToVif:
+            elif t is ToVif or t is ToVifParts:
                 port = self.vifs.get(action.vif)
-                if port is not None and tap.write_vnet(port.fd, vnet, action.frame):
+                tail = action.tail if t is ToVifParts else b""      # a merge's data, behind its headers
+                if port is not None and tap.write_vnet(port.fd, vnet, action.frame, tail):
                     port.counters["tx_packets"] += 1
-                    port.counters["tx_bytes"] += len(action.frame)
+                    port.counters["tx_bytes"] += len(action.frame) + len(tail)
                 else:
                     self.counters["vif_tx_errors"] += 1
             # Drop: nothing to do, the pipeline counted it (dropstats). A miss's punt request waits in

@@ -1,11 +1,13 @@
-"""Benchmark of the pure core on one core, no root: ``python -m vrouter.tools.bench [--quick] [--json]``.
+"""Benchmark of the vrouter on one core, no root: ``python -m vrouter.tools.bench [--quick] [--json]``.
 
 Fast path: packets of already-established flows through decapsulation -> flow hit -> TTL/route ->
 encapsulation, in both directions (VM Ethernet -> tunnel payload, tunnel payload -> VM Ethernet),
 for 64 B and 1400 B inner Ethernet frames, cycling over many flows so the flow table is not a
 one-entry dict. Slow path: new flows per second for decide + install of the forward and the reverse
 entry (including the release of the held first packet), and end to end with the miss that queues
-the punt, taking it from the setup queue, and the install.
+the punt, taking it from the setup queue, and the install. Then the sub-benches: GRO/GSO in the core
+(`bench_gro`), the bulk path through core and shell with its copies and system calls on loopback
+(`bench_bulk`), steering and workers.
 Figures are the best of several runs (least disturbed by other processes on the machine).
 """
 import platform
@@ -14,7 +16,7 @@ import time
 
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
-from vrouter.tools import bench_gro, bench_steering, bench_workers
+from vrouter.tools import bench_bulk, bench_gro, bench_steering, bench_workers
 from vrouter.tools.benchlib import (
     JSON_HELP,
     REMOTE_BASE,
@@ -102,6 +104,7 @@ def run(quick: bool) -> dict:
         "slow_path_flows_per_s_with_miss": round(end_to_end),
         "targets": {"fast_path_pps": FAST_TARGET, "slow_path_flows_per_s": SLOW_TARGET},
         "rows": rows, "quick": quick, "flows_in_table": flows, "gro_gso": bench_gro.run(quick),
+        "bulk": bench_bulk.run(quick),
         "python": platform.python_version(), "implementation": platform.python_implementation(),
         "steering": bench_steering.run(quick),
         "workers": bench_workers.run(quick),
@@ -121,6 +124,7 @@ def report(res: dict, out=print) -> None:
         v = res[key]
         out(f"{label:<58}{v:>12,}{1e6 / v:>9.2f}{v / SLOW_TARGET:>10.2f}")
     bench_gro.report(res["gro_gso"], out)
+    bench_bulk.report(res["bulk"], out)
     ok = res["fast_path_pps_64"] >= FAST_TARGET and res["fast_path_pps_1400"] >= FAST_TARGET and \
         res["slow_path_flows_per_s"] >= SLOW_TARGET
     bench_steering.report(res["steering"], out)
