@@ -10,13 +10,14 @@ from selectors import EVENT_READ, EVENT_WRITE
 import pytest
 
 from core_helpers import VM1, VM2, Pair, icmp_frame
+from offload_helpers import prefix, tcp_ip
 from vrouter.core import latency
 from vrouter.core.codec import virtio
 from vrouter.core.latency import LEGS, SEND_CALLS, Stamp, breakdown, echo, legs_of, ping_sent_ns
 from vrouter.core.offload import Offloads
 from vrouter.core.spin import Spin
 from vrouter.io.poller import Poller
-from vrouter.processes.datapath import AgentLink, Datapath, VifPort
+from vrouter.processes.datapath import AgentLink, Datapath, VifPort, mergeable
 
 NOW = 1_796_000_000 * 10**9
 
@@ -153,3 +154,11 @@ def test_spin_is_bounded_by_its_budget_per_second():
     with pytest.raises(ValueError):
         Spin(-1)
     assert latency.VROUTER_LEGS and set(latency.VROUTER_LEGS) < set(LEGS)
+
+
+def test_only_tcp_reads_wait_for_the_drain_to_merge():
+    tcp = prefix("mplsoudp") + tcp_ip(b"x" * 100)
+    ping = prefix("mplsoudp") + ping_frame(1, 1, NOW)[14:]
+    assert mergeable(("10.0.1.1", "mplsoudp", tcp, 0)) and mergeable(("10.0.1.1", "mplsoudp", tcp * 2, len(tcp)))
+    assert not mergeable(("10.0.1.1", "mplsoudp", ping, 0))
+    assert not mergeable(("10.0.1.1", "mplsoudp", b"\x00" * 10, 0))

@@ -243,6 +243,13 @@ class AgentLink:
             self.writer.blocked = 0
 
 
+def mergeable(read: tuple) -> bool:
+    """A `read_gro` read GRO may merge with others: a TCP payload (one datagram or coalesced)."""
+    p = gso.PREFIX_LEN.get(read[1])
+    data = read[2]
+    return p is not None and len(data) > p + 20 and data[p + 9] == 6
+
+
 def _lone_icmp(encap: str, data: bytes) -> bool:
     """The tunnel payload carries an IPv4 ICMP packet (which GRO never merges, as Linux's does not)."""
     p = gso.PREFIX_LEN.get(encap)

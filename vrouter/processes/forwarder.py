@@ -35,7 +35,7 @@ from vrouter.io import ipc, tap, vm_interface
 from vrouter.io.introspect import summary
 from vrouter.io.poller import Poller
 from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
-from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort
+from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort, mergeable
 from vrouter.processes.introspect import Introspector
 from vrouter.processes.launch import add_switch_arguments, parser, serve, setup_logging
 
@@ -88,20 +88,31 @@ class InProcess:
             self.datapath.from_tap(name, frames)
 
     def on_fabric(self, tunnels: Tunnels, sock: socket.socket) -> None:
-        # The first read is forwarded before the drain of the rest, as a TAP's first frame is
-        # (Forwarder._on_tap): a lone packet does not wait for the read that finds the socket empty.
+        # A first read that GRO cannot merge (not TCP: a ping, a DNS query) is forwarded before the
+        # drain of the rest, as a TAP's first frame is (Forwarder._on_tap), so it does not wait for the
+        # read that finds the socket empty; TCP reads are drained first, so they merge across the drain
+        # (forwarding a bulk flow's first read alone cut GRO from 15-17 to 13 segments per merge).
         dp = self.datapath
-        for budget in (1, FABRIC_WEIGHT - 1):
-            kernel_ns = [] if dp.stamps is not None else None
-            reads = tunnels.receive_gro(sock, budget, stamps=kernel_ns)
-            if not reads:
-                return
-            if dp.pipeline is None:
-                dp.counters["fabric_rx_unconfigured"] += len(reads)
-            else:
-                dp.from_reads(reads, kernel_ns)
-            if len(reads) < budget:
-                return
+        kernel_ns = [] if dp.stamps is not None else None
+        reads = tunnels.receive_gro(sock, 1, stamps=kernel_ns)
+        if not reads:
+            return
+        if mergeable(reads[0]):
+            reads += tunnels.receive_gro(sock, FABRIC_WEIGHT - 1, stamps=kernel_ns)
+            self._deliver(reads, kernel_ns)
+            return
+        self._deliver(reads, kernel_ns)
+        kernel_ns = [] if dp.stamps is not None else None
+        rest = tunnels.receive_gro(sock, FABRIC_WEIGHT - 1, stamps=kernel_ns)
+        if rest:
+            self._deliver(rest, kernel_ns)
+
+    def _deliver(self, reads: list[tuple], kernel_ns: list[int] | None) -> None:
+        dp = self.datapath
+        if dp.pipeline is None:
+            dp.counters["fabric_rx_unconfigured"] += len(reads)
+        else:
+            dp.from_reads(reads, kernel_ns)
 
     def set_stamping(self, on: bool, tunnels: Tunnels | None) -> None:
         """Latency stamps of ICMP echoes on or off (vrouter/core/latency.py), with the kernel's receive
