@@ -4,6 +4,7 @@ experiments -> testbed -> controllers -> vrouter (each may import those to its r
 left), no module imports itself back through others, and no module passes 600 lines. The finer
 rooms inside vrouter/ are checked by test_core_purity.py."""
 import ast
+import collections
 import pathlib
 
 import pytest
@@ -104,3 +105,10 @@ def test_the_checks_see_what_they_look_for():
 def test_no_module_over_600_lines(path):
     n = len(path.read_text().splitlines())
     assert n <= MAX_LINES, f"{path.relative_to(ROOT)} has {n} lines (split it by concern)"
+
+
+def test_test_files_have_unique_basenames():
+    """pytest imports test modules by basename (rootdir-relative packages are not used here): two
+    test_x.py in tests/unit and tests/e2e make the whole run stop at collection (it did, twice)."""
+    names = collections.Counter(p.name for p in (ROOT / "tests").rglob("test_*.py"))
+    assert not [n for n, k in names.items() if k > 1]
