@@ -9,7 +9,7 @@ import pytest
 
 from overlay_helpers import bring_up, expected_digest, needs_root, ping, transfer, vm_tap
 from test_vrouter_io import nspair  # noqa: F401 (fixture)
-from vrouter.core import gso
+from vrouter.core import gso, latency
 from vrouter.io import introspect, tap, tunnel
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -155,3 +155,23 @@ def test_gso_send_arrives_as_one_gro_read_with_its_segment_size(nspair):  # noqa
     finally:
         tx.close()
         rx.close()
+
+
+def test_latency_stamps_cover_every_leg_of_a_ping_and_stop_when_switched_off(tb):
+    """Issue 13's breakdown on a real pair of vrouters: each echo stamped once per vrouter and
+    direction, the legs of every round trip joined, causally ordered; nothing stamped once off."""
+    for srv in ("srv1", "srv3"):
+        assert introspect.query(tb.path, srv, "stamp", on=True, take=True)["on"] is True
+    assert ping(tb, "red1", "192.168.1.12", count=5) == 5
+    stamps = []
+    for srv in ("srv1", "srv3"):
+        got = introspect.query(tb.path, srv, "stamp", on=False, take=True)
+        assert got["on"] is False
+        stamps += [latency.Stamp(srv, *s) for s in got["stamps"]]
+    seqs = {(s.server, s.ingress, s.icmp_type) for s in stamps}
+    assert seqs == {("srv1", "vif", 8), ("srv3", "fabric", 8), ("srv3", "vif", 0), ("srv1", "fabric", 0)}
+    b = latency.breakdown("srv1", "srv3", stamps)
+    assert b["round_trips"] == 5
+    assert all(v > 0 for k, v in b["legs_us"].items()), b["legs_us"]     # every leg after the one before
+    assert ping(tb, "red1", "192.168.1.12", count=2) == 2
+    assert introspect.query(tb.path, "srv1", "stamp", take=True)["stamps"] == []

@@ -243,6 +243,15 @@ class AgentLink:
             self.writer.blocked = 0
 
 
+def _tso_mss(vnet: bytes, counters) -> int:
+    """The MSS of a TCP super-frame behind this (non-zero) virtio header, counted; else 0."""
+    h = virtio.parse(vnet)
+    if h.is_tcpv4_gso:
+        counters["rx_super_frames"] += 1
+        return h.gso_size
+    return 0
+
+
 def mergeable(read: tuple) -> bool:
     """A `read_gro` read GRO may merge with others: a TCP payload (one datagram or coalesced)."""
     p = gso.PREFIX_LEN.get(read[1])
@@ -331,13 +340,7 @@ class Datapath:
         execute = self._execute
         for raw in frames:
             vnet = raw[:VNET_LEN]
-            mss = 0
-            if vnet != PLAIN:
-                h = virtio.parse(vnet)
-                if h.is_tcpv4_gso:
-                    c["rx_super_frames"] += 1
-                    mss = h.gso_size
-            execute(from_vif(name, raw, now, VNET_LEN), vnet, mss)
+            execute(from_vif(name, raw, now, VNET_LEN), vnet, 0 if vnet == PLAIN else _tso_mss(vnet, c))
         self.flush_punts()
 
     def from_reads(self, reads: list[tuple], kernel_ns: list[int] | None = None) -> None:
@@ -396,13 +399,8 @@ class Datapath:
         from_vif, execute, stamps, clock = self.pipeline.from_vif, self._execute, self.stamps, time.time_ns
         for raw in frames:
             vnet = raw[:VNET_LEN]
-            mss = 0
-            if vnet != PLAIN:
-                h = virtio.parse(vnet)
-                if h.is_tcpv4_gso:
-                    c["rx_super_frames"] += 1
-                    mss = h.gso_size
-            actions = from_vif(name, raw[VNET_LEN:], now)
+            mss = 0 if vnet == PLAIN else _tso_mss(vnet, c)
+            actions = from_vif(name, raw, now, VNET_LEN)
             t_pipe = clock()
             execute(actions, vnet, mss)
             t_sent = clock()
