@@ -21,18 +21,15 @@ import socket
 import sys
 import time
 
-from vrouter.core import gso
-from vrouter.core.codec import ethernet, ipv4, l4, virtio
-from vrouter.core.config import VROUTER_MAC, VrouterConfig
+from vrouter.core.codec import l4, virtio
+from vrouter.core.config import VrouterConfig
 from vrouter.core.offload import Offloads
-from vrouter.core.pipeline import encap_prefix
 from vrouter.core.slowpath import SlowPath
 from vrouter.io.tunnel import SOL_UDP, UDP_GRO, UDP_PORTS, EntropySender
 from vrouter.processes.datapath import AgentLink, Datapath, VifPort
-from vrouter.tools.benchlib import JSON_HELP, LOCAL, VM_MAC, bench_cli, overlay
+from vrouter.tools.bench_gro import BATCH, MSS, SEGMENT, gro_read, vm_frame
+from vrouter.tools.benchlib import JSON_HELP, bench_cli, overlay
 
-SEGMENT, BATCH, MSS = 1400, 40, 1448        # bench_gro's read and super-frame
-REMOTE = "10.2.0.2"
 UNDERLAY, PEER = "127.0.0.1", "127.0.0.2"   # loopback: the sends never leave this machine
 VIF = "tap0"
 
@@ -63,28 +60,10 @@ def _datapath() -> Datapath:
     dp = Datapath(AgentLink(collections.Counter(), lambda _sock, _exc: None), Offloads(), clock=lambda: 1.0)
     dp.configure(config)
     pipe = dp.pipeline
-    assert pipe.from_vif(VIF, _vm_frame(b"", l4.TCP_SYN), 0.0) == []
+    assert pipe.from_vif(VIF, vm_frame(b"", l4.TCP_SYN), 0.0) == []
     (request,) = pipe.take_punts(0.0)
     pipe.install(SlowPath(config).decide(request, 0.0), 0.0)
     return dp
-
-
-def _vm_frame(data: bytes, flags: int = l4.TCP_ACK) -> bytes:
-    src, dst = ipv4.ip_to_int(LOCAL), ipv4.ip_to_int(REMOTE)
-    seg = bytearray(l4.build_tcp(src, dst, 40000, 5201, data, seq=1, ack=1, flags=flags))
-    seg[16:18] = gso.pseudo_sum(src, dst, ipv4.IPPROTO_TCP, len(seg)).to_bytes(2, "big")   # as TSO leaves it
-    return ethernet.build(VROUTER_MAC, ethernet.mac_to_bytes(VM_MAC), ethernet.ETH_P_IP) + \
-        ipv4.build(src, dst, ipv4.IPPROTO_TCP, bytes(seg), flags=ipv4.FLAG_DF)
-
-
-def _gro_read() -> tuple[bytes, int]:
-    """One UDP_GRO read of the reply stream as the peer's GSO send produces it: BATCH segments."""
-    src, dst = ipv4.ip_to_int(REMOTE), ipv4.ip_to_int(LOCAL)
-    seg = l4.build_tcp(src, dst, 5201, 40000, b"\xab" * (BATCH * SEGMENT), seq=1, ack=1)
-    ip = ipv4.build(src, dst, ipv4.IPPROTO_TCP, seg, flags=ipv4.FLAG_DF)
-    buf, chunk, n = gso.segment(encap_prefix("mplsoudp", 100, b""), ip, SEGMENT)
-    assert n == BATCH
-    return buf, chunk
 
 
 def _cpu_best(fn, rounds: int, repeats: int) -> tuple[float, float]:
@@ -106,7 +85,7 @@ def _row(name: str, fn, data_bytes: int, rounds: int, repeats: int) -> dict:
 
 def receive_rows(rounds: int, repeats: int) -> list[dict]:
     dp = _datapath()
-    buf, chunk = _gro_read()
+    buf, chunk = gro_read()
     reads = [(PEER, "mplsoudp", buf, chunk)]
     port = dp.vifs[VIF] = VifPort(None, [os.open(os.devnull, os.O_WRONLY)], None)
     from_reads = dp.from_reads
@@ -152,7 +131,7 @@ def send_rows(rounds: int, repeats: int) -> list[dict]:
         sink.close()
         sink = None         # port taken: the kernel answers port unreachable instead, same for both sides
     dp.sender = sender = _LoopbackSender()
-    frame = _vm_frame(b"\xcd" * (65535 - 40))
+    frame = vm_frame(b"\xcd" * (65535 - 40))
     raw = virtio.tcpv4_gso(14, 20, 20, MSS) + frame
     frames = [raw]
     from_tap = dp.from_tap

@@ -25,13 +25,13 @@ REMOTE = "10.2.0.2"
 def _pipeline() -> Pipeline:
     cfg = VrouterConfig.from_dict(overlay("mplsoudp"))
     pipe, slow = Pipeline(cfg), SlowPath(cfg)
-    assert pipe.from_vif("tap0", _vm_frame(b"", l4.TCP_SYN), 0.0) == []
+    assert pipe.from_vif("tap0", vm_frame(b"", l4.TCP_SYN), 0.0) == []
     (request,) = pipe.take_punts(0.0)
     pipe.install(slow.decide(request, 0.0), 0.0)
     return pipe
 
 
-def _vm_frame(data: bytes, flags: int = l4.TCP_ACK) -> bytes:
+def vm_frame(data: bytes, flags: int = l4.TCP_ACK) -> bytes:
     src, dst = ipv4.ip_to_int(LOCAL), ipv4.ip_to_int(REMOTE)
     seg = bytearray(l4.build_tcp(src, dst, 40000, 5201, data, seq=1, ack=1, flags=flags))
     seg[16:18] = gso.pseudo_sum(src, dst, ipv4.IPPROTO_TCP, len(seg)).to_bytes(2, "big")   # as TSO leaves it
@@ -39,8 +39,9 @@ def _vm_frame(data: bytes, flags: int = l4.TCP_ACK) -> bytes:
         ipv4.build(src, dst, ipv4.IPPROTO_TCP, bytes(seg), flags=ipv4.FLAG_DF)
 
 
-def _gro_read() -> tuple[bytes, int]:
-    """One UDP_GRO read as the peer's GSO send produces it: 40 segments of the reply stream."""
+def gro_read() -> tuple[bytes, int]:
+    """One UDP_GRO read as the peer's GSO send produces it: 40 segments of the reply stream (bench_bulk
+    reads the same)."""
     src, dst = ipv4.ip_to_int(REMOTE), ipv4.ip_to_int(LOCAL)
     seg = bytearray(l4.build_tcp(src, dst, 5201, 40000, b"\xab" * (BATCH * SEGMENT), seq=1, ack=1))
     ip = ipv4.build(src, dst, ipv4.IPPROTO_TCP, bytes(seg), flags=ipv4.FLAG_DF)
@@ -60,7 +61,7 @@ def _check_setup(on: Gro, buf, chunk: int, from_fabric) -> None:
 
 def run(quick: bool) -> dict:
     reads, repeats = (250, 3) if quick else (2500, 5)
-    buf, chunk = _gro_read()
+    buf, chunk = gro_read()
     pipe = _pipeline()
     on, off = Gro(), Gro(enabled=False)
     from_fabric = pipe.from_fabric
@@ -80,7 +81,7 @@ def run(quick: bool) -> dict:
             for head, tail, _, _, _ in off.batch("mplsoudp", buf, chunk):
                 from_fabric("10.0.2.1", "mplsoudp", head, 1.0, tail)
 
-    frame = _vm_frame(b"\xcd" * (65535 - 40))
+    frame = vm_frame(b"\xcd" * (65535 - 40))
     (tun,) = pipe.from_vif("tap0", frame, 1.0)
     n_send = gso.split_payload("mplsoudp", tun.payload, MSS)[2]
     from_vif, split, sends = pipe.from_vif, gso.split_payload, gso.sends
