@@ -51,13 +51,14 @@ def pick(topo: Topology) -> VmPair:
         raise CommandError(str(exc)) from None
 
 
-def run_iperf(tb: Testbed, mode: str, pair: VmPair, streams: int, seconds: float) -> dict:
-    """One iperf3 run of `mode` (see MODES) with CPU seconds of the two servers' vrouters."""
+def run_iperf(tb: Testbed, mode: str, pair: VmPair, streams: int, seconds: float, extra: str = "") -> dict:
+    """One iperf3 run of `mode` (see MODES) with CPU seconds of the two servers' vrouters; `extra`:
+    more iperf3 client options."""
     if mode in ("underlay", "kernel_vxlan"):
         client, server = tb.host(pair.client), tb.host(pair.server)
         dst = pair.server_ip if mode == "underlay" else VXLAN_SERVER_ADDRESS
-        return costed_iperf3(tb, pair, client, server, dst, mode, streams, seconds)
-    return overlay_run(tb, pair, mode == "overlay_on", streams, seconds)
+        return costed_iperf3(tb, pair, client, server, dst, mode, streams, seconds, extra=extra)
+    return overlay_run(tb, pair, mode == "overlay_on", streams, seconds, extra=extra)
 
 
 class KernelVxlan:
@@ -184,12 +185,7 @@ def tso_leg(topo: Topology, pair: VmPair, seconds: float, prefix: str, run_root:
                     for n in (1, 8):
                         say(f"TSO on, {LABELS[mode]}: iperf3 -P {n} for {seconds:g} s")
                         try:
-                            if mode == "overlay_on":
-                                r = overlay_run(tb, pair, True, n, seconds, extra=extra)
-                            else:
-                                dst = pair.server_ip if mode == "underlay" else VXLAN_SERVER_ADDRESS
-                                r = costed_iperf3(tb, pair, tb.host(pair.client), tb.host(pair.server), dst, mode, n,
-                                                  seconds, extra=extra)
+                            r = run_iperf(tb, mode, pair, n, seconds, extra)
                         except RuntimeError as exc:
                             r = {"mode": mode, "streams": n, "gbps": None, "error": str(exc)}
                         say(f"  {r['gbps']:.3f} Gbit/s" if r["gbps"] is not None else f"  not carried: {r['error']}")

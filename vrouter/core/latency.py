@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import statistics
 import struct
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .codec.buffer import Buffer
@@ -35,10 +34,23 @@ _ECHO = struct.Struct("!BBHHH")
 _TIMEVAL = struct.Struct("<qq")        # iputils ping: struct timeval at the start of the echo data (x86-64)
 PLAUSIBLE_NS = 10 * 10**9             # a VM send time further than this from the read is not a timestamp
 
-LEGS = ("wake_vm_to_src", "src_read", "src_pipeline", "send_fabric_out", "wake_fabric_to_dst", "dst_read",
-        "dst_pipeline", "dst_tap_write", "vm_turnaround", "dst_read_reply", "dst_pipeline_reply",
-        "send_fabric_back", "wake_fabric_to_src", "src_read_reply", "src_pipeline_reply", "src_tap_write")
+# Each leg: (name, (stamp, time) it ends at, (stamp, time) it starts at). The stamps of one echo are
+# a: the request read from the source VM, b: the request from the fabric at the destination,
+# c: the reply read from the destination VM, d: the reply from the fabric back at the source.
+_SPANS = (
+    ("wake_vm_to_src", ("a", "t_woke"), ("a", "t_in")), ("src_read", ("a", "t_read"), ("a", "t_woke")),
+    ("src_pipeline", ("a", "t_pipe"), ("a", "t_read")), ("src_send_call", ("a", "t_sent"), ("a", "t_pipe")),
+    ("send_fabric_out", ("b", "t_in"), ("a", "t_pipe")), ("wake_fabric_to_dst", ("b", "t_woke"), ("b", "t_in")),
+    ("dst_read", ("b", "t_read"), ("b", "t_woke")), ("dst_pipeline", ("b", "t_pipe"), ("b", "t_read")),
+    ("dst_tap_write", ("b", "t_sent"), ("b", "t_pipe")), ("vm_turnaround", ("c", "t_woke"), ("b", "t_sent")),
+    ("dst_read_reply", ("c", "t_read"), ("c", "t_woke")), ("dst_pipeline_reply", ("c", "t_pipe"), ("c", "t_read")),
+    ("dst_send_call", ("c", "t_sent"), ("c", "t_pipe")), ("send_fabric_back", ("d", "t_in"), ("c", "t_pipe")),
+    ("wake_fabric_to_src", ("d", "t_woke"), ("d", "t_in")), ("src_read_reply", ("d", "t_read"), ("d", "t_woke")),
+    ("src_pipeline_reply", ("d", "t_pipe"), ("d", "t_read")), ("src_tap_write", ("d", "t_sent"), ("d", "t_pipe")),
+)
+
 SEND_CALLS = ("src_send_call", "dst_send_call")     # beside the path, see the module docstring
+LEGS = tuple(name for name, _, _ in _SPANS if name not in SEND_CALLS)     # the critical path, in order
 # The legs spent in the vrouters and VMs (the rest is the UDP send, OVS and the far kernel's receive).
 VROUTER_LEGS = tuple(leg for leg in LEGS if not leg.startswith("send_fabric"))
 
@@ -83,13 +95,6 @@ def ping_sent_ns(buf: Buffer, data_off: int, near_ns: int) -> int:
     return t if abs(near_ns - t) < PLAUSIBLE_NS else 0
 
 
-def _recorder(legs: dict[str, float]) -> Callable[[str, int, int], None]:
-    def leg(name: str, t1: int, t0: int) -> None:
-        if t1 and t0:
-            legs[name] = (t1 - t0) / 1000
-    return leg
-
-
 def legs_of(src: str, dst: str, stamps: list[Stamp]) -> dict[tuple[int, int], dict[str, float]]:
     """Per echo (id, seq) from a VM behind `src` to one behind `dst`: every leg in us (a leg whose
     stamps are missing is left out)."""
@@ -100,35 +105,15 @@ def legs_of(src: str, dst: str, stamps: list[Stamp]) -> dict[tuple[int, int], di
     for (server, ingress, t, ident, seq), a in by.items():
         if server != src or ingress != "vif" or t != ICMP_ECHO:
             continue
-        b = by.get((dst, "fabric", ICMP_ECHO, ident, seq))
-        c = by.get((dst, "vif", ICMP_ECHO_REPLY, ident, seq))
-        d = by.get((src, "fabric", ICMP_ECHO_REPLY, ident, seq))
+        echo_stamps = {"a": a, "b": by.get((dst, "fabric", ICMP_ECHO, ident, seq)),
+                       "c": by.get((dst, "vif", ICMP_ECHO_REPLY, ident, seq)),
+                       "d": by.get((src, "fabric", ICMP_ECHO_REPLY, ident, seq))}
         legs: dict[str, float] = {}
-        leg = _recorder(legs)
-
-        leg("wake_vm_to_src", a.t_woke, a.t_in)
-        leg("src_read", a.t_read, a.t_woke)
-        leg("src_pipeline", a.t_pipe, a.t_read)
-        leg("src_send_call", a.t_sent, a.t_pipe)
-        if b:
-            leg("send_fabric_out", b.t_in, a.t_pipe)
-            leg("wake_fabric_to_dst", b.t_woke, b.t_in)
-            leg("dst_read", b.t_read, b.t_woke)
-            leg("dst_pipeline", b.t_pipe, b.t_read)
-            leg("dst_tap_write", b.t_sent, b.t_pipe)
-        if b and c:
-            leg("vm_turnaround", c.t_woke, b.t_sent)
-        if c:
-            leg("dst_read_reply", c.t_read, c.t_woke)
-            leg("dst_pipeline_reply", c.t_pipe, c.t_read)
-            leg("dst_send_call", c.t_sent, c.t_pipe)
-        if c and d:
-            leg("send_fabric_back", d.t_in, c.t_pipe)
-        if d:
-            leg("wake_fabric_to_src", d.t_woke, d.t_in)
-            leg("src_read_reply", d.t_read, d.t_woke)
-            leg("src_pipeline_reply", d.t_pipe, d.t_read)
-            leg("src_tap_write", d.t_sent, d.t_pipe)
+        for name, (s1, f1), (s0, f0) in _SPANS:
+            x, y = echo_stamps[s1], echo_stamps[s0]
+            t1, t0 = (getattr(x, f1), getattr(y, f0)) if x and y else (0, 0)
+            if t1 and t0:
+                legs[name] = (t1 - t0) / 1000
         out[(ident, seq)] = legs
     return out
 

@@ -17,14 +17,11 @@ class Spin:
         if spin_us < 0 or not 0 < budget <= 1:
             raise ValueError("spin_us must be >= 0 and budget in (0, 1]")
         self.spin = spin_us / 1e6
+        self.enabled = spin_us > 0      # read by the loop every round: an attribute, not a property
         self.budget = budget
         self.window_start = 0.0
         self.used = 0.0
         self.spins = self.caught = self.exhausted = 0       # counters for `stats`
-
-    @property
-    def enabled(self) -> bool:
-        return self.spin > 0
 
     def deadline(self, now: float) -> float | None:
         """Until when to spin from `now`, or None (off, or this second's budget is spent)."""

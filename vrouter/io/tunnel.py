@@ -250,18 +250,12 @@ def read_gro(sock: socket.socket, encap: str, counters, max_reads: int = 64, por
     the socket has SO_TIMESTAMPNS, see `set_stamping`) the kernel's receive time of each read, in ns,
     is appended to it (0 if the kernel gave none).
     """
-    if stamps is not None:
-        return _read_stamped(sock, encap, counters, max_reads, ports, stamps)
     out = []
     gre = encap == "mplsogre"
+    anc_size = _CMSG_STAMPED if stamps is not None else 0 if gre else _CMSG_INT
     for _ in range(max_reads):
         try:
-            if gre:
-                data, (src, port) = sock.recvfrom(65535)
-                seg = 0
-            else:
-                data, anc, _flags, (src, port) = sock.recvmsg(65535, _CMSG_INT)
-                seg = _INT.unpack(anc[0][2])[0] if anc else 0
+            data, anc, _flags, (src, port) = sock.recvmsg(65535, anc_size)
         except BlockingIOError:
             break
         except OSError as exc:  # ICMP errors queued on the socket surface here; they are not packets
@@ -269,46 +263,32 @@ def read_gro(sock: socket.socket, encap: str, counters, max_reads: int = 64, por
                 counters["rx_icmp_errors"] += 1
                 continue
             raise
+        if stamps is None:
+            seg = _INT.unpack(anc[0][2])[0] if anc else 0
+        else:
+            seg, t = _stamped_cmsgs(anc)
         if gre:
             if len(data) < 20:
                 counters["rx_runts"] += 1
                 continue
             data = data[(data[0] & 0x0F) * 4:]  # raw sockets hand over the outer IPv4 header too
         out.append((src, encap, data, seg, port) if ports else (src, encap, data, seg))
+        if stamps is not None:
+            stamps.append(t)
     counters[f"rx_reads_{encap}"] += len(out)
     return out
 
 
-def _read_stamped(sock, encap, counters, max_reads, ports, stamps) -> list[tuple]:
-    """`read_gro` that also takes every read's kernel timestamp (slower: for latency stamping only)."""
-    out = []
-    gre = encap == "mplsogre"
-    for _ in range(max_reads):
-        try:
-            data, anc, _flags, (src, port) = sock.recvmsg(65535, _CMSG_STAMPED)
-        except BlockingIOError:
-            break
-        except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                counters["rx_icmp_errors"] += 1
-                continue
-            raise
-        seg = t = 0
-        for level, kind, value in anc:
-            if level == SOL_UDP and kind == UDP_GRO:
-                seg = _INT.unpack(value[:4])[0]
-            elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                sec, nsec = _TIMESPEC.unpack(value[:16])
-                t = sec * 1_000_000_000 + nsec
-        if gre:
-            if len(data) < 20:
-                counters["rx_runts"] += 1
-                continue
-            data = data[(data[0] & 0x0F) * 4:]
-        out.append((src, encap, data, seg, port) if ports else (src, encap, data, seg))
-        stamps.append(t)
-    counters[f"rx_reads_{encap}"] += len(out)
-    return out
+def _stamped_cmsgs(anc) -> tuple[int, int]:
+    """(UDP_GRO segment size or 0, SO_TIMESTAMPNS receive time in ns or 0) of one read's cmsgs."""
+    seg = t = 0
+    for level, kind, value in anc:
+        if level == SOL_UDP and kind == UDP_GRO:
+            seg = _INT.unpack(value[:4])[0]
+        elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            sec, nsec = _TIMESPEC.unpack(value[:16])
+            t = sec * 1_000_000_000 + nsec
+    return seg, t
 
 
 def set_stamping(rx, on: bool) -> None:

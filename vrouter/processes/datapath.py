@@ -252,17 +252,20 @@ def _tso_mss(vnet: bytes, counters) -> int:
     return 0
 
 
+def _inner_proto(encap: str, data: bytes) -> int:
+    """The IP protocol of the inner IPv4 packet of a tunnel payload (0 if there is none)."""
+    p = gso.PREFIX_LEN.get(encap)
+    return data[p + 9] if p is not None and len(data) > p + 20 and data[p] >> 4 == 4 else 0
+
+
 def mergeable(read: tuple) -> bool:
     """A `read_gro` read GRO may merge with others: a TCP payload (one datagram or coalesced)."""
-    p = gso.PREFIX_LEN.get(read[1])
-    data = read[2]
-    return p is not None and len(data) > p + 20 and data[p + 9] == 6
+    return _inner_proto(read[1], read[2]) == 6
 
 
 def _lone_icmp(encap: str, data: bytes) -> bool:
     """The tunnel payload carries an IPv4 ICMP packet (which GRO never merges, as Linux's does not)."""
-    p = gso.PREFIX_LEN.get(encap)
-    return p is not None and len(data) > p + 20 and data[p + 9] == 1 and data[p] >> 4 == 4
+    return _inner_proto(encap, data) == 1
 
 
 def random_seed() -> int:
