@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import traceback
 import types
@@ -42,7 +43,8 @@ from typing import Any
 
 import yaml
 
-from testbed import REPO
+from testbed import REPO, namespaces
+from testbed.rundir import RunDir
 from vrouter.io import introspect
 
 LABS_DIR = REPO / "labs"
@@ -454,10 +456,35 @@ class Testbed:
     """The running lab testbed, for checks that grade it (check_uses_testbed: true in lab.yaml).
 
     ``vr(server, op, **args)`` asks a vrouter what `testbed vr` shows (ops of vrouter/io/introspect.py:
-    flows, vifs, routes, nexthops, dropstats, stats, paths, pressure), e.g. ``tb.vr("srv1", "flows")``."""
+    flows, vifs, routes, nexthops, dropstats, stats, paths, pressure), e.g. ``tb.vr("srv1", "flows")``;
+    ``exec(host, *argv)`` runs a command in a server or VM; ``testbed(command, *args)`` runs a testbed
+    command on this testbed (``tb.testbed("net policy", ...)``)."""
 
     def __init__(self, prefix: str, run_root: str | None, rundir: Path):
         self.prefix, self.run_root, self.rundir = prefix, run_root, rundir
+
+    def testbed(self, command: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Runs ``testbed COMMAND ARGS`` on this lab's testbed (its --prefix and --run-root added
+        after COMMAND), e.g. ``tb.testbed("fault list", "--json")``; output captured as text."""
+        scope = ["--prefix", self.prefix] + (["--run-root", self.run_root] if self.run_root else [])
+        argv = [sys.executable, "-m", "testbed.cli", *command.split(), *scope, *args]
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise Wrong(f"'testbed {command} {' '.join(args)}' did not finish in {timeout:.0f} s",
+                        f"is the lab's testbed up? 'sudo testbed status --prefix {self.prefix}'") from None
+
+    def exec(self, host: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """Runs ``argv`` in a server or VM of the testbed (what `testbed exec HOST ...` does, but
+        captured), e.g. ``tb.exec("red1", "ping", "-c1", "-W1", "192.168.1.13").returncode``."""
+        handle = namespaces.by_host(RunDir(self.run_root, self.prefix)).get(host)
+        if handle is None:
+            raise Wrong(f"the testbed has no host {host!r}", f"'sudo testbed status --prefix {self.prefix}'")
+        try:
+            return subprocess.run(["nsenter", f"--net={handle}", "--", *argv], capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise Wrong(f"'{' '.join(argv)}' in {host} did not finish in {timeout:.0f} s") from None
 
     def vr(self, server: str, op: str, **args: Any) -> Any:
         try:
