@@ -7,6 +7,9 @@ Forwarding: servers share one underlay subnet; the leaves answer their ARP with 
 MAC (proxy ARP), so switches route on the IPv4 destination alone and never rewrite MACs.
 - leaf:  local server /32 -> its port; remote server /32 -> select group of the destination leaf.
 - spine: server /32 -> the port towards that server's leaf.
+- both, below: a packet to an address no host has but whose destination MAC is a host's (a server
+  that routes outside via the gateway, the gateway that routes a floating IP back to its server:
+  testbed/gateway.py) goes where that host's /32 goes: the fabric routes it by its next hop.
 The select group of destination leaf D on leaf L has one bucket per spine S whose links L-S and
 S-D are both up. A bucket's watch_port lets OVS drop the local half at once; the remote half
 (S-D) is only known to the controller, which rewrites the group on port status.
@@ -36,6 +39,7 @@ PRIO_ARP = 300         # every other ARP frame: dropped (the match of the old to
                        # a leaf programmed by an older controller gets it replaced in place)
 PRIO_LOCAL = 200
 PRIO_REMOTE = 100
+PRIO_NEXTHOP = 50      # an IPv4 packet to no host's address, sent to a host's MAC as its next hop
 PRIO_MISS = 0
 
 MatchValue: TypeAlias = int | str
@@ -66,9 +70,10 @@ class Server(TypedDict):
     leaf_port: int
 
 
-class Fabric(TypedDict):
+class Fabric(TypedDict, total=False):
     switches: list[Switch]
     servers: list[Server]
+    gateway: Server             # a gateway topology's router toward the external network (testbed/gateway.py)
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,8 @@ class FabricLogic:
 
     def __init__(self, fabric: Fabric) -> None:
         self.by_dpid = {sw["dpid"]: sw for sw in fabric["switches"]}
-        self.servers = fabric["servers"]
+        # The gateway is one more host of the fabric: routed, ARP answered and reached by its MAC alike.
+        self.servers = fabric["servers"] + ([fabric["gateway"]] if fabric.get("gateway") else [])
         self.leaves = [sw for sw in fabric["switches"] if sw["role"] == "leaf"]
         self.spines = [sw for sw in fabric["switches"] if sw["role"] == "spine"]
         self.group_of_leaf = {leaf["name"]: i for i, leaf in enumerate(self.leaves, 1)}
@@ -180,14 +186,18 @@ class FabricLogic:
                                      arp_tpa=srv["ip"]))
                     out.append(_flow(PRIO_LOCAL, (("output", srv["leaf_port"]),),
                                      eth_type=ETH_IPV4, ipv4_dst=srv["ip"]))
+                    out.append(_flow(PRIO_NEXTHOP, (("output", srv["leaf_port"]),), eth_type=ETH_IPV4,
+                                     eth_dst=srv["mac"]))
                 else:
                     gid = self.group_of_leaf[srv["leaf"]]
                     out.append(_flow(PRIO_REMOTE, (("group", gid),), eth_type=ETH_IPV4, ipv4_dst=srv["ip"]))
+                    out.append(_flow(PRIO_NEXTHOP, (("group", gid),), eth_type=ETH_IPV4, eth_dst=srv["mac"]))
         else:
             for srv in self.servers:
                 port = self.port_to.get((sw["name"], srv["leaf"]))
                 if port is not None:
                     out.append(_flow(PRIO_LOCAL, (("output", port),), eth_type=ETH_IPV4, ipv4_dst=srv["ip"]))
+                    out.append(_flow(PRIO_NEXTHOP, (("output", port),), eth_type=ETH_IPV4, eth_dst=srv["mac"]))
         return out
 
     def groups(self, dpid: int) -> list[Group]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from vrouter.core import schema
+from vrouter.core import natschema, schema
 from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.schema import DEFAULT_ENCAP, Problems, default_mac
 from vrouter.io.control import VncError  # a rejected change reaches the clients as this error
@@ -133,6 +133,7 @@ class VncModel:
         for i, pol in enumerate(schema.items(_FIRST, "policies", topo.get("policies"))):
             policy = _policy(f"policies[{i}]", pol, self._networks, seen)
             self._policies[policy["network"]] = policy
+        self._parse_nat(topo)
         self._changed_at = {s: self.generation for s in self._servers}
 
     # ---- topology parsing (only what the controller needs; testbed.topology validates the rest)
@@ -158,6 +159,24 @@ class VncModel:
             net = schema.network(_FIRST, f"virtual_networks[{i}]", n, self.encapsulation, names, ids)
             out[net.name] = net
         return out
+
+    def _parse_nat(self, topo):
+        """The gateway's floating range, each server's SNAT address, floating IPs, source NAT
+        (vrouter/core/natschema.py; the testbed checked the gateway's fabric side)."""
+        self._floating, self._snat_of, self._fips, self._snat = None, {}, {}, []
+        gw = topo.get("gateway")
+        if not isinstance(gw, dict):
+            return
+        self._floating = natschema.floating_range(_FIRST, "gateway.floating", gw.get("floating"), len(self._servers))
+        self._snat_of = {natschema.snat_address(self._floating, i): s for i, s in enumerate(self._servers, 1)}
+        for f in natschema.floating_ips(_FIRST, "floating_ips", topo.get("floating_ips"), self._vms,
+                                        self._floating, self._snat_of):
+            self._fips[f.vm] = int_to_ip(f.address)
+        self._snat = natschema.snat_networks(_FIRST, "snat", topo.get("snat"), self._networks)
+
+    def _need_gateway(self):
+        if self._floating is None:
+            raise VncError("this topology has no gateway section: no floating IPs or source NAT")
 
     # ---- checks shared by the topology's VMs and run-time changes
     def _check_network(self, network, where):
@@ -190,11 +209,13 @@ class VncModel:
     # ---- run-time changes
     def _commit(self, mutate):
         before = self.configs()
-        saved = copy.deepcopy((self._vms, self._policies, self._flow, self._net_limits, self._next_index))
+        saved = copy.deepcopy((self._vms, self._policies, self._flow, self._net_limits, self._next_index,
+                               self._fips, self._snat))
         try:
             mutate()
         except Exception:
-            self._vms, self._policies, self._flow, self._net_limits, self._next_index = saved
+            (self._vms, self._policies, self._flow, self._net_limits, self._next_index, self._fips,
+             self._snat) = saved
             raise
         after = self.configs()
         self.generation += 1
@@ -212,7 +233,39 @@ class VncModel:
     def remove_vm(self, name):
         if name not in self._vms:
             raise VncError(f"unknown VM {name!r}")
-        return self._commit(lambda: self._vms.pop(name))
+        return self._commit(lambda: (self._vms.pop(name), self._fips.pop(name, None)))
+
+    def set_floating_ip(self, vm, address):
+        """Give ``vm`` the floating IP ``address`` (replacing its own), or take it away (None)."""
+        self._need_gateway()
+        if vm not in self._vms:
+            raise VncError(f"unknown VM {vm!r}")
+        if address is not None:
+            held = {schema.parse_address(a): f"VM {v!r}" for v, a in self._fips.items() if v != vm}
+            address = int_to_ip(natschema.floating_address(_FIRST, f"floating_ips[{vm!r}].address", address,
+                                                           self._floating, self._snat_of, held))
+        return self._commit(lambda: self._fips.pop(vm, None) if address is None
+                            else self._fips.__setitem__(vm, address))
+
+    def set_snat(self, network, on):
+        """Source NAT for the VMs of ``network`` (without a floating IP) on or off."""
+        self._need_gateway()
+        self._check_network(network, f"snat[{network!r}]")
+        if not isinstance(on, bool):
+            raise VncError(f"snat[{network!r}]: expected on or off, got {on!r}")
+
+        def mutate():
+            if on and network not in self._snat:
+                self._snat.append(network)
+            elif not on and network in self._snat:
+                self._snat.remove(network)
+        return self._commit(mutate)
+
+    def floating_routes(self):
+        """Floating and SNAT address -> the underlay address of the server behind it (the gateway's routes)."""
+        routes = {int_to_ip(a): self._servers[s] for a, s in self._snat_of.items()}
+        routes.update({a: self._servers[self._vms[v]["server"]] for v, a in self._fips.items()})
+        return routes
 
     def set_policy(self, network, policy):
         """Replace the network's policy; ``None`` restores the default (allow everything)."""
@@ -305,7 +358,15 @@ class VncModel:
             "policies": [copy.deepcopy(self._policies.get(n) or normalize_policy(n, None))
                          for n in present],
             "flow": dict(self._flow),
+            **({"nat": self._nat_for(server, local, present)} if self._floating is not None else {}),
         }
+
+    def _nat_for(self, server, local, present):
+        snat = next(a for a, s in self._snat_of.items() if s == server)
+        return {"floating": schema.prefix_text(self._floating), "snat_address": int_to_ip(snat),
+                "snat_networks": [n for n in present if n in self._snat],
+                "floating_ips": [{"vif": v["tap"], "address": self._fips[v["name"]]} for v in local
+                                 if v["name"] in self._fips]}
 
     def configs(self):
         return {s: self.config_for(s) for s in self._servers}
@@ -327,6 +388,8 @@ class VncModel:
             "vms": self.vms(),
             "policies": [copy.deepcopy(self._policies[n]) for n in sorted(self._policies)],
             "flow": dict(self._flow),
+            "floating_ips": dict(sorted(self._fips.items())), "snat": sorted(self._snat),
+            "gateway_routes": self.floating_routes(),
         }
 
     # ---- persistence (the shell writes/reads the file; this only converts)
@@ -343,6 +406,7 @@ class VncModel:
                                        "flow_limit")} for v in self.vms()],
             "policies": [copy.deepcopy(self._policies[n]) for n in sorted(self._policies)],
             "changed_at": dict(self._changed_at),
+            "floating_ips": dict(sorted(self._fips.items())), "snat": sorted(self._snat),
         }
 
     def restore(self, state):
@@ -355,7 +419,7 @@ class VncModel:
             raise VncError(f"saved controller state uses name prefix {state.get('prefix')!r}, "
                            f"not {self.prefix!r}")
         saved = copy.deepcopy((self._vms, self._policies, self._flow, self._net_limits, self._next_index,
-                               self.generation, self._changed_at))
+                               self.generation, self._changed_at, self._fips, self._snat))
         try:
             self._vms, self._policies = {}, {}
             for vm in state["vms"]:
@@ -369,12 +433,14 @@ class VncModel:
             if "flow_limits" in state:
                 self._restore_limits(state["flow_limits"])
             self._next_index = max(self._next_index, int(state["next_index"]))
+            self._fips = {v: a for v, a in state.get("floating_ips", self._fips).items() if v in self._vms}
+            self._snat = [n for n in state.get("snat", self._snat) if n in self._networks]
             self.generation = int(state["generation"])
             self._changed_at = {s: int(state["changed_at"].get(s, self.generation))
                                 for s in self._servers}
         except (KeyError, TypeError, ValueError, AttributeError, VncError) as e:
             (self._vms, self._policies, self._flow, self._net_limits, self._next_index,
-             self.generation, self._changed_at) = saved
+             self.generation, self._changed_at, self._fips, self._snat) = saved
             detail = e if isinstance(e, VncError) else f"missing or bad field {e}"
             raise VncError(f"saved controller state is unusable: {detail}") from None
 
@@ -402,6 +468,6 @@ def _schema_vm(record):
 
 def _fingerprint(topo):
     relevant = {k: topo.get(k) for k in ("servers", "encapsulation", "virtual_networks",
-                                        "vms", "policies", "flow")}
+                                        "vms", "policies", "flow", "gateway")}
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from testbed import gateway
 from testbed.rundir import write_json
 from testbed.topology import Topology
 
@@ -77,6 +78,13 @@ def describe(topo: Topology, prefix: str) -> dict:
         switches[b]["ports"][str(pb)] = {"kind": "fabric", "peer": a, "peer_port": pa,
                                          "intf": f"{switches[b]['bridge']}p{pb}"}
         links.append({"a": a, "a_port": pa, "b": b, "b_port": pb})
+    gw = None
+    if topo.gateway is not None:        # on its leaf like a server (testbed/gateway.py)
+        leaf = switches[topo.gateway.leaf]
+        port = next_port[leaf["name"]]
+        leaf["ports"][str(port)] = {"kind": "server", "peer": topo.gateway.name, "intf": f"{leaf['bridge']}p{port}"}
+        gw = gateway.describe(topo.gateway, prefix, port, server_mac(topo.gateway.address))
+        gw["leaf_intf"] = leaf["ports"][str(port)]["intf"]
     for sw in switches.values():
         sw["mac"] = switch_mac(sw["dpid"])
         for p in sw["ports"].values():
@@ -84,7 +92,8 @@ def describe(topo: Topology, prefix: str) -> dict:
                 raise FabricError(f"interface name {p['intf']!r} is longer than {IFNAMSIZ} characters: "
                                   f"use a shorter prefix or fewer ports per switch")
     return {"prefix": prefix, "topology": topo.name, "underlay": topo.underlay,
-            "switches": list(switches.values()), "servers": list(servers.values()), "links": links}
+            "switches": list(switches.values()), "servers": list(servers.values()), "links": links,
+            **({"gateway": gw} if gw is not None else {})}
 
 
 def write(desc: dict, path: Path) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 from controllers.fabric_logic import COOKIE, FabricLogic
+from testbed import gateway
 
 OVS_TIMEOUT = ["--timeout=10"]
 
@@ -76,6 +77,8 @@ def build(desc: dict, ofp_port: int, progress=None):
         else:
             net.addLink(nodes[a], nodes[b], port1=link["a_port"], port2=link["b_port"],
                         intfName1=intf(a, link["a_port"]), intfName2=intf(b, link["b_port"]))
+    if desc.get("gateway"):
+        gateway.build(net, desc, plen, nodes)
     say("configuring hosts")
     net.build()
     say(f"starting {len(desc['switches'])} switches (userspace datapath)")

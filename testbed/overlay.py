@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from testbed import REPO, namespaces, vr
+from testbed import REPO, gateway, namespaces, vr
 from testbed.commands import CommandError
 from testbed.runner import CONTROLLER, on_down, on_up
 from vrouter.io import introspect, ipc
@@ -73,6 +73,9 @@ def start(tb) -> None:
                                        for vm in vms})
     for server in servers(tb):
         start_vrouter(tb, server)
+    if tb.desc.get("gateway"):           # its routes to the floating IPs and SNAT addresses (the VNC's)
+        with admin(tb) as vnc:
+            gateway.configure(tb.net, tb.desc, vnc.dump()["gateway_routes"])
     wait_vifs(tb, {vm["server"] for vm in vms}, VIFS_WAIT)
     for vm in vms:
         register_intf(hosts[vm["name"]], vm["tap"], vm["address"])

@@ -14,14 +14,16 @@ from typing import Any
 
 import yaml
 
-from vrouter.core import schema
+from testbed import gateway as gateway_section
+from testbed.gateway import Gateway
+from vrouter.core import natschema, schema
 from vrouter.core.codec.ipv4 import int_to_ip, mask
 from vrouter.core.schema import DEFAULT_ENCAP, Problems
 
 ROLES = ("spine", "leaf")
 
 TOP_KEYS = {"name", "underlay", "switches", "servers", "links",
-            "encapsulation", "virtual_networks", "vms", "policies", "flow"}
+            "encapsulation", "virtual_networks", "vms", "policies", "flow", "gateway", "floating_ips", "snat"}
 REQUIRED_TOP = ("underlay", "switches", "servers", "links")
 
 
@@ -94,6 +96,9 @@ class Topology:
     vms: list[Vm] = field(default_factory=list)
     policies: list[Policy] = field(default_factory=list)
     flow: dict[str, Any] = field(default_factory=dict)      # the vrouters' flow settings given here
+    gateway: Gateway | None = None                          # the external side (testbed/gateway.py)
+    floating_ips: dict[str, str] = field(default_factory=dict)  # VM -> floating IP
+    snat: list[str] = field(default_factory=list)           # networks with source NAT
     source: str = "<memory>"
     raw: dict = field(default_factory=dict)
 
@@ -223,13 +228,39 @@ class _Validator:
         vms = self._vms(names)
         policies = self._policies()
         flow = schema.flow_settings(self.p, "flow", doc["flow"]) if "flow" in doc else {}
+        gw, fips, snat = self._nat(names, underlay, vms)
 
         if self.p.lines:
             raise TopologyError(self.source, self.p.lines)
         assert underlay is not None and encap is not None     # else a problem was reported
         return Topology(name=name, underlay=schema.prefix_text(underlay), switches=switches,
                         servers=servers, links=links, encapsulation=encap, virtual_networks=networks,
-                        vms=vms, policies=policies, flow=flow or {}, source=self.source, raw=doc)
+                        vms=vms, policies=policies, flow=flow or {}, gateway=gw, floating_ips=fips,
+                        snat=snat, source=self.source, raw=doc)
+
+    def _nat(self, names: dict[str, str], underlay: schema.Prefix | None,
+             vms: list[Vm]) -> tuple[Gateway | None, dict[str, str], list[str]]:
+        """The gateway (fabric side, testbed/gateway.py), floating IPs and source NAT (natschema)."""
+        doc = self.doc
+        if "gateway" not in doc:
+            for key in ("floating_ips", "snat"):
+                if key in doc:
+                    self.bad(key, "needs a gateway section (the way out of the virtual networks)")
+            return None, {}, []
+        leaves = {s["name"] for s in self._list("switches") if isinstance(s, dict) and s.get("role") == "leaf"}
+        servers = self._declared("servers")
+        addresses = {schema.parse_address(s.get("address")): s.get("name") for s in self._list("servers")
+                     if isinstance(s, dict)}
+        gw = gateway_section.check(self.p, doc["gateway"], names, leaves, underlay, addresses, len(servers))
+        if gw is None:
+            return None, {}, []
+        floating = schema.parse_cidr(gw.floating)
+        assert floating is not None
+        snat = {natschema.snat_address(floating, i): s for i, s in enumerate(servers, 1)}
+        fips = natschema.floating_ips(self.p, "floating_ips", doc.get("floating_ips"), [vm.name for vm in vms],
+                                      floating, snat)
+        nets = natschema.snat_networks(self.p, "snat", doc.get("snat"), list(self.networks))
+        return gw, {f.vm: int_to_ip(f.address) for f in fips}, nets
 
     def _switches(self, names: dict[str, str]) -> list[Switch]:
         out = []

@@ -12,8 +12,8 @@ class PuntRequest(TypedDict):
     dst: int
     sport: int
     dport: int
-    ingress: str        # "vif" | "fabric"
-    port: str           # the VIF name, or the underlay address the packet came from
+    ingress: str        # "vif" | "fabric" | "external"
+    port: str           # the VIF name, the underlay address the packet came from, or "gateway"
     tcp_flags: int
     length: int
     owner: str          # the VM interface (or "fabric") the flow is charged to (docs/vrouter-core.md)
@@ -52,6 +52,13 @@ class ToTunnel:
 
 
 @dataclass(frozen=True, slots=True)
+class ToExternal:
+    """Send the IPv4 packet ``packet`` out of the external port, toward the gateway, without a tunnel
+    (a NAT flow leaving the default network, core/nat.py)."""
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Drop:
     """The packet is dropped; ``reason`` is a name from :mod:`vrouter.core.drops`."""
     reason: str
@@ -59,4 +66,4 @@ class Drop:
 
 # A new flow's punt is not an action: its request waits in the pipeline's setup queue
 # (Pipeline.take_punts), so the shell sends punts when its channel can carry them.
-Action = ToVif | ToVifParts | ToTunnel | Drop
+Action = ToVif | ToVifParts | ToTunnel | ToExternal | Drop

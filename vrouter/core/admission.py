@@ -22,6 +22,7 @@ from typing import Any
 from .actions import PuntRequest
 from .config import FlowSettings, VrouterConfig
 from .flowtable import FABRIC_OWNER, FlowEntry, FlowTable, Quota
+from .natschema import DEFAULT_NETWORK, DEFAULT_VRF
 from .setupqueue import SetupQueue
 
 Waiting = tuple[PuntRequest, FlowEntry]     # a punt request and the held entry it decides
@@ -56,6 +57,10 @@ class Admission:
             q.name = n.name
             q.set_limit(n.flow_limit or s.network_flow_limit, frac)
         self._by_address = {(vrf_of[v.network], v.ip): self.owners[v.name] for v in config.vifs}
+        if config.nat is not None:          # a flow from outside to a floating IP is its VM's
+            self._by_address.update({(DEFAULT_VRF, f.address): self.owners[f.vm] for f in config.nat.floating_ips})
+            self._quota(self.networks, DEFAULT_VRF, DEFAULT_NETWORK).set_limit(s.network_flow_limit, frac)
+            vrf_of[DEFAULT_NETWORK] = DEFAULT_VRF
         self._vif_names = vif_names
         self._net_ids = frozenset(vrf_of.values())
         self.queue.configure(s.setup_rate, s.burst_tokens, s.hold_timeout)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import schema
+from . import natschema, schema
 from .codec.ethernet import mac_to_bytes, mac_to_str
 from .codec.ipv4 import int_to_ip
 from .schema import DEFAULT_ENCAP, Network, Policy, Prefix, Problems, Rule
@@ -90,6 +90,7 @@ class VrouterConfig:
     peers: frozenset[str]
     policies: tuple[Policy, ...]
     flow: FlowSettings = field(default_factory=FlowSettings)
+    nat: natschema.NatSettings | None = None     # floating IPs and source NAT (core/nat.py)
     source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -105,7 +106,7 @@ class VrouterConfig:
 
 
 _TOP = ("server", "underlay_ip", "encapsulation", "networks", "vifs", "routes", "peers", "policies",
-        "flow")
+        "flow", "nat")
 
 
 def _ok(value: T | None) -> T:
@@ -133,8 +134,10 @@ def _parse(d: object) -> VrouterConfig:
     with_policy: dict[str, str] = {}
     policies = [_ok(schema.policy(_FIRST, f"policies[{i}]", p, by_name, with_policy))
                 for i, p in enumerate(_list(d, "policies"))]
+    nat = None if d.get("nat") is None else natschema.vrouter_nat(
+        _FIRST, "nat", d["nat"], [v.name for v in vifs], list(by_name))
     return VrouterConfig(server, int_to_ip(underlay), encap, tuple(networks), tuple(vifs), tuple(routes),
-                         frozenset(peers), tuple(policies), _flow(d.get("flow")), d)
+                         frozenset(peers), tuple(policies), _flow(d.get("flow")), nat, d)
 
 
 def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]:

@@ -25,6 +25,10 @@ REASONS = {
     "network_flow_limit": "the network holds its share of the flow table (refused until back under resume_fraction)",
     "held_limit": "too many flows wait for their decision in the whole table",
     "vm_held_limit": "too many of this VM interface's flows wait for their decision",
+    "no_nat": "a VM's packet to outside its networks, but the VM has no floating IP and its network no source NAT",
+    "nat_unsupported": "source NAT of a protocol without ports or echo identifiers (only TCP, UDP, ICMP)",
+    "nat_no_flow": "a packet from outside to a SNAT address that no NAT flow expects",
+    "nat_ports_exhausted": "every SNAT port of the protocol is in use",
     "setup_queue_stale": "the flow's punt waited in the setup queue longer than hold_timeout",
 }
 

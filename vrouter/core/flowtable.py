@@ -35,8 +35,8 @@ from .flowkey import FlowKey
 from .paths import PortCell
 
 # Entry kinds. HOLD is 0 so that ``if entry.kind`` tells a decided entry from a held one.
-HOLD, TO_VIF, TO_TUNNEL, DROP = 0, 1, 2, 3
-KIND_NAMES = {HOLD: "hold", TO_VIF: "forward", TO_TUNNEL: "forward", DROP: "drop"}
+HOLD, TO_VIF, TO_TUNNEL, DROP, NAT = 0, 1, 2, 3, 4    # NAT: translated on its way (core/nat.py)
+KIND_NAMES = {HOLD: "hold", TO_VIF: "forward", TO_TUNNEL: "forward", DROP: "drop", NAT: "nat"}
 
 TCP_CLOSING = 0x100    # both directions sent a FIN
 TCP_FIN_ACKED = 0x200  # this direction's FIN was acknowledged by the other side
@@ -47,10 +47,12 @@ WSCALE_UNKNOWN, WSCALE_NONE = -2, -1
 FABRIC_OWNER = "fabric"   # owner of flows that neither come from nor go to a local VM interface
 
 # A packet held while its flow waits for the decision, kept as the pipeline replays it at install:
-# (HELD_VIF, VIF name, frame) or (HELD_FABRIC, outer source address, encapsulation, payload).
+# (HELD_VIF, VIF name, frame), (HELD_FABRIC, outer source address, encapsulation, payload) or
+# (HELD_EXTERNAL, "", IPv4 packet from the external port).
 HELD_VIF: Final = 0
 HELD_FABRIC: Final = 1
-Held: TypeAlias = tuple[Literal[0], str, bytes] | tuple[Literal[1], str, str, bytes]
+HELD_EXTERNAL: Final = 2
+Held: TypeAlias = tuple[Literal[0], str, bytes] | tuple[Literal[1], str, str, bytes] | tuple[Literal[2], str, bytes]
 Headers: TypeAlias = bytes     # (FlowEntry has a ``bytes`` counter: inside it the name is taken)
 
 
@@ -58,7 +60,7 @@ class FlowEntry:
     """Everything the hit path needs is cached here when the decision is installed."""
     __slots__ = ("key", "kind", "reason", "drop", "vif", "peer", "encap", "path", "prefix", "reverse",
                  "packets", "bytes", "tcp", "fin_seq", "created", "last_used", "held", "role", "nexthop",
-                 "rule", "owner", "net", "charge", "tw", "wscale")
+                 "rule", "owner", "net", "charge", "tw", "wscale", "nat")
     # The decision sets vif (TO_VIF), peer and encap (TO_TUNNEL), reason and drop (DROP); they are None
     # otherwise, but typed as set because the hit path reads each only for its kind. prefix: the bytes
     # that go before the inner IPv4 packet. path: where a tunnel entry's outer source port is read
@@ -93,6 +95,8 @@ class FlowEntry:
     # its SYN (WSCALE_UNKNOWN before a SYN was seen, WSCALE_NONE for a SYN without the option).
     tw: Headers | None
     wscale: int
+    nat: Any        # a NAT entry's translation (core/nat.py Rewrite), else None
+
 
     def __init__(self, key: FlowKey, now: float) -> None:
         self.key = key
@@ -109,6 +113,7 @@ class FlowEntry:
         self.charge = 0
         self.tw = None
         self.wscale = WSCALE_UNKNOWN
+        self.nat = None
 
     def tcp_state(self) -> str | None:
         if self.key[1] != 6:
@@ -135,6 +140,7 @@ class FlowEntry:
             "has_reverse": self.reverse is not None, "packets": self.packets, "bytes": self.bytes,
             "tcp_state": self.tcp_state(), "idle": round(now - self.last_used, 6), "held": len(self.held),
             "entropy_sport": self.path.port if self.path is not None else None, "owner": self.owner.name,
+            "nat": self.nat.describe() if self.nat is not None else None,
         }
 
 
@@ -222,6 +228,8 @@ class FlowTable:
                     e.path = None  # type: ignore[assignment]
                 if not e.kind:
                     self.decided(e)
+                if e.nat is not None:       # its SNAT port goes back
+                    e.nat.release()
                 self.uncharge(e, e.charge)
                 removed += 1
         if entry.reverse is not None:

@@ -45,6 +45,7 @@ from .flowtable import (
     HELD_FABRIC,
     HELD_VIF,
     HOLD,
+    NAT,
     TCP_PEER_FIN,
     TO_TUNNEL,
     TO_VIF,
@@ -52,6 +53,8 @@ from .flowtable import (
     FlowTable,
     Held,
 )
+from .fragments import Fragments
+from .nat import NatPort
 from .paths import PROBED, Fixed, Paths, PortCell, is_message
 from .slowpath import NEXTHOP_DROPS, Decision, EntrySpec, SlowPath
 from .vrf import build_instances
@@ -92,7 +95,7 @@ class _VifState:
         self.eth = vif.mac + VROUTER_MAC + _ETH_IP
 
 
-class Pipeline:
+class Pipeline(NatPort):
     def __init__(self, config: VrouterConfig, paths: Paths | None = None) -> None:
         """``paths``: the path slots tunnel entries take their outer source port from (path repair,
         core/paths.py); None: every flow keeps its own entropy port and path messages are ignored."""
@@ -102,8 +105,7 @@ class Pipeline:
         self._flows = self.table.entries
         self._admission = Admission(self.table, config.flow)
         self._queue = self._admission.queue
-        # (vrf, proto, src, dst, IP id) -> [sport, dport, last seen]
-        self._frags: dict[tuple[int, int, int, int, int], list[Any]] = {}
+        self._frags = Fragments()
         self._drops = _drops.new_counters()
         self._drop_actions = {r: Drop(r) for r in _drops.REASONS}
         self.hits = 0
@@ -130,6 +132,7 @@ class Pipeline:
         self._admission.configure(config)
         self._prefixes: dict[tuple[str, int, str | None], bytes] = {}
         self._evaluator.apply_config(config)
+        self._nat_configure(config)         # NAT pairs are kept or removed there (core/nat.py)
         for e in list(self._flows.values()):
             if self._flows.get(e.key) is not e:
                 continue
@@ -137,7 +140,7 @@ class Pipeline:
             if vrf is None:
                 self._drops["flow_torn_down"] += len(e.held)
                 self.table.remove_pair(e)
-            elif e.kind != HOLD:
+            elif e.kind != HOLD and e.nat is None:
                 self._set_action(e, self._evaluator.evaluate(vrf, *e.key[1:]))
 
     # ---------------------------------------------------------------- hit paths
@@ -232,6 +235,8 @@ class Pipeline:
             if t & _TCP_UNUSUAL:
                 tcpstate.segment(e, buf, off, l4, tlen, self._count)
             e.tw = buf[off:l4 + 16]         # for a later RST's window check: one small copy, no parse
+        if kind == NAT:
+            return self._nat_hit(e, buf, off, tlen, ttl)
         if not fabric or kind == TO_TUNNEL:
             if ttl <= 1:
                 self._drops["ttl_expired"] += 1
@@ -319,7 +324,7 @@ class Pipeline:
                 ingress: tuple[str, str]) -> list[Action]:
         proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, _ = pkt
         if fw & (FLAG_MF | 0x1FFF):
-            ports = self._fragment_ports(vrf, pkt, now)
+            ports = self._frags.ports(vrf, pkt, now, self._settings.fragment_capacity)
             if isinstance(ports, str):
                 return self._drop(ports)
             sport, dport = ports
@@ -387,23 +392,6 @@ class Pipeline:
         """Seconds until ``take_punts`` has a request to give (0: now), None while none waits."""
         return self._queue.wait(now)
 
-    def _fragment_ports(self, vrf: int, pkt: Extracted, now: float) -> tuple[int, int] | str:
-        proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, _ = pkt
-        fkey = (vrf, proto, src, dst, ident)
-        if not fw & 0x1FFF:                       # first fragment: remember its ports
-            if fkey not in self._frags and len(self._frags) >= self._settings.fragment_capacity:
-                return "fragment_table_full"
-            self._frags[fkey] = [sport, dport, now]
-            return sport, dport
-        known = self._frags.get(fkey)
-        if known is None:
-            return "fragment_no_head"
-        if fw & FLAG_MF:
-            known[2] = now
-        else:                                     # last fragment: the datagram is complete
-            del self._frags[fkey]
-        return known[0], known[1]
-
     # ---------------------------------------------------------------- local answers (core/local.py)
     def _arp(self, vif: _VifState, frame: bytes) -> list[Action]:
         reply = local.arp_reply(frame, vif.ip, self._vrfs[vif.vrf].fib)
@@ -434,6 +422,8 @@ class Pipeline:
             self._count["late_decisions"] += 1
             return []
         self._count["installs"] += 1
+        decision = self._nat_bind(decision)     # type: ignore[arg-type,assignment]  # a SNAT port
+        fwd = decision["forward"]
         released: list[Held] = []
         rev_spec = decision.get("reverse")
         r = self._write(vrf, rev_spec, now, released, f) if rev_spec else None
@@ -455,13 +445,15 @@ class Pipeline:
         for item in released:
             if item[0] == HELD_VIF:
                 actions.extend(self.from_vif(item[1], item[2], now))
-            else:
+            elif item[0] == HELD_FABRIC:
                 actions.extend(self.from_fabric(item[1], item[2], item[3], now))
+            else:
+                actions.extend(self.from_external(item[2], now))
         return actions
 
     def _write(self, vrf: int, spec: EntrySpec, now: float, released: list[Held], f: FlowEntry) -> FlowEntry | None:
         """The reverse entry of forward entry ``f``, charged to f's owner (taking f's reservation)."""
-        key: FlowKey = (vrf, *spec["key"])  # type: ignore[assignment]  # spec keys have 5 ints
+        key: FlowKey = (spec.get("vrf", vrf), *spec["key"])  # type: ignore[assignment]  # 5 ints
         e = self._flows.get(key)
         if e is not None:
             self._decide(e, spec, "reverse", now, released)
@@ -497,6 +489,8 @@ class Pipeline:
         if e.path is not None:              # re-evaluated: its path (if still a tunnel) is taken again below
             e.path.flows -= 1
             e.path = None  # type: ignore[assignment]  # set again for a tunnel entry
+        if self._set_nat(e, spec):          # type: ignore[arg-type]  # a NAT entry (core/nat.py)
+            return
         e.nexthop, e.rule = spec.get("nexthop"), spec.get("rule")
         reason = None
         if spec["action"] != "forward":
@@ -551,8 +545,7 @@ class Pipeline:
             if unreplied:
                 self._count["unreplied_aged"] += n
         self._count["aged"] += removed
-        for fkey in [k for k, v in self._frags.items() if now - v[2] > s.fragment_timeout]:
-            del self._frags[fkey]
+        self._frags.expire(now, s.fragment_timeout)
         return removed
 
     def from_fabric_frame(self, frame: bytes, now: float) -> list[Action]:

@@ -5,11 +5,13 @@ entry, each with its own route lookup and policy verdict, so the first reply pac
 flow table. Reactive mode (the baseline) carries only the forward entry; the reverse is decided when
 a reverse packet misses. Requests and decisions are plain dicts/lists/ints/strings (msgpack-safe).
 """
-from typing import TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
+from . import nat
 from .actions import PuntRequest
 from .config import VrouterConfig
 from .fib import Nexthop
+from .natschema import DEFAULT_VRF
 from .vrf import RoutingInstance, build_instances
 
 # Next-hop types that make an allowed flow a drop entry, and the drop reason each gives.
@@ -23,11 +25,13 @@ class EntrySpec(TypedDict):
     reason: str | None          # the drop reason, None when forwarded
     nexthop: Nexthop | None
     rule: int | None            # index of the policy rule that matched, -1 for the default
+    vrf: NotRequired[int]       # a NAT reverse entry's routing instance, when not the decision's
+    nat: NotRequired[dict[str, Any] | None]   # a NAT entry's translation (core/nat.py)
 
 
 class Decision(TypedDict):
     vrf: int
-    mode: str                   # "proactive" | "reactive"
+    mode: str                   # "proactive" | "reactive" | "nat" (always with its reverse)
     forward: EntrySpec
     reverse: EntrySpec | None   # proactive mode only
 
@@ -39,6 +43,7 @@ class SlowPath:
     def apply_config(self, config: VrouterConfig) -> None:
         self._vrfs = build_instances(config)
         self.mode = config.flow.mode
+        self._config = config
 
     def decide(self, request: PuntRequest, now: float = 0.0) -> Decision:
         """Decision for ``request`` (from ``Pipeline.take_punts``): forward entry, and reverse in proactive mode."""
@@ -46,6 +51,10 @@ class SlowPath:
         proto, src, dst, sport, dport = (request["proto"], request["src"], request["dst"], request["sport"],
                                          request["dport"])
         vrf = self._vrfs.get(vrf_id)
+        if vrf is not None and self._config.nat is not None:
+            nh = vrf.fib.lookup(dst)
+            if nh is not None and (vrf_id == DEFAULT_VRF or nh["type"] == "external"):
+                return cast(Decision, nat.decide(self._vrfs, self._config, dict(request), vrf, nh))
         fwd = self.evaluate(vrf, proto, src, dst, sport, dport)
         rev = self.evaluate(vrf, proto, dst, src, dport, sport) if self.mode == "proactive" else None
         return {"vrf": vrf_id, "mode": self.mode, "forward": fwd, "reverse": rev}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .config import VrouterConfig
 from .fib import Fib
+from .natschema import DEFAULT_NETWORK, DEFAULT_VRF
 from .policy import CompiledPolicy
 
 
@@ -31,4 +32,28 @@ def build_instances(config: VrouterConfig) -> dict[int, RoutingInstance]:
         by_name[route.network].fib.add(route.prefix[0], route.prefix[1], route.nexthop)
     for policy in config.policies:
         by_name[policy.network].policy = CompiledPolicy(policy)
-    return {ri.id: ri for ri in by_name.values()}
+    instances = {ri.id: ri for ri in by_name.values()}
+    if config.nat is not None:
+        instances[DEFAULT_VRF] = _default_network(config, by_name)
+    return instances
+
+
+def _default_network(config: VrouterConfig, by_name: dict[str, RoutingInstance]) -> RoutingInstance:
+    """The default network (the seed's default forwarding table, core/nat.py): floating IPs and the
+    SNAT address are the ways in, everything else goes out to the gateway. A network whose VMs may
+    leave (source NAT, or a VM with a floating IP) gets a default route toward it, below its own."""
+    nat = config.nat
+    assert nat is not None
+    default = RoutingInstance(DEFAULT_VRF, DEFAULT_NETWORK)
+    default.fib.add(0, 0, {"type": "external"})
+    if nat.snat_address is not None:
+        default.fib.add(nat.snat_address, 32, {"type": "snat"})
+    vifs = {v.name: v for v in config.vifs}
+    leaving = set(nat.snat_networks)
+    for f in nat.floating_ips:
+        default.fib.add(f.address, 32, {"type": "floating", "vif": f.vm})
+        leaving.add(vifs[f.vm].network)
+    for name in leaving:
+        if not any(plen == 0 for _, plen, _ in by_name[name].fib.routes()):     # an explicit one wins
+            by_name[name].fib.add(0, 0, {"type": "external"})
+    return default

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 
 from vrouter.core import gso, latency
-from vrouter.core.actions import ToTunnel, ToVif, ToVifParts
+from vrouter.core.actions import ToExternal, ToTunnel, ToVif, ToVifParts
 from vrouter.core.codec import virtio
 from vrouter.core.config import VrouterConfig
 from vrouter.core.gro import vnet_for_frame
@@ -288,6 +288,7 @@ class Datapath:
         self.pipeline: Pipeline | None = None
         self.sender = None                  # Tunnels | rps_kernel.Sender: send, send_gso, counters
         self.vifs: dict[str, VifPort] = {}
+        self.external = None                # vrouter/io/external.py External: NAT flows' way out, or None
         # Latency stamps of ICMP echoes while `stamp on` (vrouter/core/latency.py), else None: the
         # per-packet loops are the plain ones unless stamping is on.
         self.stamps: collections.deque | None = None
@@ -344,6 +345,13 @@ class Datapath:
         for raw in frames:
             vnet = raw[:VNET_LEN]
             execute(from_vif(name, raw, now, VNET_LEN), vnet, 0 if vnet == PLAIN else _tso_mss(vnet, c))
+        self.flush_punts()
+
+    def from_external(self, packets: list[bytes]) -> None:
+        """IPv4 packets read from the external port (NAT flows: vrouter/core/nat.py)."""
+        now = self.clock()
+        for packet in packets:
+            self._execute(self.pipeline.from_external(packet, now))
         self.flush_punts()
 
     def from_reads(self, reads: list[tuple], kernel_ns: list[int] | None = None) -> None:
@@ -541,6 +549,11 @@ class Datapath:
                     port.counters["tx_bytes"] += len(action.frame) + len(tail)
                 else:
                     self.counters["vif_tx_errors"] += 1
+            elif t is ToExternal:
+                if self.external is not None:
+                    self.external.send(action.packet, mss)
+                else:
+                    self.counters["external_tx_unconfigured"] += 1
             # Drop: nothing to do, the pipeline counted it (dropstats). A miss's punt request waits in
             # the core's setup queue: flush_punts takes it after the batch.
 

@@ -27,11 +27,13 @@ import socket
 import sys
 import time
 
+from vrouter.core import schema
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.offload import Offloads, vm_mtu
 from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS, SLOTS
 from vrouter.core.spin import Spin
 from vrouter.io import ipc, tap, vm_interface
+from vrouter.io.external import External
 from vrouter.io.introspect import summary
 from vrouter.io.poller import Poller
 from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
@@ -55,6 +57,7 @@ class InProcess:
     reads_fabric = True
 
     def __init__(self, shell: Forwarder):
+        self.shell = shell
         self.datapath = Datapath(shell.agent, shell.offloads, clock=shell.clock, path_slots=shell.path_slots)
 
     @property
@@ -63,6 +66,7 @@ class InProcess:
 
     def configure(self, generation, config: VrouterConfig, config_dict: dict, tunnels: Tunnels) -> None:
         self.datapath.sender = tunnels
+        self.datapath.external = self.shell.external
         self.datapath.configure(config)
 
     def agent_connected(self, conn: socket.socket) -> None:
@@ -86,6 +90,10 @@ class InProcess:
     def on_tap(self, name: str, frames: list[bytes]) -> None:
         if self.datapath.pipeline is not None:
             self.datapath.from_tap(name, frames)
+
+    def on_external(self, packets: list[bytes]) -> None:
+        if self.datapath.pipeline is not None:
+            self.datapath.from_external(packets)
 
     def on_fabric(self, tunnels: Tunnels, sock: socket.socket) -> None:
         # A first read that GRO cannot merge (not TCP: a ping, a DNS query) is forwarded before the
@@ -191,6 +199,7 @@ class Forwarder:
         self.config_dict: dict | None = None     # as pushed, for `config` introspection
         self.generation = None
         self.tunnels: Tunnels | None = None
+        self.external: External | None = None   # the NAT flows' TUN (a config with nat), vrouter/io/external.py
         self.underlay_ip: str | None = None      # whose fabric sockets are open and whose interface has GRO
         self.vifs: dict[str, VifPort] = {}
         self.pending: dict[str, str] = {}        # vif name -> why it is not attached yet
@@ -200,7 +209,7 @@ class Forwarder:
         self.engine = engine(self)
         self.introspector = Introspector(self)
         self._handlers = {kind: getattr(self, f"_on_{kind}")
-                          for kind in ("agent_listen", "intro_listen", "agent", "intro", "tap", "fabric")}
+                          for kind in ("agent_listen", "intro_listen", "agent", "intro", "tap", "fabric", "external")}
         self._listen()
 
     # --- sockets -------------------------------------------------------------------------------
@@ -307,6 +316,8 @@ class Forwarder:
         self.vifs.clear()
         if self.tunnels:
             self.tunnels.close()
+        if self.external is not None:
+            self.external.close()
         for path in (ipc.agent_socket(self.rundir, self.server), ipc.introspect_socket(self.rundir, self.server)):
             path.unlink(missing_ok=True)
 
@@ -390,6 +401,19 @@ class Forwarder:
     def _on_fabric(self, sock, _):
         self.engine.on_fabric(self.tunnels, sock)
 
+    def _open_external(self, config: VrouterConfig) -> None:
+        """The external port of a config with NAT (once; the single-process engine only: a worker
+        shard could not keep a SNAT port's reply on the worker that holds its flow)."""
+        if config.nat is None or self.external is not None:
+            return
+        if not hasattr(self.engine, "on_external"):
+            raise tap.TapError("NAT (floating IPs, source NAT) needs the single-process forwarder")
+        self.external = External(schema.prefix_text(config.nat.floating))
+        self.sel.register(self.external.fd, selectors.EVENT_READ, ("external", None))
+
+    def _on_external(self, fd, _):
+        self.engine.on_external(self.external.read())
+
     # --- run-time switches ---------------------------------------------------------------------
     def set_spin(self, spin_us: float) -> dict:
         """The spin window at run time (vrouter/core/spin.py), same budget."""
@@ -431,7 +455,8 @@ class Forwarder:
             if config.server != self.server:
                 raise ConfigError(f"config for server {config.server} (this is {self.server})")
             self._open_tunnels(config.underlay_ip)
-        except (ConfigError, TunnelError) as exc:
+            self._open_external(config)
+        except (ConfigError, TunnelError, tap.TapError) as exc:
             log.error("rejected config generation %s: %s", generation, exc)
             self.counters["config_rejected"] += 1
             return None
