@@ -46,9 +46,11 @@ from vrouter.io.control import (
     PROTOCOL_VERSION,
     REGISTER,
     REMOVE_VM,
+    SET_FLOATING_IP,
     SET_FLOW_LIMIT,
     SET_FLOW_MODE,
     SET_POLICY,
+    SET_SNAT,
     STATE_FILE,
     VncError,
     check_socket_path,
@@ -317,6 +319,12 @@ class VncServer:
     def set_flow_limit(self, target_kind, name, limit):
         return self._apply(self.model.set_flow_limit, target_kind, name, limit)
 
+    def set_floating_ip(self, vm, address):
+        return self._apply(self.model.set_floating_ip, vm, address)
+
+    def set_snat(self, network, on):
+        return self._apply(self.model.set_snat, network, on)
+
     def list_agents(self):
         now = time.time()
         with self._lock:
@@ -432,6 +440,12 @@ class VncServer:
     def _rpc_set_flow_limit(self, conn, target_kind, name, limit):
         return self.set_flow_limit(target_kind, name, limit)
 
+    def _rpc_set_floating_ip(self, conn, vm, address):
+        return self.set_floating_ip(vm, address)
+
+    def _rpc_set_snat(self, conn, network, on):
+        return self.set_snat(network, on)
+
     def _rpc_list_agents(self, conn):
         return self.list_agents()
 
@@ -443,6 +457,7 @@ class VncServer:
         PATH_REPORT: _rpc_path_report, PATH_REPORTS: _rpc_path_reports,
         ADD_VM: _rpc_add_vm, REMOVE_VM: _rpc_remove_vm, SET_POLICY: _rpc_set_policy,
         SET_FLOW_MODE: _rpc_set_flow_mode, SET_FLOW_LIMIT: _rpc_set_flow_limit,
+        SET_FLOATING_IP: _rpc_set_floating_ip, SET_SNAT: _rpc_set_snat,
         LIST_AGENTS: _rpc_list_agents, DUMP: _rpc_dump,
     }
 

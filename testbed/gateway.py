@@ -153,6 +153,20 @@ def configure(net, desc: dict, floating_routes: dict[str, str]) -> None:
         net[srv["name"]].cmd(f"sysctl -qw net.ipv4.ip_forward=1; ip route replace default via {gw['ip']}")
 
 
+def sync_routes(run, floating: str, routes: dict[str, str]) -> None:
+    """Make the gateway's /32 routes inside the floating range exactly ``routes`` (address -> server);
+    ``run(shell command) -> output`` runs in the gateway's namespace (`testbed net floating-ip`)."""
+    pfx = schema.parse_cidr(floating)
+    assert pfx is not None
+    for line in run("ip route show").splitlines():
+        dst = line.split()[0] if line.strip() else ""
+        ip = schema.parse_address(dst)
+        if ip is not None and schema.inside(ip, pfx) and dst not in routes:
+            run(f"ip route del {dst}/32")
+    for address, server in routes.items():
+        run(f"ip route replace {address}/32 via {server}")
+
+
 def set_floating_route(node, address: str, server: str | None) -> str:
     """Route a floating (or SNAT) address to a server's underlay address, or remove it (None)."""
     if server is None:

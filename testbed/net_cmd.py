@@ -7,6 +7,8 @@
     testbed net flow-limit --vm red1 5000           (--network red 20000; default: back to the default)
     testbed net flow-limit --default-vm 16384       (--default-network N: the limit of those without their own)
     testbed net paths [--server srv1] [--json]      what the vrouters reported of the paths they repaired
+    testbed net floating-ip add red3 198.51.100.13  (rm red3: take it away; a gateway topology only)
+    testbed net snat red on                         (off: red's VMs without a floating IP have no way out)
 
 A VM added from this command gets a named network namespace `<prefix>-<vm>` (the Mininet network
 lives in the testbed daemon): `testbed exec red4 ping 192.168.1.11` (or `ip netns exec vt-red4 ...`).
@@ -20,13 +22,14 @@ import time
 
 import yaml
 
-from testbed import namespaces
+from testbed import gateway, namespaces
 from testbed.commands import CommandError, command, group, run_arguments
 from testbed.vr import rundir_path
 from vrouter.io import introspect, ipc
 from vrouter.io.control import AdminClient, VncError
 
-group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit; the VNC's path reports")
+group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit, floating-ip, snat; "
+             "the VNC's path reports")
 
 
 def _admin(rundir):
@@ -240,4 +243,53 @@ def paths_command(args) -> int:
         print(json.dumps(reports, indent=1, sort_keys=True))
     else:
         print(format_path_reports(reports), end="")
+    return 0
+
+
+def sync_gateway(rundir) -> None:
+    """The gateway's routes to the floating and SNAT addresses as the VNC has them now
+    (testbed/gateway.py), set in the gateway's namespace."""
+    dump = vnc_call(rundir, "dump")
+    fabric = json.loads((rundir / "fabric.json").read_text())
+    handle = rundir / "netns" / fabric["gateway"]["name"]       # held by testbed/namespaces.py
+
+    def run(cmd: str) -> str:
+        r = subprocess.run(["nsenter", f"--net={handle}", "sh", "-c", cmd], capture_output=True, text=True)
+        return r.stdout + r.stderr
+    gateway.sync_routes(run, fabric["gateway"]["floating"], dump["gateway_routes"])
+
+
+def _floating_args(p):
+    p.add_argument("action", choices=("add", "rm"))
+    p.add_argument("vm")
+    p.add_argument("address", nargs="?", help="the floating IP (add): inside the gateway's floating range")
+    run_arguments(p)
+
+
+@command("net floating-ip", help="give a VM a floating IP (1:1 NAT, reachable from outside) or take it away",
+         root=True, arguments=_floating_args)
+def floating_ip_command(args) -> int:
+    if (args.action == "add") != (args.address is not None):
+        raise CommandError("usage: net floating-ip add VM ADDRESS | net floating-ip rm VM", code=2)
+    rundir = _rundir(args)
+    result = vnc_call(rundir, "set_floating_ip", args.vm, args.address)
+    sync_gateway(rundir)
+    what = f"floating IP {args.address}" if args.address else "no floating IP"
+    print(f"{args.vm}: {what} (generation {result['generation']}, servers updated: "
+          f"{', '.join(result['servers']) or 'none'})")
+    return 0
+
+
+def _snat_args(p):
+    p.add_argument("network")
+    p.add_argument("state", choices=("on", "off"))
+    run_arguments(p)
+
+
+@command("net snat", help="source NAT for a network's VMs without a floating IP (through their server's SNAT "
+         "address)", root=True, arguments=_snat_args)
+def snat_command(args) -> int:
+    result = vnc_call(_rundir(args), "set_snat", args.network, args.state == "on")
+    print(f"source NAT of {args.network} {args.state} (generation {result['generation']}, servers updated: "
+          f"{', '.join(result['servers']) or 'none'})")
     return 0

@@ -35,10 +35,13 @@ REMOVE_VM = "remove_vm"
 SET_POLICY = "set_policy"
 SET_FLOW_MODE = "set_flow_mode"
 SET_FLOW_LIMIT = "set_flow_limit"
+SET_FLOATING_IP = "set_floating_ip"
+SET_SNAT = "set_snat"
 LIST_AGENTS = "list_agents"
 DUMP = "dump"
 PATH_REPORTS = "path_reports"
-ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, SET_FLOW_LIMIT, LIST_AGENTS, DUMP, PATH_REPORTS)
+ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, SET_FLOW_LIMIT, SET_FLOATING_IP, SET_SNAT,
+                 LIST_AGENTS, DUMP, PATH_REPORTS)
 # Controller -> agent notification: ``[generation, config]`` of that agent's server.
 CONFIG = "config"
 
@@ -192,6 +195,13 @@ class AdminClient:
         """``target_kind``: "vm" | "network" (``name`` is the VM's or network's) | "default-vm" |
         "default-network" (``name`` unused, pass None); ``limit`` >= 1, or None for the default."""
         return cast("ChangeReply", self.call(SET_FLOW_LIMIT, target_kind, name, limit))
+
+    def set_floating_ip(self, vm: str, address: str | None) -> ChangeReply:
+        """``vm``'s floating IP (a gateway topology's floating range), or none (None)."""
+        return cast("ChangeReply", self.call(SET_FLOATING_IP, vm, address))
+
+    def set_snat(self, network: str, on: bool) -> ChangeReply:
+        return cast("ChangeReply", self.call(SET_SNAT, network, on))
 
     def list_agents(self) -> list[AgentInfo]:
         return cast("list[AgentInfo]", self.call(LIST_AGENTS))

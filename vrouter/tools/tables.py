@@ -20,10 +20,11 @@ def _nh_text(nh) -> str:
 
 
 def _flow_table(flows: list[dict]) -> str:
-    action_letter = {"forward": "F", "drop": "D", "hold": "H"}
+    action_letter = {"forward": "F", "drop": "D", "hold": "H", "nat": "N"}
     by_key = {(f["vrf"], f["proto"], f["src"], f["dst"], f["sport"], f["dport"]): f["index"] for f in flows}
     lines = [f"Flow table: {len(flows)} entries",
-             "Action:F=Forward, D=Drop, H=Hold; Role: F=forward entry, R=reverse entry (installed before use)",
+             "Action:F=Forward, D=Drop, H=Hold, N=NAT; Role: F=forward entry, R=reverse entry (installed before use)",
+             "NAT: the source and destination a NAT entry's packets leave with (floating IP or source NAT)",
              "",
              f"{'Index':>14}  {'Source:Port/Destination:Port':<44}{'Proto(V)':<12}",
              "-" * 72]
@@ -45,6 +46,10 @@ def _flow_table(flows: list[dict]) -> str:
         lines.append(f"{'':>16}(Action:{action_letter.get(f.get('action'), '?')}, Role:{role}, "
                      f"Nh:{_nh_text(f.get('nexthop'))}, Stats:{f.get('packets', 0)}/{f.get('bytes', 0)}, "
                      f"Idle:{f.get('idle', 0):.1f}s{', ' if extra else ''}{', '.join(extra)})")
+        nat = f.get("nat")
+        if nat:
+            lines.append(f"{'':>16}(NAT {nat['kind']}: {nat['src']}:{nat['sport']} -> {nat['dst']}:{nat['dport']}, "
+                         f"out {nat['out']})")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
