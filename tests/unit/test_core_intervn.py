@@ -2,6 +2,7 @@
 pipelines and slow paths, wired back to back (the controller's route exchange and the core's cross-
 routing-instance flow pairs together), plus the refusal of overlapping networks."""
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,6 +13,8 @@ from vrouter.core.codec.ipv4 import ip_to_int
 from vrouter.core.codec.l4 import TCP_ACK, TCP_PSH, TCP_SYN
 from vrouter.core.config import VrouterConfig
 from vrouter.core.schema import default_mac
+from vrouter.processes.introspect import Introspector
+from vrouter.tools import tables
 
 TOPOLOGY = Path(__file__).resolve().parents[2] / "topologies" / "inter-vn.yaml"
 RED, BLUE, GREEN = 100, 200, 300
@@ -143,3 +146,14 @@ def test_connecting_overlapping_networks_is_refused_in_one_line_and_changes_noth
         m.set_policy(net, policy)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert (m.configs(), m.generation) == before
+
+
+def test_rt_dump_and_flow_list_mark_what_crosses_networks():
+    p = fabric()
+    connect(p, "green2", "srv2", GREEN2, "red3", "srv3", RED3)
+    text = tables.format_flows(p.pipe["srv3"].flows())
+    assert text.count("Vrf:300->100 (between networks)") == 1 and text.count("Vrf:100->300") == 1
+    intro = Introspector(SimpleNamespace(config=p.cfg["srv3"], server="srv3"))
+    routes = tables.format_routes(intro.handle({"op": "routes", "vrf": "green"})["result"])
+    assert "192.168.1.13/32       32    P       -       vif vt-t3  (network red, by policy)" in routes
+    assert "192.168.3.12/32       32    LP      300     mplsoudp 10.0.1.2 label 300\n" in routes
