@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from vrouter.core import natschema, schema
+from vrouter.core import links, natschema, schema
 from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.schema import DEFAULT_ENCAP, Problems, default_mac
 from vrouter.io.control import VncError  # a rejected change reaches the clients as this error
@@ -80,9 +80,9 @@ def load_topology(source):
     return data
 
 
-def normalize_policy(network, policy):
+def normalize_policy(network, policy, networks=()):
     """Validated policy of an existing network in the vrouter config's form; ``None`` means the
-    default (allow all)."""
+    default (allow all). ``networks``: the others its rules may name."""
     where = f"policies[{network!r}]"
     if policy is None:
         policy = {}
@@ -90,11 +90,7 @@ def normalize_policy(network, policy):
         raise VncError(f"{where}: expected a mapping with 'default' and 'rules'")
     if policy.get("network", network) != network:
         raise VncError(f"{where}.network: names network {policy['network']!r}")
-    return _policy(where, {**policy, "network": network}, (network,), {})
-
-
-def _policy(where, item, networks, seen):
-    return schema.policy(_FIRST, where, item, networks, seen).to_dict()
+    return schema.policy(_FIRST, where, {**policy, "network": network}, {network, *networks}, {}).to_dict()
 
 
 class VncModel:
@@ -130,9 +126,11 @@ class VncModel:
         for i, vm in enumerate(schema.items(_FIRST, "vms", topo.get("vms"))):
             self._add_vm(vm, where=f"vms[{i}]")
         seen = {}
+        parsed = []
         for i, pol in enumerate(schema.items(_FIRST, "policies", topo.get("policies"))):
-            policy = _policy(f"policies[{i}]", pol, self._networks, seen)
-            self._policies[policy["network"]] = policy
+            parsed.append((f"policies[{i}]", schema.policy(_FIRST, f"policies[{i}]", pol, self._networks, seen)))
+            self._policies[parsed[-1][1].network] = parsed[-1][1].to_dict()
+        links.connections(_FIRST, parsed, self._networks)
         self._parse_nat(topo)
         self._changed_at = {s: self.generation for s in self._servers}
 
@@ -270,13 +268,14 @@ class VncModel:
     def set_policy(self, network, policy):
         """Replace the network's policy; ``None`` restores the default (allow everything)."""
         self._check_network(network, f"policies[{network!r}].network")
-        normalized = normalize_policy(network, policy)
+        normalized = normalize_policy(network, policy, self._networks)
 
         def mutate():
             if policy is None:
                 self._policies.pop(network, None)
             else:
                 self._policies[network] = normalized
+            self.connections()          # refuses connecting networks whose subnets overlap
         return self._commit(mutate)
 
     def set_flow_mode(self, mode):
@@ -310,6 +309,12 @@ class VncModel:
         return self._commit(mutate)
 
     # ---- queries
+    def connections(self):
+        """Network -> the networks its policy connects it to (both policies name each other)."""
+        return links.connections(_FIRST, [(f"policies[{n!r}]", schema.policy(_FIRST, f"policies[{n!r}]", d,
+                                                                                self._networks, {}))
+                                           for n, d in sorted(self._policies.items())], self._networks)
+
     def servers(self):
         return sorted(self._servers)
 
@@ -331,19 +336,22 @@ class VncModel:
         if server not in self._servers:
             raise VncError(f"unknown server {server!r}")
         local = self.vms(server)
-        present = sorted({v["network"] for v in local})
+        links = self.connections()
+        # A connected network's traffic arrives here in its own routing instance (its label), so
+        # the networks connected to a local one are carried too (docs/vrouter-core.md).
+        present = sorted({n for v in local for n in (v["network"], *links.get(v["network"], ()))})
         routes = []
-        for vm in self.vms():
-            if vm["network"] not in present:
-                continue
-            if vm["server"] == server:
-                nexthop = {"type": "vif", "vif": vm["tap"]}
-            else:
-                nexthop = {"type": "tunnel", "peer": self._servers[vm["server"]],
-                           "label": self._networks[vm["network"]].id,
-                           "encap": self.encapsulation, "mac": vm["mac"]}
-            routes.append({"network": vm["network"], "prefix": f"{vm['address']}/32",
-                           "nexthop": nexthop})
+        for net in present:
+            reach = {net, *links.get(net, ())}
+            for vm in self.vms():
+                if vm["network"] not in reach:
+                    continue
+                if vm["server"] == server:
+                    nexthop = {"type": "vif", "vif": vm["tap"]}
+                else:       # the label of this routing instance: the packet stays in the network it left
+                    nexthop = {"type": "tunnel", "peer": self._servers[vm["server"]],
+                               "label": self._networks[net].id, "encap": self.encapsulation, "mac": vm["mac"]}
+                routes.append({"network": net, "prefix": f"{vm['address']}/32", "nexthop": nexthop})
         routes.sort(key=lambda r: (r["network"], ipaddress.IPv4Network(r["prefix"])))
         return {
             "server": server,
@@ -427,7 +435,8 @@ class VncModel:
                              f"vms[{vm['name']!r}]", index=int(vm["index"]))
             for pol in state["policies"]:
                 self._check_network(pol["network"], f"policies[{pol['network']!r}].network")
-                self._policies[pol["network"]] = normalize_policy(pol["network"], pol)
+                self._policies[pol["network"]] = normalize_policy(pol["network"], pol, self._networks)
+            self.connections()
             self._check_mode(state["flow_mode"])
             self._flow["mode"] = state["flow_mode"]
             if "flow_limits" in state:

@@ -117,7 +117,8 @@ def _policy_args(p):
     p.add_argument("network")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="YAML: {default: allow|deny, rules: [{action, protocol, src, dst, "
-                                    "src_port, dst_port}, ...]}")
+                                    "src_port, dst_port, network}, ...]}; an allow rule naming another "
+                                    "network whose policy names this one back connects the two")
     src.add_argument("--clear", action="store_true", help="remove the policy (allow everything)")
     run_arguments(p)
 

@@ -16,7 +16,7 @@ import yaml
 
 from testbed import gateway as gateway_section
 from testbed.gateway import Gateway
-from vrouter.core import natschema, schema
+from vrouter.core import links, natschema, schema
 from vrouter.core.codec.ipv4 import int_to_ip, mask
 from vrouter.core.schema import DEFAULT_ENCAP, Problems
 
@@ -75,6 +75,7 @@ class Rule:
     dst: str = "0.0.0.0/0"
     src_port: str | None = None
     dst_port: str | None = None
+    network: str | None = None      # the other network: the rule matches traffic between the two
 
 
 @dataclass(frozen=True)
@@ -393,9 +394,12 @@ class _Validator:
     def _policies(self) -> list[Policy]:
         out = []
         seen: dict[str, str] = {}
+        parsed = []
         for i, item in enumerate(self._list("policies")):
             pol = schema.policy(self.p, f"policies[{i}]", item, self.networks, seen)
             if pol is not None:
+                parsed.append((f"policies[{i}]", pol))
                 rules = tuple(Rule(**r.to_dict()) for r in pol.rules)
                 out.append(Policy(pol.network, pol.default, rules))
+        links.connections(self.p, parsed, self.networks)
         return out

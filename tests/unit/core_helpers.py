@@ -54,13 +54,15 @@ def server(name, **kw):
 class Pair:
     """Two vrouters back to back, each with its agent's slow path, wired like the real shells."""
 
-    def __init__(self, **kw):
-        self.cfg = {n: server(n, **kw) for n in ("srv1", "srv2")}
+    def __init__(self, configs=None, **kw):
+        """``configs``: server name -> VrouterConfig (any number of servers); else srv1 and srv2 of
+        ``server(name, **kw)``."""
+        self.cfg = configs or {n: server(n, **kw) for n in ("srv1", "srv2")}
         self.pipe = {n: Pipeline(c) for n, c in self.cfg.items()}
         self.slow = {n: SlowPath(c) for n, c in self.cfg.items()}
-        self.punts = {"srv1": 0, "srv2": 0}
-        self.underlay = {SRV1: "srv1", SRV2: "srv2"}
-        self.address = {"srv1": SRV1, "srv2": SRV2}
+        self.punts = dict.fromkeys(self.cfg, 0)
+        self.underlay = {c.underlay_ip: n for n, c in self.cfg.items()}
+        self.address = {n: c.underlay_ip for n, c in self.cfg.items()}
 
     def run(self, srv, actions, now):
         """Resolve actions like the shells would: tunnels cross the fabric, then the punts queued

@@ -113,6 +113,13 @@ def with_rule(network="red", **r):
     return doc
 
 
+def with_links(*pairs):
+    """Policies whose allow rules name other networks: (network, named) pairs, in order."""
+    doc = overlay()
+    doc["policies"] = [{"network": net, "rules": [{"action": "allow", "network": named}]} for net, named in pairs]
+    return doc
+
+
 def with_flow(**flow):
     return {**overlay(), "flow": flow}
 
@@ -175,6 +182,12 @@ CASES = [
     ("bad action", with_rule(action="reject"), "policy", ("action", "'reject' is not an action")),
     ("prefix with host bits", with_rule(src="192.168.1.1/24"), "policy", ("src", "CIDR form")),
     ("unknown rule field", with_rule(ttl=3), "policy", ("ttl", "unknown key")),
+    ("rule naming its own network", with_links(("red", "red")), "policy",
+     ("network", "a rule names another network, not its own ('red')")),
+    ("connecting overlapping networks", with_links(("red", "blue"), ("blue", "red")), "policy",
+     ("network", "cannot connect networks 'blue' and 'red': their subnets overlap (192.168.1.0/24 and "
+                 "192.168.1.0/24); connected networks share addresses in one routing instance")),
+    ("naming an overlapping network one-sidedly", with_links(("red", "blue")), "policy", None),
     ("policy of an unknown network", with_rule(network="green"), "policy",
      ("network", "unknown virtual network 'green'")),
     # Flow-entry limits and the flow settings: the VNC takes them with the topology.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import natschema, schema
+from . import links, natschema, schema
 from .codec.ethernet import mac_to_bytes, mac_to_str
 from .codec.ipv4 import int_to_ip
 from .schema import DEFAULT_ENCAP, Network, Policy, Prefix, Problems, Rule
@@ -91,6 +91,8 @@ class VrouterConfig:
     policies: tuple[Policy, ...]
     flow: FlowSettings = field(default_factory=FlowSettings)
     nat: natschema.NatSettings | None = None     # floating IPs and source NAT (core/nat.py)
+    # network -> the networks its policy connects it to (schema.connections): their routes are here too
+    connected: dict[str, frozenset[str]] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -129,15 +131,16 @@ def _parse(d: object) -> VrouterConfig:
     by_name = {n.name: n for n in networks}
     vifs = _vifs(_list(d, "vifs"), by_name, server)
     peers = {int_to_ip(_ok(schema.address(_FIRST, f"peers[{i}]", p))) for i, p in enumerate(_list(d, "peers"))}
-    routes = _routes(_list(d, "routes"), by_name, {v.name: v for v in vifs}, encap)
-    peers.update(r.nexthop["peer"] for r in routes if r.nexthop["type"] == "tunnel")
     with_policy: dict[str, str] = {}
-    policies = [_ok(schema.policy(_FIRST, f"policies[{i}]", p, by_name, with_policy))
+    policies = [_ok(schema.policy(_FIRST, f"policies[{i}]", p, by_name, with_policy, partial=True))
                 for i, p in enumerate(_list(d, "policies"))]
+    connected = links.connections(_FIRST, [(f"policies[{i}]", p) for i, p in enumerate(policies)], by_name)
+    routes = _routes(_list(d, "routes"), by_name, {v.name: v for v in vifs}, encap, connected)
+    peers.update(r.nexthop["peer"] for r in routes if r.nexthop["type"] == "tunnel")
     nat = None if d.get("nat") is None else natschema.vrouter_nat(
         _FIRST, "nat", d["nat"], [v.name for v in vifs], list(by_name))
     return VrouterConfig(server, int_to_ip(underlay), encap, tuple(networks), tuple(vifs), tuple(routes),
-                         frozenset(peers), tuple(policies), _flow(d.get("flow")), nat, d)
+                         frozenset(peers), tuple(policies), _flow(d.get("flow")), nat, connected, d)
 
 
 def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]:
@@ -163,7 +166,7 @@ def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]
 
 
 def _routes(raw: list[Any], by_name: dict[str, Network], vifs: dict[str, Vif],
-            encap: str) -> list[Route]:
+            encap: str, connected: dict[str, frozenset[str]]) -> list[Route]:
     routes: list[Route] = []
     seen: set[tuple[str, Prefix]] = set()
     for i, r in enumerate(raw):
@@ -175,7 +178,8 @@ def _routes(raw: list[Any], by_name: dict[str, Network], vifs: dict[str, Vif],
         if (net.name, prefix) in seen:
             raise ConfigError(f"{where}.prefix: duplicate route {m.get('prefix')} in network {net.name!r}")
         seen.add((net.name, prefix))
-        routes.append(Route(net.name, prefix, _nexthop(m.get("nexthop"), f"{where}.nexthop", net, vifs, encap)))
+        nexthop = _nexthop(m.get("nexthop"), f"{where}.nexthop", net, vifs, encap, connected.get(net.name, ()))
+        routes.append(Route(net.name, prefix, nexthop))
     return routes
 
 
@@ -185,7 +189,8 @@ def _flow(f: object) -> FlowSettings:
     return FlowSettings(**_ok(schema.flow_settings(_FIRST, "flow", f)))
 
 
-def _nexthop(nh: object, where: str, net: Network, vifs: dict[str, Vif], default_encap: str) -> dict[str, Any]:
+def _nexthop(nh: object, where: str, net: Network, vifs: dict[str, Vif], default_encap: str,
+             connected: frozenset[str] | tuple[()]) -> dict[str, Any]:
     if not isinstance(nh, dict):
         raise ConfigError(f"{where}: expected a mapping with a type")
     kind = nh.get("type")
@@ -196,8 +201,9 @@ def _nexthop(nh: object, where: str, net: Network, vifs: dict[str, Vif], default
         name = nh.get("vif")
         if name not in vifs:
             raise ConfigError(f"{where}.vif: unknown vif {name!r}")
-        if vifs[name].network != net.name:
-            raise ConfigError(f"{where}.vif: vif {name!r} belongs to network {vifs[name].network!r}, not {net.name!r}")
+        if vifs[name].network != net.name and vifs[name].network not in connected:
+            raise ConfigError(f"{where}.vif: vif {name!r} belongs to network {vifs[name].network!r}, not {net.name!r} "
+                              f"nor a network connected to it")
         return {"type": "vif", "vif": name}
     if kind == "tunnel":
         schema.no_unknown(_FIRST, where, nh, ("type", "peer", "label", "encap", "mac"))

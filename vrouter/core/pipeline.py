@@ -426,12 +426,12 @@ class Pipeline(NatPort):
         fwd = decision["forward"]
         released: list[Held] = []
         rev_spec = decision.get("reverse")
-        r = self._write(vrf, rev_spec, now, released, f) if rev_spec else None
+        r = self._write(decision.get("rvrf", vrf), rev_spec, now, released, f) if rev_spec else None
         if rev_spec and r is None:
             self._count["reverse_not_installed"] += 1
         self._decide(f, fwd, "forward", now, released)
         if r is None:
-            r = self._flows.get(reverse(f.key))
+            r = self._flows.get((decision.get("rvrf", vrf), *reverse(f.key)[1:]))
             if r is not None and not r.kind:
                 r = None
         if r is not None:

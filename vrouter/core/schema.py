@@ -15,6 +15,10 @@ The rules settled here (docs/topology-format.md states them for users):
   one server (a server's tools, e.g. the replay of a capture, tell its VIFs apart by source MAC);
 - a rule's protocol is any, icmp, tcp, udp (any case) or an IP protocol number 0..255; ports only
   with tcp or udp (6 or 17);
+- a rule may name another network (`network`): it then matches only traffic between the two, and
+  two networks whose policies each have an allow rule naming the other are connected (their routes
+  leak into each other's routing instances); a network and every network it connects to may not
+  overlap, since one routing instance then holds all their addresses (core/links.py);
 - the flow settings (a topology's `flow:` section, the VNC's, a vrouter config's `flow`) are the
   names of FLOW_KEYS with their kinds; a VM's or a network's `flow_limit` is an entry count >= 1.
 
@@ -65,7 +69,7 @@ ANY_PREFIX = "0.0.0.0/0"
 NETWORK_KEYS = ("name", "id", "subnets", "gateway", "flow_limit")
 VM_KEYS = ("name", "network", "server", "address", "mac", "flow_limit")
 POLICY_KEYS = ("network", "default", "rules")
-RULE_KEYS = ("action", "protocol", "src", "dst", "src_port", "dst_port")
+RULE_KEYS = ("action", "protocol", "src", "dst", "src_port", "dst_port", "network")
 
 # Flow settings by kind (the defaults are vrouter/core/config.py FlowSettings'): integers with
 # their minimum, positive seconds, non-negative rates, fractions in (0, 1].
@@ -489,6 +493,7 @@ class Rule:
     dst: Prefix
     src_port: PortRange | None
     dst_port: PortRange | None
+    network: str | None = None          # the other network: only traffic between the two matches
 
     def to_dict(self) -> dict[str, object]:
         """The rule as the vrouter config writes it (names, CIDR strings, '22' or 'lo-hi')."""
@@ -496,7 +501,8 @@ class Rule:
             return None if r is None else str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"
         return {"action": self.action, "protocol": protocol_text(self.protocol),
                 "src": prefix_text(self.src), "dst": prefix_text(self.dst),
-                "src_port": ports(self.src_port), "dst_port": ports(self.dst_port)}
+                "src_port": ports(self.src_port), "dst_port": ports(self.dst_port),
+                **({"network": self.network} if self.network else {})}
 
 
 @dataclass(frozen=True)
@@ -510,10 +516,24 @@ class Policy:
                 "rules": [r.to_dict() for r in self.rules]}
 
 
-def rule(p: Problems, where: str, item: object) -> Rule | None:
+def rule(p: Problems, where: str, item: object, own: str | None = None,
+         named: Collection[str] | None = None) -> Rule | None:
+    """One rule of network `own`'s policy; a `network` it names must be one of `named` (None: any
+    valid name, for a vrouter that carries only part of the overlay)."""
     m = mapping(p, where, item, RULE_KEYS, ("action",))
     if m is None:
         return None
+    other = None
+    if m.get("network") is not None:
+        place = f"{where}.network"
+        other = name(p, place, m["network"]) if named is None else \
+            reference(p, place, m["network"], named, "virtual network")
+        if other is not None and other == own:
+            p.add(place, f"a rule names another network, not its own ({own!r}): src and dst select "
+                         f"traffic inside it")
+            other = None
+        if other is None:
+            return None
     action = choice(p, f"{where}.action", m["action"], ACTIONS, "an action") if "action" in m else None
     known, proto = protocol(p, f"{where}.protocol", m.get("protocol", "any"))
     ok = known
@@ -532,12 +552,13 @@ def rule(p: Problems, where: str, item: object) -> Rule | None:
             ok = False
     if action is None or not ok or src is None or dst is None:
         return None
-    return Rule(action, proto, src, dst, ports["src_port"], ports["dst_port"])
+    return Rule(action, proto, src, dst, ports["src_port"], ports["dst_port"], other)
 
 
 def policy(p: Problems, where: str, item: object, networks: Collection[str],
-           seen: MutableMapping[str, str]) -> Policy | None:
-    """One network's policy; `seen` holds the networks that have one already (value: its place)."""
+           seen: MutableMapping[str, str], partial: bool = False) -> Policy | None:
+    """One network's policy; `seen` holds the networks that have one already (value: its place).
+    `partial`: the overlay seen by one vrouter, whose rules may name networks it does not carry."""
     m = mapping(p, where, item, POLICY_KEYS, ("network",))
     if m is None:
         return None
@@ -554,7 +575,9 @@ def policy(p: Problems, where: str, item: object, networks: Collection[str],
     if raw is not None and not isinstance(raw, list):
         p.add(f"{where}.rules", f"expected a list of rules, got {type(raw).__name__}")
         return None
-    rules = [rule(p, f"{where}.rules[{j}]", r) for j, r in enumerate(raw or [])]
+    rules = [rule(p, f"{where}.rules[{j}]", r, net, None if partial else networks)
+             for j, r in enumerate(raw or [])]
     if net is None or default is None or any(r is None for r in rules):
         return None
     return Policy(net, default, tuple(r for r in rules if r is not None))
+

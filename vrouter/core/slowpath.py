@@ -4,6 +4,10 @@ Proactive mode (the patent's technique): the decision carries the forward entry 
 entry, each with its own route lookup and policy verdict, so the first reply packet already hits the
 flow table. Reactive mode (the baseline) carries only the forward entry; the reverse is decided when
 a reverse packet misses. Requests and decisions are plain dicts/lists/ints/strings (msgpack-safe).
+
+Between networks connected by policy, the reverse entry lives in the other network's routing
+instance (``rvrf``: the network of the forward flow's destination), decided by that network's route
+and policy: each direction is keyed and judged in the network it starts in, at both vrouters.
 """
 from typing import Any, NotRequired, TypedDict, cast
 
@@ -34,6 +38,7 @@ class Decision(TypedDict):
     mode: str                   # "proactive" | "reactive" | "nat" (always with its reverse)
     forward: EntrySpec
     reverse: EntrySpec | None   # proactive mode only
+    rvrf: NotRequired[int]      # the reverse entry's routing instance (absent: vrf)
 
 
 class SlowPath:
@@ -56,8 +61,11 @@ class SlowPath:
             if nh is not None and (vrf_id == DEFAULT_VRF or nh["type"] == "external"):
                 return cast(Decision, nat.decide(self._vrfs, self._config, dict(request), vrf, nh))
         fwd = self.evaluate(vrf, proto, src, dst, sport, dport)
-        rev = self.evaluate(vrf, proto, dst, src, dport, sport) if self.mode == "proactive" else None
-        return {"vrf": vrf_id, "mode": self.mode, "forward": fwd, "reverse": rev}
+        other = vrf.network_of(dst) if vrf is not None else None
+        rvrf = vrf if other is None else self._vrfs.get(other.id)
+        rev = self.evaluate(rvrf, proto, dst, src, dport, sport) if self.mode == "proactive" else None
+        return {"vrf": vrf_id, "mode": self.mode, "forward": fwd, "reverse": rev,
+                "rvrf": vrf_id if other is None else other.id}
 
     def instance(self, vrf_id: int) -> RoutingInstance | None:
         """The routing instance of a network id (None: no such network here); for code outside the

@@ -1,7 +1,10 @@
 """Routing instances: one per virtual network, each with its own FIB and policy.
 
 A flow key starts with the instance id (the network's MPLS label / VNI), so two networks that use
-the same addresses never share a route or a flow entry.
+the same addresses never share a route or a flow entry. A network connected to others by policy
+(schema.connections) holds their routes too; `network_of` tells which network an address of such a
+route belongs to: the routing instance where that address's own traffic is keyed (the reverse
+entry's, docs/vrouter-core.md "Routing between networks").
 """
 from dataclasses import dataclass, field
 
@@ -9,6 +12,7 @@ from .config import VrouterConfig
 from .fib import Fib
 from .natschema import DEFAULT_NETWORK, DEFAULT_VRF
 from .policy import CompiledPolicy
+from .schema import Network
 
 
 @dataclass
@@ -17,12 +21,19 @@ class RoutingInstance:
     name: str
     fib: Fib = field(default_factory=Fib)
     policy: CompiledPolicy = field(default_factory=lambda: CompiledPolicy(None))
+    connected: tuple[Network, ...] = ()     # the networks connected to this one that this vrouter carries
+
+    def network_of(self, addr: int) -> Network | None:
+        """The connected network whose subnets hold ``addr`` (None: this network's own, or no one's)."""
+        return next((n for n in self.connected if n.contains(addr)), None)
 
 
 def build_instances(config: VrouterConfig) -> dict[int, RoutingInstance]:
     by_name: dict[str, RoutingInstance] = {}
+    nets = {n.name: n for n in config.networks}
     for net in config.networks:
-        ri = RoutingInstance(net.id, net.name)
+        links = config.connected.get(net.name, ())
+        ri = RoutingInstance(net.id, net.name, connected=tuple(nets[n] for n in sorted(links) if n in nets))
         ri.fib.add(net.gateway, 32, {"type": "receive"})
         by_name[net.name] = ri
     for vif in config.vifs:
@@ -31,7 +42,7 @@ def build_instances(config: VrouterConfig) -> dict[int, RoutingInstance]:
     for route in config.routes:
         by_name[route.network].fib.add(route.prefix[0], route.prefix[1], route.nexthop)
     for policy in config.policies:
-        by_name[policy.network].policy = CompiledPolicy(policy)
+        by_name[policy.network].policy = CompiledPolicy(policy, {n: nets[n].subnets for n in nets})
     instances = {ri.id: ri for ri in by_name.values()}
     if config.nat is not None:
         instances[DEFAULT_VRF] = _default_network(config, by_name)

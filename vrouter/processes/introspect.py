@@ -135,7 +135,10 @@ class Introspector:
         instances = self._instances()
         for ri in instances.values():
             if str(want) in (str(ri.id), ri.name):
-                routes = [{"prefix": f"{int_to_ip(net)}/{plen}", "nexthop": nh} for net, plen, nh in ri.fib.routes()]
+                # A route of a network connected by policy names that network (rt --dump shows it).
+                routes = [{"prefix": f"{int_to_ip(net)}/{plen}", "nexthop": nh,
+                           **({"network": other.name} if (other := ri.network_of(net)) else {})}
+                          for net, plen, nh in ri.fib.routes()]
                 routes.sort(key=lambda r: (ip_to_int(r["prefix"].split("/")[0]), r["prefix"]))
                 return {"vrf": ri.id, "name": ri.name, "routes": routes}
         known = ", ".join(f"{ri.id} ({ri.name})" for ri in instances.values()) or "none"

@@ -22,6 +22,7 @@ def _nh_text(nh) -> str:
 def _flow_table(flows: list[dict]) -> str:
     action_letter = {"forward": "F", "drop": "D", "hold": "H", "nat": "N"}
     by_key = {(f["vrf"], f["proto"], f["src"], f["dst"], f["sport"], f["dport"]): f["index"] for f in flows}
+    vrf_of = {f["index"]: f["vrf"] for f in flows}
     lines = [f"Flow table: {len(flows)} entries",
              "Action:F=Forward, D=Drop, H=Hold, N=NAT; Role: F=forward entry, R=reverse entry (installed before use)",
              "NAT: the source and destination a NAT entry's packets leave with (floating IP or source NAT)",
@@ -36,6 +37,8 @@ def _flow_table(flows: list[dict]) -> str:
         lines.append(f"{idx:>14}  {f['src'] + ':' + str(f['sport']):<44}{f['proto'] + ' (' + str(f['vrf']) + ')':<12}")
         lines.append(f"{'':>14}  {f['dst'] + ':' + str(f['dport']):<44}")
         extra = []
+        if rindex is not None and vrf_of.get(rindex, f["vrf"]) != f["vrf"]:
+            extra.append(f"Vrf:{f['vrf']}->{vrf_of[rindex]} (between networks)")     # its pair's instance
         if f.get("reason"):
             extra.append(f"Drop:{f['reason']}")
         if f.get("tcp_state"):
@@ -75,7 +78,8 @@ def format_routes(table: dict) -> str:
         nh = r["nexthop"] or {}
         label = nh.get("label", "-") if nh.get("type") == "tunnel" else "-"
         flags = {"tunnel": "LP", "vif": "P", "receive": "P", "discard": "P"}.get(nh.get("type"), "")
-        lines.append(f"{r['prefix']:<22}{r['prefix'].split('/')[1]:<6}{flags:<8}{label!s:<8}{_nh_text(nh)}")
+        leaked = f"  (network {r['network']}, by policy)" if r.get("network") else ""
+        lines.append(f"{r['prefix']:<22}{r['prefix'].split('/')[1]:<6}{flags:<8}{label!s:<8}{_nh_text(nh)}{leaked}")
     return "\n".join(lines) + "\n"
 
 
