@@ -1,5 +1,6 @@
 """What a lab's check.py builds on: the real vrouter core wired as the shells wire it, packet
-builders, hypothesis settings for property checks, and the handle of a running lab testbed.
+builders, hypothesis settings for property checks, the handle of a running lab testbed, and the
+one way to apply a script of testbed commands (a solution's) to it.
 
 Code labs plug the student's function into the real core (a SlowPath whose decide is the
 student's, a Gro with the student's merge rule, a BucketTable with the student's apportionment), so
@@ -9,10 +10,14 @@ A check that grades a running testbed gets its handle as ``ctx.testbed`` (testbe
 from __future__ import annotations
 
 import copy
+import shlex
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 
+from testbed.cli import load_command_modules
+from testbed.commands import COMMANDS
 from testbed.lab import Wrong
 from vrouter.core.actions import Drop, ToTunnel, ToVif
 from vrouter.core.codec import ethernet, ipv4, l4
@@ -22,7 +27,8 @@ from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
 
 __all__ = ["PROPERTY", "Drop", "Pair", "SRV1", "SRV2", "ToTunnel", "ToVif", "VM1", "VM1_MAC", "VM2",
-           "VM2_MAC", "Wrong", "flow_text", "icmp_frame", "server_config", "tcp_frame", "udp_frame"]
+           "VM2_MAC", "Wrong", "apply_script", "flow_text", "icmp_frame", "script_commands", "server_config",
+           "tcp_frame", "udp_frame"]
 
 # Deterministic (a check gives the same verdict twice), no example database left in the student's
 # folder, no deadline (a laptop VM is slow), few enough examples for a check in about a second, and
@@ -115,3 +121,32 @@ def flow_text(key: list[int] | tuple[int, ...]) -> str:
     """[6, src, dst, sport, dport] as 'tcp 192.168.1.11:40000 -> 192.168.1.12:80'."""
     proto, src, dst, sport, dport = key
     return f"{PROTO_NAMES.get(proto, proto)} {int_to_ip(src)}:{sport} -> {int_to_ip(dst)}:{dport}"
+
+
+def script_commands(path: Path) -> list[tuple[str, list[str]]]:
+    """The `testbed ...` lines of a lab's shell script (e.g. a solution's repair.sh), each as (the
+    command's name, its arguments): `sudo` and `testbed` dropped, other lines and comments skipped.
+    The name is the longest run of leading words that names a command (`fault link`, `capture`), so
+    the lab testbed's --prefix can go right after it (``Testbed.testbed``)."""
+    load_command_modules()
+    out = []
+    for line in path.read_text().splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["sudo"]:
+            words = words[1:]
+        if words[:1] != ["testbed"] or len(words) < 2:
+            continue
+        n = 2 if " ".join(words[1:3]) in COMMANDS else 1
+        out.append((" ".join(words[1:1 + n]), words[1 + n:]))
+    return out
+
+
+def apply_script(tb: Any, path: Path) -> None:
+    """Runs the `testbed ...` lines of ``path`` on the lab's testbed in order (what `lab solve` does
+    with a solution's script); the first that fails raises Wrong with its error line."""
+    for name, args in script_commands(path):
+        done = tb.testbed(name, *args)
+        print(f"  testbed {name} {shlex.join(args)}: " + (done.stdout.strip().splitlines() or ["ok"])[-1])
+        if done.returncode:
+            raise Wrong(f"'testbed {name} {shlex.join(args)}' failed (exit {done.returncode}): "
+                        f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}", str(path))

@@ -14,12 +14,14 @@ from testbed.lab import (
     LabError,
     LabFileError,
     apply_solution,
+    check_functions,
     copy_starter,
     find,
     load_lab,
     load_labs,
     run_checks,
 )
+from testbed.labkit import script_commands
 
 LABS = load_labs()
 CODE_LABS = [lab for lab in LABS if not lab.check_uses_testbed]
@@ -120,6 +122,37 @@ def test_a_student_file_that_does_not_load_is_one_finding_per_check_with_its_lin
     assert results[0].findings[0].where == "table.py, line 1"
 
 
+
+# ---------------------------------------------------------------- testbed labs (their runs: tests/e2e/test_labs_*.py)
+
+TESTBED_LABS = [lab for lab in LABS if lab.check_uses_testbed]
+
+
+@pytest.mark.parametrize("lab", TESTBED_LABS, ids=lambda lab: lab.name)
+def test_a_testbed_lab_solves_with_its_solution_scripts_commands_and_its_starter_runs_none(lab):
+    _, solve = check_functions(lab)
+    assert solve is not None, f"{lab.name}: a lab that grades its testbed applies its solution with solve(ctx)"
+    for name in lab.student_files:
+        if name.endswith(".sh"):
+            assert script_commands(lab.path / name) == [], f"{lab.name}/{name}: the starter already changes the testbed"
+            assert script_commands(lab.solution / name), f"{lab.name}/solution/{name} runs no testbed command"
+
+
+def test_script_commands_split_a_commands_name_from_its_arguments(tmp_path):
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\nset -e\n# testbed fault clear\nsudo testbed fault link leaf1-spine1 up\n"
+                      "testbed capture --link leaf1-spine1 --filter 'udp port 6635' -o x  # a comment\n\n")
+    assert script_commands(script) == [("fault link", ["leaf1-spine1", "up"]),
+                                       ("capture", ["--link", "leaf1-spine1", "--filter", "udp port 6635", "-o", "x"])]
+
+
+def test_lab1_breaks_the_link_its_check_expects_drained():
+    lab = find(LABS, 1)
+    check = labmod.load_module(lab.check_file, "lab01_check_consts")
+    assert f"fault impair {check.BROKEN} --loss 100% --from {check.BROKEN_FROM}" in lab.setup
+    assert ("fault link", [check.BROKEN, "down"]) in script_commands(lab.solution / "repair.sh")
+
+
 # ---------------------------------------------------------------- lab descriptions
 
 def _lab(root, name="07-attack", yaml_text=None, files=("noisy.py",), solution=True, extra=()):
@@ -201,8 +234,10 @@ def test_lab_folders_names_yaml_and_numbers(tmp_path):
 
 def test_find_takes_3_or_03_and_names_the_labs_there_are():
     assert find(LABS, "03").number == 3 and find(LABS, 5).number == 5
-    for bad, msg in (("9", "there is no lab 9 (labs: 3, 5, 6; 'testbed lab list')"),
-                     ("three", "'three' is not a lab number (labs: 3, 5, 6; 'testbed lab list')")):
+    there = labmod.numbers(LABS)
+    assert there.startswith("1, ") and ", 3, 5, 6" in there
+    for bad, msg in (("9", f"there is no lab 9 (labs: {there}; 'testbed lab list')"),
+                     ("three", f"'three' is not a lab number (labs: {there}; 'testbed lab list')")):
         with pytest.raises(LabError) as exc:
             find(LABS, bad)
         assert str(exc.value) == msg and exc.value.code == 2
@@ -296,16 +331,20 @@ def test_lab_list(capsys, work):
     code, out, _ = _run(capsys, "list")
     lines = out.splitlines()
     assert code == 0 and lines[0].split() == ["N", "min", "grades", "testbed", "title"]
-    assert lines[1].split()[:4] == ["3", "75", "code", "default"]
-    assert "The slow path and proactive reverse entries" in lines[1]
-    assert [line.split()[0] for line in lines[1::2][:3]] == ["3", "5", "6"]
+    rows = lines[1:2 * len(LABS):2]
+    assert [line.split()[0] for line in rows] == [str(lab.number) for lab in LABS]
+    (three,) = [line for line in rows if line.split()[0] == "3"]
+    assert three.split()[:4] == ["3", "75", "code", "default"]
+    assert "The slow path and proactive reverse entries" in three
     code, out, _ = _run(capsys, "list", "--json")
-    assert [(d["number"], d["grades"], d["testbed"]) for d in json.loads(out)] == [
-        (3, "code", "default"), (5, "code", "default"), (6, "code", None)]
+    listed = [(d["number"], d["grades"], d["testbed"]) for d in json.loads(out)]
+    assert {(1, "testbed", "default"), (3, "code", "default"), (5, "code", "default"), (6, "code", None)} <= \
+        set(listed) and [n for n, _, _ in listed] == [lab.number for lab in LABS]
 
 
 def test_errors_are_one_line_without_a_traceback(capsys, work):
-    assert _run(capsys, "check", "9") == (2, "", "error: there is no lab 9 (labs: 3, 5, 6; 'testbed lab list')\n")
+    assert _run(capsys, "check", "9") == (2, "", f"error: there is no lab 9 (labs: {labmod.numbers(LABS)}; "
+                                                 "'testbed lab list')\n")
     code, _, err = _run(capsys, "check", "3")
     assert code == 1 and err == (f"error: lab 3 has no work folder yet ({work}/03-proactive): 'testbed lab start 3' "
                                  "copies its starter files there (or check other files with --dir DIR)\n")
