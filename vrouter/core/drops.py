@@ -26,6 +26,7 @@ REASONS = {
     "held_limit": "too many flows wait for their decision in the whole table",
     "vm_held_limit": "too many of this VM interface's flows wait for their decision",
     "setup_queue_stale": "the flow's punt waited in the setup queue longer than hold_timeout",
+    "wrong_member": "a service's reply that matches a flow pinned to another member (came from elsewhere)",
 }
 
 

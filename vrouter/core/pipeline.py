@@ -30,7 +30,7 @@ import struct
 from typing import Any
 
 from . import drops as _drops
-from . import local, tcpstate
+from . import ecmp, local, tcpstate
 from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif, ToVifParts
 from .admission import Admission, Waiting
 from .codec import ethernet, gre, mpls, outer, vxlan
@@ -52,6 +52,7 @@ from .flowtable import (
     FlowTable,
     Held,
 )
+from .fragments import Fragments, fragment_ports
 from .paths import PROBED, Fixed, Paths, PortCell, is_message
 from .slowpath import NEXTHOP_DROPS, Decision, EntrySpec, SlowPath
 from .vrf import build_instances
@@ -85,10 +86,10 @@ def encap_prefix(encap: str, label: int, inner_mac: bytes) -> bytes:
 
 
 class _VifState:
-    __slots__ = ("name", "vrf", "ip", "mac", "eth")
+    __slots__ = ("name", "vrf", "ip", "mac", "eth", "services")
 
     def __init__(self, vif: Vif, vrf_id: int) -> None:
-        self.name, self.vrf, self.ip, self.mac = vif.name, vrf_id, vif.ip, vif.mac
+        self.name, self.vrf, self.ip, self.mac, self.services = vif.name, vrf_id, vif.ip, vif.mac, vif.services
         self.eth = vif.mac + VROUTER_MAC + _ETH_IP
 
 
@@ -102,8 +103,7 @@ class Pipeline:
         self._flows = self.table.entries
         self._admission = Admission(self.table, config.flow)
         self._queue = self._admission.queue
-        # (vrf, proto, src, dst, IP id) -> [sport, dport, last seen]
-        self._frags: dict[tuple[int, int, int, int, int], list[Any]] = {}
+        self._frags: Fragments = {}        # core/fragments.py
         self._drops = _drops.new_counters()
         self._drop_actions = {r: Drop(r) for r in _drops.REASONS}
         self.hits = 0
@@ -138,7 +138,8 @@ class Pipeline:
                 self._drops["flow_torn_down"] += len(e.held)
                 self.table.remove_pair(e)
             elif e.kind != HOLD:
-                self._set_action(e, self._evaluator.evaluate(vrf, *e.key[1:]))
+                self._set_action(e, self._evaluator.reevaluate(vrf, e))
+        ecmp.repin(self._flows.values())
 
     # ---------------------------------------------------------------- hit paths
     def from_vif(self, vif_name: str, frame: bytes, now: float, at: int = 0) -> list[Action]:
@@ -152,16 +153,17 @@ class Pipeline:
             et, vihl, tlen, fw, ttl, proto, csum, src, dst, sp, dp = _FROM_VIF(frame, at)
         except _STRUCT_ERROR:
             return self._vif_slow(vif, frame[at:], now)
-        if et == 0x0800 and vihl == 0x45 and not fw & 0x3FFF and src == vif.ip:
+        if et == 0x0800 and vihl == 0x45 and not fw & 0x3FFF and (src == vif.ip or src in vif.services):
             off = at + 14
             if proto == 6 or proto == 17:
                 e = self._flows.get((vif.vrf, proto, src, dst, sp, dp))
-                if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - off:
+                if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - off and \
+                        (e.pin is None or e.pin == vif_name):
                     return self._hit(e, frame, off, tlen, ttl, proto, csum, False, now, off + 20 if proto == 6 else 0)
             elif proto == 1 and sp in _ECHO_WORDS and 28 <= tlen <= len(frame) - off:
                 ident = frame[off + 24] << 8 | frame[off + 25]      # an echo is keyed by its id as both ports
                 e = self._flows.get((vif.vrf, 1, src, dst, ident, ident))
-                if e is not None and e.kind:
+                if e is not None and e.kind and (e.pin is None or e.pin == vif_name):
                     return self._hit(e, frame, off, tlen, ttl, proto, csum, False, now, 0)
         return self._vif_slow(vif, frame[at:] if at else frame, now)
 
@@ -195,11 +197,12 @@ class Pipeline:
         if ok and vrf is not None and vihl == 0x45 and not fw & 0x3FFF:
             if proto == 6 or proto == 17:
                 e = self._flows.get((vrf, proto, src, dst, sp, dp))
-                if e is not None and e.kind and tail is None and \
+                if e is not None and e.kind and tail is None and (e.pin is None or e.pin == outer_src) and \
                         (40 if proto == 6 else 28) <= tlen <= len(payload) - off:
                     return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, off + 20 if proto == 6 else 0)
                 if e is not None and tail is not None and (e.kind == TO_VIF or e.kind == DROP) and proto == 6 \
-                        and len(payload) >= off + 40 and tlen == len(payload) - off + len(tail):
+                        and len(payload) >= off + 40 and tlen == len(payload) - off + len(tail) and \
+                        (e.pin is None or e.pin == outer_src):
                     # On the head: every field _hit reads lies in it, tlen is the whole packet's, and the
                     # ToVif frame it builds (Ethernet + payload[off:]) is completed by the tail.
                     (a,) = actions = self._hit(e, payload, off, tlen, ttl, 6, csum, True, now, off + 20)
@@ -207,7 +210,7 @@ class Pipeline:
             elif proto == 1 and tail is None and sp in _ECHO_WORDS and 28 <= tlen <= len(payload) - off:
                 ident = payload[off + 24] << 8 | payload[off + 25]
                 e = self._flows.get((vrf, 1, src, dst, ident, ident))
-                if e is not None and e.kind:
+                if e is not None and e.kind and (e.pin is None or e.pin == outer_src):
                     return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, 0)
         return self._fabric_slow(outer_src, encap, payload, now) if tail is None else \
             self.from_fabric(outer_src, encap, payload + tail, now)
@@ -268,7 +271,7 @@ class Pipeline:
             pkt = extract(frame, 14)
         except Malformed:
             return self._drop("malformed")
-        if pkt[1] != vif.ip:
+        if pkt[1] != vif.ip and pkt[1] not in vif.services:
             return self._drop("spoofed_source")
         vrf = self._vrfs[vif.vrf]
         nh = vrf.fib.lookup(pkt[2])
@@ -319,12 +322,14 @@ class Pipeline:
                 ingress: tuple[str, str]) -> list[Action]:
         proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, _ = pkt
         if fw & (FLAG_MF | 0x1FFF):
-            ports = self._fragment_ports(vrf, pkt, now)
+            ports = fragment_ports(self._frags, self._settings.fragment_capacity, vrf, pkt, now)
             if isinstance(ports, str):
                 return self._drop(ports)
             sport, dport = ports
         key = (vrf, proto, src, dst, sport, dport)
         e = self._flows.get(key)
+        if e is not None and e.pin is not None and e.pin != ingress[1]:
+            return self._drop("wrong_member")
         if e is not None and e.kind:
             whole = proto == 6 and not fw & (FLAG_MF | 0x1FFF)
             return self._hit(e, buf, off, tlen, ttl, proto, csum, fabric, now, off + ihl if whole else 0)
@@ -386,23 +391,6 @@ class Pipeline:
     def punt_wait(self, now: float) -> float | None:
         """Seconds until ``take_punts`` has a request to give (0: now), None while none waits."""
         return self._queue.wait(now)
-
-    def _fragment_ports(self, vrf: int, pkt: Extracted, now: float) -> tuple[int, int] | str:
-        proto, src, dst, sport, dport, ihl, tlen, ttl, csum, fw, ident, flags, _ = pkt
-        fkey = (vrf, proto, src, dst, ident)
-        if not fw & 0x1FFF:                       # first fragment: remember its ports
-            if fkey not in self._frags and len(self._frags) >= self._settings.fragment_capacity:
-                return "fragment_table_full"
-            self._frags[fkey] = [sport, dport, now]
-            return sport, dport
-        known = self._frags.get(fkey)
-        if known is None:
-            return "fragment_no_head"
-        if fw & FLAG_MF:
-            known[2] = now
-        else:                                     # last fragment: the datagram is complete
-            del self._frags[fkey]
-        return known[0], known[1]
 
     # ---------------------------------------------------------------- local answers (core/local.py)
     def _arp(self, vif: _VifState, frame: bytes) -> list[Action]:
@@ -497,7 +485,7 @@ class Pipeline:
         if e.path is not None:              # re-evaluated: its path (if still a tunnel) is taken again below
             e.path.flows -= 1
             e.path = None  # type: ignore[assignment]  # set again for a tunnel entry
-        e.nexthop, e.rule = spec.get("nexthop"), spec.get("rule")
+        e.nexthop, e.rule, e.member, e.pin = spec.get("nexthop"), spec.get("rule"), spec.get("member"), spec.get("pin")
         reason = None
         if spec["action"] != "forward":
             reason = spec.get("reason") or "policy_deny"

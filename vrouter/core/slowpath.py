@@ -5,12 +5,16 @@ entry, each with its own route lookup and policy verdict, so the first reply pac
 flow table. Reactive mode (the baseline) carries only the forward entry; the reverse is decided when
 a reverse packet misses. Requests and decisions are plain dicts/lists/ints/strings (msgpack-safe).
 """
-from typing import TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
+from . import ecmp
 from .actions import PuntRequest
 from .config import VrouterConfig
 from .fib import Nexthop
 from .vrf import RoutingInstance, build_instances
+
+if TYPE_CHECKING:
+    from .flowtable import FlowEntry
 
 # Next-hop types that make an allowed flow a drop entry, and the drop reason each gives.
 NEXTHOP_DROPS = {"discard": "discard", "receive": "receive_unsupported"}
@@ -23,6 +27,8 @@ class EntrySpec(TypedDict):
     reason: str | None          # the drop reason, None when forwarded
     nexthop: Nexthop | None
     rule: int | None            # index of the policy rule that matched, -1 for the default
+    member: NotRequired[str]    # a service's member this flow goes to or comes from (core/ecmp.py)
+    pin: NotRequired[str]       # the entry FROM that member: the VIF or tunnel peer it must come from
 
 
 class Decision(TypedDict):
@@ -46,8 +52,10 @@ class SlowPath:
         proto, src, dst, sport, dport = (request["proto"], request["src"], request["dst"], request["sport"],
                                          request["dport"])
         vrf = self._vrfs.get(vrf_id)
-        fwd = self.evaluate(vrf, proto, src, dst, sport, dport)
-        rev = self.evaluate(vrf, proto, dst, src, dport, sport) if self.mode == "proactive" else None
+        ingress = (request["ingress"], request["port"])
+        fwd = self.evaluate(vrf, proto, src, dst, sport, dport, ingress)
+        rev = self.evaluate(vrf, proto, dst, src, dport, sport, ingress, True) if self.mode == "proactive" else None
+        ecmp.pin(fwd, rev)
         return {"vrf": vrf_id, "mode": self.mode, "forward": fwd, "reverse": rev}
 
     def instance(self, vrf_id: int) -> RoutingInstance | None:
@@ -55,15 +63,31 @@ class SlowPath:
         agent that evaluates flows as decide does (the labs' checks)."""
         return self._vrfs.get(vrf_id)
 
+    def reevaluate(self, vrf: RoutingInstance, e: "FlowEntry") -> EntrySpec:
+        """An installed entry's spec under a new configuration, keeping its member while it is one;
+        a pinned entry keeps its pin until ``ecmp.repin`` (after every entry) follows its partner."""
+        spec = self.evaluate(vrf, *e.key[1:], keep=e.member)
+        nh = spec["nexthop"]
+        if nh is not None and "member" in nh:
+            spec["member"] = nh["member"]
+        elif e.pin is not None and e.member is not None:
+            spec["member"], spec["pin"] = e.member, e.pin
+        return spec
+
     def evaluate(self, vrf: RoutingInstance | None, proto: int, src: int, dst: int, sport: int,
-                 dport: int) -> EntrySpec:
-        """Entry spec for one direction: route lookup on the destination, then the network's policy."""
+                 dport: int, ingress: tuple[str, str] | None = None, reply: bool = False,
+                 keep: str | None = None) -> EntrySpec:
+        """Entry spec for one direction: route lookup on the destination, then the network's policy.
+        A service's composite next hop resolves to one member (``ecmp.choose``: the flow's
+        ``ingress``, whether this is the ``reply`` direction, the member to ``keep``)."""
         key = [proto, src, dst, sport, dport]
         if vrf is None:
             return _spec(key, "unknown_label")
         nh = vrf.fib.lookup(dst)
         if nh is None:
             return _spec(key, "no_route")
+        if nh["type"] == ecmp.COMPOSITE:
+            nh = ecmp.choose(nh, (proto, src, dst, sport, dport), ingress, reply, keep)
         allowed, rule = vrf.policy.evaluate(proto, src, dst, sport, dport)
         return _spec(key, NEXTHOP_DROPS.get(nh["type"]) if allowed else "policy_deny", nh, rule)
 
