@@ -35,6 +35,8 @@ from os_ken.lib import rpc
 
 from controllers.vnc_model import VncModel
 from vrouter.io.control import (
+    ADD_SERVICE,
+    ADD_SERVICE_MEMBER,
     ADD_VM,
     CONFIG,
     DUMP,
@@ -45,6 +47,8 @@ from vrouter.io.control import (
     PATH_REPORTS,
     PROTOCOL_VERSION,
     REGISTER,
+    REMOVE_SERVICE,
+    REMOVE_SERVICE_MEMBER,
     REMOVE_VM,
     SET_FLOW_LIMIT,
     SET_FLOW_MODE,
@@ -317,6 +321,18 @@ class VncServer:
     def set_flow_limit(self, target_kind, name, limit):
         return self._apply(self.model.set_flow_limit, target_kind, name, limit)
 
+    def add_service(self, name, network, address, members):
+        return self._apply(self.model.add_service, name, network, address, members)
+
+    def remove_service(self, name):
+        return self._apply(self.model.remove_service, name)
+
+    def add_service_member(self, name, vm):
+        return self._apply(self.model.add_service_member, name, vm)
+
+    def remove_service_member(self, name, vm):
+        return self._apply(self.model.remove_service_member, name, vm)
+
     def list_agents(self):
         now = time.time()
         with self._lock:
@@ -432,6 +448,18 @@ class VncServer:
     def _rpc_set_flow_limit(self, conn, target_kind, name, limit):
         return self.set_flow_limit(target_kind, name, limit)
 
+    def _rpc_add_service(self, conn, name, network, address, members):
+        return self.add_service(name, network, address, members)
+
+    def _rpc_remove_service(self, conn, name):
+        return self.remove_service(name)
+
+    def _rpc_add_service_member(self, conn, name, vm):
+        return self.add_service_member(name, vm)
+
+    def _rpc_remove_service_member(self, conn, name, vm):
+        return self.remove_service_member(name, vm)
+
     def _rpc_list_agents(self, conn):
         return self.list_agents()
 
@@ -444,6 +472,8 @@ class VncServer:
         ADD_VM: _rpc_add_vm, REMOVE_VM: _rpc_remove_vm, SET_POLICY: _rpc_set_policy,
         SET_FLOW_MODE: _rpc_set_flow_mode, SET_FLOW_LIMIT: _rpc_set_flow_limit,
         LIST_AGENTS: _rpc_list_agents, DUMP: _rpc_dump,
+        ADD_SERVICE: _rpc_add_service, REMOVE_SERVICE: _rpc_remove_service,
+        ADD_SERVICE_MEMBER: _rpc_add_service_member, REMOVE_SERVICE_MEMBER: _rpc_remove_service_member,
     }
 
 

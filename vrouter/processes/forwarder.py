@@ -471,10 +471,22 @@ class Forwarder:
                 del self.pending[name]
         for name, spec in wanted.items():
             if name in self.vifs:
+                self._sync_services(self.vifs[name], spec)
                 self.vifs[name].spec = spec
             else:
                 self.pending[name] = "waiting for the VM's namespace"
         self._attach_pending()
+
+    def _sync_services(self, port, spec):
+        """A member VM's service addresses follow its config (vrouter/core/ecmp.py); a re-attached
+        interface (vrouter restart) gets them again."""
+        old = set(port.spec.services) if port.spec is not spec else set()
+        add, remove = set(spec.services) - old, old - set(spec.services)
+        if add or remove:
+            try:
+                vm_interface.set_services(spec.name, port.netns, sorted(add), sorted(remove))
+            except (tap.TapError, vm_interface.VmSetupError) as exc:
+                log.error("vif %s: service addresses not set: %s", spec.name, exc)
 
     def _attach_pending(self):
         try:
@@ -498,6 +510,7 @@ class Forwarder:
                 continue
             del self.pending[name]
             port = self.vifs[name] = VifPort(spec, fds, entry["netns"])
+            self._sync_services(port, spec)
             if self.engine.reads_taps:
                 self.sel.register(port.fd, selectors.EVENT_READ, ("tap", name))
             self.engine.vif_up(name, port, entry)
