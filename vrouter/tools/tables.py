@@ -79,7 +79,7 @@ def format_routes(table: dict) -> str:
 
 
 def format_nexthops(nhs: list[dict]) -> str:
-    lines = ["Id    Type     Fmly  Details"]
+    lines = ["Id    Type       Fmly     Details"]
     type_names = {"vif": "Encap", "tunnel": "Tunnel", "receive": "Receive", "discard": "Discard",
                   "composite": "Composite"}
     for nh in nhs:
@@ -93,7 +93,7 @@ def format_nexthops(nhs: list[dict]) -> str:
             detail = ""
         if kind == "composite":
             detail = f"Service:{nh.get('service')} Members:{len(nh.get('members', []))}"
-        lines.append(f"{nh['id']:<6}{type_names.get(kind, str(kind)):<9}AF_INET  {detail}  "
+        lines.append(f"{nh['id']:<6}{type_names.get(kind, str(kind)):<11}AF_INET  {detail}  "
                      f"Vrf:{','.join(map(str, nh['vrfs']))}")
         for m in nh.get("members", []) if kind == "composite" else []:
             lines.append(f"{'':6}  member {m['member']:<12} {_nh_text(m):<36} Flows:{m.get('flows', 0)} "
