@@ -23,6 +23,12 @@ table under pressure"): a VM's ``flow_limit`` becomes its VIF's, a network's its
 ``set_flow_limit`` changes them, or the defaults ``flow.vm_flow_limit`` / ``network_flow_limit``,
 at run time (None: back to the default, i.e. the VM or network follows ``flow``'s limit, and the
 defaults follow the vrouter's capacity // 4 and // 2).
+
+Services (vrouter/core/services.py, ecmp.py): an address of a network shared by member VMs. Every
+server of the network routes it to a composite next hop over the members (a VIF for a member it
+hosts, a tunnel to the member's server otherwise), and a member's VIF lists the address in its
+``services`` (it may send from it; the forwarder adds it to the VM's interface). Removing a VM
+takes it out of its services; removing the last member of a service is refused.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from vrouter.core import links, natschema, schema
+from vrouter.core import links, natschema, schema, services
 from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.schema import DEFAULT_ENCAP, Problems, default_mac
 from vrouter.io.control import VncError  # a rejected change reaches the clients as this error
@@ -121,10 +127,13 @@ class VncModel:
                 self._flow.update(schema.flow_settings(_FIRST, where, given))
         self._vms = {}
         self._policies = {}
+        self._services = {}
         self._next_index = 1
         self.generation = 1
         for i, vm in enumerate(schema.items(_FIRST, "vms", topo.get("vms"))):
             self._add_vm(vm, where=f"vms[{i}]")
+        for i, svc in enumerate(schema.items(_FIRST, "services", topo.get("services"))):
+            self._add_service(svc, where=f"services[{i}]")
         seen = {}
         parsed = []
         for i, pol in enumerate(schema.items(_FIRST, "policies", topo.get("policies"))):
@@ -194,6 +203,10 @@ class VncModel:
         for other in self._vms.values():
             taken.claim(_FIRST, where, _schema_vm(other), f"VM {other['name']!r}")
         taken.claim(_FIRST, where, vm, f"VM {vm.name!r}")
+        for svc in self._services.values():
+            if (svc["network"], svc["address"]) == (vm.network, int_to_ip(vm.address)):
+                raise VncError(f"{where}.address: {svc['address']} is already used by service "
+                               f"{svc['name']!r} in network {vm.network!r}")
         if index is None:
             index = self._next_index
         tap = f"{self.prefix}-t{index}"
@@ -204,16 +217,26 @@ class VncModel:
                               "tap": tap, "flow_limit": vm.flow_limit}
         self._next_index = max(self._next_index, index + 1)
 
+    def _add_service(self, item, where):
+        """Add the service described by `item` (the topology's form), refused at its first problem."""
+        vms = {n: _schema_vm(v) for n, v in self._vms.items()}
+        taken = {(v["network"], schema.parse_address(v["address"])): f"VM {n!r}" for n, v in self._vms.items()}
+        taken.update({(s["network"], schema.parse_address(s["address"])): f"service {n!r}"
+                      for n, s in self._services.items()})
+        svc = services.service(_FIRST, where, item, self._networks, vms, {n: f"service {n!r}" for n in self._services},
+                               taken)
+        self._services[svc.name] = svc.to_dict()
+
     # ---- run-time changes
     def _commit(self, mutate):
         before = self.configs()
         saved = copy.deepcopy((self._vms, self._policies, self._flow, self._net_limits, self._next_index,
-                               self._fips, self._snat))
+                               self._fips, self._snat, self._services))
         try:
             mutate()
         except Exception:
             (self._vms, self._policies, self._flow, self._net_limits, self._next_index, self._fips,
-             self._snat) = saved
+             self._snat, self._services) = saved
             raise
         after = self.configs()
         self.generation += 1
@@ -231,7 +254,18 @@ class VncModel:
     def remove_vm(self, name):
         if name not in self._vms:
             raise VncError(f"unknown VM {name!r}")
-        return self._commit(lambda: (self._vms.pop(name), self._fips.pop(name, None)))
+        for svc in self._services.values():
+            if svc["members"] == [name]:
+                raise VncError(f"VM {name!r} is the last member of service {svc['name']!r} "
+                               f"(remove the service first)")
+
+        def mutate():
+            self._vms.pop(name)
+            self._fips.pop(name, None)
+            for svc in self._services.values():
+                if name in svc["members"]:
+                    svc["members"].remove(name)
+        return self._commit(mutate)
 
     def set_floating_ip(self, vm, address):
         """Give ``vm`` the floating IP ``address`` (replacing its own), or take it away (None)."""
@@ -264,6 +298,46 @@ class VncModel:
         routes = {int_to_ip(a): self._servers[s] for a, s in self._snat_of.items()}
         routes.update({a: self._servers[self._vms[v]["server"]] for v, a in self._fips.items()})
         return routes
+
+    def add_service(self, name, network, address, members):
+        item = {"name": name, "network": network, "address": address, "members": list(members)}
+        return self._commit(lambda: self._add_service(item, where=f"services[{name!r}]"))
+
+    def remove_service(self, name):
+        self._service(name)
+        return self._commit(lambda: self._services.pop(name))
+
+    def set_service_members(self, name, members):
+        """Replace a service's members (``add_member``/``remove_member`` of the CLI come here)."""
+        svc = self._service(name)
+
+        def mutate():
+            del self._services[name]
+            self._add_service({**svc, "members": list(members) if isinstance(members, (list, tuple)) else members},
+                              where=f"services[{name!r}]")
+        return self._commit(mutate)
+
+    def add_service_member(self, name, vm):
+        members = self._service(name)["members"]
+        if vm in members:
+            raise VncError(f"services[{name!r}].members: VM {vm!r} is a member already")
+        return self.set_service_members(name, members + [vm])
+
+    def remove_service_member(self, name, vm):
+        members = self._service(name)["members"]
+        if vm not in members:
+            raise VncError(f"services[{name!r}].members: VM {vm!r} is not a member")
+        if members == [vm]:
+            raise VncError(f"services[{name!r}].members: {vm!r} is the last member (remove the service instead)")
+        return self.set_service_members(name, [m for m in members if m != vm])
+
+    def _service(self, name):
+        if name not in self._services:
+            raise VncError(f"unknown service {name!r}")
+        return copy.deepcopy(self._services[name])
+
+    def services(self):
+        return [copy.deepcopy(self._services[n]) for n in sorted(self._services)]
 
     def set_policy(self, network, policy):
         """Replace the network's policy; ``None`` restores the default (allow everything)."""
@@ -346,20 +420,23 @@ class VncModel:
             for vm in self.vms():
                 if vm["network"] not in reach:
                     continue
-                if vm["server"] == server:
-                    nexthop = {"type": "vif", "vif": vm["tap"]}
-                else:       # the label of this routing instance: the packet stays in the network it left
-                    nexthop = {"type": "tunnel", "peer": self._servers[vm["server"]],
-                               "label": self._networks[net].id, "encap": self.encapsulation, "mac": vm["mac"]}
-                routes.append({"network": net, "prefix": f"{vm['address']}/32", "nexthop": nexthop})
+                # the label of this routing instance: the packet stays in the network it left
+                routes.append({"network": net, "prefix": f"{vm['address']}/32",
+                               "nexthop": self._nexthop(vm, server, net)})
+        routes += [self._service_route(svc, server) for svc in self.services() if svc["network"] in present]
         routes.sort(key=lambda r: (r["network"], ipaddress.IPv4Network(r["prefix"])))
+        offered = {}        # a member's TAP -> the service addresses it may send from
+        for svc in self.services():
+            for member in svc["members"]:
+                offered.setdefault(self._vms[member]["tap"], []).append(svc["address"])
         return {
             "server": server,
             "underlay_ip": self._servers[server],
             "encapsulation": self.encapsulation,
             "networks": [self._network_dict(n) for n in present],
             "vifs": [{"name": v["tap"], "network": v["network"], "mac": v["mac"], "ip": v["address"],
-                      **({"flow_limit": v["flow_limit"]} if v["flow_limit"] else {})} for v in local],
+                      **({"flow_limit": v["flow_limit"]} if v["flow_limit"] else {}),
+                      **({"services": offered[v["tap"]]} if v["tap"] in offered else {})} for v in local],
             "routes": routes,
             "peers": sorted((ip for s, ip in self._servers.items() if s != server),
                             key=ipaddress.IPv4Address),
@@ -379,6 +456,20 @@ class VncModel:
     def configs(self):
         return {s: self.config_for(s) for s in self._servers}
 
+    def _nexthop(self, vm, server, network=None):
+        """The next hop of a VM as ``server`` reaches it from ``network`` (default: the VM's own): its
+        VIF there, else a tunnel to its server with that network's label."""
+        if vm["server"] == server:
+            return {"type": "vif", "vif": vm["tap"]}
+        label = self._networks[network or vm["network"]].id
+        return {"type": "tunnel", "peer": self._servers[vm["server"]], "label": label,
+                "encap": self.encapsulation, "mac": vm["mac"]}
+
+    def _service_route(self, svc, server):
+        members = [{"member": m, **self._nexthop(self._vms[m], server)} for m in svc["members"]]
+        return {"network": svc["network"], "prefix": f"{svc['address']}/32",
+                "nexthop": {"type": "composite", "service": svc["name"], "members": members}}
+
     def _network_dict(self, name):
         n = self._networks[name]
         limit = self._net_limits.get(name)
@@ -395,6 +486,7 @@ class VncModel:
             "networks": [self._network_dict(n) for n in sorted(self._networks)],
             "vms": self.vms(),
             "policies": [copy.deepcopy(self._policies[n]) for n in sorted(self._policies)],
+            "services": self.services(),
             "flow": dict(self._flow),
             "floating_ips": dict(sorted(self._fips.items())), "snat": sorted(self._snat),
             "gateway_routes": self.floating_routes(),
@@ -413,6 +505,7 @@ class VncModel:
             "vms": [{k: v[k] for k in ("name", "network", "server", "address", "mac", "index",
                                        "flow_limit")} for v in self.vms()],
             "policies": [copy.deepcopy(self._policies[n]) for n in sorted(self._policies)],
+            "services": self.services(),
             "changed_at": dict(self._changed_at),
             "floating_ips": dict(sorted(self._fips.items())), "snat": sorted(self._snat),
         }
@@ -427,15 +520,17 @@ class VncModel:
             raise VncError(f"saved controller state uses name prefix {state.get('prefix')!r}, "
                            f"not {self.prefix!r}")
         saved = copy.deepcopy((self._vms, self._policies, self._flow, self._net_limits, self._next_index,
-                               self.generation, self._changed_at, self._fips, self._snat))
+                               self.generation, self._changed_at, self._fips, self._snat, self._services))
         try:
-            self._vms, self._policies = {}, {}
+            self._vms, self._policies, self._services = {}, {}, {}
             for vm in state["vms"]:
                 self._add_vm({k: vm[k] for k in schema.VM_KEYS if vm.get(k) is not None},
                              f"vms[{vm['name']!r}]", index=int(vm["index"]))
             for pol in state["policies"]:
                 self._check_network(pol["network"], f"policies[{pol['network']!r}].network")
                 self._policies[pol["network"]] = normalize_policy(pol["network"], pol, self._networks)
+            for svc in state.get("services", []):      # absent in states saved before services
+                self._add_service(svc, f"services[{svc['name']!r}]")
             self.connections()
             self._check_mode(state["flow_mode"])
             self._flow["mode"] = state["flow_mode"]
@@ -449,7 +544,7 @@ class VncModel:
                                 for s in self._servers}
         except (KeyError, TypeError, ValueError, AttributeError, VncError) as e:
             (self._vms, self._policies, self._flow, self._net_limits, self._next_index,
-             self.generation, self._changed_at, self._fips, self._snat) = saved
+             self.generation, self._changed_at, self._fips, self._snat, self._services) = saved
             detail = e if isinstance(e, VncError) else f"missing or bad field {e}"
             raise VncError(f"saved controller state is unusable: {detail}") from None
 
@@ -478,5 +573,7 @@ def _schema_vm(record):
 def _fingerprint(topo):
     relevant = {k: topo.get(k) for k in ("servers", "encapsulation", "virtual_networks",
                                         "vms", "policies", "flow", "gateway")}
+    if topo.get("services"):        # only then: states saved before services keep their fingerprint
+        relevant["services"] = topo["services"]
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

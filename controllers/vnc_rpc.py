@@ -35,6 +35,8 @@ from os_ken.lib import rpc
 
 from controllers.vnc_model import VncModel
 from vrouter.io.control import (
+    ADD_SERVICE,
+    ADD_SERVICE_MEMBER,
     ADD_VM,
     CONFIG,
     DUMP,
@@ -45,6 +47,8 @@ from vrouter.io.control import (
     PATH_REPORTS,
     PROTOCOL_VERSION,
     REGISTER,
+    REMOVE_SERVICE,
+    REMOVE_SERVICE_MEMBER,
     REMOVE_VM,
     SET_FLOATING_IP,
     SET_FLOW_LIMIT,
@@ -324,6 +328,17 @@ class VncServer:
 
     def set_snat(self, network, on):
         return self._apply(self.model.set_snat, network, on)
+    def add_service(self, name, network, address, members):
+        return self._apply(self.model.add_service, name, network, address, members)
+
+    def remove_service(self, name):
+        return self._apply(self.model.remove_service, name)
+
+    def add_service_member(self, name, vm):
+        return self._apply(self.model.add_service_member, name, vm)
+
+    def remove_service_member(self, name, vm):
+        return self._apply(self.model.remove_service_member, name, vm)
 
     def list_agents(self):
         now = time.time()
@@ -445,6 +460,17 @@ class VncServer:
 
     def _rpc_set_snat(self, conn, network, on):
         return self.set_snat(network, on)
+    def _rpc_add_service(self, conn, name, network, address, members):
+        return self.add_service(name, network, address, members)
+
+    def _rpc_remove_service(self, conn, name):
+        return self.remove_service(name)
+
+    def _rpc_add_service_member(self, conn, name, vm):
+        return self.add_service_member(name, vm)
+
+    def _rpc_remove_service_member(self, conn, name, vm):
+        return self.remove_service_member(name, vm)
 
     def _rpc_list_agents(self, conn):
         return self.list_agents()
@@ -459,6 +485,8 @@ class VncServer:
         SET_FLOW_MODE: _rpc_set_flow_mode, SET_FLOW_LIMIT: _rpc_set_flow_limit,
         SET_FLOATING_IP: _rpc_set_floating_ip, SET_SNAT: _rpc_set_snat,
         LIST_AGENTS: _rpc_list_agents, DUMP: _rpc_dump,
+        ADD_SERVICE: _rpc_add_service, REMOVE_SERVICE: _rpc_remove_service,
+        ADD_SERVICE_MEMBER: _rpc_add_service_member, REMOVE_SERVICE_MEMBER: _rpc_remove_service_member,
     }
 
 

@@ -9,6 +9,8 @@
     testbed net paths [--server srv1] [--json]      what the vrouters reported of the paths they repaired
     testbed net floating-ip add red3 198.51.100.13  (rm red3: take it away; a gateway topology only)
     testbed net snat red on                         (off: red's VMs without a floating IP have no way out)
+    testbed net service add web --network red --address 192.168.1.100 --members red2,red3
+    testbed net service add-member web red4 | rm-member web red2 | rm web | list [--json]
 
 A VM added from this command gets a named network namespace `<prefix>-<vm>` (the Mininet network
 lives in the testbed daemon): `testbed exec red4 ping 192.168.1.11` (or `ip netns exec vt-red4 ...`).
@@ -28,8 +30,8 @@ from testbed.vr import rundir_path
 from vrouter.io import introspect, ipc
 from vrouter.io.control import AdminClient, VncError
 
-group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit, floating-ip, snat; "
-             "the VNC's path reports")
+group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit, floating-ip, snat, "
+             "service; the VNC's path reports")
 
 
 def _admin(rundir):
@@ -293,4 +295,58 @@ def snat_command(args) -> int:
     result = vnc_call(_rundir(args), "set_snat", args.network, args.state == "on")
     print(f"source NAT of {args.network} {args.state} (generation {result['generation']}, servers updated: "
           f"{', '.join(result['servers']) or 'none'})")
+    return 0
+
+
+SERVICE_ACTIONS = ("add", "rm", "add-member", "rm-member", "list")
+
+
+def _service_args(p):
+    p.add_argument("action", choices=SERVICE_ACTIONS, help="add a service, remove it, add or remove one member, "
+                                                           "or list the services")
+    p.add_argument("name", nargs="?", help="the service")
+    p.add_argument("vm", nargs="?", help="the member VM (add-member, rm-member)")
+    p.add_argument("--network", help="add: the service's virtual network")
+    p.add_argument("--address", help="add: the service address (in the network, no VM's)")
+    p.add_argument("--members", help="add: the member VMs, comma-separated (e.g. red2,red3)")
+    p.add_argument("--json", action="store_true", help="list: the VNC's services as JSON")
+    run_arguments(p)
+
+
+def service_call(args) -> tuple[str, list]:
+    """(AdminClient method, parameters) of a `net service` action; bad arguments are a CommandError."""
+    need = {"add": ("name", "network", "address", "members"), "rm": ("name",),
+            "add-member": ("name", "vm"), "rm-member": ("name", "vm"), "list": ()}[args.action]
+    missing = [n for n in need if not getattr(args, n)]
+    if missing:
+        flags = ", ".join(n if n in ("name", "vm") else f"--{n}" for n in missing)
+        raise CommandError(f"net service {args.action}: missing {flags}", code=2)
+    if args.action == "add":
+        members = [m.strip() for m in args.members.split(",") if m.strip()]
+        return "add_service", [args.name, args.network, args.address, members]
+    method = {"rm": "remove_service", "add-member": "add_service_member", "rm-member": "remove_service_member",
+              "list": "dump"}[args.action]
+    return method, [getattr(args, n) for n in need]
+
+
+def format_services(services: list) -> str:
+    if not services:
+        return "no services\n"
+    return "".join(f"{s['name']}: {s['address']} in {s['network']}, members {', '.join(s['members'])}\n"
+                   for s in services)
+
+
+@command("net service", help="load-balanced service addresses (ECMP over member VMs): add, rm, add-member, "
+         "rm-member, list", root=True, arguments=_service_args)
+def service_command(args) -> int:
+    method, params = service_call(args)
+    result = vnc_call(_rundir(args), method, *params)
+    if args.action == "list":
+        services = result.get("services", [])
+        print(json.dumps(services, indent=1) if args.json else format_services(services), end="\n" if args.json else "")
+        return 0
+    what = {"add": f"service {args.name} added", "rm": f"service {args.name} removed",
+            "add-member": f"{args.vm} is a member of {args.name}",
+            "rm-member": f"{args.vm} is no longer a member of {args.name}"}[args.action]
+    print(f"{what} (generation {result['generation']}, servers updated: {', '.join(result['servers']) or 'none'})")
     return 0

@@ -16,14 +16,15 @@ import yaml
 
 from testbed import gateway as gateway_section
 from testbed.gateway import Gateway
-from vrouter.core import links, natschema, schema
+from vrouter.core import links, natschema, schema, services
 from vrouter.core.codec.ipv4 import int_to_ip, mask
 from vrouter.core.schema import DEFAULT_ENCAP, Problems
 
 ROLES = ("spine", "leaf")
 
 TOP_KEYS = {"name", "underlay", "switches", "servers", "links",
-            "encapsulation", "virtual_networks", "vms", "policies", "flow", "gateway", "floating_ips", "snat"}
+            "encapsulation", "virtual_networks", "vms", "policies", "services", "flow", "gateway", "floating_ips",
+            "snat"}
 REQUIRED_TOP = ("underlay", "switches", "servers", "links")
 
 
@@ -96,6 +97,7 @@ class Topology:
     virtual_networks: list[VirtualNetwork] = field(default_factory=list)
     vms: list[Vm] = field(default_factory=list)
     policies: list[Policy] = field(default_factory=list)
+    services: list[services.Service] = field(default_factory=list)   # load-balanced addresses
     flow: dict[str, Any] = field(default_factory=dict)      # the vrouters' flow settings given here
     gateway: Gateway | None = None                          # the external side (testbed/gateway.py)
     floating_ips: dict[str, str] = field(default_factory=dict)  # VM -> floating IP
@@ -228,6 +230,7 @@ class _Validator:
         networks = self._networks(encap or DEFAULT_ENCAP)
         vms = self._vms(names)
         policies = self._policies()
+        svcs = self._services(vms)
         flow = schema.flow_settings(self.p, "flow", doc["flow"]) if "flow" in doc else {}
         gw, fips, snat = self._nat(names, underlay, vms)
 
@@ -236,7 +239,7 @@ class _Validator:
         assert underlay is not None and encap is not None     # else a problem was reported
         return Topology(name=name, underlay=schema.prefix_text(underlay), switches=switches,
                         servers=servers, links=links, encapsulation=encap, virtual_networks=networks,
-                        vms=vms, policies=policies, flow=flow or {}, gateway=gw, floating_ips=fips,
+                        vms=vms, policies=policies, services=svcs, flow=flow or {}, gateway=gw, floating_ips=fips,
                         snat=snat, source=self.source, raw=doc)
 
     def _nat(self, names: dict[str, str], underlay: schema.Prefix | None,
@@ -389,6 +392,18 @@ class _Validator:
             if vm is not None and index.claim(self.p, where, vm, where):
                 given = vm.mac if item.get("mac") is not None else None
                 out.append(Vm(vm.name, vm.network, vm.server, int_to_ip(vm.address), given, vm.flow_limit))
+        return out
+
+    def _services(self, vms: list[Vm]) -> list[services.Service]:
+        declared = {v.name: schema.Vm(v.name, v.network, v.server, schema.parse_address(v.address) or 0, "")
+                    for v in vms}
+        taken = {(v.network, schema.parse_address(v.address) or 0): f"VM {v.name!r}" for v in vms}
+        names: dict[str, str] = {}
+        out = []
+        for i, item in enumerate(self._list("services")):
+            svc = services.service(self.p, f"services[{i}]", item, self.networks, declared, names, taken)
+            if svc is not None:
+                out.append(svc)
         return out
 
     def _policies(self) -> list[Policy]:

@@ -99,8 +99,14 @@ def test_tables_render_the_tungsten_columns():
     intro = Introspector(fake_forwarder(config()))
     assert "LP      100     mplsoudp 10.0.2.1 label 100" in tables.format_routes(
         intro.handle({"op": "routes", "vrf": "red"})["result"])
-    assert "Tunnel   AF_INET  MPLSOUDP Dip:10.0.2.1 Label:100" in tables.format_nexthops(
+    assert "Tunnel     AF_INET  MPLSOUDP Dip:10.0.2.1 Label:100" in tables.format_nexthops(
         intro.handle({"op": "nexthops"})["result"])
+    composite = {"id": 7, "type": "composite", "service": "web", "vrfs": [100], "members": [
+        {"member": "red2", "type": "tunnel", "peer": "10.0.2.1", "label": 100, "encap": "mplsoudp", "flows": 3,
+         "packets_to": 9, "bytes_to": 900, "packets_from": 6, "bytes_from": 600}]}
+    text = tables.format_nexthops([composite])
+    assert "Composite  AF_INET  Service:web Members:1" in text
+    assert "member red2" in text and "Flows:3 To:9/900 From:6/600" in text
     flows = [{"index": 0, "reverse_index": 1, "vrf": 100, "proto": "tcp", "src": "192.168.1.11", "dst": "192.168.1.12",
               "sport": 40000, "dport": 80, "role": "forward", "action": "forward", "reason": None,
               "nexthop": {"type": "tunnel", "peer": "10.0.2.1", "label": 100, "encap": "mplsoudp"},

@@ -5,7 +5,9 @@ agent receives from the controller, or a YAML file for replay) and raises :class
 one-line message naming the offending field. The overlay items (networks, the VIFs' addresses and
 MACs, policies, the flow mode) follow the overlay schema (``schema``), the rules topology files and
 the VNC's run-time changes follow too; this module adds what only a vrouter has: its underlay
-address, routes and next hops, peers and flow table settings.
+address, routes and next hops, peers and flow table settings. A service (vrouter/core/ecmp.py) is a
+route to a composite next hop whose members are VIF or tunnel next hops, each named by its member
+VM; a VIF that is a member lists the service addresses it may send from (``services``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ __all__ = ["ConfigError", "FlowSettings", "NEXTHOP_TYPES", "Network", "Policy", 
            "VROUTER_MAC", "Vif", "VrouterConfig"]
 
 VROUTER_MAC = bytes.fromhex("00005e000100")
-NEXTHOP_TYPES = ("vif", "tunnel", "discard", "receive")
+NEXTHOP_TYPES = ("vif", "tunnel", "discard", "receive", "composite")
+MEMBER_TYPES = ("vif", "tunnel")     # what a composite next hop's members may be
 
 T = TypeVar("T")
 
@@ -41,6 +44,7 @@ class Vif:
     mac: bytes
     ip: int
     flow_limit: int | None = None   # its own flow-entry limit; None: flow.vm_flow_limit
+    services: tuple[int, ...] = ()  # service addresses it may send from (it is one of their members)
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,8 @@ def _parse(d: object) -> VrouterConfig:
                 for i, p in enumerate(_list(d, "policies"))]
     connected = links.connections(_FIRST, [(f"policies[{i}]", p) for i, p in enumerate(policies)], by_name)
     routes = _routes(_list(d, "routes"), by_name, {v.name: v for v in vifs}, encap, connected)
-    peers.update(r.nexthop["peer"] for r in routes if r.nexthop["type"] == "tunnel")
+    peers.update(nh["peer"] for r in routes for nh in r.nexthop.get("members", [r.nexthop])
+                 if nh["type"] == "tunnel")
     nat = None if d.get("nat") is None else natschema.vrouter_nat(
         _FIRST, "nat", d["nat"], [v.name for v in vifs], list(by_name))
     return VrouterConfig(server, int_to_ip(underlay), encap, tuple(networks), tuple(vifs), tuple(routes),
@@ -150,7 +155,7 @@ def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]
     index = schema.VmIndex()
     for i, v in enumerate(raw):
         where = f"vifs[{i}]"
-        m = _ok(schema.mapping(_FIRST, where, v, ("name", "network", "mac", "ip", "flow_limit")))
+        m = _ok(schema.mapping(_FIRST, where, v, ("name", "network", "mac", "ip", "flow_limit", "services")))
         name = _str(m.get("name"), f"{where}.name")
         if name in names:
             raise ConfigError(f"{where}.name: duplicate vif {name!r}")
@@ -161,7 +166,9 @@ def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]
         ip = _ok(schema.vm_address(_FIRST, f"{where}.ip", m.get("ip"), net))
         index.claim(_FIRST, where, schema.Vm(name, net.name, server, ip, mac), where, ("ip", "mac"))
         limit = schema.flow_limit(_FIRST, f"{where}.flow_limit", m.get("flow_limit"))
-        vifs.append(Vif(name, net.name, mac_to_bytes(mac), ip, limit))
+        services = tuple(_ok(schema.vm_address(_FIRST, f"{where}.services[{j}]", a, net))
+                         for j, a in enumerate(_list(m, "services")))
+        vifs.append(Vif(name, net.name, mac_to_bytes(mac), ip, limit, services))
     return vifs
 
 
@@ -190,12 +197,18 @@ def _flow(f: object) -> FlowSettings:
 
 
 def _nexthop(nh: object, where: str, net: Network, vifs: dict[str, Vif], default_encap: str,
-             connected: frozenset[str] | tuple[()]) -> dict[str, Any]:
+             connected: frozenset[str] | tuple[()] = (), kinds: tuple[str, ...] = NEXTHOP_TYPES) -> dict[str, Any]:
     if not isinstance(nh, dict):
         raise ConfigError(f"{where}: expected a mapping with a type")
     kind = nh.get("type")
-    if kind not in NEXTHOP_TYPES:
-        raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(NEXTHOP_TYPES)}")
+    if kind not in kinds:
+        raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(kinds)}")
+    if kind == "composite":
+        return _composite(nh, where, net, vifs, default_encap)
+    if kinds is MEMBER_TYPES:       # a member: its VM's name, then the next hop itself
+        member = schema.name(_FIRST, f"{where}.member", nh.get("member"))
+        rest = _nexthop({k: v for k, v in nh.items() if k != "member"}, where, net, vifs, default_encap)
+        return {"member": member, **rest}
     if kind == "vif":
         schema.no_unknown(_FIRST, where, nh, ("type", "vif"))
         name = nh.get("vif")
@@ -215,6 +228,22 @@ def _nexthop(nh: object, where: str, net: Network, vifs: dict[str, Vif], default
                 "mac": mac or mac_to_str(VROUTER_MAC)}
     schema.no_unknown(_FIRST, where, nh, ("type",))
     return {"type": kind}
+
+
+def _composite(nh: dict[str, Any], where: str, net: Network, vifs: dict[str, Vif],
+               default_encap: str) -> dict[str, Any]:
+    """A service's next hop: its name and its members (docs/vrouter-core.md, "Services")."""
+    schema.no_unknown(_FIRST, where, nh, ("type", "service", "members"))
+    service = schema.name(_FIRST, f"{where}.service", nh.get("service"))
+    raw = _list(nh, "members")
+    if not raw:
+        raise ConfigError(f"{where}.members: expected a non-empty list of member next hops")
+    members = [_nexthop(m, f"{where}.members[{j}]", net, vifs, default_encap, kinds=MEMBER_TYPES)
+               for j, m in enumerate(raw)]
+    names = [m["member"] for m in members]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}.members: duplicate member in {', '.join(names)}")
+    return {"type": "composite", "service": service, "members": members}
 
 
 def _list(d: dict[str, Any], key: str) -> list[Any]:

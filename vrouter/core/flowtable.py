@@ -60,7 +60,7 @@ class FlowEntry:
     """Everything the hit path needs is cached here when the decision is installed."""
     __slots__ = ("key", "kind", "reason", "drop", "vif", "peer", "encap", "path", "prefix", "reverse",
                  "packets", "bytes", "tcp", "fin_seq", "created", "last_used", "held", "role", "nexthop",
-                 "rule", "owner", "net", "charge", "tw", "wscale", "nat")
+                 "rule", "owner", "net", "charge", "tw", "wscale", "nat", "member", "pin")
     # The decision sets vif (TO_VIF), peer and encap (TO_TUNNEL), reason and drop (DROP); they are None
     # otherwise, but typed as set because the hit path reads each only for its kind. prefix: the bytes
     # that go before the inner IPv4 packet. path: where a tunnel entry's outer source port is read
@@ -96,14 +96,17 @@ class FlowEntry:
     tw: Headers | None
     wscale: int
     nat: Any        # a NAT entry's translation (core/nat.py Rewrite), else None
-
+    # A service's flow (core/ecmp.py): the member VM it goes to or comes from; the entry of the
+    # direction from the member is pinned to where the member's packets come from (VIF or peer).
+    member: str | None
+    pin: str | None
 
     def __init__(self, key: FlowKey, now: float) -> None:
         self.key = key
         self.kind = HOLD
         self.reason = self.drop = self.vif = self.peer = self.encap = self.reverse = None  # type: ignore[assignment]
         self.path = None  # type: ignore[assignment]
-        self.nexthop = self.rule = None
+        self.nexthop = self.rule = self.member = self.pin = None
         self.prefix = b""
         self.packets = self.bytes = self.tcp = 0
         self.fin_seq = -1     # sequence number that acknowledges this direction's FIN
@@ -141,6 +144,7 @@ class FlowEntry:
             "tcp_state": self.tcp_state(), "idle": round(now - self.last_used, 6), "held": len(self.held),
             "entropy_sport": self.path.port if self.path is not None else None, "owner": self.owner.name,
             "nat": self.nat.describe() if self.nat is not None else None,
+            "member": self.member, "pin": self.pin,
         }
 
 

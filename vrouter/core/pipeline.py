@@ -30,7 +30,7 @@ import struct
 from typing import Any
 
 from . import drops as _drops
-from . import local, tcpstate
+from . import ecmp, local, tcpstate
 from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif, ToVifParts
 from .admission import Admission, Waiting
 from .codec import ethernet, gre, mpls, outer, vxlan
@@ -88,10 +88,10 @@ def encap_prefix(encap: str, label: int, inner_mac: bytes) -> bytes:
 
 
 class _VifState:
-    __slots__ = ("name", "vrf", "ip", "mac", "eth")
+    __slots__ = ("name", "vrf", "ip", "mac", "eth", "services")
 
     def __init__(self, vif: Vif, vrf_id: int) -> None:
-        self.name, self.vrf, self.ip, self.mac = vif.name, vrf_id, vif.ip, vif.mac
+        self.name, self.vrf, self.ip, self.mac, self.services = vif.name, vrf_id, vif.ip, vif.mac, vif.services
         self.eth = vif.mac + VROUTER_MAC + _ETH_IP
 
 
@@ -141,7 +141,8 @@ class Pipeline(NatPort):
                 self._drops["flow_torn_down"] += len(e.held)
                 self.table.remove_pair(e)
             elif e.kind != HOLD and e.nat is None:
-                self._set_action(e, self._evaluator.evaluate(vrf, *e.key[1:]))
+                self._set_action(e, self._evaluator.reevaluate(vrf, e))
+        ecmp.repin(self._flows.values())
 
     # ---------------------------------------------------------------- hit paths
     def from_vif(self, vif_name: str, frame: bytes, now: float, at: int = 0) -> list[Action]:
@@ -155,16 +156,17 @@ class Pipeline(NatPort):
             et, vihl, tlen, fw, ttl, proto, csum, src, dst, sp, dp = _FROM_VIF(frame, at)
         except _STRUCT_ERROR:
             return self._vif_slow(vif, frame[at:], now)
-        if et == 0x0800 and vihl == 0x45 and not fw & 0x3FFF and src == vif.ip:
+        if et == 0x0800 and vihl == 0x45 and not fw & 0x3FFF and (src == vif.ip or src in vif.services):
             off = at + 14
             if proto == 6 or proto == 17:
                 e = self._flows.get((vif.vrf, proto, src, dst, sp, dp))
-                if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - off:
+                if e is not None and e.kind and (40 if proto == 6 else 28) <= tlen <= len(frame) - off and \
+                        (e.pin is None or e.pin == vif_name):
                     return self._hit(e, frame, off, tlen, ttl, proto, csum, False, now, off + 20 if proto == 6 else 0)
             elif proto == 1 and sp in _ECHO_WORDS and 28 <= tlen <= len(frame) - off:
                 ident = frame[off + 24] << 8 | frame[off + 25]      # an echo is keyed by its id as both ports
                 e = self._flows.get((vif.vrf, 1, src, dst, ident, ident))
-                if e is not None and e.kind:
+                if e is not None and e.kind and (e.pin is None or e.pin == vif_name):
                     return self._hit(e, frame, off, tlen, ttl, proto, csum, False, now, 0)
         return self._vif_slow(vif, frame[at:] if at else frame, now)
 
@@ -198,11 +200,12 @@ class Pipeline(NatPort):
         if ok and vrf is not None and vihl == 0x45 and not fw & 0x3FFF:
             if proto == 6 or proto == 17:
                 e = self._flows.get((vrf, proto, src, dst, sp, dp))
-                if e is not None and e.kind and tail is None and \
+                if e is not None and e.kind and tail is None and (e.pin is None or e.pin == outer_src) and \
                         (40 if proto == 6 else 28) <= tlen <= len(payload) - off:
                     return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, off + 20 if proto == 6 else 0)
                 if e is not None and tail is not None and (e.kind == TO_VIF or e.kind == DROP) and proto == 6 \
-                        and len(payload) >= off + 40 and tlen == len(payload) - off + len(tail):
+                        and len(payload) >= off + 40 and tlen == len(payload) - off + len(tail) and \
+                        (e.pin is None or e.pin == outer_src):
                     # On the head: every field _hit reads lies in it, tlen is the whole packet's, and the
                     # ToVif frame it builds (Ethernet + payload[off:]) is completed by the tail.
                     (a,) = actions = self._hit(e, payload, off, tlen, ttl, 6, csum, True, now, off + 20)
@@ -210,7 +213,7 @@ class Pipeline(NatPort):
             elif proto == 1 and tail is None and sp in _ECHO_WORDS and 28 <= tlen <= len(payload) - off:
                 ident = payload[off + 24] << 8 | payload[off + 25]
                 e = self._flows.get((vrf, 1, src, dst, ident, ident))
-                if e is not None and e.kind:
+                if e is not None and e.kind and (e.pin is None or e.pin == outer_src):
                     return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, 0)
         return self._fabric_slow(outer_src, encap, payload, now) if tail is None else \
             self.from_fabric(outer_src, encap, payload + tail, now)
@@ -273,7 +276,7 @@ class Pipeline(NatPort):
             pkt = extract(frame, 14)
         except Malformed:
             return self._drop("malformed")
-        if pkt[1] != vif.ip:
+        if pkt[1] != vif.ip and pkt[1] not in vif.services:
             return self._drop("spoofed_source")
         vrf = self._vrfs[vif.vrf]
         nh = vrf.fib.lookup(pkt[2])
@@ -330,6 +333,8 @@ class Pipeline(NatPort):
             sport, dport = ports
         key = (vrf, proto, src, dst, sport, dport)
         e = self._flows.get(key)
+        if e is not None and e.pin is not None and e.pin != ingress[1]:
+            return self._drop("wrong_member")
         if e is not None and e.kind:
             whole = proto == 6 and not fw & (FLAG_MF | 0x1FFF)
             return self._hit(e, buf, off, tlen, ttl, proto, csum, fabric, now, off + ihl if whole else 0)
@@ -491,7 +496,7 @@ class Pipeline(NatPort):
             e.path = None  # type: ignore[assignment]  # set again for a tunnel entry
         if self._set_nat(e, spec):          # type: ignore[arg-type]  # a NAT entry (core/nat.py)
             return
-        e.nexthop, e.rule = spec.get("nexthop"), spec.get("rule")
+        e.nexthop, e.rule, e.member, e.pin = spec.get("nexthop"), spec.get("rule"), spec.get("member"), spec.get("pin")
         reason = None
         if spec["action"] != "forward":
             reason = spec.get("reason") or "policy_deny"

@@ -9,14 +9,17 @@ Between networks connected by policy, the reverse entry lives in the other netwo
 instance (``rvrf``: the network of the forward flow's destination), decided by that network's route
 and policy: each direction is keyed and judged in the network it starts in, at both vrouters.
 """
-from typing import Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
-from . import nat
+from . import ecmp, nat
 from .actions import PuntRequest
 from .config import VrouterConfig
 from .fib import Nexthop
 from .natschema import DEFAULT_VRF
 from .vrf import RoutingInstance, build_instances
+
+if TYPE_CHECKING:
+    from .flowtable import FlowEntry
 
 # Next-hop types that make an allowed flow a drop entry, and the drop reason each gives.
 NEXTHOP_DROPS = {"discard": "discard", "receive": "receive_unsupported"}
@@ -31,6 +34,8 @@ class EntrySpec(TypedDict):
     rule: int | None            # index of the policy rule that matched, -1 for the default
     vrf: NotRequired[int]       # a NAT reverse entry's routing instance, when not the decision's
     nat: NotRequired[dict[str, Any] | None]   # a NAT entry's translation (core/nat.py)
+    member: NotRequired[str]    # a service's member this flow goes to or comes from (core/ecmp.py)
+    pin: NotRequired[str]       # the entry FROM that member: the VIF or tunnel peer it must come from
 
 
 class Decision(TypedDict):
@@ -60,10 +65,12 @@ class SlowPath:
             nh = vrf.fib.lookup(dst)
             if nh is not None and (vrf_id == DEFAULT_VRF or nh["type"] == "external"):
                 return cast(Decision, nat.decide(self._vrfs, self._config, dict(request), vrf, nh))
-        fwd = self.evaluate(vrf, proto, src, dst, sport, dport)
+        ingress = (request["ingress"], request["port"])
+        fwd = self.evaluate(vrf, proto, src, dst, sport, dport, ingress)
         other = vrf.network_of(dst) if vrf is not None else None
         rvrf = vrf if other is None else self._vrfs.get(other.id)
-        rev = self.evaluate(rvrf, proto, dst, src, dport, sport) if self.mode == "proactive" else None
+        rev = self.evaluate(rvrf, proto, dst, src, dport, sport, ingress, True) if self.mode == "proactive" else None
+        ecmp.pin(fwd, rev)
         return {"vrf": vrf_id, "mode": self.mode, "forward": fwd, "reverse": rev,
                 "rvrf": vrf_id if other is None else other.id}
 
@@ -72,15 +79,31 @@ class SlowPath:
         agent that evaluates flows as decide does (the labs' checks)."""
         return self._vrfs.get(vrf_id)
 
+    def reevaluate(self, vrf: RoutingInstance, e: "FlowEntry") -> EntrySpec:
+        """An installed entry's spec under a new configuration, keeping its member while it is one;
+        a pinned entry keeps its pin until ``ecmp.repin`` (after every entry) follows its partner."""
+        spec = self.evaluate(vrf, *e.key[1:], keep=e.member)
+        nh = spec["nexthop"]
+        if nh is not None and "member" in nh:
+            spec["member"] = nh["member"]
+        elif e.pin is not None and e.member is not None:
+            spec["member"], spec["pin"] = e.member, e.pin
+        return spec
+
     def evaluate(self, vrf: RoutingInstance | None, proto: int, src: int, dst: int, sport: int,
-                 dport: int) -> EntrySpec:
-        """Entry spec for one direction: route lookup on the destination, then the network's policy."""
+                 dport: int, ingress: tuple[str, str] | None = None, reply: bool = False,
+                 keep: str | None = None) -> EntrySpec:
+        """Entry spec for one direction: route lookup on the destination, then the network's policy.
+        A service's composite next hop resolves to one member (``ecmp.choose``: the flow's
+        ``ingress``, whether this is the ``reply`` direction, the member to ``keep``)."""
         key = [proto, src, dst, sport, dport]
         if vrf is None:
             return _spec(key, "unknown_label")
         nh = vrf.fib.lookup(dst)
         if nh is None:
             return _spec(key, "no_route")
+        if nh["type"] == ecmp.COMPOSITE:
+            nh = ecmp.choose(nh, (proto, src, dst, sport, dport), ingress, reply, keep)
         allowed, rule = vrf.policy.evaluate(proto, src, dst, sport, dport)
         return _spec(key, NEXTHOP_DROPS.get(nh["type"]) if allowed else "policy_deny", nh, rule)
 

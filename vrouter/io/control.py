@@ -40,8 +40,13 @@ SET_SNAT = "set_snat"
 LIST_AGENTS = "list_agents"
 DUMP = "dump"
 PATH_REPORTS = "path_reports"
+ADD_SERVICE = "add_service"                 # a load-balanced address (vrouter/core/ecmp.py)
+REMOVE_SERVICE = "remove_service"
+ADD_SERVICE_MEMBER = "add_service_member"
+REMOVE_SERVICE_MEMBER = "remove_service_member"
 ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, SET_FLOW_LIMIT, SET_FLOATING_IP, SET_SNAT,
-                 LIST_AGENTS, DUMP, PATH_REPORTS)
+                 LIST_AGENTS, DUMP, PATH_REPORTS, ADD_SERVICE, REMOVE_SERVICE, ADD_SERVICE_MEMBER,
+                 REMOVE_SERVICE_MEMBER)
 # Controller -> agent notification: ``[generation, config]`` of that agent's server.
 CONFIG = "config"
 
@@ -202,6 +207,17 @@ class AdminClient:
 
     def set_snat(self, network: str, on: bool) -> ChangeReply:
         return cast("ChangeReply", self.call(SET_SNAT, network, on))
+    def add_service(self, name: str, network: str, address: str, members: list[str]) -> ChangeReply:
+        return cast("ChangeReply", self.call(ADD_SERVICE, name, network, address, members))
+
+    def remove_service(self, name: str) -> ChangeReply:
+        return cast("ChangeReply", self.call(REMOVE_SERVICE, name))
+
+    def add_service_member(self, name: str, vm: str) -> ChangeReply:
+        return cast("ChangeReply", self.call(ADD_SERVICE_MEMBER, name, vm))
+
+    def remove_service_member(self, name: str, vm: str) -> ChangeReply:
+        return cast("ChangeReply", self.call(REMOVE_SERVICE_MEMBER, name, vm))
 
     def list_agents(self) -> list[AgentInfo]:
         return cast("list[AgentInfo]", self.call(LIST_AGENTS))

@@ -29,8 +29,9 @@ def attach(spec, netns, network, mtu: int, queues: int = 1, offloads: bool = Tru
     """Queue fds (one unless `queues` > 1) for VM interface `spec`, creating it on first use.
 
     A new TAP is created here (server namespace), moved into the VM's namespace, and given the VM's
-    MAC, address, MTU and a default route via the network's gateway (the vrouter answers ARP for it).
-    An existing one (vrouter restart) is only re-attached and given the MTU, which the configuration
+    MAC, address, MTU and a default route via the network's gateway (the vrouter answers ARP for it),
+    and the service addresses it is a member of (``set_services``). An existing one (vrouter restart)
+    is only re-attached and given the MTU, which the configuration
     decides (`vrouter.core.offload.vm_mtu`). Every fd carries virtio_net_hdrs; `offloads` (the GSO switch)
     says whether the device advertises checksum offload and TSO.
     """
@@ -101,8 +102,35 @@ def configure(spec, netns, network, mtu: int) -> None:
         _ip("link", "set", spec.name, "mtu", str(mtu))
         _ip("link", "set", spec.name, "txqueuelen", str(VM_TXQUEUELEN))
         _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
+        for addr in spec.services:
+            _ip("addr", "replace", f"{int_to_ip(addr)}/32", "dev", spec.name)
         _ip("link", "set", spec.name, "up")
         _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
+
+
+def set_services(name: str, netns, add, remove) -> None:
+    """The service addresses (ints) a member VM answers for (vrouter/core/ecmp.py): each is a /32 on
+    its interface, so the VM accepts connections to it and replies from it."""
+    with tap.in_netns(netns):
+        for addr in add:
+            _ip("addr", "replace", f"{int_to_ip(addr)}/32", "dev", name)
+        for addr in remove:
+            # not checked: an address already gone (the VM's own doing) is what we wanted
+            subprocess.run(("ip", "addr", "del", f"{int_to_ip(addr)}/32", "dev", name), capture_output=True)
+
+
+def sync_services(old, spec, netns) -> str | None:
+    """A member VM's service addresses follow its VIF spec (``old``: the spec it had, None for an
+    interface attached now, e.g. after a vrouter restart); the error, if the addresses could not be set."""
+    have = set(old.services) if old is not None else set()
+    add, remove = set(spec.services) - have, have - set(spec.services)
+    if not (add or remove):
+        return None
+    try:
+        set_services(spec.name, netns, sorted(add), sorted(remove))
+    except (tap.TapError, VmSetupError) as exc:
+        return f"vif {spec.name}: service addresses not set: {exc}"
+    return None
 
 
 def _close(fds) -> None:

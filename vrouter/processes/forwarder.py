@@ -18,7 +18,6 @@ loop runs a probe round whenever the engine says one is due.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import os
@@ -39,7 +38,7 @@ from vrouter.io.poller import Poller
 from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
 from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort, mergeable
 from vrouter.processes.introspect import Introspector
-from vrouter.processes.launch import add_switch_arguments, parser, serve, setup_logging
+from vrouter.processes.launch import add_switch_arguments, parser, path_slots, serve, setup_logging, spin_us
 
 log = logging.getLogger("forwarder")
 PENDING_RETRY = 0.5
@@ -496,10 +495,16 @@ class Forwarder:
                 del self.pending[name]
         for name, spec in wanted.items():
             if name in self.vifs:
+                self._sync_services(self.vifs[name], self.vifs[name].spec, spec)
                 self.vifs[name].spec = spec
             else:
                 self.pending[name] = "waiting for the VM's namespace"
         self._attach_pending()
+
+    def _sync_services(self, port, old, spec):
+        error = vm_interface.sync_services(old, spec, port.netns)     # a member VM's addresses (core/ecmp.py)
+        if error:
+            log.error("%s", error)
 
     def _attach_pending(self):
         try:
@@ -523,6 +528,7 @@ class Forwarder:
                 continue
             del self.pending[name]
             port = self.vifs[name] = VifPort(spec, fds, entry["netns"])
+            self._sync_services(port, None, spec)
             if self.engine.reads_taps:
                 self.sel.register(port.fd, selectors.EVENT_READ, ("tap", name))
             self.engine.vif_up(name, port, entry)
@@ -546,28 +552,6 @@ class Forwarder:
             log.info("vif %s removed", name)
         else:
             os.close(port.fd)
-
-
-def path_slots(text: str) -> int:
-    """argparse type for --path-slots: 0 (off) or MIN_SLOTS..MAX_SLOTS."""
-    try:
-        k = int(text)
-    except ValueError:
-        k = -1
-    if k != 0 and not MIN_SLOTS <= k <= MAX_SLOTS:
-        raise argparse.ArgumentTypeError(f"give 0 (off) or a whole number {MIN_SLOTS}..{MAX_SLOTS}, not {text!r}")
-    return k
-
-
-def spin_us(text: str) -> float:
-    """argparse type for --spin-us: 0 (off) to 10,000 microseconds."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0 <= v <= 10_000:
-        raise argparse.ArgumentTypeError(f"give microseconds 0..10000, not {text!r}")
-    return v
 
 
 def main(argv=None):

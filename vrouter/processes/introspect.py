@@ -6,6 +6,7 @@ datapath or from all its workers' shards; the rest (configuration, VIFs, routes)
 """
 from __future__ import annotations
 
+from vrouter.core import ecmp
 from vrouter.core.codec.ipv4 import int_to_ip, ip_to_int
 from vrouter.core.vrf import build_instances
 from vrouter.io.introspect import OPS, IntrospectError
@@ -145,11 +146,15 @@ class Introspector:
         raise IntrospectError(f"no routing instance {want!r} on {self.fwd.server} (known: {known})")
 
     def _nexthops(self, req):
-        return nexthop_table(self._instances())
+        """The next hops; a composite's members carry their counters over the live flow table."""
+        instances = self._instances()
+        counters = ecmp.member_counters(self.fwd.engine.flows()) if self.fwd.engine.configured else {}
+        return nexthop_table(instances, counters)
 
 
-def nexthop_table(instances) -> list[dict]:
-    """Distinct next hops with stable ids (sorted), each with the routing instances that use it."""
+def nexthop_table(instances, counters=None) -> list[dict]:
+    """Distinct next hops with stable ids (sorted), each with the routing instances that use it; a
+    composite's members with ``counters`` (``ecmp.member_counters``: flows, packets/bytes to and from)."""
     seen: dict = {}
     for ri in instances.values():
         for _net, _plen, nh in ri.fib.routes():
@@ -160,4 +165,7 @@ def nexthop_table(instances) -> list[dict]:
     for i, key in enumerate(sorted(seen), 1):
         entry = seen[key]
         out.append({"id": i, **{k: v for k, v in entry.items() if k != "vrfs"}, "vrfs": sorted(entry["vrfs"])})
+        if entry.get("type") == ecmp.COMPOSITE:
+            zero = dict.fromkeys(("flows", "packets_to", "bytes_to", "packets_from", "bytes_from"), 0)
+            out[-1]["members"] = [{**m, **(counters or {}).get(m["member"], zero)} for m in entry["members"]]
     return out

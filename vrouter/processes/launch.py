@@ -9,6 +9,8 @@ import logging
 import signal
 import sys
 
+from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS
+
 PR_SET_PDEATHSIG = 1
 # A flow table of 64k entries is several hundred thousand long-lived objects; with CPython's default thresholds
 # (700, 10, 10) the collector re-scans them so often during a flood of new flows that it cost the
@@ -69,3 +71,25 @@ def tune_gc() -> None:
     """The collector of a process that holds a flow table (GC_THRESHOLDS says why)."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def path_slots(text: str) -> int:
+    """argparse type for --path-slots: 0 (off) or MIN_SLOTS..MAX_SLOTS."""
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if k != 0 and not MIN_SLOTS <= k <= MAX_SLOTS:
+        raise argparse.ArgumentTypeError(f"give 0 (off) or a whole number {MIN_SLOTS}..{MAX_SLOTS}, not {text!r}")
+    return k
+
+
+def spin_us(text: str) -> float:
+    """argparse type for --spin-us: 0 (off) to 10,000 microseconds."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 10_000:
+        raise argparse.ArgumentTypeError(f"give microseconds 0..10000, not {text!r}")
+    return v

@@ -16,6 +16,8 @@ def _nh_text(nh) -> str:
         return f"vif {nh.get('vif')}"
     if kind == "tunnel":
         return f"{nh.get('encap')} {nh.get('peer')} label {nh.get('label')}"
+    if kind == "composite":
+        return f"composite {nh.get('service')} [{', '.join(m['member'] for m in nh.get('members', []))}]"
     return str(kind)
 
 
@@ -45,6 +47,8 @@ def _flow_table(flows: list[dict]) -> str:
             extra.append(f"TCP:{f['tcp_state']}")
         if f.get("entropy_sport"):
             extra.append(f"UdpSrcPort {f['entropy_sport']}")
+        if f.get("member"):
+            extra.append(f"Member:{f['member']}" + (f" (pinned to {f['pin']})" if f.get("pin") else ""))
         role = {"forward": "F", "reverse": "R"}.get(f.get("role"), "-")
         lines.append(f"{'':>16}(Action:{action_letter.get(f.get('action'), '?')}, Role:{role}, "
                      f"Nh:{_nh_text(f.get('nexthop'))}, Stats:{f.get('packets', 0)}/{f.get('bytes', 0)}, "
@@ -77,15 +81,16 @@ def format_routes(table: dict) -> str:
     for r in table["routes"]:
         nh = r["nexthop"] or {}
         label = nh.get("label", "-") if nh.get("type") == "tunnel" else "-"
-        flags = {"tunnel": "LP", "vif": "P", "receive": "P", "discard": "P"}.get(nh.get("type"), "")
+        flags = {"tunnel": "LP", "vif": "P", "receive": "P", "discard": "P", "composite": "CP"}.get(nh.get("type"), "")
         leaked = f"  (network {r['network']}, by policy)" if r.get("network") else ""
         lines.append(f"{r['prefix']:<22}{r['prefix'].split('/')[1]:<6}{flags:<8}{label!s:<8}{_nh_text(nh)}{leaked}")
     return "\n".join(lines) + "\n"
 
 
 def format_nexthops(nhs: list[dict]) -> str:
-    lines = ["Id    Type     Fmly  Details"]
-    type_names = {"vif": "Encap", "tunnel": "Tunnel", "receive": "Receive", "discard": "Discard"}
+    lines = ["Id    Type       Fmly     Details"]
+    type_names = {"vif": "Encap", "tunnel": "Tunnel", "receive": "Receive", "discard": "Discard",
+                  "composite": "Composite"}
     for nh in nhs:
         kind = nh.get("type")
         if kind == "vif":
@@ -95,8 +100,14 @@ def format_nexthops(nhs: list[dict]) -> str:
                       f"Dmac:{nh.get('mac', '-')}")
         else:
             detail = ""
-        lines.append(f"{nh['id']:<6}{type_names.get(kind, str(kind)):<9}AF_INET  {detail}  "
+        if kind == "composite":
+            detail = f"Service:{nh.get('service')} Members:{len(nh.get('members', []))}"
+        lines.append(f"{nh['id']:<6}{type_names.get(kind, str(kind)):<11}AF_INET  {detail}  "
                      f"Vrf:{','.join(map(str, nh['vrfs']))}")
+        for m in nh.get("members", []) if kind == "composite" else []:
+            lines.append(f"{'':6}  member {m['member']:<12} {_nh_text(m):<36} Flows:{m.get('flows', 0)} "
+                         f"To:{m.get('packets_to', 0)}/{m.get('bytes_to', 0)} "
+                         f"From:{m.get('packets_from', 0)}/{m.get('bytes_from', 0)}")
     return "\n".join(lines) + "\n"
 
 
