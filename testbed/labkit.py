@@ -4,11 +4,16 @@ builders, hypothesis settings for property checks, and the handle of a running l
 Code labs plug the student's function into the real core (a SlowPath whose decide is the
 student's, a Gro with the student's merge rule, a BucketTable with the student's apportionment), so
 a check reports what the vrouter would do with the student's code, not what a copy of it would.
-A check that grades a running testbed gets its handle as ``ctx.testbed`` (testbed/lab.py ``Testbed``).
+A check that grades a running testbed gets its handle as ``ctx.testbed`` (testbed/lab.py ``Testbed``);
+``listening``, ``reach`` and ``entries_of`` try connections with known keys in its VMs and find the
+flow entries they left.
 """
 from __future__ import annotations
 
 import copy
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -22,7 +27,8 @@ from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
 
 __all__ = ["PROPERTY", "Drop", "Pair", "SRV1", "SRV2", "ToTunnel", "ToVif", "VM1", "VM1_MAC", "VM2",
-           "VM2_MAC", "Wrong", "flow_text", "icmp_frame", "server_config", "tcp_frame", "udp_frame"]
+           "VM2_MAC", "Wrong", "entries_of", "flow_text", "icmp_frame", "listening", "reach", "server_config",
+           "tcp_frame", "udp_frame"]
 
 # Deterministic (a check gives the same verdict twice), no example database left in the student's
 # folder, no deadline (a laptop VM is slow), few enough examples for a check in about a second, and
@@ -115,3 +121,44 @@ def flow_text(key: list[int] | tuple[int, ...]) -> str:
     """[6, src, dst, sport, dport] as 'tcp 192.168.1.11:40000 -> 192.168.1.12:80'."""
     proto, src, dst, sport, dport = key
     return f"{PROTO_NAMES.get(proto, proto)} {int_to_ip(src)}:{sport} -> {int_to_ip(dst)}:{dport}"
+
+
+# --------------------------------------------------------------------------- a running lab testbed
+
+REACH = (sys.executable, "-m", "testbed.measure.reach")
+
+
+@contextmanager
+def listening(tb: Any, ports: dict[str, tuple[list[int], list[int]]]) -> Iterator[None]:
+    """Listeners for the ``with`` block: {VM: ([TCP ports], [UDP ports])} (testbed/measure/reach.py:
+    TCP accepted and closed, UDP echoed); each is ready before the block runs and stopped by its PID
+    after it."""
+    procs = []
+    try:
+        for host, (tcp, udp) in ports.items():
+            procs.append(tb.start(host, *REACH, "listen", "--tcp", ",".join(map(str, sorted(set(tcp)))),
+                                  "--udp", ",".join(map(str, sorted(set(udp))))))
+        for (host, _), proc in zip(ports.items(), procs, strict=True):
+            if proc.stdout is None or proc.stdout.readline().strip() != "ready":
+                raise Wrong(f"could not start a listener in {host} (is a port of {ports[host]} taken?)",
+                            f"'sudo testbed exec {host} ss -ltnup'")
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def reach(tb: Any, host: str, proto: str, dst: str, port: int, sport: int, timeout: float = 1.5) -> bool:
+    """Whether a TCP connection / UDP answer / ping from ``host`` to ``dst``:``port`` with source port
+    (ICMP: identifier) ``sport`` gets through, so its flow entries are the key (proto, host's address,
+    dst, sport, port or sport) in `flow -l`."""
+    argv = (*REACH, "try", proto, dst, "--port", str(port), "--sport", str(sport), "--timeout", str(timeout))
+    return tb.exec(host, *argv, timeout=timeout + 20).returncode == 0
+
+
+def entries_of(flows: list[dict[str, Any]], proto: str, src: str, dst: str, sport: int,
+               dport: int) -> list[dict[str, Any]]:
+    """The entries of `flows` (introspection `flows`) of one flow, either direction."""
+    keys = {(proto, src, dst, sport, dport), (proto, dst, src, dport, sport)}
+    return [f for f in flows if (f["proto"], f["src"], f["dst"], f["sport"], f["dport"]) in keys]
