@@ -457,8 +457,8 @@ class Testbed:
 
     ``vr(server, op, **args)`` asks a vrouter what `testbed vr` shows (ops of vrouter/io/introspect.py:
     flows, vifs, routes, nexthops, dropstats, stats, paths, pressure), e.g. ``tb.vr("srv1", "flows")``;
-    ``exec(host, *argv)`` runs a command in a server or VM; ``testbed(command, *args)`` runs a testbed
-    command on this testbed (``tb.testbed("net policy", ...)``)."""
+    ``exec(host, *argv)`` runs a command in a server or VM (``start(host, *argv)``: in the background);
+    ``testbed(command, *args)`` runs a testbed command on this testbed (``tb.testbed("net policy", ...)``)."""
 
     def __init__(self, prefix: str, run_root: str | None, rundir: Path):
         self.prefix, self.run_root, self.rundir = prefix, run_root, rundir
@@ -477,14 +477,23 @@ class Testbed:
     def exec(self, host: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
         """Runs ``argv`` in a server or VM of the testbed (what `testbed exec HOST ...` does, but
         captured), e.g. ``tb.exec("red1", "ping", "-c1", "-W1", "192.168.1.13").returncode``."""
+        try:
+            return subprocess.run(self._in(host, argv), capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise Wrong(f"'{' '.join(argv)}' in {host} did not finish in {timeout:.0f} s") from None
+
+    def start(self, host: str, *argv: str) -> subprocess.Popen:
+        """Starts ``argv`` in a server or VM in the background (a listener, a load), its stdout a
+        text pipe; the caller stops it by its PID (``proc.terminate()``) before the check returns."""
+        return subprocess.Popen(self._in(host, argv), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+
+    def _in(self, host: str, argv: tuple[str, ...]) -> list[str]:
+        """``argv`` run in ``host``'s network namespace (nsenter execs it: the PID is the command's)."""
         handle = namespaces.by_host(RunDir(self.run_root, self.prefix)).get(host)
         if handle is None:
             raise Wrong(f"the testbed has no host {host!r}", f"'sudo testbed status --prefix {self.prefix}'")
-        try:
-            return subprocess.run(["nsenter", f"--net={handle}", "--", *argv], capture_output=True,
-                                  text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise Wrong(f"'{' '.join(argv)}' in {host} did not finish in {timeout:.0f} s") from None
+        return ["nsenter", f"--net={handle}", "--", *argv]
 
     def vr(self, server: str, op: str, **args: Any) -> Any:
         try:

@@ -5,12 +5,17 @@ one way to apply a script of testbed commands (a solution's) to it.
 Code labs plug the student's function into the real core (a SlowPath whose decide is the
 student's, a Gro with the student's merge rule, a BucketTable with the student's apportionment), so
 a check reports what the vrouter would do with the student's code, not what a copy of it would.
-A check that grades a running testbed gets its handle as ``ctx.testbed`` (testbed/lab.py ``Testbed``).
+A check that grades a running testbed gets its handle as ``ctx.testbed`` (testbed/lab.py ``Testbed``);
+``listening``, ``reach`` and ``entries_of`` try connections with known keys in its VMs and find the
+flow entries they left.
 """
 from __future__ import annotations
 
 import copy
 import shlex
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,8 @@ from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
 
 __all__ = ["PROPERTY", "Drop", "Pair", "SRV1", "SRV2", "ToTunnel", "ToVif", "VM1", "VM1_MAC", "VM2",
-           "VM2_MAC", "Wrong", "apply_script", "flow_text", "icmp_frame", "script_commands", "server_config",
+           "VM2_MAC", "Wrong", "apply_script", "entries_of", "flow_text", "icmp_frame", "listening", "reach",
+           "script_commands", "server_config",
            "tcp_frame", "udp_frame"]
 
 # Deterministic (a check gives the same verdict twice), no example database left in the student's
@@ -150,3 +156,44 @@ def apply_script(tb: Any, path: Path) -> None:
         if done.returncode:
             raise Wrong(f"'testbed {name} {shlex.join(args)}' failed (exit {done.returncode}): "
                         f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}", str(path))
+
+
+# --------------------------------------------------------------------------- a running lab testbed
+
+REACH = (sys.executable, "-m", "testbed.measure.reach")
+
+
+@contextmanager
+def listening(tb: Any, ports: dict[str, tuple[list[int], list[int]]]) -> Iterator[None]:
+    """Listeners for the ``with`` block: {VM: ([TCP ports], [UDP ports])} (testbed/measure/reach.py:
+    TCP accepted and closed, UDP echoed); each is ready before the block runs and stopped by its PID
+    after it."""
+    procs = []
+    try:
+        for host, (tcp, udp) in ports.items():
+            procs.append(tb.start(host, *REACH, "listen", "--tcp", ",".join(map(str, sorted(set(tcp)))),
+                                  "--udp", ",".join(map(str, sorted(set(udp))))))
+        for (host, _), proc in zip(ports.items(), procs, strict=True):
+            if proc.stdout is None or proc.stdout.readline().strip() != "ready":
+                raise Wrong(f"could not start a listener in {host} (is a port of {ports[host]} taken?)",
+                            f"'sudo testbed exec {host} ss -ltnup'")
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def reach(tb: Any, host: str, proto: str, dst: str, port: int, sport: int, timeout: float = 1.5) -> bool:
+    """Whether a TCP connection / UDP answer / ping from ``host`` to ``dst``:``port`` with source port
+    (ICMP: identifier) ``sport`` gets through, so its flow entries are the key (proto, host's address,
+    dst, sport, port or sport) in `flow -l`."""
+    argv = (*REACH, "try", proto, dst, "--port", str(port), "--sport", str(sport), "--timeout", str(timeout))
+    return tb.exec(host, *argv, timeout=timeout + 20).returncode == 0
+
+
+def entries_of(flows: list[dict[str, Any]], proto: str, src: str, dst: str, sport: int,
+               dport: int) -> list[dict[str, Any]]:
+    """The entries of `flows` (introspection `flows`) of one flow, either direction."""
+    keys = {(proto, src, dst, sport, dport), (proto, dst, src, dport, sport)}
+    return [f for f in flows if (f["proto"], f["src"], f["dst"], f["sport"], f["dport"]) in keys]

@@ -1,5 +1,6 @@
-"""What the end-to-end tests of the testbed labs share: `testbed lab start N` on a fresh prefix and
-work folder, the CLI run as a class runs it, and `lab stop` however the test ends."""
+"""What the end-to-end tests of the testbed labs share: the `testbed` command line as a class runs
+it, in a work folder of the test's own (VNET_TESTBED_LAB_WORK), and `testbed lab start N` on a fresh
+prefix with `lab stop` however the test ends."""
 import contextlib
 import os
 import subprocess
@@ -11,10 +12,15 @@ def run_cli(*args, env, timeout=180):
                           timeout=timeout, env=env)
 
 
+def lab_env(work):
+    """The environment of a student whose lab-work folder is ``work``."""
+    return {**os.environ, "VNET_TESTBED_LAB_WORK": str(work)}
+
+
 @contextlib.contextmanager
 def started_lab(number, run_root, prefix, work):
     """Lab ``number`` started on its own testbed; yields the environment its commands need."""
-    env = {**os.environ, "VNET_TESTBED_LAB_WORK": str(work)}
+    env = lab_env(work)
     started = run_cli("lab", "start", str(number), "--prefix", prefix, "--run-root", str(run_root), env=env)
     try:
         assert started.returncode == 0, started.stdout + started.stderr

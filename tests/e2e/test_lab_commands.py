@@ -2,23 +2,17 @@
 default topology) for a fresh work folder, a second start is refused, the solution checks out, the
 testbed forwards, and stop brings it down and keeps the student's files."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from lab_helpers import lab_env, run_cli
 
 pytestmark = pytest.mark.e2e
 
 
-def run_cli(*args, env, timeout=180):
-    return subprocess.run([sys.executable, "-m", "testbed.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
 def test_lab_3_from_start_to_stop(run_root, new_prefix, tmp_path):
     prefix, work = new_prefix("l"), tmp_path / "work"
-    env = {**os.environ, "VNET_TESTBED_LAB_WORK": str(work)}
+    env = lab_env(work)
     opts = ["--prefix", prefix, "--run-root", str(run_root)]
     r = run_cli("lab", "start", "3", *opts, env=env)
     try:
