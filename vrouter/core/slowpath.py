@@ -7,9 +7,13 @@ a reverse packet misses. Requests and decisions are plain dicts/lists/ints/strin
 """
 from typing import TypedDict
 
+from collections.abc import Container
+
 from .actions import PuntRequest
 from .config import VrouterConfig
+from .drops import REASONS
 from .fib import Nexthop
+from .flowtable import DROP, TO_TUNNEL, TO_VIF
 from .vrf import RoutingInstance, build_instances
 
 # Next-hop types that make an allowed flow a drop entry, and the drop reason each gives.
@@ -66,6 +70,24 @@ class SlowPath:
             return _spec(key, "no_route")
         allowed, rule = vrf.policy.evaluate(proto, src, dst, sport, dport)
         return _spec(key, NEXTHOP_DROPS.get(nh["type"]) if allowed else "policy_deny", nh, rule)
+
+
+def entry_kind(spec: EntrySpec, vifs: Container[str]) -> tuple[int, str | None]:
+    """What a flow entry made from ``spec`` does: (TO_VIF | TO_TUNNEL, None) or (DROP, its drop reason).
+    ``vifs``: the VM interfaces of this vrouter (a next hop to one it does not have is no route).
+    The pipeline installs entries by it and ``testbed trace`` (core/explain.py) predicts them by it."""
+    reason = None
+    if spec["action"] != "forward":
+        reason = spec.get("reason") or "policy_deny"
+    else:
+        nh: Nexthop = spec["nexthop"]  # type: ignore[assignment]  # a forward spec has its next hop
+        kind = nh["type"]
+        if kind == "vif" and nh["vif"] in vifs:
+            return TO_VIF, None
+        if kind == "tunnel":
+            return TO_TUNNEL, None
+        reason = NEXTHOP_DROPS.get(kind, "no_route")
+    return DROP, reason if reason in REASONS else "policy_deny"
 
 
 def _spec(key: list[int], reason: str | None, nexthop: Nexthop | None = None, rule: int | None = None) -> EntrySpec:
