@@ -5,9 +5,8 @@ entry, each with its own route lookup and policy verdict, so the first reply pac
 flow table. Reactive mode (the baseline) carries only the forward entry; the reverse is decided when
 a reverse packet misses. Requests and decisions are plain dicts/lists/ints/strings (msgpack-safe).
 """
-from typing import TypedDict
-
 from collections.abc import Container
+from typing import TypedDict
 
 from .actions import PuntRequest
 from .config import VrouterConfig
