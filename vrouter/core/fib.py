@@ -24,10 +24,17 @@ class Fib:
 
     def lookup(self, addr: int) -> Nexthop | None:
         """The next hop of the longest matching prefix, or None."""
+        m = self.match(addr)
+        return m[2] if m is not None else None
+
+    def match(self, addr: int) -> tuple[int, int, Nexthop] | None:
+        """The longest matching prefix (network, length, next hop), or None: what ``lookup`` decides
+        on, with the prefix that decided it (``testbed trace`` names it)."""
         for plen in self._lengths:
-            nh = self._by_len[plen].get(addr & ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF))
+            net = addr & ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF)
+            nh = self._by_len[plen].get(net)
             if nh is not None:
-                return nh
+                return net, plen, nh
         return None
 
     def routes(self) -> list[tuple[int, int, Nexthop]]:

@@ -229,6 +229,12 @@ class Paths:
         self._busy = True
         return s
 
+    def peek(self, peer: str, encap: str, flow_hash: int) -> Slot | None:
+        """The slot ``acquire`` would give, without taking it (None: no path to the peer yet, whose
+        slots get random ports when its first flow is set up); for ``testbed trace``."""
+        p = self.paths.get((peer, encap))
+        return p.slots[flow_hash % self.k] if p is not None else None
+
     def _path(self, peer: str, encap: str) -> Path:
         p = self.paths.get((peer, encap))
         if p is None:

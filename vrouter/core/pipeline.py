@@ -56,7 +56,7 @@ from .flowtable import (
 from .fragments import Fragments
 from .nat import NatPort
 from .paths import PROBED, Fixed, Paths, PortCell, is_message
-from .slowpath import NEXTHOP_DROPS, Decision, EntrySpec, SlowPath
+from .slowpath import Decision, EntrySpec, SlowPath, entry_kind
 from .vrf import build_instances
 
 # One unpack per packet on the hit path: outer label/VNI (if any) + inner IPv4 + ports.
@@ -497,28 +497,20 @@ class Pipeline(NatPort):
         if self._set_nat(e, spec):          # type: ignore[arg-type]  # a NAT entry (core/nat.py)
             return
         e.nexthop, e.rule, e.member, e.pin = spec.get("nexthop"), spec.get("rule"), spec.get("member"), spec.get("pin")
-        reason = None
-        if spec["action"] != "forward":
-            reason = spec.get("reason") or "policy_deny"
-        else:
-            nh: Nexthop = spec["nexthop"]  # type: ignore[assignment]  # a forward spec has its next hop
-            kind = nh["type"]
-            if kind == "vif" and nh["vif"] in self._vifs:
-                e.kind, e.vif, e.prefix = TO_VIF, nh["vif"], self._vifs[nh["vif"]].eth
-            elif kind == "tunnel":
-                e.kind, e.peer, e.encap = TO_TUNNEL, nh["peer"], nh["encap"]
-                e.path = self._port_cell(nh["peer"], nh["encap"], e.key)
-                pkey = (nh["encap"], nh["label"], nh.get("mac"))
-                prefix = self._prefixes.get(pkey)
-                if prefix is None:          # one per tunnel next hop of the config: built once
-                    prefix = self._prefixes[pkey] = encap_prefix(
-                        nh["encap"], nh["label"], ethernet.mac_to_bytes(nh["mac"]) if nh.get("mac") else VROUTER_MAC)
-                e.prefix = prefix
-            else:
-                reason = NEXTHOP_DROPS.get(kind, "no_route")
+        kind, reason = entry_kind(spec, self._vifs)
+        nh: Nexthop = spec["nexthop"]  # type: ignore[assignment]  # the forwarding kinds have their next hop
+        if kind == TO_VIF:
+            e.kind, e.vif, e.prefix = TO_VIF, nh["vif"], self._vifs[nh["vif"]].eth
+        elif kind == TO_TUNNEL:
+            e.kind, e.peer, e.encap = TO_TUNNEL, nh["peer"], nh["encap"]
+            e.path = self._port_cell(nh["peer"], nh["encap"], e.key)
+            pkey = (nh["encap"], nh["label"], nh.get("mac"))
+            prefix = self._prefixes.get(pkey)
+            if prefix is None:              # one per tunnel next hop of the config: built once
+                prefix = self._prefixes[pkey] = encap_prefix(
+                    nh["encap"], nh["label"], ethernet.mac_to_bytes(nh["mac"]) if nh.get("mac") else VROUTER_MAC)
+            e.prefix = prefix
         if reason is not None:
-            if reason not in self._drops:
-                reason = "policy_deny"
             e.kind, e.reason, e.drop = DROP, reason, self._drop_actions[reason]
         else:
             e.reason = e.drop = None  # type: ignore[assignment]  # not a DROP entry (any more)

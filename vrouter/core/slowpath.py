@@ -9,12 +9,15 @@ Between networks connected by policy, the reverse entry lives in the other netwo
 instance (``rvrf``: the network of the forward flow's destination), decided by that network's route
 and policy: each direction is keyed and judged in the network it starts in, at both vrouters.
 """
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 from . import ecmp, nat
 from .actions import PuntRequest
 from .config import VrouterConfig
+from .drops import REASONS
 from .fib import Nexthop
+from .flowtable import DROP, TO_TUNNEL, TO_VIF
 from .natschema import DEFAULT_VRF
 from .vrf import RoutingInstance, build_instances
 
@@ -106,6 +109,24 @@ class SlowPath:
             nh = ecmp.choose(nh, (proto, src, dst, sport, dport), ingress, reply, keep)
         allowed, rule = vrf.policy.evaluate(proto, src, dst, sport, dport)
         return _spec(key, NEXTHOP_DROPS.get(nh["type"]) if allowed else "policy_deny", nh, rule)
+
+
+def entry_kind(spec: EntrySpec, vifs: Container[str]) -> tuple[int, str | None]:
+    """What a flow entry made from ``spec`` does: (TO_VIF | TO_TUNNEL, None) or (DROP, its drop reason).
+    ``vifs``: the VM interfaces of this vrouter (a next hop to one it does not have is no route).
+    The pipeline installs entries by it and ``testbed trace`` (core/explain.py) predicts them by it."""
+    reason = None
+    if spec["action"] != "forward":
+        reason = spec.get("reason") or "policy_deny"
+    else:
+        nh: Nexthop = spec["nexthop"]  # type: ignore[assignment]  # a forward spec has its next hop
+        kind = nh["type"]
+        if kind == "vif" and nh["vif"] in vifs:
+            return TO_VIF, None
+        if kind == "tunnel":
+            return TO_TUNNEL, None
+        reason = NEXTHOP_DROPS.get(kind, "no_route")
+    return DROP, reason if reason in REASONS else "policy_deny"
 
 
 def _spec(key: list[int], reason: str | None, nexthop: Nexthop | None = None, rule: int | None = None) -> EntrySpec:

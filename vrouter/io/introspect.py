@@ -27,6 +27,11 @@ Protocol (msgpack maps on the stream socket `<rundir>/vr/<server>/introspect.soc
                             rerolls, flows_moved, ...), "paths": per (peer, encap) its slots (port its flows
                             use, probe_port, home, alive, flows, sent, answered, misses, died, revived) and totals,
                             "reports_waiting" / "reports_sent" / "reports_dropped" (events for the VNC)}
+    explain   at, proto,    one packet's way through this vrouter, changing nothing (vrouter/core/explain.py,
+              src, dst,     `testbed trace`): at "vif" with vif (its name), or at "fabric" with outer_src
+              sport, dport  (underlay address), encap and label; addresses as strings, ICMP echo id in
+                            both ports; result {"steps": [{kind, place, fields}], "outcome": {...},
+                            "generation", "mode"}. Single forwarder only.
 `stats` also has "gro" (deliveries, segments, segments_per_delivery, merged_*, histogram of segments
 per delivery, flush reasons), "gso" (UDP_SEGMENT sends, segments, segments_per_send, fallback) and
 "vm_mtu" (vrouter/core/offload.py).
@@ -40,7 +45,7 @@ from vrouter.io import ipc
 
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set",
-       "pressure", "paths", "stamp")
+       "pressure", "paths", "stamp", "explain")
 
 
 class IntrospectError(Exception):

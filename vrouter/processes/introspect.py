@@ -6,7 +6,7 @@ datapath or from all its workers' shards; the rest (configuration, VIFs, routes)
 """
 from __future__ import annotations
 
-from vrouter.core import ecmp
+from vrouter.core import ecmp, explain
 from vrouter.core.codec.ipv4 import int_to_ip, ip_to_int
 from vrouter.core.vrf import build_instances
 from vrouter.io.introspect import OPS, IntrospectError
@@ -78,6 +78,27 @@ class Introspector:
         if "on" in req:
             engine.set_stamping(req["on"], self.fwd.tunnels)
         return {"stamps": taken, "on": engine.datapath.stamps is not None}
+
+    def _explain(self, req):
+        """One packet's way through this vrouter, read-only (vrouter/core/explain.py)."""
+        engine = self._engine()
+        if not hasattr(engine, "datapath"):
+            raise IntrospectError(f"vrouter {self.fwd.server}: explain needs the single forwarder "
+                                  "(this one runs worker processes, each with its own flow table)")
+        pipe = engine.datapath.pipeline
+        try:
+            proto, sport, dport = (int(req[k]) for k in ("proto", "sport", "dport"))
+            src, dst = ip_to_int(str(req["src"])), ip_to_int(str(req["dst"]))
+            if req.get("at") == "vif":
+                out = explain.from_vif(pipe, str(req["vif"]), proto, src, dst, sport, dport)
+            elif req.get("at") == "fabric":
+                out = explain.from_fabric(pipe, str(req["outer_src"]), str(req["encap"]), int(req["label"]),
+                                          proto, src, dst, sport, dport)
+            else:
+                raise IntrospectError("explain: at must be 'vif' or 'fabric'")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntrospectError(f"explain: bad request ({type(exc).__name__}: {exc})") from None
+        return {**out, "generation": self.fwd.generation, "mode": pipe.config.flow.mode}
 
     def _stats(self, req):
         f = self.fwd
