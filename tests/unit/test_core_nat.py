@@ -13,6 +13,7 @@ from vrouter.core.gso import pseudo_sum
 from vrouter.core.nat import PortAllocator, adjust
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
+from vrouter.tools import tables
 
 INET = "203.0.113.10"
 FIP = "198.51.100.11"
@@ -120,6 +121,24 @@ def test_snat_takes_a_port_the_reply_comes_back_and_the_port_returns_at_flow_end
     assert v.punts == 1
     assert v.pipe.expire(1000.0) == 2
     assert v.pipe.nat.state()["ports_in_use"]["udp"] == 0
+
+
+def test_nat_state_and_its_table_show_the_floating_ips_and_a_snat_port_taken_then_freed():
+    v = Vrouter(nat_config(ports=(2000, 2009)))
+    v.vm("tr-red3", udp_frame(VM3, INET, 33333, 53, payload=b"q"))        # source NAT: tr-red1 has a floating IP
+    state = v.pipe.nat.state()
+    assert state["floating_ips"] == [{"vif": "tr-red1", "address": FIP}]
+    assert (state["snat_address"], state["snat_networks"], state["snat_ports"]) == (SNAT, ["red"], [2000, 2009])
+    assert state["ports_in_use"] == {"tcp": 0, "udp": 1, "icmp": 0}
+    assert state["ports_free"] == {"tcp": 10, "udp": 9, "icmp": 10} and state["nat_flows"] == 2
+    text = tables.format_nat(state)
+    assert f"Floating IPs: {FIP} (vif tr-red1)" in text
+    assert f"Source NAT: networks red -> {SNAT}, ports 2000-2009" in text
+    assert "  udp          1       9" in text
+    v.pipe.expire(1000.0)
+    assert "  udp          0      10" in tables.format_nat(v.pipe.nat.state())
+    assert tables.format_nat(Vrouter(server_dict("srv1")).pipe.nat.state()) == \
+        "NAT off: no NAT in this server's configuration\n"
 
 
 def test_snat_of_two_vms_gets_two_ports_and_each_reply_finds_its_vm():

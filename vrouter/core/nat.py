@@ -43,6 +43,7 @@ from .vrf import RoutingInstance
 
 _PORTED = (IPPROTO_TCP, IPPROTO_UDP)
 _ECHO = (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
+_PROTOCOLS = (("tcp", IPPROTO_TCP), ("udp", IPPROTO_UDP), ("icmp", IPPROTO_ICMP))     # SNAT's port spaces
 _H = struct.Struct("!H")
 _HH = struct.Struct("!HH")
 _II = struct.Struct("!II")
@@ -72,6 +73,9 @@ class PortAllocator:
         if used is not None and port in used:
             used.discard(port)
             self._free[proto].append(port)
+
+    def size(self) -> int:
+        return self.last - self.first + 1
 
     def in_use(self, proto: int | None = None) -> int:
         return sum(len(u) for p, u in self._used.items() if proto is None or p == proto)
@@ -290,15 +294,16 @@ class Nat:
         return [ToVif(r.vif, r.prefix + out)]
 
     def state(self) -> dict[str, Any]:
-        """The NAT settings and the SNAT ports in use (the ``nat`` introspection op)."""
+        """The NAT settings, the SNAT ports in use and free per protocol (the ``nat`` introspection op)."""
         nat = self.settings
         if nat is None:
-            return {"enabled": False}
+            return {"enabled": False, "why": "no NAT in this server's configuration"}
         ports = self.ports
+        used = {name: ports.in_use(p) for name, p in _PROTOCOLS} if ports is not None else {}
         return {"enabled": True, "floating": f"{int_to_ip(nat.floating[0])}/{nat.floating[1]}",
                 "snat_address": int_to_ip(nat.snat_address) if nat.snat_address is not None else None,
                 "snat_networks": list(nat.snat_networks), "snat_ports": list(nat.snat_ports),
                 "floating_ips": [{"vif": f.vm, "address": int_to_ip(f.address)} for f in nat.floating_ips],
-                "ports_in_use": {name: ports.in_use(p) for name, p in (("tcp", 6), ("udp", 17), ("icmp", 1))}
-                if ports is not None else {},
+                "ports_in_use": used,
+                "ports_free": {name: ports.size() - n for name, n in used.items()} if ports is not None else {},
                 "nat_flows": sum(1 for e in self.table.entries.values() if e.nat is not None)}

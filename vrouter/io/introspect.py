@@ -27,6 +27,10 @@ Protocol (msgpack maps on the stream socket `<rundir>/vr/<server>/introspect.soc
                             rerolls, flows_moved, ...), "paths": per (peer, encap) its slots (port its flows
                             use, probe_port, home, alive, flows, sent, answered, misses, died, revived) and totals,
                             "reports_waiting" / "reports_sent" / "reports_dropped" (events for the VNC)}
+    nat       -             floating IPs and source NAT (`Nat.state`, vrouter/core/nat.py): {"enabled"
+                            (false: "why"), "floating" (the range), "floating_ips" [{vif, address}],
+                            "snat_address", "snat_networks", "snat_ports" [first, last], "ports_in_use"
+                            and "ports_free" {tcp, udp, icmp}, "nat_flows" (entries with a translation)}
 `stats` also has "gro" (deliveries, segments, segments_per_delivery, merged_*, histogram of segments
 per delivery, flush reasons), "gso" (UDP_SEGMENT sends, segments, segments_per_send, fallback) and
 "vm_mtu" (vrouter/core/offload.py).
@@ -40,7 +44,7 @@ from vrouter.io import ipc
 
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set",
-       "pressure", "paths", "stamp")
+       "pressure", "paths", "nat", "stamp")
 
 
 class IntrospectError(Exception):
