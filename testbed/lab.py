@@ -456,7 +456,7 @@ class Testbed:
     """The running lab testbed, for checks that grade it (check_uses_testbed: true in lab.yaml).
 
     ``vr(server, op, **args)`` asks a vrouter what `testbed vr` shows (ops of vrouter/io/introspect.py:
-    flows, vifs, routes, nexthops, dropstats, stats, paths, pressure), e.g. ``tb.vr("srv1", "flows")``;
+    flows, vifs, routes, nexthops, dropstats, stats, paths, pressure, nat), e.g. ``tb.vr("srv1", "flows")``;
     ``exec(host, *argv)`` runs a command in a server or VM (``start(host, *argv)``: in the background);
     ``testbed(command, *args)`` runs a testbed command on this testbed (``tb.testbed("net policy", ...)``)."""
 

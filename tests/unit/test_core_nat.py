@@ -13,6 +13,7 @@ from vrouter.core.gso import pseudo_sum
 from vrouter.core.nat import PortAllocator, adjust
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
+from vrouter.tools import tables
 
 INET = "203.0.113.10"
 FIP = "198.51.100.11"
@@ -47,7 +48,7 @@ class Vrouter:
         return self.settle(self.pipe.from_vif(vif, frame, now), now)
 
     def outside(self, packet, now=0.0):
-        return self.settle(self.pipe.from_external(packet, now), now)
+        return self.settle(self.pipe.nat.from_external(packet, now), now)
 
 
 def checked(packet):
@@ -111,7 +112,7 @@ def test_snat_takes_a_port_the_reply_comes_back_and_the_port_returns_at_flow_end
     p = checked(out.packet)
     assert p.src == SNAT and p[UDP].dport == 53
     port = p[UDP].sport
-    assert v.pipe.nat_state()["ports_in_use"]["udp"] == 1
+    assert v.pipe.nat.state()["ports_in_use"]["udp"] == 1
     reply = ipv4.build(ip_to_int(INET), ip_to_int(SNAT), ipv4.IPPROTO_UDP,
                        l4.build_udp(ip_to_int(INET), ip_to_int(SNAT), 53, port, b"a"))
     (back,) = v.outside(reply)
@@ -119,7 +120,25 @@ def test_snat_takes_a_port_the_reply_comes_back_and_the_port_returns_at_flow_end
     assert (back.vif, q.dst, q[UDP].dport, bytes(q[UDP].payload)) == ("tr-red1", VM1, 33333, b"a")
     assert v.punts == 1
     assert v.pipe.expire(1000.0) == 2
-    assert v.pipe.nat_state()["ports_in_use"]["udp"] == 0
+    assert v.pipe.nat.state()["ports_in_use"]["udp"] == 0
+
+
+def test_nat_state_and_its_table_show_the_floating_ips_and_a_snat_port_taken_then_freed():
+    v = Vrouter(nat_config(ports=(2000, 2009)))
+    v.vm("tr-red3", udp_frame(VM3, INET, 33333, 53, payload=b"q"))        # source NAT: tr-red1 has a floating IP
+    state = v.pipe.nat.state()
+    assert state["floating_ips"] == [{"vif": "tr-red1", "address": FIP}]
+    assert (state["snat_address"], state["snat_networks"], state["snat_ports"]) == (SNAT, ["red"], [2000, 2009])
+    assert state["ports_in_use"] == {"tcp": 0, "udp": 1, "icmp": 0}
+    assert state["ports_free"] == {"tcp": 10, "udp": 9, "icmp": 10} and state["nat_flows"] == 2
+    text = tables.format_nat(state)
+    assert f"Floating IPs: {FIP} (vif tr-red1)" in text
+    assert f"Source NAT: networks red -> {SNAT}, ports 2000-2009" in text
+    assert "  udp          1       9" in text
+    v.pipe.expire(1000.0)
+    assert "  udp          0      10" in tables.format_nat(v.pipe.nat.state())
+    assert tables.format_nat(Vrouter(server_dict("srv1")).pipe.nat.state()) == \
+        "NAT off: no NAT in this server's configuration\n"
 
 
 def test_snat_of_two_vms_gets_two_ports_and_each_reply_finds_its_vm():
@@ -169,7 +188,7 @@ def test_a_nat_flow_is_refused_at_the_vms_flow_limit():
     v = Vrouter(d)
     assert isinstance(v.vm("tr-red1", udp_frame(VM1, INET, 1, 53))[0], ToExternal)
     assert v.vm("tr-red1", udp_frame(VM1, INET, 2, 53)) == [Drop("vm_flow_limit")]
-    assert v.pipe.nat_state()["ports_in_use"]["udp"] == 1
+    assert v.pipe.nat.state()["ports_in_use"]["udp"] == 1
 
 
 def test_inbound_floating_flows_count_against_the_vm():
@@ -188,7 +207,7 @@ def test_without_nat_the_vm_has_no_way_out_and_unsolicited_snat_traffic_is_dropp
     assert v.outside(tcp_packet(INET, SNAT, 1, 22, TCP_SYN)) == [Drop("nat_no_flow")]
     plain = Vrouter(server_dict("srv1"))
     assert plain.vm("tr-red1", udp_frame(VM1, INET, 1, 53)) == [Drop("no_route")]
-    assert plain.pipe.from_external(tcp_packet(INET, FIP, 1, 22, TCP_SYN), 0.0) == [Drop("no_route")]
+    assert plain.pipe.nat.from_external(tcp_packet(INET, FIP, 1, 22, TCP_SYN), 0.0) == [Drop("no_route")]
 
 
 def test_removing_the_floating_ip_removes_its_flows():

@@ -6,7 +6,7 @@ Why here and how (docs/vrouter-core.md, "NAT and the default network"):
   forwarding table: what is outside every virtual network goes to the gateway without a tunnel, as
   a plain IP packet out of the server's external port (``ToExternal``; the shell writes it to a TUN
   device in the server's namespace, whose kernel routes it to the gateway), and what comes in on
-  that port (``Pipeline.from_external``) is keyed in the default network.
+  that port (``Nat.from_external``) is keyed in the default network.
 - A VM's packet whose route is ``external`` is translated: to its VM's floating IP (1:1), else to
   the server's SNAT address with a port from a ``PortAllocator`` (ICMP echo: the identifier).
   The forward entry is keyed like any VM flow and rewrites the source; the reverse entry is keyed
@@ -27,14 +27,15 @@ Pure (a core module).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from .actions import Action, Drop, ToExternal, ToVif
 from .codec.errors import Malformed
 from .codec.ipv4 import FLAG_MF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, OFFSET_MASK, checksum, int_to_ip
 from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST
 from .config import VrouterConfig
-from .flowkey import Extracted, FlowKey, extract
+from .flowkey import Extracted, extract
 from .flowtable import DROP, HELD_EXTERNAL, NAT, FlowEntry, FlowTable, Held
 from .gso import fold, pseudo_sum
 from .natschema import DEFAULT_VRF, NatSettings
@@ -42,6 +43,7 @@ from .vrf import RoutingInstance
 
 _PORTED = (IPPROTO_TCP, IPPROTO_UDP)
 _ECHO = (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
+_PROTOCOLS = (("tcp", IPPROTO_TCP), ("udp", IPPROTO_UDP), ("icmp", IPPROTO_ICMP))     # SNAT's port spaces
 _H = struct.Struct("!H")
 _HH = struct.Struct("!HH")
 _II = struct.Struct("!II")
@@ -71,6 +73,9 @@ class PortAllocator:
         if used is not None and port in used:
             used.discard(port)
             self._free[proto].append(port)
+
+    def size(self) -> int:
+        return self.last - self.first + 1
 
     def in_use(self, proto: int | None = None) -> int:
         return sum(len(u) for p, u in self._used.items() if proto is None or p == proto)
@@ -193,24 +198,26 @@ def _refused(request: dict[str, Any], key: list[int], reason: str) -> dict[str, 
 
 
 # ---------------------------------------------------------------- the pipeline's side
-class NatPort:
-    """What the pipeline (core/pipeline.py, which mixes this in) does for NAT: the external port,
-    SNAT ports at install, the NAT entries' actions, and their fate when the configuration changes."""
-    _nat: NatSettings | None = None
-    _ports: PortAllocator | None = None
+Lookup = Callable[[int, bytes, int, Extracted, bool, float, Held, tuple[str, str]], list[Action]]
 
-    # provided by Pipeline
-    _flows: dict[FlowKey, FlowEntry]
-    _vifs: dict[str, Any]
-    table: FlowTable
-    if TYPE_CHECKING:
-        def _lookup(self, vrf: int, buf: bytes, off: int, pkt: Extracted, fabric: bool, now: float, held: Held,
-                    ingress: tuple[str, str]) -> list[Action]: ...
-        def _drop(self, reason: str) -> list[Action]: ...
+
+class Nat:
+    """What the pipeline (core/pipeline.py, which owns one as ``self.nat``) does for NAT: the external
+    port, SNAT ports at install, the NAT entries' actions, and their fate when the configuration
+    changes. It knows the flow table and two callbacks of the pipeline, nothing else of it:
+    ``lookup`` keys a packet from the external port like any other (hit, held or punted) and
+    ``drop`` counts a drop and returns its action."""
+
+    def __init__(self, table: FlowTable, lookup: Lookup, drop: Callable[[str], list[Action]]) -> None:
+        self.table = table
+        self._lookup, self._drop = lookup, drop
+        self.settings: NatSettings | None = None
+        self.ports: PortAllocator | None = None
+        self._eth: dict[str, bytes] = {}     # VM interface -> the Ethernet header its frames get
 
     def from_external(self, packet: bytes, now: float) -> list[Action]:
         """An IPv4 packet read from the external port (the TUN toward the gateway)."""
-        if self._nat is None:
+        if self.settings is None:
             return self._drop("no_route")
         try:
             pkt = extract(packet, 0)
@@ -219,31 +226,33 @@ class NatPort:
         return self._lookup(DEFAULT_VRF, packet, 0, pkt, True, now, (HELD_EXTERNAL, "", packet),
                             ("external", "gateway"))
 
-    def _nat_configure(self, config: VrouterConfig) -> None:
-        """Take the NAT of a (new) config; pairs whose floating IP or source NAT went are removed."""
+    def configure(self, config: VrouterConfig, eth: dict[str, bytes]) -> None:
+        """Take the NAT of a (new) config and the Ethernet header of each VM interface (``eth``); pairs
+        whose floating IP or source NAT went are removed."""
         nat = config.nat
-        old = self._nat
+        old = self.settings
         if nat is None or nat.snat_address is None:
-            self._ports = None
+            self.ports = None
         elif old is None or old.snat_address != nat.snat_address or old.snat_ports != nat.snat_ports \
-                or self._ports is None:
-            self._ports = PortAllocator(*nat.snat_ports)
-        self._nat = nat
+                or self.ports is None:
+            self.ports = PortAllocator(*nat.snat_ports)
+        self.settings, self._eth = nat, eth
         valid = set() if nat is None else {("floating", f.vm, f.address) for f in nat.floating_ips} | \
             {("snat", n, nat.snat_address) for n in nat.snat_networks}
-        for e in list(self._flows.values()):
+        flows = self.table.entries
+        for e in list(flows.values()):
             r = e.nat
-            if r is not None and r.binding not in valid and self._flows.get(e.key) is e:
+            if r is not None and r.binding not in valid and flows.get(e.key) is e:
                 self.table.remove_pair(e)
 
-    def _nat_bind(self, decision: dict[str, Any]) -> dict[str, Any]:
+    def bind(self, decision: dict[str, Any]) -> dict[str, Any]:
         """A SNAT decision with its port taken (or refused as ``nat_ports_exhausted``)."""
         fwd = decision["forward"]
         nat = fwd.get("nat")
         if nat is None or nat["binding"][0] != "snat" or decision.get("reverse") is None:
             return decision
         proto = fwd["key"][0]
-        port = self._ports.take(proto) if self._ports is not None else None
+        port = self.ports.take(proto) if self.ports is not None else None
         if port is None:
             return {**decision, "reverse": None, "forward": {**fwd, "action": "drop", "reason": "nat_ports_exhausted",
                                                              "nat": None}}
@@ -253,7 +262,7 @@ class NatPort:
         rkey = [*rev["key"][:3], port if both else rev["key"][3], port]
         return {**decision, "forward": {**fwd, "nat": nat}, "reverse": {**rev, "key": rkey}}
 
-    def _set_nat(self, e: FlowEntry, spec: dict[str, Any]) -> bool:
+    def set_entry(self, e: FlowEntry, spec: dict[str, Any]) -> bool:
         """Make ``e`` a NAT entry if its spec says so (True); an entry that stops being one lets its
         translation and its port go."""
         if e.nat is not None:
@@ -267,15 +276,15 @@ class NatPort:
             reason = spec.get("reason") or "policy_deny"
             e.kind, e.reason, e.drop = DROP, reason, Drop(reason)
             return True
-        nh = spec["nexthop"]
-        vif = nh.get("vif")
-        lease = (self._ports, e.key[1], nat["lease"]) if nat.get("lease") is not None and self._ports else None
-        e.nat = Rewrite(nat, vif, self._vifs[vif].eth if vif in self._vifs else b"", tuple(nat["binding"]), lease)
+        vif = spec["nexthop"].get("vif")
+        lease = (self.ports, e.key[1], nat["lease"]) if nat.get("lease") is not None and self.ports else None
+        e.nat = Rewrite(nat, vif, self._eth.get(vif, b""), tuple(nat["binding"]), lease)
         e.kind = NAT
         e.reason = e.drop = None  # type: ignore[assignment]
         return True
 
-    def _nat_hit(self, e: FlowEntry, buf: bytes, off: int, tlen: int, ttl: int) -> list[Action]:
+    def hit(self, e: FlowEntry, buf: bytes, off: int, tlen: int, ttl: int) -> list[Action]:
+        """A packet of a NAT entry: translated, out of the external port or to its VM."""
         if ttl <= 1:
             return self._drop("ttl_expired")
         r = e.nat
@@ -284,16 +293,17 @@ class NatPort:
             return [ToExternal(out)]
         return [ToVif(r.vif, r.prefix + out)]
 
-    def nat_state(self) -> dict[str, Any]:
-        """The NAT settings and the SNAT ports in use (``testbed vr SERVER nat``)."""
-        nat = self._nat
+    def state(self) -> dict[str, Any]:
+        """The NAT settings, the SNAT ports in use and free per protocol (the ``nat`` introspection op)."""
+        nat = self.settings
         if nat is None:
-            return {"enabled": False}
-        ports = self._ports
+            return {"enabled": False, "why": "no NAT in this server's configuration"}
+        ports = self.ports
+        used = {name: ports.in_use(p) for name, p in _PROTOCOLS} if ports is not None else {}
         return {"enabled": True, "floating": f"{int_to_ip(nat.floating[0])}/{nat.floating[1]}",
                 "snat_address": int_to_ip(nat.snat_address) if nat.snat_address is not None else None,
                 "snat_networks": list(nat.snat_networks), "snat_ports": list(nat.snat_ports),
                 "floating_ips": [{"vif": f.vm, "address": int_to_ip(f.address)} for f in nat.floating_ips],
-                "ports_in_use": {name: ports.in_use(p) for name, p in (("tcp", 6), ("udp", 17), ("icmp", 1))}
-                if ports is not None else {},
-                "nat_flows": sum(1 for e in self._flows.values() if e.nat is not None)}
+                "ports_in_use": used,
+                "ports_free": {name: ports.size() - n for name, n in used.items()} if ports is not None else {},
+                "nat_flows": sum(1 for e in self.table.entries.values() if e.nat is not None)}

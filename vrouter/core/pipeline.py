@@ -54,7 +54,7 @@ from .flowtable import (
     Held,
 )
 from .fragments import Fragments
-from .nat import NatPort
+from .nat import Nat
 from .paths import PROBED, Fixed, Paths, PortCell, is_message
 from .slowpath import Decision, EntrySpec, SlowPath, entry_kind
 from .vrf import build_instances
@@ -95,7 +95,7 @@ class _VifState:
         self.eth = vif.mac + VROUTER_MAC + _ETH_IP
 
 
-class Pipeline(NatPort):
+class Pipeline:
     def __init__(self, config: VrouterConfig, paths: Paths | None = None) -> None:
         """``paths``: the path slots tunnel entries take their outer source port from (path repair,
         core/paths.py); None: every flow keeps its own entropy port and path messages are ignored."""
@@ -104,6 +104,7 @@ class Pipeline(NatPort):
         self.table = FlowTable(config.flow.capacity)
         self._flows = self.table.entries
         self._admission = Admission(self.table, config.flow)
+        self.nat = Nat(self.table, self._lookup, self._drop)    # floating IPs, source NAT (core/nat.py)
         self._queue = self._admission.queue
         self._frags = Fragments()
         self._drops = _drops.new_counters()
@@ -132,7 +133,7 @@ class Pipeline(NatPort):
         self._admission.configure(config)
         self._prefixes: dict[tuple[str, int, str | None], bytes] = {}
         self._evaluator.apply_config(config)
-        self._nat_configure(config)         # NAT pairs are kept or removed there (core/nat.py)
+        self.nat.configure(config, {n: v.eth for n, v in self._vifs.items()})    # NAT pairs kept or removed
         for e in list(self._flows.values()):
             if self._flows.get(e.key) is not e:
                 continue
@@ -239,7 +240,7 @@ class Pipeline(NatPort):
                 tcpstate.segment(e, buf, off, l4, tlen, self._count)
             e.tw = buf[off:l4 + 16]         # for a later RST's window check: one small copy, no parse
         if kind == NAT:
-            return self._nat_hit(e, buf, off, tlen, ttl)
+            return self.nat.hit(e, buf, off, tlen, ttl)
         if not fabric or kind == TO_TUNNEL:
             if ttl <= 1:
                 self._drops["ttl_expired"] += 1
@@ -427,7 +428,7 @@ class Pipeline(NatPort):
             self._count["late_decisions"] += 1
             return []
         self._count["installs"] += 1
-        decision = self._nat_bind(decision)     # type: ignore[arg-type,assignment]  # a SNAT port
+        decision = self.nat.bind(decision)     # type: ignore[arg-type,assignment]  # a SNAT port
         fwd = decision["forward"]
         released: list[Held] = []
         rev_spec = decision.get("reverse")
@@ -453,7 +454,7 @@ class Pipeline(NatPort):
             elif item[0] == HELD_FABRIC:
                 actions.extend(self.from_fabric(item[1], item[2], item[3], now))
             else:
-                actions.extend(self.from_external(item[2], now))
+                actions.extend(self.nat.from_external(item[2], now))
         return actions
 
     def _write(self, vrf: int, spec: EntrySpec, now: float, released: list[Held], f: FlowEntry) -> FlowEntry | None:
@@ -494,7 +495,7 @@ class Pipeline(NatPort):
         if e.path is not None:              # re-evaluated: its path (if still a tunnel) is taken again below
             e.path.flows -= 1
             e.path = None  # type: ignore[assignment]  # set again for a tunnel entry
-        if self._set_nat(e, spec):          # type: ignore[arg-type]  # a NAT entry (core/nat.py)
+        if self.nat.set_entry(e, spec):     # type: ignore[arg-type]  # a NAT entry (core/nat.py)
             return
         e.nexthop, e.rule, e.member, e.pin = spec.get("nexthop"), spec.get("rule"), spec.get("member"), spec.get("pin")
         kind, reason = entry_kind(spec, self._vifs)

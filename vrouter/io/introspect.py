@@ -32,6 +32,10 @@ Protocol (msgpack maps on the stream socket `<rundir>/vr/<server>/introspect.soc
               sport, dport  (underlay address), encap and label; addresses as strings, ICMP echo id in
                             both ports; result {"steps": [{kind, place, fields}], "outcome": {...},
                             "generation", "mode"}. Single forwarder only.
+    nat       -             floating IPs and source NAT (`Nat.state`, vrouter/core/nat.py): {"enabled"
+                            (false: "why"), "floating" (the range), "floating_ips" [{vif, address}],
+                            "snat_address", "snat_networks", "snat_ports" [first, last], "ports_in_use"
+                            and "ports_free" {tcp, udp, icmp}, "nat_flows" (entries with a translation)}
 `stats` also has "gro" (deliveries, segments, segments_per_delivery, merged_*, histogram of segments
 per delivery, flush reasons), "gso" (UDP_SEGMENT sends, segments, segments_per_send, fallback) and
 "vm_mtu" (vrouter/core/offload.py).
@@ -45,7 +49,7 @@ from vrouter.io import ipc
 
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set",
-       "pressure", "paths", "stamp", "explain")
+       "pressure", "paths", "nat", "stamp", "explain")
 
 
 class IntrospectError(Exception):

@@ -351,7 +351,7 @@ class Datapath:
         """IPv4 packets read from the external port (NAT flows: vrouter/core/nat.py)."""
         now = self.clock()
         for packet in packets:
-            self._execute(self.pipeline.from_external(packet, now))
+            self._execute(self.pipeline.nat.from_external(packet, now))
         self.flush_punts()
 
     def from_reads(self, reads: list[tuple], kernel_ns: list[int] | None = None) -> None:

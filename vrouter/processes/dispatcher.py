@@ -224,6 +224,9 @@ class WorkerPool:
         return {"enabled": False, "slots": 0, "paths": [],
                 "why": "multi-core vrouters do not run path repair (docs/vrouter.md, \"Path repair\")"}
 
+    def nat(self) -> dict:
+        return {"enabled": False, "why": "NAT needs the single-process forwarder (this one runs worker processes)"}
+
     def service(self) -> bool:
         inbox = self.shell.agent.inbox
         if inbox:

@@ -171,6 +171,9 @@ class InProcess:
     def paths(self) -> dict:
         return self.datapath.paths_view()
 
+    def nat(self) -> dict:
+        return self.datapath.pipeline.nat.state()
+
     def stats(self) -> dict:
         s = self.datapath.stats()
         s["slowpath_rtt_us"] = summary(s.pop("rtts"))

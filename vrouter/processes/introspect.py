@@ -65,6 +65,10 @@ class Introspector:
         """Path repair: every tunnel peer's path slots, their ports and health (core/paths.py)."""
         return self._engine().paths()
 
+    def _nat(self, req):
+        """Floating IPs and source NAT: the settings and the SNAT ports in use (core/nat.py)."""
+        return self._engine().nat()
+
     def _stamp(self, req):
         """Latency stamps of ICMP echoes (vrouter/core/latency.py): {"on": true|false} switches them,
         {"take": true} returns (and forgets) those taken so far. Single forwarder only."""

@@ -1,5 +1,5 @@
 """The operator's tables of a running vrouter (`testbed vr SERVER flow -l | flow -r | vif --list |
-rt --dump | nh --list | dropstats | stats`), with columns modelled on Tungsten Fabric's vrouter
+rt --dump | nh --list | dropstats | stats | paths | nat`), with columns modelled on Tungsten Fabric's vrouter
 utilities; `flow -r`'s rates come from successive `pressure` samples (flow_rates, pure). A
 multi-core vrouter's answers carry a worker column (flows) and a per-worker section (stats): the
 same tables show them per worker."""
@@ -270,4 +270,22 @@ def format_paths(view: dict) -> str:
                          f"{'alive' if s['alive'] else 'DEAD':<6} "
                          f"{s['flows']:>6} {s['sent']:>7} {s['answered']:>9} {misses:>6} {s['died']:>5} "
                          f"{s['revived']:>7}")
+    return "\n".join(lines) + "\n"
+
+
+def format_nat(view: dict) -> str:
+    """`vr SERVER nat`: this server's floating IPs and source NAT, SNAT ports per protocol (the `nat` op)."""
+    if not view.get("enabled"):
+        return f"NAT off: {view.get('why', 'not configured')}\n"
+    fips = ", ".join(f"{f['address']} (vif {f['vif']})" for f in view["floating_ips"]) or "none on this server"
+    lines = [f"NAT: floating range {view['floating']}, {view['nat_flows']} NAT flow entries",
+             f"Floating IPs: {fips}"]
+    if view["snat_address"] is None or not view["snat_networks"]:
+        lines.append("Source NAT: off (no network of this server has it)")
+    else:
+        first, last = view["snat_ports"]
+        lines += [f"Source NAT: networks {', '.join(view['snat_networks'])} -> {view['snat_address']}, "
+                  f"ports {first}-{last}",
+                  f"  {'Proto':<6} {'In use':>7} {'Free':>7}"]
+        lines += [f"  {p:<6} {n:>7} {view['ports_free'][p]:>7}" for p, n in view["ports_in_use"].items()]
     return "\n".join(lines) + "\n"
