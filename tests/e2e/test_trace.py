@@ -83,11 +83,14 @@ def test_trace_predicts_what_the_packet_then_does(bed):
     (enc,) = _kind(fwd, "encap", "srv1")
     assert f["action"] == "forward" and f["rule"] == -1 and f["entropy_sport"] == enc["outer_sport"]
     assert r["role"] == "reverse" and f["reverse_index"] == r["index"]
-    # (e) ECMP: the spine the trace named carried the flow's packets (the other only probes and pings).
+    # (e) ECMP: the spine the trace named carried the flow's packets. Both spines also carry the
+    # path probes of every slot (8 per peer each 100 ms, spread over both: ~100 packets in this
+    # window under load), so the flow shows as the difference between the two, not as a silent spine.
     time.sleep(1)
     tx1 = _spine_tx(prefix)
     other = "spine2" if spine == "spine1" else "spine1"
-    assert tx1[spine] - tx0[spine] >= n and tx1[other] - tx0[other] < n / 2, (spine, tx0, tx1)
+    named, rest = tx1[spine] - tx0[spine], tx1[other] - tx0[other]
+    assert named >= n and named - rest >= 0.8 * n, (spine, tx0, tx1)
     # (b) the hit after, and the reply caught by the proactive reverse entry.
     hit = _trace(opts, "red1", "--proto", "udp", "--dst", "192.168.1.13", "--dport", "80", "--sport", "41000",
                  "--reply")
