@@ -226,11 +226,11 @@ def plot(points: Sequence[dict], summary: dict, path: Path) -> None:
                      marker="o", ms=3, color=color, label=name)
     for ax in (ax1, ax2):
         plots.log_x(ax)
-        ax.set_yscale("log")
+        plots.log_y(ax)
     plots.label(ax1, "new connections/s offered (log)", "connected within 1 s per s (log)", "completed connections",
-                grid="both", legend="upper left")
+                grid="both", legend="below")
     plots.label(ax2, "new connections/s offered (log)", "median connect latency, ms (log)", "first-reply latency",
-                grid="both", legend="upper left")
+                grid="both", legend="below")
     groups = [f"cap {cap_key(c)}" if c else "no cap" for c in caps]
     plots.grouped_bars(ax3, groups, [plots.Bars(m, [summary["capacity"][cap_key(c)][m] for c in caps],
                                                 "tab:blue" if m == "proactive" else "tab:orange") for m in MODES],

@@ -244,11 +244,11 @@ def plot_overview(summary: dict[str, Any], path: Path) -> None:
     names = list(summary["faults"])
     axes[0].bar(names, [summary["faults"][n]["outage_ms"] for n in names], color="tab:red")
     axes[0].axhline(OUTAGE_TARGET_S * 1000, color="grey", ls="--", lw=1)
-    plots.label(axes[0], "", "longest ping outage (ms)", "outage per fault (dashed: 1 s target)")
+    plots.label(axes[0], "fault", "longest ping outage (ms)", "outage per fault (dashed: 1 s target)")
     axes[1].bar(names, [summary["faults"][n]["connections_failed"] for n in names], color="tab:orange")
-    plots.label(axes[1], "", "connections failed", "new connections that failed (20/s offered)")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=30)
+    plots.label(axes[1], "fault", "connections failed (count)", "new connections that failed (20/s offered)")
+    for ax in axes:                  # slanted and anchored at their right end: long names do not run together
+        plots.plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
     plots.save(fig, path, "faults: outage and failed connections")
 
 

@@ -326,7 +326,7 @@ def plot_time(phases: Sequence[dict], samples: Sequence[dict], summary: dict, pa
         for ax in axes:
             ax.axvspan(p["flood_t0"] - t0, p["flood_t1"] - t0, color=color, alpha=0.06)
     if any(ax.collections for ax in axes[2:3]):
-        axes[2].set_yscale("log")
+        plots.log_y(axes[2])
     for ax, (ylabel, title) in zip(axes, [(f"flow entries at {summary['flooder_server']}", "table occupancy"),
                                          ("victim connections ok per 0.5 s (%)", "victim success"),
                                          ("connect latency (ms, log)", "victim first-reply latency"),

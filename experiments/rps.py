@@ -195,12 +195,12 @@ def plot(results: list[dict], servers: list[str], path: Path) -> None:
     axes[1].axhline(0.5, color="k", lw=0.5, ls="--")
     axes[1].set_xticks(range(len(labels)), labels, fontsize=8)
     plots.label(axes[1], "steering mode, vrouter", "share of the vrouter's packets (fraction)",
-                "per-worker load, 2 workers", legend="lower right")
+                "per-worker load, 2 workers", legend="below")
     plots.grouped_bars(axes[2], [r["mode"] for r in two], [
         plots.Bars(s, [r["servers"][s]["jain"] for r in two]) for s in servers], fmt="%.3f")
     axes[2].set_ylim(0.4, 1.05)
     plots.label(axes[2], "steering mode", "Jain's index over workers (1.0 = even)", "fairness, 2 workers",
-                legend="lower right")
+                legend="below")
     plots.save(fig, path, "Receive packet steering across vrouter workers")
 
 

@@ -5,6 +5,7 @@
     testbed lab check N [--dir DIR]     check the student's work (and the running testbed, for labs that grade it)
     testbed lab solve N [--dir DIR]     save the student's files, copy the solution over them (teachers)
     testbed lab stop                    bring the started lab's testbed down; the student's files stay
+    testbed lab measure [N ...]         bring-up time and peak memory of each lab in a 4 GB cgroup (cmd_lab_measure.py)
 
 One lab is started at a time (lab-work/current.json records which, and its testbed's prefix).
 """

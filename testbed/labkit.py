@@ -12,7 +12,9 @@ flow entries they left.
 from __future__ import annotations
 
 import copy
+import json
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,9 +34,8 @@ from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
 
 __all__ = ["PROPERTY", "Drop", "Pair", "SRV1", "SRV2", "ToTunnel", "ToVif", "VM1", "VM1_MAC", "VM2",
-           "VM2_MAC", "Wrong", "apply_script", "entries_of", "flow_text", "icmp_frame", "listening", "reach",
-           "script_commands", "server_config",
-           "tcp_frame", "udp_frame"]
+           "VM2_MAC", "Wrong", "apply_script", "entries_of", "fabric", "fault_state", "flow_text", "icmp_frame",
+           "listening", "ofctl", "reach", "script_commands", "server_config", "tcp_frame", "udp_frame"]
 
 # Deterministic (a check gives the same verdict twice), no example database left in the student's
 # folder, no deadline (a laptop VM is slow), few enough examples for a check in about a second, and
@@ -156,6 +157,27 @@ def apply_script(tb: Any, path: Path) -> None:
         if done.returncode:
             raise Wrong(f"'testbed {name} {shlex.join(args)}' failed (exit {done.returncode}): "
                         f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}", str(path))
+
+
+# --------------------------------------------------------------------------- a running testbed's state
+
+def fault_state(tb: Any) -> dict[str, Any]:
+    """What `testbed fault list --json` shows on the lab's testbed: links, impairments, paused."""
+    done = tb.testbed("fault list", "--json")
+    if done.returncode:
+        raise Wrong(f"'testbed fault list' failed: {done.stderr.strip()}", "sudo testbed status")
+    return dict(json.loads(done.stdout))
+
+
+def fabric(tb: Any) -> dict[str, Any]:
+    """The testbed's fabric.json: its switches (bridges, ports), servers (addresses, leaves), links."""
+    return dict(json.loads((Path(tb.rundir) / "fabric.json").read_text()))
+
+
+def ofctl(*argv: str) -> str:
+    """`ovs-ofctl -O OpenFlow13 ARGV`'s output (dump-flows, dump-groups, dump-ports of a bridge)."""
+    return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *argv], capture_output=True, text=True,
+                          timeout=20).stdout
 
 
 # --------------------------------------------------------------------------- a running lab testbed

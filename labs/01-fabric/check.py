@@ -5,12 +5,10 @@ leaves' ECMP groups and the flows that use them (`ovs-ofctl -O OpenFlow13 dump-g
 pings between the red VMs under the two leaves, and every vrouter's path slots (`testbed vr SERVER
 paths`: a slot away from its home port is a flow the vrouter steers around a path that loses packets).
 """
-import json
 import re
-import subprocess
 import time
 
-from testbed.labkit import Wrong, apply_script
+from testbed.labkit import Wrong, apply_script, fabric, fault_state, ofctl
 
 BROKEN = "leaf2-spine2"         # the bad optic of lab.yaml's setup: it loses what spine2 sends to leaf2
 BROKEN_FROM = "spine2"
@@ -22,22 +20,6 @@ def _same(link, other):
     return set(link.split("-")) == set(other.split("-"))
 
 
-def _faults(tb):
-    done = tb.testbed("fault list", "--json")
-    if done.returncode:
-        raise Wrong(f"'testbed fault list' failed: {done.stderr.strip()}", "sudo testbed status")
-    return json.loads(done.stdout)
-
-
-def _fabric(tb):
-    return json.loads((tb.rundir / "fabric.json").read_text())
-
-
-def _ofctl(*argv):
-    return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *argv], capture_output=True, text=True,
-                          timeout=20).stdout
-
-
 def _lossy_hops(faults):
     """(sender, receiver) of every direction of a link that loses packets."""
     return {(i["sender"], i["receiver"]) for i in faults["impairments"].values()
@@ -47,9 +29,9 @@ def _lossy_hops(faults):
 def check_links_in_service(ctx):
     """every link is up, except the one whose optic is broken"""
     tb = ctx.testbed
-    down = [name for name in _faults(tb)["links"] if not _same(name, BROKEN)]
+    down = [name for name in fault_state(tb)["links"] if not _same(name, BROKEN)]
     if down:
-        bridges = {sw["name"]: sw["bridge"] for sw in _fabric(tb)["switches"]}
+        bridges = {sw["name"]: sw["bridge"] for sw in fabric(tb)["switches"]}
         leaf = next(end for end in down[0].split("-") if end in bridges)
         raise Wrong(f"{', '.join(down)} {'is' if len(down) == 1 else 'are'} down, and nothing is wrong with "
                     f"{'it' if len(down) == 1 else 'them'}: the fabric runs with less capacity and less "
@@ -61,18 +43,18 @@ def check_links_in_service(ctx):
 def check_broken_link_drained(ctx):
     """no ECMP group hashes traffic onto the link that loses packets"""
     tb = ctx.testbed
-    faults = _faults(tb)
+    faults = fault_state(tb)
     lossy = _lossy_hops(faults)
     if not lossy:
         raise Wrong(f"the impairment of {BROKEN} is gone: in this lab its optic stays broken (you are the "
                     "operator, not the repair team), so the fabric must work around it. Put it back with "
                     f"'sudo testbed fault impair {BROKEN} --loss 100% --from {BROKEN_FROM}' and drain the link",
                     "README step 5")
-    desc = _fabric(tb)
+    desc = fabric(tb)
     leaf_of = {s["ip"]: s["leaf"] for s in desc["servers"]}
     wrong = []
     for sw in (s for s in desc["switches"] if s["role"] == "leaf"):
-        flows, groups = _ofctl("dump-flows", sw["bridge"]), _ofctl("dump-groups", sw["bridge"])
+        flows, groups = ofctl("dump-flows", sw["bridge"]), ofctl("dump-groups", sw["bridge"])
         toward = {}
         for ip, gid in re.findall(r"nw_dst=([\d.]+) actions=group:(\d+)", flows):
             toward.setdefault(gid, leaf_of.get(ip, ip))
@@ -92,7 +74,7 @@ def check_broken_link_drained(ctx):
 
 def _pings(tb):
     """Every red VM under one leaf pings every red VM under the other; the pairs that got no reply."""
-    servers = {s["name"]: s["leaf"] for s in _fabric(tb)["servers"]}
+    servers = {s["name"]: s["leaf"] for s in fabric(tb)["servers"]}
     leaf = {vm: servers[f"srv{vm[-1]}"] for vm in RED}
     lost = []
     for src in RED:

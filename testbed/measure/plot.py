@@ -33,22 +33,26 @@ def figure(ncols: int = 1, width: float | None = None, height: float = HEIGHT) -
 def label(ax: Axes, xlabel: str, ylabel: str, title: str | None = None,
           grid: Literal["x", "y", "both"] = "y", legend: str = "best") -> None:
     """Name both axes (with units), title the axes, draw a light grid (`grid`: "x", "y" or "both"),
-    and a legend (at `legend`, a matplotlib location) if two or more series carry a label."""
+    and a legend (at `legend`, a matplotlib location, or "below": under the axes, where it covers
+    no data) if two or more series carry a label."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     ax.grid(axis=grid, alpha=0.3)
     handles, _labels = ax.get_legend_handles_labels()
-    if len(handles) >= 2:
+    if len(handles) >= 2 and legend == "below":
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(4, len(handles)), fontsize=8)
+    elif len(handles) >= 2:
         ax.legend(loc=legend)
 
 
 def save(fig: Figure, path: Path, title: str) -> None:
-    """Title the figure, lay it out tightly, write the PNG and free the figure."""
+    """Title the figure, lay it out tightly, write the PNG and free the figure (the PNG's bounding
+    box takes in a legend placed below its axes)."""
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -87,6 +91,16 @@ def log_x(ax: Axes) -> None:
     """A logarithmic x axis with plain numbers at 1, 2 and 5 of every decade (1000, 2000, 5000),
     so that even a range within one decade has labelled ticks."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _plain_log(ax.xaxis)
+
+
+def log_y(ax: Axes) -> None:
+    """The same for the y axis (a latency over one or two decades reads 2, 5, 10, 20, 50)."""
+    ax.set_yscale("log")
+    _plain_log(ax.yaxis)
+
+
+def _plain_log(axis) -> None:
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_formatter(NullFormatter())

@@ -322,7 +322,7 @@ def _run(capsys, *argv):
 def test_the_lab_commands_are_those_the_module_documents():
     cli.build_parser()
     names = sorted(n for n in COMMANDS if n.startswith("lab "))
-    assert names == ["lab check", "lab list", "lab solve", "lab start", "lab stop"]
+    assert names == ["lab check", "lab list", "lab measure", "lab solve", "lab start", "lab stop"]
     for name in names:
         assert f"testbed {name}" in cmd_lab.__doc__
 
