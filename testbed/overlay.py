@@ -17,6 +17,7 @@ import time
 
 from testbed import REPO, namespaces, vr
 from testbed.commands import CommandError
+from testbed.network import NO_IPV6
 from testbed.runner import CONTROLLER, on_down, on_up
 from vrouter.io import introspect, ipc
 from vrouter.io.control import AdminClient, VncError, VncUnavailable
@@ -196,8 +197,7 @@ def restart_server(tb, server: str, timeout: float = VIFS_WAIT) -> None:
 def add_vm_host(tb, name: str):
     """A Mininet host without links: its only interface will be the TAP its vrouter moves in."""
     host = tb.net.addHost(name)
-    # IPv6 autoconfiguration would only add noise to captures and vrouter counters.
-    host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+    host.cmd(NO_IPV6)  # IPv6 autoconfiguration would only add noise to captures and vrouter counters
     tb.rundir.record_pid(f"node-{name}", host.pid, role="node")
     namespaces.hold(tb.rundir, name, host.pid)
     return host
