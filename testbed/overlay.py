@@ -93,12 +93,8 @@ def stop(tb) -> None:
     ACTIVE["rundir"] = None
     if tb.supervisor is None:
         return
-    for server in servers(tb):
-        for name in (agent_name(server), forwarder_name(server)):
-            try:
-                tb.supervisor.stop(name)
-            except KeyError:
-                pass
+    names = [name for server in servers(tb) for name in (agent_name(server), forwarder_name(server))]
+    tb.supervisor.stop_many([name for name in names if name in tb.supervisor.children])
 
 
 PROGRESS_EVERY = 32   # a long phase's count is shown every so many items (and at its end)

@@ -157,42 +157,55 @@ class Supervisor:
                     child.next_start = now + child.backoff
                     child.backoff = min(child.backoff * 2, BACKOFF_MAX)
 
-    def _terminate(self, child: Child) -> None:
-        """End the child and everything it forked (testbed/proctree.py), then reap it."""
-        p = child.popen
-        if p is None or p.poll() is not None:
-            return
-        ended = proctree.terminate_tree(p.pid, child.create_time, grace=STOP_GRACE)
-        try:
-            p.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            self._event(f"{child.name} pid {p.pid} still running after SIGKILL")
-            return
-        self._event(f"{child.name} pid {p.pid} ended ({ended} process{'es' * (ended != 1)})")
+    def _terminate(self, children: list[Child]) -> None:
+        """End the children and everything they forked (testbed/proctree.py) in one round of
+        signals, then reap them: a testbed of 128 servers stopped its 256 vrouter processes one at a
+        time in over a minute."""
+        live, procs = [], []
+        for child in children:
+            p = child.popen
+            proc = proctree.find(p.pid, child.create_time) if p is not None and p.poll() is None else None
+            if proc is not None:
+                live.append(child)
+                procs += proctree.tree(proc)
+        ended = proctree.terminate(procs, grace=STOP_GRACE)
+        for child in live:
+            assert child.popen is not None
+            try:
+                child.popen.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self._event(f"{child.name} pid {child.popen.pid} still running after SIGKILL")
+                continue
+            self._event(f"{child.name} pid {child.popen.pid} ended")
+        if live:
+            self._event(f"{ended} process{'es' * (ended != 1)} ended")
 
-    def _halt(self, name: str) -> Child:
-        """Mark `name` as stopping (so the watcher leaves it alone) and terminate its process."""
+    def _halt(self, names: list[str]) -> list[Child]:
+        """Mark `names` as stopping (so the watcher leaves them alone) and terminate their processes."""
         with self.lock:
-            child = self.children.get(name)
-            if child is None:
-                raise KeyError(name)
-            child.stopping = True
-        self._terminate(child)
-        return child
+            children = [self.children[name] for name in names]
+            for child in children:
+                child.stopping = True
+        self._terminate(children)
+        return children
 
     def stop(self, name: str) -> None:
-        child = self._halt(name)
-        with self.lock:
-            if child.log_fh is not None:
-                child.log_fh.close()
-                child.log_fh = None
-            self.children.pop(name, None)
-            self.rundir.forget_pid(name)
-            self._event(f"stopped {name}")
+        self.stop_many([name])
+
+    def stop_many(self, names: list[str]) -> None:
+        """Stop these programs together (unknown names: KeyError, before anything is stopped)."""
+        for child in self._halt(list(names)):
+            with self.lock:
+                if child.log_fh is not None:
+                    child.log_fh.close()
+                    child.log_fh = None
+                self.children.pop(child.name, None)
+                self.rundir.forget_pid(child.name)
+                self._event(f"stopped {child.name}")
 
     def restart(self, name: str) -> subprocess.Popen:
         """Stop and start again now (no back-off): e.g. `testbed controller restart`."""
-        child = self._halt(name)
+        (child,) = self._halt([name])
         with self.lock:
             child.stopping = False
             child.restarts += 1
@@ -212,11 +225,9 @@ class Supervisor:
                     for c in self.children.values()}
 
     def stop_all(self) -> None:
-        for name in list(self.children)[::-1]:
-            try:
-                self.stop(name)
-            except KeyError:
-                pass
+        with self.lock:
+            names = list(self.children)[::-1]
+        self.stop_many(names)
         self._stop.set()
         if self.forkserver is not None:
             self.forkserver.close()

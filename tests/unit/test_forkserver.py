@@ -4,24 +4,15 @@ ends when the testbed lets go of it (no root: root namespace processes only)."""
 import os
 import signal
 import sys
-import time
 
 import pytest
 
+from process_helpers import wait_for
 from testbed.forkserver import Forked, ForkServer, eligible
 from testbed.rundir import RunDir, live_process
 from testbed.supervisor import Supervisor
 
 AGENT = "vrouter.processes.agent"
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
