@@ -12,8 +12,8 @@ turn into "every process on the machine".
 """
 from __future__ import annotations
 
+import ctypes
 import os
-import subprocess
 from pathlib import Path
 
 import psutil
@@ -21,6 +21,7 @@ import psutil
 from testbed import proctree
 from testbed.rundir import RunDir
 
+MS_BIND, MNT_DETACH = 4096, 2   # mount(2) and umount2(2) flags
 NAMED_NETNS = Path("/run/netns")  # where `ip netns add` holds its namespaces
 ROUNDS = 3  # a process may fork while it is being ended: look again this many times
 
@@ -76,17 +77,23 @@ def hold(rundir: RunDir, name: str, pid: int) -> Path:
             return handle
         release_handle(handle)
     handle.touch()
-    r = subprocess.run(["mount", "--bind", f"/proc/{pid}/ns/net", str(handle)], capture_output=True, text=True)
-    if r.returncode != 0:
+    # The system call, not mount(8): a large testbed holds hundreds of namespaces, and a program
+    # started for each cost it seconds.
+    if _libc().mount(f"/proc/{pid}/ns/net".encode(), str(handle).encode(), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
         handle.unlink(missing_ok=True)
-        raise NamespaceError(f"cannot hold the namespace of {name} (pid {pid}): {r.stderr.strip()}")
+        raise NamespaceError(f"cannot hold the namespace of {name} (pid {pid}): {os.strerror(err)}")
     return handle
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def release_handle(handle: Path) -> None:
     """Unmount (lazily: a process may still have it open) and remove one handle."""
     while _mounted(handle):
-        if subprocess.run(["umount", "-l", str(handle)], capture_output=True).returncode != 0:
+        if _libc().umount2(str(handle).encode(), MNT_DETACH) != 0:
             break
     handle.unlink(missing_ok=True)
 

@@ -17,6 +17,7 @@ import time
 
 from testbed import REPO, gateway, namespaces, vr
 from testbed.commands import CommandError
+from testbed.network import NO_IPV6
 from testbed.runner import CONTROLLER, on_down, on_up
 from vrouter.io import introspect, ipc
 from vrouter.io.control import AdminClient, VncError, VncUnavailable
@@ -63,22 +64,30 @@ def servers(tb) -> list[str]:
 def start(tb) -> None:
     if not has_overlay(tb.topology):
         return
+    t0 = time.monotonic()
     with admin(tb) as vnc:
         vms = vnc.dump()["vms"]
     tb.progress(f"overlay: {len(vms)} VMs on {len(servers(tb))} vrouters")
     for server in servers(tb):  # a new run's agents start from the VNC, not from an earlier run's cache
         ipc.config_cache(tb.path, server).unlink(missing_ok=True)
-    hosts = {vm["name"]: add_vm_host(tb, vm["name"]) for vm in vms}
+    hosts = {}
+    for n, vm in enumerate(vms, 1):
+        hosts[vm["name"]] = add_vm_host(tb, vm["name"])
+        _count(tb, "creating VM hosts", n, len(vms))
     ipc.update_vm_namespaces(tb.path, {vm["tap"]: {"vm": vm["name"], "netns": hosts[vm["name"]].pid}
                                        for vm in vms})
-    for server in servers(tb):
+    t1 = time.monotonic()
+    for n, server in enumerate(servers(tb), 1):
         start_vrouter(tb, server)
+        _count(tb, "starting vrouters", n, len(servers(tb)))
     if tb.desc.get("gateway"):           # its routes to the floating IPs and SNAT addresses (the VNC's)
         with admin(tb) as vnc:
             gateway.configure(tb.net, tb.desc, vnc.dump()["gateway_routes"])
-    wait_vifs(tb, {vm["server"] for vm in vms}, VIFS_WAIT)
+    t2 = time.monotonic()
+    wait_vifs(tb, {vm["server"] for vm in vms}, VIFS_WAIT, progress=tb.progress)
     for vm in vms:
         register_intf(hosts[vm["name"]], vm["tap"], vm["address"])
+    tb.timings.update(vm_hosts=t1 - t0, vrouters_started=t2 - t1, vrouters_ready=time.monotonic() - t2)
     ACTIVE["rundir"] = tb.path
 
 
@@ -87,12 +96,16 @@ def stop(tb) -> None:
     ACTIVE["rundir"] = None
     if tb.supervisor is None:
         return
-    for server in servers(tb):
-        for name in (agent_name(server), forwarder_name(server)):
-            try:
-                tb.supervisor.stop(name)
-            except KeyError:
-                pass
+    names = [name for server in servers(tb) for name in (agent_name(server), forwarder_name(server))]
+    tb.supervisor.stop_many([name for name in names if name in tb.supervisor.children])
+
+
+PROGRESS_EVERY = 32   # a long phase's count is shown every so many items (and at its end)
+
+
+def _count(tb, what: str, done: int, total: int) -> None:
+    if total > PROGRESS_EVERY and (done % PROGRESS_EVERY == 0 or done == total):
+        tb.progress(f"overlay: {what}: {done}/{total}")
 
 
 def start_vrouter(tb, server: str) -> None:
@@ -103,14 +116,12 @@ def start_vrouter(tb, server: str) -> None:
 
 def _start_in_server(tb, server: str, name: str, argv: list) -> None:
     """Supervise a vrouter process (argv, plus --rundir and --server) in the server's network namespace."""
-    # `nsenter --net` enters only the server's network namespace and execs (same PID, so the
-    # supervisor watches the real process). Not node.popen: Mininet adds `mnexec -d`, which forks
-    # when the child already leads its own session (the supervisor's start_new_session), so the
-    # supervisor would see an instant exit and "restart" a process that still runs. Not the host's
-    # mount namespace either: named namespaces of VMs added at run time (/run/netns/...) are only
-    # visible in the root mount namespace.
-    enter = ["nsenter", f"--net=/proc/{tb.host(server).pid}/ns/net", "--"]
-    tb.supervisor.start(name, [*enter, *argv, "--rundir", str(tb.path), "--server", server], cwd=str(REPO))
+    # Only the network namespace (the supervisor's netns_pid), not node.popen: Mininet adds
+    # `mnexec -d`, which forks when the child already leads its own session (the supervisor's
+    # start_new_session), so the supervisor would see an instant exit and "restart" a process that
+    # still runs.
+    tb.supervisor.start(name, [*argv, "--rundir", str(tb.path), "--server", server], cwd=str(REPO),
+                        netns_pid=tb.host(server).pid)
 
 
 def forwarder_argv(tb, server: str) -> list:
@@ -185,8 +196,7 @@ def restart_server(tb, server: str, timeout: float = VIFS_WAIT) -> None:
 def add_vm_host(tb, name: str):
     """A Mininet host without links: its only interface will be the TAP its vrouter moves in."""
     host = tb.net.addHost(name)
-    # IPv6 autoconfiguration would only add noise to captures and vrouter counters.
-    host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+    host.cmd(NO_IPV6)  # IPv6 autoconfiguration would only add noise to captures and vrouter counters
     tb.rundir.record_pid(f"node-{name}", host.pid, role="node")
     namespaces.hold(tb.rundir, name, host.pid)
     return host
@@ -201,13 +211,14 @@ def register_intf(host, tap: str, address: str) -> None:
     intf.ip = address
 
 
-def wait_vifs(tb, with_vms: set, timeout: float, want: dict | None = None) -> None:
+def wait_vifs(tb, with_vms: set, timeout: float, want: dict | None = None, progress=None) -> None:
     """Block until every forwarder serves its VMs' interfaces (`want`: {server: {tap, ...}})."""
     deadline = time.monotonic() + timeout
     problem = "no answer yet"
+    waiting = set(with_vms)
     while True:
         pending = []
-        for server in sorted(with_vms):
+        for server in sorted(waiting):
             try:
                 vifs = introspect.query(tb.path, server, "vifs", timeout=2.0)
             except introspect.IntrospectError as exc:
@@ -220,6 +231,9 @@ def wait_vifs(tb, with_vms: set, timeout: float, want: dict | None = None) -> No
                 pending.append(server)
                 problem = "; ".join(f"{v['name']}: {v['state']}" for v in vifs if v["state"] != "up") \
                     or "no configuration from the agent yet"
+        if progress and len(with_vms) > 1 and len(pending) < len(waiting):
+            progress(f"overlay: vrouters serving their VMs: {len(with_vms) - len(pending)}/{len(with_vms)}")
+        waiting = set(pending)  # a vrouter that served its VMs is not asked again
         if not pending:
             return
         if time.monotonic() > deadline:

@@ -84,6 +84,15 @@ def bed(run_root):
     run_cli("clean", "--prefix", b.prefix, "--run-root", str(run_root))
 
 
+@pytest.fixture(autouse=True)
+def _faults_cleared(request):
+    """Every test starts from a fabric without faults: one that failed half way (a link left down)
+    must not fail the tests after it on the module's shared testbed."""
+    yield
+    if "bed" in request.fixturenames:
+        request.getfixturevalue("bed").fault("clear")
+
+
 def ports(bridge) -> dict:
     """{interface: (config, state)} from ovs-ofctl dump-ports-desc: what OVS reports."""
     text = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-ports-desc", bridge],
@@ -150,7 +159,7 @@ def test_cutting_a_leafs_uplinks_cuts_its_servers_off_and_up_restores(bed):
     assert wait_for(lambda: buckets(leaf1), [0]) == [0]
     assert bed.ping("srv1", SERVERS["srv3"]) == (3, 0)
     assert bed.ping("srv3", SERVERS["srv1"]) == (3, 0)
-    assert bed.ping("srv1", SERVERS["srv2"]) == (3, 3)  # under the same leaf: not cut
+    assert bed.reaches("srv1", SERVERS["srv2"])  # under the same leaf: not cut (a loaded machine may lose one)
     listed = bed.ok("list")
     assert "link leaf1-spine1 down" in listed and "link leaf1-spine2 down" in listed
 

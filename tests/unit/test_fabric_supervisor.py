@@ -2,19 +2,10 @@
 import os
 import signal
 import sys
-import time
 
+from process_helpers import wait_for
 from testbed.rundir import RunDir, live_process
 from testbed.supervisor import Supervisor
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_start_log_restart_and_stop(tmp_path):

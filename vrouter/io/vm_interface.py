@@ -96,16 +96,15 @@ def configure(spec, netns, network, mtu: int) -> None:
     ip = int_to_ip(spec.ip)
     plen = next((p for net, p in network.subnets if (spec.ip >> (32 - p)) == (net >> (32 - p))), 32)
     mac = ":".join(f"{b:02x}" for b in spec.mac)
-    with tap.in_netns(netns):
-        _ip("link", "set", "lo", "up")
-        _ip("link", "set", spec.name, "address", mac)
-        _ip("link", "set", spec.name, "mtu", str(mtu))
-        _ip("link", "set", spec.name, "txqueuelen", str(VM_TXQUEUELEN))
-        _ip("addr", "add", f"{ip}/{plen}", "dev", spec.name)
-        for addr in spec.services:
-            _ip("addr", "replace", f"{int_to_ip(addr)}/32", "dev", spec.name)
-        _ip("link", "set", spec.name, "up")
-        _ip("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)
+    with tap.in_netns(netns):  # one `ip` for all: a server of many VMs starts one process per VM, not seven
+        _ip_batch([("link", "set", "lo", "up"),
+                   ("link", "set", spec.name, "address", mac),
+                   ("link", "set", spec.name, "mtu", str(mtu)),
+                   ("link", "set", spec.name, "txqueuelen", str(VM_TXQUEUELEN)),
+                   ("addr", "add", f"{ip}/{plen}", "dev", spec.name),
+                   *(("addr", "replace", f"{int_to_ip(a)}/32", "dev", spec.name) for a in spec.services),
+                   ("link", "set", spec.name, "up"),
+                   ("route", "replace", "default", "via", int_to_ip(network.gateway), "dev", spec.name)])
 
 
 def set_services(name: str, netns, add, remove) -> None:
@@ -142,3 +141,11 @@ def _ip(*args):
     r = subprocess.run(("ip",) + args, capture_output=True, text=True)
     if r.returncode != 0:
         raise VmSetupError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+def _ip_batch(commands: list[tuple[str, ...]]) -> None:
+    """`ip -batch`: stops at the first command that fails, which the error names."""
+    lines = [" ".join(c) for c in commands]
+    r = subprocess.run(("ip", "-batch", "-"), input="\n".join(lines) + "\n", capture_output=True, text=True)
+    if r.returncode != 0:
+        raise VmSetupError(f"ip -batch ({'; '.join(lines)}): {r.stderr.strip()}")
