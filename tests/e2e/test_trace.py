@@ -76,7 +76,7 @@ def test_trace_predicts_what_the_packet_then_does(bed):
     assert leaf["ecmp"]["bucket"] is not None and spine in ("spine1", "spine2")
     # (a) send it for real: the entries are the ones the trace predicted, reverse included.
     tx0 = _spine_tx(prefix)
-    n = 200
+    n = 600
     assert cli("exec", *opts, "red1", SEND.format(sport=41000, dst="192.168.1.13", dport=80, n=n)).returncode == 0
     flows = _flows(rundir, "srv1")
     f, r = flows[("192.168.1.11", "192.168.1.13", 41000, 80)], flows[("192.168.1.13", "192.168.1.11", 80, 41000)]
@@ -84,13 +84,13 @@ def test_trace_predicts_what_the_packet_then_does(bed):
     assert f["action"] == "forward" and f["rule"] == -1 and f["entropy_sport"] == enc["outer_sport"]
     assert r["role"] == "reverse" and f["reverse_index"] == r["index"]
     # (e) ECMP: the spine the trace named carried the flow's packets. Both spines also carry the
-    # path probes of every slot (8 per peer each 100 ms, spread over both: ~100 packets in this
-    # window under load), so the flow shows as the difference between the two, not as a silent spine.
+    # path probes of every slot (8 per peer each 100 ms, spread over both by their own hashes: 50-120
+    # packets a spine in this window, not evenly), so the flow shows as the named spine's lead.
     time.sleep(1)
     tx1 = _spine_tx(prefix)
     other = "spine2" if spine == "spine1" else "spine1"
     named, rest = tx1[spine] - tx0[spine], tx1[other] - tx0[other]
-    assert named >= n and named - rest >= 0.8 * n, (spine, tx0, tx1)
+    assert named >= n and named - rest >= n / 2, (spine, tx0, tx1)
     # (b) the hit after, and the reply caught by the proactive reverse entry.
     hit = _trace(opts, "red1", "--proto", "udp", "--dst", "192.168.1.13", "--dport", "80", "--sport", "41000",
                  "--reply")
