@@ -173,7 +173,7 @@ def test_between_networks_the_leak_each_directions_rule_and_the_reverse_instance
 def test_a_service_flow_names_the_member_the_pipeline_then_installs_and_the_pin_of_its_reverse():
     p = service_pair()
     p1 = p.pipe["srv1"]
-    members = set()
+    members = {}
     for sport in range(40000, 40012):
         before = _state(p1)
         e = _vif(p1, "tr-red1", 6, VM1, SVC, sport, 80)
@@ -184,8 +184,12 @@ def test_a_service_flow_names_the_member_the_pipeline_then_installs_and_the_pin_
         f, r = _installed(p1, 100, VM1, SVC, sport, 80), _installed(p1, 100, SVC, VM1, 80, sport)
         assert f["member"] == s["member"] and (r["member"], r["pin"]) == (s["member"], rev["pin"])
         assert a.vif == {"red3": "tr-red3", "red2": "tr-red2"}[s["member"]]
-        members.add(s["member"])
-    assert members == {"red2", "red3"}                      # the test saw both members chosen
+        members[s["member"]] = sport
+    assert set(members) == {"red2", "red3"}                      # the test saw both members chosen
+    # The local member's reply from the service address hits its pinned reverse entry.
+    back = _vif(p1, "tr-red3", 6, SVC, VM1, 80, members["red3"])
+    assert _kinds(back)["flow"]["pin"] == "tr-red3" and back["outcome"] == {"action": "deliver", "place": "srv1",
+                                                                             "vif": "tr-red1"}
     # From the fabric, srv2 hashes over its own member only (the sender chose it).
     d = explain.from_fabric(p.pipe["srv2"], SRV1, "mplsoudp", 100, 6, ip_to_int(VM1), ip_to_int(SVC), 1, 80)
     assert _kinds(d)["service"]["hashed_over"] == ["red2"] and d["outcome"]["vif"] == "tr-red2"

@@ -2,7 +2,9 @@
 
 A read-only friend of the pipeline: it reads the pipeline's state (VIFs, routing instances, flow
 table, path slots) and decides with the functions the pipeline and the agent decide with (the FIB's
-longest-prefix match, ``SlowPath.evaluate`` for route + policy, ``entry_kind`` for what an entry does,
+longest-prefix match, ``SlowPath.decide`` on the punt request the pipeline would queue (so routing
+between networks, a service's member and NAT are explained as decided; decide changes nothing, and a
+SNAT port is taken only at install), ``entry_kind`` for what an entry does,
 ``entropy_port`` / ``Paths.peek`` for the outer source port), so an explanation cannot drift from
 what the datapath does. Nothing is counted, aged, held or allocated: a flow lookup here touches no
 statistics. The agent runs ``SlowPath.decide`` in its own process on the configuration it pushes to
@@ -14,7 +16,8 @@ An explanation is ``{"steps": [step, ...], "outcome": {...}}``; a step is ``{"ki
 "fields"}`` (plain values: msgpack- and JSON-safe), so new kinds of step (NAT, load balancing) join
 the list without changing its readers. Outcomes: ``{"action": "tunnel", peer, encap, label,
 outer_sport}``, ``{"action": "deliver", vif}``, ``{"action": "drop", reason, why}``, ``{"action":
-"answer", what}`` (the vrouter replies itself) or ``{"action": "hold"}`` (waiting for a decision).
+"answer", what}`` (the vrouter replies itself), ``{"action": "external", nat, why}`` (NAT: out of the
+external port) or ``{"action": "hold"}`` (waiting for a decision).
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ def from_vif(pipe: Pipeline, vif_name: str, proto: int, src: int, dst: int, spor
         return {"steps": steps, "outcome": drop("invalid_vif", place=place)}
     ri = pipe._vrfs[vif.vrf]
     steps.append(step("vif", place, vif=vif_name, ip=int_to_ip(vif.ip), network=ri.name))
-    if src != vif.ip:
+    if src != vif.ip and src not in vif.services:      # as Pipeline._vif_slow: a member sends from its service's
         return {"steps": steps, "outcome": drop("spoofed_source", place=place)}
     steps.append(step("vrf", place, vrf=ri.id, network=ri.name))
     key: FlowKey = (ri.id, proto, src, dst, sport, dport)
