@@ -165,26 +165,65 @@ def step_text(s: dict) -> str:
     if k == "route":
         if f["prefix"] is None:
             return "  route: none (no route in this routing instance)"
-        nh = f["nexthop"]
-        via = {"vif": lambda: f"vif {nh.get('vif')}",
-               "tunnel": lambda: f"tunnel to {nh.get('peer')} label {nh.get('label')} ({nh.get('encap')})"}
-        return f"  route: {f['prefix']} -> {via.get(nh['type'], lambda: nh['type'])()}"
+        return f"  route: {_route_text(f)}"
     if k == "policy":
         return f"  policy of {f['network']}: {f['verdict']} by {_rule(f)}"
+    if k == "service":
+        return f"  service {f['service']}: member {f['member']} ({_service_why(f)})"
+    if k == "nat":
+        port = f", the port {f['port']}" if f.get("port") else ""
+        return (f"  NAT {f['method']} {f['address']} (of {f['of']}){port}: leaves as {_nat_text(f['forward'])}, "
+                f"the reply enters as {_nat_text(f['reverse'])}; {f['out']}")
     if k == "reverse":
-        if f["action"] is None:
-            return f"  reverse entry: none ({f['note']})"
-        why = f", {f['reason']}" if f.get("reason") else ""
-        return f"  reverse entry installed with it: {f['key']} {f['action']}{why} by {_rule(f)}"
+        return _reverse_text(f)
     if k == "encap":
         port = f["outer_sport"] if f["outer_sport"] is not None else f"unknown ({f.get('note')})"
         slot = f" (path slot {f['slot']})" if f.get("slot") is not None else ""
         return f"encapsulation {f['encap']} label {f['label']} to {f['peer']}, outer source port {port}{slot}"
     if k == "switch":
         return _switch_text(f)
+    if k == "external":
+        return f"external port: leaves as {_nat_text(f['nat'] or {})}, {f['why']}"
     if k == "tap":
         return f"TAP {f['tap']} of VM {f['vm'] or '?'}"
     return f"{k}: {f}"
+
+
+def _route_text(f: dict) -> str:
+    nh = f["nexthop"]
+    via = {"vif": lambda: f"vif {nh.get('vif')}",
+           "tunnel": lambda: f"tunnel to {nh.get('peer')} label {nh.get('label')} ({nh.get('encap')})",
+           "composite": lambda: f"service {nh.get('service')} (composite of "
+                                f"{', '.join(m['member'] for m in nh.get('members', []))})",
+           "external": lambda: "external (the gateway, no tunnel)"}
+    leak = f", leaked from network {f['leaked_from']} by policy" if f.get("leaked_from") else ""
+    return f"{f['prefix']} -> {via.get(nh['type'], lambda: nh['type'])()}{leak}"
+
+
+def _service_why(f: dict) -> str:
+    if "weights" not in f:
+        return f["why"]
+    return f"{f['why']} over {', '.join(f'{m} {w}' for m, w in f['weights'].items())}"
+
+
+def _nat_text(t: dict) -> str:
+    return f"{t.get('src')}:{t.get('sport')} -> {t.get('dst')}:{t.get('dport')}"
+
+
+def _reverse_text(f: dict) -> str:
+    if f["action"] is None:
+        return f"  reverse entry: none ({f['note']})"
+    why = f", {f['reason']}" if f.get("reason") else ""
+    policy = f.get("policy_network") or f.get("network")
+    text = f"  reverse entry installed with it: {f['key']} {f['action']}{why} by {policy}'s {_rule(f)}"
+    route = f.get("route")
+    if route and route.get("prefix"):
+        text += f"; its route {_route_text(route)}"
+    if f.get("pin"):
+        text += f"; member {f['member']}, pinned to {f['pin']} (its reply is taken only from there)"
+    if f.get("nat"):
+        text += f"; translated back to {_nat_text(f['nat'])}"
+    return text
 
 
 def _flow_text(f: dict) -> str:
@@ -193,6 +232,9 @@ def _flow_text(f: dict) -> str:
     rev = f" <=> {f['reverse_index']}" if f.get("reverse_index") is not None else ""
     extra = f", {f['reason']}" if f.get("reason") else ""
     rule = f", {_rule(f)}" if f.get("rule") is not None else ""
+    rule += f", member {f['member']}" if f.get("member") else ""
+    rule += f", pinned to {f['pin']}" if f.get("pin") else ""
+    rule += f", NAT to {_nat_text(f['nat'])}" if f.get("nat") else ""
     return (f"flow table: hit entry {f['index']}{rev} ({f['role']} entry, {f['action']}{extra}{rule}, "
             f"{f['packets']} packets) for {f['key']}")
 
@@ -216,6 +258,8 @@ def outcome_text(o: dict) -> str:
     if a == "drop":
         rule = f", {_rule(o)}" if o.get("rule") is not None else ""
         return f"dropped at {o.get('place', '?')}: {o['reason']} ({o['why']}){rule}"
+    if a == "external":
+        return f"leaves {o['place']} as {_nat_text(o['nat'])}, {o['why']}"
     if a == "answer":
         return f"answered by the vrouter on {o['place']}: {o['what']}"
     if a == "hold":

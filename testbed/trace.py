@@ -165,6 +165,9 @@ def _finish(result: dict, vms: dict, out: dict) -> dict:
         vm = next((name for name, w in vms.items() if w["vif"] == out["vif"] and w["server"] == out["place"]), None)
         result["steps"].append(step("tap", out["place"], tap=out["vif"], vm=vm))
         result["outcome"] = {**out, "vm": vm}
+    elif out["action"] == "external":       # NAT: toward the gateway, outside the overlay (not traced on)
+        result["steps"].append(step("external", out["place"], nat=out.get("nat"), why=out["why"]))
+        result["outcome"] = out
     else:
         result["outcome"] = out
     return result

@@ -111,3 +111,55 @@ def test_trace_predicts_what_the_packet_then_does(bed):
     assert x["outcome"]["vm"] == "blue3" and _kind(x, "vrf", "srv1")[0]["network"] == "blue"
     bad = cli("trace", *opts, "red9", "--proto", "udp", "--dst", "192.168.1.13", "--dport", "80")
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown VM") and "Traceback" not in bad.stderr
+
+
+# A TCP SYN from a fixed source port (the answer, or its refusal, does not matter: the entries do).
+SYN = ("python3 -c \"import socket;s=socket.socket();s.bind(('',{sport}));s.settimeout(3)\n"
+       "try: s.connect(('{dst}',{dport}))\nexcept OSError: pass\"")
+
+
+@pytest.fixture(scope="module")
+def intervn(run_root, new_prefix):
+    prefix = new_prefix("i")
+    opts = ["--prefix", prefix, "--run-root", str(run_root)]
+    r = cli("up", str(REPO / "topologies" / "inter-vn.yaml"), *opts, timeout=300)
+    assert r.returncode == 0, r.stderr
+    yield prefix, opts, run_root / prefix
+    cli("down", *opts, timeout=300)
+
+
+def test_trace_explains_the_leak_and_the_member_as_the_agent_then_installs(intervn):
+    prefix, opts, rundir = intervn
+    green1, red3, svc = "192.168.3.11", "192.168.1.13", "192.168.1.100"
+    # Between networks: green's rule 0 admits tcp 80, red's rule 0 the reverse, keyed in red (vrf 100).
+    t = _trace(opts, "green1", "--proto", "tcp", "--dst", red3, "--dport", "80", "--sport", "41100")["forward"]
+    (route,), (pol,), (rev,) = (_kind(t, k, "srv1") for k in ("route", "policy", "reverse"))
+    assert route["leaked_from"] == "red" and (pol["network"], pol["rule"], pol["verdict"]) == ("green", 0, "allow")
+    assert (rev["vrf"], rev["network"], rev["rule"]) == (100, "red", 0) and t["outcome"]["vm"] == "red3"
+    assert cli("exec", *opts, "green1", SYN.format(sport=41100, dst=red3, dport=80)).returncode == 0
+    flows = {(f["vrf"], f["src"], f["dst"], f["sport"], f["dport"]): f
+             for f in introspect.query(rundir, "srv1", "flows")}
+    f, r = flows[(300, green1, red3, 41100, 80)], flows[(100, red3, green1, 80, 41100)]
+    assert (f["action"], f["rule"], r["role"], r["rule"]) == ("forward", 0, "reverse", 0)
+    d = _trace(opts, "green1", "--proto", "tcp", "--dst", red3, "--dport", "22", "--sport", "41101")["forward"]
+    assert d["outcome"]["reason"] == "policy_deny" and d["outcome"]["rule"] == 1
+    assert cli("exec", *opts, "green1", SYN.format(sport=41101, dst=red3, dport=22)).returncode == 0
+    f22 = next(f for f in introspect.query(rundir, "srv1", "flows") if (f["src"], f["sport"]) == (green1, 41101))
+    assert (f22["action"], f22["reason"], f22["rule"]) == ("drop", "policy_deny", 1)
+    # A service added at run time: the member the trace names is the member the real flow goes to.
+    r = cli("net", "service", "add", "web", *opts, "--network", "red", "--address", svc, "--members", "red2,red3")
+    assert r.returncode == 0, r.stderr
+    for sport in (41200, 41201, 41202, 41203):
+        deadline = time.time() + 60
+        while True:                     # until srv1's forwarder runs the generation with the service
+            s = _trace(opts, "red1", "--proto", "tcp", "--dst", svc, "--dport", "80", "--sport", str(sport))["forward"]
+            if _kind(s, "service", "srv1") or time.time() > deadline:
+                break
+            time.sleep(1)
+        (chosen,) = _kind(s, "service", "srv1")
+        assert chosen["member"] in ("red2", "red3") and s["outcome"]["vm"] == chosen["member"]
+        assert cli("exec", *opts, "red1", SYN.format(sport=sport, dst=svc, dport=80)).returncode == 0
+        fl = {(f["src"], f["dst"], f["sport"]): f for f in introspect.query(rundir, "srv1", "flows")}
+        assert fl[("192.168.1.11", svc, sport)]["member"] == chosen["member"]
+        (back,) = [f for f in introspect.query(rundir, "srv1", "flows") if (f["src"], f["dport"]) == (svc, sport)]
+        assert back["member"] == chosen["member"] and back["pin"] == _kind(s, "reverse", "srv1")[0]["pin"]

@@ -1,6 +1,9 @@
 """core/explain.py: what `testbed trace` says a vrouter does with a packet, checked against what the
 pipeline then really does with that packet, and that explaining changes nothing."""
-from core_helpers import SRV1, SRV2, VM1, VM2, VM3, Pair, icmp_frame, tcp_frame, udp_frame
+from core_helpers import SRV1, SRV2, VM1, VM2, VM3, VM3_MAC, Pair, icmp_frame, tcp_frame, udp_frame
+from test_core_ecmp import SVC, service_pair
+from test_core_intervn import GREEN, GREEN2, RED, RED3, TAP, fabric, frame
+from test_core_nat import FIP, INET, SNAT, Vrouter, nat_config
 from vrouter.core import explain
 from vrouter.core.actions import Drop, ToTunnel, ToVif
 from vrouter.core.codec.ipv4 import ip_to_int
@@ -133,3 +136,83 @@ def test_with_path_slots_the_predicted_port_is_the_slot_port_the_flow_really_tak
         (request,) = p1.take_punts(0.0)
         (t,) = p1.install(pair.slow["srv1"].decide(request, 0.0), 0.0)
         assert t.sport == out["outer_sport"] and out["slot"] is not None
+
+
+# ---------------------------------------------------------------- the three ways decide branches
+def _installed(pipe, vrf, src, dst, sport, dport):
+    return next(f for f in pipe.flows(0.0) if (f["vrf"], f["src"], f["dst"], f["sport"], f["dport"]) ==
+                (vrf, src, dst, sport, dport))
+
+
+def test_between_networks_the_leak_each_directions_rule_and_the_reverse_instance_are_what_is_installed():
+    p = fabric()
+    p2 = p.pipe["srv2"]
+    before = _state(p2)
+    e = _vif(p2, TAP["green2"], 6, GREEN2, RED3, 40000, 80)
+    assert _state(p2) == before
+    k = _kinds(e)
+    assert k["route"]["leaked_from"] == "red" and k["route"]["nexthop"]["label"] == GREEN
+    assert k["policy"] == {"network": "green", "rule": 0, "rule_text": "allow tcp with network red dst_port 80",
+                           "verdict": "allow"}
+    rev = k["reverse"]
+    assert (rev["vrf"], rev["network"], rev["rule"], rev["action"]) == (RED, "red", 0, "forward")
+    assert rev["rule_text"] == "allow tcp with network green src_port 80" and rev["route"]["leaked_from"] == "green"
+    (a,) = p.send("srv2", TAP["green2"], frame("green2", GREEN2, RED3, 40000, 80, TCP_SYN))
+    assert isinstance(a, ToVif) and a.vif == TAP["red3"]
+    f = _installed(p2, GREEN, GREEN2, RED3, 40000, 80)
+    r = _installed(p2, RED, RED3, GREEN2, 80, 40000)        # keyed in red, as the trace said
+    assert (f["rule"], r["rule"], r["role"]) == (k["policy"]["rule"], rev["rule"], "reverse")
+    assert e["outcome"]["peer"] == f["nexthop"]["peer"] and e["outcome"]["outer_sport"] == f["entropy_sport"]
+    # Port 22: green's own rule 1 denies it, and that drop entry is what the real packet makes.
+    d = _vif(p2, TAP["green2"], 6, GREEN2, RED3, 40000, 22)
+    assert d["outcome"]["reason"] == "policy_deny" and d["outcome"]["rule"] == 1
+    assert p.send("srv2", TAP["green2"], frame("green2", GREEN2, RED3, 40000, 22, TCP_SYN)) == [Drop("policy_deny")]
+    assert _installed(p2, GREEN, GREEN2, RED3, 40000, 22)["rule"] == 1
+
+
+def test_a_service_flow_names_the_member_the_pipeline_then_installs_and_the_pin_of_its_reverse():
+    p = service_pair()
+    p1 = p.pipe["srv1"]
+    members = {}
+    for sport in range(40000, 40012):
+        before = _state(p1)
+        e = _vif(p1, "tr-red1", 6, VM1, SVC, sport, 80)
+        assert _state(p1) == before
+        s, rev = _kinds(e)["service"], _kinds(e)["reverse"]
+        assert s["hashed_over"] == ["red3", "red2"] and s["member"] == max(s["weights"], key=s["weights"].get)
+        (a,) = p.send("srv1", "tr-red1", tcp_frame(VM1, SVC, sport, 80, TCP_SYN))
+        f, r = _installed(p1, 100, VM1, SVC, sport, 80), _installed(p1, 100, SVC, VM1, 80, sport)
+        assert f["member"] == s["member"] and (r["member"], r["pin"]) == (s["member"], rev["pin"])
+        assert a.vif == {"red3": "tr-red3", "red2": "tr-red2"}[s["member"]]
+        members[s["member"]] = sport
+    assert set(members) == {"red2", "red3"}                      # the test saw both members chosen
+    # The local member's reply from the service address hits its pinned reverse entry.
+    back = _vif(p1, "tr-red3", 6, SVC, VM1, 80, members["red3"])
+    assert _kinds(back)["flow"]["pin"] == "tr-red3" and back["outcome"] == {"action": "deliver", "place": "srv1",
+                                                                             "vif": "tr-red1"}
+    # From the fabric, srv2 hashes over its own member only (the sender chose it).
+    d = explain.from_fabric(p.pipe["srv2"], SRV1, "mplsoudp", 100, 6, ip_to_int(VM1), ip_to_int(SVC), 1, 80)
+    assert _kinds(d)["service"]["hashed_over"] == ["red2"] and d["outcome"]["vif"] == "tr-red2"
+
+
+def test_nat_shows_both_translations_and_takes_no_port_the_pipeline_takes_at_install():
+    v = Vrouter(nat_config())
+    before = _state(v.pipe), v.pipe.nat_state()
+    fl = _vif(v.pipe, "tr-red1", 6, VM1, INET, 40000, 80)
+    sn = _vif(v.pipe, "tr-red3", 6, VM3, INET, 40000, 80)
+    assert (_state(v.pipe), v.pipe.nat_state()) == before            # no SNAT port taken
+    nf, ns = _kinds(fl)["nat"], _kinds(sn)["nat"]
+    assert (nf["method"], nf["address"], ns["method"], ns["address"]) == ("floating", FIP, "snat", SNAT)
+    assert fl["outcome"]["action"] == sn["outcome"]["action"] == "external" and "without a tunnel" in nf["out"]
+    assert ns["forward"]["sport"] == ns["port"] == explain.AT_INSTALL
+    assert _kinds(sn)["reverse"]["vrf"] == 0 and _kinds(sn)["reverse"]["policy_network"] == "red"
+    v.vm("tr-red1", tcp_frame(VM1, INET, 40000, 80, TCP_SYN))
+    v.vm("tr-red3", tcp_frame(VM3, INET, 40000, 80, TCP_SYN, src_mac=VM3_MAC))
+    for vif_ip, n, src in ((VM1, nf, FIP), (VM3, ns, SNAT)):
+        f = _installed(v.pipe, 100, vif_ip, INET, 40000, 80)
+        r = _installed(v.pipe, 0, INET, src, 80, f["nat"]["sport"])
+        assert f["action"] == "nat" and f["nat"]["kind"] == n["method"]
+        want = {**n["forward"], "sport": f["nat"]["sport"]} if n["port"] else n["forward"]
+        assert {k: f["nat"][k] for k in want} == want
+        assert {k: r["nat"][k] for k in n["reverse"]} == n["reverse"]
+    assert _installed(v.pipe, 100, VM1, INET, 40000, 80)["nat"]["sport"] == 40000     # 1:1 keeps the port

@@ -19,6 +19,15 @@ class PuntRequest(TypedDict):
     owner: str          # the VM interface (or "fabric") the flow is charged to (docs/vrouter-core.md)
 
 
+def punt_request(key: tuple[int, int, int, int, int, int], ingress: tuple[str, str], owner: str,
+                 tcp_flags: int = 0, length: int = 0) -> PuntRequest:
+    """The request of a new flow ``key`` (vrf, proto, src, dst, sport, dport) that entered at
+    ``ingress`` (kind, port): what the pipeline queues and what ``testbed trace`` asks the slow path."""
+    vrf, proto, src, dst, sport, dport = key
+    return {"vrf": vrf, "proto": proto, "src": src, "dst": dst, "sport": sport, "dport": dport,
+            "ingress": ingress[0], "port": ingress[1], "tcp_flags": tcp_flags, "length": length, "owner": owner}
+
+
 @dataclass(frozen=True, slots=True)
 class ToVif:
     """Write ``frame`` (a whole Ethernet frame) to the TAP of VM interface ``vif``."""

@@ -72,6 +72,11 @@ class Admission:
         return q
 
     # ---- owners
+    def owner_of(self, key: tuple[int, ...], ingress: tuple[str, str]) -> Quota:
+        """Owner of a new flow ``key`` (vrf, proto, src, dst, ...) entering at ``ingress`` (kind, port):
+        the VIF it came from, else as ``of_key`` tells for a packet from the fabric."""
+        return self.owners[ingress[1]] if ingress[0] == "vif" else self.of_key(key[0], key[2], key[3], True)
+
     def of_key(self, vrf: int, src: int, dst: int, fabric: bool) -> Quota:
         """Owner of a flow entering from the fabric (``fabric``) or, without a packet to tell, of
         an entry by its key: the local VIF that sends it, else the one it goes to, else "fabric"."""

@@ -63,9 +63,16 @@ def choose(nh: Nexthop, key: tuple[int, int, int, int, int], ingress: tuple[str,
     for m in members:
         if m["member"] == keep or reply and ingress is not None and origin(m) == ingress[1]:
             return m
+    return pick(candidates(nh, ingress), *key)
+
+
+def candidates(nh: Nexthop, ingress: tuple[str, str] | None) -> list[Nexthop]:
+    """The members of composite ``nh`` a new flow entering at ``ingress`` is hashed over: all, or
+    from the fabric this vrouter's own (``choose``; ``testbed trace`` shows their weights)."""
+    members: list[Nexthop] = nh["members"]
     if ingress is not None and ingress[0] == "fabric":
-        members = [m for m in members if m["type"] == "vif"] or members
-    return pick(members, *key)
+        return [m for m in members if m["type"] == "vif"] or members
+    return members
 
 
 def pin(forward: Any, reverse: Any) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from . import drops as _drops
 from . import ecmp, local, tcpstate
-from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif, ToVifParts
+from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif, ToVifParts, punt_request
 from .admission import Admission, Waiting
 from .codec import ethernet, gre, mpls, outer, vxlan
 from .codec.errors import Malformed
@@ -351,10 +351,9 @@ class Pipeline:
                now: float) -> list[Action]:
         """A new flow: admission (limits, then room in the table), its HOLD entry, its queued punt."""
         self._count["misses"] += 1
-        vrf, proto, src, dst, sport, dport = key
         adm = self._admission
-        owner = adm.owners[ingress[1]] if ingress[0] == "vif" else adm.of_key(vrf, src, dst, True)
-        net = adm.networks[vrf]
+        owner = adm.owner_of(key, ingress)
+        net = adm.networks[key[0]]
         need = 2 if self._settings.mode == "proactive" else 1     # a proactive pair is two entries
         reason = adm.refuse(owner, net, need)
         if reason is not None:
@@ -365,10 +364,7 @@ class Pipeline:
         e.held.append(held)
         self.table.insert(e, owner, net, need)
         self._count["punts"] += 1
-        request: PuntRequest = {"vrf": vrf, "proto": proto, "src": src, "dst": dst, "sport": sport,
-                                "dport": dport, "ingress": ingress[0], "port": ingress[1], "tcp_flags": flags,
-                                "length": tlen, "owner": owner.name}
-        self._queue.push(owner.name, (request, e), now)
+        self._queue.push(owner.name, (punt_request(key, ingress, owner.name, flags, tlen), e), now)
         return []
 
     # ---------------------------------------------------------------- the setup queue
