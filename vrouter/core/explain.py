@@ -190,7 +190,7 @@ def _reverse_step(pipe: Pipeline, decision: Decision, place: str, ingress: tuple
 def _nat_steps(pipe: Pipeline, ri: RoutingInstance, decision: Decision, place: str) -> list[Step]:
     """A NAT decision (core/nat.py): the route out (or the floating IP in), both translations, the
     policy of the VM's network for each direction, the reverse entry in the other routing instance.
-    A SNAT port is taken only when the decision is installed (``NatPort._nat_bind``): none here."""
+    A SNAT port is taken only when the decision is installed (``Nat.bind``, core/nat.py): none here."""
     fwd, rev = decision["forward"], decision["reverse"]
     out = [_route_step(place, ri.fib.match(fwd["key"][2]))]
     nat = fwd.get("nat")
