@@ -197,10 +197,10 @@ def test_a_service_flow_names_the_member_the_pipeline_then_installs_and_the_pin_
 
 def test_nat_shows_both_translations_and_takes_no_port_the_pipeline_takes_at_install():
     v = Vrouter(nat_config())
-    before = _state(v.pipe), v.pipe.nat_state()
+    before = _state(v.pipe), v.pipe.nat.state()
     fl = _vif(v.pipe, "tr-red1", 6, VM1, INET, 40000, 80)
     sn = _vif(v.pipe, "tr-red3", 6, VM3, INET, 40000, 80)
-    assert (_state(v.pipe), v.pipe.nat_state()) == before            # no SNAT port taken
+    assert (_state(v.pipe), v.pipe.nat.state()) == before            # no SNAT port taken
     nf, ns = _kinds(fl)["nat"], _kinds(sn)["nat"]
     assert (nf["method"], nf["address"], ns["method"], ns["address"]) == ("floating", FIP, "snat", SNAT)
     assert fl["outcome"]["action"] == sn["outcome"]["action"] == "external" and "without a tunnel" in nf["out"]
