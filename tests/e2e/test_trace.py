@@ -131,6 +131,8 @@ def intervn(run_root, new_prefix):
 def test_trace_explains_the_leak_and_the_member_as_the_agent_then_installs(intervn):
     prefix, opts, rundir = intervn
     green1, red3, svc = "192.168.3.11", "192.168.1.13", "192.168.1.100"
+    for peer in ("192.168.1.12", red3):          # path slots (outer ports) from srv1 to srv2 and srv3
+        assert cli("exec", *opts, "red1", f"ping -c2 -W2 {peer}").returncode == 0
     # Between networks: green's rule 0 admits tcp 80, red's rule 0 the reverse, keyed in red (vrf 100).
     t = _trace(opts, "green1", "--proto", "tcp", "--dst", red3, "--dport", "80", "--sport", "41100")["forward"]
     (route,), (pol,), (rev,) = (_kind(t, k, "srv1") for k in ("route", "policy", "reverse"))
