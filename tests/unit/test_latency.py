@@ -13,11 +13,12 @@ from core_helpers import VM1, VM2, Pair, icmp_frame
 from offload_helpers import prefix, tcp_ip
 from vrouter.core import latency
 from vrouter.core.codec import virtio
+from vrouter.core.gro import mergeable
 from vrouter.core.latency import LEGS, SEND_CALLS, Stamp, breakdown, echo, legs_of, ping_sent_ns
 from vrouter.core.offload import Offloads
 from vrouter.core.spin import Spin
 from vrouter.io.poller import Poller
-from vrouter.processes.datapath import AgentLink, Datapath, VifPort, mergeable
+from vrouter.processes.datapath import AgentLink, Datapath, VifPort
 
 NOW = 1_796_000_000 * 10**9
 

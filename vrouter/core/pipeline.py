@@ -37,7 +37,8 @@ from .codec import ethernet, gre, mpls, outer, vxlan
 from .codec.errors import Malformed
 from .codec.ipv4 import FLAG_MF, int_to_ip
 from .codec.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_FIN, TCP_RST, TCP_SYN
-from .config import VROUTER_MAC, Vif, VrouterConfig
+from .config import VROUTER_MAC, VrouterConfig
+from .encap import VifState, encap_prefix
 from .fib import Nexthop
 from .flowkey import Extracted, FlowKey, entropy_port, extract, key_hash, reverse
 from .flowtable import (
@@ -72,29 +73,7 @@ _TCP_UNUSUAL = TCP_FIN | TCP_RST | TCP_PEER_FIN     # a segment tcpstate.segment
 _STRUCT_ERROR = struct.error
 
 _ETH_IP = b"\x08\x00"
-_GRE_MPLS = b"\x00\x00\x88\x47"
 _GRE_MPLS_WORD = 0x8847
-_MPLS_TTL = 64
-
-
-def encap_prefix(encap: str, label: int, inner_mac: bytes) -> bytes:
-    """Bytes that go before the inner IPv4 packet in a ToTunnel payload."""
-    word = struct.pack("!I", label << 12 | 0x100 | _MPLS_TTL)
-    if encap == "mplsoudp":
-        return word
-    if encap == "mplsogre":
-        return _GRE_MPLS + word
-    return vxlan.build(label) + inner_mac + VROUTER_MAC + _ETH_IP
-
-
-class _VifState:
-    __slots__ = ("name", "vrf", "ip", "mac", "eth", "services")
-
-    def __init__(self, vif: Vif, vrf_id: int) -> None:
-        self.name, self.vrf, self.ip, self.mac, self.services = vif.name, vrf_id, vif.ip, vif.mac, vif.services
-        self.eth = vif.mac + VROUTER_MAC + _ETH_IP
-
-
 class Pipeline:
     def __init__(self, config: VrouterConfig, paths: Paths | None = None) -> None:
         """``paths``: the path slots tunnel entries take their outer source port from (path repair,
@@ -126,7 +105,7 @@ class Pipeline:
         self.table.capacity = config.flow.capacity
         self._vrfs = build_instances(config)
         vrf_of = {n.name: n.id for n in config.networks}
-        self._vifs = {v.name: _VifState(v, vrf_of[v.network]) for v in config.vifs}
+        self._vifs = {v.name: VifState(v, vrf_of[v.network]) for v in config.vifs}
         self._labels = {n.id: n.id for n in config.networks}
         self._peers = frozenset(config.peers)
         self._underlay = config.underlay_ip
@@ -265,7 +244,7 @@ class Pipeline:
             e.wscale = tcpstate.window_scale(buf, l4)
 
     # ---------------------------------------------------------------- slow parsing
-    def _vif_slow(self, vif: _VifState, frame: bytes, now: float) -> list[Action]:
+    def _vif_slow(self, vif: VifState, frame: bytes, now: float) -> list[Action]:
         if len(frame) < 14:
             return self._drop("malformed")
         et = frame[12] << 8 | frame[13]
@@ -395,14 +374,14 @@ class Pipeline:
         return self._queue.wait(now)
 
     # ---------------------------------------------------------------- local answers (core/local.py)
-    def _arp(self, vif: _VifState, frame: bytes) -> list[Action]:
+    def _arp(self, vif: VifState, frame: bytes) -> list[Action]:
         reply = local.arp_reply(frame, vif.ip, self._vrfs[vif.vrf].fib)
         if isinstance(reply, str):
             return self._drop(reply)
         self._count["arp_replies"] += 1
         return [ToVif(vif.name, reply)]
 
-    def _receive(self, vif: _VifState, frame: bytes, pkt: Extracted) -> list[Action]:
+    def _receive(self, vif: VifState, frame: bytes, pkt: Extracted) -> list[Action]:
         reply = local.echo_reply(frame, pkt, vif.eth)
         if isinstance(reply, str):
             return self._drop(reply)

@@ -39,7 +39,7 @@ from vrouter.core import gso, latency
 from vrouter.core.actions import ToExternal, ToTunnel, ToVif, ToVifParts
 from vrouter.core.codec import virtio
 from vrouter.core.config import VrouterConfig
-from vrouter.core.gro import vnet_for_frame
+from vrouter.core.gro import lone_icmp, vnet_for_frame
 from vrouter.core.offload import Offloads, vm_mtu
 from vrouter.core.paths import Paths
 from vrouter.core.pipeline import Pipeline
@@ -252,22 +252,6 @@ def _tso_mss(vnet: bytes, counters) -> int:
     return 0
 
 
-def _inner_proto(encap: str, data: bytes) -> int:
-    """The IP protocol of the inner IPv4 packet of a tunnel payload (0 if there is none)."""
-    p = gso.PREFIX_LEN.get(encap)
-    return data[p + 9] if p is not None and len(data) > p + 20 and data[p] >> 4 == 4 else 0
-
-
-def mergeable(read: tuple) -> bool:
-    """A `read_gro` read GRO may merge with others: a TCP payload (one datagram or coalesced)."""
-    return _inner_proto(read[1], read[2]) == 6
-
-
-def _lone_icmp(encap: str, data: bytes) -> bool:
-    """The tunnel payload carries an IPv4 ICMP packet (which GRO never merges, as Linux's does not)."""
-    return _inner_proto(encap, data) == 1
-
-
 def random_seed() -> int:
     return int.from_bytes(os.urandom(8), "big")
 
@@ -366,7 +350,7 @@ class Datapath:
         # against the fabric peers. MPLSoGRE reads are one packet each (raw socket, no UDP_GRO).
         # Merge across the whole drain, not only within one coalesced read: when the kernel did not
         # coalesce, a backlog of single datagrams still merges here.
-        if len(reads) == 1 and not reads[0][3] and _lone_icmp(reads[0][1], reads[0][2]):
+        if len(reads) == 1 and not reads[0][3] and lone_icmp(reads[0][1], reads[0][2]):
             # A lone ICMP datagram (a ping): nothing to merge and no partial checksum to flag, so
             # it skips the GRO engine (its dispatch is a third of a cold ping's pipeline leg here).
             src, encap, data, _ = reads[0]
@@ -429,7 +413,7 @@ class Datapath:
         g, stamps, clock = self.offloads.gro, self.stamps, time.time_ns
         from_fabric, execute, hist = self.pipeline.from_fabric, self._execute, self.offloads.hist
         for src, encap, data, seg in reads:
-            if not seg and _lone_icmp(encap, data):     # as from_reads: no GRO for a lone ICMP datagram
+            if not seg and lone_icmp(encap, data):     # as from_reads: no GRO for a lone ICMP datagram
                 deliveries = [(data, None, 1, 0, PLAIN)]
             else:
                 g.add_batch(encap, data, seg, now)

@@ -28,6 +28,7 @@ import time
 
 from vrouter.core import schema
 from vrouter.core.config import ConfigError, VrouterConfig
+from vrouter.core.gro import mergeable
 from vrouter.core.offload import Offloads, vm_mtu
 from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS, SLOTS
 from vrouter.core.spin import Spin
@@ -36,7 +37,7 @@ from vrouter.io.external import External
 from vrouter.io.introspect import summary
 from vrouter.io.poller import Poller
 from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
-from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort, mergeable
+from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort
 from vrouter.processes.introspect import Introspector
 from vrouter.processes.launch import add_switch_arguments, parser, path_slots, serve, setup_logging, spin_us
 
