@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from controllers import vnc_baremetal
 from vrouter.core import links, natschema, schema, services
 from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.schema import DEFAULT_ENCAP, Problems, default_mac
@@ -140,6 +141,8 @@ class VncModel:
             parsed.append((f"policies[{i}]", schema.policy(_FIRST, f"policies[{i}]", pol, self._networks, seen)))
             self._policies[parsed[-1][1].network] = parsed[-1][1].to_dict()
         links.connections(_FIRST, parsed, self._networks)
+        nodes = {n: f"node {n!r}" for n in (*self._servers, *self._other_names, *self._vms)}
+        self._baremetal = vnc_baremetal.parse(topo, self._networks, self._vms, self._services, nodes)
         self._parse_nat(topo)
         self._changed_at = {s: self.generation for s in self._servers}
 
@@ -249,6 +252,7 @@ class VncModel:
         item = {"name": name, "network": network, "server": server, "address": address}
         if mac is not None:
             item["mac"] = mac
+        vnc_baremetal.check_vm(self._baremetal, item, f"vms[{name!r}]")
         return self._commit(lambda: self._add_vm(item, where=f"vms[{name!r}]"))
 
     def remove_vm(self, name):
@@ -424,6 +428,7 @@ class VncModel:
                 routes.append({"network": net, "prefix": f"{vm['address']}/32",
                                "nexthop": self._nexthop(vm, server, net)})
         routes += [self._service_route(svc, server) for svc in self.services() if svc["network"] in present]
+        routes += vnc_baremetal.routes(self._baremetal, present, self._networks)
         routes.sort(key=lambda r: (r["network"], ipaddress.IPv4Network(r["prefix"])))
         offered = {}        # a member's TAP -> the service addresses it may send from
         for svc in self.services():
@@ -490,6 +495,7 @@ class VncModel:
             "flow": dict(self._flow),
             "floating_ips": dict(sorted(self._fips.items())), "snat": sorted(self._snat),
             "gateway_routes": self.floating_routes(),
+            "baremetal": vnc_baremetal.describe(self._baremetal, self.vms(), self._servers, self._networks),
         }
 
     # ---- persistence (the shell writes/reads the file; this only converts)
@@ -573,7 +579,7 @@ def _schema_vm(record):
 def _fingerprint(topo):
     relevant = {k: topo.get(k) for k in ("servers", "encapsulation", "virtual_networks",
                                         "vms", "policies", "flow", "gateway")}
-    if topo.get("services"):        # only then: states saved before services keep their fingerprint
-        relevant["services"] = topo["services"]
+    for key in ("services", "baremetal"):   # only when given: older saved states keep their fingerprint
+        relevant.update({key: topo[key]} if topo.get(key) else {})
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -219,13 +219,16 @@ def _nexthop(nh: object, where: str, net: Network, vifs: dict[str, Vif], default
                               f"nor a network connected to it")
         return {"type": "vif", "vif": name}
     if kind == "tunnel":
-        schema.no_unknown(_FIRST, where, nh, ("type", "peer", "label", "encap", "mac"))
+        schema.no_unknown(_FIRST, where, nh, ("type", "peer", "label", "encap", "mac", "probe"))
         encap = _ok(schema.encapsulation(_FIRST, f"{where}.encap", nh.get("encap", default_encap)))
         label = schema.network_id(_FIRST, f"{where}.label", nh.get("label", net.id), encap)
         mac = None if nh.get("mac") is None else schema.mac(_FIRST, f"{where}.mac", nh["mac"])
         peer = _ok(schema.address(_FIRST, f"{where}.peer", nh.get("peer")))
+        if nh.get("probe", True) is not True and nh["probe"] is not False:
+            raise ConfigError(f"{where}.probe: expected true or false, got {nh['probe']!r}")
+        # probe false: the peer runs no path repair (a bare-metal host's VTEP), its paths are not probed
         return {"type": "tunnel", "peer": int_to_ip(peer), "label": label, "encap": encap,
-                "mac": mac or mac_to_str(VROUTER_MAC)}
+                "mac": mac or mac_to_str(VROUTER_MAC), **({"probe": False} if nh.get("probe") is False else {})}
     schema.no_unknown(_FIRST, where, nh, ("type",))
     return {"type": kind}
 

@@ -275,7 +275,7 @@ def _spec_outcome(pipe: Pipeline, key: FlowKey, spec: EntrySpec, place: str) -> 
 def _would_port(pipe: Pipeline, key: FlowKey, nh: Nexthop) -> dict[str, Any]:
     """The outer source port a new entry would take (as ``Pipeline._port_cell`` chooses it)."""
     paths = pipe.paths
-    if paths is not None and nh["encap"] in PROBED:
+    if paths is not None and nh["encap"] in PROBED and nh.get("probe", True):
         slot = paths.peek(nh["peer"], nh["encap"], key_hash(*key))
         if slot is None:
             return {"outer_sport": None, "slot": None,

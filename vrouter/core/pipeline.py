@@ -30,7 +30,7 @@ import struct
 from typing import Any
 
 from . import drops as _drops
-from . import ecmp, local, tcpstate
+from . import ecmp, fabric_arp, local, tcpstate
 from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif, ToVifParts, punt_request
 from .admission import Admission, Waiting
 from .codec import ethernet, gre, mpls, outer, vxlan
@@ -92,7 +92,7 @@ class Pipeline:
         self._count = dict.fromkeys(("misses", "punts", "held", "installs", "entries_installed",
                                      "reverse_not_installed", "late_decisions", "aged", "unreplied_aged",
                                      "tcp_teardowns", "tcp_rst_out_of_window", "arp_replies",
-                                     "icmp_replies", "path_messages", "path_messages_ignored"), 0)
+                                     "icmp_replies", "path_messages", "path_messages_ignored", "fabric_arp_replies"), 0)
         self._evaluator = SlowPath(config)
         self.config = config
         self.apply_config(config)
@@ -279,7 +279,10 @@ class Pipeline:
                 vrf = self._labels.get(vni)
                 if vrf is None:
                     return self._drop("unknown_label")
-                if ethernet.parse(payload, 8).ethertype != ethernet.ETH_P_IP:
+                et = ethernet.parse(payload, 8).ethertype
+                if et == ethernet.ETH_P_ARP:    # flooded by a bare-metal host (core/fabric_arp.py)
+                    return fabric_arp.answer(payload, vrf, outer_src, self._vifs.values(), self._count, self._drops)
+                if et != ethernet.ETH_P_IP:
                     return self._drop("not_ip")
                 off = 8 + ethernet.ETH_HLEN
             else:
@@ -479,7 +482,7 @@ class Pipeline:
             e.kind, e.vif, e.prefix = TO_VIF, nh["vif"], self._vifs[nh["vif"]].eth
         elif kind == TO_TUNNEL:
             e.kind, e.peer, e.encap = TO_TUNNEL, nh["peer"], nh["encap"]
-            e.path = self._port_cell(nh["peer"], nh["encap"], e.key)
+            e.path = self._port_cell(nh["peer"], nh["encap"], e.key, nh.get("probe", True))
             pkey = (nh["encap"], nh["label"], nh.get("mac"))
             prefix = self._prefixes.get(pkey)
             if prefix is None:              # one per tunnel next hop of the config: built once
@@ -491,10 +494,11 @@ class Pipeline:
         else:
             e.reason = e.drop = None  # type: ignore[assignment]  # not a DROP entry (any more)
 
-    def _port_cell(self, peer: str, encap: str, key: FlowKey) -> PortCell:
+    def _port_cell(self, peer: str, encap: str, key: FlowKey, probe: bool = True) -> PortCell:
         """Where a tunnel entry's outer source port comes from: a path slot (chosen by the flow's hash,
-        repaired when its path dies), or, without path repair or a UDP port, the flow's own entropy port."""
-        if self.paths is not None and encap in PROBED:
+        repaired when its path dies), or, without path repair, a UDP port or a probed peer (a bare-metal
+        host answers no probes), the flow's own entropy port."""
+        if self.paths is not None and encap in PROBED and probe:
             return self.paths.acquire(peer, encap, key_hash(*key))
         port = entropy_port(key)
         cell = self._fixed.get(port)
