@@ -74,6 +74,7 @@ class Fabric(TypedDict, total=False):
     switches: list[Switch]
     servers: list[Server]
     gateway: Server             # a gateway topology's router toward the external network (testbed/gateway.py)
+    baremetal: list[Server]     # hosts without a vrouter, VXLAN tunnel endpoints (testbed/baremetal.py)
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,10 @@ class FabricLogic:
 
     def __init__(self, fabric: Fabric) -> None:
         self.by_dpid = {sw["dpid"]: sw for sw in fabric["switches"]}
-        # The gateway is one more host of the fabric: routed, ARP answered and reached by its MAC alike.
-        self.servers = fabric["servers"] + ([fabric["gateway"]] if fabric.get("gateway") else [])
+        # The gateway and the bare-metal hosts are more hosts of the fabric: routed, ARP answered and
+        # reached by their MAC alike.
+        self.servers = fabric["servers"] + ([fabric["gateway"]] if fabric.get("gateway") else []) + \
+            list(fabric.get("baremetal", []))
         self.leaves = [sw for sw in fabric["switches"] if sw["role"] == "leaf"]
         self.spines = [sw for sw in fabric["switches"] if sw["role"] == "spine"]
         self.group_of_leaf = {leaf["name"]: i for i, leaf in enumerate(self.leaves, 1)}

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from testbed import gateway
+from testbed import baremetal, gateway
 from testbed.rundir import write_json
 from testbed.topology import Topology
 
@@ -82,9 +82,18 @@ def describe(topo: Topology, prefix: str) -> dict:
     if topo.gateway is not None:        # on its leaf like a server (testbed/gateway.py)
         leaf = switches[topo.gateway.leaf]
         port = next_port[leaf["name"]]
+        next_port[leaf["name"]] += 1        # a bare-metal host on the same leaf takes the next port
         leaf["ports"][str(port)] = {"kind": "server", "peer": topo.gateway.name, "intf": f"{leaf['bridge']}p{port}"}
         gw = gateway.describe(topo.gateway, prefix, port, server_mac(topo.gateway.address))
         gw["leaf_intf"] = leaf["ports"][str(port)]["intf"]
+    bms = []
+    for i, host in enumerate(topo.baremetal, 1):     # on its leaf like a server (testbed/baremetal.py)
+        leaf = switches[host.leaf]
+        port = next_port[leaf["name"]]
+        next_port[leaf["name"]] += 1
+        leaf["ports"][str(port)] = {"kind": "server", "peer": host.name, "intf": f"{leaf['bridge']}p{port}"}
+        intf = leaf["ports"][str(port)]["intf"]
+        bms.append(baremetal.describe(host, i, prefix, port, intf, server_mac(host.address)))
     for sw in switches.values():
         sw["mac"] = switch_mac(sw["dpid"])
         for p in sw["ports"].values():
@@ -93,7 +102,7 @@ def describe(topo: Topology, prefix: str) -> dict:
                                   f"use a shorter prefix or fewer ports per switch")
     return {"prefix": prefix, "topology": topo.name, "underlay": topo.underlay,
             "switches": list(switches.values()), "servers": list(servers.values()), "links": links,
-            **({"gateway": gw} if gw is not None else {})}
+            **({"gateway": gw} if gw is not None else {}), **({"baremetal": bms} if bms else {})}
 
 
 def write(desc: dict, path: Path) -> None:

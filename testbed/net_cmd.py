@@ -24,7 +24,7 @@ import time
 
 import yaml
 
-from testbed import gateway, namespaces
+from testbed import baremetal, gateway, namespaces
 from testbed.commands import CommandError, command, group, run_arguments
 from testbed.vr import rundir_path
 from vrouter.io import introspect, ipc
@@ -86,6 +86,7 @@ def add_vm_command(args) -> int:
             vif = next((v for v in introspect.query(rundir, args.server, "vifs") if v["name"] == vm["tap"]), None)
             state = vif["state"] if vif else "not configured yet"
             if state == "up":
+                baremetal.sync_rundir(rundir, vnc_call(rundir, "dump"))     # the hosts learn the new VM
                 print(f"{args.name}: {vm['address']} in {args.network} on {args.server} "
                       f"(interface {vm['tap']}, namespace {netns})")
                 return 0
@@ -107,6 +108,7 @@ def rm_vm_command(args) -> int:
     if vm is None:
         raise CommandError(f"unknown VM {args.name!r}", code=2)
     vnc_call(rundir, "remove_vm", args.name)
+    baremetal.sync_rundir(rundir, vnc_call(rundir, "dump"))
     ipc.update_vm_namespaces(rundir, remove=(vm["tap"],))
     netns = f"{args.prefix}-{args.name}"
     namespaces.end_processes([namespaces.NAMED_NETNS / netns])  # what users started in the VM goes too

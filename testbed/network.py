@@ -16,7 +16,7 @@ import subprocess
 import time
 
 from controllers.fabric_logic import COOKIE, FabricLogic
-from testbed import gateway
+from testbed import baremetal, gateway
 
 OVS_TIMEOUT = ["--timeout=10"]
 
@@ -143,6 +143,7 @@ def build(desc: dict, ofp_port: int, progress=None):
     _make_pairs(pending)
     if desc.get("gateway"):
         gateway.build(net, desc, plen, nodes)
+    baremetal.build(net, desc, plen, nodes)
     say(f"configuring {len(desc['servers'])} servers")
     net.build()
     say(f"starting {len(desc['switches'])} switches (userspace datapath)")

@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from testbed import REPO, gateway, namespaces, vr
+from testbed import REPO, baremetal, gateway, namespaces, vr
 from testbed.commands import CommandError
 from testbed.network import NO_IPV6
 from testbed.runner import CONTROLLER, on_down, on_up
@@ -83,6 +83,7 @@ def start(tb) -> None:
     if tb.desc.get("gateway"):           # its routes to the floating IPs and SNAT addresses (the VNC's)
         with admin(tb) as vnc:
             gateway.configure(tb.net, tb.desc, vnc.dump()["gateway_routes"])
+    sync_baremetal(tb, first=True)
     t2 = time.monotonic()
     wait_vifs(tb, {vm["server"] for vm in vms}, VIFS_WAIT, progress=tb.progress)
     for vm in vms:
@@ -256,6 +257,7 @@ def add_vm(tb, name: str, network: str, server: str, address: str, mac: str | No
     ipc.update_vm_namespaces(tb.path, {vm["tap"]: {"vm": name, "netns": host.pid}})
     wait_vifs(tb, {server}, timeout, want={server: {vm["tap"]}})
     register_intf(host, vm["tap"], vm["address"])
+    sync_baremetal(tb)
     return vm
 
 
@@ -276,7 +278,23 @@ def remove_vm(tb, name: str) -> dict:
         del tb.net.nameToNode[name]
         tb.rundir.forget_pid(f"node-{name}")
         namespaces.end_and_release(tb.rundir, name)  # what users started in the VM goes with it
+    sync_baremetal(tb)
     return vm
+
+
+def sync_baremetal(tb, first: bool = False) -> None:
+    """The bare-metal hosts' VXLAN devices (`first`) and forwarding entries as the VNC has them now
+    (testbed/baremetal.py)."""
+    if not tb.desc.get("baremetal") or tb.net is None:
+        return
+    with admin(tb) as vnc:
+        dump = vnc.dump()
+    if first:
+        baremetal.configure(tb.net, tb.desc, dump)
+        return
+    records = {r["name"]: r for r in dump.get("baremetal", [])}
+    for h in tb.desc["baremetal"]:
+        baremetal.sync(tb.net[h["name"]].cmd, records[h["name"]])
 
 
 def _install_mininet_cli_command() -> None:

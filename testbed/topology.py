@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from testbed import baremetal as baremetal_section
 from testbed import gateway as gateway_section
 from testbed.gateway import Gateway
 from vrouter.core import links, natschema, schema, services
@@ -24,7 +25,7 @@ ROLES = ("spine", "leaf")
 
 TOP_KEYS = {"name", "underlay", "switches", "servers", "links",
             "encapsulation", "virtual_networks", "vms", "policies", "services", "flow", "gateway", "floating_ips",
-            "snat"}
+            "snat", "baremetal"}
 REQUIRED_TOP = ("underlay", "switches", "servers", "links")
 
 
@@ -102,6 +103,7 @@ class Topology:
     gateway: Gateway | None = None                          # the external side (testbed/gateway.py)
     floating_ips: dict[str, str] = field(default_factory=dict)  # VM -> floating IP
     snat: list[str] = field(default_factory=list)           # networks with source NAT
+    baremetal: list[baremetal_section.BareMetalHost] = field(default_factory=list)   # hosts without a vrouter
     source: str = "<memory>"
     raw: dict = field(default_factory=dict)
 
@@ -233,6 +235,7 @@ class _Validator:
         svcs = self._services(vms)
         flow = schema.flow_settings(self.p, "flow", doc["flow"]) if "flow" in doc else {}
         gw, fips, snat = self._nat(names, underlay, vms)
+        bms = self._baremetal(names, underlay, vms, svcs, gw)
 
         if self.p.lines:
             raise TopologyError(self.source, self.p.lines)
@@ -240,7 +243,7 @@ class _Validator:
         return Topology(name=name, underlay=schema.prefix_text(underlay), switches=switches,
                         servers=servers, links=links, encapsulation=encap, virtual_networks=networks,
                         vms=vms, policies=policies, services=svcs, flow=flow or {}, gateway=gw, floating_ips=fips,
-                        snat=snat, source=self.source, raw=doc)
+                        snat=snat, baremetal=bms, source=self.source, raw=doc)
 
     def _nat(self, names: dict[str, str], underlay: schema.Prefix | None,
              vms: list[Vm]) -> tuple[Gateway | None, dict[str, str], list[str]]:
@@ -265,6 +268,21 @@ class _Validator:
                                       floating, snat)
         nets = natschema.snat_networks(self.p, "snat", doc.get("snat"), list(self.networks))
         return gw, {f.vm: int_to_ip(f.address) for f in fips}, nets
+
+    def _baremetal(self, names: dict[str, str], underlay: schema.Prefix | None, vms: list[Vm],
+                   svcs: list[services.Service], gw: Gateway | None) -> list[baremetal_section.BareMetalHost]:
+        """Bare-metal hosts (testbed/baremetal.py): their overlay side is the schema's, their fabric side
+        (leaf, underlay address: no server's or the gateway's) checked there."""
+        leaves = {s["name"] for s in self._list("switches") if isinstance(s, dict) and s.get("role") == "leaf"}
+        addresses = {schema.parse_address(s.get("address")): f"server {s.get('name')!r}"
+                     for s in self._list("servers") if isinstance(s, dict)}
+        if gw is not None:
+            addresses[schema.parse_address(gw.address)] = f"gateway {gw.name!r}"
+        taken = {(v.network, schema.parse_address(v.address)): f"VM {v.name!r}" for v in vms}
+        taken.update({(s.network, s.address): f"service {s.name!r}" for s in svcs})
+        macs = {(v.network, v.mac or schema.default_mac(v.name)): f"VM {v.name!r}" for v in vms}
+        return baremetal_section.check(self.p, self.doc.get("baremetal"), self.networks, names, leaves, underlay,
+                                       addresses, taken, macs)
 
     def _switches(self, names: dict[str, str]) -> list[Switch]:
         out = []
