@@ -97,7 +97,7 @@ def format_nexthops(nhs: list[dict]) -> str:
             detail = f"Oif:{nh.get('vif')}"
         elif kind == "tunnel":
             detail = (f"{(nh.get('encap') or '').upper()} Dip:{nh.get('peer')} Label:{nh.get('label')} "
-                      f"Dmac:{nh.get('mac', '-')}")
+                      f"Dmac:{nh.get('mac', '-')}" + (" Probe:off" if nh.get("probe") is False else ""))
         else:
             detail = ""
         if kind == "composite":
