@@ -89,7 +89,8 @@ def setup_commands(h: dict, record: dict, plen: int) -> list[str]:
     dev = record["device"]
     return ["sysctl -qw net.ipv6.conf.all.disable_ipv6=1", f"ethtool -K {h['intf']} tx off >/dev/null 2>&1",
             f"ip link add {dev} type vxlan id {record['vni']} local {h['ip']} dstport {VXLAN_PORT} nolearning",
-            f"ip link set {dev} address {record['mac']} mtu {UNDERLAY_MTU - OVERHEAD['vxlan']}", f"ethtool -K {dev} tx off >/dev/null 2>&1",
+            f"ip link set {dev} address {record['mac']} mtu {UNDERLAY_MTU - OVERHEAD['vxlan']}",
+            f"ethtool -K {dev} tx off >/dev/null 2>&1",
             f"ip addr add {record['overlay_address']}/{plen} dev {dev}", f"ip link set {dev} up"]
 
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import yaml
-from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
@@ -15,10 +15,12 @@ from testbed import baremetal as shell
 from testbed.topology import TopologyError, from_dict
 from vrouter.core.actions import Drop, ToTunnel, ToVif
 from vrouter.core.config import ConfigError, VrouterConfig
+from vrouter.core.gso import PREFIX_LEN, pseudo_sum
 from vrouter.core.paths import Paths
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.schema import default_mac
 from vrouter.core.slowpath import SlowPath
+from vrouter.io import vtep
 from vrouter.io.control import VncError
 
 TOPO = yaml.safe_load(open("tests/e2e/topologies/baremetal.yaml"))
@@ -218,3 +220,28 @@ def test_the_hosts_packet_to_a_vm_is_routed_by_its_inner_address():
                     IP(src="192.168.1.50", dst="192.168.1.11") / ICMP(id=9))
     (a,) = decided(pipe, pipe.from_fabric("10.0.2.9", "vxlan", payload, 0.0))
     assert isinstance(a, ToVif) and a.vif == tap_of("srv1", "red1") and Ether(a.frame)[IP].src == "192.168.1.50"
+
+
+def test_what_goes_to_a_host_has_its_partial_checksum_completed():
+    cfg = VrouterConfig.from_dict(VncModel(copy.deepcopy(TOPO)).config_for("srv1"))
+    assert vtep.vtep_peers(cfg) == {"10.0.2.9"}
+    pkt = IP(src="192.168.1.11", dst="192.168.1.50") / TCP(sport=1, dport=2) / b"data"
+    raw = bytearray(bytes(pkt))
+    raw[36:38] = pseudo_sum(0xC0A8010B, 0xC0A80132, 6, len(raw) - 20).to_bytes(2, "big")   # partial, as a VM sends
+    prefix = b"\0" * PREFIX_LEN["vxlan"]
+    done = vtep.complete("vxlan", prefix + bytes(raw))
+    assert done[:22] == prefix and IP(done[22:]).chksum is not None
+    assert IP(done[22:])[1].chksum == IP(bytes(pkt))[1].chksum     # what scapy computes in full
+    sent = []
+
+    class Fake:
+        counters = {}
+
+        def send(self, *a):
+            sent.append(a)
+            return True
+    s = vtep.wrap(Fake(), cfg)
+    s.send("10.0.1.2", "vxlan", 1, prefix + bytes(raw))          # a vrouter peer: left partial
+    s.send("10.0.2.9", "vxlan", 1, prefix + bytes(raw))
+    assert sent[0][3] == prefix + bytes(raw) and sent[1][3] == done and s.counters is Fake.counters
+    assert vtep.wrap(s, VrouterConfig.from_dict(VncModel(copy.deepcopy(TOPO)).config_for("srv3"))).__class__ is Fake

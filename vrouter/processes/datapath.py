@@ -43,7 +43,7 @@ from vrouter.core.gro import lone_icmp, vnet_for_frame
 from vrouter.core.offload import Offloads, vm_mtu
 from vrouter.core.paths import Paths
 from vrouter.core.pipeline import Pipeline
-from vrouter.io import ipc, tap
+from vrouter.io import ipc, tap, vtep
 
 log = logging.getLogger("datapath")
 PLAIN = virtio.PLAIN
@@ -287,6 +287,7 @@ class Datapath:
             self.pipeline.apply_config(config)
         self.config = config
         self.offloads.mtu = vm_mtu(config)      # released super-frames are cut at the VMs' MSS
+        self.sender = vtep.wrap(self.sender, config)    # bare-metal peers get complete checksums
 
     def reset(self) -> None:
         """Fresh pipeline with the same config: empty flow table, zeroed drop counters and stats."""
