@@ -16,7 +16,7 @@ import yaml
 
 from testbed import gateway as gateway_section
 from testbed.gateway import Gateway
-from vrouter.core import links, natschema, schema, services
+from vrouter.core import floodschema, links, natschema, schema, services
 from vrouter.core.codec.ipv4 import int_to_ip, mask
 from vrouter.core.schema import DEFAULT_ENCAP, Problems
 
@@ -24,7 +24,7 @@ ROLES = ("spine", "leaf")
 
 TOP_KEYS = {"name", "underlay", "switches", "servers", "links",
             "encapsulation", "virtual_networks", "vms", "policies", "services", "flow", "gateway", "floating_ips",
-            "snat"}
+            "snat", "flood"}
 REQUIRED_TOP = ("underlay", "switches", "servers", "links")
 
 
@@ -233,6 +233,8 @@ class _Validator:
         svcs = self._services(vms)
         flow = schema.flow_settings(self.p, "flow", doc["flow"]) if "flow" in doc else {}
         gw, fips, snat = self._nat(names, underlay, vms)
+        if "flood" in doc:      # the storm limit (vrouter/core/floodschema.py); the VNC reads it from raw
+            floodschema.settings(self.p, "flood", doc["flood"])
 
         if self.p.lines:
             raise TopologyError(self.source, self.p.lines)
