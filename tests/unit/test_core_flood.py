@@ -1,6 +1,8 @@
 """Flooding (vrouter/core/flood.py, floodschema.py, controllers/vnc_flood.py): the VNC's flood lists,
 ingress replication, split horizon, no copy into another network, MAC learning and ageing, the
 storm limit, and the checks of the settings. Three servers' pipelines wired back to back (Pair)."""
+import argparse
+
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
@@ -8,6 +10,7 @@ from scapy.layers.l2 import ARP, Ether
 from controllers.vnc_flood import set_flood
 from controllers.vnc_model import VncModel
 from core_helpers import Pair
+from testbed import cmd_flood
 from vrouter.core import floodschema
 from vrouter.core.actions import Drop, ToTunnel, ToVif
 from vrouter.core.codec import mpls, vxlan
@@ -17,6 +20,7 @@ from vrouter.core.flood import l2_prefix
 from vrouter.core.gso import pseudo_sum
 from vrouter.core.pipeline import Pipeline
 from vrouter.io.control import VncError
+from vrouter.tools.floodtable import format_flood
 
 SERVERS = {"srv1": "10.0.1.1", "srv2": "10.0.1.2", "srv3": "10.0.2.1"}
 VMS = [("red1", "red", "srv1", "192.168.1.11"), ("red2", "red", "srv1", "192.168.1.12"),
@@ -274,3 +278,17 @@ def test_the_vrouter_refuses_an_l2_label_that_is_a_network_id_and_a_bad_endpoint
 def test_a_config_without_flood_costs_no_flood_object():
     d = VncModel(topology(flood={"enabled": False}), prefix="fl").config_for("srv1")
     assert Pipeline(VrouterConfig.from_dict(d)).flood is None
+
+
+# ---------------------------------------------------------------- the tools around it
+
+def test_vr_flood_table_and_net_flood_options():
+    bed = Bed()
+    bed.send("red1", arp("red1", "192.168.1.99", bed))
+    text = format_flood(bed.pair.pipe["srv2"].flood.describe(0.0))
+    assert "Network red (vrf 100, L2 label 524388)" in text and "from_fabric 1" in text
+    assert f"{bed.mac('red1')}  10.0.1.1 mplsoudp label 524388" in text
+    assert format_flood({"enabled": False, "why": "off"}) == "Flooding off: off\n"
+    args = argparse.Namespace(state="off", rate=5.0, burst=None, mac_age=None)
+    assert cmd_flood.changes(args) == {"enabled": False, "rate": 5.0}
+    assert cmd_flood.describe({"enabled": False}) == "flooding off"
