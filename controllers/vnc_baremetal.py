@@ -72,6 +72,15 @@ def nexthop(host: BareMetal, networks) -> dict:
             "encap": "vxlan", "mac": host.mac, "probe": False}
 
 
+def vteps(hosts: dict[str, BareMetal], networks) -> dict[str, list[tuple[str, int]]]:
+    """Per network, its hosts' (underlay address, VNI): flood endpoints of the vrouters
+    (controllers/vnc_flood.py), so a VM's broadcast and multicast reach the hosts too."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for h in sorted(hosts.values(), key=lambda h: h.address):
+        out.setdefault(h.network, []).append((int_to_ip(h.address), networks[h.network].id))
+    return out
+
+
 def routes(hosts: dict[str, BareMetal], present, networks) -> list[dict]:
     """A vrouter's routes to the hosts of the networks ``present`` on it."""
     return [{"network": h.network, "prefix": f"{int_to_ip(h.overlay_address)}/32", "nexthop": nexthop(h, networks)}

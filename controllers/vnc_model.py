@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from controllers import vnc_baremetal
+from controllers import vnc_baremetal, vnc_flood
 from vrouter.core import links, natschema, schema, services
 from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.schema import DEFAULT_ENCAP, Problems, default_mac
@@ -144,6 +144,7 @@ class VncModel:
         nodes = {n: f"node {n!r}" for n in (*self._servers, *self._other_names, *self._vms)}
         self._baremetal = vnc_baremetal.parse(topo, self._networks, self._vms, self._services, nodes)
         self._parse_nat(topo)
+        self.flood = vnc_flood.FloodState(topo.get("flood"), self._networks)     # controllers/vnc_flood.py
         self._changed_at = {s: self.generation for s in self._servers}
 
     # ---- topology parsing (only what the controller needs; testbed.topology validates the rest)
@@ -448,6 +449,8 @@ class VncModel:
             "policies": [copy.deepcopy(self._policies.get(n) or normalize_policy(n, None))
                          for n in present],
             "flow": dict(self._flow),
+            **self.flood.config(server, self.vms(), self._servers, self.encapsulation,
+                                vnc_baremetal.vteps(self._baremetal, self._networks)),
             **({"nat": self._nat_for(server, local, present)} if self._floating is not None else {}),
         }
 
@@ -494,7 +497,7 @@ class VncModel:
             "services": self.services(),
             "flow": dict(self._flow),
             "floating_ips": dict(sorted(self._fips.items())), "snat": sorted(self._snat),
-            "gateway_routes": self.floating_routes(),
+            "gateway_routes": self.floating_routes(), "flood": self.flood.describe(),
             "baremetal": vnc_baremetal.describe(self._baremetal, self.vms(), self._servers, self._networks),
         }
 
@@ -513,7 +516,7 @@ class VncModel:
             "policies": [copy.deepcopy(self._policies[n]) for n in sorted(self._policies)],
             "services": self.services(),
             "changed_at": dict(self._changed_at),
-            "floating_ips": dict(sorted(self._fips.items())), "snat": sorted(self._snat),
+            "floating_ips": dict(sorted(self._fips.items())), "snat": sorted(self._snat), "flood": self.flood.state(),
         }
 
     def restore(self, state):
@@ -545,6 +548,7 @@ class VncModel:
             self._next_index = max(self._next_index, int(state["next_index"]))
             self._fips = {v: a for v, a in state.get("floating_ips", self._fips).items() if v in self._vms}
             self._snat = [n for n in state.get("snat", self._snat) if n in self._networks]
+            self.flood.restore(state.get("flood"))
             self.generation = int(state["generation"])
             self._changed_at = {s: int(state["changed_at"].get(s, self.generation))
                                 for s in self._servers}

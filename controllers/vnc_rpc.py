@@ -33,6 +33,7 @@ import uuid
 
 from os_ken.lib import rpc
 
+from controllers import vnc_flood
 from controllers.vnc_model import VncModel
 from vrouter.io.control import (
     ADD_SERVICE,
@@ -51,6 +52,7 @@ from vrouter.io.control import (
     REMOVE_SERVICE_MEMBER,
     REMOVE_VM,
     SET_FLOATING_IP,
+    SET_FLOOD,
     SET_FLOW_LIMIT,
     SET_FLOW_MODE,
     SET_POLICY,
@@ -472,6 +474,9 @@ class VncServer:
     def _rpc_remove_service_member(self, conn, name, vm):
         return self.remove_service_member(name, vm)
 
+    def _rpc_set_flood(self, conn, changes):
+        return self._apply(vnc_flood.set_flood, self.model, changes)
+
     def _rpc_list_agents(self, conn):
         return self.list_agents()
 
@@ -487,6 +492,7 @@ class VncServer:
         LIST_AGENTS: _rpc_list_agents, DUMP: _rpc_dump,
         ADD_SERVICE: _rpc_add_service, REMOVE_SERVICE: _rpc_remove_service,
         ADD_SERVICE_MEMBER: _rpc_add_service_member, REMOVE_SERVICE_MEMBER: _rpc_remove_service_member,
+        SET_FLOOD: _rpc_set_flood,
     }
 
 

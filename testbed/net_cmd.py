@@ -30,7 +30,7 @@ from testbed.vr import rundir_path
 from vrouter.io import introspect, ipc
 from vrouter.io.control import AdminClient, VncError
 
-group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit, floating-ip, snat, "
+group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit, floating-ip, snat, flood, "
              "service; the VNC's path reports")
 
 

@@ -17,7 +17,7 @@ import yaml
 from testbed import baremetal as baremetal_section
 from testbed import gateway as gateway_section
 from testbed.gateway import Gateway
-from vrouter.core import links, natschema, schema, services
+from vrouter.core import floodschema, links, natschema, schema, services
 from vrouter.core.codec.ipv4 import int_to_ip, mask
 from vrouter.core.schema import DEFAULT_ENCAP, Problems
 
@@ -25,7 +25,7 @@ ROLES = ("spine", "leaf")
 
 TOP_KEYS = {"name", "underlay", "switches", "servers", "links",
             "encapsulation", "virtual_networks", "vms", "policies", "services", "flow", "gateway", "floating_ips",
-            "snat", "baremetal"}
+            "snat", "baremetal", "flood"}
 REQUIRED_TOP = ("underlay", "switches", "servers", "links")
 
 
@@ -236,6 +236,8 @@ class _Validator:
         flow = schema.flow_settings(self.p, "flow", doc["flow"]) if "flow" in doc else {}
         gw, fips, snat = self._nat(names, underlay, vms)
         bms = self._baremetal(names, underlay, vms, svcs, gw)
+        if "flood" in doc:      # the storm limit (vrouter/core/floodschema.py); the VNC reads it from raw
+            floodschema.settings(self.p, "flood", doc["flood"])
 
         if self.p.lines:
             raise TopologyError(self.source, self.p.lines)

@@ -12,6 +12,7 @@
                                      dead, probes sent and answered, flows moved
     testbed vr srv1 nat              NAT: this server's floating IPs, source NAT's networks and address,
                                      SNAT ports in use and free per protocol
+    testbed vr srv1 flood            flooding: per network its flood list (endpoints), MAC table, counters
     testbed vr srv1 reset            flush the flow table and zero the counters (experiments)
     testbed vr srv1 offload [gro on|off] [gso on|off]
                                      switch GRO / GSO at run time (none given: show both)
@@ -30,7 +31,7 @@ from testbed import fabric
 from testbed.commands import CommandError, command, run_arguments
 from testbed.rundir import RunDir
 from vrouter.io import introspect
-from vrouter.tools import tables
+from vrouter.tools import floodtable, tables
 
 TOOLS = {
     ("flow", "-l"): ("flows", tables.format_flows), ("flow", "--list"): ("flows", tables.format_flows),
@@ -40,12 +41,13 @@ TOOLS = {
     ("stats",): ("stats", tables.format_stats),
     ("paths",): ("paths", tables.format_paths),
     ("nat",): ("nat", tables.format_nat),
+    ("flood",): ("flood", floodtable.format_flood),
     ("reset",): ("reset", lambda r: "flow table flushed, counters zeroed\n"),
 }
 RATE_USAGE = "flow -r [--count N] [--interval S]"
 OFFLOAD_USAGE = "offload [gro on|off] [gso on|off]"
-USAGE = (f"flow -l | {RATE_USAGE} | vif --list | rt --dump VRF | nh --list | dropstats | stats | paths | nat | reset | "
-         f"{OFFLOAD_USAGE}")
+USAGE = (f"flow -l | {RATE_USAGE} | vif --list | rt --dump VRF | nh --list | dropstats | stats | paths | nat | "
+         f"flood | reset | {OFFLOAD_USAGE}")
 PRESSURE_OP = "pressure"
 
 

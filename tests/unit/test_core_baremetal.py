@@ -208,7 +208,10 @@ def test_the_server_of_the_vm_answers_the_hosts_flooded_arp_over_vxlan():
 def test_other_servers_and_other_arp_are_ignored():
     pipe = pipe_for("srv1")
     assert pipe.from_fabric("10.0.2.9", "vxlan", host_frame(pdst="192.168.1.12"), 0.0) == [Drop("arp_ignored")]
-    assert pipe.from_fabric("10.0.2.9", "vxlan", host_frame(op="is-at"), 0.0) == [Drop("arp_ignored")]
+    # A broadcast ARP reply is no question for this server: flooding's (core/flood.py), to the local VMs
+    # only, never back into the fabric.
+    flooded = pipe.from_fabric("10.0.2.9", "vxlan", host_frame(op="is-at"), 0.0)
+    assert flooded and all(isinstance(a, ToVif) for a in flooded)
     assert pipe.from_fabric("10.0.2.9", "vxlan", host_frame()[:30], 0.0) == [Drop("malformed")]
     assert pipe.stats()["fabric_arp_replies"] == 0
     assert pipe.from_fabric("10.9.9.9", "vxlan", host_frame(), 0.0) == [Drop("invalid_source")]

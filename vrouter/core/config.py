@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import links, natschema, schema
+from . import floodschema, links, natschema, schema
 from .codec.ethernet import mac_to_bytes, mac_to_str
 from .codec.ipv4 import int_to_ip
 from .schema import DEFAULT_ENCAP, Network, Policy, Prefix, Problems, Rule
@@ -98,6 +98,7 @@ class VrouterConfig:
     # network -> the networks its policy connects it to (schema.connections): their routes are here too
     connected: dict[str, frozenset[str]] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    flood: floodschema.FloodConfig | None = None     # flood lists and storm limit (core/flood.py)
 
     @classmethod
     def from_dict(cls, d: object) -> VrouterConfig:
@@ -112,7 +113,7 @@ class VrouterConfig:
 
 
 _TOP = ("server", "underlay_ip", "encapsulation", "networks", "vifs", "routes", "peers", "policies",
-        "flow", "nat")
+        "flow", "nat", "flood")
 
 
 def _ok(value: T | None) -> T:
@@ -144,8 +145,11 @@ def _parse(d: object) -> VrouterConfig:
                  if nh["type"] == "tunnel")
     nat = None if d.get("nat") is None else natschema.vrouter_nat(
         _FIRST, "nat", d["nat"], [v.name for v in vifs], list(by_name))
+    flood = None if d.get("flood") is None else floodschema.vrouter_flood(
+        _FIRST, "flood", d["flood"], by_name, int_to_ip(underlay))
+    peers.update(flood.peers if flood is not None else ())     # a flood endpoint is a peer too
     return VrouterConfig(server, int_to_ip(underlay), encap, tuple(networks), tuple(vifs), tuple(routes),
-                         frozenset(peers), tuple(policies), _flow(d.get("flow")), nat, connected, d)
+                         frozenset(peers), tuple(policies), _flow(d.get("flow")), nat, connected, d, flood)
 
 
 def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]:

@@ -30,6 +30,7 @@ REASONS = {
     "nat_no_flow": "a packet from outside to a SNAT address that no NAT flow expects",
     "nat_ports_exhausted": "every SNAT port of the protocol is in use",
     "setup_queue_stale": "the flow's punt waited in the setup queue longer than hold_timeout",
+    "flood_storm": "a VM's broadcast/multicast/unknown-unicast frames beyond its flood rate (flood: rate, burst)",
     "wrong_member": "a service's reply that matches a flow pinned to another member (came from elsewhere)",
 }
 

@@ -30,7 +30,7 @@ import struct
 from typing import Any
 
 from . import drops as _drops
-from . import ecmp, fabric_arp, local, tcpstate
+from . import ecmp, fabric_arp, flood, local, tcpstate
 from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif, ToVifParts, punt_request
 from .admission import Admission, Waiting
 from .codec import ethernet, gre, mpls, outer, vxlan
@@ -110,6 +110,7 @@ class Pipeline:
         self._peers = frozenset(config.peers)
         self._underlay = config.underlay_ip
         self._admission.configure(config)
+        self.flood = flood.configured(getattr(self, "flood", None), config, self._vifs, self._drop)  # core/flood.py
         self._prefixes: dict[tuple[str, int, str | None], bytes] = {}
         self._evaluator.apply_config(config)
         self.nat.configure(config, {n: v.eth for n, v in self._vifs.items()})    # NAT pairs kept or removed
@@ -247,6 +248,8 @@ class Pipeline:
     def _vif_slow(self, vif: VifState, frame: bytes, now: float) -> list[Action]:
         if len(frame) < 14:
             return self._drop("malformed")
+        if self.flood is not None and (out := self.flood.from_vif(vif, frame, now, self._vrfs)) is not None:
+            return out
         et = frame[12] << 8 | frame[13]
         if et == ethernet.ETH_P_ARP:
             return self._arp(vif, frame)
@@ -273,6 +276,9 @@ class Pipeline:
                 self._count["path_messages"] += 1
                 self.paths.receive(outer_src, encap, payload, now)
             return []
+        if self.flood is not None and (out := self.flood.from_fabric(outer_src, encap, payload, now,
+                                                                      self._vrfs)) is not None:
+            return out
         try:
             if encap == "vxlan":
                 vni = vxlan.parse(payload, 0)

@@ -44,9 +44,10 @@ ADD_SERVICE = "add_service"                 # a load-balanced address (vrouter/c
 REMOVE_SERVICE = "remove_service"
 ADD_SERVICE_MEMBER = "add_service_member"
 REMOVE_SERVICE_MEMBER = "remove_service_member"
+SET_FLOOD = "set_flood"                     # the storm limit, flooding on/off (controllers/vnc_flood.py)
 ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, SET_FLOW_LIMIT, SET_FLOATING_IP, SET_SNAT,
                  LIST_AGENTS, DUMP, PATH_REPORTS, ADD_SERVICE, REMOVE_SERVICE, ADD_SERVICE_MEMBER,
-                 REMOVE_SERVICE_MEMBER)
+                 REMOVE_SERVICE_MEMBER, SET_FLOOD)
 # Controller -> agent notification: ``[generation, config]`` of that agent's server.
 CONFIG = "config"
 
@@ -218,6 +219,10 @@ class AdminClient:
 
     def remove_service_member(self, name: str, vm: str) -> ChangeReply:
         return cast("ChangeReply", self.call(REMOVE_SERVICE_MEMBER, name, vm))
+
+    def set_flood(self, changes: dict[str, Any]) -> ChangeReply:
+        """Some of the flood settings: enabled (bool), rate (frames/s per VM), burst, mac_age (s)."""
+        return cast("ChangeReply", self.call(SET_FLOOD, changes))
 
     def list_agents(self) -> list[AgentInfo]:
         return cast("list[AgentInfo]", self.call(LIST_AGENTS))

@@ -69,6 +69,17 @@ class Introspector:
         """Floating IPs and source NAT: the settings and the SNAT ports in use (core/nat.py)."""
         return self._engine().nat()
 
+    def _flood(self, req):
+        """Flooding: the storm limit, and per network its flood list, MAC table, counters (core/flood.py)."""
+        engine = self._engine()
+        if not hasattr(engine, "datapath"):
+            raise IntrospectError(f"vrouter {self.fwd.server}: flood needs the single forwarder "
+                                  "(this one runs worker processes, each with its own MAC tables)")
+        flood = engine.datapath.pipeline.flood
+        if flood is None:
+            return {"enabled": False, "why": "flooding is off in this vrouter's configuration (flood: enabled false)"}
+        return flood.describe(self.fwd.clock())
+
     def _stamp(self, req):
         """Latency stamps of ICMP echoes (vrouter/core/latency.py): {"on": true|false} switches them,
         {"take": true} returns (and forgets) those taken so far. Single forwarder only."""
