@@ -43,6 +43,7 @@ from vrouter.io.control import (
     GET_CONFIG,
     HEARTBEAT,
     LIST_AGENTS,
+    MIRROR,
     PATH_REPORT,
     PATH_REPORTS,
     PROTOCOL_VERSION,
@@ -472,6 +473,9 @@ class VncServer:
     def _rpc_remove_service_member(self, conn, name, vm):
         return self.remove_service_member(name, vm)
 
+    def _rpc_mirror(self, conn, op, args=None):    # controllers/vnc_mirror.py
+        return self.model.mirrors.list() if op == "list" else self._apply(self.model.mirrors.change, op, args)
+
     def _rpc_list_agents(self, conn):
         return self.list_agents()
 
@@ -487,6 +491,7 @@ class VncServer:
         LIST_AGENTS: _rpc_list_agents, DUMP: _rpc_dump,
         ADD_SERVICE: _rpc_add_service, REMOVE_SERVICE: _rpc_remove_service,
         ADD_SERVICE_MEMBER: _rpc_add_service_member, REMOVE_SERVICE_MEMBER: _rpc_remove_service_member,
+        MIRROR: _rpc_mirror,
     }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import links, natschema, schema
+from . import links, mirrorschema, natschema, schema
 from .codec.ethernet import mac_to_bytes, mac_to_str
 from .codec.ipv4 import int_to_ip
 from .schema import DEFAULT_ENCAP, Network, Policy, Prefix, Problems, Rule
@@ -97,6 +97,7 @@ class VrouterConfig:
     nat: natschema.NatSettings | None = None     # floating IPs and source NAT (core/nat.py)
     # network -> the networks its policy connects it to (schema.connections): their routes are here too
     connected: dict[str, frozenset[str]] = field(default_factory=dict)
+    mirrors: tuple[mirrorschema.VrouterSession, ...] = ()       # mirror sessions (core/mirror.py)
     source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -112,7 +113,7 @@ class VrouterConfig:
 
 
 _TOP = ("server", "underlay_ip", "encapsulation", "networks", "vifs", "routes", "peers", "policies",
-        "flow", "nat")
+        "flow", "nat", "mirrors")
 
 
 def _ok(value: T | None) -> T:
@@ -144,8 +145,9 @@ def _parse(d: object) -> VrouterConfig:
                  if nh["type"] == "tunnel")
     nat = None if d.get("nat") is None else natschema.vrouter_nat(
         _FIRST, "nat", d["nat"], [v.name for v in vifs], list(by_name))
+    mirrors = mirrorschema.vrouter_sessions(_FIRST, "mirrors", d.get("mirrors"), [v.name for v in vifs], list(by_name))
     return VrouterConfig(server, int_to_ip(underlay), encap, tuple(networks), tuple(vifs), tuple(routes),
-                         frozenset(peers), tuple(policies), _flow(d.get("flow")), nat, connected, d)
+                         frozenset(peers), tuple(policies), _flow(d.get("flow")), nat, connected, mirrors, d)
 
 
 def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]:

@@ -44,9 +44,10 @@ ADD_SERVICE = "add_service"                 # a load-balanced address (vrouter/c
 REMOVE_SERVICE = "remove_service"
 ADD_SERVICE_MEMBER = "add_service_member"
 REMOVE_SERVICE_MEMBER = "remove_service_member"
+MIRROR = "mirror"                           # mirror sessions: add | remove | list (controllers/vnc_mirror.py)
 ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, SET_FLOW_LIMIT, SET_FLOATING_IP, SET_SNAT,
                  LIST_AGENTS, DUMP, PATH_REPORTS, ADD_SERVICE, REMOVE_SERVICE, ADD_SERVICE_MEMBER,
-                 REMOVE_SERVICE_MEMBER)
+                 REMOVE_SERVICE_MEMBER, MIRROR)
 # Controller -> agent notification: ``[generation, config]`` of that agent's server.
 CONFIG = "config"
 
@@ -218,6 +219,10 @@ class AdminClient:
 
     def remove_service_member(self, name: str, vm: str) -> ChangeReply:
         return cast("ChangeReply", self.call(REMOVE_SERVICE_MEMBER, name, vm))
+
+    def mirror(self, op: str, args: Any = None) -> Any:
+        """A mirror session added ({name, source, to, ...}) or removed (its name): a ChangeReply; list: the sessions."""
+        return self.call(MIRROR, op, args)
 
     def list_agents(self) -> list[AgentInfo]:
         return cast("list[AgentInfo]", self.call(LIST_AGENTS))
