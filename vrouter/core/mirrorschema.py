@@ -113,7 +113,7 @@ def session(p: Problems, where: str, item: object, networks: Mapping[str, Networ
     m = mapping(p, where, item, SESSION_KEYS, ("name", "source", "to"))
     if m is None:
         return None
-    sname = name(p, f"{where}.name", m["name"], names) if "name" in m else None
+    sname = name(p, f"{where}.name", m["name"], names, where) if "name" in m else None
     src = _one_of(p, f"{where}.source", m["source"], SOURCE_KINDS) if "source" in m else None
     kind = source = None
     r: Rule | None = None

@@ -5,7 +5,8 @@ Why a module: the core decides what is copied (vrouter/core/mirror.py) and hands
 ``<rundir>/mirror/<session>-<server>.pcap`` (libpcap format, microsecond timestamps, Ethernet link
 type), opened on its first copy (appended to when it exists, so a session removed and added again
 keeps one file), flushed after every batch so a reader sees what was copied, closed when the
-session goes. The pipeline's clock is monotonic: ``wall`` turns its stamps into wall-clock time.
+session goes. The pipeline's clock is monotonic: its stamps are moved to wall-clock time by one
+offset taken when the sink is made, so the copies keep their exact spacing.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def pcap_path(rundir: str, session: str, server: str) -> str:
 
 class PcapFiles:
     def __init__(self, rundir: str, server: str, clock: Callable[[], float] = time.monotonic):
-        self.rundir, self.server, self.clock = rundir, server, clock
+        self.rundir, self.server = rundir, server
+        self.offset = time.time() - clock()     # the pipeline's clock -> wall-clock time, taken once
         self.files: dict[str, BinaryIO] = {}
         self.errors = 0
 
@@ -66,7 +68,7 @@ class PcapFiles:
         """A copy stamped ``at`` on the pipeline's clock."""
         f = self._file(session)
         if f is not None:
-            f.write(pcap_record(frame, time.time() - (self.clock() - at)))
+            f.write(pcap_record(frame, at + self.offset))
 
     def flush(self) -> None:
         for name, f in list(self.files.items()):

@@ -69,6 +69,15 @@ class Introspector:
         """Floating IPs and source NAT: the settings and the SNAT ports in use (core/nat.py)."""
         return self._engine().nat()
 
+    def _mirror(self, req):
+        """Mirror sessions (core/mirror.py): source, sink, copies, bytes, drops (rate bound), truncated."""
+        dp = getattr(self._engine(), "datapath", None)
+        if dp is None:
+            raise IntrospectError("mirror counters are kept per worker: shown by the single forwarder only")
+        sink = dp.mirror_sink
+        return {"sessions": dp.pipeline.mirror.describe(), "no_sink": dp.counters["mirror_no_sink"],
+                "pcap_dir": f"{self.fwd.rundir}/mirror", "pcap_errors": sink.errors if sink else 0}
+
     def _stamp(self, req):
         """Latency stamps of ICMP echoes (vrouter/core/latency.py): {"on": true|false} switches them,
         {"take": true} returns (and forgets) those taken so far. Single forwarder only."""
