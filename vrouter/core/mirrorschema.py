@@ -27,6 +27,7 @@ from typing import Any
 from .codec.ipv4 import int_to_ip
 from .codec.vxlan import MAX_VNI
 from .schema import (
+    ANY_PREFIX,
     MAX_FLOW_INT,
     Network,
     Problems,
@@ -73,8 +74,9 @@ class Session:
 
 
 def rule_fields(r: Rule) -> dict[str, Any]:
+    """The rule's match fields as given (what is left at its default, any address, is left out)."""
     d = r.to_dict()
-    return {k: d[k] for k in RULE_FIELDS if d.get(k) is not None}
+    return {k: d[k] for k in RULE_FIELDS if d.get(k) is not None and d[k] != ANY_PREFIX}
 
 
 def _one_of(p: Problems, where: str, item: object, kinds: tuple[str, ...]) -> tuple[str, Any] | None:
