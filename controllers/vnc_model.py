@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from controllers import vnc_baremetal, vnc_flood
+from controllers import vnc_baremetal, vnc_flood, vnc_mirror
 from vrouter.core import links, natschema, schema, services
 from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.schema import DEFAULT_ENCAP, Problems, default_mac
@@ -135,6 +135,7 @@ class VncModel:
             self._add_vm(vm, where=f"vms[{i}]")
         for i, svc in enumerate(schema.items(_FIRST, "services", topo.get("services"))):
             self._add_service(svc, where=f"services[{i}]")
+        self.mirrors = vnc_mirror.Mirrors(self, topo.get("mirrors"))     # mirror sessions (vnc_mirror.py)
         seen = {}
         parsed = []
         for i, pol in enumerate(schema.items(_FIRST, "policies", topo.get("policies"))):
@@ -259,6 +260,7 @@ class VncModel:
     def remove_vm(self, name):
         if name not in self._vms:
             raise VncError(f"unknown VM {name!r}")
+        self.mirrors.check_remove_vm(name)
         for svc in self._services.values():
             if svc["members"] == [name]:
                 raise VncError(f"VM {name!r} is the last member of service {svc['name']!r} "
@@ -452,6 +454,7 @@ class VncModel:
             **self.flood.config(server, self.vms(), self._servers, self.encapsulation,
                                 vnc_baremetal.vteps(self._baremetal, self._networks)),
             **({"nat": self._nat_for(server, local, present)} if self._floating is not None else {}),
+            **self.mirrors.config_for(server, local, present),
         }
 
     def _nat_for(self, server, local, present):
@@ -514,7 +517,7 @@ class VncModel:
             "vms": [{k: v[k] for k in ("name", "network", "server", "address", "mac", "index",
                                        "flow_limit")} for v in self.vms()],
             "policies": [copy.deepcopy(self._policies[n]) for n in sorted(self._policies)],
-            "services": self.services(),
+            "services": self.services(), "mirrors": self.mirrors.state(),
             "changed_at": dict(self._changed_at),
             "floating_ips": dict(sorted(self._fips.items())), "snat": sorted(self._snat), "flood": self.flood.state(),
         }
@@ -552,6 +555,7 @@ class VncModel:
             self.generation = int(state["generation"])
             self._changed_at = {s: int(state["changed_at"].get(s, self.generation))
                                 for s in self._servers}
+            self.mirrors.restore(state.get("mirrors", self.mirrors.state()))
         except (KeyError, TypeError, ValueError, AttributeError, VncError) as e:
             (self._vms, self._policies, self._flow, self._net_limits, self._next_index,
              self.generation, self._changed_at, self._fips, self._snat, self._services) = saved

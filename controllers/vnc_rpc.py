@@ -44,6 +44,7 @@ from vrouter.io.control import (
     GET_CONFIG,
     HEARTBEAT,
     LIST_AGENTS,
+    MIRROR,
     PATH_REPORT,
     PATH_REPORTS,
     PROTOCOL_VERSION,
@@ -476,6 +477,8 @@ class VncServer:
 
     def _rpc_set_flood(self, conn, changes):
         return self._apply(vnc_flood.set_flood, self.model, changes)
+    def _rpc_mirror(self, conn, op, args=None):    # controllers/vnc_mirror.py
+        return self.model.mirrors.list() if op == "list" else self._apply(self.model.mirrors.change, op, args)
 
     def _rpc_list_agents(self, conn):
         return self.list_agents()
@@ -493,6 +496,7 @@ class VncServer:
         ADD_SERVICE: _rpc_add_service, REMOVE_SERVICE: _rpc_remove_service,
         ADD_SERVICE_MEMBER: _rpc_add_service_member, REMOVE_SERVICE_MEMBER: _rpc_remove_service_member,
         SET_FLOOD: _rpc_set_flood,
+        MIRROR: _rpc_mirror,
     }
 
 

@@ -17,7 +17,7 @@ import yaml
 from testbed import baremetal as baremetal_section
 from testbed import gateway as gateway_section
 from testbed.gateway import Gateway
-from vrouter.core import floodschema, links, natschema, schema, services
+from vrouter.core import floodschema, links, mirrorschema, natschema, schema, services
 from vrouter.core.codec.ipv4 import int_to_ip, mask
 from vrouter.core.schema import DEFAULT_ENCAP, Problems
 
@@ -25,7 +25,7 @@ ROLES = ("spine", "leaf")
 
 TOP_KEYS = {"name", "underlay", "switches", "servers", "links",
             "encapsulation", "virtual_networks", "vms", "policies", "services", "flow", "gateway", "floating_ips",
-            "snat", "baremetal", "flood"}
+            "snat", "baremetal", "flood", "mirrors"}
 REQUIRED_TOP = ("underlay", "switches", "servers", "links")
 
 
@@ -233,6 +233,7 @@ class _Validator:
         vms = self._vms(names)
         policies = self._policies()
         svcs = self._services(vms)
+        self._mirrors(vms)
         flow = schema.flow_settings(self.p, "flow", doc["flow"]) if "flow" in doc else {}
         gw, fips, snat = self._nat(names, underlay, vms)
         bms = self._baremetal(names, underlay, vms, svcs, gw)
@@ -425,6 +426,13 @@ class _Validator:
             if svc is not None:
                 out.append(svc)
         return out
+
+    def _mirrors(self, vms: list[Vm]) -> None:
+        """Mirror sessions (vrouter/core/mirrorschema.py): checked here, kept by the VNC."""
+        declared = {v.name: schema.Vm(v.name, v.network, v.server, 0, "") for v in vms}
+        names: dict[str, str] = {}
+        for i, item in enumerate(self._list("mirrors")):
+            mirrorschema.session(self.p, f"mirrors[{i}]", item, self.networks, declared, names)
 
     def _policies(self) -> list[Policy]:
         out = []

@@ -13,6 +13,7 @@
     testbed vr srv1 nat              NAT: this server's floating IPs, source NAT's networks and address,
                                      SNAT ports in use and free per protocol
     testbed vr srv1 flood            flooding: per network its flood list (endpoints), MAC table, counters
+    testbed vr srv1 mirror           mirror sessions here: source, sink, copies, bytes, drops (rate bound)
     testbed vr srv1 reset            flush the flow table and zero the counters (experiments)
     testbed vr srv1 offload [gro on|off] [gso on|off]
                                      switch GRO / GSO at run time (none given: show both)
@@ -42,12 +43,13 @@ TOOLS = {
     ("paths",): ("paths", tables.format_paths),
     ("nat",): ("nat", tables.format_nat),
     ("flood",): ("flood", floodtable.format_flood),
+    ("mirror",): ("mirror", tables.format_mirror),
     ("reset",): ("reset", lambda r: "flow table flushed, counters zeroed\n"),
 }
 RATE_USAGE = "flow -r [--count N] [--interval S]"
 OFFLOAD_USAGE = "offload [gro on|off] [gso on|off]"
 USAGE = (f"flow -l | {RATE_USAGE} | vif --list | rt --dump VRF | nh --list | dropstats | stats | paths | nat | "
-         f"flood | reset | {OFFLOAD_USAGE}")
+         f"flood | mirror | reset | {OFFLOAD_USAGE}")
 PRESSURE_OP = "pressure"
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import floodschema, links, natschema, schema
+from . import floodschema, links, mirrorschema, natschema, schema
 from .codec.ethernet import mac_to_bytes, mac_to_str
 from .codec.ipv4 import int_to_ip
 from .schema import DEFAULT_ENCAP, Network, Policy, Prefix, Problems, Rule
@@ -97,6 +97,7 @@ class VrouterConfig:
     nat: natschema.NatSettings | None = None     # floating IPs and source NAT (core/nat.py)
     # network -> the networks its policy connects it to (schema.connections): their routes are here too
     connected: dict[str, frozenset[str]] = field(default_factory=dict)
+    mirrors: tuple[mirrorschema.VrouterSession, ...] = ()       # mirror sessions (core/mirror.py)
     source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     flood: floodschema.FloodConfig | None = None     # flood lists and storm limit (core/flood.py)
 
@@ -113,7 +114,7 @@ class VrouterConfig:
 
 
 _TOP = ("server", "underlay_ip", "encapsulation", "networks", "vifs", "routes", "peers", "policies",
-        "flow", "nat", "flood")
+        "flow", "nat", "flood", "mirrors")
 
 
 def _ok(value: T | None) -> T:
@@ -148,8 +149,9 @@ def _parse(d: object) -> VrouterConfig:
     flood = None if d.get("flood") is None else floodschema.vrouter_flood(
         _FIRST, "flood", d["flood"], by_name, int_to_ip(underlay))
     peers.update(flood.peers if flood is not None else ())     # a flood endpoint is a peer too
+    mirrors = mirrorschema.vrouter_sessions(_FIRST, "mirrors", d.get("mirrors"), [v.name for v in vifs], list(by_name))
     return VrouterConfig(server, int_to_ip(underlay), encap, tuple(networks), tuple(vifs), tuple(routes),
-                         frozenset(peers), tuple(policies), _flow(d.get("flow")), nat, connected, d, flood)
+                         frozenset(peers), tuple(policies), _flow(d.get("flow")), nat, connected, mirrors, d, flood)
 
 
 def _vifs(raw: list[Any], by_name: dict[str, Network], server: str) -> list[Vif]:

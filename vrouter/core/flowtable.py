@@ -60,7 +60,7 @@ class FlowEntry:
     """Everything the hit path needs is cached here when the decision is installed."""
     __slots__ = ("key", "kind", "reason", "drop", "vif", "peer", "encap", "path", "prefix", "reverse",
                  "packets", "bytes", "tcp", "fin_seq", "created", "last_used", "held", "role", "nexthop",
-                 "rule", "owner", "net", "charge", "tw", "wscale", "nat", "member", "pin")
+                 "rule", "owner", "net", "charge", "tw", "wscale", "nat", "member", "pin", "mirror")
     # The decision sets vif (TO_VIF), peer and encap (TO_TUNNEL), reason and drop (DROP); they are None
     # otherwise, but typed as set because the hit path reads each only for its kind. prefix: the bytes
     # that go before the inner IPv4 packet. path: where a tunnel entry's outer source port is read
@@ -100,13 +100,14 @@ class FlowEntry:
     # direction from the member is pinned to where the member's packets come from (VIF or peer).
     member: str | None
     pin: str | None
+    mirror: Any     # the mirror sessions copying this entry's packets (core/mirror.py), else None
 
     def __init__(self, key: FlowKey, now: float) -> None:
         self.key = key
         self.kind = HOLD
         self.reason = self.drop = self.vif = self.peer = self.encap = self.reverse = None  # type: ignore[assignment]
         self.path = None  # type: ignore[assignment]
-        self.nexthop = self.rule = self.member = self.pin = None
+        self.nexthop = self.rule = self.member = self.pin = self.mirror = None
         self.prefix = b""
         self.packets = self.bytes = self.tcp = 0
         self.fin_seq = -1     # sequence number that acknowledges this direction's FIN

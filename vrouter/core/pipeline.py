@@ -55,6 +55,7 @@ from .flowtable import (
     Held,
 )
 from .fragments import Fragments
+from .mirror import Mirror
 from .nat import Nat
 from .paths import PROBED, Fixed, Paths, PortCell, is_message
 from .slowpath import Decision, EntrySpec, SlowPath, entry_kind
@@ -95,6 +96,7 @@ class Pipeline:
                                      "icmp_replies", "path_messages", "path_messages_ignored", "fabric_arp_replies"), 0)
         self._evaluator = SlowPath(config)
         self.config = config
+        self.mirror = Mirror()                  # mirror sessions: marks at install, copies on hits
         self.apply_config(config)
 
     # ---------------------------------------------------------------- configuration
@@ -114,6 +116,7 @@ class Pipeline:
         self._prefixes: dict[tuple[str, int, str | None], bytes] = {}
         self._evaluator.apply_config(config)
         self.nat.configure(config, {n: v.eth for n, v in self._vifs.items()})    # NAT pairs kept or removed
+        self.mirror.configure(config, self._vifs)   # before the re-evaluation below re-marks every entry
         for e in list(self._flows.values()):
             if self._flows.get(e.key) is not e:
                 continue
@@ -186,7 +189,7 @@ class Pipeline:
                     return self._hit(e, payload, off, tlen, ttl, proto, csum, True, now, off + 20 if proto == 6 else 0)
                 if e is not None and tail is not None and (e.kind == TO_VIF or e.kind == DROP) and proto == 6 \
                         and len(payload) >= off + 40 and tlen == len(payload) - off + len(tail) and \
-                        (e.pin is None or e.pin == outer_src):
+                        (e.pin is None or e.pin == outer_src) and e.mirror is None:
                     # On the head: every field _hit reads lies in it, tlen is the whole packet's, and the
                     # ToVif frame it builds (Ethernet + payload[off:]) is completed by the tail.
                     (a,) = actions = self._hit(e, payload, off, tlen, ttl, 6, csum, True, now, off + 20)
@@ -231,6 +234,8 @@ class Pipeline:
                          buf[off + 12:off + tlen]))
         else:
             out = e.prefix + buf[off:off + tlen]
+        if e.mirror is not None:            # copies of the original packet (core/mirror.py)
+            self.mirror.copy(e, buf, off, tlen, fabric, out, now)
         if kind == TO_TUNNEL:
             return [ToTunnel(e.peer, e.encap, e.path.port, out)]
         return [ToVif(e.vif, out)]
@@ -499,6 +504,7 @@ class Pipeline:
             e.kind, e.reason, e.drop = DROP, reason, self._drop_actions[reason]
         else:
             e.reason = e.drop = None  # type: ignore[assignment]  # not a DROP entry (any more)
+        e.mirror = self.mirror.mark(e)
 
     def _port_cell(self, peer: str, encap: str, key: FlowKey, probe: bool = True) -> PortCell:
         """Where a tunnel entry's outer source port comes from: a path slot (chosen by the flow's hash,

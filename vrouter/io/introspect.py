@@ -54,7 +54,7 @@ from vrouter.io import ipc
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set",
        "pressure", "paths", "nat", "stamp", "explain",
-       "flood")
+       "flood", "mirror")
 
 
 class IntrospectError(Exception):

@@ -44,6 +44,7 @@ from vrouter.core.offload import Offloads, vm_mtu
 from vrouter.core.paths import Paths
 from vrouter.core.pipeline import Pipeline
 from vrouter.io import ipc, tap, vtep
+from vrouter.processes import mirror_out
 
 log = logging.getLogger("datapath")
 PLAIN = virtio.PLAIN
@@ -277,6 +278,7 @@ class Datapath:
         # per-packet loops are the plain ones unless stamping is on.
         self.stamps: collections.deque | None = None
         self.woke_ns = 0                    # while stamping: when the holder's epoll wait last returned
+        self.mirror_sink = None             # vrouter/io/mirror_pcap.py PcapFiles of the holder, or None
 
     # --- configuration -------------------------------------------------------------------------
     def configure(self, config: VrouterConfig) -> None:
@@ -435,6 +437,8 @@ class Datapath:
         """After a batch of input, or once the channel is writable or the window has room again:
         the punts the core lets go now, as one batch (nothing is taken while the channel is blocked)."""
         pipe, link = self.pipeline, self.link
+        if pipe is not None and pipe.mirror.out:    # this batch's mirror copies (core/mirror.py)
+            mirror_out.drain(self, pipe.mirror)
         if pipe is not None and link.writer is not None and (link.writer.pending or pipe.punts_waiting()):
             link.flush(lambda room: pipe.take_punts(self.clock(), room))
 

@@ -35,6 +35,7 @@ from vrouter.core.spin import Spin
 from vrouter.io import ipc, tap, vm_interface
 from vrouter.io.external import External
 from vrouter.io.introspect import summary
+from vrouter.io.mirror_pcap import PcapFiles
 from vrouter.io.poller import Poller
 from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
 from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort
@@ -59,6 +60,7 @@ class InProcess:
     def __init__(self, shell: Forwarder):
         self.shell = shell
         self.datapath = Datapath(shell.agent, shell.offloads, clock=shell.clock, path_slots=shell.path_slots)
+        self.datapath.mirror_sink = PcapFiles(shell.rundir, shell.server, shell.clock)     # mirror sessions' pcaps
 
     @property
     def configured(self) -> bool:

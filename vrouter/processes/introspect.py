@@ -79,6 +79,14 @@ class Introspector:
         if flood is None:
             return {"enabled": False, "why": "flooding is off in this vrouter's configuration (flood: enabled false)"}
         return flood.describe(self.fwd.clock())
+    def _mirror(self, req):
+        """Mirror sessions (core/mirror.py): source, sink, copies, bytes, drops (rate bound), truncated."""
+        dp = getattr(self._engine(), "datapath", None)
+        if dp is None:
+            raise IntrospectError("mirror counters are kept per worker: shown by the single forwarder only")
+        sink = dp.mirror_sink
+        return {"sessions": dp.pipeline.mirror.describe(), "no_sink": dp.counters["mirror_no_sink"],
+                "pcap_dir": f"{self.fwd.rundir}/mirror", "pcap_errors": sink.errors if sink else 0}
 
     def _stamp(self, req):
         """Latency stamps of ICMP echoes (vrouter/core/latency.py): {"on": true|false} switches them,

@@ -289,3 +289,21 @@ def format_nat(view: dict) -> str:
                   f"  {'Proto':<6} {'In use':>7} {'Free':>7}"]
         lines += [f"  {p:<6} {n:>7} {view['ports_free'][p]:>7}" for p, n in view["ports_in_use"].items()]
     return "\n".join(lines) + "\n"
+
+
+def format_mirror(view: dict) -> str:
+    """`vr SERVER mirror`: this vrouter's mirror sessions and their counters (the `mirror` op)."""
+    sessions = view["sessions"]
+    if not sessions:
+        return "no mirror sessions on this server\n"
+    lines = [f"{'Session':<12} {'Id':>4} {'Source':<28} {'Dir':<8} {'To':<20} {'Rate/s':>8} {'Copies':>8} "
+             f"{'Bytes':>10} {'Drops':>7} {'Cut':>5}"]
+    for s in sessions:
+        (kind, value), = s["source"].items()
+        src = f"{kind} " + (",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value)
+        to = f"analyzer {s['to']['analyzer']}" if "analyzer" in s["to"] else "pcap"
+        lines.append(f"{s['name']:<12} {s['id']:>4} {src:<28} {s['direction']:<8} {to:<20} {s['rate']:>8g} "
+                     f"{s['copies']:>8} {s['bytes']:>10} {s['drops']:>7} {s['truncated']:>5}")
+    lines.append(f"pcap files: {view['pcap_dir']}/<session>-<server>.pcap (write errors {view['pcap_errors']}, "
+                 f"copies without a sink {view['no_sink']})")
+    return "\n".join(lines) + "\n"
