@@ -25,7 +25,7 @@ Behaviour, stated and tested:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from .actions import Drop
 from .codec.ipv4 import int_to_ip
@@ -33,6 +33,9 @@ from .codec.l4 import TCP_ACK, TCP_FIN, TCP_SYN
 from .fib import Nexthop
 from .flowkey import FlowKey
 from .paths import PortCell
+
+if TYPE_CHECKING:
+    from .flowrecords import FlowRecords
 
 # Entry kinds. HOLD is 0 so that ``if entry.kind`` tells a decided entry from a held one.
 HOLD, TO_VIF, TO_TUNNEL, DROP, NAT = 0, 1, 2, 3, 4    # NAT: translated on its way (core/nat.py)
@@ -190,6 +193,7 @@ class FlowTable:
         self.unreplied: OrderedDict[FlowKey, FlowEntry] = OrderedDict()
         self.held = 0
         self.evictions = 0
+        self.records: FlowRecords | None = None     # flow records (core/flowrecords.py), None when off
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -219,8 +223,11 @@ class FlowTable:
             q.entries -= n
             q.release()
 
-    def remove_pair(self, entry: FlowEntry) -> int:
-        """Remove an entry and its reverse; returns how many entries went."""
+    def remove_pair(self, entry: FlowEntry, why: str = "removed") -> int:
+        """Remove an entry and its reverse; returns how many entries went. ``why``: the record's end
+        reason (core/flowrecords.py END_REASONS; "aged" is refined there by the pair's state)."""
+        if self.records is not None:
+            self.records.ended(self, entry, why)
         entries = self.entries
         removed = 0
         for e in (entry, entry.reverse):
@@ -240,6 +247,11 @@ class FlowTable:
             entry.reverse.reverse = None
         entry.reverse = None
         return removed
+
+    def refused(self, net: Quota, owner: Quota, reason: str, now: float) -> None:
+        """A new flow refused at admission (no entry): the records count it per network, owner, reason."""
+        if self.records is not None:
+            self.records.refused(net, owner, reason, now)
 
     # ---- unreplied pairs
     def listed(self, e: FlowEntry) -> bool:
@@ -267,7 +279,7 @@ class FlowTable:
         while un:
             key, e = un.popitem(last=False)
             if self.entries.get(key) is e:
-                removed = self.remove_pair(e)
+                removed = self.remove_pair(e, "evicted")
                 self.evictions += removed
                 return removed
         return 0

@@ -36,6 +36,10 @@ Protocol (msgpack maps on the stream socket `<rundir>/vr/<server>/introspect.soc
                             (false: "why"), "floating" (the range), "floating_ips" [{vif, address}],
                             "snat_address", "snat_networks", "snat_ports" [first, last], "ports_in_use"
                             and "ports_free" {tcp, udp, icmp}, "nat_flows" (entries with a translation)}
+    records   flush         flow records (vrouter/core/flowrecords.py, vrouter/io/flowlog.py): {"enabled",
+                            "records", "lost", "queued", "kept", "refusals", "written", "write_errors",
+                            "file"} (a multi-core vrouter: summed, "files" and "workers"); flush true
+                            writes what waits to <rundir>/flows/ now
 `stats` also has "gro" (deliveries, segments, segments_per_delivery, merged_*, histogram of segments
 per delivery, flush reasons), "gso" (UDP_SEGMENT sends, segments, segments_per_send, fallback) and
 "vm_mtu" (vrouter/core/offload.py).
@@ -49,7 +53,7 @@ from vrouter.io import ipc
 
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set",
-       "pressure", "paths", "nat", "stamp", "explain")
+       "pressure", "paths", "nat", "stamp", "explain", "records")
 
 
 class IntrospectError(Exception):

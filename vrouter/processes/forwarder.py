@@ -59,6 +59,7 @@ class InProcess:
     def __init__(self, shell: Forwarder):
         self.shell = shell
         self.datapath = Datapath(shell.agent, shell.offloads, clock=shell.clock, path_slots=shell.path_slots)
+        self.datapath.flowlog.place(shell.rundir, shell.server)
 
     @property
     def configured(self) -> bool:
@@ -151,7 +152,7 @@ class InProcess:
         return True
 
     def close(self) -> None:
-        pass
+        self.datapath.flowlog.drain(self.datapath.pipeline, end="shutdown")    # nothing lost at `down`
 
     # --- introspection (vrouter/processes/introspect.py) ---------------------------------------
     def flows(self) -> list[dict]:

@@ -69,6 +69,19 @@ class Introspector:
         """Floating IPs and source NAT: the settings and the SNAT ports in use (core/nat.py)."""
         return self._engine().nat()
 
+    def _records(self, req):
+        """Flow records (vrouter/io/flowlog.py): counters and file; {"flush": true} writes what waits now."""
+        flush = req.get("flush", False)
+        if not isinstance(flush, bool):
+            raise IntrospectError(f"records: flush must be true or false, got {flush!r}")
+        engine = self._engine()
+        if not hasattr(engine, "datapath"):
+            return engine.records(flush)            # the workers' shards
+        dp = engine.datapath
+        if flush:
+            dp.flowlog.drain(dp.pipeline)
+        return dp.flowlog.stats(dp.pipeline)
+
     def _stamp(self, req):
         """Latency stamps of ICMP echoes (vrouter/core/latency.py): {"on": true|false} switches them,
         {"take": true} returns (and forgets) those taken so far. Single forwarder only."""
