@@ -3,7 +3,8 @@ each end reason, the decision and its rule, the bound and its loss counter, refu
 import pytest
 
 from core_helpers import VM1, VM2, VM3, VM3_MAC, Pair, server, server_dict, udp_frame
-from test_core_pressure import reply_in, setup, udp_in, udp_out
+from test_core_pressure import reply_in, udp_in, udp_out
+from test_core_pressure import setup as pressure_setup
 from test_core_tcpstate import ISN1, ISN2, handshake, seg, send
 from vrouter.core import flowrecords, schema
 from vrouter.core.codec.l4 import TCP_ACK, TCP_FIN
@@ -13,6 +14,14 @@ from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
 
 UDP_IP = 20 + 8 + 1         # IPv4 + UDP headers + the helpers' one-byte payload
+
+
+def setup(**flow):
+    return pressure_setup(**{"records": True, **flow})
+
+
+def pair(**flow):
+    return Pair(flow={"records": True, **flow})
 
 
 def drained(pipe):
@@ -44,7 +53,7 @@ def test_unreplied_pair_ends_by_the_unreplied_timeout():
 
 
 def test_tcp_teardown_at_both_vrouters_with_the_forward_direction_first_seen():
-    p = Pair(flow={"closed_linger": 2.0})
+    p = pair(closed_linger=2.0)
     handshake(p)                                                   # 2 segments each way
     send(p, 1, seg(1, TCP_FIN | TCP_ACK, ISN1 + 1, ISN2 + 1))
     send(p, 2, seg(2, TCP_FIN | TCP_ACK, ISN2 + 1, ISN1 + 2))
@@ -58,7 +67,7 @@ def test_tcp_teardown_at_both_vrouters_with_the_forward_direction_first_seen():
 
 
 def test_unfinished_close_ends_by_the_close_timeout():
-    p = Pair(flow={"close_timeout": 1.0})
+    p = pair(close_timeout=1.0)
     handshake(p)
     send(p, 1, seg(1, TCP_FIN | TCP_ACK, ISN1 + 1, ISN2 + 1))
     send(p, 2, seg(2, TCP_FIN | TCP_ACK, ISN2 + 1, ISN1 + 1))      # FIN both ways, neither acknowledged
@@ -68,8 +77,8 @@ def test_unfinished_close_ends_by_the_close_timeout():
 
 
 def test_denied_flow_carries_the_rule_that_denied_it():
-    cfg = server("srv1", policies=[{"network": "red", "rules": [{"action": "allow", "protocol": "tcp"},
-                                                                 {"action": "deny", "dst": VM2 + "/32"}]}])
+    rules = [{"action": "allow", "protocol": "tcp"}, {"action": "deny", "dst": VM2 + "/32"}]
+    cfg = server("srv1", flow={"records": True}, policies=[{"network": "red", "rules": rules}])
     pipe, slow = Pipeline(cfg), SlowPath(cfg)
     udp_out(pipe, slow, 4002)
     udp_out(pipe, slow, 4002, now=0.5)
@@ -96,7 +105,7 @@ def test_a_stale_setup_queue_request_is_an_end_reason():
 def test_a_network_removed_by_a_new_config_flushes_its_pairs():
     pipe, slow = setup()
     udp_out(pipe, slow, 11)
-    d = server_dict("srv1")
+    d = server_dict("srv1", flow={"records": True})
     d["networks"] = [n for n in d["networks"] if n["name"] != "red"]
     d["vifs"] = [v for v in d["vifs"] if v["network"] != "red"]
     d["routes"] = [r for r in d["routes"] if r["network"] != "red"]
@@ -140,6 +149,8 @@ def test_the_queue_is_bounded_and_counts_what_it_lost():
 
 
 def test_records_off_records_nothing_and_shutdown_ends_live_pairs():
+    pipe, slow = pressure_setup()                                    # the default: off
+    assert pipe.table.records is None
     pipe, slow = setup(records=False)
     assert pipe.table.records is None
     udp_out(pipe, slow, 5)

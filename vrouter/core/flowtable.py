@@ -25,7 +25,7 @@ Behaviour, stated and tested:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 from .actions import Drop
 from .codec.ipv4 import int_to_ip
@@ -33,9 +33,6 @@ from .codec.l4 import TCP_ACK, TCP_FIN, TCP_SYN
 from .fib import Nexthop
 from .flowkey import FlowKey
 from .paths import PortCell
-
-if TYPE_CHECKING:
-    from .flowrecords import FlowRecords
 
 # Entry kinds. HOLD is 0 so that ``if entry.kind`` tells a decided entry from a held one.
 HOLD, TO_VIF, TO_TUNNEL, DROP, NAT = 0, 1, 2, 3, 4    # NAT: translated on its way (core/nat.py)
@@ -193,7 +190,8 @@ class FlowTable:
         self.unreplied: OrderedDict[FlowKey, FlowEntry] = OrderedDict()
         self.held = 0
         self.evictions = 0
-        self.records: FlowRecords | None = None     # flow records (core/flowrecords.py), None when off
+        # Flow records: a core/flowrecords.py FlowRecords (which imports this module), None when off.
+        self.records: Any = None
 
     def __len__(self) -> int:
         return len(self.entries)
