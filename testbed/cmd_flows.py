@@ -109,18 +109,18 @@ def format_records(records: list[dict[str, Any]]) -> str:
     if not records:
         return "no flow records match\n"
     lines = [f"{'Server':<8}{'Network':<10}{'Proto':<6}{'Source:Port -> Destination:Port':<44}"
-             f"{'Decision':<22}{'Pkts fwd/rev':<16}{'Bytes fwd/rev':<20}{'Secs':>7}  {'End':<18}VM"]
+             f"{'Decision':<30}{'Pkts fwd/rev':<16}{'Bytes fwd/rev':<20}{'Secs':>7}  {'End':<18}VM"]
     for r in records:
         if r["kind"] == "refused":
             lines.append(f"{r.get('server', ''):<8}{r['network']:<10}{'-':<6}{'(refused new flows)':<44}"
-                         f"{'refused(' + r['reason'] + ')':<22}{r['flows']:<16}{'-':<20}"
+                         f"{'refused(' + r['reason'] + ')':<30}{r['flows']:<16}{'-':<20}"
                          f"{r['end'] - r['start']:>7.1f}  {'refused':<18}{r.get('vm') or r['vif']}")
             continue
         tup = f"{r['src']}:{r['sport']} -> {r['dst']}:{r['dport']}"
         dec = _rule(r["decision"], r.get("rule"), r.get("reason"))
         if r.get("rdecision") not in (None, r["decision"]):
             dec += "/" + _rule(r["rdecision"], r.get("rrule"), r.get("rreason"))
-        lines.append(f"{r.get('server', ''):<8}{r['network']:<10}{r['proto']:<6}{tup:<44}{dec:<22}"
+        lines.append(f"{r.get('server', ''):<8}{r['network']:<10}{r['proto']:<6}{tup:<44}{dec:<30}"
                      f"{str(r['packets']) + '/' + str(r['rpackets']):<16}"
                      f"{str(r['bytes']) + '/' + str(r['rbytes']):<20}{r['end'] - r['start']:>7.1f}  "
                      f"{r['end_reason']:<18}{r.get('vm') or r['vif']}")
