@@ -14,6 +14,7 @@
                                      SNAT ports in use and free per protocol
     testbed vr srv1 flood            flooding: per network its flood list (endpoints), MAC table, counters
     testbed vr srv1 mirror           mirror sessions here: source, sink, copies, bytes, drops (rate bound)
+    testbed vr srv1 records [--flush]  flow records: recorded, lost, queued, written (--flush: write now)
     testbed vr srv1 reset            flush the flow table and zero the counters (experiments)
     testbed vr srv1 offload [gro on|off] [gso on|off]
                                      switch GRO / GSO at run time (none given: show both)
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 from testbed import fabric
+from testbed.cmd_flows import format_counters
 from testbed.commands import CommandError, command, run_arguments
 from testbed.rundir import RunDir
 from vrouter.io import introspect
@@ -44,12 +46,13 @@ TOOLS = {
     ("nat",): ("nat", tables.format_nat),
     ("flood",): ("flood", floodtable.format_flood),
     ("mirror",): ("mirror", tables.format_mirror),
+    ("records",): ("records", format_counters),
     ("reset",): ("reset", lambda r: "flow table flushed, counters zeroed\n"),
 }
 RATE_USAGE = "flow -r [--count N] [--interval S]"
 OFFLOAD_USAGE = "offload [gro on|off] [gso on|off]"
 USAGE = (f"flow -l | {RATE_USAGE} | vif --list | rt --dump VRF | nh --list | dropstats | stats | paths | nat | "
-         f"flood | mirror | reset | {OFFLOAD_USAGE}")
+         f"flood | mirror | records [--flush] | reset | {OFFLOAD_USAGE}")
 PRESSURE_OP = "pressure"
 
 
@@ -87,6 +90,8 @@ def run(argv: list[str], rundir: Path, out=sys.stdout) -> int:
         op, fmt = "stats", lambda r: _format_offloads({k: r[k]["enabled"] for k in ("gro", "gso")})
     elif rest[:1] == ("offload",):
         op, fmt, args = "set", _format_offloads, offload_args(list(rest[1:]))
+    elif rest == ("records", "--flush"):
+        op, fmt, args = "records", format_counters, {"flush": True}
     elif rest in TOOLS:
         op, fmt = TOOLS[rest]
     else:

@@ -191,6 +191,8 @@ class FlowTable:
         self.unreplied: OrderedDict[FlowKey, FlowEntry] = OrderedDict()
         self.held = 0
         self.evictions = 0
+        # Flow records: a core/flowrecords.py FlowRecords (which imports this module), None when off.
+        self.records: Any = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -220,8 +222,11 @@ class FlowTable:
             q.entries -= n
             q.release()
 
-    def remove_pair(self, entry: FlowEntry) -> int:
-        """Remove an entry and its reverse; returns how many entries went."""
+    def remove_pair(self, entry: FlowEntry, why: str = "removed") -> int:
+        """Remove an entry and its reverse; returns how many entries went. ``why``: the record's end
+        reason (core/flowrecords.py END_REASONS; "aged" is refined there by the pair's state)."""
+        if self.records is not None:
+            self.records.ended(self, entry, why)
         entries = self.entries
         removed = 0
         for e in (entry, entry.reverse):
@@ -241,6 +246,11 @@ class FlowTable:
             entry.reverse.reverse = None
         entry.reverse = None
         return removed
+
+    def refused(self, net: Quota, owner: Quota, reason: str, now: float) -> None:
+        """A new flow refused at admission (no entry): the records count it per network, owner, reason."""
+        if self.records is not None:
+            self.records.refused(net, owner, reason, now)
 
     # ---- unreplied pairs
     def listed(self, e: FlowEntry) -> bool:
@@ -268,7 +278,7 @@ class FlowTable:
         while un:
             key, e = un.popitem(last=False)
             if self.entries.get(key) is e:
-                removed = self.remove_pair(e)
+                removed = self.remove_pair(e, "evicted")
                 self.evictions += removed
                 return removed
         return 0

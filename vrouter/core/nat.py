@@ -243,7 +243,7 @@ class Nat:
         for e in list(flows.values()):
             r = e.nat
             if r is not None and r.binding not in valid and flows.get(e.key) is e:
-                self.table.remove_pair(e)
+                self.table.remove_pair(e, "flush")
 
     def bind(self, decision: dict[str, Any]) -> dict[str, Any]:
         """A SNAT decision with its port taken (or refused as ``nat_ports_exhausted``)."""

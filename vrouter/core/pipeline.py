@@ -30,7 +30,7 @@ import struct
 from typing import Any
 
 from . import drops as _drops
-from . import ecmp, fabric_arp, flood, local, tcpstate
+from . import ecmp, fabric_arp, flood, flowrecords, local, tcpstate
 from .actions import Action, Drop, PuntRequest, ToTunnel, ToVif, ToVifParts, punt_request
 from .admission import Admission, Waiting
 from .codec import ethernet, gre, mpls, outer, vxlan
@@ -105,6 +105,7 @@ class Pipeline:
         self.config = config
         self._settings = config.flow
         self.table.capacity = config.flow.capacity
+        self.table.records = flowrecords.configured(self.table.records, config.flow.records)
         self._vrfs = build_instances(config)
         vrf_of = {n.name: n.id for n in config.networks}
         self._vifs = {v.name: VifState(v, vrf_of[v.network]) for v in config.vifs}
@@ -123,7 +124,7 @@ class Pipeline:
             vrf = self._vrfs.get(e.key[0])
             if vrf is None:
                 self._drops["flow_torn_down"] += len(e.held)
-                self.table.remove_pair(e)
+                self.table.remove_pair(e, "flush")
             elif e.kind != HOLD and e.nat is None:
                 self._set_action(e, self._evaluator.reevaluate(vrf, e))
         ecmp.repin(self._flows.values())
@@ -349,10 +350,11 @@ class Pipeline:
         net = adm.networks[key[0]]
         need = 2 if self._settings.mode == "proactive" else 1     # a proactive pair is two entries
         reason = adm.refuse(owner, net, need)
+        if reason is None and self.table.full() and not self.table.evict():
+            reason = "flow_table_full"
         if reason is not None:
+            self.table.refused(net, owner, reason, now)     # flow records: counted, no entry
             return self._drop(reason)
-        if self.table.full() and not self.table.evict():
-            return self._drop("flow_table_full")
         e = FlowEntry(key, now)
         e.held.append(held)
         self.table.insert(e, owner, net, need)
@@ -373,7 +375,7 @@ class Pipeline:
             if self._waiting(item):
                 e = item[1]
                 self._drops["setup_queue_stale"] += len(e.held)
-                self.table.remove_pair(e)
+                self.table.remove_pair(e, "setup_queue_stale")
         return [request for request, _ in ready]
 
     def _waiting(self, item: Waiting) -> bool:
@@ -529,7 +531,7 @@ class Pipeline:
                                s.unreplied_timeout):
             self._drops["hold_timeout"] += len(e.held)
             unreplied = table.listed(e)
-            n = table.remove_pair(e)
+            n = table.remove_pair(e, "aged")
             removed += n
             if unreplied:
                 self._count["unreplied_aged"] += n

@@ -80,7 +80,8 @@ FLOW_SECONDS = ("idle_timeout", "hold_timeout", "close_timeout", "closed_linger"
                 "unreplied_timeout")
 FLOW_RATES = ("setup_rate",)
 FLOW_FRACTIONS = ("resume_fraction",)
-FLOW_KEYS = ("mode", *FLOW_INTS, *FLOW_SECONDS, *FLOW_RATES, *FLOW_FRACTIONS)
+FLOW_SWITCHES = ("records",)     # true | false (core/flowrecords.py)
+FLOW_KEYS = ("mode", *FLOW_INTS, *FLOW_SECONDS, *FLOW_RATES, *FLOW_FRACTIONS, *FLOW_SWITCHES)
 
 Prefix = tuple[int, int]        # (network address, prefix length)
 PortRange = tuple[int, int]     # (low, high), inclusive
@@ -288,6 +289,8 @@ def _flow_problem(key: str, value: object) -> str | None:
     elif key in FLOW_SECONDS:
         if not _number(value) or value <= 0:  # type: ignore[operator]  # a number by then
             return f"expected a positive number of seconds, got {value!r}"
+    elif key in FLOW_SWITCHES:
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
     elif key in FLOW_RATES:
         if not _number(value) or value < 0:  # type: ignore[operator]
             return f"expected a rate >= 0 per second (0 = no cap), got {value!r}"
@@ -310,7 +313,7 @@ def flow_settings(p: Problems, where: str, item: object) -> dict[str, Any] | Non
             problem = _flow_problem(key, value)
             if problem is not None:
                 p.add(f"{where}.{key}", problem)
-            out[key] = value if key in FLOW_INTS or problem is not None else float(value)
+            out[key] = value if key in FLOW_INTS or key in FLOW_SWITCHES or problem is not None else float(value)
     return out
 
 

@@ -40,6 +40,10 @@ Protocol (msgpack maps on the stream socket `<rundir>/vr/<server>/introspect.soc
                             "rate", "burst", "mac_age", "tokens" {vif: left}, "networks": per network its
                             "label", "members", "endpoints" [{peer, encap, label}], "macs" [{mac, vif |
                             peer/encap/label, local, age}], "counters"}. Single forwarder only.
+    records   flush         flow records (vrouter/core/flowrecords.py, vrouter/io/flowlog.py): {"enabled",
+                            "records", "lost", "queued", "kept", "refusals", "written", "write_errors",
+                            "file"} (a multi-core vrouter: summed, "files" and "workers"); flush true
+                            writes what waits to <rundir>/flows/ now
 `stats` also has "gro" (deliveries, segments, segments_per_delivery, merged_*, histogram of segments
 per delivery, flush reasons), "gso" (UDP_SEGMENT sends, segments, segments_per_send, fallback) and
 "vm_mtu" (vrouter/core/offload.py).
@@ -54,7 +58,7 @@ from vrouter.io import ipc
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set",
        "pressure", "paths", "nat", "stamp", "explain",
-       "flood", "mirror")
+       "flood", "mirror", "records")
 
 
 class IntrospectError(Exception):

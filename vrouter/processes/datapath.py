@@ -44,6 +44,7 @@ from vrouter.core.offload import Offloads, vm_mtu
 from vrouter.core.paths import Paths
 from vrouter.core.pipeline import Pipeline
 from vrouter.io import ipc, tap, vtep
+from vrouter.io.flowlog import FlowLog
 from vrouter.processes import mirror_out
 
 log = logging.getLogger("datapath")
@@ -279,6 +280,7 @@ class Datapath:
         self.stamps: collections.deque | None = None
         self.woke_ns = 0                    # while stamping: when the holder's epoll wait last returned
         self.mirror_sink = None             # vrouter/io/mirror_pcap.py PcapFiles of the holder, or None
+        self.flowlog = FlowLog(clock)       # flow records to <rundir>/flows/ once the holder places it
 
     # --- configuration -------------------------------------------------------------------------
     def configure(self, config: VrouterConfig) -> None:
@@ -293,6 +295,7 @@ class Datapath:
 
     def reset(self) -> None:
         """Fresh pipeline with the same config: empty flow table, zeroed drop counters and stats."""
+        self.flowlog.drain(self.pipeline, end="flush")     # the old table's pairs are records first
         if self.config is not None:
             self.pipeline = Pipeline(self.config, self._new_paths())
         self.path_reports.clear()
@@ -310,6 +313,7 @@ class Datapath:
     def expire(self, now: float) -> None:
         if self.pipeline is not None:
             self.counters["expired"] += self.pipeline.expire(now)
+            self.flowlog.drain(self.pipeline)
             if self.pipeline.paths is not None:
                 self._report(self.pipeline.paths)   # also what waited for an agent to connect
         self.link.prune()

@@ -253,7 +253,8 @@ class WorkerPool:
     def configure(self, generation, config, config_dict: dict, tunnels) -> None:
         self.router.local_ip = config.underlay_ip
         for ctrl in self.children.ctrl.values():
-            ctrl.send(ipc.pack({"t": "config", "generation": generation, "config": config_dict}))
+            ctrl.send(ipc.pack({"t": "config", "generation": generation, "config": config_dict,
+                                "rundir": str(self.shell.rundir), "server": self.shell.server}))
         ids = {n.name: n.id for n in config.networks}
         self.vrf_of = {v.name: ids.get(v.network) for v in config.vifs}
         log.info("config generation %s sent to %d workers (%s)", generation, len(self.children.ctrl), self.mc.mode)
@@ -284,6 +285,10 @@ class WorkerPool:
         return dead is None
 
     def close(self) -> None:
+        try:        # each worker writes its records file, the pairs still in its table included
+            self.query("records", flush=True, end="shutdown")
+        except IntrospectError as exc:
+            log.warning("flow records at shutdown: %s", exc)
         self.children.stop()
 
     # --- workers -------------------------------------------------------------------------------
@@ -319,6 +324,16 @@ class WorkerPool:
                 f["worker"] = cpu
                 out.append(f)
         return out
+
+    def records(self, flush: bool) -> dict:
+        """Flow records (vrouter/io/flowlog.py): every worker's counters summed, and per worker."""
+        per = self.query("records", flush=flush)
+        total: dict = {}
+        for s in per.values():
+            _sum_into(total, {k: v for k, v in s.items() if k not in ("file", "last_error")})
+        total["files"] = [s.get("file") for s in per.values()]
+        total["workers"] = per
+        return total
 
     def drop_stats(self) -> dict:
         total: dict = {}

@@ -61,6 +61,7 @@ class InProcess:
         self.shell = shell
         self.datapath = Datapath(shell.agent, shell.offloads, clock=shell.clock, path_slots=shell.path_slots)
         self.datapath.mirror_sink = PcapFiles(shell.rundir, shell.server, shell.clock)     # mirror sessions' pcaps
+        self.datapath.flowlog.place(shell.rundir, shell.server)
 
     @property
     def configured(self) -> bool:
@@ -153,7 +154,7 @@ class InProcess:
         return True
 
     def close(self) -> None:
-        pass
+        self.datapath.flowlog.drain(self.datapath.pipeline, end="shutdown")    # nothing lost at `down`
 
     # --- introspection (vrouter/processes/introspect.py) ---------------------------------------
     def flows(self) -> list[dict]:

@@ -79,6 +79,7 @@ class Introspector:
         if flood is None:
             return {"enabled": False, "why": "flooding is off in this vrouter's configuration (flood: enabled false)"}
         return flood.describe(self.fwd.clock())
+
     def _mirror(self, req):
         """Mirror sessions (core/mirror.py): source, sink, copies, bytes, drops (rate bound), truncated."""
         dp = getattr(self._engine(), "datapath", None)
@@ -87,6 +88,19 @@ class Introspector:
         sink = dp.mirror_sink
         return {"sessions": dp.pipeline.mirror.describe(), "no_sink": dp.counters["mirror_no_sink"],
                 "pcap_dir": f"{self.fwd.rundir}/mirror", "pcap_errors": sink.errors if sink else 0}
+
+    def _records(self, req):
+        """Flow records (vrouter/io/flowlog.py): counters and file; {"flush": true} writes what waits now."""
+        flush = req.get("flush", False)
+        if not isinstance(flush, bool):
+            raise IntrospectError(f"records: flush must be true or false, got {flush!r}")
+        engine = self._engine()
+        if not hasattr(engine, "datapath"):
+            return engine.records(flush)            # the workers' shards
+        dp = engine.datapath
+        if flush:
+            dp.flowlog.drain(dp.pipeline)
+        return dp.flowlog.stats(dp.pipeline)
 
     def _stamp(self, req):
         """Latency stamps of ICMP echoes (vrouter/core/latency.py): {"on": true|false} switches them,

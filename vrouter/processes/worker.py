@@ -172,6 +172,8 @@ class Worker:
             return
         t = msg.get("t")
         if t == "config":
+            if msg.get("rundir"):       # this shard's flow records file (vrouter/io/flowlog.py)
+                self.datapath.flowlog.place(msg["rundir"], msg["server"], self.cpu)
             self._apply_config(msg["config"])
         elif t == "vif":
             self._forget_tap(msg["name"])
@@ -265,6 +267,10 @@ class Worker:
             return {"cpu": self.cpu, "pid": os.getpid(), **dp.stats()}
         if op == "pressure":
             return dp.pressure()
+        if op == "records":
+            if msg.get("flush"):
+                dp.flowlog.drain(dp.pipeline, end=msg.get("end"))
+            return dp.flowlog.stats(dp.pipeline)
         return None
 
 
