@@ -78,20 +78,28 @@ def check_isolation(ctx):
         if got[other]:
             problems.append(f"{src} -> {TARGET}: {got[other]} echoes reached {other}, a VM of the other network")
     src, address, victim = ELSEWHERE
-    drops = tb.vr("srv1", "dropstats")["no_route"]
+    drops, flooded = tb.vr("srv1", "dropstats")["no_route"], _flooded(tb, "srv1", "red")
     before = _echoes(tb, victim)
     replies = _ping(tb, src, address)
     crossed = _echoes(tb, victim) - before
     dropped = tb.vr("srv1", "dropstats")["no_route"] - drops
+    asked = _flooded(tb, "srv1", "red") - flooded   # red1's ARP for it, flooded to red's members only
     if replies or crossed:
         problems.append(f"{src} -> {address} (only blue2 has it): {replies} replies, {crossed} echoes reached blue2")
-    elif not dropped:
-        problems.append(f"{src} -> {address}: no reply, but srv1's vrouter counted no no_route drop: where did "
-                        "the echoes go?")
+    elif not dropped and not asked:
+        problems.append(f"{src} -> {address}: no reply, but srv1's vrouter counted no no_route drop and flooded "
+                        "no ARP in red: where did the echoes go?")
     if problems:
         raise Wrong("; ".join(problems), "'sudo testbed exec red1 ping -c3 192.168.1.13', "
                                          "'sudo testbed exec red3 grep Icmp: /proc/net/snmp', "
-                                         "'sudo testbed vr srv1 dropstats' (README step 3)")
+                                         "'sudo testbed vr srv1 dropstats', 'sudo testbed vr srv1 flood' "
+                                         "(README step 3)")
+
+
+def _flooded(tb, server: str, network: str) -> int:
+    """Frames the server's vrouter flooded from its VMs of `network` (0 with flooding off)."""
+    view = tb.vr(server, "flood")
+    return sum(n["counters"]["from_vms"] for n in view.get("networks", []) if n["network"] == network)
 
 
 def _vnis(folder):
