@@ -35,7 +35,9 @@ ACTIONS = ("list", "sync", "add", "rm")
 def _args(p):
     p.add_argument("action", choices=ACTIONS, help="list the hosts and their entries, apply them again, join a "
                                                    "wired host (add) or take one out (rm)")
-    p.add_argument("name", nargs="?", help="add, rm: the host (one of the topology's baremetal: section)")
+    p.add_argument("name", nargs="?", help="add, rm: the host, one the topology's baremetal: section wired to its "
+                                           "leaf when the testbed started (add joins one that is not joined now: "
+                                           "no new host is wired into a running fabric)")
     p.add_argument("--leaf", help="add: the leaf it is wired to")
     p.add_argument("--address", help="add: its underlay address (the VXLAN tunnel endpoint), as wired")
     p.add_argument("--network", help="add: the virtual network it joins (VNI = the network's id)")
