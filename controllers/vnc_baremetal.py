@@ -17,6 +17,14 @@ hardware-VTEP controller does:
   applies them as differences inside the host's namespace (testbed/baremetal.py).
 Only the host's own network reaches it: routing between networks (policies naming networks) does not
 extend to bare-metal hosts, whose only route is their subnet.
+
+Run-time changes (``change``: the RPC shell's one ``baremetal`` method, add | remove | list, the way
+vnc_mirror.py does it): a host is a fabric node of the topology (its leaf and underlay address are
+the fabric's, wired when the testbed starts), so ``add`` joins a host the fabric has and that is not
+joined now (one removed earlier, possibly into another network), checked like a topology entry, and
+``remove`` takes it out: its routes leave every vrouter, its flood entry every flood list. The model
+keeps its hosts in a ``Hosts`` (a dict name -> BareMetal, plus the fabric's nodes); ``state`` and
+``restore`` carry the joined set across a VNC restart.
 """
 from __future__ import annotations
 
@@ -32,27 +40,122 @@ FLOOD_MAC = "00:00:00:00:00:00"     # the Linux VXLAN fdb's "every unknown desti
 _FIRST = Problems(VncError)
 
 
+class Hosts(dict):
+    """The joined hosts, name -> BareMetal (what every other function here takes), and ``fabric``:
+    every host the topology wired into the fabric, name -> {"leaf", "address"} (joined or not)."""
+
+    def __init__(self, hosts=(), fabric=None):
+        super().__init__(hosts)
+        self.fabric: dict[str, dict[str, str]] = dict(fabric or {})
+
+
 def device(host: BareMetal, networks) -> str:
     """The name of the host's VXLAN device: ``vxlan<VNI>`` (at most 13 characters: VNI < 2**24)."""
     return f"vxlan{networks[host.network].id}"
 
 
-def parse(topo: dict, networks, vms: dict, services: dict, names: dict) -> dict[str, BareMetal]:
-    """The topology's ``baremetal:`` section (its fabric side was checked by the testbed), refused at
-    its first problem; ``vms`` and ``services`` are the model's records, ``names`` every other name."""
+def _claimed(vms: dict, services: dict, hosts) -> tuple[dict, dict]:
+    """(network, address) and (network, MAC) -> who has it, for the schema's uniqueness checks."""
     taken = {(v["network"], schema.parse_address(v["address"])): f"VM {n!r}" for n, v in vms.items()}
     taken.update({(s["network"], schema.parse_address(s["address"])): f"service {n!r}" for n, s in services.items()})
     macs = {(v["network"], v["mac"]): f"VM {n!r}" for n, v in vms.items()}
-    out = {}
+    for h in hosts:
+        taken[h.network, h.overlay_address] = macs[h.network, h.mac] = f"bare-metal host {h.name!r}"
+    return taken, macs
+
+
+def parse(topo: dict, networks, vms: dict, services: dict, names: dict) -> Hosts:
+    """The topology's ``baremetal:`` section (its fabric side was checked by the testbed), refused at
+    its first problem; ``vms`` and ``services`` are the model's records, ``names`` every other name."""
+    taken, macs = _claimed(vms, services, ())
+    out = Hosts()
     for i, item in enumerate(schema.items(_FIRST, "baremetal", topo.get("baremetal"))):
         host = baremetal.host(_FIRST, f"baremetal[{i}]", item, networks, names, taken, macs)
         assert host is not None     # _FIRST raised otherwise
         out[host.name] = host
+        out.fabric[host.name] = {"leaf": str(item["leaf"]), "address": int_to_ip(host.address)}
     return out
 
 
-def check_vm(hosts: dict[str, BareMetal], item: dict, where: str) -> None:
-    """A VM added at run time may not take a bare-metal host's name, or its address or MAC in its network."""
+# ---- run-time changes (through VncModel._commit: refused whole, the servers touched returned)
+OPS = ("add", "remove", "list")
+
+
+def join(model, item, hosts: Hosts | None = None) -> BareMetal:
+    """Check ``item`` (a topology entry: name, leaf, address, network, overlay_address[, mac]) as a host
+    joining ``hosts`` (default the model's) now: the schema's rules against the model's VMs, services
+    and other hosts, and the fabric's: a host the topology wired, on its leaf and address, not joined."""
+    hosts = model._baremetal if hosts is None else hosts
+    name = item.get("name") if isinstance(item, dict) else None
+    where = f"baremetal[{name!r}]" if isinstance(name, str) else "baremetal"
+    if not isinstance(item, dict):
+        raise VncError(f"{where}: expected a mapping with {', '.join(baremetal.REQUIRED)}")
+    if isinstance(name, str) and name not in hosts.fabric:
+        wired = ", ".join(sorted(hosts.fabric)) or "none"
+        raise VncError(f"{where}: no bare-metal host {name!r} in this testbed's fabric (a host is wired in when "
+                       f"the testbed starts, from the topology's baremetal: section; wired here: {wired})")
+    if name in hosts:
+        raise VncError(f"{where}: bare-metal host {name!r} is joined to network {hosts[name].network!r} already "
+                       f"(net baremetal rm {name} first)")
+    names = {n: f"server {n!r}" for n in model._servers}
+    names.update({n: f"switch {n!r}" for n in model._other_names})
+    names.update({n: f"VM {n!r}" for n in model._vms})
+    names.update({n: f"bare-metal host {n!r}" for n in hosts})
+    taken, macs = _claimed(model._vms, model._services, hosts.values())
+    host = baremetal.host(_FIRST, where, item, model._networks, names, taken, macs)
+    assert host is not None     # _FIRST raised otherwise
+    wired = hosts.fabric[host.name]
+    for key, given in (("leaf", item["leaf"]), ("address", int_to_ip(host.address))):
+        if given != wired[key]:
+            raise VncError(f"{where}.{key}: {host.name} is wired to {key} {wired[key]} in the fabric, not {given!r}")
+    return host
+
+
+def change(model, op, args):
+    """``add`` (a topology entry) or ``remove`` (a host's name); a Change."""
+    hosts = model._baremetal
+    if op == "add":
+        host = join(model, args)
+        return model._commit(lambda: hosts.__setitem__(host.name, host))
+    if op != "remove":
+        raise VncError(f"baremetal: unknown operation {op!r} (expected {', '.join(OPS)})")
+    if not isinstance(args, str) or args not in hosts:
+        state = "is not joined" if args in hosts.fabric else "is not a bare-metal host of this testbed"
+        raise VncError(f"baremetal[{args!r}]: {args!r} {state}")
+    return model._commit(lambda: hosts.pop(args))
+
+
+def listing(model) -> dict:
+    """The joined hosts as the dump has them, and the fabric's hosts that are not joined."""
+    hosts = model._baremetal
+    return {"hosts": describe(hosts, model.vms(), model._servers, model._networks),
+            "unjoined": [{"name": n, **hosts.fabric[n]} for n in sorted(hosts.fabric) if n not in hosts]}
+
+
+# ---- persistence
+def state(hosts: Hosts) -> list[dict]:
+    return [{**hosts[n].to_dict(), "leaf": hosts.fabric[n]["leaf"]} for n in sorted(hosts)]
+
+
+def restore(model, saved) -> Hosts:
+    """The saved joined hosts, checked against the (restored) model; None (a state saved before
+    run-time hosts): the current ones."""
+    current = model._baremetal
+    if saved is None:
+        return current
+    out = Hosts(fabric=current.fabric)
+    for item in saved:
+        host = join(model, item, out)
+        out[host.name] = host
+    return out
+
+
+def check_vm(hosts: Hosts, item: dict, where: str) -> None:
+    """A VM added at run time may not take a bare-metal host's name (joined or only wired: a Mininet host
+    has it), or a joined host's address or MAC in its network."""
+    if item.get("name") in hosts.fabric and item.get("name") not in hosts:
+        raise VncError(f"{where}.name: duplicate name {item['name']!r} (already used by bare-metal host "
+                       f"{item['name']!r}, not joined)")
     for h in hosts.values():
         if item.get("name") == h.name:
             raise VncError(f"{where}.name: duplicate name {h.name!r} (already used by bare-metal host {h.name!r})")

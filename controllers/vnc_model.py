@@ -518,7 +518,7 @@ class VncModel:
                                        "flow_limit")} for v in self.vms()],
             "policies": [copy.deepcopy(self._policies[n]) for n in sorted(self._policies)],
             "services": self.services(), "mirrors": self.mirrors.state(),
-            "changed_at": dict(self._changed_at),
+            "changed_at": dict(self._changed_at), "baremetal": vnc_baremetal.state(self._baremetal),
             "floating_ips": dict(sorted(self._fips.items())), "snat": sorted(self._snat), "flood": self.flood.state(),
         }
 
@@ -556,6 +556,7 @@ class VncModel:
             self._changed_at = {s: int(state["changed_at"].get(s, self.generation))
                                 for s in self._servers}
             self.mirrors.restore(state.get("mirrors", self.mirrors.state()))
+            self._baremetal = vnc_baremetal.restore(self, state.get("baremetal"))     # last: nothing after it fails
         except (KeyError, TypeError, ValueError, AttributeError, VncError) as e:
             (self._vms, self._policies, self._flow, self._net_limits, self._next_index,
              self.generation, self._changed_at, self._fips, self._snat, self._services) = saved

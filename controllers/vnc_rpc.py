@@ -33,12 +33,13 @@ import uuid
 
 from os_ken.lib import rpc
 
-from controllers import vnc_flood
+from controllers import vnc_baremetal, vnc_flood
 from controllers.vnc_model import VncModel
 from vrouter.io.control import (
     ADD_SERVICE,
     ADD_SERVICE_MEMBER,
     ADD_VM,
+    BAREMETAL,
     CONFIG,
     DUMP,
     GET_CONFIG,
@@ -479,6 +480,9 @@ class VncServer:
         return self._apply(vnc_flood.set_flood, self.model, changes)
     def _rpc_mirror(self, conn, op, args=None):    # controllers/vnc_mirror.py
         return self.model.mirrors.list() if op == "list" else self._apply(self.model.mirrors.change, op, args)
+    def _rpc_baremetal(self, conn, op, args=None):    # controllers/vnc_baremetal.py
+        return vnc_baremetal.listing(self.model) if op == "list" else self._apply(vnc_baremetal.change, self.model,
+                                                                                  op, args)
 
     def _rpc_list_agents(self, conn):
         return self.list_agents()
@@ -496,7 +500,7 @@ class VncServer:
         ADD_SERVICE: _rpc_add_service, REMOVE_SERVICE: _rpc_remove_service,
         ADD_SERVICE_MEMBER: _rpc_add_service_member, REMOVE_SERVICE_MEMBER: _rpc_remove_service_member,
         SET_FLOOD: _rpc_set_flood,
-        MIRROR: _rpc_mirror,
+        MIRROR: _rpc_mirror, BAREMETAL: _rpc_baremetal,
     }
 
 

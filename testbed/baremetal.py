@@ -160,14 +160,24 @@ def sync(run, record: dict) -> list[str]:
     return cmds
 
 
+def join(run, h: dict, record: dict, networks: list[dict]) -> None:
+    """A host joins its network: its VXLAN device (`h`: its fabric description), then its entries."""
+    for c in setup_commands(h, record, overlay_plen(record["overlay_address"], networks)):
+        run(c)
+    sync(run, record)
+
+
+def leave(run, record: dict) -> None:
+    """A host taken out (`net baremetal rm`): its VXLAN device goes, with its fdb and neighbour entries."""
+    run(f"ip link del {record['device']}")
+
+
 def configure(net, desc: dict, dump: dict) -> None:
-    """After the overlay started: each host's VXLAN device, then its entries (testbed/overlay.py)."""
+    """After the overlay started: each joined host's VXLAN device, then its entries (testbed/overlay.py)."""
     records = {r["name"]: r for r in dump.get("baremetal", [])}
     for h in desc.get("baremetal", ()):
-        node, record = net[h["name"]], records[h["name"]]
-        for c in setup_commands(h, record, overlay_plen(record["overlay_address"], dump["networks"])):
-            node.cmd(c)
-        sync(node.cmd, record)
+        if h["name"] in records:
+            join(net[h["name"]].cmd, h, records[h["name"]], dump["networks"])
 
 
 def ns_runner(rundir: Path, name: str):

@@ -294,7 +294,8 @@ def sync_baremetal(tb, first: bool = False) -> None:
         return
     records = {r["name"]: r for r in dump.get("baremetal", [])}
     for h in tb.desc["baremetal"]:
-        baremetal.sync(tb.net[h["name"]].cmd, records[h["name"]])
+        if h["name"] in records:        # a host taken out (`net baremetal rm`) has no entries
+            baremetal.sync(tb.net[h["name"]].cmd, records[h["name"]])
 
 
 def _install_mininet_cli_command() -> None:

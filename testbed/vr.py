@@ -14,6 +14,8 @@
                                      SNAT ports in use and free per protocol
     testbed vr srv1 flood            flooding: per network its flood list (endpoints), MAC table, counters
     testbed vr srv1 mirror           mirror sessions here: source, sink, copies, bytes, drops (rate bound)
+    testbed vr srv1 baremetal        bare-metal hosts routed here (VXLAN next hop, VNI, MAC, flood endpoint),
+                                     the answers to the ARP they flood (fabric_arp_replies)
     testbed vr srv1 records [--flush]  flow records: recorded, lost, queued, written (--flush: write now)
     testbed vr srv1 reset            flush the flow table and zero the counters (experiments)
     testbed vr srv1 offload [gro on|off] [gso on|off]
@@ -46,13 +48,14 @@ TOOLS = {
     ("nat",): ("nat", tables.format_nat),
     ("flood",): ("flood", floodtable.format_flood),
     ("mirror",): ("mirror", tables.format_mirror),
+    ("baremetal",): ("baremetal", tables.format_baremetal),
     ("records",): ("records", format_counters),
     ("reset",): ("reset", lambda r: "flow table flushed, counters zeroed\n"),
 }
 RATE_USAGE = "flow -r [--count N] [--interval S]"
 OFFLOAD_USAGE = "offload [gro on|off] [gso on|off]"
 USAGE = (f"flow -l | {RATE_USAGE} | vif --list | rt --dump VRF | nh --list | dropstats | stats | paths | nat | "
-         f"flood | mirror | records [--flush] | reset | {OFFLOAD_USAGE}")
+         f"flood | mirror | baremetal | records [--flush] | reset | {OFFLOAD_USAGE}")
 PRESSURE_OP = "pressure"
 
 

@@ -2,6 +2,7 @@
 routes and host entries (controllers/vnc_baremetal.py), their differences against a device's tables
 (testbed/baremetal.py), the VXLAN next hop without probes, and the vrouter's answer to flooded ARP
 (vrouter/core/fabric_arp.py)."""
+import argparse
 import copy
 
 import pytest
@@ -10,18 +11,24 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
+from controllers import vnc_baremetal
 from controllers.vnc_model import VncModel
 from testbed import baremetal as shell
+from testbed import cmd_baremetal
 from testbed.topology import TopologyError, from_dict
+from vrouter.core import baremetal as core_baremetal
 from vrouter.core.actions import Drop, ToTunnel, ToVif
+from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.gso import PREFIX_LEN, pseudo_sum
 from vrouter.core.paths import Paths
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.schema import default_mac
 from vrouter.core.slowpath import SlowPath
+from vrouter.core.vrf import build_instances
 from vrouter.io import vtep
 from vrouter.io.control import VncError
+from vrouter.tools.tables import format_baremetal
 
 TOPO = yaml.safe_load(open("tests/e2e/topologies/baremetal.yaml"))
 BMS = TOPO["baremetal"][0]
@@ -248,3 +255,129 @@ def test_what_goes_to_a_host_has_its_partial_checksum_completed():
     s.send("10.0.2.9", "vxlan", 1, prefix + bytes(raw))
     assert sent[0][3] == prefix + bytes(raw) and sent[1][3] == done and s.counters is Fake.counters
     assert vtep.wrap(s, VrouterConfig.from_dict(VncModel(copy.deepcopy(TOPO)).config_for("srv3"))).__class__ is Fake
+
+
+# ---- run-time changes through the VNC (controllers/vnc_baremetal.py), its saved state, the vrouter's view
+
+JOIN_BLUE = {"name": "bms1", "leaf": "leaf2", "address": "10.0.2.9", "network": "blue",
+             "overlay_address": "192.168.1.60"}
+
+
+def host_prefixes(m, server):
+    return {(r["network"], r["prefix"]) for r in m.config_for(server)["routes"] if r["nexthop"].get("probe") is False}
+
+
+def flood_peers(m, server, network):
+    nets = m.config_for(server)["flood"]["networks"]
+    return {e["peer"] for n in nets if n["network"] == network for e in n["endpoints"]}
+
+
+def test_removing_a_host_takes_its_routes_and_flood_entry_off_every_vrouter():
+    m = VncModel(copy.deepcopy(TOPO))
+    assert host_prefixes(m, "srv1") == {("red", "192.168.1.50/32")} and "10.0.2.9" in flood_peers(m, "srv1", "red")
+    change = vnc_baremetal.change(m, "remove", "bms1")
+    assert change.servers == ("srv1", "srv2")           # red's servers; srv3 has no VM
+    assert host_prefixes(m, "srv1") == host_prefixes(m, "srv2") == set()
+    assert "10.0.2.9" not in flood_peers(m, "srv1", "red")
+    assert m.dump()["baremetal"] == []
+    assert vnc_baremetal.listing(m)["unjoined"] == [{"name": "bms1", "leaf": "leaf2", "address": "10.0.2.9"}]
+
+
+def test_a_wired_host_joins_again_into_another_network():
+    m = VncModel(copy.deepcopy(TOPO))
+    vnc_baremetal.change(m, "remove", "bms1")
+    change = vnc_baremetal.change(m, "add", dict(JOIN_BLUE))
+    assert change.servers == ("srv2",)                  # blue1's server only
+    assert host_prefixes(m, "srv2") == {("blue", "192.168.1.60/32")} and host_prefixes(m, "srv1") == set()
+    (rec,) = m.dump()["baremetal"]
+    assert (rec["device"], rec["vni"], rec["fdb"][0]) == ("vxlan200", 200, ["00:00:00:00:00:00", "10.0.2.1"])
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"name": "bms9"}, "baremetal['bms9']: no bare-metal host 'bms9' in this testbed's fabric"),
+    ({"leaf": "leaf1"}, "baremetal['bms1'].leaf: bms1 is wired to leaf leaf2 in the fabric, not 'leaf1'"),
+    ({"address": "10.0.2.8"}, "baremetal['bms1'].address: bms1 is wired to address 10.0.2.9 in the fabric, "
+                              "not '10.0.2.8'"),
+    ({"network": "green"}, "baremetal['bms1'].network: unknown virtual network 'green'"),
+    ({"overlay_address": "192.168.1.50"}, "baremetal['bms1'].overlay_address: 192.168.1.50 is already used by "
+                                          "VM 'blue1' in network 'blue'"),
+    ({"overlay_address": "192.168.1.1"}, "baremetal['bms1'].overlay_address: 192.168.1.1 is the gateway"),
+    ({"mac": "ff:ff:ff:ff:ff:ff"}, "baremetal['bms1'].mac: "),
+    ({"colour": "red"}, "baremetal['bms1'].colour: unknown key"),
+])
+def test_a_join_is_checked_like_a_topology_entry_and_against_the_fabric(change, expected):
+    m = VncModel(copy.deepcopy(TOPO))
+    vnc_baremetal.change(m, "remove", "bms1")
+    before = (m.generation, m.configs())
+    with pytest.raises(VncError) as e:
+        vnc_baremetal.change(m, "add", {**JOIN_BLUE, **change})
+    assert str(e.value).startswith(expected), str(e.value)
+    assert "\n" not in str(e.value) and (m.generation, m.configs()) == before
+
+
+def test_refusals_of_joined_unknown_and_bad_requests():
+    m = VncModel(copy.deepcopy(TOPO))
+    with pytest.raises(VncError, match=r"joined to network 'red' already \(net baremetal rm bms1 first\)"):
+        vnc_baremetal.change(m, "add", dict(JOIN_BLUE))
+    with pytest.raises(VncError, match=r"^baremetal\['nope'\]: 'nope' is not a bare-metal host of this testbed$"):
+        vnc_baremetal.change(m, "remove", "nope")
+    with pytest.raises(VncError, match="unknown operation 'move'"):
+        vnc_baremetal.change(m, "move", "bms1")
+    with pytest.raises(VncError, match="^baremetal: expected a mapping"):
+        vnc_baremetal.change(m, "add", "bms1")
+    vnc_baremetal.change(m, "remove", "bms1")
+    with pytest.raises(VncError, match=r"'bms1' is not joined"):
+        vnc_baremetal.change(m, "remove", "bms1")
+    with pytest.raises(VncError, match=r"duplicate name 'bms1' \(already used by bare-metal host 'bms1', not joined"):
+        m.add_vm("bms1", "red", "srv1", "192.168.1.77")
+
+
+def test_the_saved_state_carries_the_joined_hosts_across_a_restart():
+    m = VncModel(copy.deepcopy(TOPO))
+    vnc_baremetal.change(m, "remove", "bms1")
+    gone = m.state()
+    vnc_baremetal.change(m, "add", dict(JOIN_BLUE))
+    moved = m.state()
+    fresh = VncModel(copy.deepcopy(TOPO))
+    fresh.restore(moved)
+    assert fresh.configs() == m.configs() and fresh.dump()["baremetal"] == m.dump()["baremetal"]
+    fresh.restore(gone)
+    assert fresh.dump()["baremetal"] == [] and host_prefixes(fresh, "srv1") == set()
+    older = {k: v for k, v in moved.items() if k != "baremetal"}      # saved before run-time hosts
+    fresh.restore(older)
+    assert fresh.dump()["baremetal"] == [] and vnc_baremetal.listing(fresh)["unjoined"]
+    bad = copy.deepcopy(moved)
+    bad["baremetal"][0]["overlay_address"] = "192.168.1.50"            # blue1's
+    with pytest.raises(VncError, match="saved controller state is unusable: baremetal"):
+        fresh.restore(bad)
+    assert fresh.dump()["baremetal"] == []                             # untouched
+
+
+def test_the_command_builds_the_entry_and_names_what_is_missing():
+    args = argparse.Namespace(name="bms1", leaf="leaf2", address="10.0.2.9", network=None, overlay_address=None,
+                              mac=None)
+    with pytest.raises(cmd_baremetal.CommandError, match="^net baremetal add: give --network, --overlay-address$"):
+        cmd_baremetal.host_item(args)
+    args.network, args.overlay_address, args.mac = "blue", "192.168.1.60", "02:00:00:00:00:60"
+    assert cmd_baremetal.host_item(args) == {**JOIN_BLUE, "mac": "02:00:00:00:00:60"}
+    text = cmd_baremetal.format_hosts([], None, [{"name": "bms1", "leaf": "leaf2", "address": "10.0.2.9"}])
+    assert text == "bms1: not joined (wired to leaf2, VTEP 10.0.2.9)\n"
+    assert cmd_baremetal.format_hosts([], None) == "no bare-metal hosts\n"
+
+
+def test_the_vrouters_view_lists_its_host_routes_and_arp_answers():
+    m = VncModel(copy.deepcopy(TOPO))
+
+    def view(server):
+        cfg = VrouterConfig.from_dict(m.config_for(server))
+        routes = [(ri.name, f"{int_to_ip(n)}/{p}", nh) for ri in build_instances(cfg).values()
+                  for n, p, nh in ri.fib.routes()]
+        return core_baremetal.view(routes, cfg.flood, {"fabric_arp_replies": 4})
+    v = view("srv1")
+    assert v == {"hosts": [{"network": "red", "prefix": "192.168.1.50/32", "vtep": "10.0.2.9", "vni": 100,
+                            "mac": BMS_MAC, "flood_endpoint": True}], "fabric_arp_replies": 4}
+    assert "red        192.168.1.50/32    10.0.2.9" in format_baremetal(v)
+    assert "(fabric_arp_replies): 4" in format_baremetal(v)
+    vnc_baremetal.change(m, "remove", "bms1")
+    assert view("srv1")["hosts"] == []
+    assert format_baremetal(view("srv1")).startswith("no bare-metal host routed on this server\n")

@@ -14,10 +14,12 @@ default derived from the name like a VM's) a unicast MAC no VM or host of the ne
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 from .codec.ipv4 import int_to_ip
+from .floodschema import FloodConfig
 from .schema import Network, Problems, address, default_mac, mac, mapping, name, reference, vm_address
 
 BAREMETAL_KEYS = ("name", "leaf", "address", "network", "overlay_address", "mac")
@@ -66,3 +68,21 @@ def host(p: Problems, where: str, item: object, networks: Mapping[str, Network |
         return None
     taken[net.name, ip] = macs[net.name, hw] = f"bare-metal host {own!r}"
     return BareMetal(own, underlay, net.name, ip, hw)
+
+
+def view(routes: Iterable[tuple[str, str, Mapping[str, Any]]], flood: FloodConfig | None,
+         counters: Mapping[str, int]) -> dict[str, Any]:
+    """The `baremetal` introspection op (`testbed vr SRV baremetal`): what this vrouter holds of the
+    bare-metal hosts. ``routes``: (routing instance name, prefix text, next hop dict) of every route;
+    a host's is the VXLAN tunnel next hop without probes (controllers/vnc_baremetal.py `nexthop`);
+    ``flood``: the config's FloodConfig or None (a host is a flood endpoint of its network when its
+    VTEP is one of the network's: the VNC puts every host of a network present here in its flood list,
+    so "no" means flooding is off or the VNC did not); ``counters``: the pipeline's (its answers to
+    ARP the hosts flood, core/fabric_arp.py)."""
+    hosts = [{"network": net, "prefix": prefix, "vtep": nh["peer"], "vni": nh["label"], "mac": nh["mac"]}
+             for net, prefix, nh in routes if nh.get("type") == "tunnel" and nh.get("probe") is False]
+    floods = {(n.network, e.peer) for n in (flood.networks if flood is not None else ()) for e in n.endpoints}
+    for h in hosts:
+        h["flood_endpoint"] = (h["network"], h["vtep"]) in floods
+    return {"hosts": sorted(hosts, key=lambda h: (h["network"], h["prefix"])),
+            "fabric_arp_replies": counters.get("fabric_arp_replies", 0)}

@@ -46,9 +46,10 @@ ADD_SERVICE_MEMBER = "add_service_member"
 REMOVE_SERVICE_MEMBER = "remove_service_member"
 SET_FLOOD = "set_flood"                     # the storm limit, flooding on/off (controllers/vnc_flood.py)
 MIRROR = "mirror"                           # mirror sessions: add | remove | list (controllers/vnc_mirror.py)
+BAREMETAL = "baremetal"                     # bare-metal hosts: add | remove | list (controllers/vnc_baremetal.py)
 ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, SET_FLOW_LIMIT, SET_FLOATING_IP, SET_SNAT,
                  LIST_AGENTS, DUMP, PATH_REPORTS, ADD_SERVICE, REMOVE_SERVICE, ADD_SERVICE_MEMBER,
-                 REMOVE_SERVICE_MEMBER, SET_FLOOD, MIRROR)
+                 REMOVE_SERVICE_MEMBER, SET_FLOOD, MIRROR, BAREMETAL)
 # Controller -> agent notification: ``[generation, config]`` of that agent's server.
 CONFIG = "config"
 
@@ -227,6 +228,11 @@ class AdminClient:
     def mirror(self, op: str, args: Any = None) -> Any:
         """A mirror session added ({name, source, to, ...}) or removed (its name): a ChangeReply; list: the sessions."""
         return self.call(MIRROR, op, args)
+
+    def baremetal(self, op: str, args: Any = None) -> Any:
+        """A bare-metal host joined ({name, leaf, address, network, overlay_address[, mac]}) or taken out
+        (its name): a ChangeReply; list: {hosts: the joined ones with their entries, unjoined: [...]}."""
+        return self.call(BAREMETAL, op, args)
 
     def list_agents(self) -> list[AgentInfo]:
         return cast("list[AgentInfo]", self.call(LIST_AGENTS))

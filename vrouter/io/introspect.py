@@ -58,7 +58,7 @@ from vrouter.io import ipc
 PROTOCOL_VERSION = 1
 OPS = ("flows", "vifs", "routes", "nexthops", "dropstats", "stats", "config", "reset", "punts", "rtts", "set",
        "pressure", "paths", "nat", "stamp", "explain",
-       "flood", "mirror", "records")
+       "flood", "mirror", "records", "baremetal")
 
 
 class IntrospectError(Exception):

@@ -6,7 +6,7 @@ datapath or from all its workers' shards; the rest (configuration, VIFs, routes)
 """
 from __future__ import annotations
 
-from vrouter.core import ecmp, explain
+from vrouter.core import baremetal, ecmp, explain
 from vrouter.core.codec.ipv4 import int_to_ip, ip_to_int
 from vrouter.core.vrf import build_instances
 from vrouter.io.introspect import OPS, IntrospectError
@@ -88,6 +88,13 @@ class Introspector:
         sink = dp.mirror_sink
         return {"sessions": dp.pipeline.mirror.describe(), "no_sink": dp.counters["mirror_no_sink"],
                 "pcap_dir": f"{self.fwd.rundir}/mirror", "pcap_errors": sink.errors if sink else 0}
+
+    def _baremetal(self, req):
+        """Bare-metal hosts here (core/baremetal.py `view`): their routes' VXLAN next hops, whether they
+        are flood endpoints, and the answers to the ARP they flood (core/fabric_arp.py)."""
+        routes = [(ri.name, f"{int_to_ip(net)}/{plen}", nh) for ri in self._instances().values()
+                  for net, plen, nh in ri.fib.routes()]
+        return baremetal.view(routes, self.fwd.config.flood, self._engine().stats()["pipeline"])
 
     def _records(self, req):
         """Flow records (vrouter/io/flowlog.py): counters and file; {"flush": true} writes what waits now."""

@@ -307,3 +307,14 @@ def format_mirror(view: dict) -> str:
     lines.append(f"pcap files: {view['pcap_dir']}/<session>-<server>.pcap (write errors {view['pcap_errors']}, "
                  f"copies without a sink {view['no_sink']})")
     return "\n".join(lines) + "\n"
+
+
+def format_baremetal(view: dict) -> str:
+    """`vr SERVER baremetal`: the bare-metal hosts this vrouter routes to, and its answers to their ARP."""
+    hosts = view["hosts"]
+    lines = [f"{'Network':<10} {'Prefix':<18} {'VTEP':<15} {'VNI':>8} {'MAC':<17} Flood"] if hosts else \
+        ["no bare-metal host routed on this server"]
+    lines += [f"{h['network']:<10} {h['prefix']:<18} {h['vtep']:<15} {h['vni']:>8} {h['mac']:<17} "
+              f"{'yes' if h['flood_endpoint'] else 'no'}" for h in hosts]
+    lines.append(f"ARP of the hosts answered here (fabric_arp_replies): {view['fabric_arp_replies']}")
+    return "\n".join(lines) + "\n"
