@@ -547,7 +547,7 @@ class VncModel:
             self.connections()
             self._check_mode(state["flow_mode"])
             self._flow["mode"] = state["flow_mode"]
-            self._flow[vnc_records.KEY] = vnc_records.restored(state, self._flow)
+            vnc_records.restore(self._flow, state)
             if "flow_limits" in state:
                 self._restore_limits(state["flow_limits"])
             self._next_index = max(self._next_index, int(state["next_index"]))

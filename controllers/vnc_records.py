@@ -32,6 +32,8 @@ def enabled(flow: dict[str, Any]) -> bool:
     return bool(flow.get(KEY, False))
 
 
-def restored(state: dict[str, Any], flow: dict[str, Any]) -> bool:
-    """The saved switch (a state saved before it existed: the current one, the topology's)."""
-    return check(state[STATE_KEY]) if STATE_KEY in state else enabled(flow)
+def restore(flow: dict[str, Any], state: dict[str, Any]) -> None:
+    """Take the saved switch into the model's flow settings (a state saved before it existed: the
+    topology's stays); the key is only added when it changes something, so configs stay identical."""
+    if STATE_KEY in state and check(state[STATE_KEY]) != enabled(flow):
+        flow[KEY] = state[STATE_KEY]
