@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from controllers import vnc_baremetal, vnc_flood, vnc_mirror
+from controllers import vnc_baremetal, vnc_flood, vnc_mirror, vnc_records
 from vrouter.core import links, natschema, schema, services
 from vrouter.core.codec.ipv4 import int_to_ip
 from vrouter.core.schema import DEFAULT_ENCAP, Problems, default_mac
@@ -511,6 +511,7 @@ class VncModel:
             "state_version": STATE_VERSION, "fingerprint": self._fingerprint,
             "prefix": self.prefix, "generation": self.generation,
             "next_index": self._next_index, "flow_mode": self._flow["mode"],
+            vnc_records.STATE_KEY: vnc_records.enabled(self._flow),     # testbed net records (vnc_records.py)
             "flow_limits": {"default-vm": self._flow.get("vm_flow_limit"),
                             "default-network": self._flow.get("network_flow_limit"),
                             "networks": dict(sorted(self._net_limits.items()))},
@@ -546,6 +547,7 @@ class VncModel:
             self.connections()
             self._check_mode(state["flow_mode"])
             self._flow["mode"] = state["flow_mode"]
+            vnc_records.restore(self._flow, state)
             if "flow_limits" in state:
                 self._restore_limits(state["flow_limits"])
             self._next_index = max(self._next_index, int(state["next_index"]))

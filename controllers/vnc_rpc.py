@@ -33,7 +33,7 @@ import uuid
 
 from os_ken.lib import rpc
 
-from controllers import vnc_baremetal, vnc_flood
+from controllers import vnc_baremetal, vnc_flood, vnc_records
 from controllers.vnc_model import VncModel
 from vrouter.io.control import (
     ADD_SERVICE,
@@ -57,6 +57,7 @@ from vrouter.io.control import (
     SET_FLOOD,
     SET_FLOW_LIMIT,
     SET_FLOW_MODE,
+    SET_FLOW_RECORDS,
     SET_POLICY,
     SET_SNAT,
     STATE_FILE,
@@ -478,6 +479,8 @@ class VncServer:
 
     def _rpc_set_flood(self, conn, changes):
         return self._apply(vnc_flood.set_flood, self.model, changes)
+    def _rpc_set_flow_records(self, conn, on):      # controllers/vnc_records.py
+        return self._apply(vnc_records.set_records, self.model, on)
     def _rpc_mirror(self, conn, op, args=None):    # controllers/vnc_mirror.py
         return self.model.mirrors.list() if op == "list" else self._apply(self.model.mirrors.change, op, args)
     def _rpc_baremetal(self, conn, op, args=None):    # controllers/vnc_baremetal.py
@@ -499,7 +502,7 @@ class VncServer:
         LIST_AGENTS: _rpc_list_agents, DUMP: _rpc_dump,
         ADD_SERVICE: _rpc_add_service, REMOVE_SERVICE: _rpc_remove_service,
         ADD_SERVICE_MEMBER: _rpc_add_service_member, REMOVE_SERVICE_MEMBER: _rpc_remove_service_member,
-        SET_FLOOD: _rpc_set_flood,
+        SET_FLOOD: _rpc_set_flood, SET_FLOW_RECORDS: _rpc_set_flow_records,
         MIRROR: _rpc_mirror, BAREMETAL: _rpc_baremetal,
     }
 

@@ -25,7 +25,11 @@ to read the other VMs' packets. Per phase every layer's drop counters are read b
 ports, packet sockets and upcalls) so that a lost ping is attributed: the losses of the first runs
 (1-6 per phase) were OVS's, its port sockets overflowing on bursts from the flooder's server
 (testbed/port_buffers.py), not the vrouter's. Every 0.5 s the flow
-tables of srv1 and srv3 are sampled (introspection "pressure") with the forwarders' RSS.
+tables of srv1 and srv3 are sampled (introspection "pressure") with the forwarders' RSS. Every testbed
+has flow records on (`flow: {records: true}`, whatever the setting): a phase's pairs evicted and
+unreplied pairs aged at the flooder's vrouter, and the new flows its limits refused per reason, are
+counted from the records written between the phase's reset and its end (the samples' peaks are kept
+as evictions_sampled / unreplied_aged_sampled: they miss what happened after the last sample).
 
 Protections "on" and "off", each on a fresh testbed whose topology carries the settings in its
 `flow:` section (capacity --capacity, default 16384 so that a 10 s flood fills it):
@@ -68,7 +72,7 @@ from experiments import common
 from experiments import flow_pressure_report as report
 from experiments.common import ExperimentError, Progress, add_run_arguments, load_topology
 from experiments.flowbed import FlowBed, flow_testbed
-from testbed.measure import drops, loadrun
+from testbed.measure import drops, flowrecs, loadrun
 from testbed.measure.pairs import vm_dict
 from testbed.measure.pressure import Sampler, TableReader
 from testbed.measure.results import ResultsRun, write_csv, write_json
@@ -81,6 +85,9 @@ ROLE_HELP = {"flooder": "VM that floods", "flood_dst": "VM the flood goes to (an
              "victim_dst": "VM the victim's stream and connections go to",
              "neighbour": "VM of the flooder's network and server that pings flood-dst (added if missing)"}
 PROBE_STEP = 0.25  # s between the capacity probe's counter reads
+# Every setting's testbed writes flow records: each phase's evictions, unreplied pairs aged and
+# refused flows are counted from them (testbed/measure/flowrecs.py), exactly.
+RECORDS = {"records": True}
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,8 @@ def run_phase(bed: FlowBed, roles: Roles, cfg: Config, setting: str, multiple: f
     vms = [roles.neighbour["name"], roles.flood_dst["name"], roles.flooder["name"], roles.victim["name"],
            roles.victim_dst["name"]]
     before = drops.snapshot(bed.tb, vms, roles.servers)
+    records = flowrecs.RecordWindow(bed.tb.path, [roles.flooder["server"]])
+    mark = records.mark()       # after the reset: the old table's pairs are written before it
     t0 = time.monotonic()
     stream = loadrun.Stream(victim, victim_dst, roles.victim_dst["address"], total, bitrate=cfg.stream_bitrate)
     conns = loadrun.connect(victim, roles.victim_dst["address"], cfg.victim_rate, total, timeout=cfg.connect_timeout)
@@ -223,6 +232,7 @@ def run_phase(bed: FlowBed, roles: Roles, cfg: Config, setting: str, multiple: f
     pinged = finish_ping(ping)
     own = finish_ping(own_ping)
     lost_where = drops.delta(before, drops.snapshot(bed.tb, vms, roles.servers))
+    ended = flowrecs.counts(records.since(mark), roles.flooder["server"])     # exact, from the flow records
     label.update(setting="", multiple=0)
     phase = {"setting": setting, "multiple": multiple, "offered_rate": rate, "t0": t0,
              "flood_t0": flood_final["t0"], "flood_t1": flood_final["t1"], "t_end": time.monotonic(),
@@ -231,7 +241,8 @@ def run_phase(bed: FlowBed, roles: Roles, cfg: Config, setting: str, multiple: f
                       "interval": cfg.ping_interval,
                       "lost_seqs": sorted(set(range(1, pinged["sent"] + 1)) - set(pinged["replied_seqs"]))},
              "own_ping": {k: own[k] for k in ("sent", "received", "lost", "loss_percent")},
-             "connections": loadrun.connections(conns.records), "intervals": intervals, "drops": lost_where}
+             "connections": loadrun.connections(conns.records), "intervals": intervals, "drops": lost_where,
+             "records": ended}
     f = report.phase_figures(phase, [])
     progress(f"  {setting} {multiple:g}x ({rate:.0f} flows/s offered, {flood_final['rate']:.0f}/s sent, "
              f"{flood_final['tx_dropped']} dropped at the VM): victim {report.pct(f['victim_success'])} ok, "
@@ -249,7 +260,7 @@ def run_setting(topology: Topology, roles: Roles, cfg: Config, setting: str, pre
     idle = float((topology.raw.get("flow") or {}).get("idle_timeout", DEFAULT_FLOW["idle_timeout"]))
     flow = setting_flow(setting, cfg.capacity, idle)
     progress(f"protections {setting}: bringing up {topology.name} with prefix {prefix!r}")
-    with flow_testbed(topology, flow, prefix, run_root, progress) as bed:
+    with flow_testbed(topology, {**flow, **RECORDS}, prefix, run_root, progress) as bed:
         server = loadrun.serve(bed.host(roles.victim_dst["name"]))
         label = {"setting": "", "multiple": 0}
         sampler = Sampler(bed.tb.path, roles.servers, bed.forwarder_pids, label=lambda: dict(label))

@@ -142,11 +142,25 @@ def phase_figures(phase: dict, rows: Sequence[dict]) -> dict[str, Any]:
         "drops": (phase.get("drops") or {}).get("drops"),
         "peak_entries": _peak(flood_rows, "entries"), "peak_held": _peak(flood_rows, "held"),
         "peak_unreplied": _peak(flood_rows, "unreplied"),
-        "evictions": _peak(during, "evictions"), "unreplied_aged": _peak(during, "unreplied_aged"),
+        **record_figures(phase.get("records"), during),
         "rss_mb_start": next((r["rss_mb"] for r in during if r.get("rss_mb")), None),
         "rss_mb_peak": _peak(during, "rss_mb"),
         "rss_growth_second_half": rss_growth(during, (f0 + f1) / 2, f1),
     }
+
+
+def record_figures(records: dict | None, during: Sequence[dict]) -> dict[str, Any]:
+    """Evictions and unreplied pairs aged at the flooder's vrouter in the phase, counted from its flow
+    records (testbed/measure/flowrecs.py; without records: the sampled peaks), the sampled peaks
+    beside them, and the new flows its limits refused per reason."""
+    sampled = {"evictions_sampled": _peak(during, "evictions"),
+               "unreplied_aged_sampled": _peak(during, "unreplied_aged")}
+    if records is None:
+        return {"evictions": sampled["evictions_sampled"], "unreplied_aged": sampled["unreplied_aged_sampled"],
+                **sampled, "refused": None}
+    ended = records["ended"]
+    return {"evictions": ended.get("evicted", 0), "unreplied_aged": ended.get("unreplied_timeout", 0), **sampled,
+            "refused": records["refused"]}
 
 
 def _key(multiple: float) -> str:

@@ -31,7 +31,7 @@ from vrouter.io import introspect, ipc
 from vrouter.io.control import AdminClient, VncError
 
 group("net", "run-time changes of the overlay: add-vm, rm-vm, policy, mode, flow-limit, floating-ip, snat, flood, "
-             "service; the VNC's path reports")
+             "records, service; the VNC's path reports")
 
 
 def _admin(rundir):

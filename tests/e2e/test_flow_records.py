@@ -1,7 +1,9 @@
 """Flow records on a real testbed: a TCP exchange torn down, a UDP exchange that ages out and a denied
 flow each leave one record per vrouter, with both directions' packets and bytes equal to what the
 VMs' own IP counters say was sent and received; `testbed flows` filters and summarises them, and the
-pairs still in the tables at shutdown are written too (vrouter/core/flowrecords.py)."""
+pairs still in the tables at shutdown are written too (vrouter/core/flowrecords.py). The topology has
+records off: `testbed net records on` switches them on through the VNC first, and `off` later stops
+them (a flow that ends while off leaves no record)."""
 import json
 import os
 import re
@@ -16,11 +18,12 @@ import yaml
 from overlay_helpers import TOPOLOGY, needs_root, wait_ping
 from testbed.runner import Testbed
 from testbed.topology import from_dict
+from vrouter.io import introspect
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
 RED2 = "192.168.1.12"
-TCP_PORT, UDP_PORT, DENIED_PORT, LATE_PORT = 5001, 7000, 9999, 7001
+TCP_PORT, UDP_PORT, DENIED_PORT, LATE_PORT, ON_PORT, OFF_PORT = 5001, 7000, 9999, 7001, 7002, 7003
 MESSAGES, UDP_COUNT, UDP_SIZE, DENIED_COUNT = 10, 5, 50, 3
 TCP_SERVER = ("import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
               f"s.bind(('0.0.0.0',{TCP_PORT}));s.listen(4)\n"
@@ -44,9 +47,9 @@ UDP_CLIENT = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGR
 @pytest.fixture(scope="module")
 def tb(run_root):
     doc = yaml.safe_load(TOPOLOGY.read_text())
-    doc["flow"] = {"idle_timeout": 3.0, "unreplied_timeout": 3.0, "closed_linger": 0.5, "records": True}
+    doc["flow"] = {"idle_timeout": 3.0, "unreplied_timeout": 3.0, "closed_linger": 0.5, "records": False}
     doc["policies"] = [{"network": "red", "rules": [{"action": "deny", "protocol": "udp", "dst_port": DENIED_PORT}]}]
-    prefix = "fr" + uuid.uuid4().hex[:4]        # this helper's prefix, unique per run
+    prefix = "fs" + uuid.uuid4().hex[:4]        # this helper's prefix, unique per run
     bed = Testbed(from_dict(doc, source=str(TOPOLOGY)), prefix=prefix, run_root=str(run_root)).start()
     servers = [bed.host("red2").popen([sys.executable, "-c", code]) for code in (TCP_SERVER, UDP_ECHO)]
     wait_ping(bed, "red1", RED2)
@@ -92,6 +95,42 @@ def wait_records(tb, want, *args, timeout=10.0):
         if len(records) >= want or time.monotonic() > deadline:
             return records
         time.sleep(0.5)
+
+
+def cli(tb, *args):
+    return subprocess.run([sys.executable, "-m", "testbed.cli", *args, "--prefix", tb.prefix, "--run-root",
+                           str(tb.rundir.root)], capture_output=True, text=True, env=os.environ, timeout=30)
+
+
+def switch_records(tb, state):
+    """`testbed net records STATE`, then until every vrouter has taken its new config."""
+    proc = cli(tb, "net", "records", state)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"flow records {state} (generation"), proc
+    deadline = time.monotonic() + 5.0
+    while {introspect.query(tb.path, s, "records")["enabled"] for s in ("srv1", "srv3")} != {state == "on"}:
+        assert time.monotonic() < deadline, f"the vrouters did not switch records {state}"
+        time.sleep(0.1)
+
+
+def gone(tb, dport, timeout=10.0):
+    """Until no flow entry to ``dport`` is left at srv1 (the pair aged)."""
+    deadline = time.monotonic() + timeout
+    while any(f["dport"] == dport for f in introspect.query(tb.path, "srv1", "flows")):
+        assert time.monotonic() < deadline, f"the flow to port {dport} did not age"
+        time.sleep(0.25)
+
+
+def test_records_switched_on_at_run_time_through_the_vnc(tb):
+    assert cli(tb, "net", "records").stdout.strip() == "flow records off"
+    assert not introspect.query(tb.path, "srv1", "records")["enabled"]
+    bad = cli(tb, "net", "records", "maybe")
+    assert bad.returncode == 2 and "invalid choice: 'maybe'" in bad.stderr, bad
+    switch_records(tb, "on")
+    assert cli(tb, "net", "records").stdout.strip() == "flow records on"
+    assert run_in(tb, "red1", UDP_CLIENT, ON_PORT, 2, 0).strip() == "ok"      # no server there: unreplied
+    recs = wait_records(tb, 2, "--port", str(ON_PORT), timeout=15.0)
+    assert sorted((r["server"], r["packets"], r["end_reason"]) for r in recs) == [
+        ("srv1", 2, "unreplied_timeout"), ("srv3", 2, "unreplied_timeout")], recs
 
 
 def test_tcp_teardown_and_udp_idle_records_count_both_directions(tb):
@@ -146,6 +185,14 @@ def test_bad_filters_and_counters(tb):
     counters = json.loads(vr.stdout)
     assert counters["enabled"] and counters["records"] >= 3 and counters["lost"] == 0, counters
     assert counters["written"] >= 3 and counters["file"].endswith("flows/srv1.jsonl")
+
+
+def test_records_switched_off_record_nothing_more(tb):
+    switch_records(tb, "off")
+    assert run_in(tb, "red1", UDP_CLIENT, OFF_PORT, 2, 0).strip() == "ok"
+    gone(tb, OFF_PORT)
+    assert wait_records(tb, 1, "--port", str(OFF_PORT), timeout=1.0) == []
+    switch_records(tb, "on")                                       # for the shutdown test
 
 
 def test_pairs_still_live_at_shutdown_are_written(tb):

@@ -1,17 +1,24 @@
 """Flow records (vrouter/core/flowrecords.py): one record per ended pair with both directions' counts,
 each end reason, the decision and its rule, the bound and its loss counter, refusals aggregated."""
+import argparse
+
 import pytest
 
+from controllers.vnc_model import VncModel
+from controllers.vnc_records import set_records
 from core_helpers import VM1, VM2, VM3, VM3_MAC, Pair, server, server_dict, udp_frame
+from test_core_flood import topology
 from test_core_pressure import reply_in, udp_in, udp_out
 from test_core_pressure import setup as pressure_setup
 from test_core_tcpstate import ISN1, ISN2, handshake, seg, send
+from testbed import cmd_records
 from vrouter.core import flowrecords, schema
 from vrouter.core.codec.l4 import TCP_ACK, TCP_FIN
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.flowrecords import FlowRecords
 from vrouter.core.pipeline import Pipeline
 from vrouter.core.slowpath import SlowPath
+from vrouter.io.control import VncError
 
 UDP_IP = 20 + 8 + 1         # IPv4 + UDP headers + the helpers' one-byte payload
 
@@ -183,3 +190,47 @@ def test_the_records_setting_is_a_boolean(value):
 
 def test_every_end_reason_is_explained():
     assert all(isinstance(v, str) and v for v in flowrecords.END_REASONS.values())
+
+
+# ---------------------------------------------------------------- run-time switch (testbed net records)
+
+def test_the_vnc_switches_every_vrouters_records_and_keeps_it_in_its_state():
+    m = VncModel(topology(), prefix="fr")
+    assert not any(m.config_for(s)["flow"].get("records", False) for s in m.servers())
+    assert set_records(m, True).servers == ("srv1", "srv2", "srv3")
+    assert all(VrouterConfig.from_dict(m.config_for(s)).flow.records for s in m.servers())
+    assert set_records(m, True).servers == ()                      # unchanged: nothing pushed
+    fresh = VncModel(topology(), prefix="fr")
+    fresh.restore(m.state())
+    assert fresh.dump()["flow"]["records"] is True
+    old = m.state()
+    del old["flow_records"]                                        # saved before the switch existed
+    fresh = VncModel(topology(), prefix="fr")
+    fresh.restore(old)
+    assert fresh.dump()["flow"].get("records", False) is False
+    with pytest.raises(VncError, match=r"^flow.records: expected true or false, got 'yes'$"):
+        set_records(m, "yes")
+    set_records(m, False)
+    assert not VrouterConfig.from_dict(m.config_for("srv1")).flow.records
+
+
+def test_a_pushed_config_turns_a_running_pipelines_records_on_and_off():
+    pipe, slow = pressure_setup()
+    udp_out(pipe, slow, 5)
+    on = VrouterConfig.from_dict({**pipe.config.to_dict(), "flow": {**pipe.config.to_dict()["flow"], "records": True}})
+    pipe.apply_config(on)
+    assert pipe.expire(100.0) == 2                                  # the pair live when records went on: recorded
+    assert [r["sport"] for r in drained(pipe)] == [5]
+    pipe.apply_config(VrouterConfig.from_dict({**on.to_dict(), "flow": {**on.to_dict()["flow"], "records": False}}))
+    assert pipe.table.records is None
+    udp_out(pipe, slow, 6, now=101.0)
+    assert pipe.expire(300.0) == 2 and pipe.table.records is None
+
+
+def test_net_records_parses_on_off_and_show():
+    p = argparse.ArgumentParser()
+    cmd_records._arguments(p)
+    assert p.parse_args(["on"]).state == "on" and p.parse_args([]).state is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["maybe"])
+    assert cmd_records.describe(True) == "flow records on"

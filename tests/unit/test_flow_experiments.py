@@ -3,6 +3,7 @@ protections settings, the capacity probe's rate, a phase's figures and the targe
 with the keys the issue names, the sweep, saturation and the capacity definition, the latency
 ratios, the flow settings through the topology, and the plots."""
 import argparse
+import json
 
 import pytest
 
@@ -11,6 +12,7 @@ from experiments import capacity_report as crep
 from experiments import flow_pressure_report as frep
 from experiments.common import ExperimentError
 from testbed import REPO
+from testbed.measure import flowrecs
 from testbed.measure.loadrun import Connection, Interval
 from testbed.topology import load as load_topology
 
@@ -271,3 +273,29 @@ def test_both_experiments_plot(tmp_path):
     pts = [_pt("proactive", 0.0, 100, 1.0, 1000), _pt("reactive", 0.0, 100, 1.0, 2000)]
     crep.plot(pts, crep.summarize(pts, (0.0,), {}), tmp_path / "capacity.png")
     assert (tmp_path / "capacity.png").stat().st_size > 10000
+
+
+def test_flow_records_count_a_phases_evictions_and_refusals_exactly(tmp_path, monkeypatch):
+    flushed = []
+    monkeypatch.setattr(flowrecs.introspect, "query", lambda rundir, s, op, **kw: flushed.append((s, op, kw)))
+    files = tmp_path / "flows"
+    files.mkdir()
+    old = {"kind": "flow", "server": "srv1", "end_reason": "flush"}
+    (files / "srv1.jsonl").write_text(json.dumps(old) + "\n")
+    window = flowrecs.RecordWindow(tmp_path, ["srv1"])
+    mark = window.mark()
+    new = [{"kind": "flow", "server": "srv1", "end_reason": "evicted"}] * 3 + [
+        {"kind": "flow", "server": "srv1", "end_reason": "unreplied_timeout"},
+        {"kind": "refused", "server": "srv1", "reason": "vm_flow_limit", "flows": 40},
+        {"kind": "refused", "server": "srv1", "reason": "vm_flow_limit", "flows": 2},
+        {"kind": "flow", "server": "srv3", "end_reason": "evicted"}]
+    with (files / "srv1.jsonl").open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in new) + '{"kind": "fl')    # half a line: skipped
+    got = flowrecs.counts(window.since(mark), "srv1")
+    assert got == {"ended": {"evicted": 3, "unreplied_timeout": 1}, "refused": {"vm_flow_limit": 42}}
+    assert flushed == [("srv1", "records", {"flush": True})] * 2
+    during = [{"evictions": 1}, {"evictions": 2}]        # the samples saw 2 of the 3
+    fig = frep.record_figures(got, during)
+    assert (fig["evictions"], fig["evictions_sampled"], fig["unreplied_aged"]) == (3, 2, 1)
+    assert fig["refused"] == {"vm_flow_limit": 42}
+    assert frep.record_figures(None, during)["evictions"] == 2           # no records: the sampled peak

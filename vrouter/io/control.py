@@ -45,11 +45,12 @@ REMOVE_SERVICE = "remove_service"
 ADD_SERVICE_MEMBER = "add_service_member"
 REMOVE_SERVICE_MEMBER = "remove_service_member"
 SET_FLOOD = "set_flood"                     # the storm limit, flooding on/off (controllers/vnc_flood.py)
+SET_FLOW_RECORDS = "set_flow_records"       # flow records on|off (controllers/vnc_records.py)
 MIRROR = "mirror"                           # mirror sessions: add | remove | list (controllers/vnc_mirror.py)
 BAREMETAL = "baremetal"                     # bare-metal hosts: add | remove | list (controllers/vnc_baremetal.py)
 ADMIN_METHODS = (ADD_VM, REMOVE_VM, SET_POLICY, SET_FLOW_MODE, SET_FLOW_LIMIT, SET_FLOATING_IP, SET_SNAT,
                  LIST_AGENTS, DUMP, PATH_REPORTS, ADD_SERVICE, REMOVE_SERVICE, ADD_SERVICE_MEMBER,
-                 REMOVE_SERVICE_MEMBER, SET_FLOOD, MIRROR, BAREMETAL)
+                 REMOVE_SERVICE_MEMBER, SET_FLOOD, SET_FLOW_RECORDS, MIRROR, BAREMETAL)
 # Controller -> agent notification: ``[generation, config]`` of that agent's server.
 CONFIG = "config"
 
@@ -225,6 +226,10 @@ class AdminClient:
     def set_flood(self, changes: dict[str, Any]) -> ChangeReply:
         """Some of the flood settings: enabled (bool), rate (frames/s per VM), burst, mac_age (s)."""
         return cast("ChangeReply", self.call(SET_FLOOD, changes))
+
+    def set_flow_records(self, on: bool) -> ChangeReply:
+        """Every vrouter's flow records on (True) or off (False)."""
+        return cast("ChangeReply", self.call(SET_FLOW_RECORDS, on))
     def mirror(self, op: str, args: Any = None) -> Any:
         """A mirror session added ({name, source, to, ...}) or removed (its name): a ChangeReply; list: the sessions."""
         return self.call(MIRROR, op, args)
