@@ -100,7 +100,11 @@ def test_set_request_checks_its_arguments():
     assert fwd.calls == [{"gro": False}]
     assert intro.handle({"op": "set", "gso": 1})["error"] == "set: gso must be true or false, got 1"
     assert intro.handle({"op": "set"})["error"] == \
-        "set: give gro and/or gso (true or false), or spin_us (microseconds)"
+        "set: give gro and/or gso (true or false), spin_us or defer_us (microseconds)"
     assert intro.handle({"op": "set", "spin_us": -5})["error"] == "set: spin_us must be 0..10000 microseconds, got -5"
     assert intro.handle({"op": "set", "spin_us": True})["error"].startswith("set: spin_us must be")
+    assert intro.handle({"op": "set", "defer_us": 20_000})["error"] == \
+        "set: defer_us must be 0..10000 microseconds, got 20000"
+    assert intro.handle({"op": "set", "defer_us": 250})["result"]["coalesce"]["defer_us"] == 250
+    assert fwd.coalesce.delay == 250e-6
     assert fwd.calls == [{"gro": False}]

@@ -10,6 +10,8 @@ loop sleeps at once until the next second. Pure: the shell gives the clock's rea
 from __future__ import annotations
 
 WINDOW = 1.0        # seconds over which the budget is counted
+SPIN_US = 0.0       # the default spin (off: docs/vrouter.md "Latency" says why)
+SPIN_BUDGET = 0.1   # at most this share of each second spinning
 
 
 class Spin:

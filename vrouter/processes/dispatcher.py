@@ -167,6 +167,7 @@ class WorkerPool:
     VIF fds, agent channels and introspection queries go to every worker."""
 
     stamping = False        # latency stamps are the single forwarder's (vrouter/core/latency.py)
+    bulk = False            # the workers defer for themselves
 
     def __init__(self, shell: Forwarder, mc: MulticoreConfig, children: Children):
         self.shell, self.mc, self.children = shell, mc, children
@@ -433,7 +434,7 @@ def main(argv=None):
     children = Children(mc, gro=args.gro, gso=args.gso).spawn()
     try:
         fwd = Forwarder(args.rundir, args.server, functools.partial(WorkerPool, mc=mc, children=children),
-                        gro=args.gro, gso=args.gso, path_slots=0)
+                        gro=args.gro, gso=args.gso, path_slots=0, defer_us=0.0)
     except (ipc.IpcError, OSError) as exc:
         children.stop()
         print(f"error: {exc}", file=sys.stderr)

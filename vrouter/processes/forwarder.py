@@ -27,11 +27,12 @@ import sys
 import time
 
 from vrouter.core import schema
+from vrouter.core.coalesce import BULK_FRAME, DEFER_US, Coalesce
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.gro import mergeable
 from vrouter.core.offload import Offloads, vm_mtu
-from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS, SLOTS
-from vrouter.core.spin import Spin
+from vrouter.core.paths import SLOTS
+from vrouter.core.spin import SPIN_BUDGET, SPIN_US, Spin
 from vrouter.io import ipc, tap, vm_interface
 from vrouter.io.external import External
 from vrouter.io.introspect import summary
@@ -40,13 +41,11 @@ from vrouter.io.poller import Poller
 from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
 from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort
 from vrouter.processes.introspect import Introspector
-from vrouter.processes.launch import add_switch_arguments, parser, path_slots, serve, setup_logging, spin_us
+from vrouter.processes.launch import add_loop_arguments, add_switch_arguments, parser, serve, setup_logging
 
 log = logging.getLogger("forwarder")
 PENDING_RETRY = 0.5
 FABRIC_WEIGHT = 64      # reads per fabric socket per loop round
-SPIN_US = 0.0           # the default spin after a round with input (off: docs/vrouter.md "Latency" says why)
-SPIN_BUDGET = 0.1       # at most this share of each second spinning
 
 
 class InProcess:
@@ -56,6 +55,7 @@ class InProcess:
     stamping = False        # latency stamps on (set_stamping): the loop notes when its wait returns
     reads_taps = True       # the shell's selector watches the TAPs and the fabric sockets
     reads_fabric = True
+    bulk = False            # this round read bulk data (vrouter/core/coalesce.py)
 
     def __init__(self, shell: Forwarder):
         self.shell = shell
@@ -109,6 +109,7 @@ class InProcess:
         if not reads:
             return
         if mergeable(reads[0]):
+            self.bulk = True
             reads += tunnels.receive_gro(sock, FABRIC_WEIGHT - 1, stamps=kernel_ns)
             self._deliver(reads, kernel_ns)
             return
@@ -187,7 +188,7 @@ class InProcess:
 class Forwarder:
     def __init__(self, rundir: str, server: str, engine=InProcess, *, clock=time.monotonic,
                  gro: bool = True, gso: bool = True, path_slots: int = SLOTS, spin_us: float = SPIN_US,
-                 spin_budget: float = SPIN_BUDGET):
+                 spin_budget: float = SPIN_BUDGET, defer_us: float = DEFER_US):
         """`engine(shell)` makes what handles the packets (`InProcess`, or the dispatcher's
         `WorkerPool`), given this shell once its sockets, counters and offload switches exist.
         `path_slots`: path repair's K (0: off), for an engine that runs it (`InProcess`)."""
@@ -211,6 +212,7 @@ class Forwarder:
         self.pending: dict[str, str] = {}        # vif name -> why it is not attached yet
         self.running = True
         self.spin = Spin(spin_us, spin_budget)
+        self.coalesce = Coalesce(defer_us)
         self._had_events = False                 # the last loop round had input (a spin may follow)
         self.engine = engine(self)
         self.introspector = Introspector(self)
@@ -272,6 +274,10 @@ class Forwarder:
                 if self.pending and self.config is not None:
                     self._attach_pending()
                 next_retry = now + PENDING_RETRY
+            if self.engine.bulk:        # sleep after a bulk round so the next read finds more
+                self.engine.bulk = False
+                if delay := self.coalesce.after_round(True, busy):
+                    time.sleep(delay)
         self.close()
 
     def poll(self, timeout: float) -> bool:
@@ -399,6 +405,7 @@ class Forwarder:
             # of sleep (vrouter/core/latency.py, docs/vrouter.md "Latency").
             first = tap.read_frames(fd, 1)
             if first:
+                self.engine.bulk |= len(first[0]) > BULK_FRAME
                 self.engine.on_tap(name, first)
                 rest = tap.read_frames(fd, tap.VIF_WEIGHT - 1)
                 if rest:
@@ -564,18 +571,12 @@ class Forwarder:
 def main(argv=None):
     p = parser("python -m vrouter.forwarder", __doc__)
     add_switch_arguments(p)
-    p.add_argument("--path-slots", type=path_slots, default=SLOTS, metavar="K",
-                   help=f"path repair: outer source ports probed per tunnel peer, {MIN_SLOTS}..{MAX_SLOTS} (default "
-                        f"{SLOTS}; 0: off, every flow keeps its own entropy port and nothing is probed)")
-    p.add_argument("--spin-us", type=spin_us, default=SPIN_US, metavar="US",
-                   help="after a loop round with input, poll this many microseconds more before sleeping, "
-                        f"at most {SPIN_BUDGET:.0%} of each second (default {SPIN_US:g}: off; docs/vrouter.md "
-                        "'Latency' has the trade-off)")
+    add_loop_arguments(p)
     args = p.parse_args(argv)
     setup_logging(args, "forwarder")
     try:
         fwd = Forwarder(args.rundir, args.server, gro=args.gro, gso=args.gso, path_slots=args.path_slots,
-                        spin_us=args.spin_us)
+                        spin_us=args.spin_us, defer_us=args.defer_us)
     except (ipc.IpcError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ datapath or from all its workers' shards; the rest (configuration, VIFs, routes)
 from __future__ import annotations
 
 from vrouter.core import baremetal, ecmp, explain
+from vrouter.core.coalesce import MAX_DEFER_US, Coalesce
 from vrouter.core.codec.ipv4 import int_to_ip, ip_to_int
 from vrouter.core.vrf import build_instances
 from vrouter.io.introspect import OPS, IntrospectError
@@ -147,12 +148,13 @@ class Introspector:
     def _stats(self, req):
         f = self.fwd
         return {"server": f.server, "generation": f.generation,
-                "mode": f.config.flow.mode if f.config else None, "spin": f.spin.stats(), **f.engine.stats()}
+                "mode": f.config.flow.mode if f.config else None, "spin": f.spin.stats(),
+                "coalesce": f.coalesce.stats(), **f.engine.stats()}
 
     def _set(self, req):
         args = {k: req[k] for k in ("gro", "gso") if k in req}
-        if not args and "spin_us" not in req:
-            raise IntrospectError("set: give gro and/or gso (true or false), or spin_us (microseconds)")
+        if not args and "spin_us" not in req and "defer_us" not in req:
+            raise IntrospectError("set: give gro and/or gso (true or false), spin_us or defer_us (microseconds)")
         for k, v in args.items():
             if not isinstance(v, bool):
                 raise IntrospectError(f"set: {k} must be true or false, got {v!r}")
@@ -162,6 +164,12 @@ class Introspector:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10_000:
                 raise IntrospectError(f"set: spin_us must be 0..10000 microseconds, got {v!r}")
             out["spin"] = self.fwd.set_spin(v)
+        if "defer_us" in req:
+            v = req["defer_us"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_DEFER_US:
+                raise IntrospectError(f"set: defer_us must be 0..{MAX_DEFER_US} microseconds, got {v!r}")
+            self.fwd.coalesce = Coalesce(v)
+            out["coalesce"] = self.fwd.coalesce.stats()
         return out
 
     def _config(self, req):

@@ -9,7 +9,9 @@ import logging
 import signal
 import sys
 
-from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS
+from vrouter.core.coalesce import DEFER_US, MAX_DEFER_US
+from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS, SLOTS
+from vrouter.core.spin import SPIN_BUDGET, SPIN_US
 
 PR_SET_PDEATHSIG = 1
 # A flow table of 64k entries is several hundred thousand long-lived objects; with CPython's default thresholds
@@ -84,12 +86,27 @@ def path_slots(text: str) -> int:
     return k
 
 
-def spin_us(text: str) -> float:
-    """argparse type for --spin-us: 0 (off) to 10,000 microseconds."""
+def microseconds(text: str) -> float:
+    """argparse type for --spin-us and --defer-us: 0 (off) to 10,000 microseconds."""
     try:
         v = float(text)
     except ValueError:
         v = -1.0
-    if not 0 <= v <= 10_000:
-        raise argparse.ArgumentTypeError(f"give microseconds 0..10000, not {text!r}")
+    if not 0 <= v <= MAX_DEFER_US:
+        raise argparse.ArgumentTypeError(f"give microseconds 0..{MAX_DEFER_US}, not {text!r}")
     return v
+
+
+def add_loop_arguments(p: argparse.ArgumentParser) -> None:
+    """The single forwarder's loop settings: path repair's slots, the spin, the receive coalescing."""
+    p.add_argument("--path-slots", type=path_slots, default=SLOTS, metavar="K",
+                   help=f"path repair: outer source ports probed per tunnel peer, {MIN_SLOTS}..{MAX_SLOTS} (default "
+                        f"{SLOTS}; 0: off, every flow keeps its own entropy port and nothing is probed)")
+    p.add_argument("--spin-us", type=microseconds, default=SPIN_US, metavar="US",
+                   help="after a loop round with input, poll this many microseconds more before sleeping, "
+                        f"at most {SPIN_BUDGET:.0%} of each second (default {SPIN_US:g}: off; docs/vrouter.md "
+                        "'Latency' has the trade-off)")
+    p.add_argument("--defer-us", type=microseconds, default=DEFER_US, metavar="US",
+                   help="after a loop round that moved bulk data (TSO frames, TCP data), sleep this many "
+                        f"microseconds so the next read finds more (default {DEFER_US:g}; 0: off; "
+                        "docs/vrouter.md 'Latency' has the trade-off)")
