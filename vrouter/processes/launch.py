@@ -108,5 +108,5 @@ def add_loop_arguments(p: argparse.ArgumentParser) -> None:
                         "'Latency' has the trade-off)")
     p.add_argument("--defer-us", type=microseconds, default=DEFER_US, metavar="US",
                    help="after a loop round that moved bulk data (TSO frames, TCP data), sleep this many "
-                        f"microseconds so the next read finds more (default {DEFER_US:g}; 0: off; "
+                        f"microseconds so the next read finds more (default {DEFER_US:g}: off; "
                         "docs/vrouter.md 'Latency' has the trade-off)")
