@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -43,6 +44,16 @@ class RunDir:
     def create(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pids.mkdir(parents=True, exist_ok=True)
+
+    def set_aside(self, name: str) -> None:
+        """An earlier run's output folder (flow records, mirror pcaps) becomes `<name>.previous`, so a
+        new run with this prefix neither mixes its files in nor destroys the last run's."""
+        path = self.path / name
+        if path.is_dir():
+            older = self.path / f"{name}.previous"
+            if older.is_dir():
+                shutil.rmtree(older)
+            path.rename(older)
 
     def exists(self) -> bool:
         return self.path.is_dir()

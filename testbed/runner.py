@@ -25,6 +25,8 @@ from testbed.rundir import RunDir, process_record
 from testbed.supervisor import Supervisor
 from testbed.topology import Topology
 from vrouter.io.control import STATE_FILE
+from vrouter.io.flowlog import FLOWS_DIR
+from vrouter.io.mirror_pcap import MIRROR_DIR
 
 # testbed.faults after testbed.overlay: its on_down hook (resume what a fault paused) must run first.
 PLUGINS = ("testbed.overlay", "testbed.faults")
@@ -142,6 +144,8 @@ class Testbed:
         # The VNC persists run-time changes for its own restarts within this run; a new run starts
         # from the topology, not from what an earlier run with this prefix left behind.
         (self.rundir.path / STATE_FILE).unlink(missing_ok=True)
+        for output in (FLOWS_DIR, MIRROR_DIR):
+            self.rundir.set_aside(output)
         owner = process_record(os.getpid())
         self.ofp_port = self.ofp_port or free_port()
         self.rundir.write_state(state="starting", prefix=self.prefix, topology=self.topology.name,

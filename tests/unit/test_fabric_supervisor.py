@@ -58,3 +58,17 @@ def test_restart_on_request_replaces_the_process(tmp_path):
 def test_live_process_refuses_a_recycled_pid():
     rec = {"pid": os.getpid(), "create_time": 12345.0}
     assert live_process(rec) is None
+
+
+def test_a_new_run_sets_the_last_runs_records_aside(tmp_path):
+    """flows/ and mirror/ of an earlier run with the prefix: kept one run as .previous, never mixed in."""
+    rd = RunDir(tmp_path, "sa")
+    rd.create()
+    (rd.path / "flows").mkdir()
+    (rd.path / "flows" / "srv1.jsonl").write_text("old\n")
+    (rd.path / "flows.previous").mkdir()
+    (rd.path / "flows.previous" / "srv1.jsonl").write_text("older\n")
+    rd.set_aside("flows")
+    rd.set_aside("mirror")          # absent: nothing to do
+    assert not (rd.path / "flows").exists() and not (rd.path / "mirror.previous").exists()
+    assert (rd.path / "flows.previous" / "srv1.jsonl").read_text() == "old\n"

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 log = logging.getLogger("mirror")
+MIRROR_DIR = "mirror"       # under the run directory; a new run sets the last one's aside (testbed/rundir.py)
 
 PCAP_MAGIC = 0xA1B2C3D4
 LINKTYPE_ETHERNET = 1
@@ -38,7 +39,7 @@ def pcap_record(frame: bytes, wall: float) -> bytes:
 
 
 def pcap_path(rundir: str, session: str, server: str) -> str:
-    return os.path.join(rundir, "mirror", f"{session}-{server}.pcap")
+    return os.path.join(rundir, MIRROR_DIR, f"{session}-{server}.pcap")
 
 
 class PcapFiles:
