@@ -32,13 +32,16 @@ class RecordsError(ValueError):
     """A bad filter or unreadable records; one line."""
 
 
-def read(rundir: str | Path) -> tuple[list[dict[str, Any]], int]:
-    """Every record of the run, oldest end first, and how many lines could not be read (a vrouter
+def read(rundir: str | Path, offsets: dict[str, int] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Every record of the run (with ``offsets``: from those byte offsets of the files on, see
+    testbed/measure/flowrecs.py), oldest end first, and how many lines could not be read (a vrouter
     killed in the middle of a write leaves half a line)."""
     out, bad = [], 0
     for path in sorted(flows_dir(rundir).glob("*.jsonl")):
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                f.seek((offsets or {}).get(path.name, 0))
+                text = f.read().decode("utf-8", errors="replace")
         except OSError as exc:
             raise RecordsError(f"cannot read {path}: {exc}") from None
         for line in text.splitlines():

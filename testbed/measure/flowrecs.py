@@ -10,13 +10,12 @@ after the last one). Needs ``flow: {records: true}`` in the testbed's topology.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from testbed.flowrecs import REFUSED
+from testbed.flowrecs import REFUSED, read
 from vrouter.io import introspect
 from vrouter.io.flowlog import flows_dir
 
@@ -38,16 +37,7 @@ class RecordWindow:
     def since(self, mark: dict[str, int]) -> list[dict[str, Any]]:
         """Every record written after ``mark`` (half a line of a killed vrouter is skipped)."""
         self._flush()
-        out = []
-        for path in sorted(flows_dir(self.rundir).glob("*.jsonl")):
-            with path.open("rb") as f:
-                f.seek(mark.get(path.name, 0))
-                for line in f.read().splitlines():
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        continue
-        return out
+        return read(self.rundir, mark)[0]
 
 
 def counts(records: Iterable[dict[str, Any]], server: str | None = None) -> dict[str, dict[str, int]]:

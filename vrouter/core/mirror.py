@@ -35,6 +35,7 @@ from .codec.l4 import build_udp
 from .codec.outer import VXLAN_PORT
 from .config import VROUTER_MAC, Policy, VrouterConfig
 from .encap import encap_prefix
+from .flowtable import TO_TUNNEL, TO_VIF
 from .mirrorschema import VrouterSession, rule_fields
 from .offload import vm_mtu
 from .policy import CompiledPolicy
@@ -144,20 +145,20 @@ class Mirror:
         self._gateways = {n.id: n.gateway for n in config.networks}
         mtu = vm_mtu(config)
         old, self.sessions = self.sessions, {}
-        for s in getattr(config, "mirrors", ()):
+        for s in config.mirrors:
             kept = old.pop(s.name, None)
             self.sessions[s.name] = kept if kept is not None and kept.spec == s else Session(s, vifs, vrf_of, mtu)
         self.out.extend(ClosePcap(name) for name in old)
 
     def mark(self, e: FlowEntry) -> tuple[Session, ...] | None:
         """The sessions that mirror entry ``e`` (decided, its action set), or None."""
-        if not self.sessions or e.kind not in (1, 2):       # TO_VIF, TO_TUNNEL (not drops, NAT, held)
+        if not self.sessions or e.kind not in (TO_VIF, TO_TUNNEL):      # not drops, NAT, held
             return None
         vrf, proto, src, dst, sport, dport = e.key
         if proto == 17 and dport == VXLAN_PORT and self._gateways.get(vrf) == src:
             return None                                     # a copy itself
         src_vif = e.pin if e.pin in self._vif_net else self._by_addr.get((vrf, src))
-        dst_vif = e.vif if e.kind == 1 else None
+        dst_vif = e.vif if e.kind == TO_VIF else None
         found = []
         for s in self.sessions.values():
             ends = []
@@ -181,7 +182,7 @@ class Mirror:
         sends on (for a delivery to a VM: the very frame it gets)."""
         if not fabric:
             frame = buf[off - 14:off + tlen]        # the VM's frame as it sent it
-        elif e.kind == 1:
+        elif e.kind == TO_VIF:
             frame = out
         else:
             frame = PLAIN_ETH + buf[off:off + tlen]

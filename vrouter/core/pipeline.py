@@ -97,6 +97,7 @@ class Pipeline:
         self._evaluator = SlowPath(config)
         self.config = config
         self.mirror = Mirror()                  # mirror sessions: marks at install, copies on hits
+        self.flood: flood.Flood | None = None   # flooding (core/flood.py), made by apply_config
         self.apply_config(config)
 
     # ---------------------------------------------------------------- configuration
@@ -113,7 +114,7 @@ class Pipeline:
         self._peers = frozenset(config.peers)
         self._underlay = config.underlay_ip
         self._admission.configure(config)
-        self.flood = flood.configured(getattr(self, "flood", None), config, self._vifs, self._drop)  # core/flood.py
+        self.flood = flood.configured(self.flood, config, self._vifs, self._drop)
         self._prefixes: dict[tuple[str, int, str | None], bytes] = {}
         self._evaluator.apply_config(config)
         self.nat.configure(config, {n: v.eth for n, v in self._vifs.items()})    # NAT pairs kept or removed

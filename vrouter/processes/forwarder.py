@@ -276,7 +276,7 @@ class Forwarder:
                 next_retry = now + PENDING_RETRY
             if self.engine.bulk:        # sleep after a bulk round so the next read finds more
                 self.engine.bulk = False
-                if delay := self.coalesce.after_round(True, busy, now):
+                if self.coalesce.enabled and (delay := self.coalesce.after_round(True, busy, now)):
                     start = self.clock()
                     time.sleep(delay)
                     self.coalesce.woke(delay, self.clock() - start, start)

@@ -13,6 +13,14 @@ from vrouter.core.vrf import build_instances
 from vrouter.io.introspect import OPS, IntrospectError
 
 
+def _microseconds(req, key):
+    """A loop setting of `set` (spin_us, defer_us): microseconds in the bound of --spin-us and
+    --defer-us (launch.microseconds)."""
+    v = req[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_DEFER_US:
+        raise IntrospectError(f"set: {key} must be 0..{MAX_DEFER_US} microseconds, got {v!r}")
+    return v
+
 class Introspector:
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -160,15 +168,10 @@ class Introspector:
                 raise IntrospectError(f"set: {k} must be true or false, got {v!r}")
         out = self.fwd.set_offloads(**args) if args else {}
         if "spin_us" in req:
-            v = req["spin_us"]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10_000:
-                raise IntrospectError(f"set: spin_us must be 0..10000 microseconds, got {v!r}")
-            out["spin"] = self.fwd.set_spin(v)
+            spin_us = _microseconds(req, "spin_us")     # checked before anything changes
+            out["spin"] = self.fwd.set_spin(spin_us)
         if "defer_us" in req:
-            v = req["defer_us"]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_DEFER_US:
-                raise IntrospectError(f"set: defer_us must be 0..{MAX_DEFER_US} microseconds, got {v!r}")
-            self.fwd.coalesce = Coalesce(v)
+            self.fwd.coalesce = Coalesce(_microseconds(req, "defer_us"))
             out["coalesce"] = self.fwd.coalesce.stats()
         return out
 
