@@ -8,8 +8,8 @@ for both sides of the subtraction:
 
     hop = median RTT(UDP echo by a Python process) - median RTT(ICMP echo by the kernel)
 
-both at the same spacing as the bench's pings. Four of them are what no Python overlay can go below
-here. Needs root (raw ICMP socket); traffic stays on 127.0.0.1.
+both at the same spacing as the bench's pings, alternated one by one. Four of them are what no
+Python overlay can go below here. Needs root (raw ICMP socket); traffic stays on 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -31,23 +31,40 @@ def echo_request(ident: int, seq: int) -> bytes:
     return head[:2] + struct.pack("!H", checksum(head)) + head[4:]
 
 
+def _kernel_echo(s: socket.socket, ident: int, seq: int) -> float:
+    """One ICMP echo to 127.0.0.1 answered by the kernel: its RTT in us."""
+    pkt = echo_request(ident, seq)
+    t = time.perf_counter()
+    s.sendto(pkt, (LOOPBACK, 0))
+    while True:  # the raw socket also sees our own request and other echoes
+        d = s.recv(2048)
+        ihl = (d[0] & 0x0F) * 4
+        if d[ihl] == 0 and struct.unpack_from("!HH", d, ihl + 4) == (ident, seq):
+            return (time.perf_counter() - t) * 1e6
+
+
+def _python_echo(client: socket.socket, where: tuple) -> float:
+    """One UDP datagram echoed by the forked Python process: its RTT in us."""
+    t = time.perf_counter()
+    client.sendto(b"vnet-hop-floor!!", where)
+    client.recv(2048)
+    return (time.perf_counter() - t) * 1e6
+
+
+def _raw_icmp() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.settimeout(1.0)
+    return s
+
+
 def kernel_echo_rtts(count: int, gap: float) -> list[float]:
     """RTTs (us) of ICMP echo requests to 127.0.0.1, answered by the kernel."""
     ident = os.getpid() & 0xFFFF
     rtts = []
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
-        s.settimeout(1.0)
+    with _raw_icmp() as s:
         for seq in range(count):
-            pkt = echo_request(ident, seq)
-            t = time.perf_counter()
-            s.sendto(pkt, (LOOPBACK, 0))
-            while True:  # the raw socket also sees our own request and other echoes
-                d = s.recv(2048)
-                ihl = (d[0] & 0x0F) * 4
-                if d[ihl] == 0 and struct.unpack_from("!HH", d, ihl + 4) == (ident, seq):
-                    break
-            rtts.append((time.perf_counter() - t) * 1e6)
             time.sleep(gap)
+            rtts.append(_kernel_echo(s, ident, seq))
     return rtts
 
 
@@ -64,8 +81,8 @@ def _echo_forever(sock: socket.socket) -> None:
         sock.sendto(data, addr)
 
 
-def python_echo_rtts(count: int, gap: float) -> list[float]:
-    """RTTs (us) of UDP datagrams to a forked Python echo process on 127.0.0.1."""
+def _with_echo_process(body):
+    """Run ``body(client, where)`` against a forked Python UDP echo process on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as echo:
         client.bind((LOOPBACK, 0))
@@ -78,22 +95,44 @@ def python_echo_rtts(count: int, gap: float) -> list[float]:
                 _echo_forever(echo)
             finally:
                 os._exit(0)
-        rtts = []
         try:
-            for _ in range(count):
-                t = time.perf_counter()
-                client.sendto(b"vnet-hop-floor!!", where)
-                client.recv(2048)
-                rtts.append((time.perf_counter() - t) * 1e6)
-                time.sleep(gap)
+            return body(client, where)
         finally:
             client.sendto(b"quit", where)
             os.waitpid(pid, 0)
-    return rtts
+
+
+def python_echo_rtts(count: int, gap: float) -> list[float]:
+    """RTTs (us) of UDP datagrams to a forked Python echo process on 127.0.0.1."""
+    def body(client: socket.socket, where: tuple) -> list[float]:
+        rtts = []
+        for _ in range(count):
+            time.sleep(gap)
+            rtts.append(_python_echo(client, where))
+        return rtts
+    return _with_echo_process(body)
+
+
+def interleaved_rtts(count: int, gap: float) -> tuple[list[float], list[float]]:
+    """(kernel echo RTTs, Python echo RTTs), alternated one by one with `gap` before each, so both
+    sides see the machine in the same state (back to back runs of each differed by more than the hop
+    on this shared VM, and once gave a negative hop)."""
+    ident = os.getpid() & 0xFFFF
+
+    def body(client: socket.socket, where: tuple) -> tuple[list[float], list[float]]:
+        kernel, python = [], []
+        with _raw_icmp() as s:
+            for seq in range(count):
+                time.sleep(gap)
+                kernel.append(_kernel_echo(s, ident, seq))
+                time.sleep(gap)
+                python.append(_python_echo(client, where))
+        return kernel, python
+    return _with_echo_process(body)
 
 
 def hop_floor_us(count: int = 50, gap: float = 0.02) -> dict:
     """{'kernel_echo', 'python_echo', 'hop'} medians in us; 'hop' is one Python process hop."""
-    kernel = statistics.median(kernel_echo_rtts(count, gap))
-    python = statistics.median(python_echo_rtts(count, gap))
+    kernel_rtts, python_rtts = interleaved_rtts(count, gap)
+    kernel, python = statistics.median(kernel_rtts), statistics.median(python_rtts)
     return {"kernel_echo": kernel, "python_echo": python, "hop": python - kernel}

@@ -123,3 +123,11 @@ def test_fabric_tso_switch_refuses_while_ovs_serves_bridges(monkeypatch):
     with pytest.raises(fabric_tso.FabricTsoError, match="vtt-l1, vtt-s1.*stop those testbeds"):
         fabric_tso.switch(True)
     assert calls == [("list-br",)]          # nothing was set, nothing restarted
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a raw ICMP socket needs root")
+def test_hop_floor_alternates_both_echoes():
+    kernel, python = hop_floor.interleaved_rtts(4, 0.0)
+    assert len(kernel) == len(python) == 4 and all(x > 0 for x in kernel + python)
+    floor = hop_floor.hop_floor_us(3, 0.0)
+    assert floor["hop"] == pytest.approx(floor["python_echo"] - floor["kernel_echo"])

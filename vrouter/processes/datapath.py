@@ -279,6 +279,7 @@ class Datapath:
         # per-packet loops are the plain ones unless stamping is on.
         self.stamps: collections.deque | None = None
         self.woke_ns = 0                    # while stamping: when the holder's epoll wait last returned
+        self.wrote_vif: str | None = None   # the last VM interface a frame was written to (the answer read)
         self.mirror_sink = None             # vrouter/io/mirror_pcap.py PcapFiles of the holder, or None
         self.flowlog = FlowLog(clock)       # flow records to <rundir>/flows/ once the holder places it
 
@@ -538,6 +539,7 @@ class Datapath:
                 port = self.vifs.get(action.vif)
                 tail = action.tail if t is ToVifParts else b""      # a merge's data, behind its headers
                 if port is not None and tap.write_vnet(port.fd, vnet, action.frame, tail):
+                    self.wrote_vif = action.vif
                     port.counters["tx_packets"] += 1
                     port.counters["tx_bytes"] += len(action.frame) + len(tail)
                 else:

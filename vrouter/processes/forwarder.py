@@ -29,160 +29,20 @@ import time
 from vrouter.core import schema
 from vrouter.core.coalesce import BULK_FRAME, DEFER_US, Coalesce
 from vrouter.core.config import ConfigError, VrouterConfig
-from vrouter.core.gro import mergeable
 from vrouter.core.offload import Offloads, vm_mtu
 from vrouter.core.paths import SLOTS
 from vrouter.core.spin import SPIN_BUDGET, SPIN_US, Spin
 from vrouter.io import ipc, tap, vm_interface
 from vrouter.io.external import External
-from vrouter.io.introspect import summary
-from vrouter.io.mirror_pcap import PcapFiles
 from vrouter.io.poller import Poller
 from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
-from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, Datapath, VifPort
+from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, VifPort
+from vrouter.processes.inprocess import InProcess
 from vrouter.processes.introspect import Introspector
 from vrouter.processes.launch import add_loop_arguments, add_switch_arguments, parser, serve, setup_logging
 
 log = logging.getLogger("forwarder")
 PENDING_RETRY = 0.5
-FABRIC_WEIGHT = 64      # reads per fabric socket per loop round
-
-
-class InProcess:
-    """The single forwarder's engine: the per-packet path runs here, on the shell's sockets."""
-
-    tap_queues = 1          # fds per VM TAP
-    stamping = False        # latency stamps on (set_stamping): the loop notes when its wait returns
-    reads_taps = True       # the shell's selector watches the TAPs and the fabric sockets
-    reads_fabric = True
-    bulk = False            # this round read bulk data (vrouter/core/coalesce.py)
-
-    def __init__(self, shell: Forwarder):
-        self.shell = shell
-        self.datapath = Datapath(shell.agent, shell.offloads, clock=shell.clock, path_slots=shell.path_slots)
-        self.datapath.mirror_sink = PcapFiles(shell.rundir, shell.server, shell.clock)     # mirror sessions' pcaps
-        self.datapath.flowlog.place(shell.rundir, shell.server)
-
-    @property
-    def configured(self) -> bool:
-        return self.datapath.pipeline is not None
-
-    def configure(self, generation, config: VrouterConfig, config_dict: dict, tunnels: Tunnels) -> None:
-        self.datapath.sender = tunnels
-        self.datapath.external = self.shell.external
-        self.datapath.configure(config)
-
-    def agent_connected(self, conn: socket.socket) -> None:
-        """Punts go out on the agent's one channel (the shell's link), nothing more to set up."""
-
-    def flush_punts(self) -> None:
-        self.datapath.flush_punts()
-
-    def service(self) -> bool:
-        return self.datapath.service()
-
-    def punt_wait(self) -> float | None:
-        return self.datapath.punt_wait()
-
-    def probe_wait(self) -> float | None:
-        return self.datapath.paths_wait()
-
-    def probe(self) -> None:
-        self.datapath.probe()
-
-    def on_tap(self, name: str, frames: list[bytes]) -> None:
-        if self.datapath.pipeline is not None:
-            self.datapath.from_tap(name, frames)
-
-    def on_external(self, packets: list[bytes]) -> None:
-        if self.datapath.pipeline is not None:
-            self.datapath.from_external(packets)
-
-    def on_fabric(self, tunnels: Tunnels, sock: socket.socket) -> None:
-        # A first read that GRO cannot merge (not TCP: a ping, a DNS query) is forwarded before the
-        # drain of the rest, as a TAP's first frame is (Forwarder._on_tap), so it does not wait for the
-        # read that finds the socket empty; TCP reads are drained first, so they merge across the drain
-        # (forwarding a bulk flow's first read alone cut GRO from 15-17 to 13 segments per merge).
-        dp = self.datapath
-        kernel_ns = [] if dp.stamps is not None else None
-        reads = tunnels.receive_gro(sock, 1, stamps=kernel_ns)
-        if not reads:
-            return
-        if mergeable(reads[0]):
-            self.bulk = True
-            reads += tunnels.receive_gro(sock, FABRIC_WEIGHT - 1, stamps=kernel_ns)
-            self._deliver(reads, kernel_ns)
-            return
-        self._deliver(reads, kernel_ns)
-        kernel_ns = [] if dp.stamps is not None else None
-        rest = tunnels.receive_gro(sock, FABRIC_WEIGHT - 1, stamps=kernel_ns)
-        if rest:
-            self._deliver(rest, kernel_ns)
-
-    def _deliver(self, reads: list[tuple], kernel_ns: list[int] | None) -> None:
-        dp = self.datapath
-        if dp.pipeline is None:
-            dp.counters["fabric_rx_unconfigured"] += len(reads)
-        else:
-            dp.from_reads(reads, kernel_ns)
-
-    def set_stamping(self, on: bool, tunnels: Tunnels | None) -> None:
-        """Latency stamps of ICMP echoes on or off (vrouter/core/latency.py), with the kernel's receive
-        timestamps on the fabric sockets."""
-        self.datapath.set_stamping(on)
-        self.stamping = on
-        if tunnels is not None:
-            tunnels.set_stamping(on)
-
-    def take_stamps(self) -> list[tuple]:
-        return self.datapath.take_stamps()
-
-    def vif_up(self, name: str, port: VifPort, entry: dict) -> None:
-        self.datapath.vifs[name] = port
-        log.info("vif %s attached (VM %s)", name, entry.get("vm", "?"))
-
-    def vif_down(self, name: str, port: VifPort) -> None:
-        self.datapath.vifs.pop(name, None)
-
-    def set_offloads(self, gro, gso) -> None:
-        """The GRO engine and GSO flag are the shell's own Offloads: nothing more to switch."""
-
-    def reset(self) -> None:
-        self.datapath.reset()
-
-    def tick(self, now: float) -> bool:
-        self.datapath.expire(now)
-        return True
-
-    def close(self) -> None:
-        self.datapath.flowlog.drain(self.datapath.pipeline, end="shutdown")    # nothing lost at `down`
-
-    # --- introspection (vrouter/processes/introspect.py) ---------------------------------------
-    def flows(self) -> list[dict]:
-        return self.datapath.flows()
-
-    def drop_stats(self) -> dict:
-        return self.datapath.drop_stats()
-
-    def vif_counters(self) -> dict[str, dict]:
-        return {name: dict(port.counters) for name, port in self.datapath.vifs.items()}
-
-    def rtts(self) -> list[float]:
-        return list(self.datapath.link.rtt_us)
-
-    def pressure(self) -> dict:
-        return self.datapath.pressure()
-
-    def paths(self) -> dict:
-        return self.datapath.paths_view()
-
-    def nat(self) -> dict:
-        return self.datapath.pipeline.nat.state()
-
-    def stats(self) -> dict:
-        s = self.datapath.stats()
-        s["slowpath_rtt_us"] = summary(s.pop("rtts"))
-        return s
 
 
 class Forwarder:
@@ -412,6 +272,20 @@ class Forwarder:
                 rest = tap.read_frames(fd, tap.VIF_WEIGHT - 1)
                 if rest:
                     self.engine.on_tap(name, rest)
+
+    def read_answer(self, name: str) -> None:
+        """Read a VM's TAP straight after a lone packet was written to it: the VM's kernel runs in the
+        write, so an echo reply or a SYN-ACK is queued when it returns, and goes out now rather than
+        after another epoll round (36-47 us after 20 ms idle, docs/vrouter.md "Latency"). If nothing
+        came, one read found the queue empty; the TAP stays in the epoll set for a later answer."""
+        port = self.vifs.get(name)
+        if port is not None:
+            if self.engine.stamping:
+                self.engine.datapath.woke_ns = time.time_ns()
+            try:
+                self._on_tap(port.fd, name)
+            except OSError as exc:
+                self._lost_vif(name, exc)
 
     def _on_fabric(self, sock, _):
         self.engine.on_fabric(self.tunnels, sock)
