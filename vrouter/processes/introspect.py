@@ -21,6 +21,7 @@ def _microseconds(req, key):
         raise IntrospectError(f"set: {key} must be 0..{MAX_DEFER_US} microseconds, got {v!r}")
     return v
 
+
 class Introspector:
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -161,17 +162,19 @@ class Introspector:
 
     def _set(self, req):
         args = {k: req[k] for k in ("gro", "gso") if k in req}
-        if not args and "spin_us" not in req and "defer_us" not in req:
+        loop = {k: req[k] for k in ("spin_us", "defer_us") if k in req}
+        if not args and not loop:
             raise IntrospectError("set: give gro and/or gso (true or false), spin_us or defer_us (microseconds)")
         for k, v in args.items():
             if not isinstance(v, bool):
                 raise IntrospectError(f"set: {k} must be true or false, got {v!r}")
+        for k in loop:
+            _microseconds(loop, k)          # every value checked before anything changes
         out = self.fwd.set_offloads(**args) if args else {}
-        if "spin_us" in req:
-            spin_us = _microseconds(req, "spin_us")     # checked before anything changes
-            out["spin"] = self.fwd.set_spin(spin_us)
-        if "defer_us" in req:
-            self.fwd.coalesce = Coalesce(_microseconds(req, "defer_us"))
+        if "spin_us" in loop:
+            out["spin"] = self.fwd.set_spin(loop["spin_us"])
+        if "defer_us" in loop:
+            self.fwd.coalesce = Coalesce(loop["defer_us"])
             out["coalesce"] = self.fwd.coalesce.stats()
         return out
 
