@@ -6,9 +6,10 @@ import socket
 import types
 
 import pytest
+from scapy.layers.inet import ICMP, IP
 
 from core_helpers import udp_frame
-from offload_helpers import FakeTunnels
+from offload_helpers import FakeTunnels, prefix, tcp_ip
 from testbed import fabric
 from testbed.capture import fabric_interfaces
 from testbed.commands import CommandError
@@ -20,6 +21,8 @@ from vrouter.core.offload import Offloads
 from vrouter.core.slowpath import SlowPath
 from vrouter.io import ipc
 from vrouter.processes.datapath import AgentLink, Datapath
+from vrouter.processes.forwarder import Forwarder
+from vrouter.processes.inprocess import InProcess
 from vrouter.processes.introspect import Introspector
 from vrouter.tools import tables
 
@@ -173,3 +176,58 @@ def test_datapath_sends_the_setup_queues_punts_after_batches_decisions_and_agein
     now[0] = 1.5
     dp.expire(now[0])                   # the bucket refilled: the next punt goes out without new input
     assert [r["sport"] for _, r in read()] == [2]
+
+
+class ReadsOnce:
+    """A fabric socket's reads as `Tunnels.receive_gro` hands them out: each call takes the next batch."""
+
+    def __init__(self, *batches):
+        self.batches = list(batches)
+        self.calls = []     # max_reads of each call
+
+    def receive_gro(self, sock, max_reads, stamps=None):
+        self.calls.append(max_reads)
+        return self.batches.pop(0) if self.batches else []
+
+
+def engine_with(events, writes_to):
+    """An InProcess engine whose datapath records what it is handed and 'writes' to the VM
+    interface `writes_to` (what Datapath._execute notes in wrote_vif after a TAP write)."""
+    eng = InProcess.__new__(InProcess)
+    dp = types.SimpleNamespace(stamps=None, wrote_vif=None, pipeline=object(), counters=collections.Counter())
+
+    def from_reads(reads, kernel_ns):
+        events.append(("deliver", len(reads)))
+        dp.wrote_vif = writes_to
+    dp.from_reads = from_reads
+    eng.datapath = dp
+    eng.shell = types.SimpleNamespace(read_answer=lambda name: events.append(("answer", name)))
+    return eng
+
+
+def test_a_lone_packet_written_to_a_vm_has_its_answer_read_before_the_drain():
+    ping = ("10.0.2.1", "mplsoudp", prefix("mplsoudp") + bytes(IP(src="192.168.1.12", dst="192.168.1.11") / ICMP()), 0)
+    bulk = ("10.0.2.1", "mplsoudp", prefix("mplsoudp") + tcp_ip(b"x" * 1000), 0)
+    events = []
+    engine_with(events, "vt-t1").on_fabric(ReadsOnce([ping], [ping, ping]), None)
+    assert events == [("deliver", 1), ("answer", "vt-t1"), ("deliver", 2)]
+    events = []     # nothing written to a VM (sent on to a tunnel, dropped, punted): no read
+    engine_with(events, None).on_fabric(ReadsOnce([ping]), None)
+    assert events == [("deliver", 1)]
+    events = []     # TCP is drained first so GRO merges across the drain, and nobody waits for an answer
+    fabric = ReadsOnce([bulk], [bulk, bulk])
+    engine_with(events, "vt-t1").on_fabric(fabric, None)
+    assert events == [("deliver", 3)] and fabric.calls == [1, 63]
+
+
+def test_the_answer_read_counts_only_what_it_found():
+    dp = types.SimpleNamespace(counters=collections.Counter())
+    found = []
+    shell = types.SimpleNamespace(vifs={"vt-t1": types.SimpleNamespace(fd=7)},
+                                  engine=types.SimpleNamespace(stamping=False, datapath=dp),
+                                  _on_tap=lambda fd, name: found.pop(0), _lost_vif=pytest.fail)
+    found += [True, False]
+    Forwarder.read_answer(shell, "vt-t1")
+    Forwarder.read_answer(shell, "vt-t1")
+    Forwarder.read_answer(shell, "gone")     # detached meanwhile: nothing read
+    assert dp.counters["answers_read"] == 1 and found == []
