@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from testbed import DEFAULT_TOPOLOGY, fabric_tso
+from testbed import DEFAULT_TOPOLOGY, fabric_tso, relay_floor
 from testbed.commands import CommandError, command, group, prefix_arg
 from testbed.hop_floor import hop_floor_us
 from testbed.measure import provenance
@@ -105,6 +105,8 @@ def measure_all(tb: Testbed, pair: VmPair, seconds: float, streams: tuple[int, .
     finally:
         vx.close()
     over = ping_median_us(tb.host(pair.client_vm.name), pair.server_vm.address)
+    progress("the same pings through a bare Python relay on the same servers (the floor of a Python overlay)")
+    relay = relay_floor.measure(tb, pair)
     progress("where the overlay's round trip goes: the same pings again, stamped by both vrouters")
     legs = stamped_breakdown(tb, pair)
     progress("one Python process hop on loopback at the same spacing (the floor under the overhead)")
@@ -117,7 +119,9 @@ def measure_all(tb: Testbed, pair: VmPair, seconds: float, streams: tuple[int, .
                                      "overhead_median": over - under if under and over else None,
                                      "kernel_vxlan_median": kernel,
                                      "kernel_vxlan_overhead_median": kernel - under if under and kernel else None,
-                                     "hop_floor": floor},
+                                     "hop_floor": floor, "relay_median": relay["median"],
+                                     "relay_overhead_median": relay["median"] - under
+                                     if under and relay["median"] else None, "relay_error": relay.get("error")},
             "breakdown": legs}
 
 
@@ -262,6 +266,13 @@ def report_lines(r: dict) -> list[str]:
         lines.append(f"one idle Python process hop here: {floor['hop']:.0f} us (UDP echo {floor['python_echo']:.0f} us "
                      f"- kernel echo {floor['kernel_echo']:.0f} us, loopback); the overlay crosses 4 per round trip: "
                      f"floor {4 * floor['hop']:.0f} us, ours {rtt['overhead_median'] / 4:.0f} us per hop")
+    if rtt.get("relay_overhead_median") is not None:
+        ours = rtt["overhead_median"]
+        lines.append(f"ping RTT median, bare Python relay (TAP + UDP, nothing else; testbed/relay_floor.py): "
+                     f"{rtt['relay_median']:.0f} us, overhead {rtt['relay_overhead_median']:.0f} us"
+                     + (f"; ours {ours - rtt['relay_overhead_median']:.0f} us above it" if ours is not None else ""))
+    elif rtt.get("relay_error"):
+        lines.append(f"bare Python relay: not measured ({rtt['relay_error']})")
     lines += breakdown_lines(r.get("breakdown"), rtt)
     lines.append(f"GRO segments per merged delivery (bulk TCP, best run): {r['gro_segments_per_merge']:.1f}")
     if r["worst_cpu_s_per_gb_on"] is not None:

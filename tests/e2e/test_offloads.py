@@ -1,6 +1,7 @@
 """Offloads end to end (one testbed for the module): TSO super-frames from the VM, UDP GSO sends,
 UDP_GRO reads merged into super-packets the receiving VM takes as one packet, byte-exact data
 verified by the VMs' kernels, the GRO switch, and MPLSoGRE's one-send-per-segment fallback."""
+import os
 import re
 import struct
 import time
@@ -9,6 +10,8 @@ import pytest
 
 from overlay_helpers import bring_up, expected_digest, needs_root, ping, transfer, vm_tap
 from test_vrouter_io import nspair  # noqa: F401 (fixture)
+from testbed import relay_floor
+from testbed.measure.pairs import pick_pair
 from vrouter.core import gso, latency
 from vrouter.io import introspect, tap, tunnel
 
@@ -186,3 +189,19 @@ def test_the_echo_reply_is_read_straight_after_the_request_is_written(tb):
     found = {srv: introspect.query(tb.path, srv, "stats")["forwarder"].get("answers_read", 0)
              for srv in ("srv1", "srv3")}
     assert found["srv3"] >= 1 and found["srv1"] <= found["srv3"], found
+
+
+def test_the_bare_relay_carries_the_benchs_pings_and_leaves_nothing_behind(tb):
+    """testbed/relay_floor.py, the bench's floor of a Python overlay: two relays move the VMs'
+    frames over the servers' underlay; after close, no relay process and no TAP is left."""
+    pair = pick_pair(tb.topology)
+    relays = relay_floor.RelayPair(tb, pair)
+    try:
+        pids = [p.pid for p in relays.procs]
+        assert relays.ping_median_us() is not None
+        assert ping(tb, pair.client_vm.name, pair.server_vm.address) == 3    # the overlay beside it
+    finally:
+        relays.close()
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+    for host in (pair.client, pair.server, pair.client_vm.name, pair.server_vm.name):
+        assert relays.name not in tb.host(host).cmd("ip -o link show")

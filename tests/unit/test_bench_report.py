@@ -61,6 +61,13 @@ def test_report_names_the_hop_floor_and_the_kernel_rtt():
     assert "target RTT overhead <= 480 us: NOT met" in text
     assert "round-trip breakdown: not measured (no complete round trip was stamped)" in text
     assert "fabric setting: OVS userspace TSO off" in text
+    assert "bare Python relay" not in text          # an older result without the relay figures
+    r["rtt_us"].update(relay_median=1100.0, relay_overhead_median=600.0)
+    text = "\n".join(report_lines(r))
+    assert "bare Python relay (TAP + UDP, nothing else; testbed/relay_floor.py): 1100 us, overhead 600 us; " \
+           "ours 300 us above it" in text
+    r["rtt_us"].update(relay_median=None, relay_overhead_median=None, relay_error="relay on b did not start")
+    assert "bare Python relay: not measured (relay on b did not start)" in "\n".join(report_lines(r))
 
 
 def test_report_prints_the_breakdown_and_the_tso_leg():
