@@ -4,8 +4,9 @@ One testbed on topologies/default.yaml; two servers on different leaves and a VM
 on them. TCP throughput (iperf3, 1 and 8 streams) of (a) the underlay between the servers, (b) a
 kernel VXLAN overlay between the same servers, (c) our overlay VM to VM with GRO/GSO off, (d) on;
 CPU seconds per GB of the two servers' vrouter processes (forwarder + agent, psutil); the median
-ping RTT of the underlay, the kernel VXLAN and the overlay, and the cost of one idle Python process hop
-(testbed/hop_floor.py), four of which every overlay round trip crosses. Prints a table, the ratios
+ping RTT of the underlay, the kernel VXLAN, the overlay and a bare Python relay on the same servers
+(testbed/relay_floor.py, the floor of a Python overlay here), and the cost of one idle Python process
+hop (testbed/hop_floor.py), four of which every overlay round trip crosses. Prints a table, the ratios
 (c)/(a), (d)/(a), (d)/(b), the GRO segments per delivery and which targets are met. The measuring
 itself (pair, iperf3, ping, vrouter CPU, the overlay runs) is testbed/measure/, which
 experiments/gro.py and rps_gro.py use too.
