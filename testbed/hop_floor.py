@@ -51,23 +51,6 @@ def _python_echo(client: socket.socket, where: tuple) -> float:
     return (time.perf_counter() - t) * 1e6
 
 
-def _raw_icmp() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    s.settimeout(1.0)
-    return s
-
-
-def kernel_echo_rtts(count: int, gap: float) -> list[float]:
-    """RTTs (us) of ICMP echo requests to 127.0.0.1, answered by the kernel."""
-    ident = os.getpid() & 0xFFFF
-    rtts = []
-    with _raw_icmp() as s:
-        for seq in range(count):
-            time.sleep(gap)
-            rtts.append(_kernel_echo(s, ident, seq))
-    return rtts
-
-
 def _echo_forever(sock: socket.socket) -> None:
     # Same shape as the forwarder's loop: a selector wait, a non-blocking read, a send.
     sock.setblocking(False)
@@ -102,17 +85,6 @@ def _with_echo_process(body):
             os.waitpid(pid, 0)
 
 
-def python_echo_rtts(count: int, gap: float) -> list[float]:
-    """RTTs (us) of UDP datagrams to a forked Python echo process on 127.0.0.1."""
-    def body(client: socket.socket, where: tuple) -> list[float]:
-        rtts = []
-        for _ in range(count):
-            time.sleep(gap)
-            rtts.append(_python_echo(client, where))
-        return rtts
-    return _with_echo_process(body)
-
-
 def interleaved_rtts(count: int, gap: float) -> tuple[list[float], list[float]]:
     """(kernel echo RTTs, Python echo RTTs), alternated one by one with `gap` before each, so both
     sides see the machine in the same state (back to back runs of each differed by more than the hop
@@ -121,7 +93,8 @@ def interleaved_rtts(count: int, gap: float) -> tuple[list[float], list[float]]:
 
     def body(client: socket.socket, where: tuple) -> tuple[list[float], list[float]]:
         kernel, python = [], []
-        with _raw_icmp() as s:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+            s.settimeout(1.0)
             for seq in range(count):
                 time.sleep(gap)
                 kernel.append(_kernel_echo(s, ident, seq))

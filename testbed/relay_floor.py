@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 
+from testbed import REPO
 from testbed.measure.runners import ping_median_us
 from vrouter.io import tap
 
@@ -46,16 +47,16 @@ def relay(tap_name: str, peer: str, local: str, port: int = RELAY_PORT) -> None:
             if ready == fd:
                 try:
                     sock.sendto(os.read(fd, 65536), dest)
-                except (BlockingIOError, OSError):
+                except OSError:
                     pass
                 continue
             try:
                 os.write(fd, sock.recv(65536))
-            except (BlockingIOError, OSError):
+            except OSError:
                 continue
             try:    # the VM's answer is queued when the write returns (Forwarder.read_answer)
                 sock.sendto(os.read(fd, 65536), dest)
-            except (BlockingIOError, OSError):
+            except OSError:
                 pass
 
 
@@ -80,8 +81,7 @@ class RelayPair:
     def _start(self, srv: str, vm: str, peer: str, local: str, i: int) -> None:
         host, vm_host = self.tb.host(srv), self.tb.host(vm)
         proc = host.popen([sys.executable, "-m", "testbed.relay_floor", self.name, peer, local, str(RELAY_PORT)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO))
         self.procs.append(proc)
         self.hosts += [host, vm_host]
         line = proc.stdout.readline().strip()
@@ -119,14 +119,14 @@ class RelayPair:
 def measure(tb, pair) -> dict:
     """{"median": us} of the pings over the relays, or {"error": why}."""
     try:
-        pair_ = RelayPair(tb, pair)
+        relays = RelayPair(tb, pair)
     except OSError as exc:
         return {"median": None, "error": str(exc)}
     try:
-        median = pair_.ping_median_us()
+        median = relays.ping_median_us()
         return {"median": median} if median is not None else {"median": None, "error": "no ping answered"}
     finally:
-        pair_.close()
+        relays.close()
 
 
 if __name__ == "__main__":

@@ -190,9 +190,10 @@ class ReadsOnce:
         return self.batches.pop(0) if self.batches else []
 
 
-def engine_with(events, writes_to):
+def engine_with(events, writes_to, answered=True):
     """An InProcess engine whose datapath records what it is handed and 'writes' to the VM
-    interface `writes_to` (what Datapath._execute notes in wrote_vif after a TAP write)."""
+    interface `writes_to` (what Datapath._execute notes in wrote_vif after a TAP write); the shell's
+    answer read finds a frame if `answered`."""
     eng = InProcess.__new__(InProcess)
     dp = types.SimpleNamespace(stamps=None, wrote_vif=None, pipeline=object(), counters=collections.Counter())
 
@@ -201,7 +202,10 @@ def engine_with(events, writes_to):
         dp.wrote_vif = writes_to
     dp.from_reads = from_reads
     eng.datapath = dp
-    eng.shell = types.SimpleNamespace(read_answer=lambda name: events.append(("answer", name)))
+    def read_answer(name):
+        events.append(("answer", name))
+        return answered
+    eng.shell = types.SimpleNamespace(read_answer=read_answer)
     return eng
 
 
@@ -209,8 +213,13 @@ def test_a_lone_packet_written_to_a_vm_has_its_answer_read_before_the_drain():
     ping = ("10.0.2.1", "mplsoudp", prefix("mplsoudp") + bytes(IP(src="192.168.1.12", dst="192.168.1.11") / ICMP()), 0)
     bulk = ("10.0.2.1", "mplsoudp", prefix("mplsoudp") + tcp_ip(b"x" * 1000), 0)
     events = []
-    engine_with(events, "vt-t1").on_fabric(ReadsOnce([ping], [ping, ping]), None)
+    eng = engine_with(events, "vt-t1")
+    eng.on_fabric(ReadsOnce([ping], [ping, ping]), None)
     assert events == [("deliver", 1), ("answer", "vt-t1"), ("deliver", 2)]
+    assert eng.datapath.counters["answers_read"] == 1
+    eng = engine_with([], "vt-t1", answered=False)   # the read found the queue empty: not counted
+    eng.on_fabric(ReadsOnce([ping]), None)
+    assert eng.datapath.counters["answers_read"] == 0
     events = []     # nothing written to a VM (sent on to a tunnel, dropped, punted): no read
     engine_with(events, None).on_fabric(ReadsOnce([ping]), None)
     assert events == [("deliver", 1)]
@@ -220,14 +229,12 @@ def test_a_lone_packet_written_to_a_vm_has_its_answer_read_before_the_drain():
     assert events == [("deliver", 3)] and fabric.calls == [1, 63]
 
 
-def test_the_answer_read_counts_only_what_it_found():
-    dp = types.SimpleNamespace(counters=collections.Counter())
+def test_the_answer_read_says_what_it_found():
     found = []
     shell = types.SimpleNamespace(vifs={"vt-t1": types.SimpleNamespace(fd=7)},
-                                  engine=types.SimpleNamespace(stamping=False, datapath=dp),
                                   _on_tap=lambda fd, name: found.pop(0), _lost_vif=pytest.fail)
     found += [True, False]
-    Forwarder.read_answer(shell, "vt-t1")
-    Forwarder.read_answer(shell, "vt-t1")
-    Forwarder.read_answer(shell, "gone")     # detached meanwhile: nothing read
-    assert dp.counters["answers_read"] == 1 and found == []
+    assert Forwarder.read_answer(shell, "vt-t1") is True
+    assert Forwarder.read_answer(shell, "vt-t1") is False
+    assert Forwarder.read_answer(shell, "gone") is False     # detached meanwhile: nothing read
+    assert found == []

@@ -276,22 +276,20 @@ class Forwarder:
                 return True
         return False
 
-    def read_answer(self, name: str) -> None:
+    def read_answer(self, name: str) -> bool:
         """Read a VM's TAP straight after a lone packet was written to it: the VM's kernel runs in the
         write, so an echo reply or a SYN-ACK is queued when it returns, and goes out now rather than
         after another epoll round (36-47 us after 20 ms idle, docs/vrouter.md "Latency"). If nothing
         came, one read found the queue empty; the TAP stays in the epoll set for a later answer.
-        Counted as `answers_read` (stats, forwarder section) when the read found a frame."""
+        True if a frame was read (the engine counts it)."""
         port = self.vifs.get(name)
-        if port is not None:
-            dp = self.engine.datapath
-            if self.engine.stamping:
-                dp.woke_ns = time.time_ns()
-            try:
-                if self._on_tap(port.fd, name):
-                    dp.counters["answers_read"] += 1
-            except OSError as exc:
-                self._lost_vif(name, exc)
+        if port is None:
+            return False
+        try:
+            return self._on_tap(port.fd, name)
+        except OSError as exc:
+            self._lost_vif(name, exc)
+            return False
 
     def _on_fabric(self, sock, _):
         self.engine.on_fabric(self.tunnels, sock)

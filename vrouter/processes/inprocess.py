@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any
 
 from vrouter.core.config import VrouterConfig
@@ -90,7 +91,10 @@ class InProcess:
         dp.wrote_vif = None
         self._deliver(reads, kernel_ns)
         if dp.wrote_vif is not None:
-            self.shell.read_answer(dp.wrote_vif)
+            if self.stamping:
+                dp.woke_ns = time.time_ns()     # the answer's read starts its leg, as a wake-up would
+            if self.shell.read_answer(dp.wrote_vif):
+                dp.counters["answers_read"] += 1     # `stats`, forwarder section
         kernel_ns = [] if dp.stamps is not None else None
         rest = tunnels.receive_gro(sock, FABRIC_WEIGHT - 1, stamps=kernel_ns)
         if rest:
