@@ -106,6 +106,7 @@ def measure_all(tb: Testbed, pair: VmPair, seconds: float, streams: tuple[int, .
     finally:
         vx.close()
     over = ping_median_us(tb.host(pair.client_vm.name), pair.server_vm.address)
+    priority = loop_priority(tb, pair)
     progress("the same pings through a bare Python relay on the same servers (the floor of a Python overlay)")
     relay = relay_floor.measure(tb, pair)
     progress("where the overlay's round trip goes: the same pings again, stamped by both vrouters")
@@ -123,7 +124,34 @@ def measure_all(tb: Testbed, pair: VmPair, seconds: float, streams: tuple[int, .
                                      "hop_floor": floor, "relay_median": relay["median"],
                                      "relay_overhead_median": relay["median"] - under
                                      if under and relay["median"] else None, "relay_error": relay.get("error")},
-            "breakdown": legs}
+            "breakdown": legs, "priority": priority}
+
+
+def loop_priority(tb: Testbed, pair: VmPair) -> dict:
+    """How the two vrouters' loops were scheduled just after the pings (vrouter/core/priority.py):
+    {server: Priority.stats()}, or {server: {"error": why}}."""
+    out = {}
+    for s in pair.servers:
+        try:
+            out[s] = introspect.query(tb.path, s, "stats")["priority"]
+        except (introspect.IntrospectError, KeyError) as exc:
+            out[s] = {"error": str(exc)}
+    return out
+
+
+def priority_line(priority: dict | None) -> list[str]:
+    if not priority:
+        return []
+    parts = []
+    for server, p in priority.items():
+        if "mode" not in p:
+            parts.append(f"{server} unknown ({p.get('error')})")
+        elif p.get("error"):
+            parts.append(f"{server} {p['mode']} ({p['error']})")
+        else:
+            fifo = f" (SCHED_FIFO {p['rt_priority']} while idle)" if p["rt_priority"] else ""
+            parts.append(f"{server} {p['mode']}{fifo}")
+    return [f"vrouter loops after the pings: {', '.join(parts)}"]
 
 
 def stamped_breakdown(tb: Testbed, pair: VmPair) -> dict:
@@ -269,11 +297,13 @@ def report_lines(r: dict) -> list[str]:
                      f"floor {4 * floor['hop']:.0f} us, ours {rtt['overhead_median'] / 4:.0f} us per hop")
     if rtt.get("relay_overhead_median") is not None:
         ours = rtt["overhead_median"]
-        lines.append(f"ping RTT median, bare Python relay (TAP + UDP, nothing else; testbed/relay_floor.py): "
+        lines.append(f"ping RTT median, bare Python relay (TAP + UDP, nothing else, scheduled as an idle vrouter "
+                     f"loop; testbed/relay_floor.py): "
                      f"{rtt['relay_median']:.0f} us, overhead {rtt['relay_overhead_median']:.0f} us"
                      + (f"; ours {ours - rtt['relay_overhead_median']:.0f} us above it" if ours is not None else ""))
     elif rtt.get("relay_error"):
         lines.append(f"bare Python relay: not measured ({rtt['relay_error']})")
+    lines += priority_line(r.get("priority"))
     lines += breakdown_lines(r.get("breakdown"), rtt)
     lines.append(f"GRO segments per merged delivery (bulk TCP, best run): {r['gro_segments_per_merge']:.1f}")
     if r["worst_cpu_s_per_gb_on"] is not None:

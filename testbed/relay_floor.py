@@ -10,8 +10,11 @@ does, no parsing, no table). The VMs ping each other over it with static neighbo
 
     relay overhead = median RTT(VM -> VM through the relays) - median RTT(underlay)
 
-is what no Python overlay of this shape goes below here, measured in the same run as ours.
-`python -m testbed.relay_floor TAP PEER_IP LOCAL_IP PORT` is the relay (run in a server's namespace).
+is what no Python overlay of this shape goes below here, measured in the same run as ours. The
+relays run SCHED_FIFO at the forwarders' default real-time priority, as an idle forwarder loop
+does (vrouter/core/priority.py), so both sides of the comparison wake alike.
+`python -m testbed.relay_floor TAP PEER_IP LOCAL_IP PORT [RT_PRIORITY]` is the relay (run in a
+server's namespace; RT_PRIORITY 0: the normal scheduler).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import sys
 
 from testbed import REPO
 from testbed.measure.runners import ping_median_us
+from vrouter.core.priority import RT_PRIORITY
 from vrouter.io import tap
 
 RELAY_PORT = 6699               # UDP, on the servers' underlay addresses (the vrouter's are 6635 and 4789)
@@ -31,8 +35,14 @@ RELAY_MACS = ("02:52:4c:00:00:01", "02:52:4c:00:00:02")
 READY = "relay ready"
 
 
-def relay(tap_name: str, peer: str, local: str, port: int = RELAY_PORT) -> None:
+def relay(tap_name: str, peer: str, local: str, port: int = RELAY_PORT, rt_priority: int = RT_PRIORITY) -> None:
     """Move frames between TAP `tap_name` (this namespace) and UDP peer:port until killed."""
+    ready = READY
+    if rt_priority:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(rt_priority))
+        except OSError as exc:
+            ready = f"{READY} (normal scheduling: SCHED_FIFO refused: {exc.strerror or exc})"
     fd = tap.open_tap(tap_name)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((local, port))
@@ -41,7 +51,7 @@ def relay(tap_name: str, peer: str, local: str, port: int = RELAY_PORT) -> None:
     ep.register(fd, select.EPOLLIN)
     ep.register(sock.fileno(), select.EPOLLIN)
     dest = (peer, port)
-    print(READY, flush=True)
+    print(ready, flush=True)
     while True:
         for ready, _ in ep.poll():
             if ready == fd:
@@ -85,7 +95,7 @@ class RelayPair:
         self.procs.append(proc)
         self.hosts += [host, vm_host]
         line = proc.stdout.readline().strip()
-        if line != READY:
+        if not line.startswith(READY):
             raise OSError(f"relay on {srv} did not start: {line or proc.stdout.read()[-300:]}")
         other = 1 - i
         out = host.cmd(f"ip link set {self.name} netns {vm_host.pid} 2>&1 && echo OK").strip()
@@ -131,7 +141,7 @@ def measure(tb, pair) -> dict:
 
 if __name__ == "__main__":
     try:
-        relay(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        relay(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), *map(int, sys.argv[5:6]))
     except (OSError, tap.TapError, IndexError, ValueError) as exc:
         print(f"relay: {exc}", flush=True)
         sys.exit(1)

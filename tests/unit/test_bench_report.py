@@ -64,8 +64,14 @@ def test_report_names_the_hop_floor_and_the_kernel_rtt():
     assert "bare Python relay" not in text          # an older result without the relay figures
     r["rtt_us"].update(relay_median=1100.0, relay_overhead_median=600.0)
     text = "\n".join(report_lines(r))
-    assert "bare Python relay (TAP + UDP, nothing else; testbed/relay_floor.py): 1100 us, overhead 600 us; " \
-           "ours 300 us above it" in text
+    assert "bare Python relay (TAP + UDP, nothing else, scheduled as an idle vrouter loop; " \
+           "testbed/relay_floor.py): 1100 us, overhead 600 us; ours 300 us above it" in text
+    assert "vrouter loops after the pings" not in text     # an older result without the priority
+    r["priority"] = {"a": {"rt_priority": 1, "mode": "realtime", "error": None},
+                     "b": {"rt_priority": 1, "mode": "normal", "error": "SCHED_FIFO refused: Operation not permitted"},
+                     "c": {"error": "no answer"}}
+    assert "vrouter loops after the pings: a realtime (SCHED_FIFO 1 while idle), b normal (SCHED_FIFO refused: " \
+           "Operation not permitted), c unknown (no answer)" in "\n".join(report_lines(r))
     r["rtt_us"].update(relay_median=None, relay_overhead_median=None, relay_error="relay on b did not start")
     assert "bare Python relay: not measured (relay on b did not start)" in "\n".join(report_lines(r))
 

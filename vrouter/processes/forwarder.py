@@ -31,6 +31,7 @@ from vrouter.core.coalesce import BULK_FRAME, DEFER_US, Coalesce
 from vrouter.core.config import ConfigError, VrouterConfig
 from vrouter.core.offload import Offloads, vm_mtu
 from vrouter.core.paths import SLOTS
+from vrouter.core.priority import NORMAL, REALTIME, RT_PRIORITY, Priority
 from vrouter.core.spin import SPIN_BUDGET, SPIN_US, Spin
 from vrouter.io import ipc, tap, vm_interface
 from vrouter.io.external import External
@@ -48,7 +49,7 @@ PENDING_RETRY = 0.5
 class Forwarder:
     def __init__(self, rundir: str, server: str, engine=InProcess, *, clock=time.monotonic,
                  gro: bool = True, gso: bool = True, path_slots: int = SLOTS, spin_us: float = SPIN_US,
-                 spin_budget: float = SPIN_BUDGET, defer_us: float = DEFER_US):
+                 spin_budget: float = SPIN_BUDGET, defer_us: float = DEFER_US, rt_priority: int = RT_PRIORITY):
         """`engine(shell)` makes what handles the packets (`InProcess`, or the dispatcher's
         `WorkerPool`), given this shell once its sockets, counters and offload switches exist.
         `path_slots`: path repair's K (0: off), for an engine that runs it (`InProcess`)."""
@@ -73,7 +74,9 @@ class Forwarder:
         self.running = True
         self.spin = Spin(spin_us, spin_budget)
         self.coalesce = Coalesce(defer_us)
+        self.priority = Priority(rt_priority)    # real-time while idle (vrouter/core/priority.py)
         self._had_events = False                 # the last loop round had input (a spin may follow)
+        self._woke = 0.0                         # when the last epoll wait returned
         self.engine = engine(self)
         self.introspector = Introspector(self)
         self._handlers = {kind: getattr(self, f"_on_{kind}")
@@ -110,6 +113,7 @@ class Forwarder:
     def run(self):
         next_tick = next_retry = self.clock()
         busy = False
+        self._schedule(self.priority.start(next_tick))
         while self.running:
             timeout = 0.0 if busy else max(0.0, min(next_tick, next_retry) - self.clock())
             wait = self.engine.punt_wait()
@@ -127,6 +131,8 @@ class Forwarder:
             if probe is not None and self.engine.probe_wait() == 0.0:
                 self.engine.probe()
             now = self.clock()
+            if self.priority.enabled and (mode := self.priority.round(now, now - self._woke)) is not None:
+                self._schedule(mode)
             if now >= next_tick:
                 self.running = self.engine.tick(now) and self.running
                 next_tick = now + EXPIRE_EVERY
@@ -148,6 +154,7 @@ class Forwarder:
         other VM; epoll hands back a socket still ready at the end of its list, so the order
         rotates), then up to DECISION_WEIGHT decisions. True if work was left for the next round."""
         events = self.sel.select(timeout)
+        self._woke = self.clock()
         self._had_events = bool(events)
         if self.engine.stamping:
             self.engine.datapath.woke_ns = time.time_ns()
@@ -313,6 +320,29 @@ class Forwarder:
         self.spin = Spin(spin_us, self.spin.budget)
         return self.spin.stats()
 
+    def _schedule(self, mode: str | None) -> None:
+        """Carry out Priority's answer: SCHED_FIFO at its priority, or the normal scheduler. A refusal
+        (no CAP_SYS_NICE, or a cgroup without real-time time) leaves the loop normal, said in `stats`."""
+        if mode is None:
+            return
+        try:
+            if mode == REALTIME:
+                os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
+                                      os.sched_param(self.priority.rt_priority))
+            else:
+                os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+        except OSError as exc:
+            why = f"SCHED_FIFO refused: {exc.strerror or exc}"
+            log.warning("%s; the loop keeps the normal scheduler", why)
+            self.priority.failed(why)
+
+    def set_priority(self, rt_priority: int) -> dict:
+        """The real-time priority of the idle loop at run time (0: normal scheduling always)."""
+        old = self.priority
+        self.priority = Priority(rt_priority, old.window, old.busy_limit, old.calm)
+        self._schedule(self.priority.start(self.clock()) or NORMAL)
+        return self.priority.stats()
+
     def set_offloads(self, gro=None, gso=None) -> dict:
         """Flip the GRO and/or GSO switch at run time (see vrouter/core/offload.py); returns both."""
         off = self.offloads
@@ -456,7 +486,7 @@ def main(argv=None):
     setup_logging(args, "forwarder")
     try:
         fwd = Forwarder(args.rundir, args.server, gro=args.gro, gso=args.gso, path_slots=args.path_slots,
-                        spin_us=args.spin_us, defer_us=args.defer_us)
+                        spin_us=args.spin_us, defer_us=args.defer_us, rt_priority=args.rt_priority)
     except (ipc.IpcError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 from vrouter.core import baremetal, ecmp, explain
 from vrouter.core.coalesce import MAX_DEFER_US, Coalesce
 from vrouter.core.codec.ipv4 import int_to_ip, ip_to_int
+from vrouter.core.priority import MAX_RT_PRIORITY
 from vrouter.core.vrf import build_instances
 from vrouter.io.introspect import OPS, IntrospectError
 
@@ -158,13 +159,18 @@ class Introspector:
         f = self.fwd
         return {"server": f.server, "generation": f.generation,
                 "mode": f.config.flow.mode if f.config else None, "spin": f.spin.stats(),
-                "coalesce": f.coalesce.stats(), **f.engine.stats()}
+                "priority": f.priority.stats(), "coalesce": f.coalesce.stats(), **f.engine.stats()}
 
     def _set(self, req):
         args = {k: req[k] for k in ("gro", "gso") if k in req}
         loop = {k: req[k] for k in ("spin_us", "defer_us") if k in req}
-        if not args and not loop:
-            raise IntrospectError("set: give gro and/or gso (true or false), spin_us or defer_us (microseconds)")
+        prio = req.get("rt_priority")
+        if not args and not loop and prio is None:
+            raise IntrospectError("set: give gro and/or gso (true or false), spin_us or defer_us (microseconds), "
+                                  f"rt_priority (0..{MAX_RT_PRIORITY})")
+        if prio is not None and (isinstance(prio, bool) or not isinstance(prio, int)
+                                 or not 0 <= prio <= MAX_RT_PRIORITY):
+            raise IntrospectError(f"set: rt_priority must be a whole number 0..{MAX_RT_PRIORITY}, got {prio!r}")
         for k, v in args.items():
             if not isinstance(v, bool):
                 raise IntrospectError(f"set: {k} must be true or false, got {v!r}")
@@ -176,6 +182,8 @@ class Introspector:
         if "defer_us" in loop:
             self.fwd.coalesce = Coalesce(loop["defer_us"])
             out["coalesce"] = self.fwd.coalesce.stats()
+        if prio is not None:
+            out["priority"] = self.fwd.set_priority(prio)
         return out
 
     def _config(self, req):

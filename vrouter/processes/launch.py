@@ -11,6 +11,7 @@ import sys
 
 from vrouter.core.coalesce import DEFER_US, MAX_DEFER_US
 from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS, SLOTS
+from vrouter.core.priority import BUSY_LIMIT, MAX_RT_PRIORITY, RT_PRIORITY, WINDOW
 from vrouter.core.spin import SPIN_BUDGET, SPIN_US
 
 PR_SET_PDEATHSIG = 1
@@ -97,16 +98,33 @@ def microseconds(text: str) -> float:
     return v
 
 
+def rt_priority(text: str) -> int:
+    """argparse type for --rt-priority: 0 (off) to MAX_RT_PRIORITY."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= MAX_RT_PRIORITY:
+        raise argparse.ArgumentTypeError(f"give a whole number 0..{MAX_RT_PRIORITY} (0: off), not {text!r}")
+    return v
+
+
 def add_loop_arguments(p: argparse.ArgumentParser) -> None:
-    """The single forwarder's loop settings: path repair's slots, the spin, the receive coalescing."""
+    """The single forwarder's loop settings: path repair's slots, the spin, the receive coalescing,
+    the real-time priority of the idle loop."""
     p.add_argument("--path-slots", type=path_slots, default=SLOTS, metavar="K",
                    help=f"path repair: outer source ports probed per tunnel peer, {MIN_SLOTS}..{MAX_SLOTS} (default "
                         f"{SLOTS}; 0: off, every flow keeps its own entropy port and nothing is probed)")
     p.add_argument("--spin-us", type=microseconds, default=SPIN_US, metavar="US",
                    help="after a loop round with input, poll this many microseconds more before sleeping, "
-                        f"at most {SPIN_BUDGET:.0%} of each second (default {SPIN_US:g}: off; docs/vrouter.md "
+                        f"at most {SPIN_BUDGET * 100:.0f}%% of each second (default {SPIN_US:g}: off; docs/vrouter.md "
                         "'Latency' has the trade-off)")
     p.add_argument("--defer-us", type=microseconds, default=DEFER_US, metavar="US",
                    help="after a loop round that moved bulk data (TSO frames, TCP data), sleep this many "
                         f"microseconds so the next read finds more (default {DEFER_US:g}: off; "
                         "docs/vrouter.md 'Latency' has the trade-off)")
+    p.add_argument("--rt-priority", type=rt_priority, default=RT_PRIORITY, metavar="N",
+                   help="while the loop is nearly idle, run it SCHED_FIFO at this priority so a woken "
+                        f"forwarder does not wait for the CPU; busy (over {BUSY_LIMIT * 100:.0f}%% of "
+                        f"{WINDOW * 1e3:g} ms), it takes the normal scheduler at once (default {RT_PRIORITY}; "
+                        "0: off; docs/vrouter.md 'Latency' has the trade-off)")
