@@ -12,7 +12,9 @@ from overlay_helpers import bring_up, expected_digest, needs_root, ping, transfe
 from test_vrouter_io import nspair  # noqa: F401 (fixture)
 from testbed import relay_floor
 from testbed.measure.pairs import pick_pair
+from testbed.overlay import forwarder_name
 from vrouter.core import gso, latency
+from vrouter.core.priority import CALM, RT_PRIORITY
 from vrouter.io import introspect, tap, tunnel
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -82,6 +84,51 @@ def test_bulk_tcp_is_merged_byte_exact_and_super_packets_reach_the_vm(tb):
     assert tx["gso"]["sends"] > 0 and tx["gso"]["segments_per_send"] >= 4, tx["gso"]
     vifs = {v["name"]: v for v in introspect.query(tb.path, "srv1", "vifs")}
     assert vifs[vm_tap(tb, "red1")]["rx_packets"] < mss_segments / 4  # super-frames from the VM
+
+
+def _loop(tb, srv):
+    """(Priority.stats() of srv's forwarder, the scheduling policy the kernel has for its process)."""
+    pid = tb.supervisor.pid(forwarder_name(srv))
+    return introspect.query(tb.path, srv, "stats")["priority"], os.sched_getscheduler(pid) & ~os.SCHED_RESET_ON_FORK
+
+
+def _settle_realtime(tb, srvs, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(_loop(tb, s)[0]["mode"] == "realtime" for s in srvs):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_forwarder_loop_is_real_time_while_idle_and_normal_under_bulk(tb):
+    """vrouter/core/priority.py on real forwarders: SCHED_FIFO while idle, the normal scheduler once
+    a bulk transfer keeps them busy, SCHED_FIFO again after a calm spell."""
+    srvs = ("srv1", "srv3")
+    assert _settle_realtime(tb, srvs, CALM + 3)
+    before = {}
+    for srv in srvs:
+        stats, policy = _loop(tb, srv)
+        assert stats["error"] is None and stats["rt_priority"] >= 1
+        assert policy == os.SCHED_FIFO, (srv, policy)
+        before[srv] = stats
+    n, digest = transfer(tb, "red1", "red2", "192.168.1.12", 5305, nbytes=4_000_000)
+    assert (n, digest) == (4_000_000, expected_digest(4_000_000))
+    for srv in srvs:
+        assert _loop(tb, srv)[0]["to_normal"] > before[srv]["to_normal"], srv
+    assert _settle_realtime(tb, srvs, CALM + 3)
+    for srv in srvs:
+        stats, policy = _loop(tb, srv)
+        assert stats["to_realtime"] > before[srv]["to_realtime"] and policy == os.SCHED_FIFO, (srv, stats)
+    # Switched off at run time: the normal scheduler at once, and it stays so.
+    try:
+        for srv in srvs:
+            assert introspect.query(tb.path, srv, "set", rt_priority=0)["priority"]["mode"] == "normal"
+        assert ping(tb, "red1", "192.168.1.12") == 3
+        assert all(_loop(tb, srv)[1] == os.SCHED_OTHER for srv in srvs)
+    finally:
+        for srv in srvs:
+            introspect.query(tb.path, srv, "set", rt_priority=RT_PRIORITY)
 
 
 def test_gro_switch_off_gives_one_segment_per_delivery(tb):
