@@ -76,37 +76,31 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _parsed(text: str, kind: type, ok, message: str):
+    """`text` as `kind` if `ok` of it holds, else argparse's error `message` (naming the text)."""
+    try:
+        v = kind(text)
+    except ValueError:
+        v = None
+    if v is None or not ok(v):
+        raise argparse.ArgumentTypeError(f"{message}, not {text!r}")
+    return v
+
+
 def path_slots(text: str) -> int:
     """argparse type for --path-slots: 0 (off) or MIN_SLOTS..MAX_SLOTS."""
-    try:
-        k = int(text)
-    except ValueError:
-        k = -1
-    if k != 0 and not MIN_SLOTS <= k <= MAX_SLOTS:
-        raise argparse.ArgumentTypeError(f"give 0 (off) or a whole number {MIN_SLOTS}..{MAX_SLOTS}, not {text!r}")
-    return k
+    return _parsed(text, int, lambda k: k == 0 or MIN_SLOTS <= k <= MAX_SLOTS,
+                   f"give 0 (off) or a whole number {MIN_SLOTS}..{MAX_SLOTS}")
 
 
 def microseconds(text: str) -> float:
     """argparse type for --spin-us and --defer-us: 0 (off) to 10,000 microseconds."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0 <= v <= MAX_DEFER_US:
-        raise argparse.ArgumentTypeError(f"give microseconds 0..{MAX_DEFER_US}, not {text!r}")
-    return v
+    return _parsed(text, float, lambda v: 0 <= v <= MAX_DEFER_US, f"give microseconds 0..{MAX_DEFER_US}")
 
 
 def rt_priority(text: str) -> int:
     """argparse type for --rt-priority: 0 (off) to MAX_RT_PRIORITY."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if not 0 <= v <= MAX_RT_PRIORITY:
-        raise argparse.ArgumentTypeError(f"give a whole number 0..{MAX_RT_PRIORITY} (0: off), not {text!r}")
-    return v
+    return _parsed(text, int, lambda v: 0 <= v <= MAX_RT_PRIORITY, f"give a whole number 0..{MAX_RT_PRIORITY} (0: off)")
 
 
 def add_loop_arguments(p: argparse.ArgumentParser) -> None:
