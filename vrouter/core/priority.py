@@ -6,8 +6,9 @@ forwarder may wait for the CPU behind what runs there (OVS's threads, the other 
 SCHED_FIFO runs it at once. But a busy real-time forwarder takes the core from the userspace OVS
 that carries its own packets: with both forwarders SCHED_FIFO all the time, bulk TCP fell to half
 (1 stream) and a third (8 streams) and CPU per GB tripled (docs/vrouter.md "Latency"). So the loop
-is real-time only while idle: a window of WINDOW seconds in which it was busy (epoll returned ->
-the round ended) more than BUSY_LIMIT of the time drops it to the normal scheduler at once, and it
+is real-time only while idle: a window of WINDOW seconds in which it was busy with packets (epoll
+returned -> the round ended, less what the round spent answering introspection or taking a
+configuration) more than BUSY_LIMIT of the time drops it to the normal scheduler at once, and it
 goes back only after CALM seconds of windows under the limit (a bulk flow's short lulls do not
 flip it). Pure: the shell gives the clock's readings and its busy time, and makes the system call.
 """
