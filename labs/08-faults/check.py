@@ -17,6 +17,10 @@ IDS = range(8001, 8017)         # the ICMP identifiers of step 2's established f
 RED = {"red1": "192.168.1.11", "red2": "192.168.1.12", "red3": "192.168.1.13", "red4": "192.168.1.14"}
 BLUE = {f"blue{n}": ip for n, ip in enumerate(RED.values(), 1)}
 ESTABLISHED = ("red3", "red4")  # red1's peers in step 2
+# OVS hands a datapath flow's packet counts to its OpenFlow rule when a revalidator runs (every
+# other_config:max-revalidator ms, 500 by default), so a rule's n_packets trails its packets by up to
+# about a second: the responder counters are read again for this long before they count as unmoved.
+STATS_LAG = 2.5
 SAMPLES, SAMPLE_GAP = 3, 1.0    # a slot away from home in every sample: not a passing glitch of a loaded machine
 
 
@@ -180,8 +184,13 @@ def check_restarted_server(ctx):
     if flushed.returncode:
         raise Wrong(f"could not flush srv4's neighbour table: {flushed.stderr.strip()}", "sudo testbed status")
     lost = _pings(tb, "red4", {vm: RED[vm] for vm in ("red1", "red2")})
-    after, _ = _responder_counts(tb, "leaf2")
-    unanswered = [name for name, s in near.items() if after.get(s["ip"], 0) <= before.get(s["ip"], 0)]
+    deadline = time.monotonic() + STATS_LAG
+    while True:
+        after, _ = _responder_counts(tb, "leaf2")
+        unanswered = [name for name, s in near.items() if after.get(s["ip"], 0) <= before.get(s["ip"], 0)]
+        if not unanswered or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     if lost or unanswered:
         raise Wrong(f"with srv4's neighbour table flushed, {', '.join(f'red4 -> {vm}' for vm in lost) or 'the pings'} "
                     f"{'got no reply' if lost else 'worked'}, and leaf2 answered no ARP request for "
