@@ -37,12 +37,12 @@ READY = "relay ready"
 
 def relay(tap_name: str, peer: str, local: str, port: int = RELAY_PORT, rt_priority: int = RT_PRIORITY) -> None:
     """Move frames between TAP `tap_name` (this namespace) and UDP peer:port until killed."""
-    ready = READY
+    banner = READY
     if rt_priority:
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(rt_priority))
         except OSError as exc:
-            ready = f"{READY} (normal scheduling: SCHED_FIFO refused: {exc.strerror or exc})"
+            banner = f"{READY} (normal scheduling: SCHED_FIFO refused: {exc.strerror or exc})"
     fd = tap.open_tap(tap_name)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((local, port))
@@ -51,7 +51,7 @@ def relay(tap_name: str, peer: str, local: str, port: int = RELAY_PORT, rt_prior
     ep.register(fd, select.EPOLLIN)
     ep.register(sock.fileno(), select.EPOLLIN)
     dest = (peer, port)
-    print(ready, flush=True)
+    print(banner, flush=True)
     while True:
         for ready, _ in ep.poll():
             if ready == fd:
