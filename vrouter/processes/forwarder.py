@@ -33,6 +33,7 @@ from vrouter.core.offload import Offloads, vm_mtu
 from vrouter.core.paths import SLOTS
 from vrouter.core.priority import NORMAL, REALTIME, RT_PRIORITY, Priority
 from vrouter.core.spin import SPIN_BUDGET, SPIN_US, Spin
+from vrouter.core.warm import WARM_US, KeepWarm
 from vrouter.io import ipc, tap, vm_interface
 from vrouter.io.external import External
 from vrouter.io.poller import Poller
@@ -49,7 +50,8 @@ PENDING_RETRY = 0.5
 class Forwarder:
     def __init__(self, rundir: str, server: str, engine=InProcess, *, clock=time.monotonic,
                  gro: bool = True, gso: bool = True, path_slots: int = SLOTS, spin_us: float = SPIN_US,
-                 spin_budget: float = SPIN_BUDGET, defer_us: float = DEFER_US, rt_priority: int = RT_PRIORITY):
+                 spin_budget: float = SPIN_BUDGET, defer_us: float = DEFER_US, rt_priority: int = RT_PRIORITY,
+                 warm_us: float = WARM_US):
         """`engine(shell)` makes what handles the packets (`InProcess`, or the dispatcher's
         `WorkerPool`), given this shell once its sockets, counters and offload switches exist.
         `path_slots`: path repair's K (0: off), for an engine that runs it (`InProcess`)."""
@@ -75,6 +77,7 @@ class Forwarder:
         self.spin = Spin(spin_us, spin_budget)
         self.coalesce = Coalesce(defer_us)
         self.priority = Priority(rt_priority)    # real-time while idle (vrouter/core/priority.py)
+        self.warm = KeepWarm(warm_us)            # short waits while flows are active (vrouter/core/warm.py)
         self._had_events = False                 # the last loop round had input (a spin may follow)
         self._woke = 0.0                         # when the last epoll wait returned
         self._control = 0.0                      # of this round: seconds answering introspection, taking configs
@@ -116,7 +119,13 @@ class Forwarder:
         busy = False
         self._schedule(self.priority.start(next_tick))
         while self.running:
-            timeout = 0.0 if busy else max(0.0, min(next_tick, next_retry) - self.clock())
+            if busy:
+                timeout = 0.0
+            else:
+                start = self.clock()
+                timeout = max(0.0, min(next_tick, next_retry) - start)
+                if self.warm.enabled:
+                    timeout = self.warm.timeout(timeout, start)
             wait = self.engine.punt_wait()
             if wait is not None:
                 timeout = min(timeout, wait)
@@ -282,6 +291,7 @@ class Forwarder:
 
     def _on_tap(self, fd, name) -> bool:
         """Forward what the VM sent; True if a frame was read."""
+        self.warm.last_input = self._woke
         if name in self.vifs:
             # The first frame is forwarded before the reads that drain the queue: a ping (one frame
             # per wake-up) does not wait for the read that finds the queue empty. Measured here by
@@ -313,6 +323,7 @@ class Forwarder:
             return False
 
     def _on_fabric(self, sock, _):
+        self.warm.last_input = self._woke
         self.engine.on_fabric(self.tunnels, sock)
 
     def _open_external(self, config: VrouterConfig) -> None:
@@ -326,9 +337,15 @@ class Forwarder:
         self.sel.register(self.external.fd, selectors.EVENT_READ, ("external", None))
 
     def _on_external(self, fd, _):
+        self.warm.last_input = self._woke
         self.engine.on_external(self.external.read())
 
     # --- run-time switches ---------------------------------------------------------------------
+    def set_warm(self, warm_us: float) -> dict:
+        """The keep-warm interval at run time (vrouter/core/warm.py; 0: off), same activity window."""
+        self.warm = KeepWarm(warm_us, self.warm.active)
+        return self.warm.stats()
+
     def set_spin(self, spin_us: float) -> dict:
         """The spin window at run time (vrouter/core/spin.py), same budget."""
         self.spin = Spin(spin_us, self.spin.budget)
@@ -500,7 +517,8 @@ def main(argv=None):
     setup_logging(args, "forwarder")
     try:
         fwd = Forwarder(args.rundir, args.server, gro=args.gro, gso=args.gso, path_slots=args.path_slots,
-                        spin_us=args.spin_us, defer_us=args.defer_us, rt_priority=args.rt_priority)
+                        spin_us=args.spin_us, defer_us=args.defer_us, rt_priority=args.rt_priority,
+                        warm_us=args.warm_us)
     except (ipc.IpcError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

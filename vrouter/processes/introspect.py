@@ -15,8 +15,8 @@ from vrouter.io.introspect import OPS, IntrospectError
 
 
 def _microseconds(req, key):
-    """A loop setting of `set` (spin_us, defer_us): microseconds in the bound of --spin-us and
-    --defer-us (launch.microseconds)."""
+    """A loop setting of `set` (spin_us, defer_us, warm_us): microseconds in the bound of --spin-us,
+    --defer-us and --warm-us (launch.microseconds)."""
     v = req[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_DEFER_US:
         raise IntrospectError(f"set: {key} must be 0..{MAX_DEFER_US} microseconds, got {v!r}")
@@ -159,14 +159,16 @@ class Introspector:
         f = self.fwd
         return {"server": f.server, "generation": f.generation,
                 "mode": f.config.flow.mode if f.config else None, "spin": f.spin.stats(),
-                "priority": f.priority.stats(), "coalesce": f.coalesce.stats(), **f.engine.stats()}
+                "priority": f.priority.stats(), "warm": f.warm.stats(), "coalesce": f.coalesce.stats(),
+                **f.engine.stats()}
 
     def _set(self, req):
         args = {k: req[k] for k in ("gro", "gso") if k in req}
-        loop = {k: req[k] for k in ("spin_us", "defer_us") if k in req}
+        loop = {k: req[k] for k in ("spin_us", "defer_us", "warm_us") if k in req}
         prio = req.get("rt_priority")
         if not args and not loop and prio is None:
-            raise IntrospectError("set: give gro and/or gso (true or false), spin_us or defer_us (microseconds), "
+            raise IntrospectError("set: give gro and/or gso (true or false), spin_us, defer_us or warm_us "
+                                  "(microseconds), "
                                   f"rt_priority (0..{MAX_RT_PRIORITY})")
         if prio is not None and (isinstance(prio, bool) or not isinstance(prio, int)
                                  or not 0 <= prio <= MAX_RT_PRIORITY):
@@ -182,6 +184,8 @@ class Introspector:
         if "defer_us" in loop:
             self.fwd.coalesce = Coalesce(loop["defer_us"])
             out["coalesce"] = self.fwd.coalesce.stats()
+        if "warm_us" in loop:
+            out["warm"] = self.fwd.set_warm(loop["warm_us"])
         if prio is not None:
             out["priority"] = self.fwd.set_priority(prio)
         return out

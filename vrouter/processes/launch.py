@@ -13,6 +13,7 @@ from vrouter.core.coalesce import DEFER_US, MAX_DEFER_US
 from vrouter.core.paths import MAX_SLOTS, MIN_SLOTS, SLOTS
 from vrouter.core.priority import BUSY_LIMIT, MAX_RT_PRIORITY, RT_PRIORITY, WINDOW
 from vrouter.core.spin import SPIN_BUDGET, SPIN_US
+from vrouter.core.warm import ACTIVE, WARM_US
 
 PR_SET_PDEATHSIG = 1
 # A flow table of 64k entries is several hundred thousand long-lived objects; with CPython's default thresholds
@@ -94,7 +95,7 @@ def path_slots(text: str) -> int:
 
 
 def microseconds(text: str) -> float:
-    """argparse type for --spin-us and --defer-us: 0 (off) to 10,000 microseconds."""
+    """argparse type for --spin-us, --defer-us and --warm-us: 0 (off) to 10,000 microseconds."""
     return _parsed(text, float, lambda v: 0 <= v <= MAX_DEFER_US, f"give microseconds 0..{MAX_DEFER_US}")
 
 
@@ -117,6 +118,10 @@ def add_loop_arguments(p: argparse.ArgumentParser) -> None:
                    help="after a loop round that moved bulk data (TSO frames, TCP data), sleep this many "
                         f"microseconds so the next read finds more (default {DEFER_US:g}: off; "
                         "docs/vrouter.md 'Latency' has the trade-off)")
+    p.add_argument("--warm-us", type=microseconds, default=WARM_US, metavar="US",
+                   help=f"while input came in the last {ACTIVE:g} s, never sleep longer than this, so a packet "
+                        f"wakes a loop that ran a moment ago (default {WARM_US:g}; 0: off; docs/vrouter.md "
+                        "'Latency' has the trade-off)")
     p.add_argument("--rt-priority", type=rt_priority, default=RT_PRIORITY, metavar="N",
                    help="while the loop is nearly idle, run it SCHED_FIFO at this priority so a woken "
                         f"forwarder does not wait for the CPU; busy (over {BUSY_LIMIT * 100:.0f}%% of "
