@@ -15,6 +15,7 @@ from testbed.measure.pairs import pick_pair
 from testbed.overlay import forwarder_name
 from vrouter.core import gso, latency
 from vrouter.core.priority import CALM, RT_PRIORITY
+from vrouter.core.warm import WARM_US
 from vrouter.io import introspect, tap, tunnel
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -136,6 +137,22 @@ def test_the_forwarder_loop_is_real_time_while_idle_and_normal_under_bulk(tb):
     finally:
         for srv in srvs:
             introspect.query(tb.path, srv, "set", rt_priority=RT_PRIORITY)
+
+
+def test_the_loop_keeps_waking_while_its_flows_are_active(tb):
+    """vrouter/core/warm.py on a real forwarder (off by default): switched on, its waits are cut to
+    warm_us while pings come; switched off, none is."""
+    def capped():
+        return introspect.query(tb.path, "srv1", "stats")["warm"]["capped_waits"]
+    try:
+        assert introspect.query(tb.path, "srv1", "set", warm_us=2000)["warm"]["warm_us"] == 2000
+        assert ping(tb, "red1", "192.168.1.12") == 3
+        assert capped() > 0
+        assert introspect.query(tb.path, "srv1", "set", warm_us=0)["warm"]["warm_us"] == 0
+        assert ping(tb, "red1", "192.168.1.12") == 3
+        assert capped() == 0
+    finally:
+        introspect.query(tb.path, "srv1", "set", warm_us=WARM_US)
 
 
 def test_gro_switch_off_gives_one_segment_per_delivery(tb):

@@ -100,7 +100,7 @@ def test_set_request_checks_its_arguments():
     assert fwd.calls == [{"gro": False}]
     assert intro.handle({"op": "set", "gso": 1})["error"] == "set: gso must be true or false, got 1"
     assert intro.handle({"op": "set"})["error"] == \
-        "set: give gro and/or gso (true or false), spin_us or defer_us (microseconds), rt_priority (0..99)"
+        "set: give gro and/or gso (true or false), spin_us, defer_us or warm_us (microseconds), rt_priority (0..99)"
     assert intro.handle({"op": "set", "spin_us": -5})["error"] == "set: spin_us must be 0..10000 microseconds, got -5"
     assert intro.handle({"op": "set", "spin_us": True})["error"].startswith("set: spin_us must be")
     assert intro.handle({"op": "set", "defer_us": 20_000})["error"] == \

@@ -1,18 +1,21 @@
-"""Keep-warm wake-ups of a vrouter loop: while its flows are active, it never sleeps longer than
-`warm_us`, so the wake-up a packet pays is that of a loop that ran a moment ago.
+"""Keep-warm wake-ups of a vrouter loop (off by default): while its flows are active, it never
+sleeps longer than `warm_us`, so the wake-up a packet pays is that of a loop that ran a moment ago.
 
-Why: on this VM, a forwarder that slept 20 ms (a ping's spacing) runs its first tens of
+Why it exists: on this VM, a forwarder that slept 20 ms (a ping's spacing) runs its first tens of
 microseconds of Python and system calls 10-20x slower than a warm one, four times per round trip.
-With the two forwarders of a ping waking every 2 ms without work (a trial, one testbed, 8 rounds),
-the RTT overhead fell from 546 to 418 us (paired -114 us), and background pings every 2 ms that
-each server's vrouter answered itself took 180 us off (docs/vrouter.md "Latency"). The cost is
-the wake-ups: `1 / warm_us` a second while the last input is less than ACTIVE seconds old, none
-when the vrouter is idle, none when it is busy (a round with work is not a wait). Pure: the shell
-gives the clock's readings and says when input came.
+With the two forwarders of a ping waking every 2 ms without work (a trial, one testbed, 8 rounds,
+the underlay measured with the wake-ups off), the overlay's RTT fell by 114 us (paired median).
+Why it is off: in three bench runs alternated with it off, the overlay's RTT did not fall (890 us
+median against 881) while the underlay's rose by 90 us (509-530 against 421-443): the wake-ups of
+real-time loops take the CPUs the emulated fabric runs on, and the RTT overhead then looks better
+only because its baseline got worse (docs/vrouter.md "Latency"). The cost: `1 / warm_us`
+wake-ups a second while the last input is less than ACTIVE seconds old (path repair's probes are
+input), none when the vrouter is idle or busy. Pure: the shell gives the clock's readings and says
+when input came.
 """
 from __future__ import annotations
 
-WARM_US = 2000.0    # the default: a loop with active flows sleeps at most 2 ms
+WARM_US = 0.0       # the default: off (the module docstring says why); 2000 was the trial's
 ACTIVE = 1.0        # seconds after the last input during which the loop keeps waking
 
 

@@ -120,7 +120,7 @@ def add_loop_arguments(p: argparse.ArgumentParser) -> None:
                         "docs/vrouter.md 'Latency' has the trade-off)")
     p.add_argument("--warm-us", type=microseconds, default=WARM_US, metavar="US",
                    help=f"while input came in the last {ACTIVE:g} s, never sleep longer than this, so a packet "
-                        f"wakes a loop that ran a moment ago (default {WARM_US:g}; 0: off; docs/vrouter.md "
+                        f"wakes a loop that ran a moment ago (default {WARM_US:g}: off; docs/vrouter.md "
                         "'Latency' has the trade-off)")
     p.add_argument("--rt-priority", type=rt_priority, default=RT_PRIORITY, metavar="N",
                    help="while the loop is nearly idle, run it SCHED_FIFO at this priority so a woken "

@@ -1,0 +1,47 @@
+"""The loop's keep-warm waits (vrouter/core/warm.py): capped while input is recent, the loop's own
+timeout otherwise; and its run-time setting."""
+import pytest
+
+from vrouter.core.warm import ACTIVE, WARM_US, KeepWarm
+from vrouter.processes.introspect import Introspector
+
+
+def test_waits_are_capped_only_while_input_is_recent():
+    w = KeepWarm(2000)
+    assert w.enabled and w.interval == 0.002
+    assert w.timeout(0.5, 10.0) == 0.5                 # no input yet: the loop's own timeout
+    w.last_input = 10.0
+    assert w.timeout(0.5, 10.1) == 0.002               # a ping 100 ms ago: wake within 2 ms
+    assert w.timeout(0.001, 10.1) == 0.001             # a shorter wait stays as it is
+    assert w.timeout(0.0, 10.1) == 0.0                 # a busy loop does not wait at all
+    assert w.timeout(0.5, 10.0 + ACTIVE) == 0.5        # a second without input: idle, no wake-ups
+    assert w.stats() == {"warm_us": 2000, "active_s": ACTIVE, "capped_waits": 1}
+
+
+def test_off_and_bad_values():
+    off = KeepWarm(0)
+    off.last_input = 1.0
+    assert not off.enabled
+    assert KeepWarm().interval == WARM_US / 1e6
+    for bad in ({"warm_us": -1}, {"active": 0}):
+        with pytest.raises(ValueError):
+            KeepWarm(**{"warm_us": 2000, **bad})
+
+
+class FakeForwarder:
+    def __init__(self):
+        self.calls = []
+
+    def set_warm(self, us):
+        self.calls.append(us)
+        return {"warm_us": us}
+
+
+def test_set_warm_us_is_checked():
+    fwd = FakeForwarder()
+    intro = Introspector(fwd)
+    assert intro.handle({"op": "set", "warm_us": 500}) == {"ok": True, "result": {"warm": {"warm_us": 500}}}
+    assert intro.handle({"op": "set", "warm_us": 20_000})["error"] == \
+        "set: warm_us must be 0..10000 microseconds, got 20000"
+    assert intro.handle({"op": "set", "warm_us": False})["error"].startswith("set: warm_us must be")
+    assert fwd.calls == [500]
