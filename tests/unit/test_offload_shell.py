@@ -92,6 +92,14 @@ class FakeForwarder:
         self.calls.append(kw)
         return {"gro": kw.get("gro", True), "gso": kw.get("gso", True)}
 
+    def set_priority(self, n):
+        self.calls.append({"rt_priority": n})
+        return {"rt_priority": n}
+
+    def set_warm(self, us):
+        self.calls.append({"warm_us": us})
+        return {"warm_us": us}
+
 
 def test_set_request_checks_its_arguments():
     fwd = FakeForwarder()
@@ -108,3 +116,17 @@ def test_set_request_checks_its_arguments():
     assert intro.handle({"op": "set", "defer_us": 250})["result"]["coalesce"]["defer_us"] == 250
     assert fwd.coalesce.delay == 250e-6
     assert fwd.calls == [{"gro": False}]
+
+
+def test_set_checks_the_loops_priority_and_keep_warm():
+    fwd = FakeForwarder()
+    intro = Introspector(fwd)
+    assert intro.handle({"op": "set", "rt_priority": 7}) == {"ok": True, "result": {"priority": {"rt_priority": 7}}}
+    for bad in (100, -1, True, 1.5, "1"):
+        assert intro.handle({"op": "set", "rt_priority": bad})["error"] == \
+            f"set: rt_priority must be a whole number 0..99, got {bad!r}"
+    assert intro.handle({"op": "set", "warm_us": 500}) == {"ok": True, "result": {"warm": {"warm_us": 500}}}
+    assert intro.handle({"op": "set", "warm_us": 20_000})["error"] == \
+        "set: warm_us must be 0..10000 microseconds, got 20000"
+    assert intro.handle({"op": "set", "warm_us": False})["error"].startswith("set: warm_us must be")
+    assert fwd.calls == [{"rt_priority": 7}, {"warm_us": 500}]

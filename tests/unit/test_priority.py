@@ -9,7 +9,6 @@ import pytest
 
 from vrouter.core.priority import BUSY_LIMIT, CALM, NORMAL, REALTIME, WINDOW, Priority
 from vrouter.processes import agent, dispatcher, forwarder
-from vrouter.processes.introspect import Introspector
 from vrouter.processes.launch import rt_priority
 
 
@@ -100,25 +99,6 @@ def test_the_forwarder_makes_the_calls_and_survives_a_refusal(tmp_path, sched_ca
         assert not fwd.priority.enabled
     finally:
         fwd.close()
-
-
-class FakeForwarder:
-    def __init__(self):
-        self.calls = []
-
-    def set_priority(self, n):
-        self.calls.append(n)
-        return {"rt_priority": n}
-
-
-def test_set_rt_priority_is_checked():
-    fwd = FakeForwarder()
-    intro = Introspector(fwd)
-    assert intro.handle({"op": "set", "rt_priority": 7}) == {"ok": True, "result": {"priority": {"rt_priority": 7}}}
-    for bad in (100, -1, True, 1.5, "1"):
-        assert intro.handle({"op": "set", "rt_priority": bad})["error"] == \
-            f"set: rt_priority must be a whole number 0..99, got {bad!r}"
-    assert fwd.calls == [7]
 
 
 @pytest.mark.parametrize("module", [forwarder, dispatcher, agent])

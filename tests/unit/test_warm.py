@@ -3,7 +3,6 @@ timeout otherwise; and its run-time setting."""
 import pytest
 
 from vrouter.core.warm import ACTIVE, WARM_US, KeepWarm
-from vrouter.processes.introspect import Introspector
 
 
 def test_waits_are_capped_only_while_input_is_recent():
@@ -26,22 +25,3 @@ def test_off_and_bad_values():
     for bad in ({"warm_us": -1}, {"active": 0}):
         with pytest.raises(ValueError):
             KeepWarm(**{"warm_us": 2000, **bad})
-
-
-class FakeForwarder:
-    def __init__(self):
-        self.calls = []
-
-    def set_warm(self, us):
-        self.calls.append(us)
-        return {"warm_us": us}
-
-
-def test_set_warm_us_is_checked():
-    fwd = FakeForwarder()
-    intro = Introspector(fwd)
-    assert intro.handle({"op": "set", "warm_us": 500}) == {"ok": True, "result": {"warm": {"warm_us": 500}}}
-    assert intro.handle({"op": "set", "warm_us": 20_000})["error"] == \
-        "set: warm_us must be 0..10000 microseconds, got 20000"
-    assert intro.handle({"op": "set", "warm_us": False})["error"].startswith("set: warm_us must be")
-    assert fwd.calls == [500]
