@@ -1,5 +1,5 @@
 """The loop's keep-warm waits (vrouter/core/warm.py): capped while input is recent, the loop's own
-timeout otherwise; and its run-time setting."""
+timeout otherwise (its run-time setting: test_offload_shell.py)."""
 import pytest
 
 from vrouter.core.warm import ACTIVE, WARM_US, KeepWarm
