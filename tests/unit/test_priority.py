@@ -1,6 +1,6 @@
 """The loop's latency priority (vrouter/core/priority.py): real-time while idle, normal at once when
 busy, real-time again only after a calm spell; the forwarder's system calls for it (faked here: the
-test process itself must never become real-time), its setting and the --help of every vrouter process."""
+test process itself must never become real-time), its argument and the --help of every vrouter process."""
 import argparse
 import errno
 import os
