@@ -28,6 +28,7 @@ from testbed import REPO
 from testbed.measure.runners import ping_median_us
 from vrouter.core.priority import RT_PRIORITY
 from vrouter.io import tap
+from vrouter.processes.launch import set_scheduler
 
 RELAY_PORT = 6699               # UDP, on the servers' underlay addresses (the vrouter's are 6635 and 4789)
 RELAY_NET = "172.31.254"        # the VMs' addresses on the relay (/30), apart from the kernel VXLAN's
@@ -40,7 +41,7 @@ def relay(tap_name: str, peer: str, local: str, port: int = RELAY_PORT, rt_prior
     banner = READY
     if rt_priority:
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(rt_priority))
+            set_scheduler(rt_priority)
         except OSError as exc:
             banner = f"{READY} (normal scheduling: SCHED_FIFO refused: {exc.strerror or exc})"
     fd = tap.open_tap(tap_name)

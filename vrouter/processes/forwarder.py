@@ -41,10 +41,18 @@ from vrouter.io.tunnel import TunnelError, Tunnels, enable_gro
 from vrouter.processes.datapath import EXPIRE_EVERY, AgentLink, VifPort
 from vrouter.processes.inprocess import InProcess
 from vrouter.processes.introspect import Introspector
-from vrouter.processes.launch import add_loop_arguments, add_switch_arguments, parser, serve, setup_logging
+from vrouter.processes.launch import (
+    add_loop_arguments,
+    add_switch_arguments,
+    parser,
+    serve,
+    set_scheduler,
+    setup_logging,
+)
 
 log = logging.getLogger("forwarder")
 PENDING_RETRY = 0.5
+PACKET_KINDS = frozenset(("tap", "fabric", "external"))    # the fds whose events are packets (keep-warm's input)
 
 
 class Forwarder:
@@ -182,6 +190,8 @@ class Forwarder:
                     self._lost_vif(obj, exc)
                 else:
                     raise
+        if self.warm.enabled and any(key.data[0] in PACKET_KINDS for key, _ in events):
+            self.warm.last_input = self._woke       # once per round, and only with keep-warm on
         return self.engine.service()
 
     def _spin_then_poll(self, timeout: float) -> bool:
@@ -291,7 +301,6 @@ class Forwarder:
 
     def _on_tap(self, fd, name) -> bool:
         """Forward what the VM sent; True if a frame was read."""
-        self.warm.last_input = self._woke
         if name in self.vifs:
             # The first frame is forwarded before the reads that drain the queue: a ping (one frame
             # per wake-up) does not wait for the read that finds the queue empty. Measured here by
@@ -323,7 +332,6 @@ class Forwarder:
             return False
 
     def _on_fabric(self, sock, _):
-        self.warm.last_input = self._woke
         self.engine.on_fabric(self.tunnels, sock)
 
     def _open_external(self, config: VrouterConfig) -> None:
@@ -337,7 +345,6 @@ class Forwarder:
         self.sel.register(self.external.fd, selectors.EVENT_READ, ("external", None))
 
     def _on_external(self, fd, _):
-        self.warm.last_input = self._woke
         self.engine.on_external(self.external.read())
 
     # --- run-time switches ---------------------------------------------------------------------
@@ -357,11 +364,7 @@ class Forwarder:
         if mode is None:
             return
         try:
-            if mode == REALTIME:
-                os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
-                                      os.sched_param(self.priority.rt_priority))
-            else:
-                os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+            set_scheduler(self.priority.rt_priority if mode == REALTIME else 0)
         except OSError as exc:
             why = f"SCHED_FIFO refused: {exc.strerror or exc}"
             log.warning("%s; the loop keeps the normal scheduler", why)

@@ -6,6 +6,7 @@ import argparse
 import ctypes
 import gc
 import logging
+import os
 import signal
 import sys
 
@@ -86,6 +87,15 @@ def _parsed(text: str, kind: type, ok, message: str):
     if v is None or not ok(v):
         raise argparse.ArgumentTypeError(f"{message}, not {text!r}")
     return v
+
+
+def set_scheduler(rt_priority: int) -> None:
+    """This thread SCHED_FIFO at `rt_priority`, or the normal scheduler for 0; children it forks start
+    normal. OSError (EPERM without CAP_SYS_NICE or real-time time in the cgroup) if refused."""
+    if rt_priority:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(rt_priority))
+    else:
+        os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
 
 
 def path_slots(text: str) -> int:
