@@ -36,7 +36,7 @@ def analyse(path):
         j3o = find(j2, lambda x: x[3] == "sched_switch" and int(x[4]["prev_pid"]) == B)
         j4 = find(j2, lambda x: x[1] in ovs and x[3] == "sched_waking" and int(x[4]["pid"]) == A)      # OVS delivers back to A
         if None in (j3o, j4): continue
-        j5 = find(j4, lambda x: x[1] == A and x[3] == "sched_waking" and x[1] == A and int(x[4]["pid"]) in ping)
+        j5 = find(j4, lambda x: x[1] == A and x[3] == "sched_waking" and int(x[4]["pid"]) in ping)
         if j5 is None: continue
         j5o = find(j5, lambda x: x[3] == "sched_switch" and int(x[4]["prev_pid"]) == A)
         j6 = find(j5, lambda x: x[3] == "sched_switch" and int(x[4]["next_pid"]) in ping)
@@ -53,6 +53,9 @@ def analyse(path):
     print(f"{path}: {len(rows)} pings, A={A} B={B}")
     for k in rows[0]:
         xs = [r[k] for r in rows if r[k] is not None]
-        print(f"  {k:30s} {statistics.median(xs):8.0f}  (n={len(xs)})")
+        if isinstance(xs[0], bool):
+            print(f"  {k:30s} {sum(xs)} of {len(xs)} pings")
+        else:
+            print(f"  {k:30s} {statistics.median(xs):8.0f}  (n={len(xs)})")
 for p in sys.argv[1:]:
     analyse(p)
