@@ -13,7 +13,7 @@ from core_helpers import VM1, VM2, Pair, icmp_frame
 from offload_helpers import prefix, tcp_ip
 from vrouter.core import latency
 from vrouter.core.codec import virtio
-from vrouter.core.gro import mergeable
+from vrouter.core.gro import inner_proto
 from vrouter.core.latency import LEGS, SEND_CALLS, Stamp, breakdown, echo, legs_of, ping_sent_ns
 from vrouter.core.offload import Offloads
 from vrouter.core.spin import Spin
@@ -160,6 +160,6 @@ def test_spin_is_bounded_by_its_budget_per_second():
 def test_only_tcp_reads_wait_for_the_drain_to_merge():
     tcp = prefix("mplsoudp") + tcp_ip(b"x" * 100)
     ping = prefix("mplsoudp") + ping_frame(1, 1, NOW)[14:]
-    assert mergeable(("10.0.1.1", "mplsoudp", tcp, 0)) and mergeable(("10.0.1.1", "mplsoudp", tcp * 2, len(tcp)))
-    assert not mergeable(("10.0.1.1", "mplsoudp", ping, 0))
-    assert not mergeable(("10.0.1.1", "mplsoudp", b"\x00" * 10, 0))
+    assert inner_proto("mplsoudp", tcp) == 6 and inner_proto("mplsoudp", tcp * 2) == 6
+    assert inner_proto("mplsoudp", ping) == 1
+    assert inner_proto("mplsoudp", b"\x00" * 10) == 0

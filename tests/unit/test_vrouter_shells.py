@@ -190,22 +190,26 @@ class ReadsOnce:
         return self.batches.pop(0) if self.batches else []
 
 
-def engine_with(events, writes_to, answered=True):
+def engine_with(events, writes_to, answered=True, idle=False):
     """An InProcess engine whose datapath records what it is handed and 'writes' to the VM
     interface `writes_to` (what Datapath._execute notes in wrote_vif after a TAP write); the shell's
-    answer read finds a frame if `answered`."""
+    answer read finds a frame if `answered`; `idle`: the round woke from an idle wait."""
     eng = InProcess.__new__(InProcess)
     dp = types.SimpleNamespace(stamps=None, wrote_vif=None, pipeline=object(), counters=collections.Counter())
 
     def from_reads(reads, kernel_ns):
         events.append(("deliver", len(reads)))
         dp.wrote_vif = writes_to
-    dp.from_reads = from_reads
+
+    def from_lone_icmp(src, encap, data):
+        events.append(("icmp", encap))
+        dp.wrote_vif = writes_to
+    dp.from_reads, dp.from_lone_icmp = from_reads, from_lone_icmp
     eng.datapath = dp
     def read_answer(name):
         events.append(("answer", name))
         return answered
-    eng.shell = types.SimpleNamespace(read_answer=read_answer)
+    eng.shell = types.SimpleNamespace(read_answer=read_answer, from_idle=idle)
     return eng
 
 
@@ -215,18 +219,60 @@ def test_a_lone_packet_written_to_a_vm_has_its_answer_read_before_the_drain():
     events = []
     eng = engine_with(events, "vt-t1")
     eng.on_fabric(ReadsOnce([ping], [ping, ping]), None)
-    assert events == [("deliver", 1), ("answer", "vt-t1"), ("deliver", 2)]
+    assert events == [("icmp", "mplsoudp"), ("answer", "vt-t1"), ("deliver", 2)]
     assert eng.datapath.counters["answers_read"] == 1
     eng = engine_with([], "vt-t1", answered=False)   # the read found the queue empty: not counted
     eng.on_fabric(ReadsOnce([ping]), None)
     assert eng.datapath.counters["answers_read"] == 0
     events = []     # nothing written to a VM (sent on to a tunnel, dropped, punted): no read
     engine_with(events, None).on_fabric(ReadsOnce([ping]), None)
-    assert events == [("deliver", 1)]
+    assert events == [("icmp", "mplsoudp")]
     events = []     # TCP is drained first so GRO merges across the drain, and nobody waits for an answer
     fabric = ReadsOnce([bulk], [bulk, bulk])
     engine_with(events, "vt-t1").on_fabric(fabric, None)
     assert events == [("deliver", 3)] and fabric.calls == [1, 63]
+    events = []     # a coalesced read (segment size set) is not a lone ping: the GRO path
+    engine_with(events, None).on_fabric(ReadsOnce([ping[:3] + (40,)]), None)
+    assert events == [("deliver", 1)]
+
+
+def test_after_an_idle_wait_a_lone_fabric_read_is_not_followed_by_a_drain():
+    ping = ("10.0.2.1", "mplsoudp", prefix("mplsoudp") + bytes(IP(src="192.168.1.12", dst="192.168.1.11") / ICMP()), 0)
+    bulk = ("10.0.2.1", "mplsoudp", prefix("mplsoudp") + tcp_ip(b"x" * 1000), 0)
+    events = []
+    fabric = ReadsOnce([ping], [ping])
+    engine_with(events, "vt-t1", idle=True).on_fabric(fabric, None)
+    # the second ping stays queued: epoll (level-triggered) reports the socket again next round
+    assert events == [("icmp", "mplsoudp"), ("answer", "vt-t1")] and fabric.calls == [1]
+    events = []     # bulk data is drained even after an idle wait: its reads merge
+    fabric = ReadsOnce([bulk], [bulk])
+    engine_with(events, "vt-t1", idle=True).on_fabric(fabric, None)
+    assert events == [("deliver", 2)] and fabric.calls == [1, 63]
+
+
+def test_after_an_idle_wait_a_small_tap_frame_is_not_followed_by_a_drain():
+    vm, tap_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tap_end.setblocking(False)
+    handed = []
+    engine = types.SimpleNamespace(bulk=False, on_tap=lambda name, frames: handed.append(len(frames)))
+    shell = types.SimpleNamespace(vifs={"vt-t1": None}, engine=engine, from_idle=True)
+    try:
+        for frame in (b"a" * 100, b"b" * 100, b"c" * 3000, b"d" * 100):
+            vm.send(frame)
+        assert Forwarder._on_tap(shell, tap_end.fileno(), "vt-t1") is True
+        assert handed == [1]                # idle: the first small frame alone, the rest left queued
+        shell.from_idle = False
+        assert Forwarder._on_tap(shell, tap_end.fileno(), "vt-t1") is True
+        assert handed == [1, 1, 2]          # a busy round drains behind its first frame
+        vm.send(b"e" * 3000)
+        vm.send(b"f" * 100)
+        shell.from_idle = True
+        assert Forwarder._on_tap(shell, tap_end.fileno(), "vt-t1") is True
+        assert handed == [1, 1, 2, 1, 1] and engine.bulk    # a TSO super-frame: drained even when idle
+        assert Forwarder._on_tap(shell, tap_end.fileno(), "vt-t1") is False
+    finally:
+        vm.close()
+        tap_end.close()
 
 
 def test_the_answer_read_says_what_it_found():
@@ -238,3 +284,60 @@ def test_the_answer_read_says_what_it_found():
     assert Forwarder.read_answer(shell, "vt-t1") is False
     assert Forwarder.read_answer(shell, "gone") is False     # detached meanwhile: nothing read
     assert found == []
+
+
+class TimerEngine:
+    """An engine that only has timers: a punt waiting for the setup-rate bucket until `punt_at`, a
+    probe round due at `probe_at`; it records when each timer's work is done."""
+
+    tap_queues, reads_taps, reads_fabric, bulk, stamping = 1, True, True, False, False
+
+    def __init__(self, shell):
+        self.clock = shell.clock
+        self.punt_at, self.probe_at = 0.35, 0.6
+        self.done = []
+
+    def punt_wait(self):
+        return None if self.punt_at is None else max(0.0, self.punt_at - self.clock())
+
+    def probe_wait(self):
+        return max(0.0, self.probe_at - self.clock())
+
+    def flush_punts(self):
+        self.done.append(("flush", self.clock()))
+        if self.punt_at is not None and self.clock() >= self.punt_at:
+            self.punt_at = None
+
+    def probe(self):
+        self.done.append(("probe", self.clock()))
+        self.probe_at += 0.5
+
+    def tick(self, now):
+        self.done.append(("tick", now))
+        return True
+
+    def close(self):
+        pass
+
+
+def test_the_loop_runs_each_timer_when_it_is_due_and_not_in_the_rounds_between(tmp_path):
+    t = [0.0]
+    fwd = Forwarder(str(tmp_path), "srv1", engine=TimerEngine, clock=lambda: t[0], rt_priority=0)
+    waits = []
+
+    def poll(timeout):      # every round: a packet after 0.1 s, or the timer if that comes first
+        waits.append(round(timeout, 3))
+        t[0] += min(0.1, timeout)
+        fwd.running = t[0] < 1.25
+        return False
+    fwd.poll = poll
+    try:
+        fwd.run()
+    finally:
+        fwd.close()
+    done = [(what, round(at, 3)) for what, at in fwd.engine.done]
+    # Rounds woken by a packet before a timer is due do none of its work (the punt's bucket is
+    # looked at once, when its token is due, not after each of the three packets before it).
+    assert done == [("flush", 0.0), ("tick", 0.0), ("flush", 0.35), ("probe", 0.6), ("tick", 1.0), ("probe", 1.1)]
+    # Each wait ends at the next timer: the punt at 0.35, the attach retry at 0.5, the probe at 0.6.
+    assert waits[:8] == [0.0, 0.35, 0.25, 0.15, 0.05, 0.15, 0.05, 0.1]

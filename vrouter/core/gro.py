@@ -383,17 +383,13 @@ def merge(encap: str, buf: Buffer, seg_size: int, gro: bool = True) -> list[Deli
     return Gro(gro).batch(encap, buf, seg_size)
 
 
-def _inner_proto(encap: str, data: bytes) -> int:
-    """The IP protocol of the inner IPv4 packet of a tunnel payload (0 if there is none)."""
+def inner_proto(encap: str, data: bytes) -> int:
+    """The IP protocol of the inner IPv4 packet of a tunnel payload (0 if there is none): 6 (TCP) may
+    merge with other reads, 1 (ICMP) is a lone datagram GRO never merges."""
     p = PREFIX_LEN.get(encap)
     return data[p + 9] if p is not None and len(data) > p + 20 and data[p] >> 4 == 4 else 0
 
 
-def mergeable(read: tuple[Any, ...]) -> bool:
-    """A `read_gro` read GRO may merge with others: a TCP payload (one datagram or coalesced)."""
-    return _inner_proto(read[1], read[2]) == 6
-
-
 def lone_icmp(encap: str, data: bytes) -> bool:
     """The tunnel payload carries an IPv4 ICMP packet (which GRO never merges, as Linux's does not)."""
-    return _inner_proto(encap, data) == 1
+    return inner_proto(encap, data) == 1

@@ -359,12 +359,7 @@ class Datapath:
         # Merge across the whole drain, not only within one coalesced read: when the kernel did not
         # coalesce, a backlog of single datagrams still merges here.
         if len(reads) == 1 and not reads[0][3] and lone_icmp(reads[0][1], reads[0][2]):
-            # A lone ICMP datagram (a ping): nothing to merge and no partial checksum to flag, so
-            # it skips the GRO engine (its dispatch is a third of a cold ping's pipeline leg here).
-            src, encap, data, _ = reads[0]
-            self.offloads.hist[1] += 1
-            self._execute(self.pipeline.from_fabric(src, encap, data, now))
-            self.flush_punts()
+            self.from_lone_icmp(*reads[0][:3])
             return
         src = reads[0][0]
         encap = reads[0][1]
@@ -374,6 +369,14 @@ class Datapath:
                 src = s
             g.add_batch(encap, data, seg, now)
         self._deliver(src, encap, g.flush(), now)
+        self.flush_punts()
+
+    def from_lone_icmp(self, src: str, encap: str, data: bytes) -> None:
+        """One read holding one ICMP datagram (a ping), not stamping: nothing to merge and no partial
+        checksum to flag, so it skips the GRO engine (its dispatch was a third of a cold ping's
+        pipeline leg here). The single forwarder calls it straight from its fabric read."""
+        self.offloads.hist[1] += 1
+        self._execute(self.pipeline.from_fabric(src, encap, data, self.clock()))
         self.flush_punts()
 
     def _deliver(self, src: str, encap: str, deliveries, now: float) -> None:

@@ -53,6 +53,9 @@ from vrouter.processes.launch import (
 log = logging.getLogger("forwarder")
 PENDING_RETRY = 0.5
 PACKET_KINDS = frozenset(("tap", "fabric", "external"))    # the fds whose events are packets (keep-warm's input)
+# A wait that slept this long found every queue empty: the packet that woke it is most likely alone
+# (a ping, a request), and the reads that would drain its queue are left out (`Forwarder.from_idle`).
+IDLE_WAKE = 200e-6
 
 
 class Forwarder:
@@ -88,6 +91,7 @@ class Forwarder:
         self.warm = KeepWarm(warm_us)            # short waits while flows are active (vrouter/core/warm.py)
         self._had_events = False                 # the last loop round had input (a spin may follow)
         self._woke = 0.0                         # when the last epoll wait returned
+        self.from_idle = False                   # ... after sleeping IDLE_WAKE or more (no drain reads)
         self._control = 0.0                      # of this round: seconds answering introspection, taking configs
         self.engine = engine(self)
         self.introspector = Introspector(self)
@@ -127,39 +131,44 @@ class Forwarder:
         busy = False
         self._schedule(self.priority.start(next_tick))
         while self.running:
-            if busy:
-                timeout = 0.0
-            else:
-                start = self.clock()
-                timeout = max(0.0, min(next_tick, next_retry) - start)
-                if self.warm.enabled:
-                    timeout = self.warm.timeout(timeout, start)
+            start = self.clock()
+            # The timers (ageing tick, attach retry, the setup-rate bucket's next punt, path repair's
+            # next probe round) are read once per round; the work they call for runs only in a round
+            # that ends past the first of them. On the answering hop everything this loop does before
+            # it sleeps again delays the answer (docs/vrouter.md "The scheduler's view").
+            due = min(next_tick, next_retry)
+            timeout = 0.0 if busy else max(0.0, due - start)
+            if self.warm.enabled and not busy:
+                timeout = self.warm.timeout(timeout, start)
             wait = self.engine.punt_wait()
             if wait is not None:
                 timeout = min(timeout, wait)
+                due = min(due, start + wait)
             probe = self.engine.probe_wait()
             if probe is not None:
                 timeout = min(timeout, probe)
+                due = min(due, start + probe)
             if self._had_events and self.spin.enabled:
                 busy = self._spin_then_poll(timeout)
             else:
                 busy = self.poll(timeout)
-            if wait is not None:
-                self.engine.flush_punts()
-            if probe is not None and self.engine.probe_wait() == 0.0:
-                self.engine.probe()
             now = self.clock()
             if self.priority.enabled and \
                     (mode := self.priority.round(now, now - self._woke - self._control)) is not None:
                 self._schedule(mode)
             self._control = 0.0
-            if now >= next_tick:
-                self.running = self.engine.tick(now) and self.running
-                next_tick = now + EXPIRE_EVERY
-            if now >= next_retry:
-                if self.pending and self.config is not None:
-                    self._attach_pending()
-                next_retry = now + PENDING_RETRY
+            if now >= due:
+                if wait is not None:
+                    self.engine.flush_punts()
+                if probe is not None and self.engine.probe_wait() == 0.0:
+                    self.engine.probe()
+                if now >= next_tick:
+                    self.running = self.engine.tick(now) and self.running
+                    next_tick = now + EXPIRE_EVERY
+                if now >= next_retry:
+                    if self.pending and self.config is not None:
+                        self._attach_pending()
+                    next_retry = now + PENDING_RETRY
             if self.engine.bulk:        # sleep after a bulk round so the next read finds more
                 self.engine.bulk = False
                 if self.coalesce.enabled and (delay := self.coalesce.after_round(True, busy, now)):
@@ -173,8 +182,10 @@ class Forwarder:
         fabric socket for at most 64 reads (a VM that floods gets its weight per round like every
         other VM; epoll hands back a socket still ready at the end of its list, so the order
         rotates), then up to DECISION_WEIGHT decisions. True if work was left for the next round."""
+        waited = self.clock()
         events = self.sel.select(timeout)
         self._woke = self.clock()
+        self.from_idle = self._woke - waited >= IDLE_WAKE
         self._had_events = bool(events)
         if self.engine.stamping:
             self.engine.datapath.woke_ns = time.time_ns()
@@ -308,11 +319,17 @@ class Forwarder:
             # of sleep (vrouter/core/latency.py, docs/vrouter.md "Latency").
             first = tap.read_frames(fd, 1)
             if first:
-                self.engine.bulk |= len(first[0]) > BULK_FRAME
+                bulk = len(first[0]) > BULK_FRAME
+                self.engine.bulk |= bulk
                 self.engine.on_tap(name, first)
-                rest = tap.read_frames(fd, tap.VIF_WEIGHT - 1)
-                if rest:
-                    self.engine.on_tap(name, rest)
+                # After an idle wait a small frame is most likely alone: the drain would find the queue
+                # empty, and on the answering hop that read runs while the answer waits in OVS
+                # (docs/vrouter.md "The scheduler's view"). Epoll is level-triggered, so what is
+                # left is reported in the next round.
+                if bulk or not self.from_idle:
+                    rest = tap.read_frames(fd, tap.VIF_WEIGHT - 1)
+                    if rest:
+                        self.engine.on_tap(name, rest)
                 return True
         return False
 

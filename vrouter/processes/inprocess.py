@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from vrouter.core.config import VrouterConfig
-from vrouter.core.gro import mergeable
+from vrouter.core.gro import inner_proto
 from vrouter.io.introspect import summary
 from vrouter.io.mirror_pcap import PcapFiles
 from vrouter.io.tunnel import Tunnels
@@ -83,18 +83,25 @@ class InProcess:
         reads = tunnels.receive_gro(sock, 1, stamps=kernel_ns)
         if not reads:
             return
-        if mergeable(reads[0]):
+        src, encap, data, seg = reads[0]
+        proto = inner_proto(encap, data)
+        if proto == 6:
             self.bulk = True
             reads += tunnels.receive_gro(sock, FABRIC_WEIGHT - 1, stamps=kernel_ns)
             self._deliver(reads, kernel_ns)
             return
         dp.wrote_vif = None
-        self._deliver(reads, kernel_ns)
+        if proto == 1 and not seg and kernel_ns is None and dp.pipeline is not None:
+            dp.from_lone_icmp(src, encap, data)     # a ping: from_reads' checks and GRO left out
+        else:
+            self._deliver(reads, kernel_ns)
         if dp.wrote_vif is not None:
             if self.stamping:
                 dp.woke_ns = time.time_ns()     # the answer's read starts its leg, as a wake-up would
             if self.shell.read_answer(dp.wrote_vif):
                 dp.counters["answers_read"] += 1     # `stats`, forwarder section
+        if self.shell.from_idle:
+            return      # most likely alone; anything left is reported by epoll next round (_on_tap says why)
         kernel_ns = [] if dp.stamps is not None else None
         rest = tunnels.receive_gro(sock, FABRIC_WEIGHT - 1, stamps=kernel_ns)
         if rest:
