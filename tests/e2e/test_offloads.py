@@ -253,13 +253,14 @@ def test_latency_stamps_cover_every_leg_of_a_ping_and_stop_when_switched_off(tb)
 
 def test_the_echo_reply_is_read_straight_after_the_request_is_written(tb):
     """Forwarder.read_answer: the VM's kernel answers inside the TAP write, so srv3's vrouter finds
-    the echo replies queued right after it writes the requests; srv1 writes replies, which get no answer."""
+    the echo replies queued right after it writes the requests; srv1 writes replies, which get no
+    answer, so it does not look for one (InProcess.on_fabric)."""
     for srv in ("srv1", "srv3"):
         introspect.query(tb.path, srv, "reset")
     assert ping(tb, "red1", "192.168.1.12", count=5) == 5
     found = {srv: introspect.query(tb.path, srv, "stats")["forwarder"].get("answers_read", 0)
              for srv in ("srv1", "srv3")}
-    assert found["srv3"] >= 1 and found["srv1"] <= found["srv3"], found
+    assert found["srv3"] >= 1 and found["srv1"] == 0, found
 
 
 def test_the_bare_relay_carries_the_benchs_pings_and_leaves_nothing_behind(tb):

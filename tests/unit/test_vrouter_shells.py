@@ -231,6 +231,11 @@ def test_a_lone_packet_written_to_a_vm_has_its_answer_read_before_the_drain():
     fabric = ReadsOnce([bulk], [bulk, bulk])
     engine_with(events, "vt-t1").on_fabric(fabric, None)
     assert events == [("deliver", 3)] and fabric.calls == [1, 63]
+    events = []     # an echo reply written to the pinging VM gets no answer: no read for one
+    pong = ("10.0.2.1", "mplsoudp",
+            prefix("mplsoudp") + bytes(IP(src="192.168.1.12", dst="192.168.1.11") / ICMP(type=0)), 0)
+    engine_with(events, "vt-t1").on_fabric(ReadsOnce([pong]), None)
+    assert events == [("icmp", "mplsoudp")]
     events = []     # a coalesced read (segment size set) is not a lone ping: the GRO path
     engine_with(events, None).on_fabric(ReadsOnce([ping[:3] + (40,)]), None)
     assert events == [("deliver", 1)]
