@@ -43,7 +43,7 @@ from typing import Any, NamedTuple, TypeAlias
 from .codec import virtio
 from .codec.buffer import Buffer
 from .codec.ipv4 import checksum
-from .codec.l4 import ICMP_ECHO_REPLY, TCP_CWR, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG
+from .codec.l4 import TCP_CWR, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG
 from .gso import PREFIX_LEN, partial_offset, pseudo_sum
 
 _ENDS = TCP_FIN | TCP_PSH                                  # may join a merge as its last segment
@@ -390,13 +390,12 @@ def inner_proto(encap: str, data: bytes) -> int:
     return data[p + 9] if p is not None and len(data) > p + 20 and data[p] >> 4 == 4 else 0
 
 
-def echo_reply(encap: str, data: bytes) -> bool:
-    """The tunnel payload is an IPv4 ICMP echo reply: the VM it is written to answers nothing."""
-    p = PREFIX_LEN.get(encap)
-    if p is None or inner_proto(encap, data) != 1:
-        return False
-    icmp = p + (data[p] & 0x0F) * 4
-    return len(data) > icmp and data[icmp] == ICMP_ECHO_REPLY
+def icmp_type(encap: str, data: bytes) -> int:
+    """The ICMP type of a tunnel payload whose inner packet is IPv4 ICMP (`inner_proto` 1); -1 if
+    the payload ends before it."""
+    p = PREFIX_LEN[encap]
+    at = p + (data[p] & 0x0F) * 4
+    return data[at] if len(data) > at else -1
 
 
 def lone_icmp(encap: str, data: bytes) -> bool:

@@ -12,8 +12,9 @@ import socket
 import time
 from typing import Any
 
+from vrouter.core.codec.l4 import ICMP_ECHO_REPLY
 from vrouter.core.config import VrouterConfig
-from vrouter.core.gro import echo_reply, inner_proto
+from vrouter.core.gro import icmp_type, inner_proto
 from vrouter.io.introspect import summary
 from vrouter.io.mirror_pcap import PcapFiles
 from vrouter.io.tunnel import Tunnels
@@ -97,7 +98,7 @@ class InProcess:
             self._deliver(reads, kernel_ns)
         # An echo reply gets no answer: the read would find the TAP empty, and on the pinging side
         # it runs while ping, woken by the write, waits for this loop to sleep (SCHED_FIFO).
-        if dp.wrote_vif is not None and not (proto == 1 and echo_reply(encap, data)):
+        if dp.wrote_vif is not None and not (proto == 1 and icmp_type(encap, data) == ICMP_ECHO_REPLY):
             if self.stamping:
                 dp.woke_ns = time.time_ns()     # the answer's read starts its leg, as a wake-up would
             if self.shell.read_answer(dp.wrote_vif):
