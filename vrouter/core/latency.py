@@ -28,8 +28,9 @@ import struct
 from typing import Any, NamedTuple
 
 from .codec.buffer import Buffer
+from .codec.l4 import ICMP_ECHO_REPLY
+from .codec.l4 import ICMP_ECHO_REQUEST as ICMP_ECHO
 
-ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
 _ECHO = struct.Struct("!BBHHH")
 _TIMEVAL = struct.Struct("<qq")        # iputils ping: struct timeval at the start of the echo data (x86-64)
 PLAUSIBLE_NS = 10 * 10**9             # a VM send time further than this from the read is not a timestamp
